@@ -1,0 +1,70 @@
+# ttshub: the two commands of README.
+#   make run   installs what is missing (apt-get), builds, starts `ttshub serve` on the embedded default
+#   make test  installs, builds, runs every test (unit, sanitizers, end-to-end, fuzz smoke)
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS       ?= $(shell nproc)
+PY         := /usr/bin/python3
+CONFIG     ?=
+ARGS       ?=
+
+.PHONY: all deps test-deps build run test unit asan e2e fuzz bench format format-check lint clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh build
+
+test-deps:
+	@bash scripts/deps.sh test
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	./$(BUILD)/ttshub serve $(if $(CONFIG),-c $(CONFIG)) $(ARGS)
+
+unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTH_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
+
+e2e: build
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+# e2e against the sanitizer build: any ASan/UBSan report fails the server's exit check
+e2e-asan: asan
+	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+fuzz: deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTH_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	bash tests/fuzz/run.sh $(FUZZ_BUILD) $${FUZZ_SECONDS:-60}
+
+test: test-deps build
+	$(MAKE) unit
+	$(MAKE) e2e-asan
+	$(MAKE) e2e
+	$(MAKE) fuzz
+
+bench: test-deps build
+	bash bench/run.sh
+
+format:
+	clang-format -i $$(find src tests/unit tests/fuzz -name '*.[ch]')
+
+format-check:
+	clang-format --dry-run --Werror $$(find src tests/unit tests/fuzz -name '*.[ch]')
+
+lint:
+	@! grep -rnE '\b(sprintf|vsprintf|strcpy|strcat|atoi|atol|strtok|gets)\s*\(' src --include='*.[ch]'
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,180 @@
+/* config: the YAML config of CONFIG.md, read with libyaml through one schema table.
+ *
+ * th_config_load() reads and validates a whole file and reports every error
+ * with its YAML path ("providers[2].base_url: not a URL"); unknown keys are
+ * errors. A loaded config is immutable and reference-counted: a reload
+ * builds and validates a new one, then swaps it in; in-flight requests keep
+ * the one they started with. With no file, th_config_default() gives the
+ * defaults of CONFIG.md with one embedded espeak provider named "local". */
+#ifndef TH_HUB_CONFIG_H
+#define TH_HUB_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/log.h"
+
+typedef struct th_kv {
+    char *key;
+    char *value;      /* a string, or compact JSON text when is_map */
+    bool is_map;      /* the YAML value was a mapping (cloning engines' voice references) */
+} th_kv;
+
+typedef struct th_provider_conf {
+    char *name;
+    char *type; /* espeak | openai_fm | openai | gpt_sovits | xtts | openvoice | cosyvoice | fish | elevenlabs | azure | nodes */
+    int weight;          /* default 1 */
+    int priority;        /* default 0 */
+    int concurrency;     /* default 4 (0 = unlimited) */
+    int queue;           /* default 64 */
+    uint64_t timeout_ms; /* default 30s */
+    size_t max_input_chars; /* 0 = the kind's own default */
+    th_kv *voices;       /* public voice -> engine voice */
+    size_t n_voices;
+    uint32_t formats;    /* bitmask of 1u << th_fmt; 0 = the kind's default */
+    char *base_url;      /* upstream kinds */
+    char *api_key_env;
+    int sample_rate;     /* 0 = the kind's default */
+    char *engine;        /* nodes */
+    th_kv *opts;         /* the kind's own keys (model, api, text_lang, media_type, streaming_mode, language,
+                            stream, accent, mode, format, reference_id, model_id, output_format, region) */
+    size_t n_opts;
+} th_provider_conf;
+
+typedef struct th_tenant_conf {
+    char *name;
+    int rpm, rate, burst, concurrency; /* 0 = no limit */
+    uint64_t chars_per_day, chars_per_month; /* 0 = unlimited */
+    char **voices;    /* glob patterns; default ["*"] */
+    size_t n_voices;
+    char **providers; /* default ["*"] */
+    size_t n_providers;
+} th_tenant_conf;
+
+typedef struct th_key_conf {
+    char *id;
+    char *sha256; /* lower-case hex, 64 chars */
+    char *tenant;
+    char *role;   /* user | admin */
+} th_key_conf;
+
+typedef struct th_route_conf {
+    char *tenant, *voice, *model; /* glob patterns; "" or NULL = any */
+    char **providers;
+    size_t n_providers;
+} th_route_conf;
+
+typedef struct th_voice_conf {
+    char *id;
+    char *language;
+    th_kv *providers; /* provider name -> engine voice */
+    size_t n_providers;
+} th_voice_conf;
+
+typedef struct th_config {
+    char *path;       /* the file it came from; NULL for defaults */
+    char *listen;     /* "0.0.0.0:8080" */
+    char *metrics_listen;
+    char *data_dir;
+    struct {
+        th_log_level level;
+        th_log_format format;
+        char *file;
+    } log;
+    struct {
+        uint64_t max_body, max_upload, max_header;
+        uint64_t max_input_chars;
+        uint32_t max_connections;
+        uint64_t header_timeout_ms, idle_timeout_ms, request_timeout_ms;
+        uint64_t shutdown_grace_ms; /* added: how long SIGTERM waits for in-flight requests (30s) */
+    } limits;
+    struct {
+        char *mode; /* none | api_key | jwt | any */
+        th_key_conf *keys;
+        size_t n_keys;
+        struct {
+            char *alg, *secret_env, *public_key_file, *issuer, *audience, *tenant_claim, *role_claim;
+        } jwt;
+    } auth;
+    th_tenant_conf *tenants;
+    size_t n_tenants;
+    struct {
+        int global_rpm, ip_rpm, concurrency;
+        char *backend;          /* local | redis */
+        char *on_backend_error; /* open | closed */
+    } rate_limit;
+    struct {
+        char *url, *prefix;
+        uint64_t timeout_ms;
+    } redis;
+    struct {
+        bool enabled;
+        char *backend; /* memory | redis */
+        uint64_t max_bytes;
+        uint64_t ttl_ms;
+    } cache;
+    th_provider_conf *providers;
+    size_t n_providers;
+    struct {
+        char *strategy; /* weighted | round_robin | least_load | random | priority */
+        int retries;
+        bool fallback;
+        uint64_t hedge_after_ms;
+        struct {
+            int failures;
+            double failure_ratio;
+            uint64_t window_ms, open_for_ms;
+            int half_open_probes;
+        } breaker;
+        uint64_t health_interval_ms;
+        th_route_conf *routes;
+        size_t n_routes;
+    } router;
+    th_voice_conf *voices;
+    size_t n_voices;
+    struct {
+        uint64_t heartbeat_interval_ms, dead_threshold_ms, remove_after_ms;
+        char *token_env;
+        char *backend;
+    } registry;
+    struct {
+        char *otlp_endpoint, *service_name;
+        double sample_ratio;
+    } tracing;
+
+    int refs; /* reference count; starts at 1 */
+} th_config;
+
+/** One validation error. */
+typedef struct th_config_error {
+    char path[256];    /* "providers[2].base_url" ("" for the whole file) */
+    char message[256];
+    int line;          /* 1-based line in the file, 0 when unknown */
+} th_config_error;
+
+typedef struct th_config_errors {
+    th_config_error *items;
+    size_t n, cap;
+} th_config_errors;
+
+/** The defaults of CONFIG.md plus one espeak provider "local". NULL on ENOMEM. */
+th_config *th_config_default(void);
+/** Reads and validates a file. On any error returns NULL and fills errs (every error, not the first). */
+th_config *th_config_load(const char *path, th_config_errors *errs);
+/** Same, from a string (tests, fuzzing). name is used in messages. */
+th_config *th_config_parse(const char *yaml, size_t len, th_config_errors *errs);
+void th_config_errors_free(th_config_errors *errs);
+
+th_config *th_config_ref(th_config *c);
+void th_config_unref(th_config *c);
+
+/** The live config as JSON text (malloc'd), with secrets and key hashes redacted. */
+char *th_config_to_json(const th_config *c);
+
+/** Lookups. */
+const th_provider_conf *th_config_provider(const th_config *c, const char *name);
+const th_tenant_conf *th_config_tenant(const th_config *c, const char *name);
+const char *th_kv_get(const th_kv *kv, size_t n, const char *key);
+
+#endif

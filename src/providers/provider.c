@@ -1,0 +1,42 @@
+#include "providers/provider.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "providers/espeak.h"
+
+const char *th_perr_kind_name(th_perr_kind k)
+{
+    switch (k) {
+    case TH_PERR_NONE: return "none";
+    case TH_PERR_TIMEOUT: return "timeout";
+    case TH_PERR_CONNECT: return "connect";
+    case TH_PERR_STATUS: return "upstream_status";
+    case TH_PERR_OVERLOADED: return "overloaded";
+    case TH_PERR_PROTOCOL: return "protocol";
+    case TH_PERR_CLIENT: return "client";
+    case TH_PERR_CANCELLED: return "cancelled";
+    case TH_PERR_INTERNAL: return "internal";
+    }
+    return "unknown";
+}
+
+void th_perr_set(th_perr *e, th_perr_kind kind, int status, const char *fmt, ...)
+{
+    e->kind = kind;
+    e->status = status;
+    e->retry_after_s = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+const th_provider_ops *th_provider_kind(const char *kind)
+{
+    static const th_provider_ops *const kinds[] = {&th_espeak_ops};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(kinds[i]->kind, kind) == 0) return kinds[i];
+    return NULL;
+}

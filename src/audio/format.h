@@ -43,6 +43,9 @@ th_fmt th_fmt_from_mime(const char *content_type);
 /** Looks at the first bytes. Returns TH_FMT_NONE when n is too small to tell or nothing matches
  * (callers then fall back to the declared spec, or to PCM). */
 th_fmt th_fmt_sniff(const uint8_t *p, size_t n);
+/** Like th_fmt_sniff. With strict, a lone MPEG/ADTS frame header is not enough when the next header
+ * could still arrive. *more (may be NULL) is set when more bytes could change a TH_FMT_NONE answer. */
+th_fmt th_fmt_sniff_ex(const uint8_t *p, size_t n, bool strict, bool *more);
 /** Bytes per sample of a PCM sample format. */
 int th_sample_bytes(th_sample s);
 

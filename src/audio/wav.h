@@ -23,7 +23,7 @@ enum { TH_WAV_NEED_MORE = 0, TH_WAV_HAVE_FORMAT = 1, TH_WAV_ERROR = -1 };
 
 th_wav_reader *th_wav_reader_new(size_t max_header_bytes);
 void th_wav_reader_free(th_wav_reader *r);
-/** Pushes bytes. *pcm/*pcm_len point at sample bytes ready in this call (inside the reader's own
+/** Pushes bytes. *pcm and *pcm_len point at sample bytes ready in this call (inside the reader's own
  * storage, valid until the next push). Returns TH_WAV_HAVE_FORMAT once the fmt chunk is known (and
  * on every later call), TH_WAV_NEED_MORE before, TH_WAV_ERROR on a malformed header (err says why). */
 int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const uint8_t **pcm, size_t *pcm_len,

@@ -26,7 +26,7 @@ int th_buf_append_str(th_buf *b, const char *s);
 int th_buf_append_byte(th_buf *b, uint8_t c);
 /** printf-style append (bounded, vsnprintf). */
 int th_buf_appendf(th_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int th_buf_vappendf(th_buf *b, const char *fmt, va_list ap);
+int th_buf_vappendf(th_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /** Appends s as the inside of a JSON string (quotes not included), escaping as JSON requires. */
 int th_buf_append_json_str(th_buf *b, const char *s, size_t n);
 /** Makes sure at least n more bytes fit without reallocating. */

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every benchmark; each prints its own table and ratios (see BENCH.md).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+for b in http_fixed.sh p5_espeak.sh p7_transcode.sh; do
+  [ -x "$here/$b" ] || { echo "bench: $b missing"; continue; }
+  echo "=== $b"
+  bash "$here/$b" || echo "bench: $b failed"
+  echo
+done

@@ -1,0 +1,86 @@
+/* api: the client protocols and control routes, registered on the hub's router.
+ *
+ * Every request gets a th_api_ctx (the http req's data slot) when it
+ * reaches the hub: request id, start time and the fields of its access
+ * line. Handlers answer through th_api_error / th_api_json / the audio
+ * streamer, which also write the access line and free the ctx. */
+#ifndef TH_API_API_H
+#define TH_API_API_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "audio/format.h"
+#include "http/http.h"
+#include "hub/hub.h"
+#include "hub/synth.h"
+#include "providers/provider.h"
+
+typedef enum {
+    TH_SHAPE_OPENAI = 0, /* {"error":{message,type,code}} (ttsfm and OpenAI routes) */
+    TH_SHAPE_CLONE,      /* {"success":false,"message","code"} (voice-clone routes) */
+} th_api_shape;
+
+typedef enum {
+    TH_STREAM_AUDIO = 0, /* raw audio bytes, chunked */
+    TH_STREAM_SSE,       /* OpenAI stream_format=sse */
+} th_api_stream_mode;
+
+typedef struct th_api_ctx {
+    th_hub *hub;
+    th_http_req *req;
+    th_api_shape shape;
+    char rid[130];
+    /* access-line fields, filled as the request goes */
+    char *voice;
+    char *tenant;
+    const char *error_code;
+    char provider[64];
+    const char *cache;
+    th_fmt fmt;
+    int64_t chars;
+    uint64_t bytes;
+    int status;
+    /* audio streaming */
+    th_synth *synth;
+    th_api_stream_mode mode;
+    bool started, waiting_drain, counted;
+} th_api_ctx;
+
+/** Registers every route and the hub's HTTP handler. 0 or -1 (ENOMEM). */
+int th_api_register(th_hub *hub);
+/** The HTTP server's handler: makes the ctx, then dispatches through the router. */
+void th_api_handle(th_http_req *req, void *ud);
+size_t th_api_body_limit(th_http_req *req, void *ud);
+
+/** The caller-shaped error body with the right status and type; logs; frees ctx. */
+void th_api_error(th_api_ctx *c, int status, const char *type, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/** The default error type of a status (API.md table). */
+const char *th_api_error_type(int status);
+/** Status, type and code for a provider error. */
+void th_api_perr_status(const th_perr *e, int *status, const char **type, const char **code);
+/** Answers with a body; logs; frees ctx. */
+void th_api_reply(th_api_ctx *c, int status, const char *content_type, const void *body, size_t len);
+/** Sets X-Request-Id from a client-given id (generation) if it is acceptable; false if not. */
+bool th_api_set_request_id(th_api_ctx *c, const char *id);
+/** Writes the access line (status, bytes, durations) for c. */
+void th_api_log(th_api_ctx *c, int status);
+void th_api_ctx_free(th_api_ctx *c);
+
+/** Runs a synthesis and streams its audio as the response (audio or SSE); answers errors before the
+ * first byte in c's shape, cuts the response after it. Takes over c. */
+void th_api_speak(th_api_ctx *c, const th_synth_params *p);
+
+/** Shared checks of synthesis fields. Each answers the error itself and returns -1 when bad. */
+int th_api_check_input(th_api_ctx *c, const char *field, const char *text, size_t len, size_t *chars);
+int th_api_check_format(th_api_ctx *c, const char *field, const char *name, th_fmt *fmt);
+int th_api_check_speed(th_api_ctx *c, const char *field, const char *s, double *speed);
+
+/* route handlers */
+void th_api_ttsfm_generate(th_http_req *req, void *ud);
+void th_api_health(th_http_req *req, void *ud);
+void th_api_page(th_http_req *req, void *ud);
+void th_api_miss(th_http_req *req, int status, const char *allow, void *ud);
+
+#endif

@@ -1,0 +1,245 @@
+/* common: per-request context, error bodies, the access line. */
+#include "api/api.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/str.h"
+#include "core/uuid.h"
+
+const char *th_api_error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 405: return "invalid_request_error";
+    case 408: return "timeout_error";
+    case 429: return "rate_limit_error";
+    case 502: return "upstream_error";
+    case 503: return "service_unavailable";
+    case 504: return "timeout_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void th_api_perr_status(const th_perr *e, int *status, const char **type, const char **code)
+{
+    switch (e->kind) {
+    case TH_PERR_CLIENT:
+        *status = 400;
+        *code = "upstream_rejected";
+        break;
+    case TH_PERR_TIMEOUT:
+        *status = 504;
+        *code = "upstream_timeout";
+        break;
+    case TH_PERR_OVERLOADED:
+        *status = 503;
+        *code = "upstream_overloaded";
+        break;
+    case TH_PERR_INTERNAL:
+        *status = 500;
+        *code = "internal_error";
+        break;
+    case TH_PERR_CANCELLED:
+        *status = 499;
+        *code = "cancelled";
+        break;
+    default:
+        *status = 502;
+        *code = "upstream_error";
+        break;
+    }
+    *type = th_api_error_type(*status);
+}
+
+void th_api_ctx_free(th_api_ctx *c)
+{
+    if (c == NULL) return;
+    free(c->voice);
+    free(c->tenant);
+    free(c);
+}
+
+void th_api_log(th_api_ctx *c, int status)
+{
+    th_hub *hub = c->hub;
+    hub->stats.requests++;
+    if (status >= 400) hub->stats.errors++;
+    double dur = (double)(th_mono_us() - th_http_start_us(c->req)) / 1000.0;
+    th_access a = {
+        .generation = c->rid,
+        .method = th_http_method(c->req),
+        .route = th_http_path(c->req),
+        .tenant = c->tenant,
+        .voice = c->voice,
+        .format = c->fmt != TH_FMT_NONE ? th_fmt_name(c->fmt) : NULL,
+        .provider = c->provider[0] ? c->provider : NULL,
+        .cache = c->cache,
+        .peer = th_http_peer(c->req),
+        .error = status >= 400 ? c->error_code : NULL,
+        .status = status,
+        .bytes = (int64_t)c->bytes,
+        .chars = c->chars > 0 ? c->chars : -1,
+        .duration_ms = dur,
+        .upstream_ms = c->synth ? th_synth_upstream_ms(c->synth) : -1,
+    };
+    th_log_access(hub->log, &a);
+}
+
+void th_api_reply(th_api_ctx *c, int status, const char *content_type, const void *body, size_t len)
+{
+    c->bytes = len;
+    th_api_log(c, status);
+    th_http_req *req = c->req;
+    th_api_ctx_free(c);
+    th_http_set_data(req, NULL);
+    th_http_respond(req, status, content_type, body, len);
+}
+
+void th_api_error(th_api_ctx *c, int status, const char *type, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (type == NULL) type = th_api_error_type(status);
+    c->error_code = code;
+    json_t *o;
+    if (c->shape == TH_SHAPE_CLONE)
+        o = json_pack("{s:b,s:s,s:s}", "success", 0, "message", msg, "code", code ? code : type);
+    else
+        o = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg, "type", type, "code", code);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (status == 429 || status == 503) th_http_set_header(c->req, "Retry-After", "1");
+    if (body == NULL) {
+        static const char fallback[] =
+            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+        th_api_reply(c, 500, "application/json", fallback, sizeof fallback - 1);
+        return;
+    }
+    th_api_reply(c, status, "application/json", body, strlen(body));
+    free(body);
+}
+
+bool th_api_set_request_id(th_api_ctx *c, const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 128) return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = id[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '_' || ch == '.' || ch == ':';
+        if (!ok) return false;
+    }
+    memcpy(c->rid, id, n + 1);
+    th_http_set_header(c->req, "X-Request-Id", c->rid);
+    return true;
+}
+
+void th_api_handle(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        static const char oom[] =
+            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+        th_http_respond(req, 500, "application/json", oom, sizeof oom - 1);
+        return;
+    }
+    c->hub = hub;
+    c->req = req;
+    c->fmt = TH_FMT_NONE;
+    const char *given = th_http_header(req, "X-Request-Id");
+    if (given == NULL || !th_api_set_request_id(c, given)) {
+        th_uuid_v4(c->rid);
+        th_http_set_header(req, "X-Request-Id", c->rid);
+    }
+    th_http_set_data(req, c);
+    th_router_dispatch(hub->router, req);
+}
+
+size_t th_api_body_limit(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    const char *path = th_http_path(req);
+    if (strcmp(path, "/api/extract_voice") == 0) return (size_t)hub->cfg->limits.max_upload;
+    return (size_t)hub->cfg->limits.max_body;
+}
+
+void th_api_miss(th_http_req *req, int status, const char *allow, void *ud)
+{
+    th_api_ctx *c = th_http_get_data(req);
+    if (status == 405) {
+        if (allow) th_http_set_header(req, "Allow", allow);
+        th_api_error(c, 405, "invalid_request_error", "method_not_allowed", "method %s is not allowed on %s",
+                     th_http_method(req), th_http_path(req));
+        return;
+    }
+    th_api_error(c, 404, "not_found_error", "not_found", "no route for %s %s", th_http_method(req),
+                 th_http_path(req));
+}
+
+int th_api_check_input(th_api_ctx *c, const char *field, const char *text, size_t len, size_t *chars)
+{
+    if (text == NULL) {
+        th_api_error(c, 400, NULL, "missing_input", "'%s' is required", field);
+        return -1;
+    }
+    int64_t n = th_utf8_count(text, len);
+    if (n < 0) {
+        th_api_error(c, 400, NULL, "invalid_input", "'%s' is not valid UTF-8", field);
+        return -1;
+    }
+    bool blank = true;
+    for (size_t i = 0; i < len && blank; i++)
+        if (!strchr(" \t\r\n", text[i])) blank = false;
+    if (n == 0 || blank) {
+        th_api_error(c, 400, NULL, "missing_input", "'%s' must not be empty", field);
+        return -1;
+    }
+    uint64_t max = c->hub->cfg->limits.max_input_chars;
+    if ((uint64_t)n > max) {
+        th_api_error(c, 400, NULL, "input_too_long", "'%s' is %lld characters; the limit is %llu", field,
+                     (long long)n, (unsigned long long)max);
+        return -1;
+    }
+    c->chars = n;
+    *chars = (size_t)n;
+    return 0;
+}
+
+int th_api_check_format(th_api_ctx *c, const char *field, const char *name, th_fmt *fmt)
+{
+    if (name == NULL || *name == 0) {
+        *fmt = TH_FMT_MP3;
+    } else {
+        *fmt = th_fmt_from_name(name);
+        if (*fmt == TH_FMT_NONE) {
+            th_api_error(c, 400, NULL, "invalid_response_format",
+                         "'%s' must be one of mp3, opus, aac, flac, wav, pcm", field);
+            return -1;
+        }
+    }
+    c->fmt = *fmt;
+    return 0;
+}
+
+int th_api_check_speed(th_api_ctx *c, const char *field, const char *s, double *speed)
+{
+    *speed = 1.0;
+    if (s == NULL || *s == 0) return 0;
+    if (th_str_to_double(s, 0.25, 4.0, speed) != 0) {
+        th_api_error(c, 400, NULL, "invalid_speed", "'%s' must be a number from 0.25 to 4.0", field);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,75 @@
+/* control: health, pages, and the route table. */
+#include "api/api.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/asset.h"
+#include "core/clock.h"
+
+void th_api_health(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    json_t *providers = json_object();
+    size_t healthy = 0;
+    for (size_t i = 0; i < hub->n_providers; i++) {
+        th_provider *p = hub->providers[i];
+        json_object_set_new(providers, p->conf->name,
+                            json_pack("{s:s,s:s}", "status", "healthy", "type", p->conf->type));
+        healthy++;
+    }
+    const char *status = hub->stopping ? "unhealthy" : healthy == hub->n_providers ? "healthy"
+                                                   : healthy > 0                   ? "degraded"
+                                                                                   : "unhealthy";
+    json_t *o = json_pack(
+        "{s:s,s:s,s:I,s:{s:o,s:{s:s},s:{s:s},s:{s:s}},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
+        "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components", "providers",
+        providers, "registry", "status", "disabled", "redis", "status", "disabled", "limiter", "backend",
+        hub->cfg->rate_limit.backend, "requests", "total", (json_int_t)hub->stats.requests, "in_flight",
+        (json_int_t)hub->stats.inflight);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (body == NULL) {
+        th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        return;
+    }
+    th_http_set_header(req, "Cache-Control", "no-store");
+    th_api_reply(c, strcmp(status, "unhealthy") == 0 ? 503 : 200, "application/json", body, strlen(body));
+    free(body);
+}
+
+void th_api_page(th_http_req *req, void *ud)
+{
+    (void)ud;
+    th_api_ctx *c = th_http_get_data(req);
+    const char *path = th_http_path(req);
+    if (strcmp(path, "/") == 0) path = "/index.html";
+    const th_asset *a = th_asset_find(path);
+    if (a == NULL) {
+        th_api_error(c, 404, "not_found_error", "not_found", "no page at %s", path);
+        return;
+    }
+    th_http_set_header(req, "Cache-Control", "public, max-age=300");
+    th_api_reply(c, 200, th_asset_mime(a->path), a->data, a->len);
+}
+
+int th_api_register(th_hub *hub)
+{
+    hub->router = th_router_new(th_api_miss, hub);
+    if (hub->router == NULL) return -1;
+    static const struct {
+        const char *method, *pattern;
+        th_http_handler h;
+    } routes[] = {
+        {"POST", "/api/generate", th_api_ttsfm_generate},
+        {"GET", "/health", th_api_health},
+        {"GET", "/api/health", th_api_health},
+        {"GET", "/", th_api_page},
+        {"GET", "/static/*", th_api_page},
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (th_router_add(hub->router, routes[i].method, routes[i].pattern, routes[i].h, hub) != 0) return -1;
+    return 0;
+}

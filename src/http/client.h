@@ -1,0 +1,85 @@
+/* client: upstream HTTP(S) through libcurl's multi_socket API on the hub's uv loop.
+ *
+ * One th_client per loop owns a CURLM; each transfer is a th_client_req.
+ * Sockets are watched with one uv_poll_t each and curl's timer drives one
+ * uv_timer_t (the pattern of curl's multi-uv example). Nothing blocks the
+ * loop. Connections are reused (per-host pool). Each transfer has connect,
+ * first-byte and total timeouts of its own. Callbacks run on the loop
+ * thread; an easy handle is never removed inside its own curl callback. */
+#ifndef TH_HTTP_CLIENT_H
+#define TH_HTTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct th_client th_client;
+typedef struct th_client_req th_client_req;
+
+typedef struct th_client_conf {
+    long max_host_connections;  /* per host:port; 0 = 64 */
+    long max_total_connections; /* 0 = 1024 */
+    long max_connects_cache;    /* idle connections kept; 0 = 256 */
+} th_client_conf;
+
+/** How a transfer ended. Only this decides retry, fallback and breaker accounting upstream. */
+typedef enum {
+    TH_CLIENT_OK = 0,           /* the whole response arrived (any HTTP status) */
+    TH_CLIENT_CONNECT,          /* refused, unreachable, DNS failure */
+    TH_CLIENT_TIMEOUT_CONNECT,  /* no connection within connect_timeout_ms */
+    TH_CLIENT_TIMEOUT_FIRST,    /* connected, no response byte within first_byte_timeout_ms */
+    TH_CLIENT_TIMEOUT_TOTAL,    /* the whole exchange took longer than total_timeout_ms */
+    TH_CLIENT_RESET,            /* the peer closed or reset mid-response (truncated body) */
+    TH_CLIENT_PROTOCOL,         /* not HTTP, bad chunking, bad headers */
+    TH_CLIENT_TOO_LARGE,        /* the response body passed max_body */
+    TH_CLIENT_CANCELLED,        /* never reported: cancel means no callbacks */
+    TH_CLIENT_ABORTED,          /* a callback asked to stop (on_head or on_body returned -1) */
+    TH_CLIENT_INTERNAL,         /* out of memory, curl setup failure */
+} th_client_result;
+
+const char *th_client_result_name(th_client_result r);
+
+typedef struct th_client_header {
+    const char *name;  /* lower-cased */
+    const char *value; /* trimmed */
+} th_client_header;
+
+typedef struct th_client_opts {
+    const char *method; /* "GET", "POST", ... (default POST when body is set, else GET) */
+    const char *url;
+    const char *const *headers; /* "Name: value" strings, NULL-terminated; may be NULL */
+    const uint8_t *body;        /* copied at start */
+    size_t body_len;
+    uint64_t connect_timeout_ms;    /* 0 = 10 s */
+    uint64_t first_byte_timeout_ms; /* 0 = total */
+    uint64_t total_timeout_ms;      /* 0 = 120 s */
+    uint64_t max_body;              /* 0 = unlimited (bytes delivered through on_body) */
+} th_client_opts;
+
+typedef struct th_client_cb {
+    /** All response headers are in. Return 0 to go on, -1 to abort (ends with TH_CLIENT_ABORTED). */
+    int (*on_head)(void *ud, int status, const th_client_header *headers, size_t n);
+    /** Body bytes as they arrive (dechunked). Return 0 to go on, 1 to pause until th_client_resume(),
+     * -1 to abort. */
+    int (*on_body)(void *ud, const uint8_t *data, size_t len);
+    /** The end, exactly once unless cancelled. status is the HTTP status (0 when none arrived). */
+    void (*on_done)(void *ud, th_client_result result, int status, const char *detail);
+    void *ud;
+} th_client_cb;
+
+th_client *th_client_new(uv_loop_t *loop, const th_client_conf *conf);
+/** Starts a transfer. NULL on bad options or ENOMEM. Callbacks come later, never inside this call. */
+th_client_req *th_client_start(th_client *c, const th_client_opts *opts, const th_client_cb *cb);
+/** Stops a transfer: no callback after this returns. Safe from inside its own callbacks. */
+void th_client_cancel(th_client_req *r);
+/** Resumes a transfer paused by on_body returning 1. */
+void th_client_resume(th_client_req *r);
+size_t th_client_inflight(const th_client *c);
+/** Cancels every transfer, closes the handles, and calls done on the loop thread when all is freed. */
+void th_client_close(th_client *c, void (*done)(void *ud), void *ud);
+
+/** Case-insensitive lookup in a header array; NULL when absent. */
+const char *th_client_header_get(const th_client_header *h, size_t n, const char *name);
+
+#endif

@@ -1,0 +1,235 @@
+/* hub: builds the gateway from its config, runs the loop, drains on SIGTERM. */
+#include "hub/hub.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "core/clock.h"
+#include "core/str.h"
+
+typedef struct th_hub_deferred {
+    struct th_hub_deferred *next;
+    void (*fn)(void *);
+    void *ptr;
+} th_hub_deferred;
+
+static void run_deferred(th_hub *hub)
+{
+    while (hub->deferred) {
+        th_hub_deferred *list = hub->deferred;
+        hub->deferred = NULL;
+        while (list) {
+            th_hub_deferred *d = list;
+            list = d->next;
+            d->fn(d->ptr);
+            free(d);
+        }
+    }
+}
+
+static void reaper_cb(uv_check_t *h)
+{
+    run_deferred(h->data);
+}
+
+int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr)
+{
+    th_hub_deferred *d = malloc(sizeof *d);
+    if (d == NULL) {
+        fn(ptr);
+        return -1;
+    }
+    d->fn = fn;
+    d->ptr = ptr;
+    d->next = hub->deferred;
+    hub->deferred = d;
+    return 0;
+}
+
+int th_hub_provider_index(const th_hub *hub, const char *name)
+{
+    for (size_t i = 0; i < hub->n_providers; i++)
+        if (strcmp(hub->providers[i]->conf->name, name) == 0) return (int)i;
+    return -1;
+}
+
+static void destroy_providers(th_hub *hub)
+{
+    for (size_t i = 0; i < hub->n_providers; i++)
+        if (hub->providers[i]) hub->providers[i]->ops->destroy(hub->providers[i]);
+    free(hub->providers);
+    hub->providers = NULL;
+    hub->n_providers = 0;
+}
+
+static int create_providers(th_hub *hub)
+{
+    const th_config *cfg = hub->cfg;
+    hub->providers = calloc(cfg->n_providers ? cfg->n_providers : 1, sizeof *hub->providers);
+    if (hub->providers == NULL) return -1;
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        const th_provider_conf *pc = &cfg->providers[i];
+        const th_provider_ops *ops = th_provider_kind(pc->type);
+        if (ops == NULL) {
+            TH_LOG(hub->log, TH_LOG_ERROR, "provider %s: type %s is not available in this build", pc->name,
+                   pc->type);
+            return -1;
+        }
+        char err[256] = "";
+        th_provider *p = ops->create(hub->loop, pc, hub->log, err, sizeof err);
+        if (p == NULL) {
+            TH_LOG(hub->log, TH_LOG_ERROR, "provider %s: %s", pc->name, err);
+            return -1;
+        }
+        hub->providers[hub->n_providers++] = p;
+        TH_LOG(hub->log, TH_LOG_INFO, "provider %s (%s) ready", pc->name, pc->type);
+    }
+    return 0;
+}
+
+static void shutdown_done(void *ud)
+{
+    th_hub *hub = ud;
+    TH_LOG(hub->log, TH_LOG_INFO, "drained; stopping");
+    destroy_providers(hub);
+    uv_close((uv_handle_t *)&hub->sig_term, NULL);
+    uv_close((uv_handle_t *)&hub->sig_int, NULL);
+    uv_check_stop(&hub->reaper);
+    run_deferred(hub);
+    uv_close((uv_handle_t *)&hub->reaper, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    th_hub *hub = h->data;
+    if (hub->stopping) {
+        TH_LOG(hub->log, TH_LOG_WARN, "second signal %d: exiting now", signum);
+        exit(1);
+    }
+    hub->stopping = true;
+    TH_LOG(hub->log, TH_LOG_INFO, "signal %d: draining %zu in-flight requests (grace %llums)", signum,
+           th_http_server_inflight(hub->http), (unsigned long long)hub->cfg->limits.shutdown_grace_ms);
+    th_http_server_shutdown(hub->http, hub->cfg->limits.shutdown_grace_ms, shutdown_done, hub);
+}
+
+static bool is_loopback(const char *listen)
+{
+    return th_str_startswith(listen, "127.") || th_str_startswith(listen, "[::1]") ||
+           th_str_startswith(listen, "localhost:");
+}
+
+static th_config *load_config(const th_serve_opts *opts, FILE *err)
+{
+    const char *path = opts->config_path;
+    if (path == NULL || *path == 0) path = getenv("TTSHUB_CONFIG");
+    if (path == NULL || *path == 0) return th_config_default();
+    th_config_errors errs = {0};
+    th_config *cfg = th_config_load(path, &errs);
+    if (cfg == NULL) {
+        for (size_t i = 0; i < errs.n; i++) {
+            const th_config_error *e = &errs.items[i];
+            if (e->line > 0)
+                fprintf(err, "%s:%d: %s%s%s\n", path, e->line, e->path, e->path[0] ? ": " : "", e->message);
+            else
+                fprintf(err, "%s: %s%s%s\n", path, e->path, e->path[0] ? ": " : "", e->message);
+        }
+        if (errs.n == 0) fprintf(err, "%s: cannot load config\n", path);
+        th_config_errors_free(&errs);
+    }
+    return cfg;
+}
+
+int th_hub_serve(const th_serve_opts *opts)
+{
+    int rc = 1;
+    th_hub hub;
+    memset(&hub, 0, sizeof hub);
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) return 1;
+    hub.loop = &loop;
+    signal(SIGPIPE, SIG_IGN);
+
+    hub.cfg = load_config(opts, stderr);
+    if (hub.cfg == NULL) goto out_loop;
+    th_log_level level = hub.cfg->log.level;
+    if (opts->log_level && th_log_level_parse(opts->log_level, &level) != 0) {
+        fprintf(stderr, "ttshub: --log-level must be debug, info, warn or error\n");
+        goto out_cfg;
+    }
+    hub.log = th_log_new(level, hub.cfg->log.format, hub.cfg->log.file);
+    if (hub.log == NULL) {
+        fprintf(stderr, "ttshub: cannot open log file %s: %s\n", hub.cfg->log.file, strerror(errno));
+        goto out_cfg;
+    }
+    hub.started_ms = th_wall_ms();
+    hub.started_mono_ms = th_mono_ms();
+    hub.exit_code = 0;
+
+    const char *listen = opts->listen && *opts->listen ? opts->listen : hub.cfg->listen;
+    th_http_limits lim = {
+        .max_header = (size_t)hub.cfg->limits.max_header,
+        .max_body = (size_t)hub.cfg->limits.max_body,
+        .max_upload = (size_t)hub.cfg->limits.max_upload,
+        .max_connections = hub.cfg->limits.max_connections,
+        .header_timeout_ms = hub.cfg->limits.header_timeout_ms,
+        .idle_timeout_ms = hub.cfg->limits.idle_timeout_ms,
+        .request_timeout_ms = hub.cfg->limits.request_timeout_ms,
+    };
+    hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
+    if (hub.http == NULL) goto out_log;
+    th_http_server_set_body_limit_fn(hub.http, th_api_body_limit);
+    if (th_api_register(&hub) != 0) goto out_http;
+    if (create_providers(&hub) != 0) goto out_router;
+
+    char err[256] = "";
+    if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
+        TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", listen, err);
+        fprintf(stderr, "ttshub: cannot listen on %s: %s\n", listen, err);
+        goto out_providers;
+    }
+    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen))
+        TH_LOG(hub.log, TH_LOG_WARN, "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it",
+               listen);
+    TH_LOG(hub.log, TH_LOG_INFO, "ttshub %s listening on %s (port %d) with %zu provider(s)%s%s", TH_VERSION,
+           listen, th_http_server_port(hub.http), hub.n_providers, hub.cfg->path ? ", config " : ", embedded default",
+           hub.cfg->path ? hub.cfg->path : "");
+
+    uv_signal_init(&loop, &hub.sig_term);
+    uv_signal_init(&loop, &hub.sig_int);
+    hub.sig_term.data = hub.sig_int.data = &hub;
+    uv_signal_start(&hub.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&hub.sig_int, on_signal, SIGINT);
+    uv_check_init(&loop, &hub.reaper);
+    hub.reaper.data = &hub;
+    uv_check_start(&hub.reaper, reaper_cb);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    run_deferred(&hub);
+    th_http_server_free(hub.http);
+    hub.http = NULL;
+    th_router_free(hub.router);
+    hub.router = NULL;
+    rc = hub.exit_code;
+    TH_LOG(hub.log, TH_LOG_INFO, "stopped");
+    goto out_log;
+
+out_providers:
+    destroy_providers(&hub);
+out_router:
+    th_router_free(hub.router);
+out_http:
+    th_http_server_free(hub.http);
+    uv_run(&loop, UV_RUN_DEFAULT); /* let closed handles finish */
+out_log:
+    th_log_free(hub.log);
+out_cfg:
+    th_config_unref(hub.cfg);
+out_loop:
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return rc;
+}

@@ -1,0 +1,60 @@
+/* hub: the gateway's context and its lifetime (serve, drain, stop).
+ *
+ * Everything the gateway knows hangs off one th_hub, passed down
+ * explicitly; there are no globals. One hub runs one uv loop. */
+#ifndef TH_HUB_HUB_H
+#define TH_HUB_HUB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/log.h"
+#include "http/http.h"
+#include "http/router.h"
+#include "hub/config.h"
+#include "providers/provider.h"
+
+typedef struct th_hub_stats {
+    uint64_t requests;   /* client requests answered */
+    uint64_t errors;     /* of which status >= 400 */
+    uint64_t inflight;   /* synthesis requests under way */
+    uint64_t chars;      /* code points synthesised */
+    uint64_t audio_bytes;
+} th_hub_stats;
+
+typedef struct th_hub {
+    uv_loop_t *loop;
+    th_config *cfg;
+    th_log *log;
+    th_http_server *http;
+    th_router *router;
+    th_provider **providers; /* parallel to cfg->providers */
+    size_t n_providers;
+    uint64_t started_ms; /* wall clock */
+    uint64_t started_mono_ms;
+    th_hub_stats stats;
+    uv_signal_t sig_term, sig_int;
+    uv_check_t reaper;     /* runs deferred frees once per loop turn */
+    struct th_hub_deferred *deferred;
+    bool stopping;
+    int exit_code;
+} th_hub;
+
+typedef struct th_serve_opts {
+    const char *config_path; /* NULL: TTSHUB_CONFIG, else the embedded default */
+    const char *listen;      /* overrides the config */
+    const char *log_level;   /* overrides the config */
+} th_serve_opts;
+
+/** `ttshub serve`: runs until SIGTERM/SIGINT has drained in-flight requests. Returns the exit code. */
+int th_hub_serve(const th_serve_opts *opts);
+
+/** Frees ptr with fn on the next loop turn, outside any callback that may still use it.
+ * Returns 0, or -1 on ENOMEM (then fn(ptr) is called now). */
+int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr);
+
+/** Index of a provider by name, or -1. */
+int th_hub_provider_index(const th_hub *hub, const char *name);
+
+#endif

@@ -1,0 +1,63 @@
+/* synth: one synthesis from a provider to the client's format.
+ *
+ * Picks the provider, maps the voice, starts the job, converts its audio
+ * (th_audio_stream, off the loop) to the requested format, speed and rate,
+ * and hands the bytes to the caller as they come. Back-pressure flows both
+ * ways: the caller's on_data may ask to pause (slow client); a large
+ * backlog of unconverted input pauses the provider. Errors are typed
+ * (th_perr); a failure after the first byte is reported with
+ * bytes_out > 0, so the caller cuts the response instead of answering. */
+#ifndef TH_HUB_SYNTH_H
+#define TH_HUB_SYNTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audio/format.h"
+#include "hub/hub.h"
+#include "providers/provider.h"
+
+typedef struct th_synth th_synth;
+
+typedef struct th_synth_params {
+    const char *text;
+    size_t text_len;
+    size_t chars;
+    const char *voice; /* the public voice the client asked for */
+    const char *language;
+    const char *prompt;
+    const char *model;
+    const char *generation;
+    th_fmt fmt;      /* one of the six client formats */
+    int sample_rate; /* 0 = TH_PCM_DEFAULT_RATE */
+    double speed;    /* 0.25..4.0 */
+} th_synth_params;
+
+typedef struct th_synth_cb {
+    /** Before the first byte: which provider, and the format delivered. */
+    void (*on_start)(void *ud, const char *provider);
+    /** Output bytes. Return 1 to pause until th_synth_resume(). */
+    int (*on_data)(void *ud, const uint8_t *data, size_t len);
+    void (*on_done)(void *ud);
+    /** bytes_out > 0: the failure came after the first byte. */
+    void (*on_error)(void *ud, const th_perr *err, uint64_t bytes_out);
+    void *ud;
+} th_synth_cb;
+
+/** Checks what can be checked before starting (provider exists, voice known). 0, or -1 with err set
+ * (TH_PERR_CLIENT for a bad voice, TH_PERR_INTERNAL...). */
+int th_synth_prepare(th_hub *hub, const th_synth_params *p, th_perr *err);
+/** Starts. NULL with err set when it cannot start. Callbacks come later, never from inside this call. */
+th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_cb *cb, th_perr *err);
+/** The client went away: stops everything; no callbacks after this returns. Frees the synth. */
+void th_synth_cancel(th_synth *s);
+/** After on_done / on_error: frees the synth. */
+void th_synth_free(th_synth *s);
+/** The consumer can take more. */
+void th_synth_resume(th_synth *s);
+/** Milliseconds from start to the first audio byte from the provider (-1 if none yet). */
+double th_synth_upstream_ms(const th_synth *s);
+const char *th_synth_provider(const th_synth *s);
+
+#endif

@@ -1,0 +1,127 @@
+"""End-to-end harness: runs the real ttshub binary on free loopback ports."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("TTSHUB_BIN", os.path.join(ROOT, "build", "ttshub"))
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Hub:
+    """One ttshub serve process with its own config, data dir and log."""
+
+    def __init__(self, config_text=None, extra_args=(), env=None):
+        self.dir = tempfile.mkdtemp(prefix="ttshub-e2e-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        args = [BIN, "serve", "--listen", f"127.0.0.1:{self.port}"]
+        if config_text is not None:
+            self.config_path = os.path.join(self.dir, "ttshub.yaml")
+            with open(self.config_path, "w") as f:
+                f.write(config_text.replace("@DATA@", os.path.join(self.dir, "data")))
+            args += ["-c", self.config_path]
+        args += list(extra_args)
+        e = dict(os.environ)
+        e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        e["LSAN_OPTIONS"] = "suppressions=" + os.path.join(ROOT, "tests", "lsan.supp") + ":print_suppressions=0"
+        if env:
+            e.update(env)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e, cwd=self.dir)
+        self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ttshub exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                r = requests.get(self.url + "/health", timeout=1)
+                if r.status_code in (200, 503):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("ttshub did not become ready:\n" + self.output())
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log_lines(self):
+        out = []
+        for line in self.output().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def post(self, path="/api/generate", **kw):
+        kw.setdefault("timeout", 60)
+        return requests.post(self.url + path, **kw)
+
+    def get(self, path, **kw):
+        kw.setdefault("timeout", 30)
+        return requests.get(self.url + path, **kw)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("ttshub did not stop after SIGTERM:\n" + self.output()[-4000:])
+        self.log.close()
+        return self.proc.returncode
+
+    def check_clean_exit(self):
+        rc = self.stop()
+        out = self.output()
+        for mark in SANITIZER_MARKS:
+            assert mark not in out, f"sanitizer report in ttshub output:\n{out[-8000:]}"
+        assert rc == 0, f"ttshub exited with {rc}:\n{out[-4000:]}"
+
+
+@pytest.fixture
+def hub_factory():
+    hubs = []
+
+    def make(config_text=None, **kw):
+        h = Hub(config_text, **kw)
+        hubs.append(h)
+        return h
+
+    yield make
+    for h in hubs:
+        h.check_clean_exit()
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A shared hub on the embedded default config."""
+    h = Hub()
+    yield h
+    h.check_clean_exit()

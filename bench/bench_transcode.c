@@ -133,9 +133,10 @@ int main(int argc, char **argv)
     double wm = median(wall, (int)runs), cm = median(cpu, (int)runs);
     printf("input %s: %.2f s of audio; wav -> mp3 24 kHz mono %lld bit/s, %lld runs\n", in_path, audio_s,
            (long long)bitrate, (long long)runs);
-    printf("median wall %.4f s, median cpu %.4f s, realtime x%.0f (wall), x%.0f (cpu)\n", wm, cm, audio_s / wm,
-           audio_s / cm);
-    printf("RESULT audio_s=%.3f runs=%lld wall_med_s=%.5f cpu_med_s=%.5f rtf_wall=%.1f rtf_cpu=%.1f out_bytes=%zu\n",
+    printf("median wall %.4f s, median cpu %.4f s, realtime x%.0f (wall), x%.0f (cpu)\n", wm, cm,
+           audio_s / wm, audio_s / cm);
+    printf("RESULT audio_s=%.3f runs=%lld wall_med_s=%.5f cpu_med_s=%.5f rtf_wall=%.1f rtf_cpu=%.1f "
+           "out_bytes=%zu\n",
            audio_s, (long long)runs, wm, cm, audio_s / wm, audio_s / cm, out.len);
     rc = 0;
 out:

@@ -98,6 +98,7 @@ void th_api_reply(th_api_ctx *c, int status, const char *content_type, const voi
     c->bytes = len;
     th_api_log(c, status);
     th_http_req *req = c->req;
+    th_http_set_header(req, "X-Request-Id", c->rid);
     th_api_ctx_free(c);
     th_http_set_data(req, NULL);
     th_http_respond(req, status, content_type, body, len);
@@ -141,7 +142,6 @@ bool th_api_set_request_id(th_api_ctx *c, const char *id)
         if (!ok) return false;
     }
     memcpy(c->rid, id, n + 1);
-    th_http_set_header(c->req, "X-Request-Id", c->rid);
     return true;
 }
 
@@ -159,10 +159,7 @@ void th_api_handle(th_http_req *req, void *ud)
     c->req = req;
     c->fmt = TH_FMT_NONE;
     const char *given = th_http_header(req, "X-Request-Id");
-    if (given == NULL || !th_api_set_request_id(c, given)) {
-        th_uuid_v4(c->rid);
-        th_http_set_header(req, "X-Request-Id", c->rid);
-    }
+    if (given == NULL || !th_api_set_request_id(c, given)) th_uuid_v4(c->rid);
     th_http_set_data(req, c);
     th_router_dispatch(hub->router, req);
 }

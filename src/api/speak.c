@@ -48,6 +48,7 @@ static void on_start(void *ud, const char *provider)
 {
     th_api_ctx *c = ud;
     th_strlcpy(c->provider, provider, sizeof c->provider);
+    th_http_set_header(c->req, "X-Request-Id", c->rid);
     th_http_set_header(c->req, "X-Provider", provider);
     th_http_set_header(c->req, "X-Cache", c->cache ? c->cache : "MISS");
     th_http_set_header(c->req, "X-Audio-Format", th_fmt_name(c->fmt));

@@ -91,8 +91,8 @@ struct th_audio_conv {
 
     /* output side */
     bool out_ready;
-    bool raw_out;                /* wav or pcm */
-    enum AVSampleFormat ofmt;    /* mono samples after swresample */
+    bool raw_out;             /* wav or pcm */
+    enum AVSampleFormat ofmt; /* mono samples after swresample */
     int orate;
     AVFilterGraph *graph;
     AVFilterContext *fsrc, *fsink;
@@ -144,7 +144,8 @@ static int out_append(th_audio_conv *c, const void *p, size_t n)
 static int avio_write_cb(void *opaque, uint8_t *buf, int size)
 {
     th_audio_conv *c = opaque;
-    if (c->cur == NULL || size < 0 || th_buf_append(c->cur, buf, (size_t)size) != TH_BUF_OK) return AVERROR(ENOMEM);
+    if (c->cur == NULL || size < 0 || th_buf_append(c->cur, buf, (size_t)size) != TH_BUF_OK)
+        return AVERROR(ENOMEM);
     return size;
 }
 
@@ -413,7 +414,8 @@ static int to_encoder(th_audio_conv *c, uint8_t *data, int nb)
         c->samples_out += (uint64_t)nb;
         return out_append(c, data, (size_t)nb * 2);
     }
-    if (av_audio_fifo_write(c->fifo, (void **)&data, nb) != nb) return failf(c, "fifo write", AVERROR(ENOMEM));
+    if (av_audio_fifo_write(c->fifo, (void **)&data, nb) != nb)
+        return failf(c, "fifo write", AVERROR(ENOMEM));
     while (av_audio_fifo_size(c->fifo) >= c->frame_size)
         if (encode_frame(c, c->frame_size) != 0) return -1;
     return 0;
@@ -665,8 +667,8 @@ static int feed_parsed(th_audio_conv *c, const uint8_t *d, size_t n, bool flush)
         memset(c->pbuf + chunk, 0, AV_INPUT_BUFFER_PADDING_SIZE);
         uint8_t *pd = NULL;
         int ps = 0;
-        int used = av_parser_parse2(c->parser, c->dec, &pd, &ps, chunk ? c->pbuf : NULL, (int)chunk, AV_NOPTS_VALUE,
-                                    AV_NOPTS_VALUE, 0);
+        int used = av_parser_parse2(c->parser, c->dec, &pd, &ps, chunk ? c->pbuf : NULL, (int)chunk,
+                                    AV_NOPTS_VALUE, AV_NOPTS_VALUE, 0);
         if (used < 0) return failf(c, "parsing", used);
         d += used;
         n -= (size_t)used;
@@ -828,15 +830,16 @@ static int resolve(th_audio_conv *c, bool final)
     th_fmt f = th_fmt_sniff_ex(p, n, true, &more);
     if (f == TH_FMT_NONE && !final && more && n < CONV_SNIFF_MAX) return 0;
     if (f == TH_FMT_NONE && final) f = th_fmt_sniff_ex(p, n, false, NULL);
-    if (c->decl.fmt == TH_FMT_PCM && f != TH_FMT_WAV && f != TH_FMT_FLAC && f != TH_FMT_OGG && f != TH_FMT_OPUS &&
-        !(f == TH_FMT_MP3 && n >= 3 && memcmp(p, "ID3", 3) == 0))
+    if (c->decl.fmt == TH_FMT_PCM && f != TH_FMT_WAV && f != TH_FMT_FLAC && f != TH_FMT_OGG &&
+        f != TH_FMT_OPUS && !(f == TH_FMT_MP3 && n >= 3 && memcmp(p, "ID3", 3) == 0))
         f = TH_FMT_PCM; /* weak frame syncs do not override a declared PCM stream */
-    if (f == TH_FMT_NONE && c->decl.fmt != TH_FMT_NONE && c->decl.fmt != TH_FMT_PCM && c->decl.fmt != TH_FMT_WAV &&
-        n > 0) {
+    if (f == TH_FMT_NONE && c->decl.fmt != TH_FMT_NONE && c->decl.fmt != TH_FMT_PCM &&
+        c->decl.fmt != TH_FMT_WAV && n > 0) {
         /* Said to be a compressed format, yet it does not start like one: refuse rather than decode
          * noise out of whatever frame syncs turn up in it. */
         char msg[96];
-        snprintf(msg, sizeof msg, "input does not look like %s", c->decl.fmt == TH_FMT_OGG ? "ogg" : th_fmt_name(c->decl.fmt));
+        snprintf(msg, sizeof msg, "input does not look like %s",
+                 c->decl.fmt == TH_FMT_OGG ? "ogg" : th_fmt_name(c->decl.fmt));
         return failf(c, msg, 0);
     }
     if (f == TH_FMT_NONE) f = c->decl.fmt != TH_FMT_NONE ? c->decl.fmt : TH_FMT_PCM;
@@ -887,7 +890,9 @@ static int start_input(th_audio_conv *c)
     case TH_FMT_MP3:
     case TH_FMT_AAC:
     case TH_FMT_FLAC: {
-        enum AVCodecID id = f == TH_FMT_MP3 ? AV_CODEC_ID_MP3 : f == TH_FMT_AAC ? AV_CODEC_ID_AAC : AV_CODEC_ID_FLAC;
+        enum AVCodecID id = f == TH_FMT_MP3   ? AV_CODEC_ID_MP3
+                            : f == TH_FMT_AAC ? AV_CODEC_ID_AAC
+                                              : AV_CODEC_ID_FLAC;
         c->in_kind = IN_PARSED;
         if (setup_decoder(c, id) != 0 || open_decoder(c) != 0) return -1;
         c->parser = av_parser_init(id);
@@ -934,7 +939,8 @@ static bool rate_supported(const AVCodec *codec, int rate)
     return false;
 }
 
-th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target *out, char *err, size_t errlen)
+th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target *out, char *err,
+                                 size_t errlen)
 {
     pthread_once(&log_once, set_log_level);
     th_audio_conv *c = calloc(1, sizeof *c);
@@ -974,8 +980,9 @@ th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target 
             goto fail;
         }
         if (!rate_supported(codec, c->out.sample_rate)) {
-            failf(c, c->out.fmt == TH_FMT_OPUS ? "opus needs 8, 12, 16, 24 or 48 kHz"
-                                               : "sample rate not supported by the encoder",
+            failf(c,
+                  c->out.fmt == TH_FMT_OPUS ? "opus needs 8, 12, 16, 24 or 48 kHz"
+                                            : "sample rate not supported by the encoder",
                   0);
             goto fail;
         }
@@ -1004,7 +1011,8 @@ static int end(th_audio_conv *c, int rc)
     return rc;
 }
 
-int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf *out, char *err, size_t errlen)
+int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf *out, char *err,
+                       size_t errlen)
 {
     begin(c, out, err, errlen);
     if (c->state == ST_ERROR) return end(c, failf(c, "converter is in error", 0));
@@ -1070,7 +1078,8 @@ int th_audio_conv_finish(th_audio_conv *c, th_buf *out, char *err, size_t errlen
     }
     switch (c->in_kind) {
     case IN_WAV:
-        if (c->in_bytes > 0 && th_wav_reader_spec(c->wav) == NULL) return end(c, failf(c, "wav: truncated header", 0));
+        if (c->in_bytes > 0 && th_wav_reader_spec(c->wav) == NULL)
+            return end(c, failf(c, "wav: truncated header", 0));
         break;
     case IN_PARSED:
         if (feed_parsed(c, NULL, 0, true) != 0 || decode_packet(c, NULL) != 0) return end(c, -1);

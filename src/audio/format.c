@@ -6,13 +6,13 @@
 #include "core/str.h"
 
 static const char *const fmt_names[TH_FMT_COUNT] = {
-    [TH_FMT_MP3] = "mp3", [TH_FMT_OPUS] = "opus", [TH_FMT_AAC] = "aac",
-    [TH_FMT_FLAC] = "flac", [TH_FMT_WAV] = "wav", [TH_FMT_PCM] = "pcm",
+    [TH_FMT_MP3] = "mp3",   [TH_FMT_OPUS] = "opus", [TH_FMT_AAC] = "aac",
+    [TH_FMT_FLAC] = "flac", [TH_FMT_WAV] = "wav",   [TH_FMT_PCM] = "pcm",
 };
 
 static const char *const fmt_mimes[TH_FMT_COUNT] = {
-    [TH_FMT_MP3] = "audio/mpeg", [TH_FMT_OPUS] = "audio/opus", [TH_FMT_AAC] = "audio/aac",
-    [TH_FMT_FLAC] = "audio/flac", [TH_FMT_WAV] = "audio/wav",  [TH_FMT_PCM] = "audio/pcm",
+    [TH_FMT_MP3] = "audio/mpeg",  [TH_FMT_OPUS] = "audio/opus", [TH_FMT_AAC] = "audio/aac",
+    [TH_FMT_FLAC] = "audio/flac", [TH_FMT_WAV] = "audio/wav",   [TH_FMT_PCM] = "audio/pcm",
 };
 
 const char *th_fmt_name(th_fmt f)
@@ -39,16 +39,16 @@ static const struct {
     const char *type;
     th_fmt fmt;
 } mime_map[] = {
-    {"audio/mpeg", TH_FMT_MP3},     {"audio/mp3", TH_FMT_MP3},       {"audio/mpeg3", TH_FMT_MP3},
-    {"audio/x-mpeg", TH_FMT_MP3},   {"audio/x-mp3", TH_FMT_MP3},     {"audio/x-mpeg-3", TH_FMT_MP3},
-    {"audio/mpa", TH_FMT_MP3},      {"audio/wav", TH_FMT_WAV},       {"audio/x-wav", TH_FMT_WAV},
-    {"audio/wave", TH_FMT_WAV},     {"audio/vnd.wave", TH_FMT_WAV},  {"audio/x-pn-wav", TH_FMT_WAV},
-    {"audio/ogg", TH_FMT_OGG},      {"application/ogg", TH_FMT_OGG}, {"audio/vorbis", TH_FMT_OGG},
-    {"audio/opus", TH_FMT_OPUS},
-    {"audio/aac", TH_FMT_AAC},      {"audio/x-aac", TH_FMT_AAC},     {"audio/aacp", TH_FMT_AAC},
-    {"audio/flac", TH_FMT_FLAC},    {"audio/x-flac", TH_FMT_FLAC},   {"audio/l16", TH_FMT_PCM},
-    {"audio/pcm", TH_FMT_PCM},      {"audio/x-pcm", TH_FMT_PCM},     {"audio/raw", TH_FMT_PCM},
-    {"audio/x-raw", TH_FMT_PCM},    {"audio/basic-pcm", TH_FMT_PCM}, {"audio/s16le", TH_FMT_PCM},
+    {"audio/mpeg", TH_FMT_MP3},   {"audio/mp3", TH_FMT_MP3},       {"audio/mpeg3", TH_FMT_MP3},
+    {"audio/x-mpeg", TH_FMT_MP3}, {"audio/x-mp3", TH_FMT_MP3},     {"audio/x-mpeg-3", TH_FMT_MP3},
+    {"audio/mpa", TH_FMT_MP3},    {"audio/wav", TH_FMT_WAV},       {"audio/x-wav", TH_FMT_WAV},
+    {"audio/wave", TH_FMT_WAV},   {"audio/vnd.wave", TH_FMT_WAV},  {"audio/x-pn-wav", TH_FMT_WAV},
+    {"audio/ogg", TH_FMT_OGG},    {"application/ogg", TH_FMT_OGG}, {"audio/vorbis", TH_FMT_OGG},
+    {"audio/opus", TH_FMT_OPUS},  {"audio/aac", TH_FMT_AAC},       {"audio/x-aac", TH_FMT_AAC},
+    {"audio/aacp", TH_FMT_AAC},   {"audio/flac", TH_FMT_FLAC},     {"audio/x-flac", TH_FMT_FLAC},
+    {"audio/l16", TH_FMT_PCM},    {"audio/pcm", TH_FMT_PCM},       {"audio/x-pcm", TH_FMT_PCM},
+    {"audio/raw", TH_FMT_PCM},    {"audio/x-raw", TH_FMT_PCM},     {"audio/basic-pcm", TH_FMT_PCM},
+    {"audio/s16le", TH_FMT_PCM},
 };
 
 static bool is_space(char c)

@@ -75,7 +75,8 @@ static bool deliver(th_audio_stream *s)
     s->busy++;
     if (s->batch_rc != 0) {
         s->ended = true;
-        if (s->cb.on_error) s->cb.on_error(s->cb.ud, s->batch_err[0] ? s->batch_err : "audio conversion failed");
+        if (s->cb.on_error)
+            s->cb.on_error(s->cb.ud, s->batch_err[0] ? s->batch_err : "audio conversion failed");
     } else {
         if (s->out.len > 0 && s->cb.on_data && !s->closed) s->cb.on_data(s->cb.ud, s->out.data, s->out.len);
         if (s->batch_finish && !s->closed) {

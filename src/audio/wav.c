@@ -64,7 +64,7 @@ void th_wav_header(uint8_t out[TH_WAV_HEADER_LEN], int sample_rate, int channels
     uint32_t block = (uint32_t)channels * (uint32_t)(bits / 8);
     memcpy(out, "RIFF", 4);
     wr32(out + 4, data_len == TH_WAV_SIZE_UNKNOWN || data_len > TH_WAV_SIZE_UNKNOWN - 36 ? TH_WAV_SIZE_UNKNOWN
-                                                                                        : data_len + 36);
+                                                                                         : data_len + 36);
     memcpy(out + 8, "WAVEfmt ", 8);
     wr32(out + 16, 16);
     wr16(out + 20, 1); /* PCM */
@@ -118,7 +118,8 @@ static int parse_fmt(th_wav_reader *r, char *err, size_t errlen)
         if (r->have < 40 || rd16(p + 16) < 22) return fail(r, err, errlen, "short WAVE_FORMAT_EXTENSIBLE");
         static const uint8_t guid_tail[14] = {0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80,
                                               0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71};
-        if (memcmp(p + 26, guid_tail, sizeof guid_tail) != 0) return fail(r, err, errlen, "unknown sub-format");
+        if (memcmp(p + 26, guid_tail, sizeof guid_tail) != 0)
+            return fail(r, err, errlen, "unknown sub-format");
         tag = rd16(p + 24);
     }
     if (channels < 1 || channels > WAV_MAX_CHANNELS) return fail(r, err, errlen, "bad channel count");
@@ -149,7 +150,8 @@ static int parse_fmt(th_wav_reader *r, char *err, size_t errlen)
     } else {
         return fail(r, err, errlen, "unsupported format tag (only PCM and IEEE float)");
     }
-    r->spec = (th_audio_spec){.fmt = TH_FMT_PCM, .sample_rate = (int)rate, .channels = (int)channels, .sample = s};
+    r->spec =
+        (th_audio_spec){.fmt = TH_FMT_PCM, .sample_rate = (int)rate, .channels = (int)channels, .sample = s};
     r->in_bytes = (int)bits / 8;
     r->block = r->in_bytes * (int)channels; /* block_align in the header is not trusted either */
     r->have_fmt = true;
@@ -210,8 +212,8 @@ static int emit(th_wav_reader *r, const uint8_t *d, size_t n, size_t *out_len)
     return 0;
 }
 
-int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const uint8_t **pcm, size_t *pcm_len,
-                       char *err, size_t errlen)
+int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const uint8_t **pcm,
+                       size_t *pcm_len, char *err, size_t errlen)
 {
     *pcm = NULL;
     *pcm_len = 0;
@@ -241,7 +243,8 @@ int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const 
         if (r->state == ST_RIFF) {
             if (memcmp(r->hdr, "RIFF", 4) != 0 && memcmp(r->hdr, "RIFX", 4) != 0)
                 return fail(r, err, errlen, "not a RIFF file");
-            if (memcmp(r->hdr, "RIFX", 4) == 0) return fail(r, err, errlen, "big-endian RIFX is not supported");
+            if (memcmp(r->hdr, "RIFX", 4) == 0)
+                return fail(r, err, errlen, "big-endian RIFX is not supported");
             if (memcmp(r->hdr + 8, "WAVE", 4) != 0) return fail(r, err, errlen, "not a WAVE file");
             r->state = ST_CHUNK;
             r->need = 8;

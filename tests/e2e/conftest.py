@@ -62,7 +62,8 @@ class Hub:
         raise RuntimeError("ttshub did not become ready:\n" + self.output())
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 

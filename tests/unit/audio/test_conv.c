@@ -47,8 +47,10 @@ static inline double tu_decoded_seconds(const uint8_t *p, size_t n, int rate)
     th_buf_init(&b, 0);
     char err[256] = {0};
     double s = -1;
-    if (th_audio_convert(&in, p, n, &out, &b, err, sizeof err) == 0) s = (double)b.len / 2.0 / rate;
-    else fprintf(stderr, "decode failed: %s\n", err);
+    if (th_audio_convert(&in, p, n, &out, &b, err, sizeof err) == 0)
+        s = (double)b.len / 2.0 / rate;
+    else
+        fprintf(stderr, "decode failed: %s\n", err);
     th_buf_free(&b);
     return s;
 }
@@ -69,7 +71,6 @@ static inline const uint8_t *tu_memmem(const uint8_t *h, size_t hn, const char *
     return NULL;
 }
 
-
 static void put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)v;
@@ -82,7 +83,8 @@ static void put32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static const th_audio_spec pcm22k = {.fmt = TH_FMT_PCM, .sample_rate = 22050, .channels = 1, .sample = TH_SAMPLE_S16};
+static const th_audio_spec pcm22k = {
+    .fmt = TH_FMT_PCM, .sample_rate = 22050, .channels = 1, .sample = TH_SAMPLE_S16};
 
 /* 3 s of 22050 Hz s16 mono sine converted to fmt (24 kHz default). */
 static int convert_sine(th_fmt fmt, double tempo, th_buf *out, char *err, size_t errlen)
@@ -245,7 +247,8 @@ TH_TEST(conv_resample_rates)
         size_t n;
         uint8_t *pcm = tu_sine_s16(rates[i], 1, 2.0, &n);
         TH_REQUIRE(pcm != NULL);
-        th_audio_spec in = {.fmt = TH_FMT_PCM, .sample_rate = rates[i], .channels = 1, .sample = TH_SAMPLE_S16};
+        th_audio_spec in = {
+            .fmt = TH_FMT_PCM, .sample_rate = rates[i], .channels = 1, .sample = TH_SAMPLE_S16};
         th_audio_target t = {.fmt = TH_FMT_PCM, .tempo = 1.0};
         th_buf b;
         th_buf_init(&b, 0);
@@ -464,7 +467,8 @@ TH_TEST(conv_flac_aac_input_incremental)
         before_finish = b.len;
         /* Decoded while pushed: FFmpeg's flac parser looks ahead several frames (~2 s here) before
          * it emits one, so ask for more than 1 s of the 3 s before finish. */
-        if (before_finish <= 44 + 48000) fprintf(stderr, "  %s: %zu bytes out before finish\n", th_fmt_name(fmts[f]), before_finish);
+        if (before_finish <= 44 + 48000)
+            fprintf(stderr, "  %s: %zu bytes out before finish\n", th_fmt_name(fmts[f]), before_finish);
         TH_CHECK(before_finish > 44 + 48000);
         TH_CHECK_INT(th_audio_conv_finish(c, &b, err, sizeof err), 0);
         TH_CHECK(tu_within((double)(b.len - 44) / 2 / 24000.0, 3.0, 0.04));
@@ -555,8 +559,8 @@ TH_TEST(conv_ffprobe_agrees)
         fwrite(b.data, 1, b.len, f);
         fclose(f);
         char cmd[256];
-        snprintf(cmd, sizeof cmd,
-                 "ffprobe -v error -show_entries stream=sample_rate,channels -of csv=p=0 %s", path);
+        snprintf(cmd, sizeof cmd, "ffprobe -v error -show_entries stream=sample_rate,channels -of csv=p=0 %s",
+                 path);
         FILE *p = popen(cmd, "r");
         TH_REQUIRE(p != NULL);
         char line[128] = {0};

@@ -120,9 +120,10 @@ TH_TEST(wav_header_canonical)
 {
     uint8_t h[TH_WAV_HEADER_LEN];
     th_wav_header(h, 24000, 1, 16, 4800);
-    static const uint8_t want[44] = {'R', 'I', 'F', 'F', 0xE4, 0x12, 0, 0, 'W', 'A', 'V', 'E', 'f', 'm', 't', ' ',
-                                     16,  0,   0,   0,   1,    0,    1, 0, 0xC0, 0x5D, 0, 0, 0x80, 0xBB, 0, 0,
-                                     2,   0,   16,  0,   'd',  'a',  't', 'a', 0xC0, 0x12, 0, 0};
+    static const uint8_t want[44] = {'R', 'I', 'F',  'F',  0xE4, 0x12, 0,    0,    'W',  'A', 'V',
+                                     'E', 'f', 'm',  't',  ' ',  16,   0,    0,    0,    1,   0,
+                                     1,   0,   0xC0, 0x5D, 0,    0,    0x80, 0xBB, 0,    0,   2,
+                                     0,   16,  0,    'd',  'a',  't',  'a',  0xC0, 0x12, 0,   0};
     TH_CHECK(memcmp(h, want, 44) == 0);
     th_wav_header(h, 24000, 1, 16, TH_WAV_SIZE_UNKNOWN);
     TH_CHECK(memcmp(h + 4, "\xFF\xFF\xFF\xFF", 4) == 0);
@@ -256,12 +257,14 @@ TH_TEST(wav_reader_errors_and_bound)
     /* data before fmt */
     r = th_wav_reader_new(0);
     TH_REQUIRE(r != NULL);
-    TH_CHECK_INT(th_wav_reader_push(r, (const uint8_t *)"RIFF\0\0\0\0WAVEdata\0\0\0\0", 20, &pcm, &pl, err, sizeof err),
+    TH_CHECK_INT(th_wav_reader_push(r, (const uint8_t *)"RIFF\0\0\0\0WAVEdata\0\0\0\0", 20, &pcm, &pl, err,
+                                    sizeof err),
                  TH_WAV_ERROR);
     th_wav_reader_free(r);
 
     /* A huge junk chunk before data is refused by the header bound. */
-    uint8_t junk[20] = {'R', 'I', 'F', 'F', 0, 0, 0, 0, 'W', 'A', 'V', 'E', 'J', 'U', 'N', 'K', 0, 0, 0, 0x40};
+    uint8_t junk[20] = {'R', 'I', 'F', 'F', 0,   0,   0, 0, 'W', 'A',
+                        'V', 'E', 'J', 'U', 'N', 'K', 0, 0, 0,   0x40};
     r = th_wav_reader_new(4096);
     TH_REQUIRE(r != NULL);
     TH_CHECK_INT(th_wav_reader_push(r, junk, sizeof junk, &pcm, &pl, err, sizeof err), TH_WAV_ERROR);

@@ -48,8 +48,10 @@ static inline double tu_decoded_seconds(const uint8_t *p, size_t n, int rate)
     th_buf_init(&b, 0);
     char err[256] = {0};
     double s = -1;
-    if (th_audio_convert(&in, p, n, &out, &b, err, sizeof err) == 0) s = (double)b.len / 2.0 / rate;
-    else fprintf(stderr, "decode failed: %s\n", err);
+    if (th_audio_convert(&in, p, n, &out, &b, err, sizeof err) == 0)
+        s = (double)b.len / 2.0 / rate;
+    else
+        fprintf(stderr, "decode failed: %s\n", err);
     th_buf_free(&b);
     return s;
 }
@@ -69,7 +71,6 @@ static inline const uint8_t *tu_memmem(const uint8_t *h, size_t hn, const char *
         if (memcmp(h + i, needle, nn) == 0) return h + i;
     return NULL;
 }
-
 
 typedef struct sink {
     th_buf out;
@@ -103,7 +104,8 @@ static void on_error(void *ud, const char *msg)
     snprintf(k->err, sizeof k->err, "%s", msg);
 }
 
-static const th_audio_spec pcm22k = {.fmt = TH_FMT_PCM, .sample_rate = 22050, .channels = 1, .sample = TH_SAMPLE_S16};
+static const th_audio_spec pcm22k = {
+    .fmt = TH_FMT_PCM, .sample_rate = 22050, .channels = 1, .sample = TH_SAMPLE_S16};
 
 /* Pushes the input in chunks from a timer, as a network source would. */
 typedef struct feeder {
@@ -222,7 +224,7 @@ TH_TEST(stream_close_mid_stream)
         TH_REQUIRE(th_audio_stream_push(s, pcm + n / 2, n / 2) == 0);
         TH_CHECK(th_audio_stream_pending(s) > 0);
         if (round == 1) uv_run(&loop, UV_RUN_NOWAIT); /* maybe one batch back */
-        th_audio_stream_close(s);                       /* work may still be in flight */
+        th_audio_stream_close(s);                     /* work may still be in flight */
         k.closed = true;
         uv_run(&loop, UV_RUN_DEFAULT); /* the work returns; the stream is freed then */
         TH_CHECK_INT(k.after_close, 0);

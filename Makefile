@@ -41,11 +41,11 @@ e2e: build
 
 # e2e against the sanitizer build: any ASan/UBSan report fails the server's exit check
 e2e-asan: asan
-	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider tests/e2e --ignore=tests/e2e/fakes $(PYTEST_ARGS)
 
 fuzz: deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTH_FUZZ=ON
-	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $$(cd tests/fuzz && ls fuzz_*.c | sed "s/\.c$$//")
 	bash tests/fuzz/run.sh $(FUZZ_BUILD) $${FUZZ_SECONDS:-60}
 
 test: test-deps build

@@ -56,14 +56,14 @@ static inline double tu_decoded_seconds(const uint8_t *p, size_t n, int rate)
     return s;
 }
 
-static inline int tu_within(double got, double want, double rel)
+__attribute__((unused)) static inline int tu_within(double got, double want, double rel)
 {
     int ok = fabs(got - want) <= want * rel;
     if (!ok) fprintf(stderr, "  duration %.4f s, want %.4f s (+-%.0f%%)\n", got, want, rel * 100);
     return ok;
 }
 
-static inline const uint8_t *tu_memmem(const uint8_t *h, size_t hn, const char *needle)
+__attribute__((unused)) static inline const uint8_t *tu_memmem(const uint8_t *h, size_t hn, const char *needle)
 {
     size_t nn = strlen(needle);
     if (nn == 0 || hn < nn) return NULL;

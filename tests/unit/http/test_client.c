@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -274,6 +275,8 @@ static void *accept_main(void *arg)
         int fd = accept(f->lfd, NULL, NULL);
         if (fd < 0) continue;
         atomic_fetch_add(&f->accepted, 1);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (f->mode == FM_CLOSE_ON_ACCEPT) {
             close(fd);
             continue;

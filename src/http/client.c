@@ -2,8 +2,8 @@
  *
  * Layout
  *   - One CURLM per th_client. CURLMOPT_SOCKETFUNCTION keeps one uv_poll_t per socket (its context is
- *     attached with curl_multi_assign); CURLMOPT_TIMERFUNCTION drives one uv_timer_t. curl_multi_socket_action
- *     is only ever called from our own uv callbacks, never from inside a curl callback.
+ *     attached with curl_multi_assign); CURLMOPT_TIMERFUNCTION drives one uv_timer_t.
+ *     curl_multi_socket_action is only called from our own uv callbacks, never from a curl callback.
  *   - c->in_curl counts the curl calls on the stack. While it is non-zero we are (possibly) inside a
  *     curl callback, so nothing may call a multi API: th_client_start, th_client_cancel and
  *     th_client_close then only mark the transfer and queue it on c->pending. drain() runs after every
@@ -18,6 +18,12 @@
  *     consumer already has and the write callback drops them on re-delivery.
  *   - Transfers (easy handle, first-byte timer, header buffer) are pooled for reuse: curl_easy_reset is
  *     cheaper than a new easy handle, and the timer need not be closed per transfer.
+ *   - Timeouts: connect and total are curl's (CONNECTTIMEOUT_MS, TIMEOUT_MS). The first-byte timer is ours,
+ *     armed at start (so it includes connecting) and stopped by the first header byte; if it fires before
+ *     the connection is up (prereq callback not run yet) the result is TIMEOUT_CONNECT. curl's total
+ *     limit with no response byte yet is reported as TIMEOUT_FIRST (first-byte limit = total).
+ *   - A peer that closes right after accept gives CURLE_RECV_ERROR ("Connection reset by peer": the
+ *     request hits a closed socket) or CURLE_GOT_NOTHING: both map to TH_CLIENT_RESET.
  *
  * Process-wide state: curl_global_init is not thread-safe and must run once per process. It is called
  * through pthread_once from th_client_new; the library never calls curl_global_cleanup (the process
@@ -89,24 +95,24 @@ struct th_client_req {
     th_client_cb cb;
     struct curl_slist *hdrs;
     req_state state;
-    bool added;       /* in the multi handle */
-    bool want_add;    /* start() ran inside a curl callback */
-    bool want_resume; /* th_client_resume() asked for it */
-    bool want_stop;   /* the first-byte timer fired: finish with r->forced */
-    bool cancelled;   /* no callback may run any more */
-    bool paused;      /* the write callback returned CURL_WRITEFUNC_PAUSE */
-    bool connected;   /* the prereq callback ran: connection up (or reused) */
-    bool got_byte;    /* a response byte arrived (first header line) */
-    bool head_done;   /* on_head was called */
+    bool added;              /* in the multi handle */
+    bool want_add;           /* start() ran inside a curl callback */
+    bool want_resume;        /* th_client_resume() asked for it */
+    bool want_stop;          /* the first-byte timer fired: finish with r->forced */
+    bool cancelled;          /* no callback may run any more */
+    bool paused;             /* the write callback returned CURL_WRITEFUNC_PAUSE */
+    bool connected;          /* the prereq callback ran: connection up (or reused) */
+    bool got_byte;           /* a response byte arrived (first header line) */
+    bool head_done;          /* on_head was called */
     th_client_result forced; /* TH_CLIENT_OK, or why we ended it ourselves */
     const char *forced_detail;
     int status;
     uint64_t max_body;
     uint64_t body_seen;
-    size_t skip;     /* bytes curl will re-deliver after a pause that the consumer already has */
-    size_t hdr_raw;  /* raw header bytes seen (all responses, 1xx included) */
-    size_t hdr_n;    /* stored headers of the current response */
-    th_buf hbuf;     /* "name\0value\0" pairs of the current response */
+    size_t skip;    /* bytes curl will re-deliver after a pause that the consumer already has */
+    size_t hdr_raw; /* raw header bytes seen (all responses, 1xx included) */
+    size_t hdr_n;   /* stored headers of the current response */
+    th_buf hbuf;    /* "name\0value\0" pairs of the current response */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -226,7 +232,6 @@ static void on_req_timer_closed(uv_handle_t *h)
     free(r);
     handle_closed(c);
 }
-
 
 /* ---- deferred work ---- */
 
@@ -426,8 +431,10 @@ static void process_pending(th_client *c, th_client_req *r)
         c->in_curl--;
         if (rc != CURLE_OK && r->state == R_ACTIVE) {
             /* The re-delivery failed inside curl_easy_pause: curl may not end the transfer itself. */
-            if (r->forced != TH_CLIENT_OK) finish(r, r->forced, r->forced_detail);
-            else finish(r, TH_CLIENT_INTERNAL, curl_easy_strerror(rc));
+            if (r->forced != TH_CLIENT_OK)
+                finish(r, r->forced, r->forced_detail);
+            else
+                finish(r, TH_CLIENT_INTERNAL, curl_easy_strerror(rc));
         }
     }
 }
@@ -547,8 +554,10 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
     if (is_ows(buf[0])) { /* obs-fold: continue the previous value */
         if (r->hdr_n == 0) return fail_cb(r, TH_CLIENT_PROTOCOL, "continuation line without a header");
         size_t b = 0, e = len;
-        while (b < e && is_ows(buf[b])) b++;
-        while (e > b && is_ows(buf[e - 1])) e--;
+        while (b < e && is_ows(buf[b]))
+            b++;
+        while (e > b && is_ows(buf[e - 1]))
+            e--;
         if (b == e) return n;
         if (th_buf_reserve(hb, e - b + 1) != TH_BUF_OK)
             return fail_cb(r, TH_CLIENT_PROTOCOL, "response headers over 16 KiB");
@@ -562,12 +571,15 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
     const char *colon = memchr(buf, ':', len);
     if (!colon) return fail_cb(r, TH_CLIENT_PROTOCOL, "malformed response header line");
     size_t nlen = (size_t)(colon - buf);
-    while (nlen > 0 && is_ows(buf[nlen - 1])) nlen--;
+    while (nlen > 0 && is_ows(buf[nlen - 1]))
+        nlen--;
     if (nlen == 0) return fail_cb(r, TH_CLIENT_PROTOCOL, "empty response header name");
     if (r->hdr_n >= HDR_MAX_COUNT) return fail_cb(r, TH_CLIENT_PROTOCOL, "more than 100 response headers");
     size_t vb = (size_t)(colon - buf) + 1, ve = len;
-    while (vb < ve && is_ows(buf[vb])) vb++;
-    while (ve > vb && is_ows(buf[ve - 1])) ve--;
+    while (vb < ve && is_ows(buf[vb]))
+        vb++;
+    while (ve > vb && is_ows(buf[ve - 1]))
+        ve--;
     int rc = th_buf_reserve(hb, nlen + 1 + (ve - vb) + 1);
     if (rc == TH_BUF_ENOMEM) return fail_cb(r, TH_CLIENT_INTERNAL, "out of memory");
     if (rc != TH_BUF_OK) return fail_cb(r, TH_CLIENT_PROTOCOL, "response headers over 16 KiB");
@@ -632,8 +644,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     curl_multi_socket_action(c->multi, ps->fd, flags, &running);
     c->in_curl--;
     /* libuv stopped the handle on error; curl still expects it watched unless it let go of it. */
-    if (status < 0 && !uv_is_closing((uv_handle_t *)h) && ps->events)
-        uv_poll_start(h, ps->events, on_poll);
+    if (status < 0 && !uv_is_closing((uv_handle_t *)h) && ps->events) uv_poll_start(h, ps->events, on_poll);
     drain(c);
 }
 
@@ -668,6 +679,8 @@ static int on_curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void 
     int events = 0;
     if (what & CURL_POLL_IN) events |= UV_READABLE;
     if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+    /* Same socket (curl never REMOVEd it), same events: uv_poll_start would cost two epoll_ctl calls. */
+    if (socketp && events == ps->events && uv_is_active((uv_handle_t *)&ps->poll)) return 0;
     ps->events = events;
     return uv_poll_start(&ps->poll, events, on_poll) == 0 ? 0 : -1;
 }
@@ -687,8 +700,10 @@ static int on_curl_timeout_set(CURLM *m, long timeout_ms, void *userp)
 {
     (void)m;
     th_client *c = userp;
-    if (timeout_ms < 0) uv_timer_stop(&c->timer);
-    else uv_timer_start(&c->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
+    if (timeout_ms < 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_curl_timer, (uint64_t)timeout_ms, 0);
     return 0;
 }
 
@@ -811,8 +826,10 @@ th_client_req *th_client_start(th_client *c, const th_client_opts *o, const th_c
     if (strncasecmp(o->url, "http://", 7) == 0) SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     if (o->max_body && o->max_body <= (uint64_t)INT64_MAX)
         SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body); /* early TOO_LARGE from Content-Length */
-    if (is_head) SET(CURLOPT_NOBODY, 1L);
-    else if ((!is_get && !is_post) || (is_get && has_body)) SET(CURLOPT_CUSTOMREQUEST, method);
+    if (is_head)
+        SET(CURLOPT_NOBODY, 1L);
+    else if ((!is_get && !is_post) || (is_get && has_body))
+        SET(CURLOPT_CUSTOMREQUEST, method);
     bool send_body = has_body || is_post;
     if (send_body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);

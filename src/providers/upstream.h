@@ -46,6 +46,18 @@ typedef struct th_upstream_kind {
     int (*probe)(const th_provider_conf *pc, th_upstream_http *out);
 } th_upstream_kind;
 
+/* One per engine kind, each in its own file src/providers/<kind>.c. */
+extern const th_upstream_kind th_kind_openai_fm;  /* openai_fm.c */
+extern const th_upstream_kind th_kind_openai;     /* openai.c */
+extern const th_upstream_kind th_kind_elevenlabs; /* elevenlabs.c */
+extern const th_upstream_kind th_kind_azure;      /* azure.c */
+extern const th_upstream_kind th_kind_fish;       /* fish.c */
+extern const th_upstream_kind th_kind_gpt_sovits; /* gpt_sovits.c (api v2 and v1) */
+extern const th_upstream_kind th_kind_xtts;       /* xtts.c */
+extern const th_upstream_kind th_kind_openvoice;  /* openvoice.c */
+extern const th_upstream_kind th_kind_cosyvoice;  /* cosyvoice.c */
+extern const th_upstream_kind th_kind_nodes;      /* nodes.c: registered worker nodes (POST /synthesize) */
+
 /** The kinds, NULL-terminated. */
 extern const th_upstream_kind *const th_upstream_kinds[];
 const th_upstream_kind *th_upstream_find(const char *kind);

@@ -101,7 +101,8 @@ static int send_pattern(int fd, size_t n)
     uint8_t blk[8192];
     for (size_t off = 0; off < n;) {
         size_t k = n - off < sizeof blk ? n - off : sizeof blk;
-        for (size_t i = 0; i < k; i++) blk[i] = pattern(off + i);
+        for (size_t i = 0; i < k; i++)
+            blk[i] = pattern(off + i);
         if (send_all(fd, blk, k) != 0) return -1;
         off += k;
     }
@@ -114,7 +115,8 @@ static size_t query_n(const char *path, size_t def)
     int64_t v;
     if (!q) return def;
     const char *e = q + 3;
-    while (*e >= '0' && *e <= '9') e++;
+    while (*e >= '0' && *e <= '9')
+        e++;
     if (th_strn_to_i64(q + 3, (size_t)(e - q - 3), 0, 1 << 30, &v) != 0) return def;
     return (size_t)v;
 }
@@ -190,7 +192,8 @@ static int respond(fake *f, int fd, const char *method, const char *path, const 
         uint8_t blk[4096];
         while (off < n) {
             size_t k = n - off < sizeof blk ? n - off : sizeof blk;
-            for (size_t i = 0; i < k; i++) blk[i] = pattern(off + i);
+            for (size_t i = 0; i < k; i++)
+                blk[i] = pattern(off + i);
             snprintf(hdr, sizeof hdr, "%zx\r\n", k);
             if (send_str(fd, hdr) != 0 || send_all(fd, blk, k) != 0 || send_str(fd, "\r\n") != 0) return -1;
             off += k;
@@ -227,9 +230,11 @@ static void *conn_main(void *arg)
         const char *cl = strcasestr(req, "\r\ncontent-length:");
         if (cl) {
             cl += 17;
-            while (*cl == ' ') cl++;
+            while (*cl == ' ')
+                cl++;
             const char *e = cl;
-            while (*e >= '0' && *e <= '9') e++;
+            while (*e >= '0' && *e <= '9')
+                e++;
             int64_t v = 0;
             if (th_strn_to_i64(cl, (size_t)(e - cl), 0, (1 << 20) - 1, &v) != 0) goto out;
             blen = (size_t)v;
@@ -323,7 +328,8 @@ static void fake_stop(fake *f)
 {
     atomic_store(&f->stop, true);
     pthread_join(f->acceptor, NULL);
-    for (int i = 0; i < f->nconns; i++) pthread_join(f->conns[i], NULL);
+    for (int i = 0; i < f->nconns; i++)
+        pthread_join(f->conns[i], NULL);
     close(f->lfd);
     pthread_mutex_destroy(&f->mu);
 }
@@ -358,7 +364,8 @@ static bool run_until(uv_loop_t *loop, bool (*pred)(void *), void *arg, int time
     uv_timer_start(&tick, noop_timer, 5, 5);
     uint64_t end = th_mono_ms() + (uint64_t)timeout_ms;
     bool ok;
-    while (!(ok = pred ? pred(arg) : false) && th_mono_ms() < end) uv_run(loop, UV_RUN_ONCE);
+    while (!(ok = pred ? pred(arg) : false) && th_mono_ms() < end)
+        uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return ok;
@@ -416,13 +423,13 @@ typedef struct tr {
     size_t nhdr;
     th_buf body;
     uint64_t t0, t_first_body, t_done;
-    int head_rc;           /* returned from on_head */
-    bool pause_each;       /* on_body returns 1 every time; resumed from a uv timer */
-    bool cancel_in_body;   /* th_client_cancel(self) from the first on_body */
+    int head_rc;             /* returned from on_head */
+    bool pause_each;         /* on_body returns 1 every time; resumed from a uv timer */
+    bool cancel_in_body;     /* th_client_cancel(self) from the first on_body */
     struct tr *cancel_other; /* cancelled from the first on_body */
-    bool close_in_body;    /* th_client_close from the first on_body */
-    bool start_in_head;    /* start `child` from on_head */
-    bool start_in_done;    /* start `child` from on_done */
+    bool close_in_body;      /* th_client_close from the first on_body */
+    bool start_in_head;      /* start `child` from on_head */
+    bool start_in_done;      /* start `child` from on_done */
     struct tr *child;
     const char *child_path;
     uv_timer_t resume_timer;
@@ -608,7 +615,8 @@ TH_TEST(post_put_head_with_body_and_headers)
     fx x;
     TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
     uint8_t body[3000];
-    for (size_t i = 0; i < sizeof body; i++) body[i] = (uint8_t)(i * 7); /* NULs included */
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (uint8_t)(i * 7); /* NULs included */
     const char *hdrs[] = {"Content-Type: application/octet-stream", "X-Req: 1", NULL};
     tr t;
     tr_init(&t, &x);
@@ -626,7 +634,8 @@ TH_TEST(post_put_head_with_body_and_headers)
 
     /* PUT through CURLOPT_CUSTOMREQUEST, with a body */
     tr_init(&t, &x);
-    th_client_opts p = {.method = "PUT", .url = fx_url(&x, "/echo"), .body = (const uint8_t *)"abc", .body_len = 3};
+    th_client_opts p = {
+        .method = "PUT", .url = fx_url(&x, "/echo"), .body = (const uint8_t *)"abc", .body_len = 3};
     TH_REQUIRE(tr_start(&t, &p) != NULL);
     TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
     TH_CHECK_INT(t.result, TH_CLIENT_OK);
@@ -690,7 +699,8 @@ TH_TEST(connection_reuse_sequential)
     for (int i = 0; i < 10; i++) {
         tr t;
         tr_init(&t, &x);
-        th_client_opts o = {.url = fx_url(&x, i % 2 ? "/fixed" : "/echo"), .body = (const uint8_t *)"x",
+        th_client_opts o = {.url = fx_url(&x, i % 2 ? "/fixed" : "/echo"),
+                            .body = (const uint8_t *)"x",
                             .body_len = (size_t)(i % 2 ? 0 : 1)};
         if (i % 2) o.body = NULL;
         TH_REQUIRE(tr_start(&t, &o) != NULL);
@@ -884,8 +894,8 @@ TH_TEST(reset_before_first_byte)
     TH_REQUIRE(tr_start(&t, &o) != NULL);
     TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
     /* curl: CURLE_GOT_NOTHING ("Empty reply from server") or CURLE_RECV_ERROR (ECONNRESET) */
-    if (t.result != TH_CLIENT_RESET) fprintf(stderr, "reset_before_first_byte: %s (%s)\n",
-                                             th_client_result_name(t.result), t.detail);
+    if (t.result != TH_CLIENT_RESET)
+        fprintf(stderr, "reset_before_first_byte: %s (%s)\n", th_client_result_name(t.result), t.detail);
     TH_CHECK_INT(t.result, TH_CLIENT_RESET);
     TH_CHECK_INT(t.heads, 0);
     TH_CHECK_INT(t.done_status, 0);

@@ -30,6 +30,7 @@ typedef struct th_api_ctx {
     th_hub *hub;
     th_http_req *req;
     th_api_shape shape;
+    const char *route; /* the route's pattern, for metrics ("unmatched" when none) */
     char rid[130];
     /* access-line fields, filled as the request goes */
     char *voice;
@@ -41,6 +42,7 @@ typedef struct th_api_ctx {
     int64_t chars;
     uint64_t bytes;
     int status;
+    int retry_after_s; /* Retry-After of a 429/503 (0: 1 second) */
     /* audio streaming */
     th_synth *synth;
     th_api_stream_mode mode;
@@ -82,5 +84,9 @@ void th_api_ttsfm_generate(th_http_req *req, void *ud);
 void th_api_health(th_http_req *req, void *ud);
 void th_api_page(th_http_req *req, void *ud);
 void th_api_miss(th_http_req *req, int status, const char *allow, void *ud);
+void th_api_openai_speech(th_http_req *req, void *ud);
+void th_api_openai_models(th_http_req *req, void *ud);
+void th_api_openai_voices(th_http_req *req, void *ud);
+void th_api_metrics(th_http_req *req, void *ud);
 
 #endif

@@ -91,6 +91,15 @@ void th_api_log(th_api_ctx *c, int status)
         .upstream_ms = c->synth ? th_synth_upstream_ms(c->synth) : -1,
     };
     th_log_access(hub->log, &a);
+    if (hub->metrics) {
+        char st[8];
+        snprintf(st, sizeof st, "%d", status);
+        const char *route = c->route ? c->route : "unmatched";
+        const char *l1[] = {route, st, NULL};
+        const char *l2[] = {route, NULL};
+        th_metrics_add(hub->metrics, TH_M_REQUESTS, l1, 1);
+        th_metrics_observe(hub->metrics, TH_M_REQUEST_SECONDS, l2, dur / 1000.0);
+    }
 }
 
 void th_api_reply(th_api_ctx *c, int status, const char *content_type, const void *body, size_t len)
@@ -120,7 +129,11 @@ void th_api_error(th_api_ctx *c, int status, const char *type, const char *code,
         o = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg, "type", type, "code", code);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    if (status == 429 || status == 503) th_http_set_header(c->req, "Retry-After", "1");
+    if (status == 429 || status == 503) {
+        char ra[24];
+        snprintf(ra, sizeof ra, "%d", c->retry_after_s > 0 ? c->retry_after_s : 1);
+        th_http_set_header(c->req, "Retry-After", ra);
+    }
     if (body == NULL) {
         static const char fallback[] =
             "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";

@@ -6,19 +6,30 @@
 #include <string.h>
 
 #include "core/asset.h"
+#include "core/buf.h"
 #include "core/clock.h"
 
 void th_api_health(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
+    c->route = "/health";
     json_t *providers = json_object();
     size_t healthy = 0;
+    uint64_t now = th_mono_ms();
     for (size_t i = 0; i < hub->n_providers; i++) {
         th_provider *p = hub->providers[i];
-        json_object_set_new(providers, p->conf->name,
-                            json_pack("{s:s,s:s}", "status", "healthy", "type", p->conf->type));
-        healthy++;
+        const th_route_prov *rp = hub->route.provs ? &hub->route.provs[i] : NULL;
+        bool ok = rp == NULL || th_route_available(&hub->route, i);
+        if (ok) healthy++;
+        json_t *o = json_pack("{s:s,s:s}", "status", ok ? "healthy" : "unhealthy", "type", p->conf->type);
+        if (rp) {
+            json_object_set_new(o, "breaker", json_string(th_breaker_state_name(th_breaker_get(&rp->breaker, now))));
+            json_object_set_new(o, "in_flight", json_integer(rp->inflight));
+            json_object_set_new(o, "queued", json_integer(rp->waiting));
+            if (!rp->probe_ok) json_object_set_new(o, "probe", json_string(rp->probe_detail));
+        }
+        json_object_set_new(providers, p->conf->name, o);
     }
     const char *status = hub->stopping ? "unhealthy" : healthy == hub->n_providers ? "healthy"
                                                    : healthy > 0                   ? "degraded"
@@ -44,6 +55,7 @@ void th_api_page(th_http_req *req, void *ud)
 {
     (void)ud;
     th_api_ctx *c = th_http_get_data(req);
+    c->route = "/";
     const char *path = th_http_path(req);
     if (strcmp(path, "/") == 0) path = "/index.html";
     const th_asset *a = th_asset_find(path);
@@ -55,6 +67,26 @@ void th_api_page(th_http_req *req, void *ud)
     th_api_reply(c, 200, th_asset_mime(a->path), a->data, a->len);
 }
 
+void th_api_metrics(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/metrics";
+    th_metrics_set(hub->metrics, TH_M_INFLIGHT, NULL, (double)hub->stats.inflight);
+    th_buf b;
+    th_buf_init(&b, 0);
+    if (th_metrics_render(hub->metrics, &b) != 0) {
+        th_buf_free(&b);
+        th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        return;
+    }
+    th_buf_appendf(&b, "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
+                       "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
+                   (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
+    th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+    th_buf_free(&b);
+}
+
 int th_api_register(th_hub *hub)
 {
     hub->router = th_router_new(th_api_miss, hub);
@@ -64,6 +96,10 @@ int th_api_register(th_hub *hub)
         th_http_handler h;
     } routes[] = {
         {"POST", "/api/generate", th_api_ttsfm_generate},
+        {"POST", "/v1/audio/speech", th_api_openai_speech},
+        {"GET", "/v1/models", th_api_openai_models},
+        {"GET", "/v1/audio/voices", th_api_openai_voices},
+        {"GET", "/metrics", th_api_metrics},
         {"GET", "/health", th_api_health},
         {"GET", "/api/health", th_api_health},
         {"GET", "/", th_api_page},

@@ -134,11 +134,7 @@ static void on_error(void *ud, const th_perr *err, uint64_t bytes_out)
     th_synth_free(c->synth);
     c->synth = NULL;
     if (c->hub->stats.inflight) c->hub->stats.inflight--;
-    if (err->retry_after_s > 0) {
-        char ra[16];
-        snprintf(ra, sizeof ra, "%d", err->retry_after_s);
-        th_http_set_header(c->req, "Retry-After", ra);
-    }
+    if (err->retry_after_s > 0) c->retry_after_s = err->retry_after_s;
     th_api_error(c, status, type, code, "%s", err->message);
 }
 

@@ -19,6 +19,7 @@ void th_api_ttsfm_generate(th_http_req *req, void *ud)
     (void)ud;
     th_api_ctx *c = th_http_get_data(req);
     c->shape = TH_SHAPE_OPENAI;
+    c->route = "/api/generate";
     size_t blen = 0;
     const uint8_t *body = th_http_body(req, &blen);
     th_form form;

@@ -66,7 +66,7 @@ typedef struct th_cache_follower_cb {
 typedef struct th_cache_lookup {
     th_cache_outcome outcome;
     th_cache_entry entry;          /* HIT */
-    th_cache_flight *flight;       /* LEAD: feed it */
+    th_cache_flight *flight;       /* LEAD: feed it (NULL only on ENOMEM; th_cache_flight_* accept NULL) */
     th_cache_follower *follower;   /* JOINED: cancel with th_cache_unfollow if the client leaves */
 } th_cache_lookup;
 
@@ -83,7 +83,8 @@ void th_cache_flight_data(th_cache_flight *f, const uint8_t *data, size_t len);
 void th_cache_flight_done(th_cache_flight *f, const char *content_type, const char *provider);
 /** Leader failed or was cut: followers get the error; nothing is stored. Frees the flight. */
 void th_cache_flight_fail(th_cache_flight *f, int status, const char *message);
-/** A follower's client went away: no more callbacks to it. */
+/** A follower's client went away: no more callbacks to it. Safe inside any follower callback and inside
+ * the get callback; the handle is invalid once its on_done / on_error has returned. */
 void th_cache_unfollow(th_cache_follower *fl);
 
 typedef struct th_cache_stats {
@@ -91,5 +92,12 @@ typedef struct th_cache_stats {
     uint64_t bytes, entries;
 } th_cache_stats;
 void th_cache_get_stats(const th_cache *c, th_cache_stats *out);
+
+/* Added. */
+
+/** The largest entry the Redis backend stores (SET PX); larger ones stay per hub (if they fit there). */
+#define TH_CACHE_REDIS_MAX_ENTRY (8u << 20)
+/** Replaces the clock used for TTLs (default th_mono_ms) -- tests. */
+void th_cache_set_clock(th_cache *c, uint64_t (*now)(void *ud), void *ud);
 
 #endif

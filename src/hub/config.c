@@ -817,7 +817,7 @@ static const key_def k_provider[] = {
     KINT(th_provider_conf, max_input_chars, "max_input_chars", "0", 0, 100000000, 0),
     KKV(th_provider_conf, voices, n_voices, "voices", F_KV_MAPOK),
     {.name = "formats", .type = K_FMTS, .off = offsetof(th_provider_conf, formats)},
-    KSTR(th_provider_conf, base_url, "base_url", "", check_http_url_opt, F_URL, KB_UPSTREAM),
+    KSTR(th_provider_conf, base_url, "base_url", "", check_http_url_opt, F_URL, KB_UPSTREAM | KB(KD_NODES)),
     KSTR(th_provider_conf, api_key_env, "api_key_env", "", check_env, 0, KB_UPSTREAM),
     KINT(th_provider_conf, sample_rate, "sample_rate", "0", 0, 384000, KB_ALL & ~KB(KD_ESPEAK)),
     KSTR(th_provider_conf, engine, "engine", "", NULL, 0, KB(KD_NODES)),

@@ -22,6 +22,7 @@ static void run_deferred(th_hub *hub)
     while (hub->deferred) {
         th_hub_deferred *list = hub->deferred;
         hub->deferred = NULL;
+        hub->deferred_tail = NULL;
         while (list) {
             th_hub_deferred *d = list;
             list = d->next;
@@ -45,8 +46,13 @@ int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr)
     }
     d->fn = fn;
     d->ptr = ptr;
-    d->next = hub->deferred;
-    hub->deferred = d;
+    d->next = NULL;
+    /* FIFO: a free deferred after a start runs after it */
+    if (hub->deferred_tail)
+        hub->deferred_tail->next = d;
+    else
+        hub->deferred = d;
+    hub->deferred_tail = d;
     return 0;
 }
 
@@ -184,6 +190,8 @@ int th_hub_serve(const th_serve_opts *opts)
     th_http_server_set_body_limit_fn(hub.http, th_api_body_limit);
     if (th_api_register(&hub) != 0) goto out_http;
     if (create_providers(&hub) != 0) goto out_router;
+    hub.metrics = th_metrics_new();
+    if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
 
     char err[256] = "";
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
@@ -213,11 +221,16 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.http = NULL;
     th_router_free(hub.router);
     hub.router = NULL;
+    th_route_free(&hub.route);
+    th_metrics_free(hub.metrics);
+    hub.metrics = NULL;
     rc = hub.exit_code;
     TH_LOG(hub.log, TH_LOG_INFO, "stopped");
     goto out_log;
 
 out_providers:
+    th_route_free(&hub.route);
+    th_metrics_free(hub.metrics);
     destroy_providers(&hub);
 out_router:
     th_router_free(hub.router);

@@ -13,6 +13,8 @@
 #include "http/http.h"
 #include "http/router.h"
 #include "hub/config.h"
+#include "hub/metrics.h"
+#include "hub/route.h"
 #include "providers/provider.h"
 
 typedef struct th_hub_stats {
@@ -31,12 +33,14 @@ typedef struct th_hub {
     th_router *router;
     th_provider **providers; /* parallel to cfg->providers */
     size_t n_providers;
+    th_route route;          /* per-provider runtime: breakers, slots, queues */
+    th_metrics *metrics;
     uint64_t started_ms; /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
     uv_signal_t sig_term, sig_int;
     uv_check_t reaper;     /* runs deferred frees once per loop turn */
-    struct th_hub_deferred *deferred;
+    struct th_hub_deferred *deferred, *deferred_tail;
     bool stopping;
     int exit_code;
 } th_hub;

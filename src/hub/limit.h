@@ -31,6 +31,8 @@ typedef struct th_limit_req {
     const char *tenant; /* "" = no tenant */
     const char *key_id; /* "" = none */
     const th_tenant_conf *tconf; /* NULL = no tenant limits */
+    int key_rpm;        /* added: the API key's own RPM (sliding window); 0 = none. The config has no
+                           per-key field yet, so callers that have one set it here. */
 } th_limit_req;
 
 typedef struct th_limit_result {
@@ -58,5 +60,15 @@ void th_limit_release(th_limiter *l, th_limit_slot *slot);
 /** For /health and metrics. */
 size_t th_limiter_ip_entries(const th_limiter *l);
 const char *th_limiter_backend(const th_limiter *l);
+
+/* Added. */
+/** Concurrency slots currently held through this limiter (local count, both backends). */
+size_t th_limiter_inflight(const th_limiter *l);
+/** Drops every idle entry now (per-IP, tenant, key tables); checks also do a few steps each. For a
+ * periodic timer of the hub. */
+void th_limiter_sweep(th_limiter *l, uint64_t now_ms);
+/** Applies a reloaded config's rate_limit numbers and on_backend_error (the backend cannot change;
+ * counters and held slots are kept). */
+void th_limiter_set_config(th_limiter *l, const th_config *cfg);
 
 #endif

@@ -51,6 +51,11 @@ extern const th_metric_desc th_metric_descs[TH_M_COUNT];
 
 typedef struct th_metrics th_metrics;
 
+/** Series per metric before new label sets go to the one "_overflow" series. */
+#define TH_METRICS_MAX_SERIES 1000
+/** Label values are cut to this many bytes (at a UTF-8 boundary) before interning. */
+#define TH_METRICS_MAX_LABEL_LEN 256
+
 th_metrics *th_metrics_new(void);
 void th_metrics_free(th_metrics *m);
 /** Label values in the order of the descriptor (NULL for none). */

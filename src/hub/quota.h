@@ -3,10 +3,12 @@
  * reserve -> commit on success / refund on failure. A reservation counts
  * against the quota at once (so parallel requests cannot overshoot), and
  * only committed characters are usage. Local backend: usage is durable
- * under data_dir as an append-only log (one line per commit, fsync'd in
- * batches within 100 ms and always before a commit's response is
- * finished... see quota.c) plus a periodic snapshot; a restart, even after
- * kill -9, replays the log and loses no committed unit. Redis backend:
+ * under data_dir as an append-only log (one line per commit, written
+ * with write(2) before th_quota_commit returns -- so before the response is finished and
+ * safe from kill -9 -- and fdatasync'd in batches within 100 ms, so a power
+ * cut loses at most the last ~100 ms; see quota.c) plus a periodic
+ * snapshot; a restart, even after kill -9, replays the log and loses no
+ * committed unit. Redis backend (used when redis != NULL):
  * counters per tenant and window with expiry, reserved with an atomic Lua
  * script. */
 #ifndef TH_HUB_QUOTA_H
@@ -27,8 +29,8 @@ typedef struct th_quota_resv th_quota_resv;
 typedef struct th_quota_result {
     bool allowed;
     bool degraded;          /* backend unreachable, on_backend_error open */
-    const char *window;     /* when refused: "day" or "month" */
-    uint64_t limit, used;   /* of the window that refused */
+    const char *window;     /* when refused: "day", "month" or "backend" (Redis failed, fail closed) */
+    uint64_t limit, used;   /* of the window that refused; used = committed + reserved */
     int64_t retry_after_s;  /* until that window resets */
     th_quota_resv *resv;    /* when allowed (NULL if the tenant has no quota) */
 } th_quota_result;
@@ -55,5 +57,24 @@ typedef struct th_usage_row {
 /** Usage in the current day or month window (window = "day" | "month"); tenant NULL = all.
  * Returns a malloc'd array (*n rows). Local backend: synchronous. */
 th_usage_row *th_quota_usage(th_quota *q, const char *window, const char *tenant, uint64_t now_ms, size_t *n);
+
+/* Added. */
+
+/** A snapshot is written after this many commits... */
+#define TH_QUOTA_SNAPSHOT_EVERY 10000
+/** ...or when unsnapshotted commits are older than this (checked every quarter of it). */
+#define TH_QUOTA_SNAPSHOT_MS (5 * 60 * 1000)
+
+/** Local backend: writes usage.snapshot now (atomically) and truncates usage.log. 0 or -1 (logged). */
+int th_quota_snapshot(th_quota *q);
+
+/** rows NULL and ok false when the backend failed; rows valid during the callback only. */
+typedef void (*th_quota_usage_cb)(void *ud, const th_usage_row *rows, size_t n, bool ok);
+/** th_quota_usage for both backends: synchronous (cb before returning) for the local one; with Redis,
+ * tenant NULL means the tenants of the config given to th_quota_new, and only rows with requests are
+ * returned (as for the local backend). The synchronous th_quota_usage cannot ask Redis and returns zeros
+ * for the Redis backend. */
+void th_quota_usage_fetch(th_quota *q, const char *window, const char *tenant, uint64_t now_ms,
+                          th_quota_usage_cb cb, void *ud);
 
 #endif

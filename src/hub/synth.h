@@ -6,7 +6,19 @@
  * ways: the caller's on_data may ask to pause (slow client); a large
  * backlog of unconverted input pauses the provider. Errors are typed
  * (th_perr); a failure after the first byte is reported with
- * bytes_out > 0, so the caller cuts the response instead of answering. */
+ * bytes_out > 0, so the caller cuts the response instead of answering.
+ *
+ * Routing: candidates come from hub->route (strategy, breakers, voice
+ * support). Before a part's first audio byte, a failure is retried once on
+ * the same provider (router.retries), then the next candidate is tried
+ * (router.fallback). With router.hedge_after set, a second candidate is
+ * started when the first is slower than that; the first to send audio wins.
+ *
+ * Long text: when the input is longer than the smallest max_input_chars of
+ * the candidates, it is split at sentence boundaries (hub/split.h), the
+ * parts are synthesised in parallel (a window of TH_SYNTH_PARALLEL), each
+ * decoded to PCM, and concatenated in order into one encoder; the first
+ * part streams while later parts are still being made. */
 #ifndef TH_HUB_SYNTH_H
 #define TH_HUB_SYNTH_H
 
@@ -20,6 +32,8 @@
 
 typedef struct th_synth th_synth;
 
+#define TH_SYNTH_PARALLEL 4
+
 typedef struct th_synth_params {
     const char *text;
     size_t text_len;
@@ -32,6 +46,10 @@ typedef struct th_synth_params {
     th_fmt fmt;      /* one of the six client formats */
     int sample_rate; /* 0 = TH_PCM_DEFAULT_RATE */
     double speed;    /* 0.25..4.0 */
+    const char *tenant; /* for route matching; NULL = none */
+    /** Optional tenant restriction: may this request use that provider? */
+    bool (*provider_allowed)(const char *provider, void *ud);
+    void *allowed_ud;
 } th_synth_params;
 
 typedef struct th_synth_cb {
@@ -56,6 +74,8 @@ void th_synth_cancel(th_synth *s);
 void th_synth_free(th_synth *s);
 /** The consumer can take more. */
 void th_synth_resume(th_synth *s);
+/** Number of text parts (1 unless the text was split for length). */
+size_t th_synth_parts(const th_synth *s);
 /** Milliseconds from start to the first audio byte from the provider (-1 if none yet). */
 double th_synth_upstream_ms(const th_synth *s);
 const char *th_synth_provider(const th_synth *s);

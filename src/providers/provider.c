@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "providers/espeak.h"
+#include "providers/upstream.h"
 
 const char *th_perr_kind_name(th_perr_kind k)
 {
@@ -35,8 +36,9 @@ void th_perr_set(th_perr *e, th_perr_kind kind, int status, const char *fmt, ...
 
 const th_provider_ops *th_provider_kind(const char *kind)
 {
-    static const th_provider_ops *const kinds[] = {&th_espeak_ops};
-    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-        if (strcmp(kinds[i]->kind, kind) == 0) return kinds[i];
+    if (kind == NULL) return NULL;
+    if (strcmp(kind, th_espeak_ops.kind) == 0) return &th_espeak_ops;
+    /* Every HTTP engine kind (openai_fm, openai, ..., nodes) runs through the one generic provider. */
+    if (th_upstream_find(kind) != NULL) return &th_upstream_ops;
     return NULL;
 }

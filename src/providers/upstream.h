@@ -12,6 +12,7 @@
 #ifndef TH_PROVIDERS_UPSTREAM_H
 #define TH_PROVIDERS_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -80,5 +81,43 @@ const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const c
 /** Generic error mapping by status: 400/404/413/415/422 -> CLIENT, 401/403 -> STATUS (our config is at
  * fault, not the client's), 429 -> OVERLOADED (+Retry-After), 408/504 -> TIMEOUT, other -> STATUS. */
 void th_upstream_error_generic(int status, const char *message, th_perr *out);
+
+/* more helpers for kinds (upstream.c) */
+/** Appends n bytes of s percent-encoded (RFC 3986: only A-Z a-z 0-9 - . _ ~ stay as they are). */
+int th_upstream_urlencode(th_buf *b, const char *s, size_t n);
+/** Appends "name=value" to an application/x-www-form-urlencoded body ('&' first unless b is empty). */
+int th_upstream_form(th_buf *b, const char *name, const char *value);
+/** Appends n bytes of s with & < > " ' escaped for XML text and attribute values. */
+int th_upstream_xml_escape(th_buf *b, const char *s, size_t n);
+/** A one-line printable excerpt of a body for messages (control bytes become spaces, runs of blanks are
+ * squeezed, cut at outlen - 1 bytes). */
+void th_upstream_excerpt(const uint8_t *body, size_t len, char *out, size_t outlen);
+/** A Retry-After value, delta-seconds or an HTTP-date (IMF-fixdate), as seconds from now_s (>= 0, at most
+ * a day); -1 when it cannot be parsed. */
+int th_upstream_retry_after(const char *value, int64_t now_s);
+/** A boolean kind option (true/yes/on/1, false/no/off/0), or def when absent or not a boolean. */
+bool th_upstream_opt_bool(const th_provider_conf *pc, const char *key, bool def);
+/** The formats an engine may be asked for: conf->formats when set, else the kind's native ones. */
+uint32_t th_upstream_formats(const th_provider_conf *pc, uint32_t kind_formats);
+
+/** Appends "key":"value" (value JSON-escaped) to a JSON object under construction in b, after a ','
+ * unless b is empty or ends with '{'. */
+int th_upstream_json_str(th_buf *b, const char *key, const char *value);
+/** Same with value written as is (a number, true/false, or an object built by the caller). */
+int th_upstream_json_raw(th_buf *b, const char *key, const char *raw);
+/** Adds "Authorization: Bearer <key>". */
+int th_upstream_bearer(th_upstream_http *h, const char *key);
+/** The key of a kind that sends one: 0 with *key = the secret, or *key = NULL when no api_key_env is
+ * configured (local engines, fakes); -1 with err = TH_PERR_STATUS when api_key_env names an unset or
+ * empty variable (our configuration is at fault, not the client's request). */
+int th_upstream_need_secret(const th_provider_conf *pc, const char **key, th_perr *err);
+
+/** Health probe: kind->probe as a GET with a 2 s limit on the provider's own connection pool. done runs
+ * later on the loop thread (never inside this call): healthy when the engine answered 2xx/3xx, or 404/405
+ * for kinds whose probe only checks that the server is up; not when it did not answer, answered 5xx,
+ * 429, or 401/403 (our key is wrong). Returns 0 when a probe was started, -1 when the kind has no probe
+ * (or p is not an upstream provider, or out of memory): done is then never called. A provider destroyed
+ * while a probe runs drops it without calling done. */
+int th_upstream_probe(th_provider *p, void (*done)(void *ud, bool healthy, const char *detail), void *ud);
 
 #endif

@@ -1,0 +1,839 @@
+/* redis: one hiredis 0.14.1 async connection on the hub's uv loop, with timeouts and reconnects.
+ *
+ * Lifetimes, which are the hard part with hiredis 0.14:
+ *  - Every command sent to hiredis carries an rd_cmd record as privdata. hiredis calls back exactly once
+ *    per sent command: with the reply, or with NULL when the context goes away (error, or our own
+ *    redisAsyncFree). The record counts how many hiredis callbacks it still waits for (held) and whether
+ *    the caller's callback already ran (done). A timed-out command is marked done and answered with
+ *    TH_REDIS_TIMEOUT; its record stays alive until hiredis hands it back, and the late reply is dropped.
+ *  - A context frees itself after a connect error (after on_connect(ERR)) and after a disconnect (after
+ *    the NULL-reply callbacks and on_disconnect). We never call redisAsyncFree from inside a hiredis
+ *    callback: a context we drop is parked in r->doomed and freed from a 0 ms uv timer (drop_timer); if
+ *    it frees itself first, on_connect/on_disconnect clear r->doomed. At most one of r->ac and r->doomed
+ *    is set: rd_connect frees a doomed context before it makes a new one (from a timer callback).
+ *  - Pending commands form one FIFO list. All share the same timeout and are appended in order, so one
+ *    uv timer armed for the head's deadline times them all out.
+ *  - th_redis_free fails what is pending, parks the context, and the drop timer frees it and closes the
+ *    three timers; the struct is freed in the last close callback. */
+#include "hub/redis.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libuv.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/str.h"
+
+#define RD_BACKOFF_MIN_MS 100
+#define RD_BACKOFF_MAX_MS 5000
+#define RD_CONNECT_MIN_MS 1000 /* connect (+ AUTH/SELECT) timeout: max(timeout, 1 s) */
+#define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
+
+typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
+
+typedef struct rd_cmd rd_cmd;
+struct rd_cmd {
+    th_redis *r;
+    th_redis_cb cb;
+    void *ud;
+    uint64_t sent;     /* loop time when sent */
+    uint64_t deadline; /* loop time */
+    rd_cmd *prev, *next;
+    int held;       /* hiredis callbacks still to come for this record */
+    bool done;      /* the caller has its answer (or the record is internal) */
+    bool queued;    /* in r's pending list */
+    bool internal;  /* AUTH/SELECT of the handshake */
+    bool fell_back; /* EVAL was sent after NOSCRIPT */
+    int eval_argc;  /* > 0: an EVAL copy for the NOSCRIPT fallback */
+    const char **eval_argv;
+    size_t *eval_argvlen;
+    char sha[41];
+};
+
+struct th_redis {
+    uv_loop_t *loop;
+    th_log *log;
+    char *host, *user, *pass;
+    int port;
+    int64_t db;
+    uint64_t timeout_ms;
+    rd_state st;
+    redisAsyncContext *ac;     /* connecting or ready */
+    redisAsyncContext *doomed; /* dropped, freed by drop_timer outside hiredis callbacks */
+    int handshake_left;
+    uint64_t backoff_ms;
+    uint64_t stall_since; /* loop time the oldest unanswered timed-out command was sent; 0 = none */
+    bool freeing;
+    int open_handles;
+    uv_timer_t conn_timer; /* connect timeout while connecting; reconnect backoff while down */
+    uv_timer_t cmd_timer;  /* the deadline of the oldest pending command */
+    uv_timer_t drop_timer; /* 0 ms: frees r->doomed; after th_redis_free, closes everything */
+    rd_cmd *head, *tail;
+    char state_text[224];
+};
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void on_reconnect_timer(uv_timer_t *t);
+
+/* ---- URL ---------------------------------------------------------------------------------------- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* malloc'd percent-decoded copy of n bytes; NULL on ENOMEM or a bad escape (*bad set). */
+static char *pct_decode(const char *s, size_t n, bool *bad)
+{
+    char *out = malloc(n + 1);
+    if (out == NULL) return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            out[j++] = s[i];
+            continue;
+        }
+        int hi = i + 2 < n ? hexval(s[i + 1]) : -1;
+        int lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+        if (hi < 0 || lo < 0) {
+            *bad = true;
+            free(out);
+            return NULL;
+        }
+        out[j++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    out[j] = '\0';
+    return out;
+}
+
+static int parse_url(th_redis *r, const char *url, char *err, size_t errlen)
+{
+    const char *p;
+    if (url == NULL) {
+        snprintf(err, errlen, "no redis URL");
+        return -1;
+    }
+    if (th_str_startswith(url, "rediss://")) {
+        snprintf(err, errlen, "rediss:// (TLS) is not supported by this build");
+        return -1;
+    }
+    if (!th_str_startswith(url, "redis://")) {
+        snprintf(err, errlen, "not a redis URL (redis://[:password@]host:port/db)");
+        return -1;
+    }
+    p = url + strlen("redis://");
+    size_t alen = strcspn(p, "/?#");
+    const char *auth_end = p + alen;
+    const char *at = NULL;
+    for (const char *q = p; q < auth_end; q++)
+        if (*q == '@') at = q;
+    const char *hp = p;
+    bool bad = false;
+    if (at != NULL) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        size_t pwlen = (size_t)(at - pw);
+        if (colon != NULL && colon > p) {
+            r->user = pct_decode(p, (size_t)(colon - p), &bad);
+            if (r->user == NULL) goto nomem_or_bad;
+        }
+        if (pwlen > 0) {
+            r->pass = pct_decode(pw, pwlen, &bad);
+            if (r->pass == NULL) goto nomem_or_bad;
+        }
+        hp = at + 1;
+    }
+    /* host[:port] or [v6][:port] */
+    const char *host_s, *host_e, *port_s = NULL;
+    if (hp < auth_end && *hp == '[') {
+        host_s = hp + 1;
+        host_e = memchr(host_s, ']', (size_t)(auth_end - host_s));
+        if (host_e == NULL) {
+            snprintf(err, errlen, "bad IPv6 host in redis URL");
+            return -1;
+        }
+        if (host_e + 1 < auth_end) {
+            if (host_e[1] != ':') {
+                snprintf(err, errlen, "bad host in redis URL");
+                return -1;
+            }
+            port_s = host_e + 2;
+        }
+    } else {
+        host_s = hp;
+        host_e = memchr(hp, ':', (size_t)(auth_end - hp));
+        if (host_e == NULL) {
+            host_e = auth_end;
+        } else {
+            port_s = host_e + 1;
+        }
+    }
+    if (host_e == host_s) {
+        snprintf(err, errlen, "no host in redis URL");
+        return -1;
+    }
+    r->host = th_strndup(host_s, (size_t)(host_e - host_s));
+    if (r->host == NULL) goto nomem;
+    r->port = 6379;
+    if (port_s != NULL) {
+        int64_t port;
+        if (th_strn_to_i64(port_s, (size_t)(auth_end - port_s), 1, 65535, &port) != 0) {
+            snprintf(err, errlen, "bad port in redis URL");
+            return -1;
+        }
+        r->port = (int)port;
+    }
+    r->db = 0;
+    if (*auth_end == '/') {
+        const char *db_s = auth_end + 1;
+        size_t dblen = strlen(db_s);
+        if (dblen > 0 && th_strn_to_i64(db_s, dblen, 0, 1000000, &r->db) != 0) {
+            snprintf(err, errlen, "bad database number in redis URL");
+            return -1;
+        }
+    } else if (*auth_end != '\0') {
+        snprintf(err, errlen, "unexpected query or fragment in redis URL");
+        return -1;
+    }
+    return 0;
+nomem_or_bad:
+    if (bad) {
+        snprintf(err, errlen, "bad percent escape in redis URL credentials");
+        return -1;
+    }
+nomem:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+/* ---- state -------------------------------------------------------------------------------------- */
+
+static void rd_set_text(th_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rd_set_text(th_redis *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->state_text, sizeof r->state_text, fmt, ap);
+    va_end(ap);
+}
+
+static void rd_unqueue(th_redis *r, rd_cmd *c)
+{
+    if (!c->queued) return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        r->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        r->tail = c->prev;
+    c->prev = c->next = NULL;
+    c->queued = false;
+}
+
+static void rd_cmd_free(rd_cmd *c)
+{
+    free(c->eval_argv); /* one block with the lengths and the bytes */
+    free(c);
+}
+
+/* Frees the record once the caller has its answer and hiredis no longer holds it. */
+static void rd_cmd_release(rd_cmd *c)
+{
+    if (c->done && c->held == 0 && !c->queued) rd_cmd_free(c);
+}
+
+/* Answers every pending command with st. Callbacks may send commands or free r: each record is unlinked
+ * before its callback runs. */
+static void rd_fail_pending(th_redis *r, th_redis_status st)
+{
+    uv_timer_stop(&r->cmd_timer);
+    while (r->head != NULL) {
+        rd_cmd *c = r->head;
+        rd_unqueue(r, c);
+        c->done = true;
+        th_redis_cb cb = c->cb;
+        void *ud = c->ud;
+        rd_cmd_release(c);
+        cb(ud, st, NULL);
+    }
+}
+
+/* Schedules the next connect attempt (state: down). */
+static void rd_schedule(th_redis *r)
+{
+    r->st = RS_BACKOFF;
+    uv_timer_stop(&r->conn_timer);
+    if (r->freeing) return;
+    uv_timer_start(&r->conn_timer, on_reconnect_timer, r->backoff_ms, 0);
+    r->backoff_ms *= 2;
+    if (r->backoff_ms > RD_BACKOFF_MAX_MS) r->backoff_ms = RD_BACKOFF_MAX_MS;
+}
+
+/* The current connection is gone (hiredis frees it) or was parked in r->doomed: go down, retry later,
+ * and fail what was pending. */
+static void rd_lost(th_redis *r, const char *reason)
+{
+    bool was_ready = r->st == RS_READY;
+    r->ac = NULL;
+    r->stall_since = 0;
+    rd_set_text(r, "down: %s", reason && reason[0] ? reason : "connection lost");
+    if (was_ready)
+        TH_LOG(r->log, TH_LOG_WARN, "redis %s:%d: %s", r->host, r->port, r->state_text);
+    else
+        TH_LOG(r->log, TH_LOG_DEBUG, "redis %s:%d: %s", r->host, r->port, r->state_text);
+    rd_schedule(r);
+    rd_fail_pending(r, TH_REDIS_DOWN);
+}
+
+static void on_drop_timer(uv_timer_t *t);
+
+/* Drops the current connection on our initiative; safe inside hiredis callbacks. */
+static void rd_drop(th_redis *r, const char *reason)
+{
+    if (r->ac == NULL) return;
+    r->doomed = r->ac;
+    uv_timer_start(&r->drop_timer, on_drop_timer, 0, 0);
+    rd_lost(r, reason);
+}
+
+static void rd_ready(th_redis *r)
+{
+    uv_timer_stop(&r->conn_timer);
+    r->st = RS_READY;
+    r->backoff_ms = RD_BACKOFF_MIN_MS;
+    r->stall_since = 0;
+    rd_set_text(r, "connected");
+    TH_LOG(r->log, TH_LOG_INFO, "redis %s:%d connected", r->host, r->port);
+}
+
+/* ---- hiredis callbacks -------------------------------------------------------------------------- */
+
+static int rd_send_internal(th_redis *r, int argc, const char **argv, const size_t *argvlen)
+{
+    rd_cmd *c = calloc(1, sizeof *c);
+    if (c == NULL) return -1;
+    c->r = r;
+    c->internal = true;
+    c->done = true;
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        return -1;
+    }
+    c->held = 1;
+    return 0;
+}
+
+static void on_connect(const redisAsyncContext *cac, int status)
+{
+    th_redis *r = cac->data;
+    if (status != REDIS_OK) {
+        /* hiredis frees this context right after we return */
+        if (cac == r->doomed) r->doomed = NULL;
+        if (cac == r->ac) rd_lost(r, cac->c.errstr[0] ? cac->c.errstr : "connect failed");
+        return;
+    }
+    if (cac != r->ac) return;
+    r->handshake_left = 0;
+    if (r->pass != NULL) {
+        const char *argv[3] = {"AUTH", r->user ? r->user : r->pass, r->pass};
+        size_t lens[3] = {4, strlen(argv[1]), strlen(r->pass)};
+        if (rd_send_internal(r, r->user ? 3 : 2, argv, lens) != 0) goto fail;
+        r->handshake_left++;
+    }
+    if (r->db != 0) {
+        char dbs[24];
+        int n = snprintf(dbs, sizeof dbs, "%lld", (long long)r->db);
+        const char *argv[2] = {"SELECT", dbs};
+        size_t lens[2] = {6, (size_t)n};
+        if (rd_send_internal(r, 2, argv, lens) != 0) goto fail;
+        r->handshake_left++;
+    }
+    {
+        /* ready only once the server has answered: a stopped server still accepts TCP connects */
+        const char *argv[1] = {"PING"};
+        size_t lens[1] = {4};
+        if (rd_send_internal(r, 1, argv, lens) != 0) goto fail;
+        r->handshake_left++;
+    }
+    return;
+fail:
+    rd_drop(r, "cannot send the handshake");
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status)
+{
+    th_redis *r = cac->data;
+    /* hiredis frees this context right after we return */
+    if (cac == r->doomed) r->doomed = NULL;
+    if (cac == r->ac) rd_lost(r, cac->c.errstr[0] ? cac->c.errstr : "disconnected");
+}
+
+/* Flattens a redisReply tree into views: node x's children are contiguous in pool. */
+static size_t rd_count(const redisReply *x)
+{
+    size_t n = 1;
+    if (x->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < x->elements; i++)
+            n += rd_count(x->element[i]);
+    return n;
+}
+
+static void rd_fill(th_redis_reply *out, const redisReply *x, th_redis_reply *pool, size_t *next)
+{
+    out->type = x->type;
+    out->integer = x->integer;
+    out->str = x->str;
+    out->len = x->str ? x->len : 0;
+    out->elements = 0;
+    out->element = NULL;
+    if (x->type == REDIS_REPLY_ARRAY && x->elements > 0) {
+        size_t base = *next;
+        *next += x->elements;
+        out->elements = x->elements;
+        out->element = &pool[base];
+        for (size_t i = 0; i < x->elements; i++)
+            rd_fill(&pool[base + i], x->element[i], pool, next);
+    }
+}
+
+/* Gives the caller its answer to a reply. */
+static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
+{
+    th_redis *r = c->r;
+    rd_unqueue(r, c);
+    c->done = true;
+    th_redis_cb cb = c->cb;
+    void *ud = c->ud;
+    rd_cmd_release(c);
+
+    th_redis_reply top;
+    th_redis_reply *pool = NULL;
+    size_t n = rd_count(rep);
+    if (n > 1) {
+        pool = calloc(n - 1, sizeof *pool);
+        if (pool == NULL) {
+            th_redis_reply oom = {.type = REDIS_REPLY_ERROR, .str = "ERR out of memory", .len = 17};
+            cb(ud, TH_REDIS_ERROR, &oom);
+            return;
+        }
+    }
+    size_t next = 0;
+    rd_fill(&top, rep, pool, &next);
+    cb(ud, rep->type == REDIS_REPLY_ERROR ? TH_REDIS_ERROR : TH_REDIS_OK, &top);
+    free(pool);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    rd_cmd *c = privdata;
+    th_redis *r = c->r;
+    redisReply *rep = reply;
+    if (rep == NULL) {
+        /* The context is going away: an error, or our own redisAsyncFree. c->held is still counted here,
+         * so rd_lost (which answers and releases every queued record) cannot free c under us. */
+        if (ac == r->ac) rd_lost(r, ac->c.errstr[0] ? ac->c.errstr : "connection lost");
+        c->held--;
+        if (!c->done) { /* not reachable: rd_lost answered everything that was queued */
+            rd_unqueue(r, c);
+            c->done = true;
+            c->cb(c->ud, TH_REDIS_DOWN, NULL);
+        }
+        rd_cmd_release(c);
+        return;
+    }
+    c->held--;
+    if (ac == r->ac) r->stall_since = 0; /* the server is answering */
+    if (c->internal) {
+        if (ac == r->ac && r->st == RS_CONNECTING) {
+            if (rep->type == REDIS_REPLY_ERROR) {
+                char why[160];
+                snprintf(why, sizeof why, "handshake failed: %.*s", (int)(rep->len < 120 ? rep->len : 120),
+                         rep->str ? rep->str : "");
+                rd_drop(r, why);
+            } else if (--r->handshake_left == 0) {
+                rd_ready(r);
+            }
+        }
+        rd_cmd_release(c);
+        return;
+    }
+    if (c->done) { /* timed out earlier: drop the late reply */
+        rd_cmd_release(c);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR && c->eval_argc > 0 && !c->fell_back && rep->len >= 8 &&
+        memcmp(rep->str, "NOSCRIPT", 8) == 0 && ac == r->ac) {
+        c->fell_back = true;
+        if (redisAsyncCommandArgv(ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) == REDIS_OK) {
+            c->held++;
+            return;
+        }
+    }
+    rd_finish_reply(c, rep);
+}
+
+/* ---- event hooks ---------------------------------------------------------------------------------
+ * hiredis 0.14.1's libuv adapter ignores a poll callback with status < 0. libuv reports POLLERR that way
+ * (UV_EBADF) and stops the handle, so a refused connect, or a reset connection, would go unnoticed until
+ * a timeout. redisLibuvAttach sets everything up; these hooks replace its four start/stop hooks with ones
+ * whose poll callback lets hiredis read the socket error itself (the connect check, or a failing read). */
+
+static void rd_poll_cb(uv_poll_t *h, int status, int events)
+{
+    redisLibuvEvents *p = h->data;
+    redisAsyncContext *ac = p->context;
+    if (ac == NULL) return;
+    if (status < 0) {
+        if (!(ac->c.flags & REDIS_CONNECTED))
+            redisAsyncHandleWrite(ac); /* connect failed: on_connect(ERR) */
+        else
+            redisAsyncHandleRead(ac); /* the read fails: disconnect */
+        return;
+    }
+    if (events & UV_READABLE) redisAsyncHandleRead(ac);
+    if (p->context != NULL && (events & UV_WRITABLE)) redisAsyncHandleWrite(ac);
+}
+
+static void rd_poll_update(redisLibuvEvents *p)
+{
+    if (p->events)
+        uv_poll_start(&p->handle, p->events, rd_poll_cb);
+    else
+        uv_poll_stop(&p->handle);
+}
+
+static void rd_add_read(void *priv)
+{
+    redisLibuvEvents *p = priv;
+    p->events |= UV_READABLE;
+    rd_poll_update(p);
+}
+
+static void rd_del_read(void *priv)
+{
+    redisLibuvEvents *p = priv;
+    p->events &= ~UV_READABLE;
+    rd_poll_update(p);
+}
+
+static void rd_add_write(void *priv)
+{
+    redisLibuvEvents *p = priv;
+    p->events |= UV_WRITABLE;
+    rd_poll_update(p);
+}
+
+static void rd_del_write(void *priv)
+{
+    redisLibuvEvents *p = priv;
+    p->events &= ~UV_WRITABLE;
+    rd_poll_update(p);
+}
+
+/* ---- timers ------------------------------------------------------------------------------------- */
+
+static void rd_connect(th_redis *r)
+{
+    if (r->doomed != NULL) { /* only ever from a timer callback: not inside hiredis */
+        redisAsyncContext *old = r->doomed;
+        r->doomed = NULL;
+        redisAsyncFree(old);
+    }
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (ac == NULL) {
+        rd_set_text(r, "down: out of memory");
+        rd_schedule(r);
+        return;
+    }
+    if (ac->err) {
+        rd_set_text(r, "down: %s", ac->errstr ? ac->errstr : "connect failed");
+        TH_LOG(r->log, TH_LOG_DEBUG, "redis %s:%d: %s", r->host, r->port, r->state_text);
+        redisAsyncFree(ac);
+        rd_schedule(r);
+        return;
+    }
+    ac->data = r;
+    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        rd_set_text(r, "down: cannot attach to the loop");
+        rd_schedule(r);
+        return;
+    }
+    ac->ev.addRead = rd_add_read;
+    ac->ev.delRead = rd_del_read;
+    ac->ev.addWrite = rd_add_write;
+    ac->ev.delWrite = rd_del_write;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    r->ac = ac;
+    r->st = RS_CONNECTING;
+    r->stall_since = 0;
+    /* the text stays "connecting" before the first attempt ends, and "down: <why>" while retrying */
+    uint64_t cto = r->timeout_ms > RD_CONNECT_MIN_MS ? r->timeout_ms : RD_CONNECT_MIN_MS;
+    uv_timer_start(&r->conn_timer, on_reconnect_timer, cto, 0);
+}
+
+/* conn_timer: in BACKOFF, time to reconnect; in CONNECTING, the connect (or handshake) timed out. */
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    th_redis *r = t->data;
+    if (r->freeing) return;
+    if (r->st == RS_CONNECTING) {
+        rd_drop(r, "connect timeout");
+        return;
+    }
+    if (r->st == RS_BACKOFF) rd_connect(r);
+}
+
+static void on_cmd_timer(uv_timer_t *t)
+{
+    th_redis *r = t->data;
+    uint64_t now = uv_now(r->loop);
+    while (r->head != NULL && r->head->deadline <= now) {
+        rd_cmd *c = r->head;
+        rd_unqueue(r, c);
+        c->done = true;
+        if (r->stall_since == 0 || c->sent < r->stall_since) r->stall_since = c->sent ? c->sent : 1;
+        th_redis_cb cb = c->cb;
+        void *ud = c->ud;
+        rd_cmd_release(c); /* still held by hiredis: freed when its reply (or NULL) comes */
+        cb(ud, TH_REDIS_TIMEOUT, NULL);
+        if (r->freeing) return;
+    }
+    /* A server that answers nothing at all (stopped, partitioned) would make every command wait for its
+     * timeout: after a long silence drop the connection, so commands fail at once until it is back. */
+    uint64_t stall = r->timeout_ms * 10 > RD_STALL_MIN_MS ? r->timeout_ms * 10 : RD_STALL_MIN_MS;
+    if (r->st == RS_READY && r->stall_since != 0 && now - r->stall_since >= stall) {
+        char why[96];
+        snprintf(why, sizeof why, "no reply for %llu ms", (unsigned long long)(now - r->stall_since));
+        rd_drop(r, why);
+        return;
+    }
+    if (r->head != NULL) uv_timer_start(&r->cmd_timer, on_cmd_timer, r->head->deadline - now, 0);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    th_redis *r = h->data;
+    if (--r->open_handles > 0) return;
+    free(r->host);
+    free(r->user);
+    free(r->pass);
+    free(r);
+}
+
+static void on_drop_timer(uv_timer_t *t)
+{
+    th_redis *r = t->data;
+    redisAsyncContext *ac = r->doomed;
+    r->doomed = NULL;
+    if (ac != NULL) redisAsyncFree(ac); /* NULL replies free the held records; on_disconnect ignores it */
+    if (r->freeing) {
+        uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&r->cmd_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&r->drop_timer, on_handle_closed);
+    }
+}
+
+/* ---- API ---------------------------------------------------------------------------------------- */
+
+th_redis *th_redis_new(uv_loop_t *loop, const char *url, uint64_t timeout_ms, th_log *log, char *err,
+                       size_t errlen)
+{
+    char dummy[8];
+    if (err == NULL || errlen == 0) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = '\0';
+    th_redis *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->loop = loop;
+    r->log = log;
+    r->timeout_ms = timeout_ms > 0 ? timeout_ms : 200;
+    r->backoff_ms = RD_BACKOFF_MIN_MS;
+    if (parse_url(r, url, err, errlen) != 0) goto fail;
+    uv_timer_init(loop, &r->conn_timer);
+    uv_timer_init(loop, &r->cmd_timer);
+    uv_timer_init(loop, &r->drop_timer);
+    r->conn_timer.data = r->cmd_timer.data = r->drop_timer.data = r;
+    r->open_handles = 3;
+    rd_set_text(r, "connecting");
+    rd_connect(r);
+    return r;
+fail:
+    free(r->host);
+    free(r->user);
+    free(r->pass);
+    free(r);
+    return NULL;
+}
+
+static rd_cmd *rd_cmd_new(th_redis *r, th_redis_cb cb, void *ud)
+{
+    rd_cmd *c = calloc(1, sizeof *c);
+    if (c == NULL) return NULL;
+    c->r = r;
+    c->cb = cb;
+    c->ud = ud;
+    return c;
+}
+
+static void rd_enqueue(th_redis *r, rd_cmd *c)
+{
+    uint64_t now = uv_now(r->loop);
+    c->sent = now;
+    c->deadline = now + r->timeout_ms;
+    c->held = 1;
+    c->queued = true;
+    c->prev = r->tail;
+    c->next = NULL;
+    if (r->tail)
+        r->tail->next = c;
+    else
+        r->head = c;
+    r->tail = c;
+    if (!uv_is_active((uv_handle_t *)&r->cmd_timer))
+        uv_timer_start(&r->cmd_timer, on_cmd_timer, c->deadline - now, 0);
+}
+
+static bool rd_usable(const th_redis *r)
+{
+    return !r->freeing && r->st == RS_READY && r->ac != NULL;
+}
+
+int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **argv, const size_t *argvlen)
+{
+    if (!rd_usable(r)) {
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_cmd *c = rd_cmd_new(r, cb, ud);
+    if (c == NULL) return -1;
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_enqueue(r, c);
+    return 0;
+}
+
+static void sha1_hex(const char *s, size_t n, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(s, n, md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20) {
+        memset(out, '0', 40); /* EVALSHA then fails with NOSCRIPT and EVAL runs */
+        out[40] = '\0';
+        return;
+    }
+    th_hex(md, 20, out);
+}
+
+int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
+                  const char **argv, const size_t *argvlen)
+{
+    if (!rd_usable(r)) {
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    if (argc < 0 || nkeys < 0 || nkeys > argc) {
+        th_redis_reply e = {.type = REDIS_REPLY_ERROR, .str = "ERR bad EVAL arguments", .len = 22};
+        cb(ud, TH_REDIS_ERROR, &e);
+        return 0;
+    }
+    /* One block: argv pointers, lengths, then the bytes of script, nkeys and args (NUL-terminated). */
+    char nk[16];
+    int nklen = snprintf(nk, sizeof nk, "%d", nkeys);
+    size_t n = (size_t)argc + 3;
+    size_t slen = strlen(script);
+    size_t bytes = slen + 1 + (size_t)nklen + 1;
+    for (int i = 0; i < argc; i++)
+        bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
+    rd_cmd *c = rd_cmd_new(r, cb, ud);
+    if (c == NULL) return -1;
+    char *blk = malloc(n * sizeof(char *) + n * sizeof(size_t) + bytes);
+    if (blk == NULL) {
+        free(c);
+        return -1;
+    }
+    c->eval_argv = (const char **)(void *)blk;
+    c->eval_argvlen = (size_t *)(void *)(blk + n * sizeof(char *));
+    char *p = blk + n * sizeof(char *) + n * sizeof(size_t);
+    c->eval_argc = (int)n;
+    c->eval_argv[0] = "EVAL";
+    c->eval_argvlen[0] = 4;
+    memcpy(p, script, slen + 1);
+    c->eval_argv[1] = p;
+    c->eval_argvlen[1] = slen;
+    p += slen + 1;
+    memcpy(p, nk, (size_t)nklen + 1);
+    c->eval_argv[2] = p;
+    c->eval_argvlen[2] = (size_t)nklen;
+    p += nklen + 1;
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        if (len > 0) memcpy(p, argv[i], len);
+        p[len] = '\0';
+        c->eval_argv[3 + i] = p;
+        c->eval_argvlen[3 + i] = len;
+        p += len + 1;
+    }
+    sha1_hex(script, slen, c->sha);
+    /* EVALSHA first: swap the first two arguments for the send (hiredis formats a copy at once). */
+    c->eval_argv[0] = "EVALSHA";
+    c->eval_argvlen[0] = 7;
+    const char *script_copy = c->eval_argv[1];
+    c->eval_argv[1] = c->sha;
+    c->eval_argvlen[1] = 40;
+    int rc = redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen);
+    c->eval_argv[0] = "EVAL";
+    c->eval_argvlen[0] = 4;
+    c->eval_argv[1] = script_copy;
+    c->eval_argvlen[1] = slen;
+    if (rc != REDIS_OK) {
+        rd_cmd_free(c);
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_enqueue(r, c);
+    return 0;
+}
+
+bool th_redis_connected(const th_redis *r)
+{
+    return r != NULL && rd_usable(r);
+}
+
+const char *th_redis_state(const th_redis *r)
+{
+    return r ? r->state_text : "down: not configured";
+}
+
+void th_redis_free(th_redis *r)
+{
+    if (r == NULL || r->freeing) return;
+    r->freeing = true;
+    uv_timer_stop(&r->conn_timer);
+    if (r->ac != NULL) r->doomed = r->ac; /* never both set (see the top of the file) */
+    r->ac = NULL;
+    r->st = RS_BACKOFF;
+    rd_set_text(r, "down: closed");
+    uv_timer_start(&r->drop_timer, on_drop_timer, 0, 0);
+    rd_fail_pending(r, TH_REDIS_DOWN);
+}

@@ -1,0 +1,237 @@
+/* route: candidate providers, slots with bounded queues, breakers, health probes. */
+#include "hub/route.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/str.h"
+#include "hub/hub.h"
+#include "hub/metrics.h"
+
+static const char *prov_name(const th_route *r, size_t i)
+{
+    return r->provs[i].p->conf->name;
+}
+
+static void publish(th_route *r, size_t i)
+{
+    th_hub *hub = r->hub;
+    if (hub->metrics == NULL) return;
+    const char *lbl[] = {prov_name(r, i), NULL};
+    th_route_prov *rp = &r->provs[i];
+    th_metrics_set(hub->metrics, TH_M_PROVIDER_INFLIGHT, lbl, rp->inflight);
+    th_metrics_set(hub->metrics, TH_M_QUEUE_DEPTH, lbl, rp->waiting);
+    th_metrics_set(hub->metrics, TH_M_BREAKER_STATE, lbl,
+                   (double)th_breaker_get(&rp->breaker, th_mono_ms()));
+}
+
+int th_route_init(th_route *r, th_hub *hub)
+{
+    memset(r, 0, sizeof *r);
+    r->hub = hub;
+    r->n = hub->n_providers;
+    r->provs = calloc(r->n ? r->n : 1, sizeof *r->provs);
+    if (r->provs == NULL) return -1;
+    const th_config *cfg = hub->cfg;
+    th_breaker_conf bc = {
+        .failures = cfg->router.breaker.failures,
+        .failure_ratio = cfg->router.breaker.failure_ratio,
+        .window_ms = cfg->router.breaker.window_ms,
+        .open_for_ms = cfg->router.breaker.open_for_ms,
+        .half_open_probes = cfg->router.breaker.half_open_probes,
+    };
+    th_balance_strategy st = TH_BALANCE_WEIGHTED;
+    th_balance_parse(cfg->router.strategy, &st);
+    th_balance_init(&r->balance, st, th_mono_us() ^ (uint64_t)(uintptr_t)r);
+    for (size_t i = 0; i < r->n; i++) {
+        th_route_prov *rp = &r->provs[i];
+        rp->p = hub->providers[i];
+        rp->index = i;
+        rp->probe_ok = true;
+        th_breaker_init(&rp->breaker, &bc);
+        publish(r, i);
+    }
+    return 0;
+}
+
+void th_route_free(th_route *r)
+{
+    free(r->provs);
+    r->provs = NULL;
+    r->n = 0;
+}
+
+static const char *engine_voice_for(const th_hub *hub, const th_provider_conf *pc, const char *voice)
+{
+    const char *ev = th_kv_get(pc->voices, pc->n_voices, voice);
+    if (ev) return ev;
+    for (size_t v = 0; v < hub->cfg->n_voices; v++) {
+        const th_voice_conf *vc = &hub->cfg->voices[v];
+        if (strcmp(vc->id, voice) == 0) {
+            ev = th_kv_get(vc->providers, vc->n_providers, pc->name);
+            if (ev) return ev;
+        }
+    }
+    return voice;
+}
+
+static bool glob_or_any(const char *pattern, const char *s)
+{
+    if (pattern == NULL || *pattern == 0) return true;
+    return th_glob_match(pattern, s ? s : "");
+}
+
+bool th_route_available(th_route *r, size_t i)
+{
+    th_route_prov *rp = &r->provs[i];
+    return rp->probe_ok && th_breaker_available(&rp->breaker, th_mono_ms());
+}
+
+size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
+                           bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
+                           const char **engine_voice, size_t max)
+{
+    th_hub *hub = r->hub;
+    const th_config *cfg = hub->cfg;
+    size_t set[64];
+    size_t nset = 0;
+    const th_route_conf *match = NULL;
+    for (size_t i = 0; i < cfg->router.n_routes && match == NULL; i++) {
+        const th_route_conf *rc = &cfg->router.routes[i];
+        if (glob_or_any(rc->tenant, tenant) && glob_or_any(rc->voice, voice) && glob_or_any(rc->model, model))
+            match = rc;
+    }
+    if (match) {
+        for (size_t k = 0; k < match->n_providers && nset < 64; k++) {
+            int pi = th_hub_provider_index(hub, match->providers[k]);
+            if (pi >= 0) set[nset++] = (size_t)pi;
+        }
+    } else {
+        for (size_t i = 0; i < r->n && nset < 64; i++) set[nset++] = i;
+    }
+    /* drop providers that do not know the voice or that the tenant may not use */
+    size_t kept = 0;
+    th_balance_peer peers[64];
+    for (size_t k = 0; k < nset; k++) {
+        th_route_prov *rp = &r->provs[set[k]];
+        const th_provider_conf *pc = rp->p->conf;
+        if (allowed && !allowed(pc->name, allowed_ud)) continue;
+        const char *ev = engine_voice_for(hub, pc, voice);
+        if (rp->p->ops->voice_ok && rp->p->ops->voice_ok(rp->p, ev) != 0) continue;
+        set[kept++] = set[k];
+    }
+    nset = kept;
+    if (nset == 0) return 0;
+    /* balance over the candidate set; peers[] mirrors set[] */
+    size_t order[64];
+    for (size_t k = 0; k < nset; k++) {
+        th_route_prov *rp = &r->provs[set[k]];
+        peers[k] = (th_balance_peer){
+            .weight = rp->p->conf->weight > 0 ? rp->p->conf->weight : 1,
+            .priority = rp->p->conf->priority,
+            .inflight = rp->inflight + rp->waiting,
+            .available = th_route_available(r, set[k]),
+            .current_weight = rp->current_weight,
+        };
+        order[k] = k;
+    }
+    th_balance_order(&r->balance, peers, nset, order, nset);
+    for (size_t k = 0; k < nset; k++) r->provs[set[k]].current_weight = peers[k].current_weight;
+    size_t n = nset < max ? nset : max;
+    for (size_t k = 0; k < n; k++) {
+        idx[k] = set[order[k]];
+        engine_voice[k] = engine_voice_for(hub, r->provs[idx[k]].p->conf, voice);
+    }
+    return n;
+}
+
+th_slot_rc th_route_acquire(th_route *r, size_t i, th_route_waiter *w)
+{
+    th_route_prov *rp = &r->provs[i];
+    const th_provider_conf *pc = rp->p->conf;
+    if (pc->concurrency <= 0 || (rp->inflight < pc->concurrency && rp->waiting == 0)) {
+        rp->inflight++;
+        publish(r, i);
+        return TH_SLOT_NOW;
+    }
+    if (rp->waiting >= pc->queue) return TH_SLOT_FULL;
+    w->next = NULL;
+    w->prev = rp->wait_tail;
+    if (rp->wait_tail)
+        rp->wait_tail->next = w;
+    else
+        rp->wait_head = w;
+    rp->wait_tail = w;
+    w->since_ms = th_mono_ms();
+    rp->waiting++;
+    publish(r, i);
+    return TH_SLOT_QUEUED;
+}
+
+void th_route_unwait(th_route *r, size_t i, th_route_waiter *w)
+{
+    th_route_prov *rp = &r->provs[i];
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        rp->wait_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        rp->wait_tail = w->prev;
+    w->next = w->prev = NULL;
+    rp->waiting--;
+    publish(r, i);
+}
+
+void th_route_release(th_route *r, size_t i)
+{
+    th_route_prov *rp = &r->provs[i];
+    if (rp->inflight > 0) rp->inflight--;
+    th_route_waiter *w = rp->wait_head;
+    if (w) {
+        th_route_unwait(r, i, w);
+        rp->inflight++; /* the slot passes straight to the waiter */
+        publish(r, i);
+        w->grant(w->ud);
+        return;
+    }
+    publish(r, i);
+}
+
+static void breaker_changed(th_route *r, size_t i, th_breaker_state from)
+{
+    th_route_prov *rp = &r->provs[i];
+    th_breaker_state to = th_breaker_get(&rp->breaker, th_mono_ms());
+    TH_LOG(r->hub->log, to == TH_BREAKER_OPEN ? TH_LOG_WARN : TH_LOG_INFO, "provider %s: breaker %s -> %s",
+           prov_name(r, i), th_breaker_state_name(from), th_breaker_state_name(to));
+    rp->last_state = to;
+    publish(r, i);
+}
+
+bool th_route_allow(th_route *r, size_t i)
+{
+    th_route_prov *rp = &r->provs[i];
+    th_breaker_state before = th_breaker_get(&rp->breaker, th_mono_ms());
+    bool ok = th_breaker_allow(&rp->breaker, th_mono_ms());
+    if (th_breaker_get(&rp->breaker, th_mono_ms()) != before) breaker_changed(r, i, before);
+    return ok;
+}
+
+void th_route_outcome(th_route *r, size_t i, bool ok, double first_byte_ms)
+{
+    th_route_prov *rp = &r->provs[i];
+    rp->calls++;
+    if (!ok) rp->failures++;
+    if (ok && first_byte_ms >= 0)
+        rp->ewma_first_byte_ms =
+            rp->ewma_first_byte_ms == 0 ? first_byte_ms : 0.8 * rp->ewma_first_byte_ms + 0.2 * first_byte_ms;
+    th_breaker_state before = th_breaker_get(&rp->breaker, th_mono_ms());
+    if (th_breaker_record(&rp->breaker, ok, th_mono_ms())) breaker_changed(r, i, before);
+}
+
+void th_route_outcome_none(th_route *r, size_t i)
+{
+    th_breaker_release(&r->provs[i].breaker);
+}

@@ -1,0 +1,82 @@
+/* route: which providers may serve a request, in what order, and whether
+ * one can take another call now.
+ *
+ * Per provider the hub keeps a th_route_prov: its breaker, live in-flight
+ * count, a bounded FIFO of requests waiting for a slot, an EWMA of the time
+ * to first byte, and the result of its last active health probe. Candidate
+ * lists come from router.routes (first match on tenant/voice/model) or all
+ * providers, minus those that do not know the voice, ordered by the
+ * configured strategy with unavailable ones (open breaker, failed probe)
+ * last. Loop thread only. */
+#ifndef TH_HUB_ROUTE_H
+#define TH_HUB_ROUTE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hub/balance.h"
+#include "hub/breaker.h"
+#include "providers/provider.h"
+
+struct th_hub;
+
+typedef struct th_route_waiter {
+    struct th_route_waiter *next, *prev;
+    void (*grant)(void *ud); /* a slot is yours: start now */
+    void *ud;
+    uint64_t since_ms;
+} th_route_waiter;
+
+typedef struct th_route_prov {
+    th_provider *p;
+    size_t index;
+    th_breaker breaker;
+    th_breaker_state last_state;
+    int inflight;
+    int waiting;
+    th_route_waiter *wait_head, *wait_tail;
+    double ewma_first_byte_ms; /* 0 until the first sample */
+    uint64_t calls, failures;
+    bool probe_ok;      /* last active probe (true until one fails) */
+    bool probing;
+    char probe_detail[128];
+    int64_t current_weight; /* smooth weighted round-robin state */
+} th_route_prov;
+
+typedef struct th_route {
+    struct th_hub *hub;
+    th_route_prov *provs; /* parallel to hub->providers */
+    size_t n;
+    th_balance balance;
+} th_route;
+
+int th_route_init(th_route *r, struct th_hub *hub);
+void th_route_free(th_route *r);
+
+/** The candidates for one request, best first, at most max; returns the count. Writes the engine
+ * voice for each (from the provider's voices map, then the catalogue, else the public name). Providers
+ * that reject the voice (voice_ok) or that the tenant may not use (allowed, NULL = all) are left out. */
+size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
+                           bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
+                           const char **engine_voice, size_t max);
+/** true when provider i's breaker allows a call and its probe is not failing. */
+bool th_route_available(th_route *r, size_t i);
+
+typedef enum { TH_SLOT_NOW = 0, TH_SLOT_QUEUED, TH_SLOT_FULL } th_slot_rc;
+/** Asks for a slot on provider i: NOW (inflight counted), QUEUED (w->grant is called later; cancel with
+ * th_route_unwait), or FULL (queue full). */
+th_slot_rc th_route_acquire(th_route *r, size_t i, th_route_waiter *w);
+void th_route_unwait(th_route *r, size_t i, th_route_waiter *w);
+/** A call on provider i ended: frees its slot and grants the next waiter (on the next loop turn). */
+void th_route_release(th_route *r, size_t i);
+/** Breaker bookkeeping for a call that th_breaker_allow let through. */
+bool th_route_allow(th_route *r, size_t i);
+void th_route_outcome(th_route *r, size_t i, bool ok, double first_byte_ms);
+void th_route_outcome_none(th_route *r, size_t i);
+
+/** Starts the periodic active health probes (router.health_interval). */
+void th_route_start_probes(th_route *r);
+void th_route_stop_probes(th_route *r);
+
+#endif

@@ -1,0 +1,315 @@
+/* cosyvoice: FunAudioLLM/CosyVoice runtime/python/fastapi/server.py, ENGINES.md §5.
+ *
+ * Every route takes form fields. By the provider's mode option:
+ *   sft (default)  POST /inference_sft            urlencoded tts_text, spk_id (the voice)
+ *   instruct       POST /inference_instruct       urlencoded tts_text, spk_id, instruct_text (the prompt)
+ *   zero_shot      POST /inference_zero_shot      multipart tts_text, prompt_text, file prompt_wav
+ *   cross_lingual  POST /inference_cross_lingual  multipart tts_text, file prompt_wav
+ * For zero_shot and cross_lingual the voice must be a mapping of the provider's voices
+ * {prompt_wav: a local file, prompt_text}; build() reads the file (at most CV_MAX_PROMPT bytes) and
+ * sends its bytes. Only a configured mapping is read: a client's voice string never names a file to read.
+ * Success: a stream with no Content-Type of headerless int16 LE mono PCM at the model rate (sample_rate;
+ * 22050 for CosyVoice-300M, 24000 for CosyVoice2/3). Errors: 422 FastAPI lists (the request), plain-text
+ * 500 (the engine). An unknown spk_id crashes inside the stream: a 200 that ends early. */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "providers/upstream.h"
+
+#define CV_DEFAULT_RATE 22050
+/* A prompt wav is a few seconds of speech (a minute of 48 kHz stereo int16 is 11 MiB). The generic
+ * provider bounds request bodies at 16 MiB: 15 MiB leaves room for the text and the part headers. */
+#define CV_MAX_PROMPT (15u * 1024 * 1024)
+
+/* The configured reference mapping that voice is, parsed; NULL with *bad = 0 when it is a plain voice
+ * name, NULL with *bad = 1 when the configured text does not parse (or no memory). */
+static json_t *cv_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
+{
+    *bad = 0;
+    for (size_t i = 0; i < pc->n_voices; i++) {
+        const th_kv *kv = &pc->voices[i];
+        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
+        json_t *o = json_loads(kv->value, 0, NULL);
+        if (json_is_object(o)) return o;
+        json_decref(o);
+        *bad = 1;
+        return NULL;
+    }
+    return NULL;
+}
+
+/* A string from a reference mapping (numbers are written out into tmp), or NULL. */
+static const char *cv_ref_str(const json_t *ref, const char *key, char *tmp, size_t n)
+{
+    const json_t *v = json_object_get(ref, key);
+    if (json_is_string(v)) return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(tmp, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return tmp;
+    }
+    if (json_is_real(v)) {
+        snprintf(tmp, n, "%g", json_real_value(v));
+        return tmp;
+    }
+    return NULL;
+}
+
+/* Appends name=value to an application/x-www-form-urlencoded body ('&' first unless it is empty). */
+static int cv_form_field(th_buf *b, const char *name, const char *v, size_t len)
+{
+    if (b->len > 0 && th_buf_append_byte(b, '&') != TH_BUF_OK) return -1;
+    if (th_buf_append_str(b, name) != TH_BUF_OK || th_buf_append_byte(b, '=') != TH_BUF_OK) return -1;
+    return th_upstream_urlencode(b, v, len);
+}
+
+/* Reads a whole local file of at most max bytes into b. 0, or -1 with err set. Messages name the file
+ * by its base name only: they reach the client, the server's directory layout should not. */
+static int cv_read_file(const char *path, th_buf *b, size_t max, th_perr *err)
+{
+    int rc = -1;
+    const char *slash = strrchr(path, '/');
+    const char *name = slash != NULL ? slash + 1 : path;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the prompt wav '%s' of this voice %s", name,
+                    errno == ENOENT ? "does not exist" : "cannot be opened");
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the prompt wav '%s' of this voice is not a file", name);
+        goto out;
+    }
+    if ((uint64_t)st.st_size > max) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the prompt wav '%s' of this voice is over %zu bytes", name, max);
+        goto out;
+    }
+    if (th_buf_reserve(b, (size_t)st.st_size) != TH_BUF_OK) goto oom;
+    uint8_t chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        int r = th_buf_append(b, chunk, n);
+        if (r == TH_BUF_EFULL) { /* it grew since fstat */
+            th_perr_set(err, TH_PERR_CLIENT, 0, "the prompt wav '%s' of this voice is over %zu bytes", name,
+                        max);
+            goto out;
+        }
+        if (r != TH_BUF_OK) goto oom;
+    }
+    if (ferror(f)) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the prompt wav '%s' of this voice cannot be read", name);
+        goto out;
+    }
+    rc = 0;
+    goto out;
+oom:
+    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+out:
+    fclose(f);
+    return rc;
+}
+
+/* FNV-1a, to pick a multipart boundary that the parts do not contain. */
+static uint64_t cv_fnv(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *s = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211u;
+    return h;
+}
+
+static int cv_part(th_buf *b, const char *boundary, const char *name, const char *filename, const void *data,
+                   size_t len)
+{
+    if (th_buf_appendf(b, "--%s\r\nContent-Disposition: form-data; name=\"%s\"", boundary, name) != TH_BUF_OK)
+        return -1;
+    if (filename != NULL &&
+        th_buf_appendf(b, "; filename=\"%s\"\r\nContent-Type: audio/wav", filename) != TH_BUF_OK)
+        return -1;
+    if (th_buf_append_str(b, "\r\n\r\n") != TH_BUF_OK || th_buf_append(b, data, len) != TH_BUF_OK ||
+        th_buf_append_str(b, "\r\n") != TH_BUF_OK)
+        return -1;
+    return 0;
+}
+
+/* Is the boundary delimiter absent from every part? */
+static int cv_boundary_ok(const char *boundary, const th_buf *wav, const char *t1, size_t n1, const char *t2)
+{
+    size_t bl = strlen(boundary);
+    if (wav->len > 0 && memmem(wav->data, wav->len, boundary, bl) != NULL) return 0;
+    if (memmem(t1, n1, boundary, bl) != NULL) return 0;
+    return strstr(t2, boundary) == NULL;
+}
+
+static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+{
+    int rc = -1, bad = 0;
+    json_t *ref = NULL;
+    th_buf wav;
+    char t1[64], t2[64], boundary[64], ctype[128];
+    const char *mode = th_upstream_opt(pc, "mode", "sft");
+    const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
+    const int instruct = strcmp(mode, "instruct") == 0;
+
+    th_buf_init(&wav, CV_MAX_PROMPT);
+    if (pc->base_url == NULL || pc->base_url[0] == 0) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
+        goto out;
+    }
+    if (req->text_len == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
+        goto out;
+    }
+    if (!cloning && !instruct && strcmp(mode, "sft") != 0) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "unknown mode '%s'", mode);
+        goto out;
+    }
+    if (req->voice == NULL || req->voice[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a voice is required");
+        goto out;
+    }
+    ref = cv_voice_ref(pc, req->voice, &bad);
+    if (bad) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+        goto out;
+    }
+
+    if (!cloning) {
+        /* sft / instruct: a speaker id; a mapping may name it as spk_id */
+        const char *spk = req->voice;
+        if (ref != NULL) {
+            spk = cv_ref_str(ref, "spk_id", t1, sizeof t1);
+            if (spk == NULL || spk[0] == 0) {
+                th_perr_set(err, TH_PERR_CLIENT, 0, "mode %s needs a speaker id (spk_id)", mode);
+                goto out;
+            }
+        }
+        const char *instr = req->prompt != NULL ? req->prompt : "";
+        out->method = "POST";
+        if (th_upstream_url(out, pc->base_url, instruct ? "/inference_instruct" : "/inference_sft") != 0 ||
+            th_upstream_header(out, "Content-Type", "application/x-www-form-urlencoded") != 0 ||
+            cv_form_field(&out->body, "tts_text", req->text, req->text_len) != 0 ||
+            cv_form_field(&out->body, "spk_id", spk, strlen(spk)) != 0 ||
+            (instruct && cv_form_field(&out->body, "instruct_text", instr, strlen(instr)) != 0))
+            goto oom;
+        rc = 0;
+        goto out;
+    }
+
+    /* zero_shot / cross_lingual: the reference wav's bytes as a file part */
+    const char *path = ref != NULL ? cv_ref_str(ref, "prompt_wav", t1, sizeof t1) : NULL;
+    const char *ptext = ref != NULL ? cv_ref_str(ref, "prompt_text", t2, sizeof t2) : NULL;
+    if (path == NULL || path[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0,
+                    "mode %s needs a voice mapped to {prompt_wav, prompt_text} in the provider's voices",
+                    mode);
+        goto out;
+    }
+    if (ptext == NULL) ptext = "";
+    if (cv_read_file(path, &wav, CV_MAX_PROMPT, err) != 0) goto out;
+
+    uint64_t h = cv_fnv(1469598103934665603u, wav.data, wav.len);
+    for (int attempt = 0;; attempt++) {
+        snprintf(boundary, sizeof boundary, "----ttshub%016llx%d", (unsigned long long)h, attempt);
+        if (cv_boundary_ok(boundary, &wav, req->text, req->text_len, ptext)) break;
+        if (attempt > 16) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "no multipart boundary fits");
+            goto out;
+        }
+        h = cv_fnv(h, &attempt, sizeof attempt);
+    }
+    size_t need = wav.len + req->text_len + strlen(ptext) + 1024;
+    if (out->body.max != 0 && need > out->body.max - out->body.len) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the prompt wav is over %zu bytes",
+                    out->body.max);
+        goto out;
+    }
+    snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
+    out->method = "POST";
+    if (th_upstream_url(out, pc->base_url,
+                        strcmp(mode, "zero_shot") == 0 ? "/inference_zero_shot"
+                                                       : "/inference_cross_lingual") != 0 ||
+        th_upstream_header(out, "Content-Type", ctype) != 0 ||
+        th_buf_reserve(&out->body, need) != TH_BUF_OK ||
+        cv_part(&out->body, boundary, "tts_text", NULL, req->text, req->text_len) != 0 ||
+        (strcmp(mode, "zero_shot") == 0 &&
+         cv_part(&out->body, boundary, "prompt_text", NULL, ptext, strlen(ptext)) != 0) ||
+        cv_part(&out->body, boundary, "prompt_wav", "prompt.wav", wav.data, wav.len) != 0 ||
+        th_buf_appendf(&out->body, "--%s--\r\n", boundary) != TH_BUF_OK)
+        goto oom;
+    rc = 0;
+    goto out;
+oom:
+    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+out:
+    th_buf_free(&wav);
+    json_decref(ref);
+    return rc;
+}
+
+static void cv_body_spec(const th_provider_conf *pc, const th_synth_req *req, const char *content_type,
+                         th_audio_spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->fmt = TH_FMT_PCM;
+    spec->sample_rate = pc->sample_rate > 0 ? pc->sample_rate : CV_DEFAULT_RATE;
+    spec->channels = 1;
+    spec->sample = TH_SAMPLE_S16;
+}
+
+static void cv_error(const th_provider_conf *pc, int status, const char *content_type, const uint8_t *body,
+                     size_t len, th_perr *out)
+{
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    const json_t *detail = json_is_object(root) ? json_object_get(root, "detail") : NULL;
+    char tmp[160] = "";
+    if (json_is_string(detail)) {
+        const char *d = json_string_value(detail);
+        th_upstream_excerpt((const uint8_t *)d, strlen(d), tmp, sizeof tmp);
+    } else if (detail != NULL) {
+        char *dump = json_dumps(detail, JSON_COMPACT); /* the 422 list: which field, why */
+        if (dump != NULL) th_upstream_excerpt((const uint8_t *)dump, strlen(dump), tmp, sizeof tmp);
+        free(dump);
+    } else if (body != NULL && len > 0 && root == NULL) {
+        th_upstream_excerpt(body, len, tmp, sizeof tmp);
+    }
+    th_upstream_error_generic(status, tmp, out);
+    /* The server validates only through FastAPI (422). Any other 4xx is not the request's fault: a 404 or
+     * 405 means the route of the configured mode is missing on this server. 429/408 keep their kinds. */
+    if (out->kind == TH_PERR_CLIENT && status != 422) out->kind = TH_PERR_STATUS;
+    json_decref(root);
+}
+
+static int cv_probe(const th_provider_conf *pc, th_upstream_http *out)
+{
+    if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
+    out->method = "GET";
+    return th_upstream_url(out, pc->base_url, "/docs") == 0 ? 0 : -1; /* FastAPI's docs page */
+}
+
+const th_upstream_kind th_kind_cosyvoice = {
+    .kind = "cosyvoice",
+    .caps =
+        {
+            .formats = 1u << TH_FMT_PCM,
+            /* CosyVoice splits text into sentences itself, but a whole request runs on one GPU worker:
+             * 1000 chars keeps one request to about a minute of speech; the hub splits longer text. */
+            .max_input_chars = 1000,
+            .streaming = true,     /* PCM chunks as each sentence is made */
+            .native_speed = false, /* the fastapi server has no speed field */
+            .speed_min = 1.0,
+            .speed_max = 1.0,
+            /* only zero_shot/cross_lingual need a reference, and caps cannot depend on the mode: sft is
+             * the default; build() refuses a cloning mode without a configured mapping */
+            .needs_reference = false,
+        },
+    .build = cv_build,
+    .body_spec = cv_body_spec,
+    .body_is_error = NULL,
+    .error = cv_error,
+    .probe = cv_probe,
+};

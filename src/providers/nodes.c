@@ -1,0 +1,165 @@
+/* nodes: worker nodes (`ttshub worker` or a third-party node), API.md "What a node must serve".
+ *
+ * POST {base_url}/synthesize JSON {text, voice, format, speed, language?, reference?} -> audio in the
+ * format asked for (the client's own format, so the hub passes it through), under a Content-Type the
+ * hub does not need: the bytes are sniffed, except pcm (headerless s16le mono, 24 kHz unless the
+ * provider's sample_rate says otherwise). The voice is passed as is; when it is a mapping of the
+ * provider's voices, the mapping goes as `reference` and its `voice` key (if any) as `voice`.
+ * Errors: {"success":false,"message":..,"code":..}: 4xx -> CLIENT (429 -> OVERLOADED, 401/403 -> STATUS:
+ * our own setup is at fault), 503 (node in standby, busy) -> OVERLOADED, others -> STATUS.
+ * Probe: GET /health.
+ * Today base_url names one node; routing over the registry's nodes comes later. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "providers/upstream.h"
+
+/* The configured reference mapping that voice is, parsed; NULL with *bad = 0 when it is a plain voice
+ * name, NULL with *bad = 1 when the configured text does not parse (or no memory). */
+static json_t *nd_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
+{
+    *bad = 0;
+    for (size_t i = 0; voice != NULL && i < pc->n_voices; i++) {
+        const th_kv *kv = &pc->voices[i];
+        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
+        json_t *o = json_loads(kv->value, 0, NULL);
+        if (json_is_object(o)) return o;
+        json_decref(o);
+        *bad = 1;
+        return NULL;
+    }
+    return NULL;
+}
+
+/* The format name to ask the node for: the client's, or wav when it has none. */
+static const char *nd_format(const th_synth_req *req)
+{
+    const char *name = th_fmt_name(req->want_fmt);
+    return name != NULL ? name : "wav";
+}
+
+static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+{
+    int rc = -1, bad = 0, e = 0;
+    json_t *body = NULL, *text = NULL, *ref = NULL;
+    char *txt = NULL;
+
+    if (pc->base_url == NULL || pc->base_url[0] == 0) {
+        th_perr_set(err, TH_PERR_CONNECT, 0, "no node to send to");
+        goto out;
+    }
+    if (req->text_len == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
+        goto out;
+    }
+    ref = nd_voice_ref(pc, req->voice, &bad);
+    if (bad) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+        goto out;
+    }
+    body = json_object();
+    text = json_stringn(req->text, req->text_len);
+    if (body == NULL || text == NULL) {
+        json_decref(text);
+        goto oom;
+    }
+    e = json_object_set_new(body, "text", text);
+    if (ref != NULL) {
+        json_t *v = json_object_get(ref, "voice");
+        if (json_is_string(v)) e |= json_object_set(body, "voice", v);
+        e |= json_object_set(body, "reference", ref);
+    } else if (req->voice != NULL && req->voice[0] != 0) {
+        e |= json_object_set_new(body, "voice", json_string(req->voice));
+    }
+    e |= json_object_set_new(body, "format", json_string(nd_format(req)));
+    e |= json_object_set_new(body, "speed", json_real(req->speed > 0 ? req->speed : 1.0));
+    if (req->language != NULL && req->language[0] != 0)
+        e |= json_object_set_new(body, "language", json_string(req->language));
+    if (e != 0) goto oom;
+    txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (txt == NULL) goto oom;
+    out->method = "POST";
+    if (th_upstream_url(out, pc->base_url, "/synthesize") != 0 ||
+        th_upstream_header(out, "Content-Type", "application/json") != 0 ||
+        th_buf_append_str(&out->body, txt) != TH_BUF_OK)
+        goto oom;
+    rc = 0;
+    goto out;
+oom:
+    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+out:
+    free(txt);
+    json_decref(body);
+    json_decref(ref);
+    return rc;
+}
+
+static void nd_body_spec(const th_provider_conf *pc, const th_synth_req *req, const char *content_type,
+                         th_audio_spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    if (req->want_fmt == TH_FMT_PCM) {
+        /* headerless: nothing to sniff; the node's pcm is the API's (s16le mono 24 kHz) */
+        spec->fmt = TH_FMT_PCM;
+        spec->sample_rate = pc->sample_rate > 0 ? pc->sample_rate : TH_PCM_DEFAULT_RATE;
+        spec->channels = 1;
+        spec->sample = TH_SAMPLE_S16;
+    } else {
+        spec->fmt = TH_FMT_NONE; /* what was asked for, in a container: sniff it */
+    }
+}
+
+static void nd_error(const th_provider_conf *pc, int status, const char *content_type, const uint8_t *body,
+                     size_t len, th_perr *out)
+{
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    const char *m = json_is_object(root) ? json_string_value(json_object_get(root, "message")) : NULL;
+    const char *code = json_is_object(root) ? json_string_value(json_object_get(root, "code")) : NULL;
+    char tmp[160] = "", msg[240];
+    if (m != NULL)
+        th_upstream_excerpt((const uint8_t *)m, strlen(m), tmp, sizeof tmp);
+    else if (body != NULL && len > 0 && root == NULL)
+        th_upstream_excerpt(body, len, tmp, sizeof tmp); /* an HTML or plain-text 5xx */
+    if (code != NULL)
+        snprintf(msg, sizeof msg, "%s (%.30s)", tmp, code);
+    else
+        snprintf(msg, sizeof msg, "%s", tmp);
+    th_upstream_error_generic(status, msg, out);
+    if (status == 503 || status == 429)
+        out->kind = TH_PERR_OVERLOADED; /* standby, stopping or busy: try another node */
+    else if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 408)
+        out->kind = TH_PERR_CLIENT; /* the node refused this request (voice, format, text...) */
+    json_decref(root);
+}
+
+static int nd_probe(const th_provider_conf *pc, th_upstream_http *out)
+{
+    if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
+    out->method = "GET";
+    return th_upstream_url(out, pc->base_url, "/health") == 0 ? 0 : -1;
+}
+
+const th_upstream_kind th_kind_nodes = {
+    .kind = "nodes",
+    .caps =
+        {
+            /* a node answers in any of the six client formats */
+            .formats = (1u << TH_FMT_MP3) | (1u << TH_FMT_OPUS) | (1u << TH_FMT_AAC) | (1u << TH_FMT_FLAC) |
+                       (1u << TH_FMT_WAV) | (1u << TH_FMT_PCM),
+            /* A node may front any engine and splits no text itself; 5000 chars (a few minutes of
+             * speech) bounds one request to one node while keeping splits rare. */
+            .max_input_chars = 5000,
+            .streaming = false,   /* not promised by the node contract */
+            .native_speed = true, /* the node takes speed in the API's range */
+            .speed_min = 0.25,
+            .speed_max = 4.0,
+            .needs_reference = false,
+        },
+    .build = nd_build,
+    .body_spec = nd_body_spec,
+    .body_is_error = NULL,
+    .error = nd_error,
+    .probe = nd_probe,
+};

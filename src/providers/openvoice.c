@@ -1,0 +1,127 @@
+/* openvoice: ValyrianTech/OpenVoice_server (OpenVoice v2), ENGINES.md §4.
+ *
+ * GET {base_url}/synthesize_speech/?text=&voice=&accent=&speed= -> audio/wav (22.05 kHz, from the
+ * converter's config: the WAV header says). voice is the label of a reference uploaded to the server
+ * (POST /upload_audio/, done out of band); accent is the provider's accent option (en-newest).
+ * Errors: 400/500 {"detail": ..}, 422 FastAPI lists, and a 200 whose body is JSON {"error": ..}
+ * (the server's way of refusing some requests): body_is_error catches that one. error() maps a 2xx it is
+ * given to CLIENT; note that upstream.c currently reports a body_is_error hit itself, as PROTOCOL, without
+ * calling error(). */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "providers/upstream.h"
+
+#define OV_SPEED_MIN 0.5 /* OpenVoice's base speakers stay intelligible in 0.5..2 */
+#define OV_SPEED_MAX 2.0
+
+static int ov_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+{
+    int rc = -1;
+    char speed[32];
+
+    if (pc->base_url == NULL || pc->base_url[0] == 0) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
+        goto out;
+    }
+    if (req->text_len == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
+        goto out;
+    }
+    if (req->voice == NULL || req->voice[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice label is required");
+        goto out;
+    }
+    snprintf(speed, sizeof speed, "%g", req->speed > 0 ? req->speed : 1.0);
+    out->method = "GET";
+    if (th_upstream_url(out, pc->base_url, "/synthesize_speech/") != 0 ||
+        th_buf_append_str(&out->url, "?text=") != TH_BUF_OK ||
+        th_upstream_urlencode(&out->url, req->text, req->text_len) != 0 ||
+        th_upstream_query(out, "voice", req->voice) != 0 ||
+        th_upstream_query(out, "accent", th_upstream_opt(pc, "accent", "en-newest")) != 0 ||
+        th_upstream_query(out, "speed", speed) != 0)
+        goto oom;
+    rc = 0;
+    goto out;
+oom:
+    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+out:
+    return rc;
+}
+
+static void ov_body_spec(const th_provider_conf *pc, const th_synth_req *req, const char *content_type,
+                         th_audio_spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->fmt = TH_FMT_WAV;
+}
+
+/* A 2xx whose first bytes are a JSON object ({"error": ..}) is a refusal, not audio (WAV starts "RIFF"). */
+static int ov_body_is_error(const uint8_t *first, size_t n)
+{
+    size_t i = 0;
+    while (i < n && (first[i] == ' ' || first[i] == '\t' || first[i] == '\r' || first[i] == '\n'))
+        i++;
+    return i < n && first[i] == '{';
+}
+
+static void ov_error(const th_provider_conf *pc, int status, const char *content_type, const uint8_t *body,
+                     size_t len, th_perr *out)
+{
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    const json_t *detail = NULL;
+    char tmp[160] = "";
+    if (json_is_object(root)) {
+        detail = json_object_get(root, "detail");
+        if (detail == NULL) detail = json_object_get(root, "error");
+    }
+    if (json_is_string(detail)) {
+        const char *d = json_string_value(detail);
+        th_upstream_excerpt((const uint8_t *)d, strlen(d), tmp, sizeof tmp);
+    } else if (detail != NULL) {
+        char *dump = json_dumps(detail, JSON_COMPACT); /* a 422 validation list */
+        if (dump != NULL) th_upstream_excerpt((const uint8_t *)dump, strlen(dump), tmp, sizeof tmp);
+        free(dump);
+    } else if (body != NULL && len > 0 && root == NULL) {
+        th_upstream_excerpt(body, len, tmp, sizeof tmp);
+    }
+    if (status >= 200 && status < 300) {
+        /* 200 {"error": ..}: the server refused what was asked */
+        th_perr_set(out, TH_PERR_CLIENT, status, "HTTP %d with an error instead of audio: %s", status, tmp);
+    } else {
+        /* 400 (unknown voice, accent) / 422 -> CLIENT; 500 -> STATUS; 429 -> OVERLOADED */
+        th_upstream_error_generic(status, tmp, out);
+    }
+    json_decref(root);
+}
+
+static int ov_probe(const th_provider_conf *pc, th_upstream_http *out)
+{
+    if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
+    out->method = "GET";
+    return th_upstream_url(out, pc->base_url, "/docs") == 0 ? 0 : -1; /* FastAPI's docs page */
+}
+
+const th_upstream_kind th_kind_openvoice = {
+    .kind = "openvoice",
+    .caps =
+        {
+            .formats = 1u << TH_FMT_WAV,
+            /* The server synthesises the whole text before the first byte (base TTS + tone colour
+             * conversion of the full clip): 1000 chars keeps the wait and the memory per request
+             * moderate; the hub splits longer text. */
+            .max_input_chars = 1000,
+            .streaming = false,
+            .native_speed = true,
+            .speed_min = OV_SPEED_MIN,
+            .speed_max = OV_SPEED_MAX,
+            .needs_reference = false, /* the reference is uploaded to the server beforehand */
+        },
+    .build = ov_build,
+    .body_spec = ov_body_spec,
+    .body_is_error = ov_body_is_error,
+    .error = ov_error,
+    .probe = ov_probe,
+};

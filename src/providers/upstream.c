@@ -1,0 +1,1052 @@
+/* upstream: the generic provider of HTTP engines (see upstream.h).
+ *
+ * One up_provider per configured provider owns one th_client (its own connection pool, at most
+ * `concurrency` connections to the engine, 64 when that is 0). A job is one transfer:
+ *
+ *   start    kind->build() -> th_client_start(). A build failure (bad input: CLIENT; a missing key or a
+ *            bad kind option: STATUS) is reported through on_error from the loop, never inside start().
+ *   on_head  2xx: the declared spec is kind->body_spec(); anything else: collect the error body.
+ *   on_body  2xx: the first bytes are held until th_fmt_sniff_ex() can tell what they are (at least
+ *            UP_SNIFF_MIN bytes unless a signature decides sooner, at most UP_SNIFF_MAX). A sniffed container
+ *            wins over the declared spec (engines lie about Content-Type); bytes that match nothing are
+ *            headerless PCM at the declared rate, or the config's sample_rate, or 24 kHz; JSON, HTML or
+ *            text (or kind->body_is_error) is TH_PERR_PROTOCOL. Then on_format, then every byte to on_chunk
+ *            as it arrives. on_chunk returning 1 pauses the transfer (on_body returns 1) until resume().
+ *            Non-2xx: up to 64 KiB of body, then the transfer is stopped and kind->error() maps it.
+ *   on_done  the transfer's end mapped to the sink's end (table in map_result()).
+ *
+ * Timeouts (per transfer, from the provider's `timeout`, 30 s when 0): connect min(10 s, timeout); first
+ * response byte `timeout` (the engine's time to start answering: what the timeout means to an operator);
+ * total max(4 x timeout, 120 s), so that a long synthesis that streams steadily is not cut, while a
+ * stalled one still ends. A paused transfer counts against the total too.
+ *
+ * Pause: only chunks are held back. The end of a transfer is reported when it comes, so on_done may follow
+ * a chunk that asked for a pause when that chunk was the last one (a short body flushed at the end).
+ *
+ * Lifetime: a job lives until its end was delivered or it was cancelled. Every client callback holds
+ * the job (in_cb) so that a sink callback may cancel it; it is freed when the outermost callback
+ * returns. destroy() drops the jobs still live without callbacks (the caller should have cancelled
+ * them), closes the client and a uv_idle_t: both close asynchronously, so the loop must run once more
+ * for the provider's memory to be freed. */
+#include "providers/upstream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "core/str.h"
+
+#define UP_ERRBODY_MAX (64 * 1024)
+#define UP_SNIFF_MIN 64
+#define UP_SNIFF_MAX 8192
+#define UP_HEAD_MAX (1024 * 1024) /* UP_SNIFF_MAX plus one chunk from curl, with room to spare */
+#define UP_REQ_BODY_MAX (16u * 1024 * 1024)
+#define UP_DEFAULT_TIMEOUT_MS 30000
+#define UP_CONNECT_MAX_MS 10000
+#define UP_TOTAL_MIN_MS 120000
+#define UP_PROBE_TIMEOUT_MS 2000
+#define UP_DEFAULT_CONNS 64
+#define UP_TEXT_CHECK 512 /* bytes looked at to tell text from audio */
+
+const th_upstream_kind *const th_upstream_kinds[] = {
+    &th_kind_openai_fm,
+    &th_kind_openai,
+    &th_kind_gpt_sovits,
+    &th_kind_xtts,
+    &th_kind_openvoice,
+    &th_kind_cosyvoice,
+    &th_kind_fish,
+    &th_kind_elevenlabs,
+    &th_kind_azure,
+    &th_kind_nodes,
+    NULL,
+};
+
+const th_upstream_kind *th_upstream_find(const char *kind)
+{
+    if (kind == NULL) return NULL;
+    for (size_t i = 0; th_upstream_kinds[i] != NULL; i++)
+        if (th_upstream_kinds[i]->kind != NULL && strcmp(th_upstream_kinds[i]->kind, kind) == 0)
+            return th_upstream_kinds[i];
+    return NULL;
+}
+
+/* ---- helpers for kinds ---- */
+
+void th_upstream_http_init(th_upstream_http *h)
+{
+    h->method = "POST";
+    th_buf_init(&h->url, 64 * 1024);
+    th_buf_init(&h->headers, 64 * 1024);
+    th_buf_init(&h->body, UP_REQ_BODY_MAX);
+}
+
+void th_upstream_http_free(th_upstream_http *h)
+{
+    th_buf_free(&h->url);
+    th_buf_free(&h->headers);
+    th_buf_free(&h->body);
+}
+
+int th_upstream_url(th_upstream_http *h, const char *base_url, const char *path)
+{
+    if (base_url == NULL || path == NULL) return -1;
+    size_t n = strlen(base_url);
+    while (n > 0 && base_url[n - 1] == '/')
+        n--;
+    th_buf_reset(&h->url);
+    if (th_buf_append(&h->url, base_url, n) != TH_BUF_OK) return -1;
+    if (path[0] != '\0' && path[0] != '/' && th_buf_append_byte(&h->url, '/') != TH_BUF_OK) return -1;
+    return th_buf_append_str(&h->url, path) == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_urlencode(th_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool keep = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                    c == '.' || c == '_' || c == '~';
+        int rc;
+        if (keep) {
+            rc = th_buf_append_byte(b, c);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            rc = th_buf_append(b, e, 3);
+        }
+        if (rc != TH_BUF_OK) return -1;
+    }
+    return 0;
+}
+
+int th_upstream_query(th_upstream_http *h, const char *name, const char *value)
+{
+    if (name == NULL || value == NULL) return -1;
+    char *url = th_buf_cstr(&h->url);
+    if (url == NULL) return -1;
+    char sep = strchr(url, '?') != NULL ? '&' : '?';
+    if (th_buf_append_byte(&h->url, (uint8_t)sep) != TH_BUF_OK) return -1;
+    if (th_upstream_urlencode(&h->url, name, strlen(name)) != 0) return -1;
+    if (th_buf_append_byte(&h->url, '=') != TH_BUF_OK) return -1;
+    return th_upstream_urlencode(&h->url, value, strlen(value));
+}
+
+int th_upstream_form(th_buf *b, const char *name, const char *value)
+{
+    if (name == NULL || value == NULL) return -1;
+    if (b->len > 0 && th_buf_append_byte(b, '&') != TH_BUF_OK) return -1;
+    if (th_upstream_urlencode(b, name, strlen(name)) != 0) return -1;
+    if (th_buf_append_byte(b, '=') != TH_BUF_OK) return -1;
+    return th_upstream_urlencode(b, value, strlen(value));
+}
+
+int th_upstream_header(th_upstream_http *h, const char *name, const char *value)
+{
+    if (name == NULL || value == NULL || name[0] == '\0') return -1;
+    /* No header injection through a voice name or a key: no CR, LF or NUL, no ':' in the name. */
+    if (strpbrk(name, "\r\n: \t") != NULL || strpbrk(value, "\r\n") != NULL) return -1;
+    if (th_buf_appendf(&h->headers, "%s: %s\n", name, value) != TH_BUF_OK) return -1;
+    return 0;
+}
+
+int th_upstream_xml_escape(th_buf *b, const char *s, size_t n)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *esc;
+        switch (s[i]) {
+        case '&':
+            esc = "&amp;";
+            break;
+        case '<':
+            esc = "&lt;";
+            break;
+        case '>':
+            esc = "&gt;";
+            break;
+        case '"':
+            esc = "&quot;";
+            break;
+        case '\'':
+            esc = "&apos;";
+            break;
+        default:
+            esc = NULL;
+            break;
+        }
+        /* XML 1.0 forbids most control characters even as references: make them spaces. */
+        unsigned char c = (unsigned char)s[i];
+        if (esc == NULL && c < 0x20 && c != '\t' && c != '\n' && c != '\r') esc = " ";
+        if (esc == NULL) continue;
+        if (th_buf_append(b, s + start, i - start) != TH_BUF_OK) return -1;
+        if (th_buf_append_str(b, esc) != TH_BUF_OK) return -1;
+        start = i + 1;
+    }
+    return th_buf_append(b, s + start, n - start) == TH_BUF_OK ? 0 : -1;
+}
+
+void th_upstream_excerpt(const uint8_t *body, size_t len, char *out, size_t outlen)
+{
+    if (outlen == 0) return;
+    size_t o = 0;
+    bool blank = true; /* drops leading blanks and squeezes runs */
+    for (size_t i = 0; i < len && o + 1 < outlen; i++) {
+        unsigned char c = body[i];
+        if (c < 0x20 || c == 0x7f) c = ' ';
+        if (c == ' ') {
+            if (blank) continue;
+            blank = true;
+        } else {
+            blank = false;
+        }
+        out[o++] = (char)c;
+    }
+    while (o > 0 && out[o - 1] == ' ')
+        o--;
+    /* Do not end inside a UTF-8 sequence. */
+    if (o > 0 && ((unsigned char)out[o - 1] & 0x80)) {
+        size_t k = o;
+        while (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0x80)
+            k--;
+        if (k > 0 && ((unsigned char)out[k - 1] & 0xC0) == 0xC0) {
+            unsigned char lead = (unsigned char)out[k - 1];
+            size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+            if (o - (k - 1) < need) o = k - 1;
+        }
+    }
+    out[o] = '\0';
+}
+
+int th_upstream_retry_after(const char *value, int64_t now_s)
+{
+    if (value == NULL) return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    size_t n = strlen(value);
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t'))
+        n--;
+    if (n == 0) return -1;
+    int64_t secs;
+    if (value[0] >= '0' && value[0] <= '9') {
+        if (th_strn_to_i64(value, n, 0, INT64_MAX, &secs) != 0) return -1;
+    } else {
+        /* IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT" (the obsolete forms are not worth it here). */
+        char tmp[64];
+        if (n >= sizeof tmp) return -1;
+        memcpy(tmp, value, n);
+        tmp[n] = '\0';
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        const char *end = strptime(tmp, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        if (end == NULL || *end != '\0') return -1;
+        time_t t = timegm(&tm);
+        if (t == (time_t)-1) return -1;
+        secs = (int64_t)t - now_s;
+        if (secs < 0) secs = 0;
+    }
+    if (secs > 86400) secs = 86400;
+    return (int)secs;
+}
+
+const char *th_upstream_secret(const th_provider_conf *pc)
+{
+    if (pc == NULL || pc->api_key_env == NULL || pc->api_key_env[0] == '\0') return NULL;
+    const char *v = getenv(pc->api_key_env);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def)
+{
+    if (pc == NULL || pc->opts == NULL) return def;
+    const char *v = th_kv_get(pc->opts, pc->n_opts, key);
+    return v != NULL ? v : def;
+}
+
+bool th_upstream_opt_bool(const th_provider_conf *pc, const char *key, bool def)
+{
+    const char *v = th_upstream_opt(pc, key, NULL);
+    if (v == NULL) return def;
+    if (strcasecmp(v, "true") == 0 || strcasecmp(v, "yes") == 0 || strcasecmp(v, "on") == 0 ||
+        strcmp(v, "1") == 0)
+        return true;
+    if (strcasecmp(v, "false") == 0 || strcasecmp(v, "no") == 0 || strcasecmp(v, "off") == 0 ||
+        strcmp(v, "0") == 0)
+        return false;
+    return def;
+}
+
+uint32_t th_upstream_formats(const th_provider_conf *pc, uint32_t kind_formats)
+{
+    return pc != NULL && pc->formats != 0 ? pc->formats : kind_formats;
+}
+
+void th_upstream_error_generic(int status, const char *message, th_perr *out)
+{
+    th_perr_kind k;
+    switch (status) {
+    case 400:
+    case 404:
+    case 413:
+    case 415:
+    case 422:
+        k = TH_PERR_CLIENT;
+        break;
+    case 401:
+    case 403:
+        k = TH_PERR_STATUS;
+        break; /* our key or config is at fault, not the client's */
+    case 429:
+        k = TH_PERR_OVERLOADED;
+        break;
+    case 408:
+    case 504:
+        k = TH_PERR_TIMEOUT;
+        break;
+    default:
+        k = TH_PERR_STATUS;
+        break;
+    }
+    if (message != NULL && message[0] != '\0')
+        th_perr_set(out, k, status, "HTTP %d: %s", status, message);
+    else
+        th_perr_set(out, k, status, "HTTP %d", status);
+}
+
+/* ---- the provider ---- */
+
+typedef struct up_provider {
+    th_provider base;
+    const th_upstream_kind *kind;
+    th_log *log;
+    th_client *client;
+    uv_idle_t idle; /* delivers the failures of jobs that could not start */
+    bool idle_on;
+    bool closing;
+    th_job *jobs; /* live jobs and probes */
+} up_provider;
+
+typedef enum { J_HEAD = 0, J_AUDIO, J_ERRBODY } job_mode;
+
+struct th_job {
+    up_provider *p;
+    th_job *prev, *next;
+    bool linked;
+    th_client_req *req; /* NULL once the client is done with it */
+    th_sink sink;
+    th_synth_req sreq; /* a deep copy: body_spec() runs after start() returned */
+    char *ctype;       /* the Content-Type the engine sent */
+    int status;
+    int retry_after_s;
+    job_mode mode;
+    th_audio_spec declared, spec;
+    th_buf head;    /* audio held until sniffed */
+    th_buf errbody; /* a non-2xx body, at most UP_ERRBODY_MAX */
+    bool format_sent;
+    uint64_t received;  /* audio bytes from the engine */
+    uint64_t delivered; /* audio bytes given to on_chunk */
+    bool has_forced;    /* we stopped the transfer ourselves: forced says why */
+    th_perr forced;
+    bool deferred; /* a start failure waiting for the idle callback */
+    bool ended;    /* on_done or on_error was delivered */
+    bool cancelled;
+    int in_cb;
+    uint64_t timeout_ms;
+    void (*probe_done)(void *ud, bool healthy, const char *detail);
+    void *probe_ud;
+};
+
+static const char *pname(const up_provider *p)
+{
+    return p->base.conf != NULL && p->base.conf->name != NULL ? p->base.conf->name : p->kind->kind;
+}
+
+static void job_unlink(th_job *j)
+{
+    if (!j->linked) return;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        j->p->jobs = j->next;
+    if (j->next) j->next->prev = j->prev;
+    j->prev = j->next = NULL;
+    j->linked = false;
+}
+
+static void job_free(th_job *j)
+{
+    job_unlink(j);
+    if (j->req != NULL) th_client_cancel(j->req);
+    th_buf_free(&j->head);
+    th_buf_free(&j->errbody);
+    free(j->ctype);
+    free((char *)j->sreq.text);
+    free((char *)j->sreq.voice);
+    free((char *)j->sreq.language);
+    free((char *)j->sreq.prompt);
+    free((char *)j->sreq.model);
+    free((char *)j->sreq.generation);
+    free(j);
+}
+
+/* Leaves a client callback: frees the job when it is over and nothing up the stack holds it. */
+static void job_leave(th_job *j)
+{
+    j->in_cb--;
+    if (j->in_cb == 0 && (j->ended || j->cancelled)) job_free(j);
+}
+
+static char *dup_or_null(const char *s, bool *oom)
+{
+    if (s == NULL) return NULL;
+    char *d = th_strndup(s, strlen(s));
+    if (d == NULL) *oom = true;
+    return d;
+}
+
+static int copy_req(th_synth_req *dst, const th_synth_req *src)
+{
+    bool oom = false;
+    *dst = *src;
+    dst->text = NULL;
+    if (src->text != NULL) {
+        dst->text = th_strndup(src->text, src->text_len);
+        if (dst->text == NULL) oom = true;
+    }
+    dst->voice = dup_or_null(src->voice, &oom);
+    dst->language = dup_or_null(src->language, &oom);
+    dst->prompt = dup_or_null(src->prompt, &oom);
+    dst->model = dup_or_null(src->model, &oom);
+    dst->generation = dup_or_null(src->generation, &oom);
+    return oom ? -1 : 0;
+}
+
+static th_job *job_new(up_provider *p)
+{
+    th_job *j = calloc(1, sizeof *j);
+    if (j == NULL) return NULL;
+    j->p = p;
+    th_buf_init(&j->head, UP_HEAD_MAX);
+    th_buf_init(&j->errbody, UP_ERRBODY_MAX);
+    j->next = p->jobs;
+    if (p->jobs) p->jobs->prev = j;
+    p->jobs = j;
+    j->linked = true;
+    return j;
+}
+
+/* ---- ending a job ---- */
+
+static void job_fail(th_job *j, th_perr *e)
+{
+    if (j->ended || j->cancelled) return;
+    j->ended = true;
+    if (e->status == 0 && j->status != 0) e->status = j->status;
+    if (e->retry_after_s == 0 && j->retry_after_s > 0) e->retry_after_s = j->retry_after_s;
+    TH_LOG(j->p->log, TH_LOG_DEBUG, "provider %s: %s: %s", pname(j->p), th_perr_kind_name(e->kind),
+           e->message);
+    if (j->sink.on_error) j->sink.on_error(j->sink.ud, e);
+}
+
+static void job_done(th_job *j)
+{
+    if (j->ended || j->cancelled) return;
+    j->ended = true;
+    if (j->sink.on_done) j->sink.on_done(j->sink.ud);
+}
+
+/* Sets e->message to "<provider>: <message>". */
+static void prefix_message(const up_provider *p, th_perr *e)
+{
+    char tmp[sizeof e->message];
+    th_strlcpy(tmp, e->message, sizeof tmp);
+    size_t n = th_strlcpy(e->message, pname(p), sizeof e->message);
+    if (n + 2 < sizeof e->message) {
+        memcpy(e->message + n, ": ", 3);
+        th_strlcpy(e->message + n + 2, tmp, sizeof e->message - n - 2);
+    }
+}
+
+/* ---- deferred start failures ---- */
+
+static void on_idle(uv_idle_t *h)
+{
+    up_provider *p = h->data;
+    for (;;) {
+        if (p->closing) return;
+        th_job *j = p->jobs;
+        while (j != NULL && !(j->deferred && !j->cancelled && !j->ended))
+            j = j->next;
+        if (j == NULL) break;
+        j->deferred = false;
+        j->in_cb++;
+        th_perr e = j->forced;
+        job_fail(j, &e);
+        job_leave(j);
+    }
+    uv_idle_stop(&p->idle);
+    p->idle_on = false;
+}
+
+static void defer_fail(th_job *j, const th_perr *e)
+{
+    up_provider *p = j->p;
+    j->forced = *e;
+    j->has_forced = true;
+    j->deferred = true;
+    if (!p->idle_on) {
+        uv_idle_start(&p->idle, on_idle);
+        p->idle_on = true;
+    }
+}
+
+/* ---- delivering audio ---- */
+
+/* 1: pause, 0: go on, -1: the job was cancelled or ended inside the sink. */
+static int deliver(th_job *j, const uint8_t *d, size_t len)
+{
+    int rc = j->sink.on_chunk ? j->sink.on_chunk(j->sink.ud, d, len) : 0;
+    j->delivered += len;
+    if (j->cancelled || j->ended) return -1;
+    return rc == 1 ? 1 : 0;
+}
+
+static bool is_blank(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static bool is_text_type(const char *ct)
+{
+    if (ct == NULL) return false;
+    while (*ct == ' ')
+        ct++;
+    return strncasecmp(ct, "text/", 5) == 0 || strncasecmp(ct, "application/json", 16) == 0 ||
+           strncasecmp(ct, "application/problem+json", 24) == 0 ||
+           strncasecmp(ct, "application/xml", 15) == 0;
+}
+
+/* A JSON or HTML/XML document, or plain text sent as text: an error page where audio was expected.
+ * Audio almost never passes: its first bytes are never all printable for long. */
+static bool looks_textual(const uint8_t *p, size_t n, const char *ctype)
+{
+    size_t i = 0;
+    if (n >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) i = 3; /* UTF-8 BOM */
+    while (i < n && is_blank(p[i]))
+        i++;
+    if (i >= n) return n > 0;
+    bool doc = p[i] == '{' || p[i] == '[' || p[i] == '<';
+    if (!doc && !is_text_type(ctype)) return false;
+    size_t lim = n < UP_TEXT_CHECK ? n : UP_TEXT_CHECK;
+    for (size_t k = i; k < lim; k++) {
+        uint8_t c = p[k];
+        if ((c < 0x20 && !is_blank(c)) || c == 0x7f) return false;
+    }
+    return true;
+}
+
+static th_audio_spec choose_spec(const th_job *j, th_fmt sniffed)
+{
+    const th_audio_spec *d = &j->declared;
+    th_audio_spec s = {sniffed, 0, 0, TH_SAMPLE_S16};
+    if (sniffed != TH_FMT_NONE) {
+        if (sniffed == d->fmt) s = *d; /* the container says the rest itself; keep what was declared */
+        return s;
+    }
+    /* Nothing recognisable. MP3 and ADTS have no file signature (only frame syncs, possibly after a
+     * few stray bytes): leave them to the decoder's probe. Anything else is headerless PCM. */
+    if (d->fmt == TH_FMT_MP3 || d->fmt == TH_FMT_AAC) return *d;
+    const th_provider_conf *pc = j->p->base.conf;
+    s.fmt = TH_FMT_PCM;
+    s.sample_rate = d->fmt == TH_FMT_PCM && d->sample_rate > 0 ? d->sample_rate
+                    : pc->sample_rate > 0                      ? pc->sample_rate
+                                                               : TH_PCM_DEFAULT_RATE;
+    s.channels = d->fmt == TH_FMT_PCM && d->channels > 0 ? d->channels : 1;
+    s.sample = d->fmt == TH_FMT_PCM ? d->sample : TH_SAMPLE_S16;
+    return s;
+}
+
+/* Looks at the held bytes. 1: decided (j->spec set), 0: need more, -1: not audio (e set). */
+static int decide(th_job *j, bool final, th_perr *e)
+{
+    const uint8_t *p = j->head.data;
+    size_t n = j->head.len;
+    bool can_wait = !final && n < UP_SNIFF_MAX;
+    bool more = false;
+    th_fmt f = th_fmt_sniff_ex(p, n, can_wait, &more);
+    if (f == TH_FMT_NONE && can_wait && (more || n < UP_SNIFF_MIN)) return 0;
+    const th_upstream_kind *k = j->p->kind;
+    char ex[160];
+    if (k->body_is_error != NULL && k->body_is_error(p, n)) {
+        th_upstream_excerpt(p, n, ex, sizeof ex);
+        th_perr_set(e, TH_PERR_PROTOCOL, j->status, "HTTP %d with an error instead of audio: %s", j->status,
+                    ex);
+        return -1;
+    }
+    if (f == TH_FMT_NONE && looks_textual(p, n, j->ctype)) {
+        th_upstream_excerpt(p, n, ex, sizeof ex);
+        th_perr_set(e, TH_PERR_PROTOCOL, j->status, "HTTP %d with %s instead of audio: %s", j->status,
+                    j->ctype != NULL ? j->ctype : "text", ex);
+        return -1;
+    }
+    j->spec = choose_spec(j, f);
+    return 1;
+}
+
+/* on_format, then the held bytes. Same return as deliver(). */
+static int flush_head(th_job *j)
+{
+    j->format_sent = true;
+    if (j->sink.on_format) j->sink.on_format(j->sink.ud, &j->spec);
+    if (j->cancelled || j->ended) return -1;
+    int rc = 0;
+    if (j->head.len > 0) rc = deliver(j, j->head.data, j->head.len);
+    th_buf_free(&j->head);
+    return rc;
+}
+
+/* ---- client callbacks ---- */
+
+static void force(th_job *j, th_perr_kind kind, const char *msg)
+{
+    if (j->has_forced) return;
+    th_perr_set(&j->forced, kind, j->status, "%s", msg);
+    j->has_forced = true;
+}
+
+static int cb_head(void *ud, int status, const th_client_header *h, size_t n)
+{
+    th_job *j = ud;
+    if (j->cancelled || j->ended) return -1;
+    j->status = status;
+    free(j->ctype);
+    j->ctype = NULL;
+    const char *ct = th_client_header_get(h, n, "content-type");
+    if (ct != NULL) {
+        j->ctype = th_strndup(ct, strlen(ct));
+        if (j->ctype == NULL) {
+            force(j, TH_PERR_INTERNAL, "out of memory");
+            return -1;
+        }
+    }
+    const char *ra = th_client_header_get(h, n, "retry-after");
+    if (ra != NULL) {
+        int s = th_upstream_retry_after(ra, (int64_t)time(NULL));
+        if (s > 0) j->retry_after_s = s;
+    }
+    if (j->probe_done != NULL) return 0;
+    if (status >= 200 && status < 300) {
+        j->mode = J_AUDIO;
+        th_audio_spec spec = {th_fmt_from_mime(j->ctype), 0, 0, TH_SAMPLE_S16};
+        if (j->p->kind->body_spec != NULL) j->p->kind->body_spec(j->p->base.conf, &j->sreq, j->ctype, &spec);
+        j->declared = spec;
+    } else {
+        j->mode = J_ERRBODY;
+    }
+    return 0;
+}
+
+static int body_impl(th_job *j, const uint8_t *d, size_t len)
+{
+    if (j->probe_done != NULL) return 0; /* a probe only wants the status */
+    if (j->mode == J_ERRBODY) {
+        size_t room = UP_ERRBODY_MAX - j->errbody.len;
+        size_t take = len < room ? len : room;
+        if (take > 0 && th_buf_append(&j->errbody, d, take) != TH_BUF_OK) {
+            force(j, TH_PERR_INTERNAL, "out of memory");
+            return -1;
+        }
+        /* Enough to explain the failure: stop reading (the end maps the status, not the abort). */
+        return j->errbody.len >= UP_ERRBODY_MAX ? -1 : 0;
+    }
+    if (j->mode != J_AUDIO) {
+        force(j, TH_PERR_PROTOCOL, "body before the response head");
+        return -1;
+    }
+    j->received += len;
+    if (j->format_sent) return deliver(j, d, len);
+    if (th_buf_append(&j->head, d, len) != TH_BUF_OK) {
+        force(j, TH_PERR_INTERNAL, "out of memory");
+        return -1;
+    }
+    th_perr e;
+    int rc = decide(j, false, &e);
+    if (rc == 0) return 0;
+    if (rc < 0) {
+        j->forced = e;
+        j->has_forced = true;
+        return -1;
+    }
+    return flush_head(j);
+}
+
+static int cb_body(void *ud, const uint8_t *d, size_t len)
+{
+    th_job *j = ud;
+    if (j->cancelled || j->ended) return -1;
+    j->in_cb++;
+    int rc = body_impl(j, d, len);
+    bool over = j->cancelled || j->ended;
+    job_leave(j);
+    return over ? -1 : rc;
+}
+
+static void status_error(th_job *j, th_perr *e)
+{
+    const up_provider *p = j->p;
+    memset(e, 0, sizeof *e);
+    if (p->kind->error != NULL)
+        p->kind->error(p->base.conf, j->status, j->ctype, j->errbody.data, j->errbody.len, e);
+    if (e->kind == TH_PERR_NONE) {
+        char ex[160];
+        th_upstream_excerpt(j->errbody.data, j->errbody.len, ex, sizeof ex);
+        th_upstream_error_generic(j->status, ex, e);
+    }
+    if (e->status == 0) e->status = j->status;
+}
+
+static uint64_t total_ms(uint64_t timeout)
+{
+    uint64_t t = timeout > UINT64_MAX / 4 ? UINT64_MAX : timeout * 4;
+    return t < UP_TOTAL_MIN_MS ? UP_TOTAL_MIN_MS : t;
+}
+
+/* How the transfer ended, as the sink's end:
+ *   our own stop (not audio, out of memory)           -> what we decided
+ *   a non-2xx status (whatever happened to its body)  -> kind->error(), else th_upstream_error_generic()
+ *   OK, 2xx, audio                                    -> on_done; zero audio bytes -> PROTOCOL "empty audio"
+ *   CONNECT                                           -> CONNECT
+ *   TIMEOUT_CONNECT, TIMEOUT_FIRST, TIMEOUT_TOTAL     -> TIMEOUT
+ *   RESET before any response byte                    -> CONNECT (the engine dropped the connection
+ *                                                        without answering: down or crashing)
+ *   RESET after the head, PROTOCOL, TOO_LARGE         -> PROTOCOL ("after N bytes" once audio came)
+ *   ABORTED without a reason, INTERNAL                -> INTERNAL */
+static void end_impl(th_job *j, th_client_result res, const char *detail)
+{
+    th_perr e;
+    memset(&e, 0, sizeof e);
+    const char *rn = th_client_result_name(res);
+    if (j->has_forced) {
+        e = j->forced;
+    } else if (j->mode == J_ERRBODY) {
+        status_error(j, &e);
+    } else {
+        char after[64] = "";
+        if (j->received > 0)
+            snprintf(after, sizeof after, " after %llu bytes", (unsigned long long)j->received);
+        switch (res) {
+        case TH_CLIENT_OK:
+            if (j->mode != J_AUDIO) {
+                th_perr_set(&e, TH_PERR_PROTOCOL, j->status, "no response");
+                break;
+            }
+            if (!j->format_sent) {
+                if (j->head.len == 0) {
+                    th_perr_set(&e, TH_PERR_PROTOCOL, j->status, "HTTP %d with empty audio", j->status);
+                    break;
+                }
+                int rc = decide(j, true, &e);
+                if (rc < 0) break;
+                if (flush_head(j) < 0) return; /* cancelled or ended inside the sink */
+            }
+            job_done(j);
+            return;
+        case TH_CLIENT_CONNECT:
+            th_perr_set(&e, TH_PERR_CONNECT, 0, "cannot connect: %s", detail);
+            break;
+        case TH_CLIENT_TIMEOUT_CONNECT:
+            th_perr_set(
+                &e, TH_PERR_TIMEOUT, 0, "not connected within %llu ms",
+                (unsigned long long)(j->timeout_ms < UP_CONNECT_MAX_MS ? j->timeout_ms : UP_CONNECT_MAX_MS));
+            break;
+        case TH_CLIENT_TIMEOUT_FIRST:
+            th_perr_set(&e, TH_PERR_TIMEOUT, 0, "no response within %llu ms",
+                        (unsigned long long)j->timeout_ms);
+            break;
+        case TH_CLIENT_TIMEOUT_TOTAL:
+            th_perr_set(&e, TH_PERR_TIMEOUT, j->status, "transfer longer than %llu ms%s",
+                        (unsigned long long)total_ms(j->timeout_ms), after);
+            break;
+        case TH_CLIENT_RESET:
+            if (j->mode == J_HEAD)
+                th_perr_set(&e, TH_PERR_CONNECT, 0, "connection closed before any response (%s)", detail);
+            else
+                th_perr_set(&e, TH_PERR_PROTOCOL, j->status, "connection closed%s (%s)", after, detail);
+            break;
+        case TH_CLIENT_PROTOCOL:
+        case TH_CLIENT_TOO_LARGE:
+            th_perr_set(&e, TH_PERR_PROTOCOL, j->status, "bad HTTP response%s: %s (%s)", after, rn, detail);
+            break;
+        case TH_CLIENT_ABORTED:
+        case TH_CLIENT_CANCELLED:
+        case TH_CLIENT_INTERNAL:
+        default:
+            th_perr_set(&e, TH_PERR_INTERNAL, j->status, "transfer failed: %s (%s)", rn, detail);
+            break;
+        }
+    }
+    prefix_message(j->p, &e);
+    job_fail(j, &e);
+}
+
+static void probe_end(th_job *j, th_client_result res, const char *detail)
+{
+    char msg[256];
+    bool healthy = false;
+    if (res == TH_CLIENT_OK) {
+        int s = j->status;
+        healthy = (s >= 200 && s < 400) || s == 404 || s == 405;
+        snprintf(msg, sizeof msg, "HTTP %d", s);
+    } else {
+        snprintf(msg, sizeof msg, "%s: %s", th_client_result_name(res), detail);
+    }
+    j->ended = true;
+    j->probe_done(j->probe_ud, healthy, msg);
+}
+
+static void cb_done(void *ud, th_client_result res, int status, const char *detail)
+{
+    th_job *j = ud;
+    j->req = NULL; /* the client reuses it after this returns */
+    if (j->cancelled || j->ended) return;
+    if (status != 0) j->status = status;
+    j->in_cb++;
+    if (j->probe_done != NULL)
+        probe_end(j, res, detail != NULL ? detail : "");
+    else
+        end_impl(j, res, detail != NULL ? detail : "");
+    j->ended = true; /* the transfer is over whatever the sink did */
+    job_leave(j);
+}
+
+static int send_req(th_job *j, th_upstream_http *h, uint64_t connect_ms, uint64_t first_ms, uint64_t total)
+{
+    int rc = -1;
+    const char **hdrs = NULL;
+    const char *url = th_buf_cstr(&h->url);
+    char *hb = th_buf_cstr(&h->headers);
+    if (url == NULL || hb == NULL || url[0] == '\0') goto out;
+    size_t nl = 0;
+    for (char *c = hb; *c; c++)
+        if (*c == '\n') nl++;
+    hdrs = calloc(nl + 2, sizeof *hdrs);
+    if (hdrs == NULL) goto out;
+    size_t k = 0;
+    for (char *line = hb; *line;) {
+        char *e = strchr(line, '\n');
+        if (e != NULL) *e = '\0';
+        if (line[0] != '\0') hdrs[k++] = line;
+        if (e == NULL) break;
+        line = e + 1;
+    }
+    hdrs[k] = NULL;
+    th_client_opts o = {
+        .method = h->method,
+        .url = url,
+        .headers = hdrs,
+        .body = h->body.len > 0 ? h->body.data : NULL,
+        .body_len = h->body.len,
+        .connect_timeout_ms = connect_ms,
+        .first_byte_timeout_ms = first_ms,
+        .total_timeout_ms = total,
+    };
+    th_client_cb cb = {cb_head, cb_body, cb_done, j};
+    j->req = th_client_start(j->p->client, &o, &cb);
+    if (j->req != NULL) rc = 0;
+out:
+    free(hdrs);
+    return rc;
+}
+
+/* ---- ops ---- */
+
+static th_provider *up_create(uv_loop_t *loop, const th_provider_conf *conf, th_log *log, char *err,
+                              size_t errlen)
+{
+    const th_upstream_kind *k = conf != NULL ? th_upstream_find(conf->type) : NULL;
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown upstream kind %s", conf != NULL && conf->type ? conf->type : "(none)");
+        return NULL;
+    }
+    up_provider *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->base.ops = &th_upstream_ops;
+    p->base.conf = conf;
+    p->base.caps = k->caps;
+    if (conf->formats != 0) p->base.caps.formats = conf->formats;
+    if (conf->max_input_chars != 0) p->base.caps.max_input_chars = conf->max_input_chars;
+    p->kind = k;
+    p->log = log;
+    th_client_conf cc = {.max_host_connections =
+                             conf->concurrency > 0 ? conf->concurrency : UP_DEFAULT_CONNS};
+    p->client = th_client_new(loop, &cc);
+    if (p->client == NULL) {
+        snprintf(err, errlen, "cannot create the HTTP client");
+        free(p);
+        return NULL;
+    }
+    if (uv_idle_init(loop, &p->idle) != 0) {
+        snprintf(err, errlen, "cannot create a loop handle");
+        th_client_close(p->client, NULL, NULL);
+        free(p);
+        return NULL;
+    }
+    p->idle.data = p;
+    return &p->base;
+}
+
+static void on_idle_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void up_destroy(th_provider *bp)
+{
+    if (bp == NULL) return;
+    up_provider *p = (up_provider *)bp;
+    p->closing = true;
+    /* Jobs should have ended or been cancelled; drop the rest without callbacks. A job whose callback
+     * is on the stack (destroy from inside a sink) is unlinked and frees itself when that returns. */
+    while (p->jobs != NULL) {
+        th_job *j = p->jobs;
+        j->cancelled = true;
+        if (j->req != NULL) th_client_cancel(j->req);
+        j->req = NULL;
+        if (j->in_cb > 0)
+            job_unlink(j);
+        else
+            job_free(j);
+    }
+    th_client_close(p->client, NULL, NULL); /* frees itself once its handles are closed */
+    p->client = NULL;
+    uv_close((uv_handle_t *)&p->idle, on_idle_closed);
+}
+
+static th_job *up_start(th_provider *bp, const th_synth_req *req, const th_sink *sink)
+{
+    up_provider *p = (up_provider *)bp;
+    if (p == NULL || p->closing || req == NULL || sink == NULL) return NULL;
+    th_job *j = job_new(p);
+    if (j == NULL) return NULL;
+    if (copy_req(&j->sreq, req) != 0) {
+        job_free(j);
+        return NULL;
+    }
+    j->sink = *sink;
+    const th_provider_conf *pc = p->base.conf;
+    j->timeout_ms = pc->timeout_ms > 0 ? pc->timeout_ms : UP_DEFAULT_TIMEOUT_MS;
+
+    th_upstream_http h;
+    th_upstream_http_init(&h);
+    th_perr e;
+    memset(&e, 0, sizeof e);
+    if (p->kind->build == NULL || p->kind->build(pc, &j->sreq, &h, &e) != 0) {
+        if (e.kind == TH_PERR_NONE) th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot build the request");
+        prefix_message(p, &e);
+        defer_fail(j, &e);
+        goto out;
+    }
+    uint64_t t = j->timeout_ms;
+    if (send_req(j, &h, t < UP_CONNECT_MAX_MS ? t : UP_CONNECT_MAX_MS, t, total_ms(t)) != 0) {
+        th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot start the request");
+        prefix_message(p, &e);
+        defer_fail(j, &e);
+    }
+out:
+    th_upstream_http_free(&h);
+    return j;
+}
+
+static void up_cancel(th_job *j)
+{
+    if (j == NULL || j->cancelled) return;
+    j->cancelled = true;
+    if (j->req != NULL) th_client_cancel(j->req);
+    j->req = NULL;
+    if (j->in_cb == 0) job_free(j);
+}
+
+static void up_resume(th_job *j)
+{
+    if (j == NULL || j->cancelled || j->ended || j->req == NULL) return;
+    th_client_resume(j->req);
+}
+
+const th_provider_ops th_upstream_ops = {
+    .kind = "upstream",
+    .create = up_create,
+    .destroy = up_destroy,
+    .start = up_start,
+    .cancel = up_cancel,
+    .resume = up_resume,
+    .voice_ok = NULL, /* engines check voices themselves: an unknown one comes back as a 4xx (CLIENT) */
+};
+
+int th_upstream_probe(th_provider *bp, void (*done)(void *ud, bool healthy, const char *detail), void *ud)
+{
+    if (bp == NULL || bp->ops != &th_upstream_ops || done == NULL) return -1;
+    up_provider *p = (up_provider *)bp;
+    if (p->closing || p->kind->probe == NULL) return -1;
+    int rc = -1;
+    th_upstream_http h;
+    th_upstream_http_init(&h);
+    h.method = "GET";
+    if (p->kind->probe(p->base.conf, &h) != 0) goto out;
+    th_job *j = job_new(p);
+    if (j == NULL) goto out;
+    j->probe_done = done;
+    j->probe_ud = ud;
+    j->timeout_ms = UP_PROBE_TIMEOUT_MS;
+    if (send_req(j, &h, UP_PROBE_TIMEOUT_MS, 0, UP_PROBE_TIMEOUT_MS) != 0) {
+        job_free(j);
+        goto out;
+    }
+    rc = 0;
+out:
+    th_upstream_http_free(&h);
+    return rc;
+}
+
+/* ---- more helpers for kinds ---- */
+
+static int json_key(th_buf *b, const char *key)
+{
+    if (b->len > 0 && b->data[b->len - 1] != '{' && th_buf_append_byte(b, ',') != TH_BUF_OK) return -1;
+    if (th_buf_append_byte(b, '"') != TH_BUF_OK) return -1;
+    if (th_buf_append_json_str(b, key, strlen(key)) != TH_BUF_OK) return -1;
+    return th_buf_append(b, "\":", 2) == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_json_str(th_buf *b, const char *key, const char *value)
+{
+    if (key == NULL || value == NULL || json_key(b, key) != 0) return -1;
+    if (th_buf_append_byte(b, '"') != TH_BUF_OK) return -1;
+    if (th_buf_append_json_str(b, value, strlen(value)) != TH_BUF_OK) return -1;
+    return th_buf_append_byte(b, '"') == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_json_raw(th_buf *b, const char *key, const char *raw)
+{
+    if (key == NULL || raw == NULL || json_key(b, key) != 0) return -1;
+    return th_buf_append_str(b, raw) == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_bearer(th_upstream_http *h, const char *key)
+{
+    if (key == NULL || strpbrk(key, "\r\n") != NULL) return -1;
+    return th_buf_appendf(&h->headers, "Authorization: Bearer %s\n", key) == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_need_secret(const th_provider_conf *pc, const char **key, th_perr *err)
+{
+    *key = NULL;
+    if (pc == NULL || pc->api_key_env == NULL || pc->api_key_env[0] == '\0') return 0;
+    *key = th_upstream_secret(pc);
+    if (*key != NULL) return 0;
+    th_perr_set(err, TH_PERR_STATUS, 0, "the API key variable %s is not set", pc->api_key_env);
+    return -1;
+}

@@ -1,0 +1,554 @@
+/* Unit tests of src/hub/redis.c against a real redis-server started on a free loopback port: URL errors,
+ * AUTH + SELECT, replies (binary strings, nested arrays, integers, nil, errors), EVALSHA with the NOSCRIPT
+ * fallback, the per-command timeout with the late reply dropped, DOWN at once while down, reconnecting
+ * by itself after a restart, dropping a connection that stopped answering, and freeing with commands in
+ * flight. The servers are killed by PID. */
+#include "th_test.h"
+
+#include "core/clock.h"
+#include "hub/redis.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+/* ---- a redis-server child ------------------------------------------------------------------------- */
+
+typedef struct srv {
+    pid_t pid;
+    int port;
+    const char *pass; /* requirepass, or NULL */
+} srv;
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Starts redis-server on s->port (a free one when 0) and waits until it answers PING. */
+static int srv_start(srv *s)
+{
+    if (s->port == 0) s->port = free_port();
+    if (s->port <= 0) return -1;
+    char port[16];
+    snprintf(port, sizeof port, "%d", s->port);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int dn = open("/dev/null", O_RDWR);
+        if (dn >= 0) {
+            dup2(dn, 1);
+            dup2(dn, 2);
+        }
+        const char *argv[16] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--enable-debug-command", "yes"};
+        int n = 11;
+        if (s->pass) {
+            argv[n++] = "--requirepass";
+            argv[n++] = s->pass;
+        }
+        argv[n] = NULL;
+        execv("/usr/bin/redis-server", (char *const *)argv);
+        _exit(127);
+    }
+    s->pid = pid;
+    uint64_t deadline = th_mono_ms() + 5000;
+    while (th_mono_ms() < deadline) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            s->pid = 0;
+            return -1;
+        }
+        struct timeval tv = {0, 200000};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
+        if (c != NULL && c->err == 0) {
+            redisReply *r = redisCommand(c, "PING");
+            bool up = r != NULL; /* PONG, or NOAUTH with requirepass: either way it answers */
+            if (r) freeReplyObject(r);
+            redisFree(c);
+            if (up) return 0;
+        } else if (c != NULL) {
+            redisFree(c);
+        }
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+static void srv_kill(srv *s)
+{
+    if (s->pid <= 0) return;
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    s->pid = 0;
+}
+
+/* ---- loop helpers --------------------------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Runs the loop until *flag (a counter) reaches want, or timeout_ms passes. */
+static bool run_until(uv_loop_t *loop, const int *flag, int want, uint64_t timeout_ms)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, on_tick, 5, 5);
+    uint64_t deadline = th_mono_ms() + timeout_ms;
+    while (*flag < want && th_mono_ms() < deadline) uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return *flag >= want;
+}
+
+typedef struct wait_conn {
+    th_redis *r;
+    bool want;
+    int hit;
+} wait_conn;
+
+static void on_poll_conn(uv_timer_t *t)
+{
+    wait_conn *w = t->data;
+    if (th_redis_connected(w->r) == w->want) w->hit = 1;
+}
+
+static bool wait_connected(uv_loop_t *loop, th_redis *r, bool want, uint64_t timeout_ms)
+{
+    wait_conn w = {r, want, th_redis_connected(r) == want};
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    t.data = &w;
+    uv_timer_start(&t, on_poll_conn, 5, 5);
+    uint64_t deadline = th_mono_ms() + timeout_ms;
+    while (!w.hit && th_mono_ms() < deadline) uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return w.hit != 0;
+}
+
+/* Frees r and runs the loop until nothing is left; then closes the loop. */
+static int finish_loop(uv_loop_t *loop, th_redis *r)
+{
+    th_redis_free(r);
+    uv_run(loop, UV_RUN_DEFAULT);
+    return uv_loop_close(loop);
+}
+
+/* One command's answer, deep-copied for checks after the callback. */
+typedef struct answer {
+    int n;
+    th_redis_status st;
+    int type;
+    long long integer;
+    char str[256];
+    size_t len;
+    size_t elements;
+    int sub_type[4];
+    long long sub_int[4];
+    char sub_str[4][32];
+    int subsub_type;
+    long long subsub_int;
+    uint64_t at_ms;
+} answer;
+
+static void on_answer(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    answer *a = ud;
+    a->n++;
+    a->st = st;
+    a->at_ms = th_mono_ms();
+    if (rep == NULL) {
+        a->type = -1;
+        return;
+    }
+    a->type = rep->type;
+    a->integer = rep->integer;
+    a->len = rep->len;
+    if (rep->str) {
+        size_t n = rep->len < sizeof a->str - 1 ? rep->len : sizeof a->str - 1;
+        memcpy(a->str, rep->str, n);
+        a->str[n] = '\0';
+    }
+    a->elements = rep->elements;
+    for (size_t i = 0; i < rep->elements && i < 4; i++) {
+        const th_redis_reply *e = &rep->element[i];
+        a->sub_type[i] = e->type;
+        a->sub_int[i] = e->integer;
+        if (e->str) snprintf(a->sub_str[i], sizeof a->sub_str[i], "%.*s", (int)e->len, e->str);
+        if (e->type == REDIS_REPLY_ARRAY && e->elements > 0) {
+            a->subsub_type = e->element[0].type;
+            a->subsub_int = e->element[0].integer;
+        }
+    }
+}
+
+static int cmd(th_redis *r, answer *a, const char *c0, const char *c1, const char *c2)
+{
+    const char *argv[3] = {c0, c1, c2};
+    size_t lens[3] = {strlen(c0), c1 ? strlen(c1) : 0, c2 ? strlen(c2) : 0};
+    int argc = c2 ? 3 : c1 ? 2 : 1;
+    return th_redis_cmd(r, on_answer, a, argc, argv, lens);
+}
+
+static char *url_for(const srv *s, const char *auth, int db, char *buf, size_t n)
+{
+    snprintf(buf, n, "redis://%s127.0.0.1:%d/%d", auth ? auth : "", s->port, db);
+    return buf;
+}
+
+/* ---- tests ---------------------------------------------------------------------------------------- */
+
+TH_TEST(test_url_errors)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static const char *const bad[] = {"http://127.0.0.1:6379/0", "redis://",
+                                      "redis://127.0.0.1:0/0",   "redis://127.0.0.1:99999/0",
+                                      "redis://127.0.0.1:6379/x", "rediss://127.0.0.1:6379/0",
+                                      "redis://[::1:6379/0",      "redis://:%zz@127.0.0.1:6379/0",
+                                      "redis://127.0.0.1:6379?x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char err[128] = "";
+        th_redis *r = th_redis_new(&loop, bad[i], 100, NULL, err, sizeof err);
+        TH_CHECK(r == NULL);
+        TH_CHECK(err[0] != '\0');
+        if (r != NULL) {
+            fprintf(stderr, "    accepted: %s\n", bad[i]);
+            th_redis_free(r);
+        }
+    }
+    /* A good URL with nothing listening: commands answer DOWN before th_redis_cmd returns. */
+    int port = free_port();
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    char err[128] = "";
+    th_redis *r = th_redis_new(&loop, url, 100, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_CHECK(!th_redis_connected(r));
+    answer a = {0};
+    TH_CHECK_INT(cmd(r, &a, "PING", NULL, NULL), 0);
+    TH_CHECK_INT(a.n, 1);
+    TH_CHECK_INT(a.st, TH_REDIS_DOWN);
+    int dummy = 0;
+    run_until(&loop, &dummy, 1, 150);
+    TH_CHECK(strncmp(th_redis_state(r), "down: ", 6) == 0);
+    if (strncmp(th_redis_state(r), "down: ", 6) != 0) fprintf(stderr, "    state: %s\n", th_redis_state(r));
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+}
+
+TH_TEST(test_auth_select_and_replies)
+{
+    srv s = {.pass = "s3cret"};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, ":s3cret@", 2, url, sizeof url), 1000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_CHECK(wait_connected(&loop, r, true, 3000));
+    TH_CHECK_STR(th_redis_state(r), "connected");
+
+    /* SELECT 2 happened */
+    answer a = {0};
+    cmd(r, &a, "CLIENT", "INFO", NULL);
+    TH_CHECK(run_until(&loop, &a.n, 1, 2000));
+    TH_CHECK_INT(a.st, TH_REDIS_OK);
+    TH_CHECK(strstr(a.str, " db=2 ") != NULL);
+
+    /* binary-safe SET/GET */
+    const char val[] = {'a', '\0', 'b'};
+    const char *argv[3] = {"SET", "k", val};
+    size_t lens[3] = {3, 1, 3};
+    answer s1 = {0}, g1 = {0};
+    TH_CHECK_INT(th_redis_cmd(r, on_answer, &s1, 3, argv, lens), 0);
+    cmd(r, &g1, "GET", "k", NULL);
+    TH_CHECK(run_until(&loop, &g1.n, 1, 2000));
+    TH_CHECK_INT(s1.n, 1);
+    TH_CHECK_INT(s1.type, REDIS_REPLY_STATUS);
+    TH_CHECK_STR(s1.str, "OK");
+    TH_CHECK_INT(g1.type, REDIS_REPLY_STRING);
+    TH_CHECK_INT(g1.len, 3);
+    TH_CHECK(memcmp(g1.str, val, 3) == 0);
+
+    /* integer, nil, error, nested arrays */
+    answer in = {0}, nil = {0}, er = {0}, arr = {0};
+    cmd(r, &in, "INCR", "n", NULL);
+    cmd(r, &nil, "GET", "missing", NULL);
+    cmd(r, &er, "NOSUCHCOMMAND", NULL, NULL);
+    const char *eargv[4] = {"EVAL", "return {7, {8, 9}, 'x'}", "0"};
+    size_t elens[3] = {4, strlen(eargv[1]), 1};
+    th_redis_cmd(r, on_answer, &arr, 3, eargv, elens);
+    TH_CHECK(run_until(&loop, &arr.n, 1, 2000));
+    TH_CHECK_INT(in.type, REDIS_REPLY_INTEGER);
+    TH_CHECK_INT(in.integer, 1);
+    TH_CHECK_INT(nil.st, TH_REDIS_OK);
+    TH_CHECK_INT(nil.type, REDIS_REPLY_NIL);
+    TH_CHECK_INT(er.st, TH_REDIS_ERROR);
+    TH_CHECK(strncmp(er.str, "ERR", 3) == 0);
+    TH_CHECK_INT(arr.type, REDIS_REPLY_ARRAY);
+    TH_CHECK_INT(arr.elements, 3);
+    TH_CHECK_INT(arr.sub_type[0], REDIS_REPLY_INTEGER);
+    TH_CHECK_INT(arr.sub_int[0], 7);
+    TH_CHECK_INT(arr.sub_type[1], REDIS_REPLY_ARRAY);
+    TH_CHECK_INT(arr.subsub_type, REDIS_REPLY_INTEGER);
+    TH_CHECK_INT(arr.subsub_int, 8);
+    TH_CHECK_STR(arr.sub_str[2], "x");
+
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+TH_TEST(test_wrong_password)
+{
+    srv s = {.pass = "right"};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, ":wrong@", 0, url, sizeof url), 500, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    int dummy = 0;
+    run_until(&loop, &dummy, 1, 400);
+    TH_CHECK(!th_redis_connected(r));
+    TH_CHECK(strstr(th_redis_state(r), "handshake failed") != NULL || strcmp(th_redis_state(r), "connecting") == 0);
+    if (strstr(th_redis_state(r), "handshake failed") == NULL) fprintf(stderr, "    state: %s\n", th_redis_state(r));
+    answer a = {0};
+    cmd(r, &a, "PING", NULL, NULL);
+    TH_CHECK_INT(a.n, 1);
+    TH_CHECK_INT(a.st, TH_REDIS_DOWN);
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+TH_TEST(test_eval_noscript_fallback)
+{
+    srv s = {0};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, NULL, 0, url, sizeof url), 1000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    const char *script = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}";
+    const char *argv[3] = {"key", "arg", "41"};
+    size_t lens[3] = {3, 3, 2};
+    answer flush = {0}, e1 = {0}, e2 = {0}, stats = {0};
+    cmd(r, &flush, "SCRIPT", "FLUSH", NULL);
+    TH_CHECK_INT(th_redis_eval(r, on_answer, &e1, script, 1, 3, argv, lens), 0);
+    TH_CHECK_INT(th_redis_eval(r, on_answer, &e2, script, 1, 3, argv, lens), 0);
+    TH_CHECK(run_until(&loop, &e2.n, 1, 2000));
+    TH_CHECK_INT(e1.n, 1);
+    TH_CHECK_INT(e1.st, TH_REDIS_OK);
+    TH_CHECK_INT(e1.elements, 3);
+    TH_CHECK_STR(e1.sub_str[0], "key");
+    TH_CHECK_STR(e1.sub_str[1], "arg");
+    TH_CHECK_INT(e1.sub_int[2], 42);
+    TH_CHECK_INT(e2.st, TH_REDIS_OK);
+    TH_CHECK_INT(e2.sub_int[2], 42);
+    /* the first fell back to EVAL (which caches the script); a third one is served by EVALSHA alone */
+    answer e3 = {0};
+    th_redis_eval(r, on_answer, &e3, script, 1, 3, argv, lens);
+    cmd(r, &stats, "INFO", "commandstats", NULL);
+    TH_CHECK(run_until(&loop, &stats.n, 1, 2000));
+    TH_CHECK_INT(e3.sub_int[2], 42);
+    TH_CHECK(strstr(stats.str, "cmdstat_eval:calls=") != NULL || strstr(stats.str, "cmdstat_evalsha") != NULL);
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+TH_TEST(test_command_timeout_drops_late_reply)
+{
+    srv s = {0};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, NULL, 0, url, sizeof url), 100, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    answer slow = {0};
+    uint64_t t0 = th_mono_ms();
+    cmd(r, &slow, "DEBUG", "SLEEP", "0.5");
+    TH_CHECK(run_until(&loop, &slow.n, 1, 2000));
+    TH_CHECK_INT(slow.st, TH_REDIS_TIMEOUT);
+    TH_CHECK(slow.at_ms - t0 >= 90 && slow.at_ms - t0 < 400);
+    /* the connection stays; once the server is awake, commands work and the late reply was dropped */
+    int dummy = 0;
+    run_until(&loop, &dummy, 1, 600);
+    answer ping = {0};
+    cmd(r, &ping, "PING", NULL, NULL);
+    TH_CHECK(run_until(&loop, &ping.n, 1, 2000));
+    TH_CHECK_INT(ping.st, TH_REDIS_OK);
+    TH_CHECK_STR(ping.str, "PONG");
+    TH_CHECK_INT(slow.n, 1);
+    TH_CHECK(th_redis_connected(r));
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+TH_TEST(test_down_then_reconnects)
+{
+    srv s = {0};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, NULL, 0, url, sizeof url), 3000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    /* a command in flight when the server dies gets DOWN */
+    answer slow = {0};
+    cmd(r, &slow, "DEBUG", "SLEEP", "5");
+    int dummy = 0;
+    run_until(&loop, &dummy, 1, 50);
+    srv_kill(&s);
+    TH_CHECK(run_until(&loop, &slow.n, 1, 2000));
+    TH_CHECK_INT(slow.st, TH_REDIS_DOWN);
+    TH_CHECK(wait_connected(&loop, r, false, 2000));
+    TH_CHECK(strncmp(th_redis_state(r), "down: ", 6) == 0);
+    /* while down: DOWN at once */
+    answer a = {0};
+    cmd(r, &a, "PING", NULL, NULL);
+    TH_CHECK_INT(a.n, 1);
+    TH_CHECK_INT(a.st, TH_REDIS_DOWN);
+    /* a few failed attempts, then the server is back on the same port */
+    run_until(&loop, &dummy, 1, 400);
+    TH_REQUIRE(srv_start(&s) == 0);
+    TH_CHECK(wait_connected(&loop, r, true, 8000));
+    answer b = {0};
+    cmd(r, &b, "PING", NULL, NULL);
+    TH_CHECK(run_until(&loop, &b.n, 1, 2000));
+    TH_CHECK_INT(b.st, TH_REDIS_OK);
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+TH_TEST(test_silent_server_is_dropped)
+{
+    srv s = {0};
+    TH_REQUIRE(srv_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, NULL, 0, url, sizeof url), 100, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    kill(s.pid, SIGSTOP);
+    /* every command times out; after ~1 s without any reply the connection is dropped */
+    int timeouts = 0;
+    uint64_t deadline = th_mono_ms() + 3000;
+    while (th_redis_connected(r) && th_mono_ms() < deadline) {
+        answer a = {0};
+        cmd(r, &a, "PING", NULL, NULL);
+        run_until(&loop, &a.n, 1, 1000);
+        if (a.st == TH_REDIS_TIMEOUT) timeouts++;
+    }
+    TH_CHECK(!th_redis_connected(r));
+    TH_CHECK(timeouts >= 5);
+    TH_CHECK(strstr(th_redis_state(r), "no reply") != NULL || strstr(th_redis_state(r), "connect") != NULL);
+    answer d = {0};
+    cmd(r, &d, "PING", NULL, NULL);
+    TH_CHECK_INT(d.n, 1);
+    TH_CHECK_INT(d.st, TH_REDIS_DOWN);
+    kill(s.pid, SIGCONT);
+    TH_CHECK(wait_connected(&loop, r, true, 8000));
+    answer b = {0};
+    cmd(r, &b, "PING", NULL, NULL);
+    TH_CHECK(run_until(&loop, &b.n, 1, 2000));
+    TH_CHECK_INT(b.st, TH_REDIS_OK);
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    srv_kill(&s);
+}
+
+typedef struct free_in_cb {
+    th_redis *r;
+    int n;
+    th_redis_status st;
+} free_in_cb;
+
+static void on_free_in_cb(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    free_in_cb *f = ud;
+    f->n++;
+    f->st = st;
+    th_redis_free(f->r); /* from inside a hiredis callback */
+}
+
+TH_TEST(test_free_with_commands_in_flight)
+{
+    srv s = {0};
+    TH_REQUIRE(srv_start(&s) == 0);
+    char url[96], err[128];
+    url_for(&s, NULL, 0, url, sizeof url);
+
+    /* free right after sending: the callback gets DOWN, the late reply is dropped, nothing leaks */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_redis *r = th_redis_new(&loop, url, 1000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    answer a = {0}, b = {0};
+    cmd(r, &a, "DEBUG", "SLEEP", "0.2");
+    cmd(r, &b, "PING", NULL, NULL);
+    th_redis_free(r);
+    TH_CHECK_INT(a.n, 1);
+    TH_CHECK_INT(a.st, TH_REDIS_DOWN);
+    TH_CHECK_INT(b.n, 1);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    TH_CHECK_INT(uv_loop_close(&loop), 0);
+
+    /* free from inside a reply callback, with another command still pending */
+    uv_loop_init(&loop);
+    r = th_redis_new(&loop, url, 1000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(wait_connected(&loop, r, true, 3000));
+    free_in_cb f = {.r = r};
+    answer c = {0};
+    const char *ping[1] = {"PING"};
+    size_t plen[1] = {4};
+    th_redis_cmd(r, on_free_in_cb, &f, 1, ping, plen);
+    cmd(r, &c, "DEBUG", "SLEEP", "0.2");
+    uv_run(&loop, UV_RUN_DEFAULT); /* ends once everything is closed */
+    TH_CHECK_INT(f.n, 1);
+    TH_CHECK_INT(f.st, TH_REDIS_OK);
+    TH_CHECK_INT(c.n, 1);
+    TH_CHECK_INT(c.st, TH_REDIS_DOWN);
+    TH_CHECK_INT(uv_loop_close(&loop), 0);
+    srv_kill(&s);
+}
+
+TH_TEST_MAIN()

@@ -12,7 +12,11 @@
 
 #include "audio/format.h"
 #include "http/http.h"
+#include "hub/auth.h"
+#include "hub/cache.h"
 #include "hub/hub.h"
+#include "hub/limit.h"
+#include "hub/quota.h"
 #include "hub/synth.h"
 #include "providers/provider.h"
 
@@ -43,6 +47,19 @@ typedef struct th_api_ctx {
     uint64_t bytes;
     int status;
     int retry_after_s; /* Retry-After of a 429/503 (0: 1 second) */
+    /* who is calling */
+    th_identity id;
+    const th_tenant_conf *tconf;
+    /* the policy chain of a synthesis */
+    th_synth_params p;   /* owned copies of the strings, see th_api_speak */
+    char *owned;         /* one allocation holding p's strings */
+    th_limit_slot *slot;
+    th_quota_resv *resv;
+    th_cache_flight *flight;
+    th_cache_follower *follower;
+    char cache_key[TH_CACHE_KEY_LEN + 1];
+    bool waiting;        /* an async policy step is under way */
+    bool gone;           /* the client went away */
     /* audio streaming */
     th_synth *synth;
     th_api_stream_mode mode;
@@ -74,6 +91,10 @@ void th_api_ctx_free(th_api_ctx *c);
  * first byte in c's shape, cuts the response after it. Takes over c. */
 void th_api_speak(th_api_ctx *c, const th_synth_params *p);
 
+/** Authenticates the request (hub->auth). Answers 401 (or 403 when admin is required and missing)
+ * itself and returns -1; on success fills c->id and c->tconf. */
+int th_api_auth(th_api_ctx *c, bool admin);
+
 /** Shared checks of synthesis fields. Each answers the error itself and returns -1 when bad. */
 int th_api_check_input(th_api_ctx *c, const char *field, const char *text, size_t len, size_t *chars);
 int th_api_check_format(th_api_ctx *c, const char *field, const char *name, th_fmt *fmt);
@@ -88,5 +109,8 @@ void th_api_openai_speech(th_http_req *req, void *ud);
 void th_api_openai_models(th_http_req *req, void *ud);
 void th_api_openai_voices(th_http_req *req, void *ud);
 void th_api_metrics(th_http_req *req, void *ud);
+void th_api_admin_usage(th_http_req *req, void *ud);
+void th_api_admin_providers(th_http_req *req, void *ud);
+void th_api_admin_config(th_http_req *req, void *ud);
 
 #endif

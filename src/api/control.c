@@ -31,15 +31,22 @@ void th_api_health(th_http_req *req, void *ud)
         }
         json_object_set_new(providers, p->conf->name, o);
     }
+    json_t *redis = hub->redis ? json_pack("{s:s,s:b}", "status", th_redis_state(hub->redis), "connected",
+                                           th_redis_connected(hub->redis))
+                               : json_pack("{s:s}", "status", "disabled");
+    json_t *limiter = json_pack("{s:s,s:s,s:I}", "backend", hub->limiter ? th_limiter_backend(hub->limiter) : "none",
+                                "on_backend_error", hub->cfg->rate_limit.on_backend_error, "ip_entries",
+                                (json_int_t)(hub->limiter ? th_limiter_ip_entries(hub->limiter) : 0));
+    bool redis_down = hub->redis && !th_redis_connected(hub->redis);
     const char *status = hub->stopping ? "unhealthy" : healthy == hub->n_providers ? "healthy"
                                                    : healthy > 0                   ? "degraded"
                                                                                    : "unhealthy";
+    if (redis_down && strcmp(status, "healthy") == 0) status = "degraded"; /* shared state is unreachable */
     json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:{s:o,s:{s:s},s:{s:s},s:{s:s}},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
+        "{s:s,s:s,s:I,s:{s:o,s:{s:s},s:o,s:o},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
         "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components", "providers",
-        providers, "registry", "status", "disabled", "redis", "status", "disabled", "limiter", "backend",
-        hub->cfg->rate_limit.backend, "requests", "total", (json_int_t)hub->stats.requests, "in_flight",
-        (json_int_t)hub->stats.inflight);
+        providers, "registry", "status", "disabled", "redis", redis, "limiter", limiter, "requests", "total",
+        (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (body == NULL) {
@@ -100,6 +107,9 @@ int th_api_register(th_hub *hub)
         {"GET", "/v1/models", th_api_openai_models},
         {"GET", "/v1/audio/voices", th_api_openai_voices},
         {"GET", "/metrics", th_api_metrics},
+        {"GET", "/admin/usage", th_api_admin_usage},
+        {"GET", "/admin/providers", th_api_admin_providers},
+        {"GET", "/admin/config", th_api_admin_config},
         {"GET", "/health", th_api_health},
         {"GET", "/api/health", th_api_health},
         {"GET", "/", th_api_page},

@@ -28,6 +28,7 @@ void th_api_openai_speech(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->shape = TH_SHAPE_OPENAI;
     c->route = "/v1/audio/speech";
+    if (th_api_auth(c, false) != 0) return;
     if (!is_json_type(th_http_header(req, "Content-Type"))) {
         th_api_error(c, 415, "invalid_request_error", "unsupported_media_type",
                      "this endpoint takes application/json");
@@ -140,6 +141,7 @@ void th_api_openai_models(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/v1/models";
+    if (th_api_auth(c, false) != 0) return;
     json_t *data = json_array();
     const char *base[] = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", NULL};
     for (size_t i = 0; base[i]; i++)
@@ -169,6 +171,7 @@ void th_api_openai_voices(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/v1/audio/voices";
+    if (th_api_auth(c, false) != 0) return;
     json_t *voices = json_array();
     for (size_t i = 0; i < hub->cfg->n_voices; i++) {
         const th_voice_conf *v = &hub->cfg->voices[i];

@@ -20,6 +20,7 @@ void th_api_ttsfm_generate(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->shape = TH_SHAPE_OPENAI;
     c->route = "/api/generate";
+    if (th_api_auth(c, false) != 0) return;
     size_t blen = 0;
     const uint8_t *body = th_http_body(req, &blen);
     th_form form;

@@ -97,10 +97,68 @@ static int create_providers(th_hub *hub)
     return 0;
 }
 
+static void free_governance(th_hub *hub)
+{
+    th_cache_free(hub->cache);
+    hub->cache = NULL;
+    th_quota_free(hub->quota);
+    hub->quota = NULL;
+    th_limiter_free(hub->limiter);
+    hub->limiter = NULL;
+    th_auth_free(hub->auth);
+    hub->auth = NULL;
+    if (hub->redis) th_redis_free(hub->redis);
+    hub->redis = NULL;
+}
+
+static void housekeeping_cb(uv_timer_t *t)
+{
+    th_hub *hub = t->data;
+    if (hub->limiter) th_limiter_sweep(hub->limiter, th_wall_ms());
+}
+
+static int create_governance(th_hub *hub)
+{
+    const th_config *cfg = hub->cfg;
+    char err[256] = "";
+    hub->auth = th_auth_new(cfg, err, sizeof err);
+    if (hub->auth == NULL) {
+        TH_LOG(hub->log, TH_LOG_ERROR, "auth: %s", err);
+        fprintf(stderr, "ttshub: auth: %s\n", err);
+        return -1;
+    }
+    bool limits_redis = strcmp(cfg->rate_limit.backend, "redis") == 0;
+    bool cache_redis = strcmp(cfg->cache.backend, "redis") == 0;
+    if (limits_redis || cache_redis) {
+        hub->redis = th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
+        if (hub->redis == NULL) {
+            TH_LOG(hub->log, TH_LOG_ERROR, "redis: %s", err);
+            fprintf(stderr, "ttshub: redis: %s\n", err);
+            return -1;
+        }
+    }
+    hub->limiter = th_limiter_new(hub->loop, cfg, limits_redis ? hub->redis : NULL, hub->log);
+    if (hub->limiter == NULL) return -1;
+    /* quotas live where the limits live: local files, or Redis when hubs share state */
+    hub->quota = th_quota_new(hub->loop, cfg, limits_redis ? hub->redis : NULL, hub->log, err, sizeof err);
+    if (hub->quota == NULL) {
+        TH_LOG(hub->log, TH_LOG_ERROR, "quota: %s", err);
+        fprintf(stderr, "ttshub: quota: %s\n", err);
+        return -1;
+    }
+    hub->cache = th_cache_new(hub->loop, cfg, cache_redis ? hub->redis : NULL, hub->log);
+    if (hub->cache == NULL) return -1;
+    return 0;
+}
+
 static void shutdown_done(void *ud)
 {
     th_hub *hub = ud;
     TH_LOG(hub->log, TH_LOG_INFO, "drained; stopping");
+    th_route_stop_probes(&hub->route);
+    uv_timer_stop(&hub->housekeeping);
+    uv_close((uv_handle_t *)&hub->housekeeping, NULL);
+    free_governance(hub);
     destroy_providers(hub);
     uv_close((uv_handle_t *)&hub->sig_term, NULL);
     uv_close((uv_handle_t *)&hub->sig_int, NULL);
@@ -192,6 +250,7 @@ int th_hub_serve(const th_serve_opts *opts)
     if (create_providers(&hub) != 0) goto out_router;
     hub.metrics = th_metrics_new();
     if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
+    if (create_governance(&hub) != 0) goto out_governance;
 
     char err[256] = "";
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
@@ -214,6 +273,10 @@ int th_hub_serve(const th_serve_opts *opts)
     uv_check_init(&loop, &hub.reaper);
     hub.reaper.data = &hub;
     uv_check_start(&hub.reaper, reaper_cb);
+    uv_timer_init(&loop, &hub.housekeeping);
+    hub.housekeeping.data = &hub;
+    uv_timer_start(&hub.housekeeping, housekeeping_cb, 10000, 10000);
+    th_route_start_probes(&hub.route);
 
     uv_run(&loop, UV_RUN_DEFAULT);
     run_deferred(&hub);
@@ -228,6 +291,8 @@ int th_hub_serve(const th_serve_opts *opts)
     TH_LOG(hub.log, TH_LOG_INFO, "stopped");
     goto out_log;
 
+out_governance:
+    free_governance(&hub);
 out_providers:
     th_route_free(&hub.route);
     th_metrics_free(hub.metrics);

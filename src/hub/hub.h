@@ -12,7 +12,12 @@
 #include "core/log.h"
 #include "http/http.h"
 #include "http/router.h"
+#include "hub/auth.h"
+#include "hub/cache.h"
 #include "hub/config.h"
+#include "hub/limit.h"
+#include "hub/quota.h"
+#include "hub/redis.h"
 #include "hub/metrics.h"
 #include "hub/route.h"
 #include "providers/provider.h"
@@ -35,6 +40,12 @@ typedef struct th_hub {
     size_t n_providers;
     th_route route;          /* per-provider runtime: breakers, slots, queues */
     th_metrics *metrics;
+    th_auth *auth;
+    th_redis *redis;     /* NULL unless a backend is redis */
+    th_limiter *limiter;
+    th_quota *quota;
+    th_cache *cache;     /* NULL when cache.enabled is false */
+    uv_timer_t housekeeping; /* limiter sweeps, probes */
     uint64_t started_ms; /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;

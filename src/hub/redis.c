@@ -32,6 +32,7 @@
 #define RD_BACKOFF_MIN_MS 100
 #define RD_BACKOFF_MAX_MS 5000
 #define RD_CONNECT_MIN_MS 1000 /* connect (+ AUTH/SELECT) timeout: max(timeout, 1 s) */
+#define RD_SCRIPTS_MAX 16      /* scripts remembered as loaded per connection */
 #define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
 
 typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
@@ -74,6 +75,8 @@ struct th_redis {
     uv_timer_t cmd_timer;  /* the deadline of the oldest pending command */
     uv_timer_t drop_timer; /* 0 ms: frees r->doomed; after th_redis_free, closes everything */
     rd_cmd *head, *tail;
+    char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
+    int nloaded;
     char state_text[224];
 };
 
@@ -577,6 +580,7 @@ static void rd_connect(th_redis *r)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
+    r->nloaded = 0; /* a new connection may reach a new (or flushed) server */
     r->st = RS_CONNECTING;
     r->stall_since = 0;
     /* the text stays "connecting" before the first attempt ends, and "down: <why>" while retrying */
@@ -695,6 +699,7 @@ static rd_cmd *rd_cmd_new(th_redis *r, th_redis_cb cb, void *ud)
 
 static void rd_enqueue(th_redis *r, rd_cmd *c)
 {
+    uv_update_time(r->loop); /* the cached loop time may be old after a long callback */
     uint64_t now = uv_now(r->loop);
     c->sent = now;
     c->deadline = now + r->timeout_ms;
@@ -795,7 +800,25 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
         p += len + 1;
     }
     sha1_hex(script, slen, c->sha);
-    /* EVALSHA first: swap the first two arguments for the send (hiredis formats a copy at once). */
+    /* The first time on a connection the script goes with EVAL, which loads it; later calls use EVALSHA.
+     * Commands stay in order that way (a NOSCRIPT fallback would run after what was sent meanwhile); the
+     * fallback remains for a server whose scripts were flushed. */
+    bool loaded = false;
+    for (int i = 0; i < r->nloaded && !loaded; i++)
+        loaded = memcmp(r->loaded[i], c->sha, 41) == 0;
+    if (!loaded) {
+        if (redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) !=
+            REDIS_OK) {
+            rd_cmd_free(c);
+            cb(ud, TH_REDIS_DOWN, NULL);
+            return 0;
+        }
+        c->fell_back = true;
+        if (r->nloaded < RD_SCRIPTS_MAX) memcpy(r->loaded[r->nloaded++], c->sha, 41);
+        rd_enqueue(r, c);
+        return 0;
+    }
+    /* EVALSHA: swap the first two arguments for the send (hiredis formats a copy at once). */
     c->eval_argv[0] = "EVALSHA";
     c->eval_argvlen[0] = 7;
     const char *script_copy = c->eval_argv[1];

@@ -8,6 +8,7 @@
 #include "core/str.h"
 #include "hub/hub.h"
 #include "hub/metrics.h"
+#include "providers/upstream.h"
 
 static const char *prov_name(const th_route *r, size_t i)
 {
@@ -47,6 +48,7 @@ int th_route_init(th_route *r, th_hub *hub)
     for (size_t i = 0; i < r->n; i++) {
         th_route_prov *rp = &r->provs[i];
         rp->p = hub->providers[i];
+        rp->owner = r;
         rp->index = i;
         rp->probe_ok = true;
         th_breaker_init(&rp->breaker, &bc);
@@ -234,4 +236,61 @@ void th_route_outcome(th_route *r, size_t i, bool ok, double first_byte_ms)
 void th_route_outcome_none(th_route *r, size_t i)
 {
     th_breaker_release(&r->provs[i].breaker);
+}
+
+/* ---- active health probes ---- */
+
+static void probe_done(void *ud, bool healthy, const char *detail)
+{
+    th_route_prov *rp = ud;
+    rp->probing = false;
+    if (healthy != rp->probe_ok) {
+        TH_LOG(rp->owner->hub->log, healthy ? TH_LOG_INFO : TH_LOG_WARN, "provider %s: health probe %s%s%s",
+               rp->p->conf->name, healthy ? "ok again" : "failed", detail && *detail ? ": " : "",
+               detail ? detail : "");
+        rp->probe_ok = healthy;
+        publish(rp->owner, rp->index);
+    }
+    th_strlcpy(rp->probe_detail, detail ? detail : "", sizeof rp->probe_detail);
+}
+
+static void probe_tick(uv_timer_t *t)
+{
+    th_route *r = t->data;
+    if (r == NULL) return;
+    for (size_t i = 0; i < r->n; i++) {
+        th_route_prov *rp = &r->provs[i];
+        if (rp->probing || rp->p->ops != &th_upstream_ops) continue;
+        if (th_upstream_probe(rp->p, probe_done, rp) == 0) rp->probing = true;
+        publish(r, i); /* breaker state moves with time (open -> half_open) */
+    }
+}
+
+static void probe_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void th_route_start_probes(th_route *r)
+{
+    uint64_t every = r->hub->cfg->router.health_interval_ms;
+    if (every == 0 || r->probe_timer) return;
+    bool any = false;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->provs[i].p->ops == &th_upstream_ops) any = true;
+    if (!any) return;
+    r->probe_timer = malloc(sizeof *r->probe_timer);
+    if (r->probe_timer == NULL) return;
+    uv_timer_init(r->hub->loop, r->probe_timer);
+    r->probe_timer->data = r;
+    uv_timer_start(r->probe_timer, probe_tick, every, every);
+}
+
+void th_route_stop_probes(th_route *r)
+{
+    if (r->probe_timer == NULL) return;
+    r->probe_timer->data = NULL;
+    uv_timer_stop(r->probe_timer);
+    uv_close((uv_handle_t *)r->probe_timer, probe_timer_closed);
+    r->probe_timer = NULL;
 }

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "hub/balance.h"
 #include "hub/breaker.h"
@@ -29,6 +30,7 @@ typedef struct th_route_waiter {
 } th_route_waiter;
 
 typedef struct th_route_prov {
+    struct th_route *owner;
     th_provider *p;
     size_t index;
     th_breaker breaker;
@@ -46,6 +48,7 @@ typedef struct th_route_prov {
 
 typedef struct th_route {
     struct th_hub *hub;
+    uv_timer_t *probe_timer; /* separately allocated; freed in its close callback */
     th_route_prov *provs; /* parallel to hub->providers */
     size_t n;
     th_balance balance;

@@ -56,10 +56,13 @@ static void on_result(void *ud, const th_limit_result *res)
 }
 
 /* A synchronous (local) check. */
-static th_limit_result check(th_limiter *l, const char *ip, const char *tenant, const th_config *c, uint64_t now)
+static th_limit_result check(th_limiter *l, const char *ip, const char *tenant, const th_config *c,
+                             uint64_t now)
 {
     got g = {0};
-    th_limit_req req = {.ip = ip, .tenant = tenant ? tenant : "", .key_id = "",
+    th_limit_req req = {.ip = ip,
+                        .tenant = tenant ? tenant : "",
+                        .key_id = "",
                         .tconf = tenant ? th_config_tenant(c, tenant) : NULL};
     th_limit_check(l, &req, now, on_result, &g);
     if (g.n != 1) {
@@ -70,7 +73,8 @@ static th_limit_result check(th_limiter *l, const char *ip, const char *tenant, 
 }
 
 /* Checks and releases at once (for rate limits, where slots do not matter). */
-static th_limit_result hit(th_limiter *l, const char *ip, const char *tenant, const th_config *c, uint64_t now)
+static th_limit_result hit(th_limiter *l, const char *ip, const char *tenant, const th_config *c,
+                           uint64_t now)
 {
     th_limit_result r = check(l, ip, tenant, c, now);
     if (r.allowed) th_limit_release(l, r.slot);
@@ -114,7 +118,8 @@ TH_TEST(test_window_recovers_exactly)
     th_limiter *l = th_limiter_new(NULL, c, NULL, NULL);
     TH_REQUIRE(l != NULL);
     /* one hit per second from T0 */
-    for (uint64_t i = 0; i < 10; i++) TH_CHECK(hit(l, "1.1.1.1", NULL, c, T0 + i * 1000).allowed);
+    for (uint64_t i = 0; i < 10; i++)
+        TH_CHECK(hit(l, "1.1.1.1", NULL, c, T0 + i * 1000).allowed);
     th_limit_result r = hit(l, "1.1.1.1", NULL, c, T0 + 10000);
     TH_CHECK(!r.allowed);
     TH_CHECK_INT(r.retry_after_s, 50); /* the hit at T0 leaves at T0 + 60 s */
@@ -128,7 +133,8 @@ TH_TEST(test_window_recovers_exactly)
     TH_CHECK(hit(l, "1.1.1.1", NULL, c, T0 + 61000).allowed);
     /* after a whole quiet window everything is back */
     int ok = 0;
-    for (int i = 0; i < 12; i++) ok += hit(l, "1.1.1.1", NULL, c, T0 + 200000).allowed;
+    for (int i = 0; i < 12; i++)
+        ok += hit(l, "1.1.1.1", NULL, c, T0 + 200000).allowed;
     TH_CHECK_INT(ok, 10);
     /* time going backwards is clamped, not trusted */
     TH_CHECK(!hit(l, "1.1.1.1", NULL, c, T0).allowed);
@@ -142,7 +148,8 @@ TH_TEST(test_ip_rpm_and_refused_not_charged)
     TH_REQUIRE(c != NULL);
     th_limiter *l = th_limiter_new(NULL, c, NULL, NULL);
     TH_REQUIRE(l != NULL);
-    for (int i = 0; i < 3; i++) TH_CHECK(hit(l, "10.1.1.1", NULL, c, T0).allowed);
+    for (int i = 0; i < 3; i++)
+        TH_CHECK(hit(l, "10.1.1.1", NULL, c, T0).allowed);
     for (int i = 0; i < 4; i++) { /* refused by ip_rpm: the global window must not move */
         th_limit_result r = hit(l, "10.1.1.1", NULL, c, T0 + 1);
         TH_CHECK(!r.allowed);
@@ -159,7 +166,8 @@ TH_TEST(test_ip_rpm_and_refused_not_charged)
     TH_CHECK(!r.allowed);
     TH_CHECK_STR(r.reason, "global_rpm");
     /* refused by global: the IP window of 10.1.1.3 holds one hit only */
-    for (int i = 0; i < 5; i++) TH_CHECK(!hit(l, "10.1.1.3", NULL, c, T0 + 5).allowed);
+    for (int i = 0; i < 5; i++)
+        TH_CHECK(!hit(l, "10.1.1.3", NULL, c, T0 + 5).allowed);
     TH_CHECK_INT(th_limiter_ip_entries(l), 3);
     r = hit(l, "10.1.1.3", NULL, c, T0 + 60002);
     TH_CHECK(r.allowed);
@@ -190,10 +198,12 @@ TH_TEST(test_token_bucket_burst_then_rate)
     TH_CHECK(hit(l, "1.2.3.4", "acme", c, T0 + 500).allowed); /* 2 tokens/s */
     TH_CHECK(!hit(l, "1.2.3.4", "acme", c, T0 + 500).allowed);
     int ok = 0;
-    for (int i = 0; i < 10; i++) ok += hit(l, "1.2.3.4", "acme", c, T0 + 1500).allowed;
+    for (int i = 0; i < 10; i++)
+        ok += hit(l, "1.2.3.4", "acme", c, T0 + 1500).allowed;
     TH_CHECK_INT(ok, 2);
     ok = 0;
-    for (int i = 0; i < 10; i++) ok += hit(l, "1.2.3.4", "acme", c, T0 + 100000).allowed;
+    for (int i = 0; i < 10; i++)
+        ok += hit(l, "1.2.3.4", "acme", c, T0 + 100000).allowed;
     TH_CHECK_INT(ok, 5); /* never more than the burst */
     th_limiter_free(l);
     th_config_unref(c);
@@ -276,7 +286,8 @@ TH_TEST(test_tenants_and_keys_are_separate)
     TH_REQUIRE(c != NULL);
     th_limiter *l = th_limiter_new(NULL, c, NULL, NULL);
     TH_REQUIRE(l != NULL);
-    for (int i = 0; i < 3; i++) TH_CHECK(hit(l, "1.1.1.1", "acme", c, T0).allowed);
+    for (int i = 0; i < 3; i++)
+        TH_CHECK(hit(l, "1.1.1.1", "acme", c, T0).allowed);
     th_limit_result r = hit(l, "1.1.1.1", "acme", c, T0 + 30000);
     TH_CHECK(!r.allowed);
     TH_CHECK_STR(r.reason, "tenant_rpm");
@@ -289,7 +300,8 @@ TH_TEST(test_tenants_and_keys_are_separate)
     TH_CHECK_STR(r.reason, "tenant_rpm");
     TH_CHECK_INT(r.limit, 2);
     /* no tenant: no tenant limits */
-    for (int i = 0; i < 10; i++) TH_CHECK(hit(l, "1.1.1.1", NULL, c, T0).allowed);
+    for (int i = 0; i < 10; i++)
+        TH_CHECK(hit(l, "1.1.1.1", NULL, c, T0).allowed);
     /* per-key RPM, per key */
     got g = {0};
     th_limit_req kr = {.ip = "1.1.1.1", .tenant = "", .key_id = "k1", .key_rpm = 2};
@@ -455,7 +467,8 @@ static bool run_until(uv_loop_t *loop, const int *flag, int want, uint64_t timeo
     uv_timer_init(loop, &tick);
     uv_timer_start(&tick, on_tick, 5, 5);
     uint64_t deadline = th_mono_ms() + timeout_ms;
-    while (*flag < want && th_mono_ms() < deadline) uv_run(loop, UV_RUN_ONCE);
+    while (*flag < want && th_mono_ms() < deadline)
+        uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return *flag >= want;
@@ -467,10 +480,26 @@ static bool wait_connected(uv_loop_t *loop, th_redis *r, bool want, uint64_t tim
     uv_timer_init(loop, &tick);
     uv_timer_start(&tick, on_tick, 5, 5);
     uint64_t deadline = th_mono_ms() + timeout_ms;
-    while (th_redis_connected(r) != want && th_mono_ms() < deadline) uv_run(loop, UV_RUN_ONCE);
+    while (th_redis_connected(r) != want && th_mono_ms() < deadline)
+        uv_run(loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return th_redis_connected(r) == want;
+}
+
+static void on_pong(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    (*(int *)ud)++;
+}
+
+/* A PING round trip on one hub's connection: what it sent before (a release) has been processed. */
+static void sync_conn(uv_loop_t *loop, th_redis *r)
+{
+    int n = 0;
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    th_redis_cmd(r, on_pong, &n, 1, argv, lens);
+    run_until(loop, &n, 1, 2000);
 }
 
 /* A check through the loop: waits for the callback. */
@@ -596,7 +625,9 @@ TH_TEST(test_redis_tenant_bucket_and_concurrency)
     g2 = rcheck(&h.loop, h.l[1], &req, now);
     TH_CHECK(g2.allowed);
     th_limit_release(h.l[1], g2.slot);
+    sync_conn(&h.loop, h.r[1]);
     th_limit_release(h.l[0], a.slot);
+    sync_conn(&h.loop, h.r[0]);
     /* the bucket: 3 in a burst in total (1 used above), then 1/s */
     int ok = 0;
     for (int i = 0; i < 4; i++) {
@@ -604,6 +635,7 @@ TH_TEST(test_redis_tenant_bucket_and_concurrency)
         if (r.allowed) {
             ok++;
             th_limit_release(h.l[i % 2], r.slot);
+            sync_conn(&h.loop, h.r[i % 2]);
         } else {
             TH_CHECK_STR(r.reason, "tenant_rate");
             TH_CHECK_INT(r.retry_after_s, 1);
@@ -613,6 +645,7 @@ TH_TEST(test_redis_tenant_bucket_and_concurrency)
     th_limit_result r = rcheck(&h.loop, h.l[0], &treq, now + 1001);
     TH_CHECK(r.allowed);
     th_limit_release(h.l[0], r.slot);
+    sync_conn(&h.loop, h.r[0]);
     r = rcheck(&h.loop, h.l[1], &treq, now + 1002);
     TH_CHECK(!r.allowed);
     hubs_stop(&h);

@@ -26,11 +26,11 @@ def free_port():
 class Hub:
     """One ttshub serve process with its own config, data dir and log."""
 
-    def __init__(self, config_text=None, extra_args=(), env=None):
-        self.dir = tempfile.mkdtemp(prefix="ttshub-e2e-")
+    def __init__(self, config_text=None, extra_args=(), env=None, workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="ttshub-e2e-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.log_path = os.path.join(self.dir, "stderr-%d.log" % self.port)
         args = [BIN, "serve", "--listen", f"127.0.0.1:{self.port}"]
         if config_text is not None:
             self.config_path = os.path.join(self.dir, "ttshub.yaml")

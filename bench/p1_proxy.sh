@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# P1: POST /api/generate (form body input=...&voice=alloy&response_format=mp3) through the hub to a fast upstream
+# vs nginx proxy_pass to the same upstream.
+# - Upstream: nginx on CPU 1 serving a static 4096-byte MP3 (a real ffmpeg sine MP3 cut to 4 KiB) at
+#   /v1/audio/speech (the hub's openai kind path) with `error_page 405 =200 $uri` so POST gets it.
+# - Under test, both on CPU 0: the hub (openai provider -> upstream, no policy, cache off) and nginx
+#   `proxy_pass` with upstream keepalive, same form body, /api/generate -> /v1/audio/speech.
+# - wrk -t1 on CPU 1 at c$CONNS (max load): RPS, p99, CPU µs/request of the hub process / the nginx proxy worker.
+# - Low load (wrk -c$LOW_CONNS; wrk2 is not available): p99 of hub, nginx proxy and the upstream direct; the
+#   "added p99" is p99(through X) - p99(upstream direct).
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/bench/proxy_lib.sh"
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-5}; CONNS=${CONNS:-64}; LOW_CONNS=${LOW_CONNS:-8}
+ensure_bin
+uport=$(free_port); hport=$(free_port); nport=$(free_port)
+mp3=$(mp3_4k)
+mkdir -p "$WORK/www/v1/audio"; cp "$mp3" "$WORK/www/v1/audio/speech"
+
+nginx_start upstream 1 "server { listen 127.0.0.1:$uport backlog=4096; root $WORK/www; sendfile on;
+    location = /v1/audio/speech { default_type audio/mpeg; error_page 405 =200 \$uri; } }"
+nginx_start proxy 0 "upstream up { server 127.0.0.1:$uport; keepalive 256; }
+  server { listen 127.0.0.1:$nport backlog=4096;
+    location = /api/generate { proxy_pass http://up/v1/audio/speech; proxy_http_version 1.1;
+      proxy_set_header Connection \"\"; proxy_buffering on; } }"
+cat >"$WORK/hub.yaml" <<YAML
+providers:
+  - name: up
+    type: openai
+    base_url: "http://127.0.0.1:$uport"
+    api_key_env: BENCH_KEY
+    timeout: 30s
+    concurrency: 256
+    queue: 10000
+rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }
+cache: { enabled: false }
+YAML
+hub_start hub "$WORK/hub.yaml" "$hport"
+hpid=${HUB_PID[hub]}; npw=${NGINX_WORKER[proxy]}; upw=${NGINX_WORKER[upstream]}
+
+# correctness first: both answer 200 with the upstream's exact bytes
+for u in "http://127.0.0.1:$hport/api/generate" "http://127.0.0.1:$nport/api/generate"; do
+  code=$(curl -s -o "$WORK/check.mp3" -w '%{http_code}' -d 'input=hello&voice=alloy&response_format=mp3' "$u")
+  [ "$code" = 200 ] && cmp -s "$WORK/check.mp3" "$mp3" || { echo "bench: $u answered $code / other bytes" >&2; exit 1; }
+done
+
+for _ in $(seq 1 "$ROUNDS"); do
+  wrk_run hub "http://127.0.0.1:$hport/api/generate" "$hpid" "$CONNS" "$DUR"
+  wrk_run nginx "http://127.0.0.1:$nport/api/generate" "$npw" "$CONNS" "$DUR"
+done
+for _ in $(seq 1 "$ROUNDS"); do
+  wrk_run hub_low "http://127.0.0.1:$hport/api/generate" "$hpid" "$LOW_CONNS" "$DUR"
+  wrk_run nginx_low "http://127.0.0.1:$nport/api/generate" "$npw" "$LOW_CONNS" "$DUR"
+  wrk_run direct_low "http://127.0.0.1:$uport/v1/audio/speech" "$upw" "$LOW_CONNS" "$DUR"
+done
+
+{
+  echo "P1 proxy: POST /api/generate -> upstream nginx (4096-byte MP3), wrk -t1, ${DUR}s x $ROUNDS rounds, medians"
+  echo "   proxies pinned to CPU 0; upstream nginx and wrk on CPU 1"
+  printf "%-22s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
+  for s in hub nginx hub_low nginx_low direct_low; do
+    case $s in hub) n="hub c$CONNS";; nginx) n="nginx proxy c$CONNS";; hub_low) n="hub c$LOW_CONNS";;
+      nginx_low) n="nginx proxy c$LOW_CONNS";; direct_low) n="upstream direct c$LOW_CONNS";; esac
+    printf "%-22s %10.0f %10.3f %12.2f %8d\n" "$n" "$(med 2 $s)" "$(med 3 $s)" "$(med 4 $s)" "$(sum_col 5 $s)"
+  done
+  awk -v hr="$(med 2 hub)" -v nr="$(med 2 nginx)" -v hu="$(med 4 hub)" -v nu="$(med 4 nginx)" \
+      -v hl="$(med 3 hub_low)" -v nl="$(med 3 nginx_low)" -v dl="$(med 3 direct_low)" \
+      -v hlr="$(med 2 hub_low)" -v c="$LOW_CONNS" 'BEGIN {
+    printf "ratio hub/nginx at c%s: RPS %.2fx (target >= 1.0), CPU per request %.2fx\n", "'"$CONNS"'", hr/nr, hu/nu
+    printf "added p99 at c%s (hub at %.0f%% of its c%s RPS): hub %+.3f ms, nginx proxy %+.3f ms over upstream direct (target < 1 ms)\n", c, 100*hlr/hr, "'"$CONNS"'", hl-dl, nl-dl
+  }'
+} | tee "$OUT/p1_proxy.txt"

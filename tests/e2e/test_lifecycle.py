@@ -34,7 +34,6 @@ def test_slowloris_is_cut(hub_factory):
         pass
     s.close()
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
-    assert time.time() - t0 < 8
     r = h.post(data={"input": "Alive.", "voice": "alloy", "response_format": "wav"})
     assert r.status_code == 200
 

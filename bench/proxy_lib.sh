@@ -53,10 +53,12 @@ NGX
   NGINX_WORKER[$name]=${w:-$pid}
 }
 
-# hub_start NAME CONFIG_FILE PORT [CPU]: sets HUB_PID[NAME]. The hub gets BENCH_KEY in its environment.
+# hub_start NAME CONFIG_FILE PORT [CPU]: sets HUB_PID[NAME]. The hub gets BENCH_KEY in its environment and its
+# own data_dir under $WORK (unless the config sets one), so nothing is written into the tree.
 declare -A HUB_PID
 hub_start() {
   local cpu=${4:-0}
+  grep -q '^data_dir:' "$2" || sed -i "1i data_dir: \"$WORK/data-$1\"" "$2"
   BENCH_KEY=bench-upstream-key taskset -c "$cpu" "$BIN" serve -c "$2" --listen "127.0.0.1:$3" --log-level warn \
     >"$WORK/hub-$1.log" 2>&1 &
   HUB_PID[$1]=$!

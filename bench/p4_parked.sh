@@ -52,7 +52,7 @@ t1=$(cpu_ticks "$hpid")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hpid/status")
 maxfd=$(awk '{print $2}' "$WORK/samples" | sort -n | tail -1)
 kill "$upid"; for _ in $(seq 1 100); do grep -q STATS "$WORK/up.out" && break; sleep 0.05; done
-ustats=$(sed -n 's/^STATS //p' "$WORK/up.out")
+ustats=$(sed -n 's/^STATS //p' "$WORK/up.out"); [ -n "$ustats" ] || ustats='{"max_inflight": "?"}'
 errs=$(grep -c '"level":"error"' "$WORK/hub-hub.log" || true)
 
 {
@@ -61,7 +61,7 @@ errs=$(grep -c '"level":"error"' "$WORK/hub-hub.log" || true)
   echo "upstream: $ustats"
   ok=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ok"])' "$res")
   wall=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["wall_s"])' "$res")
-  upmax=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["max_inflight"])' "${ustats:-{\"max_inflight\":0\}}")
+  upmax=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["max_inflight"])' "$ustats")
   printf "completed with 200: %d of %d (target: all); peak requests held by the upstream at once: %s\n" "$ok" "$N" "$upmax"
   printf "hub peak RSS (VmHWM): %.1f MiB (at start %.1f MiB; target < 150 MB); peak open fds %s\n" \
     "$(echo "$hwm/1024" | bc -l)" "$(echo "$rss0/1024" | bc -l)" "$maxfd"

@@ -93,7 +93,10 @@ void th_api_log(th_api_ctx *c, int status)
     th_log_access(hub->log, &a);
     if (hub->metrics) {
         char st[8];
-        snprintf(st, sizeof st, "%d", status);
+        st[0] = (char)('0' + status / 100 % 10);
+        st[1] = (char)('0' + status / 10 % 10);
+        st[2] = (char)('0' + status % 10);
+        st[3] = 0;
         const char *route = c->route ? c->route : "unmatched";
         const char *l1[] = {route, st, NULL};
         const char *l2[] = {route, NULL};
@@ -172,7 +175,7 @@ void th_api_handle(th_http_req *req, void *ud)
     c->req = req;
     c->fmt = TH_FMT_NONE;
     const char *given = th_http_header(req, "X-Request-Id");
-    if (given == NULL || !th_api_set_request_id(c, given)) th_uuid_v4(c->rid);
+    if (given == NULL || !th_api_set_request_id(c, given)) th_uuid_gen_next(&hub->ids, c->rid);
     th_http_set_data(req, c);
     th_router_dispatch(hub->router, req);
 }

@@ -230,6 +230,7 @@ int th_hub_serve(const th_serve_opts *opts)
         goto out_cfg;
     }
     hub.started_ms = th_wall_ms();
+    th_uuid_gen_init(&hub.ids);
     hub.started_mono_ms = th_mono_ms();
     hub.exit_code = 0;
 

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "core/log.h"
+#include "core/uuid.h"
 #include "http/http.h"
 #include "http/router.h"
 #include "hub/auth.h"
@@ -49,6 +50,7 @@ typedef struct th_hub {
     uint64_t started_ms; /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
+    th_uuid_gen ids;     /* request ids (loop thread) */
     uv_signal_t sig_term, sig_int;
     uv_check_t reaper;     /* runs deferred frees once per loop turn */
     struct th_hub_deferred *deferred, *deferred_tail;

@@ -94,4 +94,23 @@ TH_TEST(glob_and_uuid)
     TH_CHECK(!th_uuid_valid("not-a-uuid"));
 }
 
+TH_TEST(uuid_generator)
+{
+    th_uuid_gen g;
+    th_uuid_gen_init(&g);
+    char a[TH_UUID_LEN + 1], b[TH_UUID_LEN + 1];
+    th_uuid_gen_next(&g, a);
+    for (int i = 0; i < 1000; i++) {
+        th_uuid_gen_next(&g, b);
+        TH_CHECK(th_uuid_valid(b));
+        TH_CHECK(strcmp(a, b) != 0);
+        TH_CHECK(b[14] == '4');
+        TH_CHECK(b[19] == '8' || b[19] == '9' || b[19] == 'a' || b[19] == 'b');
+    }
+    th_uuid_gen h;
+    th_uuid_gen_init(&h);
+    th_uuid_gen_next(&h, b);
+    TH_CHECK(strcmp(a, b) != 0); /* two generators are seeded apart */
+}
+
 TH_TEST_MAIN()

@@ -306,3 +306,65 @@ def test_long_text_split_and_stitched(text, fmt, hub_factory, fake_factory):
     expected = sum(len(p) for p in parts) * 0.020
     got = decoded_seconds(r.content, fmt)
     assert abs(got - expected) / expected < 0.02, (got, expected)
+
+
+def test_provider_queue_full_gives_503(hub_factory, fake_factory):
+    f = fake_factory("openai_fm", latency=1.0)
+    cfg = config(provider_yaml("up", "openai_fm", f.url, "", "alloy", "    concurrency: 1\n    queue: 1\n"),
+                 "router:\n  retries: 0\n") + "cache: { enabled: false }\n"
+    h = hub_factory(cfg)
+    out = [None] * 3
+
+    def one(i):
+        out[i] = requests.post(h.url + "/api/generate", timeout=30,
+                               data={"input": f"Queue {i}.", "voice": "alloy", "response_format": "wav"})
+
+    import threading
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+        time.sleep(0.1)
+    for t in ts:
+        t.join(30)
+    codes = sorted(r.status_code for r in out)
+    assert codes == [200, 200, 503], codes        # one runs, one waits in the queue, one is turned away
+    r503 = [r for r in out if r.status_code == 503][0]
+    assert r503.json()["error"]["type"] == "service_unavailable" and int(r503.headers["Retry-After"]) >= 1
+    assert f.calls == 2
+
+
+def test_health_probe_routes_around_a_dead_provider(hub_factory, fake_factory):
+    dead = fake_factory("openai_fm")
+    live = fake_factory("openai_fm")
+    two = (provider_yaml("dead", "openai_fm", dead.url, "", "alloy", "    priority: 0\n") +
+           provider_yaml("live", "openai_fm", live.url, "", "alloy", "    priority: 1\n"))
+    h = hub_factory(config(two, "router:\n  strategy: priority\n  health_interval: 200ms\n") +
+                    "cache: { enabled: false }\n")
+    dead.set_fault("refuse")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        p = h.get("/health").json()["components"]["providers"]["dead"]
+        if p["status"] == "unhealthy":
+            break
+        time.sleep(0.1)
+    assert p["status"] == "unhealthy" and "probe" in p
+    assert h.get("/health").json()["status"] == "degraded"
+    r = h.post(data={"input": "Around it.", "voice": "alloy", "response_format": "wav"})
+    assert r.status_code == 200 and r.headers["X-Provider"] == "live"
+    dead.clear_fault()
+    deadline = time.time() + 10
+    while time.time() < deadline and h.get("/health").json()["status"] != "healthy":
+        time.sleep(0.1)
+    assert h.get("/health").json()["status"] == "healthy"
+
+
+def test_round_robin_and_least_load_spread(hub_factory, fake_factory):
+    a, b = fake_factory("openai_fm"), fake_factory("openai_fm")
+    provs = provider_yaml("a", "openai_fm", a.url, "", "alloy") + provider_yaml("b", "openai_fm", b.url, "", "alloy")
+    h = hub_factory(config(provs, "router:\n  strategy: round_robin\n") + "cache: { enabled: false }\n")
+    seen = [h.post(data={"input": f"RR {i}.", "voice": "alloy"}).headers["X-Provider"] for i in range(6)]
+    assert seen.count("a") == 3 and seen.count("b") == 3 and seen[0] != seen[1]
+    h2 = hub_factory(config(provs.replace("weight: 1", ""), "router:\n  strategy: weighted\n") +
+                     "cache: { enabled: false }\n")
+    seen = [h2.post(data={"input": f"W {i}.", "voice": "alloy"}).headers["X-Provider"] for i in range(4)]
+    assert seen.count("a") == 2 and seen.count("b") == 2

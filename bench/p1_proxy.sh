@@ -5,6 +5,9 @@
 #   /v1/audio/speech (the hub's openai kind path) with `error_page 405 =200 $uri` so POST gets it.
 # - Under test, both on CPU 0: the hub (openai provider -> upstream, no policy, cache off) and nginx
 #   `proxy_pass` with upstream keepalive, same form body, /api/generate -> /v1/audio/speech.
+# - Every request carries a different input (wrk_form.lua, WRK_UNIQUE=1): with one repeated input the hub
+#   coalesces identical in-flight requests (even with the cache off), so the upstream would see ~1 call in 60.
+#   The upstream's access log counts the calls that reached it.
 # - wrk -t1 on CPU 1 at c$CONNS (max load): RPS, p99, CPU µs/request of the hub process / the nginx proxy worker.
 # - Low load (wrk -c$LOW_CONNS; wrk2 is not available): p99 of hub, nginx proxy and the upstream direct; the
 #   "added p99" is p99(through X) - p99(upstream direct).
@@ -17,6 +20,7 @@ mp3=$(mp3_4k)
 mkdir -p "$WORK/www/v1/audio"; cp "$mp3" "$WORK/www/v1/audio/speech"
 
 nginx_start upstream 1 "server { listen 127.0.0.1:$uport backlog=4096; root $WORK/www; sendfile on;
+    access_log $WORK/up-access.log;
     location = /v1/audio/speech { default_type audio/mpeg; error_page 405 =200 \$uri; } }"
 nginx_start proxy 0 "upstream up { server 127.0.0.1:$uport; keepalive 256; }
   server { listen 127.0.0.1:$nport backlog=4096;
@@ -43,6 +47,7 @@ for u in "http://127.0.0.1:$hport/api/generate" "http://127.0.0.1:$nport/api/gen
   [ "$code" = 200 ] && cmp -s "$WORK/check.mp3" "$mp3" || { echo "bench: $u answered $code / other bytes" >&2; exit 1; }
 done
 
+export WRK_UNIQUE=${UNIQUE:-1}
 for _ in $(seq 1 "$ROUNDS"); do
   wrk_run hub "http://127.0.0.1:$hport/api/generate" "$hpid" "$CONNS" "$DUR"
   wrk_run nginx "http://127.0.0.1:$nport/api/generate" "$npw" "$CONNS" "$DUR"
@@ -53,9 +58,12 @@ for _ in $(seq 1 "$ROUNDS"); do
   wrk_run direct_low "http://127.0.0.1:$uport/v1/audio/speech" "$upw" "$LOW_CONNS" "$DUR"
 done
 
+upcalls=$(grep -c "POST /v1/audio/speech" "$WORK/up-access.log" || true)
+sent=$(awk '{t+=$6} END {print t}' "$WORK/results")
 {
   echo "P1 proxy: POST /api/generate -> upstream nginx (4096-byte MP3), wrk -t1, ${DUR}s x $ROUNDS rounds, medians"
-  echo "   proxies pinned to CPU 0; upstream nginx and wrk on CPU 1"
+  echo "   proxies pinned to CPU 0; upstream nginx and wrk on CPU 1; every input different (WRK_UNIQUE=$WRK_UNIQUE)"
+  echo "   requests sent by wrk in all runs: $sent; POSTs that reached the upstream: $upcalls"
   printf "%-22s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
   for s in hub nginx hub_low nginx_low direct_low; do
     case $s in hub) n="hub c$CONNS";; nginx) n="nginx proxy c$CONNS";; hub_low) n="hub c$LOW_CONNS";;

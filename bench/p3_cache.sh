@@ -50,7 +50,7 @@ done
 xc2=$(curl -s -D - -o /dev/null -d "$body" "http://127.0.0.1:$hport/api/generate" | tr -d '\r' |
       awk -F': ' 'tolower($1)=="x-cache" {print $2}')
 
-upcalls=$(wc -l <"$WORK/up-access.log" 2>/dev/null || echo "?")
+upcalls=$(grep -c "POST /v1/audio/speech" "$WORK/up-access.log" 2>/dev/null || echo "?")
 {
   echo "P3 cache hit: the same POST /api/generate (4096-byte MP3), wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds, medians"
   echo "   hub: memory cache (X-Cache after warm-up: $xc, after the runs: $xc2;

@@ -67,13 +67,15 @@ for h in none local redis; do
 done
 rkeys0=$(redis-cli -p "$rport" dbsize)
 
-export WRK_UNIQUE=1 WRK_AUTH="Bearer $KEY"
+export WRK_UNIQUE=${UNIQUE:-1} WRK_AUTH="Bearer $KEY"   # UNIQUE=0: the same body every time (cache hits)
 for _ in $(seq 1 "$ROUNDS"); do
   for h in none local redis; do
     wrk_run "$h" "http://127.0.0.1:${HPORT[$h]}/api/generate" "${HUB_PID[$h]}" "$CONNS" "$DUR"
   done
 done
 rkeys1=$(redis-cli -p "$rport" dbsize)
+declare -A HWM
+for h in none local redis; do HWM[$h]=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${HUB_PID[$h]}/status"); done
 rclients=$(redis-cli -p "$rport" info clients | awk -F: '/^connected_clients/ {print $2}' | tr -d '\r')
 rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r')
 
@@ -83,10 +85,10 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
   echo "probes: status without the key (401 if auth is wired): none ${NOKEY[none]}, local ${NOKEY[local]}, redis ${NOKEY[redis]};"
   echo "        X-Cache of a repeated request: none '${XCACHE[none]}', local '${XCACHE[local]}', redis '${XCACHE[redis]}'"
   echo "redis: keys before the runs $rkeys0, after $rkeys1; connected clients $rclients (1 is redis-cli); commands processed $rcmds"
-  printf "%-28s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
+  printf "%-28s %10s %10s %12s %8s %9s\n" "" RPS "p99 ms" "CPU us/req" non2xx "peak MiB"
   for h in none local redis; do
     case $h in none) n="none (no policy)";; local) n="policy, backend local";; redis) n="policy, backend redis";; esac
-    printf "%-28s %10.0f %10.3f %12.2f %8d\n" "$n" "$(med 2 $h)" "$(med 3 $h)" "$(med 4 $h)" "$(sum_col 5 $h)"
+    printf "%-28s %10.0f %10.3f %12.2f %8d %9s\n" "$n" "$(med 2 $h)" "$(med 3 $h)" "$(med 4 $h)" "$(sum_col 5 $h)" "${HWM[$h]}"
   done
   awk -v nr="$(med 2 none)" -v lr="$(med 2 local)" -v rr="$(med 2 redis)" -v nu="$(med 4 none)" \
       -v lu="$(med 4 local)" -v ru="$(med 4 redis)" 'BEGIN {

@@ -1104,6 +1104,16 @@ int th_audio_conv_finish(th_audio_conv *c, th_buf *out, char *err, size_t errlen
     return end(c, 0);
 }
 
+bool th_audio_conv_light(const th_audio_conv *c)
+{
+    if (c->passthrough) return true;
+    if (c->state != ST_SNIFF || c->out.tempo != 1.0) return false;
+    /* undecided, but declared as the very format asked for: sniffing will almost surely confirm it and
+     * the bytes will be copied, so there is nothing worth a thread hop */
+    th_fmt d = c->decl.fmt;
+    return d == c->out.fmt && d != TH_FMT_NONE && d != TH_FMT_PCM && d != TH_FMT_WAV;
+}
+
 bool th_audio_conv_passthrough(const th_audio_conv *c)
 {
     return c->passthrough;

@@ -34,6 +34,9 @@ int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf
 int th_audio_conv_finish(th_audio_conv *c, th_buf *out, char *err, size_t errlen);
 /** true when bytes pass through unchanged. */
 bool th_audio_conv_passthrough(const th_audio_conv *c);
+/** true when the next push is cheap enough for the caller's thread: pass-through decided, or the input is
+ * declared as the very compressed format asked for (the first bytes only confirm it). */
+bool th_audio_conv_light(const th_audio_conv *c);
 /** Samples (per channel, at the output rate) emitted so far. */
 uint64_t th_audio_conv_samples_out(const th_audio_conv *c);
 void th_audio_conv_free(th_audio_conv *c);

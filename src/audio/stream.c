@@ -128,7 +128,7 @@ static void schedule(th_audio_stream *s)
 {
     while (!s->in_flight && !s->closed && !s->ended && s->busy == 0 && (s->queued.len > 0 || s->finishing)) {
         take_batch(s);
-        if (th_audio_conv_passthrough(s->conv)) {
+        if (th_audio_conv_light(s->conv)) {
             convert_batch(s); /* cheap: bytes are copied (a WAV header is rewritten) */
             if (!deliver(s)) return;
             continue;

@@ -43,7 +43,8 @@ struct part {
     size_t index;
     const char *text;
     size_t len, chars;
-    size_t cand_next;   /* next candidate to fall back to */
+    size_t cand_next;   /* next candidate to fall back to (a position, see cand_of) */
+    size_t rot;         /* long text: part i starts at candidate i, so parts spread over providers */
     int retries_left;   /* on the current candidate */
     attempt *a[2];      /* the primary and, with hedging, one more */
     attempt *winner;    /* the attempt whose audio is used */
@@ -92,6 +93,12 @@ static th_metrics *M(const th_synth *s)
 static const char *pname(const th_synth *s, size_t prov)
 {
     return s->hub->route.provs[prov].p->conf->name;
+}
+
+/* The candidate index at position k of a part's own order. */
+static size_t cand_of(const part *pt, size_t k)
+{
+    return (k + pt->rot) % pt->s->ncand;
 }
 
 /* ---- teardown ---- */
@@ -602,10 +609,11 @@ static void launch(attempt *a)
 
 /* Starts an attempt on candidate cand. Returns false when it could not even be queued (breaker open,
  * queue full). */
-static bool begin(part *pt, size_t cand, int slot_index)
+static bool begin(part *pt, size_t pos, int slot_index)
 {
     th_synth *s = pt->s;
     th_route *r = &s->hub->route;
+    size_t cand = cand_of(pt, pos);
     size_t prov = s->cand[cand];
     if (!th_route_available(r, prov) || !th_route_allow(r, prov)) return false;
     attempt *a = new_attempt(pt, cand);
@@ -642,12 +650,12 @@ static void hedge_fire(uv_timer_t *t)
         size_t c = pt->cand_next++;
         int slot = pt->a[0] ? 1 : 0;
         if (begin(pt, c, slot)) {
+            const char *to = pname(s, s->cand[cand_of(pt, c)]);
             if (M(s)) {
-                const char *lbl[] = {pname(s, s->cand[c]), NULL};
+                const char *lbl[] = {to, NULL};
                 th_metrics_add(M(s), TH_M_HEDGES, lbl, 1);
             }
-            TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: hedging to %s", s->generation ? s->generation : "",
-                   pname(s, s->cand[c]));
+            TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: hedging to %s", s->generation ? s->generation : "", to);
             return;
         }
     }
@@ -673,25 +681,26 @@ static void try_next(part *pt, const th_perr *why)
         pt->retries_left--;
         size_t c = pt->cand_next - 1;
         if (M(s)) {
-            const char *lbl[] = {pname(s, s->cand[c]), NULL};
+            const char *lbl[] = {pname(s, s->cand[cand_of(pt, c)]), NULL};
             th_metrics_add(M(s), TH_M_RETRIES, lbl, 1);
         }
         if (begin(pt, c, 0)) return;
     }
-    size_t from = pt->cand_next > 0 ? s->cand[pt->cand_next - 1] : SIZE_MAX;
+    size_t from = pt->cand_next > 0 ? s->cand[cand_of(pt, pt->cand_next - 1)] : SIZE_MAX;
     while (pt->cand_next < s->ncand) {
         if (why && !cfg->router.fallback) break;
         size_t c = pt->cand_next++;
         pt->retries_left = cfg->router.retries;
         if (begin(pt, c, 0)) {
+            const char *to = pname(s, s->cand[cand_of(pt, c)]);
             if (why && from != SIZE_MAX && M(s)) {
-                const char *lbl[] = {pname(s, from), pname(s, s->cand[c]), NULL};
+                const char *lbl[] = {pname(s, from), to, NULL};
                 th_metrics_add(M(s), TH_M_FALLBACKS, lbl, 1);
             }
             if (why)
                 TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: %s failed (%s), trying %s",
                        s->generation ? s->generation : "", from != SIZE_MAX ? pname(s, from) : "-",
-                       why->message, pname(s, s->cand[c]));
+                       why->message, to);
             return;
         }
     }
@@ -827,7 +836,11 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
                s->generation ? s->generation : "", s->chars, s->nparts);
     }
     s->parts[0].current = true;
-    for (size_t i = 0; i < s->nparts; i++) s->parts[i].retries_left = hub->cfg->router.retries;
+    bool spread = multi(s) && strcmp(hub->cfg->router.strategy, "priority") != 0;
+    for (size_t i = 0; i < s->nparts; i++) {
+        s->parts[i].retries_left = hub->cfg->router.retries;
+        s->parts[i].rot = spread ? i % s->ncand : 0;
+    }
     /* Parts start on the next loop turn, so no callback runs inside this call. */
     th_hub_defer(hub, (void (*)(void *))start_parts, s);
     return s;

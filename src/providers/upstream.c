@@ -881,8 +881,12 @@ static th_provider *up_create(uv_loop_t *loop, const th_provider_conf *conf, th_
     if (conf->max_input_chars != 0) p->base.caps.max_input_chars = conf->max_input_chars;
     p->kind = k;
     p->log = log;
-    th_client_conf cc = {.max_host_connections =
-                             conf->concurrency > 0 ? conf->concurrency : UP_DEFAULT_CONNS};
+    /* The provider's own cap (route.c) keeps in-flight transfers at `concurrency`, so curl never needs
+     * to queue: its pending queue is the expensive kind (BENCH.md). */
+    long conns = conf->concurrency > 0 ? conf->concurrency : UP_DEFAULT_CONNS;
+    th_client_conf cc = {.max_host_connections = conns,
+                         .max_total_connections = conf->concurrency > 0 ? conns : 65536,
+                         .max_connects_cache = conns < 256 ? conns : 256};
     p->client = th_client_new(loop, &cc);
     if (p->client == NULL) {
         snprintf(err, errlen, "cannot create the HTTP client");

@@ -65,7 +65,8 @@ struct th_http_req {
     int64_t clen; /* declared Content-Length of a streamed response; -1 when not known */
     int status;
     bool held;    /* the handler owns it (between dispatch and th_http_end/th_http_respond) */
-    bool started; /* response head sent */
+    bool started;      /* response head built */
+    bool head_pending; /* built in c->out but not sent: it goes out with the first body bytes */
     bool ended;   /* th_http_end/th_http_respond called */
     bool aborted; /* the client went away while the handler held it */
     bool close_fired;
@@ -1296,8 +1297,21 @@ int th_http_start(th_http_req *r, int status, const char *content_type, int64_t 
         conn_close(c);
         return -1;
     }
-    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-    return conn_send(c, &b, 1);
+    /* Held back: the head and the first body bytes (or the end) leave in one writev. */
+    r->head_pending = true;
+    return 0;
+}
+
+/* Sends a held-back head in front of bufs (n may be 0). */
+static int send_with_head(conn *c, th_http_req *r, uv_buf_t *bufs, unsigned n)
+{
+    if (!r->head_pending) return conn_send(c, bufs, n);
+    r->head_pending = false;
+    uv_buf_t all[4];
+    all[0] = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    for (unsigned i = 0; i < n && i < 3; i++)
+        all[i + 1] = bufs[i];
+    return conn_send(c, all, n + 1);
 }
 
 int th_http_write(th_http_req *r, const void *data, size_t len)
@@ -1305,7 +1319,10 @@ int th_http_write(th_http_req *r, const void *data, size_t len)
     conn *c = r->c;
     if (!r->held || r->aborted || c->closing) return -1;
     if (!r->started && th_http_start(r, 200, NULL, -1) != 0) return -1;
-    if (r->head_only || len == 0) return c->queued > WRITE_HIGH ? 1 : 0;
+    if (r->head_only || len == 0) {
+        if (r->head_pending && send_with_head(c, r, NULL, 0) != 0) return -1;
+        return c->queued > WRITE_HIGH ? 1 : 0;
+    }
     if (r->clen >= 0) {
         uint64_t room = (uint64_t)r->clen - r->bytes_sent;
         if (len > room) {
@@ -1329,10 +1346,10 @@ int th_http_write(th_http_req *r, const void *data, size_t len)
         hdr[hn++] = '\n';
         uv_buf_t bufs[3] = {uv_buf_init(hdr, (unsigned)hn), uv_buf_init((char *)data, (unsigned)len),
                             uv_buf_init((char *)"\r\n", 2)};
-        rc = conn_send(c, bufs, 3);
+        rc = send_with_head(c, r, bufs, 3);
     } else {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        rc = conn_send(c, &b, 1);
+        rc = send_with_head(c, r, &b, 1);
     }
     if (rc != 0) return -1;
     r->bytes_sent += len;
@@ -1361,10 +1378,13 @@ void th_http_end(th_http_req *r, bool cut)
     if (!r->head_only && r->clen >= 0 && r->bytes_sent < (uint64_t)r->clen) close = true;
     if (r->chunked && !cut && !r->head_only) {
         uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
-        if (conn_send(c, &b, 1) != 0) {
+        if (send_with_head(c, r, &b, 1) != 0) {
             release_aborted(c);
             return;
         }
+    } else if (r->head_pending && send_with_head(c, r, NULL, 0) != 0) {
+        release_aborted(c);
+        return;
     }
     exchange_done(c, close);
 }

@@ -175,9 +175,14 @@ void th_api_openai_voices(th_http_req *req, void *ud)
     json_t *voices = json_array();
     for (size_t i = 0; i < hub->cfg->n_voices; i++) {
         const th_voice_conf *v = &hub->cfg->voices[i];
+        json_t *prov = json_array();
+        for (size_t k = 0; k < v->n_providers; k++) json_array_append_new(prov, json_string(v->providers[k].key));
+        if (json_array_size(prov) == 0) {
+            json_decref(prov);
+            prov = providers_for(hub, v->id);
+        }
         json_array_append_new(voices, json_pack("{s:s,s:s,s:s,s:o}", "id", v->id, "name", v->id, "language",
-                                                v->language ? v->language : "", "providers",
-                                                providers_for(hub, v->id)));
+                                                v->language ? v->language : "", "providers", prov));
     }
     for (size_t i = 0; openai_voices[i]; i++) {
         bool listed = false;

@@ -90,6 +90,10 @@ void th_api_metrics(th_http_req *req, void *ud)
     th_buf_appendf(&b, "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
                        "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
                    (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
+    if (hub->redis)
+        th_buf_appendf(&b, "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"
+                           "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
+                       th_redis_connected(hub->redis) ? 1 : 0);
     th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
     th_buf_free(&b);
 }

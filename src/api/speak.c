@@ -465,6 +465,9 @@ static void step_limits(th_api_ctx *c)
         .key_id = c->id.method[0] == 'k' ? c->id.subject : "",
         .tconf = c->tconf,
     };
+    if (lr.key_id[0])
+        for (size_t i = 0; i < hub->cfg->auth.n_keys; i++)
+            if (strcmp(hub->cfg->auth.keys[i].id, lr.key_id) == 0) lr.key_rpm = hub->cfg->auth.keys[i].rpm;
     c->waiting = true;
     th_limit_check(hub->limiter, &lr, th_wall_ms(), limit_cb, c);
 }

@@ -744,6 +744,7 @@ static const key_def k_key[] = {
     KSTR(th_key_conf, sha256, "sha256", "", check_hex64, F_REQ | F_SECRET, 0),
     KSTR(th_key_conf, tenant, "tenant", "", NULL, 0, 0),
     KENUM(th_key_conf, role, "role", "user", e_role),
+    KINT(th_key_conf, rpm, "rpm", "0", 0, 1000000, 0),
 };
 static const section_def s_key = SECTION(k_key, .post = key_post);
 

@@ -57,6 +57,7 @@ typedef struct th_key_conf {
     char *sha256; /* lower-case hex, 64 chars */
     char *tenant;
     char *role;   /* user | admin */
+    int rpm;      /* added: sliding-window requests per minute for this key; 0 = no limit */
 } th_key_conf;
 
 typedef struct th_route_conf {

@@ -132,6 +132,18 @@ rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }
         assert h.get("/metrics").status_code == 200
 
 
+def test_key_rpm(hub_factory):
+    cfg = ("auth:\n  mode: api_key\n  keys:\n"
+           f"    - {{ id: small, sha256: \"{sha('small-key')}\", tenant: acme, role: user, rpm: 2 }}\n"
+           f"    - {{ id: big, sha256: \"{sha('big-key')}\", tenant: acme, role: user }}\n"
+           "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n")
+    h = hub_factory(cfg)
+    codes = [say(h, bearer("small-key")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429], codes
+    assert say(h, bearer("small-key")).json()["error"]["code"] == "key_rpm"
+    assert say(h, bearer("big-key")).status_code == 200   # the same tenant, another key
+
+
 def test_global_and_ip_rpm_exact(hub_factory):
     h = hub_factory("rate_limit: { global_rpm: 7, ip_rpm: 0, concurrency: 0 }\n")
     codes = [say(h).status_code for _ in range(9)]

@@ -1017,6 +1017,21 @@ int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf
     begin(c, out, err, errlen);
     if (c->state == ST_ERROR) return end(c, failf(c, "converter is in error", 0));
     if (c->state == ST_DONE) return end(c, failf(c, "push after finish", 0));
+    if (c->state == ST_SNIFF && c->sniff.len == 0 && len > 0) {
+        /* Most streams are decided by their first push: sniff the caller's bytes in place, so nothing
+         * is copied or held back (the view is put back before anything else can see it). */
+        th_buf saved = c->sniff;
+        c->sniff.data = (uint8_t *)(uintptr_t)data;
+        c->sniff.len = len;
+        int rc = resolve(c, false);
+        c->sniff = saved;
+        if (rc < 0) return end(c, -1);
+        if (rc == 1) {
+            c->state = ST_RUN;
+            if (start_input(c) != 0) return end(c, -1);
+            return end(c, feed(c, data, len));
+        }
+    }
     if (c->state == ST_SNIFF) {
         int rc = th_buf_append(&c->sniff, data, len);
         if (rc != TH_BUF_OK) {

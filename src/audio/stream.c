@@ -171,6 +171,16 @@ th_audio_stream *th_audio_stream_new(uv_loop_t *loop, const th_audio_spec *in, c
 int th_audio_stream_push(th_audio_stream *s, const uint8_t *data, size_t len)
 {
     if (s->closed || s->ended || s->finishing) return -1;
+    if (th_audio_conv_passthrough(s->conv) && s->queued.len == 0 && !s->in_flight && s->busy == 0) {
+        /* a copy: convert straight from the caller's bytes, without queueing them first */
+        th_buf_reset(&s->out);
+        s->batch_err[0] = '\0';
+        s->batch_rc = th_audio_conv_push(s->conv, data, len, &s->out, s->batch_err, sizeof s->batch_err);
+        s->batch_finish = false;
+        s->batch_cpu = 0;
+        deliver(s);
+        return 0;
+    }
     if (th_buf_append(&s->queued, data, len) != TH_BUF_OK) return -1;
     schedule(s);
     return 0;

@@ -579,6 +579,11 @@ static int decide(th_job *j, bool final, th_perr *e)
     const th_upstream_kind *k = j->p->kind;
     char ex[160];
     if (k->body_is_error != NULL && k->body_is_error(p, n)) {
+        /* an error dressed as a success (OpenVoice answers rejections with 200): the kind maps it */
+        if (k->error != NULL) {
+            k->error(j->p->base.conf, j->status, j->ctype, p, n, e);
+            if (e->kind != TH_PERR_NONE) return -1;
+        }
         th_upstream_excerpt(p, n, ex, sizeof ex);
         th_perr_set(e, TH_PERR_PROTOCOL, j->status, "HTTP %d with an error instead of audio: %s", j->status,
                     ex);

@@ -7,18 +7,13 @@
 #include "hub/cache.h"
 #include "hub/config.h"
 #include "hub/redis.h"
+#include "redis_proc.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -573,88 +568,10 @@ TH_TEST(test_disabled_still_coalesces)
 
 /* ---- Redis ---- */
 
-typedef struct redis_srv {
-    pid_t pid;
-    int port;
-} redis_srv;
-
-static int port_open(int port)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (s < 0) return 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
-    close(s);
-    return ok;
-}
-
-static int redis_start(redis_srv *s)
-{
-    if (access("/usr/bin/redis-server", X_OK) != 0) return -1;
-    for (int attempt = 0; attempt < 20; attempt++) {
-        s->port = 20000 + (int)((getpid() * 13 + attempt * 131 + time(NULL)) % 30000);
-        if (port_open(s->port)) continue;
-        char port[16];
-        snprintf(port, sizeof port, "%d", s->port);
-        fflush(NULL);
-        s->pid = fork();
-        if (s->pid < 0) return -1;
-        if (s->pid == 0) {
-            int devnull = open("/dev/null", O_WRONLY);
-            if (devnull >= 0) {
-                dup2(devnull, 1);
-                dup2(devnull, 2);
-            }
-            execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-                  "", "--appendonly", "no", (char *)NULL);
-            _exit(127);
-        }
-        for (int i = 0; i < 200; i++) {
-            if (port_open(s->port)) return 0;
-            usleep(10000);
-        }
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-    }
-    return -1;
-}
-
-static void redis_stop(redis_srv *s)
-{
-    if (s->pid <= 0) return;
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-}
-
-static void run_until(uv_loop_t *loop, const int *flag, uint64_t ms)
-{
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, on_tick, 5, 5);
-    uint64_t end = uv_now(loop) + ms;
-    while ((flag == NULL || !*flag) && uv_now(loop) < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-}
-
-static th_redis *redis_connect(uv_loop_t *loop, int port)
-{
-    char url[64], err[128];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
-    th_redis *r = th_redis_new(loop, url, 500, NULL, err, sizeof err);
-    if (r == NULL) return NULL;
-    for (int i = 0; i < 400 && !th_redis_connected(r); i++)
-        run_until(loop, NULL, 5);
-    return r;
-}
-
 TH_TEST(test_redis_backend)
 {
-    redis_srv srv = {0};
-    if (redis_start(&srv) != 0) {
+    rp_server srv = {0};
+    if (rp_start(&srv) != 0) {
         fprintf(stderr, "    (no redis-server: skipped)\n");
         return;
     }
@@ -663,7 +580,7 @@ TH_TEST(test_redis_backend)
     th_config *cfg =
         cfg_of("cache: { backend: redis, max_bytes: 1MiB, ttl: 10m }\nredis: { prefix: \"ct:\" }\n");
     TH_REQUIRE(cfg != NULL);
-    th_redis *r1 = redis_connect(&loop, srv.port), *r2 = redis_connect(&loop, srv.port);
+    th_redis *r1 = rp_connect(&loop, srv.port), *r2 = rp_connect(&loop, srv.port);
     TH_REQUIRE(r1 && r2 && th_redis_connected(r1) && th_redis_connected(r2));
     th_cache *c1 = th_cache_new(&loop, cfg, r1, NULL),
              *c2 = th_cache_new(&loop, cfg, r2, NULL); /* two hubs */
@@ -676,8 +593,8 @@ TH_TEST(test_redis_backend)
     get(c1, key, &r[0], NULL); /* asks Redis: answered later */
     TH_CHECK_INT(r[0].get_calls, 0);
     get(c1, key, &r[1], NULL);
-    run_until(&loop, &r[1].get_calls, 2000);
-    run_until(&loop, &r[0].get_calls, 2000);
+    hl_run_until_set(&loop, &r[1].get_calls, 2000);
+    hl_run_until_set(&loop, &r[0].get_calls, 2000);
     TH_CHECK_INT(r[0].res.outcome, TH_CACHE_LEAD);
     TH_CHECK_INT(r[1].res.outcome, TH_CACHE_JOINED); /* the second answer joins the first leader */
     uint8_t audio[5000];
@@ -685,12 +602,12 @@ TH_TEST(test_redis_backend)
         audio[i] = (uint8_t)(i * 31);
     th_cache_flight_data(r[0].res.flight, audio, sizeof audio);
     th_cache_flight_done(r[0].res.flight, "audio/flac", "engine-a");
-    run_until(&loop, &r[1].done, 2000);
+    hl_run_until_set(&loop, &r[1].done, 2000);
     TH_CHECK(r[1].len == sizeof audio && memcmp(r[1].data, audio, sizeof audio) == 0);
-    run_until(&loop, NULL, 100); /* the SET is fire-and-forget */
+    hl_run_until_set(&loop, NULL, 100); /* the SET is fire-and-forget */
 
     get(c2, key, &r[2], NULL); /* the other hub: from Redis */
-    run_until(&loop, &r[2].get_calls, 2000);
+    hl_run_until_set(&loop, &r[2].get_calls, 2000);
     TH_CHECK_INT(r[2].res.outcome, TH_CACHE_HIT);
     TH_CHECK(r[2].hit_len == sizeof audio && memcmp(r[2].hit, audio, sizeof audio) == 0);
     TH_CHECK_STR(r[2].hit_ct, "audio/flac");
@@ -700,12 +617,12 @@ TH_TEST(test_redis_backend)
     TH_CHECK_INT(r[3].res.outcome, TH_CACHE_HIT);
 
     /* Redis down: a miss, never a failure */
-    redis_stop(&srv);
-    run_until(&loop, NULL, 300);
+    rp_kill(&srv);
+    hl_run_until_set(&loop, NULL, 300);
     char key2[TH_CACHE_KEY_LEN + 1];
     key_of("while down", key2);
     get(c2, key2, &r[4], NULL);
-    run_until(&loop, &r[4].get_calls, 2000);
+    hl_run_until_set(&loop, &r[4].get_calls, 2000);
     TH_CHECK_INT(r[4].get_calls, 1);
     TH_CHECK_INT(r[4].res.outcome, TH_CACHE_LEAD);
     th_cache_flight_data(r[4].res.flight, audio, 10);

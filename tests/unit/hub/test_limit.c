@@ -11,22 +11,14 @@
 #include "hub/config.h"
 #include "hub/limit.h"
 #include "hub/redis.h"
+#include "redis_proc.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -381,104 +373,11 @@ TH_TEST(test_free_with_slots_held)
 
 /* ---- Redis backend -------------------------------------------------------------------------------- */
 
-typedef struct srv {
-    pid_t pid;
-    int port;
-} srv;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-static int srv_start(srv *s)
-{
-    if (s->port == 0) s->port = free_port();
-    if (s->port <= 0) return -1;
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int dn = open("/dev/null", O_RDWR);
-        if (dn >= 0) {
-            dup2(dn, 1);
-            dup2(dn, 2);
-        }
-        execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--enable-debug-command", "yes", (char *)NULL);
-        _exit(127);
-    }
-    s->pid = pid;
-    uint64_t deadline = th_mono_ms() + 5000;
-    while (th_mono_ms() < deadline) {
-        if (waitpid(pid, NULL, WNOHANG) == pid) {
-            s->pid = 0;
-            return -1;
-        }
-        struct timeval tv = {0, 200000};
-        redisContext *rc = redisConnectWithTimeout("127.0.0.1", s->port, tv);
-        if (rc != NULL && rc->err == 0) {
-            redisReply *r = redisCommand(rc, "PING");
-            bool up = r != NULL && r->type == REDIS_REPLY_STATUS;
-            if (r) freeReplyObject(r);
-            redisFree(rc);
-            if (up) return 0;
-        } else if (rc != NULL) {
-            redisFree(rc);
-        }
-        sleep_ms(20);
-    }
-    return -1;
-}
-
-static void srv_kill(srv *s)
-{
-    if (s->pid <= 0) return;
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static bool run_until(uv_loop_t *loop, const int *flag, int want, uint64_t timeout_ms)
-{
-    uv_timer_t tick;
-    uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
-    uint64_t deadline = th_mono_ms() + timeout_ms;
-    while (*flag < want && th_mono_ms() < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return *flag >= want;
-}
-
 static bool wait_connected(uv_loop_t *loop, th_redis *r, bool want, uint64_t timeout_ms)
 {
     uv_timer_t tick;
     uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
+    uv_timer_start(&tick, hl_on_tick, 5, 5);
     uint64_t deadline = th_mono_ms() + timeout_ms;
     while (th_redis_connected(r) != want && th_mono_ms() < deadline)
         uv_run(loop, UV_RUN_ONCE);
@@ -499,7 +398,7 @@ static void sync_conn(uv_loop_t *loop, th_redis *r)
     const char *argv[1] = {"PING"};
     size_t lens[1] = {4};
     th_redis_cmd(r, on_pong, &n, 1, argv, lens);
-    run_until(loop, &n, 1, 2000);
+    hl_run_until(loop, &n, 1, 2000);
 }
 
 /* A check through the loop: waits for the callback. */
@@ -507,7 +406,7 @@ static th_limit_result rcheck(uv_loop_t *loop, th_limiter *l, const th_limit_req
 {
     got g = {0};
     th_limit_check(l, req, now, on_result, &g);
-    if (!run_until(loop, &g.n, 1, 3000)) {
+    if (!hl_run_until(loop, &g.n, 1, 3000)) {
         fprintf(stderr, "    no answer from the limiter\n");
         abort();
     }
@@ -517,7 +416,7 @@ static th_limit_result rcheck(uv_loop_t *loop, th_limiter *l, const th_limit_req
 /* Two "hubs": two Redis connections and two limiters with the same config. */
 typedef struct hubs {
     uv_loop_t loop;
-    srv s;
+    rp_server s;
     th_config *cfg;
     th_redis *r[2];
     th_limiter *l[2];
@@ -526,7 +425,8 @@ typedef struct hubs {
 static int hubs_start(hubs *h, const char *rate_limit_yaml, uint64_t redis_timeout_ms)
 {
     memset(h, 0, sizeof *h);
-    if (srv_start(&h->s) != 0) return -1;
+    h->s.debug_command = true;
+    if (rp_start(&h->s) != 0) return -1;
     uv_loop_init(&h->loop);
     char yaml[512];
     snprintf(yaml, sizeof yaml,
@@ -555,7 +455,7 @@ static void hubs_stop(hubs *h)
     }
     uv_run(&h->loop, UV_RUN_DEFAULT);
     uv_loop_close(&h->loop);
-    srv_kill(&h->s);
+    rp_kill(&h->s);
     th_config_unref(h->cfg);
 }
 
@@ -671,7 +571,7 @@ TH_TEST(test_redis_fail_open_closed_and_recovery)
     TH_CHECK(r.allowed && !r.degraded);
     th_limit_release(h.l[0], r.slot);
 
-    srv_kill(&h.s);
+    rp_kill(&h.s);
     TH_CHECK(wait_connected(&h.loop, h.r[0], false, 3000));
     TH_CHECK(wait_connected(&h.loop, h.r[1], false, 3000));
     /* open: allowed, degraded, and the hub's own local limits still apply (5 per minute) */
@@ -697,7 +597,7 @@ TH_TEST(test_redis_fail_open_closed_and_recovery)
     TH_CHECK(r.slot == NULL);
 
     /* the server comes back on the same port: both hubs reconnect by themselves */
-    TH_REQUIRE(srv_start(&h.s) == 0);
+    TH_REQUIRE(rp_start(&h.s) == 0);
     TH_CHECK(wait_connected(&h.loop, h.r[0], true, 8000));
     TH_CHECK(wait_connected(&h.loop, h.r[1], true, 8000));
     r = rcheck(&h.loop, h.l[1], &req, now + 2);
@@ -724,7 +624,7 @@ TH_TEST(test_redis_timeout_is_a_backend_error)
     int done = 0;
     while (!done)
         if (redisBufferWrite(busy, &done) != REDIS_OK) break;
-    sleep_ms(20);
+    rp_sleep_ms(20);
     th_limit_req req = {.ip = "10.0.0.1", .tenant = "", .key_id = ""};
     /* degraded below shows the timeout path answered, not the late reply */
     th_limit_result r = rcheck(&h.loop, h.l[0], &req, th_wall_ms());

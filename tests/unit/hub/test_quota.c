@@ -6,6 +6,7 @@
 #include "hub/config.h"
 #include "hub/quota.h"
 #include "hub/redis.h"
+#include "redis_proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,9 +20,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
 #include <uv.h>
 
 /* 2026-03-10 15:00:00 UTC */
@@ -580,97 +578,13 @@ TH_TEST(test_rollover_midnight)
 
 /* ---- Redis ---- */
 
-typedef struct redis_srv {
-    pid_t pid;
-    int port;
-} redis_srv;
-
-static int port_open(int port)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (s < 0) return 0;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
-    close(s);
-    return ok;
-}
-
-static int redis_start(redis_srv *s)
-{
-    if (access("/usr/bin/redis-server", X_OK) != 0) return -1;
-    for (int attempt = 0; attempt < 20; attempt++) {
-        s->port = 20000 + (int)((getpid() * 7 + attempt * 131 + time(NULL)) % 30000);
-        if (port_open(s->port)) continue;
-        char port[16];
-        snprintf(port, sizeof port, "%d", s->port);
-        fflush(NULL);
-        s->pid = fork();
-        if (s->pid < 0) return -1;
-        if (s->pid == 0) {
-            int devnull = open("/dev/null", O_WRONLY);
-            if (devnull >= 0) {
-                dup2(devnull, 1);
-                dup2(devnull, 2);
-            }
-            execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-                  "", "--appendonly", "no", (char *)NULL);
-            _exit(127);
-        }
-        for (int i = 0; i < 200; i++) {
-            if (port_open(s->port)) return 0;
-            usleep(10000);
-        }
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-    }
-    return -1;
-}
-
-static void redis_stop(redis_srv *s)
-{
-    if (s->pid <= 0) return;
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Runs the loop until *flag or ms pass. */
-static void run_until(uv_loop_t *loop, const int *flag, uint64_t ms)
-{
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, on_tick, 5, 5);
-    uint64_t end = uv_now(loop) + ms;
-    while ((flag == NULL || !*flag) && uv_now(loop) < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-}
-
-static th_redis *redis_connect(uv_loop_t *loop, int port)
-{
-    char url[64], err[128];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", port);
-    th_redis *r = th_redis_new(loop, url, 500, NULL, err, sizeof err);
-    if (r == NULL) return NULL;
-    for (int i = 0; i < 400 && !th_redis_connected(r); i++)
-        run_until(loop, NULL, 5);
-    return r;
-}
-
 /* Reserves and waits for the answer. */
 static th_quota_result reserve_wait(uv_loop_t *loop, th_quota *q, const char *t, const th_tenant_conf *tc,
                                     uint64_t n, uint64_t now)
 {
     got g = {0};
     th_quota_reserve(q, t, tc, n, now, on_res, &g);
-    run_until(loop, &g.calls, 3000);
+    hl_run_until_set(loop, &g.calls, 3000);
     return g.r;
 }
 
@@ -693,8 +607,8 @@ static void on_usage(void *ud, const th_usage_row *rows, size_t n, bool ok)
 
 TH_TEST(test_redis_shared)
 {
-    redis_srv srv = {0};
-    if (redis_start(&srv) != 0) {
+    rp_server srv = {0};
+    if (rp_start(&srv) != 0) {
         fprintf(stderr, "    (no redis-server: skipped)\n");
         return;
     }
@@ -706,7 +620,7 @@ TH_TEST(test_redis_shared)
     TH_REQUIRE(cfg != NULL);
     const th_tenant_conf *tc = th_config_tenant(cfg, "acme");
     TH_REQUIRE(tc != NULL);
-    th_redis *r1 = redis_connect(&loop, srv.port), *r2 = redis_connect(&loop, srv.port);
+    th_redis *r1 = rp_connect(&loop, srv.port), *r2 = rp_connect(&loop, srv.port);
     TH_REQUIRE(r1 && r2 && th_redis_connected(r1) && th_redis_connected(r2));
     th_quota *q1 = open_q(&loop, cfg, r1), *q2 = open_q(&loop, cfg, r2); /* two hubs */
     TH_REQUIRE(q1 && q2);
@@ -720,15 +634,15 @@ TH_TEST(test_redis_shared)
     TH_CHECK_INT(b.used, 60);
     TH_CHECK_INT(b.retry_after_s, 9 * 3600);
     th_quota_refund(q1, a.resv);
-    run_until(&loop, NULL, 100); /* refunds and commits are fire-and-forget */
+    hl_run_until_set(&loop, NULL, 100); /* refunds and commits are fire-and-forget */
     th_quota_result c = reserve_wait(&loop, q2, "acme", tc, 50, T0);
     TH_CHECK(c.allowed && c.resv != NULL);
     th_quota_commit(q2, c.resv);
-    run_until(&loop, NULL, 100);
+    hl_run_until_set(&loop, NULL, 100);
     th_quota_result d = reserve_wait(&loop, q1, "acme", tc, 50, T0);
     TH_CHECK(d.allowed);
     th_quota_commit(q1, d.resv);
-    run_until(&loop, NULL, 100);
+    hl_run_until_set(&loop, NULL, 100);
     th_quota_result e = reserve_wait(&loop, q1, "acme", tc, 1, T0);
     TH_CHECK(!e.allowed);
     TH_CHECK_STR(e.window, "day");
@@ -743,7 +657,7 @@ TH_TEST(test_redis_shared)
         th_quota_reserve(i % 2 ? q1 : q2, "acme", tc, 10, T0 + DAYMS, on_res, &g[i]);
     int done = 0;
     for (int spins = 0; spins < 600 && done < 10; spins++) {
-        run_until(&loop, NULL, 5);
+        hl_run_until_set(&loop, NULL, 5);
         done = 0;
         for (int i = 0; i < 10; i++)
             done += g[i].calls;
@@ -757,16 +671,16 @@ TH_TEST(test_redis_shared)
         }
     }
     TH_CHECK_INT(allowed, 5);
-    run_until(&loop, NULL, 100); /* commits are fire-and-forget */
+    hl_run_until_set(&loop, NULL, 100); /* commits are fire-and-forget */
     usage_got u = {0};
     th_quota_usage_fetch(q1, "month", "acme", T0 + DAYMS, on_usage, &u);
-    run_until(&loop, &u.calls, 3000);
+    hl_run_until_set(&loop, &u.calls, 3000);
     TH_CHECK(u.ok && u.n == 1);
     TH_CHECK_INT(u.rows[0].chars, 150);
     TH_CHECK_INT(u.rows[0].requests, 7);
     usage_got all = {0};
     th_quota_usage_fetch(q2, "day", NULL, T0 + DAYMS, on_usage, &all);
-    run_until(&loop, &all.calls, 3000);
+    hl_run_until_set(&loop, &all.calls, 3000);
     TH_CHECK(all.ok && all.n == 1); /* beta has no usage */
     TH_CHECK_STR(all.rows[0].tenant, "acme");
     TH_CHECK_INT(all.rows[0].chars, 50);
@@ -776,15 +690,15 @@ TH_TEST(test_redis_shared)
     th_redis_free(r1);
     th_redis_free(r2);
     uv_run(&loop, UV_RUN_DEFAULT);
-    redis_stop(&srv);
+    rp_kill(&srv);
     th_config_unref(cfg);
     TH_CHECK(uv_loop_close(&loop) == 0);
 }
 
 TH_TEST(test_redis_down)
 {
-    redis_srv srv = {0};
-    if (redis_start(&srv) != 0) {
+    rp_server srv = {0};
+    if (rp_start(&srv) != 0) {
         fprintf(stderr, "    (no redis-server: skipped)\n");
         return;
     }
@@ -796,17 +710,17 @@ TH_TEST(test_redis_down)
         cfg_for("/tmp", "redis: { prefix: \"qd:\" }\nrate_limit: { on_backend_error: closed }\n");
     TH_REQUIRE(open_cfg && closed_cfg);
     th_tenant_conf tc = {.name = "acme", .chars_per_day = 100};
-    th_redis *r = redis_connect(&loop, srv.port);
+    th_redis *r = rp_connect(&loop, srv.port);
     TH_REQUIRE(r && th_redis_connected(r));
     th_quota *qo = open_q(&loop, open_cfg, r), *qc = open_q(&loop, closed_cfg, r);
     TH_REQUIRE(qo && qc);
     th_quota_result a = reserve_wait(&loop, qc, "acme", &tc, 10, T0);
     TH_CHECK(a.allowed && !a.degraded);
     th_quota_commit(qc, a.resv);
-    run_until(&loop, NULL, 50);
+    hl_run_until_set(&loop, NULL, 50);
 
-    redis_stop(&srv); /* Redis goes away */
-    run_until(&loop, NULL, 300);
+    rp_kill(&srv); /* Redis goes away */
+    hl_run_until_set(&loop, NULL, 300);
     th_quota_result o = reserve_wait(&loop, qo, "acme", &tc, 10, T0);
     TH_CHECK(o.allowed && o.degraded && o.resv == NULL);
     th_quota_result c = reserve_wait(&loop, qc, "acme", &tc, 10, T0);
@@ -815,7 +729,7 @@ TH_TEST(test_redis_down)
     TH_CHECK_INT(c.retry_after_s, 1);
     usage_got u = {0};
     th_quota_usage_fetch(qo, "day", "acme", T0, on_usage, &u);
-    run_until(&loop, &u.calls, 3000);
+    hl_run_until_set(&loop, &u.calls, 3000);
     TH_CHECK_INT(u.calls, 1);
     TH_CHECK(!u.ok);
 

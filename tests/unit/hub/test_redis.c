@@ -7,133 +7,19 @@
 
 #include "core/clock.h"
 #include "hub/redis.h"
+#include "redis_proc.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
-/* ---- a redis-server child ------------------------------------------------------------------------- */
-
-typedef struct srv {
-    pid_t pid;
-    int port;
-    const char *pass; /* requirepass, or NULL */
-} srv;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Starts redis-server on s->port (a free one when 0) and waits until it answers PING. */
-static int srv_start(srv *s)
-{
-    if (s->port == 0) s->port = free_port();
-    if (s->port <= 0) return -1;
-    char port[16];
-    snprintf(port, sizeof port, "%d", s->port);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        int dn = open("/dev/null", O_RDWR);
-        if (dn >= 0) {
-            dup2(dn, 1);
-            dup2(dn, 2);
-        }
-        const char *argv[16] = {"redis-server", "--port", port,           "--bind", "127.0.0.1",
-                                "--save",       "",       "--appendonly", "no",     "--enable-debug-command",
-                                "yes"};
-        int n = 11;
-        if (s->pass) {
-            argv[n++] = "--requirepass";
-            argv[n++] = s->pass;
-        }
-        argv[n] = NULL;
-        execv("/usr/bin/redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    uint64_t deadline = th_mono_ms() + 5000;
-    while (th_mono_ms() < deadline) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            s->pid = 0;
-            return -1;
-        }
-        struct timeval tv = {0, 200000};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
-        if (c != NULL && c->err == 0) {
-            redisReply *r = redisCommand(c, "PING");
-            bool up = r != NULL; /* PONG, or NOAUTH with requirepass: either way it answers */
-            if (r) freeReplyObject(r);
-            redisFree(c);
-            if (up) return 0;
-        } else if (c != NULL) {
-            redisFree(c);
-        }
-        sleep_ms(20);
-    }
-    return -1;
-}
-
-static void srv_kill(srv *s)
-{
-    if (s->pid <= 0) return;
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-}
-
 /* ---- loop helpers --------------------------------------------------------------------------------- */
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Runs the loop until *flag (a counter) reaches want, or timeout_ms passes. */
-static bool run_until(uv_loop_t *loop, const int *flag, int want, uint64_t timeout_ms)
-{
-    uv_timer_t tick;
-    uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 5, 5);
-    uint64_t deadline = th_mono_ms() + timeout_ms;
-    while (*flag < want && th_mono_ms() < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return *flag >= want;
-}
 
 typedef struct wait_conn {
     th_redis *r;
@@ -226,7 +112,7 @@ static int cmd(th_redis *r, answer *a, const char *c0, const char *c1, const cha
     return th_redis_cmd(r, on_answer, a, argc, argv, lens);
 }
 
-static char *url_for(const srv *s, const char *auth, int db, char *buf, size_t n)
+static char *url_for(const rp_server *s, const char *auth, int db, char *buf, size_t n)
 {
     snprintf(buf, n, "redis://%s127.0.0.1:%d/%d", auth ? auth : "", s->port, db);
     return buf;
@@ -254,7 +140,7 @@ TH_TEST(test_url_errors)
         }
     }
     /* A good URL with nothing listening: commands answer DOWN before th_redis_cmd returns. */
-    int port = free_port();
+    int port = rp_free_port();
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
     char err[128] = "";
@@ -266,7 +152,7 @@ TH_TEST(test_url_errors)
     TH_CHECK_INT(a.n, 1);
     TH_CHECK_INT(a.st, TH_REDIS_DOWN);
     int dummy = 0;
-    run_until(&loop, &dummy, 1, 150);
+    hl_run_until(&loop, &dummy, 1, 150);
     TH_CHECK(strncmp(th_redis_state(r), "down: ", 6) == 0);
     if (strncmp(th_redis_state(r), "down: ", 6) != 0) fprintf(stderr, "    state: %s\n", th_redis_state(r));
     TH_CHECK_INT(finish_loop(&loop, r), 0);
@@ -274,8 +160,8 @@ TH_TEST(test_url_errors)
 
 TH_TEST(test_auth_select_and_replies)
 {
-    srv s = {.pass = "s3cret"};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true, .pass = "s3cret"};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
@@ -288,7 +174,7 @@ TH_TEST(test_auth_select_and_replies)
     /* SELECT 2 happened */
     answer a = {0};
     cmd(r, &a, "CLIENT", "INFO", NULL);
-    TH_CHECK(run_until(&loop, &a.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &a.n, 1, 2000));
     TH_CHECK_INT(a.st, TH_REDIS_OK);
     TH_CHECK(strstr(a.str, " db=2 ") != NULL);
 
@@ -299,7 +185,7 @@ TH_TEST(test_auth_select_and_replies)
     answer s1 = {0}, g1 = {0};
     TH_CHECK_INT(th_redis_cmd(r, on_answer, &s1, 3, argv, lens), 0);
     cmd(r, &g1, "GET", "k", NULL);
-    TH_CHECK(run_until(&loop, &g1.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &g1.n, 1, 2000));
     TH_CHECK_INT(s1.n, 1);
     TH_CHECK_INT(s1.type, REDIS_REPLY_STATUS);
     TH_CHECK_STR(s1.str, "OK");
@@ -315,7 +201,7 @@ TH_TEST(test_auth_select_and_replies)
     const char *eargv[4] = {"EVAL", "return {7, {8, 9}, 'x'}", "0"};
     size_t elens[3] = {4, strlen(eargv[1]), 1};
     th_redis_cmd(r, on_answer, &arr, 3, eargv, elens);
-    TH_CHECK(run_until(&loop, &arr.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &arr.n, 1, 2000));
     TH_CHECK_INT(in.type, REDIS_REPLY_INTEGER);
     TH_CHECK_INT(in.integer, 1);
     TH_CHECK_INT(nil.st, TH_REDIS_OK);
@@ -332,20 +218,20 @@ TH_TEST(test_auth_select_and_replies)
     TH_CHECK_STR(arr.sub_str[2], "x");
 
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST(test_wrong_password)
 {
-    srv s = {.pass = "right"};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true, .pass = "right"};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
     th_redis *r = th_redis_new(&loop, url_for(&s, ":wrong@", 0, url, sizeof url), 500, NULL, err, sizeof err);
     TH_REQUIRE(r != NULL);
     int dummy = 0;
-    run_until(&loop, &dummy, 1, 400);
+    hl_run_until(&loop, &dummy, 1, 400);
     TH_CHECK(!th_redis_connected(r));
     TH_CHECK(strstr(th_redis_state(r), "handshake failed") != NULL ||
              strcmp(th_redis_state(r), "connecting") == 0);
@@ -356,13 +242,13 @@ TH_TEST(test_wrong_password)
     TH_CHECK_INT(a.n, 1);
     TH_CHECK_INT(a.st, TH_REDIS_DOWN);
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST(test_eval_noscript_fallback)
 {
-    srv s = {0};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
@@ -378,7 +264,7 @@ TH_TEST(test_eval_noscript_fallback)
     TH_CHECK_INT(th_redis_eval(r, on_answer, &e1, script, 1, 3, argv, lens), 0);
     cmd(r, &flush, "SCRIPT", "FLUSH", NULL);
     TH_CHECK_INT(th_redis_eval(r, on_answer, &e2, script, 1, 3, argv, lens), 0);
-    TH_CHECK(run_until(&loop, &e2.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &e2.n, 1, 2000));
     TH_CHECK_INT(e1.n, 1);
     TH_CHECK_INT(e1.st, TH_REDIS_OK);
     TH_CHECK_INT(e1.elements, 3);
@@ -390,7 +276,7 @@ TH_TEST(test_eval_noscript_fallback)
     TH_CHECK_INT(e2.sub_int[2], 42);
     th_redis_eval(r, on_answer, &e3, script, 1, 3, argv, lens);
     cmd(r, &stats, "INFO", "commandstats", NULL);
-    TH_CHECK(run_until(&loop, &stats.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &stats.n, 1, 2000));
     TH_CHECK_INT(e3.st, TH_REDIS_OK);
     TH_CHECK_INT(e3.sub_int[2], 42);
     /* EVAL twice (first use, fallback); EVALSHA twice (NOSCRIPT, then served) */
@@ -398,13 +284,13 @@ TH_TEST(test_eval_noscript_fallback)
     TH_CHECK(strstr(stats.str, "cmdstat_evalsha:calls=") != NULL);
     if (strstr(stats.str, "cmdstat_eval:calls=2,") == NULL) fprintf(stderr, "%s\n", stats.str);
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST(test_command_timeout_drops_late_reply)
 {
-    srv s = {0};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
@@ -414,27 +300,28 @@ TH_TEST(test_command_timeout_drops_late_reply)
     answer slow = {0};
     uint64_t t0 = th_mono_ms();
     cmd(r, &slow, "DEBUG", "SLEEP", "0.5");
-    TH_CHECK(run_until(&loop, &slow.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &slow.n, 1, 2000));
     TH_CHECK_INT(slow.st, TH_REDIS_TIMEOUT);
-    TH_CHECK(slow.at_ms - t0 >= 90); /* never before the timeout; TIMEOUT above shows it did not wait for the reply */
+    TH_CHECK(slow.at_ms - t0 >=
+             90); /* never before the timeout; TIMEOUT above shows it did not wait for the reply */
     /* the connection stays; once the server is awake, commands work and the late reply was dropped */
     int dummy = 0;
-    run_until(&loop, &dummy, 1, 600);
+    hl_run_until(&loop, &dummy, 1, 600);
     answer ping = {0};
     cmd(r, &ping, "PING", NULL, NULL);
-    TH_CHECK(run_until(&loop, &ping.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &ping.n, 1, 2000));
     TH_CHECK_INT(ping.st, TH_REDIS_OK);
     TH_CHECK_STR(ping.str, "PONG");
     TH_CHECK_INT(slow.n, 1);
     TH_CHECK(th_redis_connected(r));
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST(test_down_then_reconnects)
 {
-    srv s = {0};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
@@ -445,9 +332,9 @@ TH_TEST(test_down_then_reconnects)
     answer slow = {0};
     cmd(r, &slow, "DEBUG", "SLEEP", "5");
     int dummy = 0;
-    run_until(&loop, &dummy, 1, 50);
-    srv_kill(&s);
-    TH_CHECK(run_until(&loop, &slow.n, 1, 2000));
+    hl_run_until(&loop, &dummy, 1, 50);
+    rp_kill(&s);
+    TH_CHECK(hl_run_until(&loop, &slow.n, 1, 2000));
     TH_CHECK_INT(slow.st, TH_REDIS_DOWN);
     TH_CHECK(wait_connected(&loop, r, false, 2000));
     TH_CHECK(strncmp(th_redis_state(r), "down: ", 6) == 0);
@@ -457,21 +344,21 @@ TH_TEST(test_down_then_reconnects)
     TH_CHECK_INT(a.n, 1);
     TH_CHECK_INT(a.st, TH_REDIS_DOWN);
     /* a few failed attempts, then the server is back on the same port */
-    run_until(&loop, &dummy, 1, 400);
-    TH_REQUIRE(srv_start(&s) == 0);
+    hl_run_until(&loop, &dummy, 1, 400);
+    TH_REQUIRE(rp_start(&s) == 0);
     TH_CHECK(wait_connected(&loop, r, true, 8000));
     answer b = {0};
     cmd(r, &b, "PING", NULL, NULL);
-    TH_CHECK(run_until(&loop, &b.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &b.n, 1, 2000));
     TH_CHECK_INT(b.st, TH_REDIS_OK);
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST(test_silent_server_is_dropped)
 {
-    srv s = {0};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
     uv_loop_t loop;
     uv_loop_init(&loop);
     char url[96], err[128];
@@ -485,7 +372,7 @@ TH_TEST(test_silent_server_is_dropped)
     while (th_redis_connected(r) && th_mono_ms() < deadline) {
         answer a = {0};
         cmd(r, &a, "PING", NULL, NULL);
-        run_until(&loop, &a.n, 1, 1000);
+        hl_run_until(&loop, &a.n, 1, 1000);
         if (a.st == TH_REDIS_TIMEOUT) timeouts++;
     }
     TH_CHECK(!th_redis_connected(r));
@@ -499,10 +386,10 @@ TH_TEST(test_silent_server_is_dropped)
     TH_CHECK(wait_connected(&loop, r, true, 8000));
     answer b = {0};
     cmd(r, &b, "PING", NULL, NULL);
-    TH_CHECK(run_until(&loop, &b.n, 1, 2000));
+    TH_CHECK(hl_run_until(&loop, &b.n, 1, 2000));
     TH_CHECK_INT(b.st, TH_REDIS_OK);
     TH_CHECK_INT(finish_loop(&loop, r), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 typedef struct free_in_cb {
@@ -521,8 +408,8 @@ static void on_free_in_cb(void *ud, th_redis_status st, const th_redis_reply *re
 
 TH_TEST(test_free_with_commands_in_flight)
 {
-    srv s = {0};
-    TH_REQUIRE(srv_start(&s) == 0);
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
     char url[96], err[128];
     url_for(&s, NULL, 0, url, sizeof url);
 
@@ -559,7 +446,7 @@ TH_TEST(test_free_with_commands_in_flight)
     TH_CHECK_INT(c.n, 1);
     TH_CHECK_INT(c.st, TH_REDIS_DOWN);
     TH_CHECK_INT(uv_loop_close(&loop), 0);
-    srv_kill(&s);
+    rp_kill(&s);
 }
 
 TH_TEST_MAIN()

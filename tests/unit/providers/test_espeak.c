@@ -7,6 +7,7 @@
 
 #include "core/clock.h"
 #include "core/str.h"
+#include "loop_until.h"
 #include "providers/espeak.h"
 #include "th_test.h"
 
@@ -88,31 +89,6 @@ static th_sink sink_of(col *c)
     return (th_sink){c_format, c_chunk, c_done, c_error, c};
 }
 
-static void tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Runs the loop until done() or WAIT_MS (a repeating timer makes UV_RUN_ONCE return). */
-static bool run_until(uv_loop_t *loop, bool (*done)(void *), void *arg, uint64_t max_ms)
-{
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, tick_cb, 10, 10);
-    uint64_t end = th_mono_ms() + max_ms;
-    bool ok = false;
-    while (th_mono_ms() < end) {
-        if (done != NULL && done(arg)) {
-            ok = true;
-            break;
-        }
-        uv_run(loop, UV_RUN_ONCE);
-    }
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return ok;
-}
-
 static bool col_ended(void *arg)
 {
     col *c = arg;
@@ -182,7 +158,7 @@ static bool synth(env *e, col *c, const char *text, const char *voice, double sp
     th_sink s = sink_of(c);
     c->job = th_provider_start(e->p, &r, &s);
     if (c->job == NULL) return false;
-    return run_until(&e->loop, col_ended, c, WAIT_MS);
+    return lu_run_until(&e->loop, col_ended, c, WAIT_MS);
 }
 
 static const char *LONG_TEXT =
@@ -460,10 +436,10 @@ TH_TEST(cancel_mid_synthesis)
     /* wait for the cancel, then 300 ms more: nothing may arrive */
     uint64_t end = th_mono_ms() + WAIT_MS;
     while (!c.cancelled && th_mono_ms() < end)
-        run_until(&e.loop, NULL, NULL, 20);
+        lu_run_until(&e.loop, NULL, NULL, 20);
     TH_REQUIRE(c.cancelled);
     int chunks = c.chunks;
-    run_until(&e.loop, NULL, NULL, 300);
+    lu_run_until(&e.loop, NULL, NULL, 300);
     TH_CHECK_INT(c.after_cancel, 0);
     TH_CHECK_INT(c.chunks, chunks);
     TH_CHECK(c.dones == 0 && c.errors == 0);
@@ -478,7 +454,7 @@ TH_TEST(cancel_mid_synthesis)
     TH_REQUIRE(d.job != NULL);
     th_provider_cancel(e.p, d.job);
     d.cancelled = true;
-    run_until(&e.loop, NULL, NULL, 200);
+    lu_run_until(&e.loop, NULL, NULL, 200);
     TH_CHECK_INT(d.after_cancel, 0);
     col_free(&d);
 
@@ -509,13 +485,13 @@ TH_TEST(pause_then_resume)
     TH_REQUIRE(c.job != NULL);
     uint64_t end = th_mono_ms() + WAIT_MS;
     while (c.chunks == 0 && th_mono_ms() < end)
-        run_until(&e.loop, NULL, NULL, 20);
+        lu_run_until(&e.loop, NULL, NULL, 20);
     TH_REQUIRE(c.chunks == 1);
-    run_until(&e.loop, NULL, NULL, 300);
+    lu_run_until(&e.loop, NULL, NULL, 300);
     TH_CHECK_INT(c.chunks, 1); /* paused: nothing more until resume */
     TH_CHECK(c.dones == 0);
     th_provider_resume(e.p, c.job);
-    TH_CHECK(run_until(&e.loop, col_ended, &c, WAIT_MS));
+    TH_CHECK(lu_run_until(&e.loop, col_ended, &c, WAIT_MS));
     TH_CHECK_INT(c.dones, 1);
     /* nothing lost, nothing doubled. espeak-ng's output length varies by a few hundred samples from
      * one call to the next for the same text (measured), so compare within 5%. */
@@ -542,7 +518,7 @@ TH_TEST(concurrent_jobs_round_robin)
     b.job = th_provider_start(e.p, &rb, &sb);
     TH_REQUIRE(a.job && b.job);
     col *both[2] = {&a, &b};
-    TH_CHECK(run_until(&e.loop, two_ended, both, WAIT_MS));
+    TH_CHECK(lu_run_until(&e.loop, two_ended, both, WAIT_MS));
     TH_CHECK(a.dones == 1 && b.dones == 1);
     TH_CHECK(!a.bad_order && !b.bad_order);
     TH_CHECK(b.order < a.order); /* the short job does not wait for the long one */
@@ -577,7 +553,7 @@ TH_TEST(undelivered_pcm_is_capped)
     uv_run(&e.loop, UV_RUN_NOWAIT); /* one wake-up delivers everything that was queued */
     size_t first = c.len;
     TH_CHECK(first <= TH_ESPEAK_MAX_PENDING + 512 * 1024); /* cap + at most one sentence */
-    TH_CHECK(run_until(&e.loop, col_ended, &c, WAIT_MS));
+    TH_CHECK(lu_run_until(&e.loop, col_ended, &c, WAIT_MS));
     TH_CHECK_INT(c.dones, 1);
     TH_CHECK(c.len > 2 * (size_t)TH_ESPEAK_MAX_PENDING);
     col_free(&c);
@@ -621,7 +597,7 @@ TH_TEST(destroy_with_running_cancelled_job)
     TH_REQUIRE(c.job != NULL);
     uint64_t end = th_mono_ms() + WAIT_MS;
     while (c.chunks == 0 && th_mono_ms() < end)
-        run_until(&e.loop, NULL, NULL, 10);
+        lu_run_until(&e.loop, NULL, NULL, 10);
     th_provider_cancel(e.p, c.job); /* the thread may still be inside this job's segment */
     c.cancelled = true;
     env_close(&e); /* joins the thread; ASan checks the job is freed once */

@@ -20,6 +20,7 @@
 #include "core/clock.h"
 #include "core/str.h"
 #include "fake_proc.h"
+#include "loop_until.h"
 #include "providers/upstream.h"
 #include "th_test.h"
 
@@ -102,30 +103,6 @@ static void col_reset(col *c, th_provider *p)
 }
 
 /* ---- the loop ---- */
-
-static void tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static bool run_until(uv_loop_t *loop, bool (*done)(void *), void *arg, uint64_t max_ms)
-{
-    uv_timer_t t;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, tick_cb, 10, 10);
-    uint64_t end = th_mono_ms() + max_ms;
-    bool ok = false;
-    while (th_mono_ms() < end) {
-        if (done != NULL && done(arg)) {
-            ok = true;
-            break;
-        }
-        uv_run(loop, UV_RUN_ONCE);
-    }
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return ok;
-}
 
 static bool col_ended(void *arg)
 {
@@ -239,7 +216,7 @@ static void run_job(env *e, const th_synth_req *r, col *c)
         th_perr_set(&c->err, TH_PERR_INTERNAL, 0, "start returned NULL");
         return;
     }
-    run_until(&e->loop, col_ended, c, WAIT_MS);
+    lu_run_until(&e->loop, col_ended, c, WAIT_MS);
 }
 
 /* Seconds of audio in what the sink got, decoded through th_audio_convert to 24 kHz PCM. */
@@ -391,12 +368,12 @@ static void fault_matrix(int *th__failed, env *e, const th_synth_req *r, th_fmt 
 
     /* Refused: a new provider, so no kept-alive connection hides the closed listener. */
     TH_REQUIRE(fake_ctl(&e->fake, "{\"fault\":\"refuse\",\"seconds\":0.6}") == 0);
-    run_until(&e->loop, NULL, NULL, 150);
+    lu_run_until(&e->loop, NULL, NULL, 150);
     TH_REQUIRE(env_provider(e) != NULL);
     run_job(e, r, &c);
     check_err(th__failed, &c, TH_PERR_CONNECT, "cannot connect");
     for (int i = 0; i < 40 && fake_ctl(&e->fake, "{\"fault\":null}") != 0; i++)
-        run_until(&e->loop, NULL, NULL, 50);
+        lu_run_until(&e->loop, NULL, NULL, 50);
 
     /* And the engine works again. */
     run_job(e, r, &c);
@@ -415,12 +392,12 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
     th_sink s = {c_format, c_chunk, c_done, c_error, &c};
     c.job = th_provider_start(e->p, r, &s);
     TH_REQUIRE(c.job != NULL);
-    TH_CHECK(run_until(&e->loop, col_has_chunk, &c, WAIT_MS));
-    run_until(&e->loop, NULL, NULL, 400);
+    TH_CHECK(lu_run_until(&e->loop, col_has_chunk, &c, WAIT_MS));
+    lu_run_until(&e->loop, NULL, NULL, 400);
     TH_CHECK_INT(c.chunks, 1);
     TH_CHECK_INT(c.dones + c.errors, 0);
     th_provider_resume(e->p, c.job);
-    TH_CHECK(run_until(&e->loop, col_ended, &c, WAIT_MS));
+    TH_CHECK(lu_run_until(&e->loop, col_ended, &c, WAIT_MS));
     TH_CHECK(c.chunks > 1);
     check_ok(th__failed, &c, r->want_fmt, 24000, expect_s(r->text, r->speed));
 
@@ -429,7 +406,7 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
     c.cancel_at_chunk = 2;
     c.job = th_provider_start(e->p, r, &s);
     TH_REQUIRE(c.job != NULL);
-    run_until(&e->loop, NULL, NULL, 1500);
+    lu_run_until(&e->loop, NULL, NULL, 1500);
     TH_CHECK(c.cancelled);
     TH_CHECK_INT(c.chunks, 2);
     TH_CHECK_INT(c.after_cancel, 0);
@@ -440,10 +417,10 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
     c.pause_at_chunk = 1;
     c.job = th_provider_start(e->p, r, &s);
     TH_REQUIRE(c.job != NULL);
-    TH_CHECK(run_until(&e->loop, col_has_chunk, &c, WAIT_MS));
+    TH_CHECK(lu_run_until(&e->loop, col_has_chunk, &c, WAIT_MS));
     th_provider_cancel(e->p, c.job);
     c.cancelled = true;
-    run_until(&e->loop, NULL, NULL, 300);
+    lu_run_until(&e->loop, NULL, NULL, 300);
     TH_CHECK_INT(c.after_cancel, 0);
     TH_CHECK_INT(c.dones + c.errors, 0);
 
@@ -453,7 +430,7 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
     TH_REQUIRE(c.job != NULL);
     th_provider_cancel(e->p, c.job);
     c.cancelled = true;
-    run_until(&e->loop, NULL, NULL, 300);
+    lu_run_until(&e->loop, NULL, NULL, 300);
     TH_CHECK_INT(c.formats + c.chunks + c.dones + c.errors, 0);
 
     /* Cancel a job whose start failed (its error waits for the loop): no callback either. */
@@ -464,7 +441,7 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
     TH_REQUIRE(c.job != NULL);
     th_provider_cancel(e->p, c.job);
     c.cancelled = true;
-    run_until(&e->loop, NULL, NULL, 100);
+    lu_run_until(&e->loop, NULL, NULL, 100);
     TH_CHECK_INT(c.formats + c.chunks + c.dones + c.errors, 0);
 
     /* Several at once on one provider. */
@@ -477,7 +454,7 @@ static void flow_tests(int *th__failed, env *e, const th_synth_req *r)
         TH_REQUIRE(cs[i].job != NULL);
     }
     for (int i = 0; i < 6; i++) {
-        run_until(&e->loop, col_ended, &cs[i], WAIT_MS);
+        lu_run_until(&e->loop, col_ended, &cs[i], WAIT_MS);
         check_ok(th__failed, &cs[i], r->want_fmt, 24000, expect_s(r->text, r->speed));
         col_reset(&cs[i], NULL);
     }
@@ -851,20 +828,20 @@ TH_TEST(test_probe)
     TH_REQUIRE(fake_ctl(&e.fake, "{\"fault\":\"status_500\"}") == 0);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
     TH_CHECK_INT(pr.calls, 0); /* never inside the call */
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(pr.healthy);
     TH_CHECK_STR(pr.detail, "HTTP 200");
     TH_REQUIRE(fake_ctl(&e.fake, "{\"fault\":\"status_500\",\"scope\":\"all\"}") == 0);
     memset(&pr, 0, sizeof pr);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(!pr.healthy);
     TH_CHECK_STR(pr.detail, "HTTP 500");
     /* Slower than the probe's 2 s limit. */
     TH_REQUIRE(fake_ctl(&e.fake, "{\"fault\":\"slow_first_byte\",\"seconds\":3,\"scope\":\"all\"}") == 0);
     memset(&pr, 0, sizeof pr);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(!pr.healthy);
     clear_fault(&e);
     /* A probe still running when the provider goes: dropped, no callback. */
@@ -877,19 +854,19 @@ TH_TEST(test_probe)
     TH_REQUIRE(env_open(&e, "openai", "openai", "--api-key sk-test", "TH_TEST_OPENAI_KEY", "sk-test") == 0);
     memset(&pr, 0, sizeof pr);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(pr.healthy); /* GET /v1/models with the key */
     setenv("TH_TEST_OPENAI_KEY", "sk-bad", 1);
     memset(&pr, 0, sizeof pr);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(!pr.healthy); /* 401: our key is wrong */
     setenv("TH_TEST_OPENAI_KEY", "sk-test", 1);
     fake_stop(&e.fake);
     memset(&pr, 0, sizeof pr);
     TH_REQUIRE(env_provider(&e) != NULL);
     TH_REQUIRE(th_upstream_probe(e.p, probe_cb, &pr) == 0);
-    TH_CHECK(run_until(&e.loop, probe_ended, &pr, 5000));
+    TH_CHECK(lu_run_until(&e.loop, probe_ended, &pr, 5000));
     TH_CHECK(!pr.healthy);
     TH_CHECK(strstr(pr.detail, "connect") != NULL);
     TH_CHECK_INT(env_close(&e), 0);

@@ -70,6 +70,8 @@ typedef struct th_api_ctx {
 int th_api_register(th_hub *hub);
 /** The HTTP server's handler: makes the ctx, then dispatches through the router. */
 void th_api_handle(th_http_req *req, void *ud);
+/** The handler of the metrics_listen server (its own router). */
+void th_api_handle_metrics(th_http_req *req, void *ud);
 size_t th_api_body_limit(th_http_req *req, void *ud);
 
 /** The caller-shaped error body with the right status and type; logs; frees ctx. */

@@ -161,9 +161,8 @@ bool th_api_set_request_id(th_api_ctx *c, const char *id)
     return true;
 }
 
-void th_api_handle(th_http_req *req, void *ud)
+static void handle(th_http_req *req, th_hub *hub, th_router *router)
 {
-    th_hub *hub = ud;
     th_api_ctx *c = calloc(1, sizeof *c);
     if (c == NULL) {
         static const char oom[] =
@@ -177,7 +176,19 @@ void th_api_handle(th_http_req *req, void *ud)
     const char *given = th_http_header(req, "X-Request-Id");
     if (given == NULL || !th_api_set_request_id(c, given)) th_uuid_gen_next(&hub->ids, c->rid);
     th_http_set_data(req, c);
-    th_router_dispatch(hub->router, req);
+    th_router_dispatch(router, req);
+}
+
+void th_api_handle(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    handle(req, hub, hub->router);
+}
+
+void th_api_handle_metrics(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    handle(req, hub, hub->metrics_router);
 }
 
 size_t th_api_body_limit(th_http_req *req, void *ud)

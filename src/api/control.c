@@ -110,7 +110,6 @@ int th_api_register(th_hub *hub)
         {"POST", "/v1/audio/speech", th_api_openai_speech},
         {"GET", "/v1/models", th_api_openai_models},
         {"GET", "/v1/audio/voices", th_api_openai_voices},
-        {"GET", "/metrics", th_api_metrics},
         {"GET", "/admin/usage", th_api_admin_usage},
         {"GET", "/admin/providers", th_api_admin_providers},
         {"GET", "/admin/config", th_api_admin_config},
@@ -121,5 +120,13 @@ int th_api_register(th_hub *hub)
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (th_router_add(hub->router, routes[i].method, routes[i].pattern, routes[i].h, hub) != 0) return -1;
-    return 0;
+    /* /metrics: on the main listener, or only on metrics_listen when that is set */
+    th_router *mr = hub->router;
+    if (hub->cfg->metrics_listen && hub->cfg->metrics_listen[0]) {
+        hub->metrics_router = th_router_new(th_api_miss, hub);
+        if (hub->metrics_router == NULL) return -1;
+        mr = hub->metrics_router;
+        if (th_router_add(mr, "GET", "/health", th_api_health, hub) != 0) return -1;
+    }
+    return th_router_add(mr, "GET", "/metrics", th_api_metrics, hub);
 }

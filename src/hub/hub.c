@@ -154,6 +154,7 @@ static int create_governance(th_hub *hub)
 static void shutdown_done(void *ud)
 {
     th_hub *hub = ud;
+    if (--hub->draining > 0) return; /* the other listener is still draining */
     TH_LOG(hub->log, TH_LOG_INFO, "drained; stopping");
     th_route_stop_probes(&hub->route);
     uv_timer_stop(&hub->housekeeping);
@@ -177,6 +178,8 @@ static void on_signal(uv_signal_t *h, int signum)
     hub->stopping = true;
     TH_LOG(hub->log, TH_LOG_INFO, "signal %d: draining %zu in-flight requests (grace %llums)", signum,
            th_http_server_inflight(hub->http), (unsigned long long)hub->cfg->limits.shutdown_grace_ms);
+    hub->draining = hub->metrics_http ? 2 : 1;
+    if (hub->metrics_http) th_http_server_shutdown(hub->metrics_http, 1000, shutdown_done, hub);
     th_http_server_shutdown(hub->http, hub->cfg->limits.shutdown_grace_ms, shutdown_done, hub);
 }
 
@@ -257,7 +260,18 @@ int th_hub_serve(const th_serve_opts *opts)
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
         TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", listen, err);
         fprintf(stderr, "ttshub: cannot listen on %s: %s\n", listen, err);
-        goto out_providers;
+        goto out_governance;
+    }
+    if (hub.metrics_router) {
+        hub.metrics_http = th_http_server_new(&loop, &lim, th_api_handle_metrics, &hub, hub.log);
+        if (hub.metrics_http == NULL ||
+            th_http_server_listen(hub.metrics_http, hub.cfg->metrics_listen, err, sizeof err) != 0) {
+            TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", hub.cfg->metrics_listen, err);
+            fprintf(stderr, "ttshub: cannot listen on %s (metrics_listen): %s\n", hub.cfg->metrics_listen, err);
+            goto out_governance;
+        }
+        TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
+               th_http_server_port(hub.metrics_http));
     }
     if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen))
         TH_LOG(hub.log, TH_LOG_WARN, "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it",
@@ -283,8 +297,12 @@ int th_hub_serve(const th_serve_opts *opts)
     run_deferred(&hub);
     th_http_server_free(hub.http);
     hub.http = NULL;
+    th_http_server_free(hub.metrics_http);
+    hub.metrics_http = NULL;
     th_router_free(hub.router);
     hub.router = NULL;
+    th_router_free(hub.metrics_router);
+    hub.metrics_router = NULL;
     th_route_free(&hub.route);
     th_metrics_free(hub.metrics);
     hub.metrics = NULL;
@@ -300,8 +318,10 @@ out_providers:
     destroy_providers(&hub);
 out_router:
     th_router_free(hub.router);
+    th_router_free(hub.metrics_router);
 out_http:
     th_http_server_free(hub.http);
+    th_http_server_free(hub.metrics_http);
     uv_run(&loop, UV_RUN_DEFAULT); /* let closed handles finish */
 out_log:
     th_log_free(hub.log);

@@ -37,6 +37,9 @@ typedef struct th_hub {
     th_log *log;
     th_http_server *http;
     th_router *router;
+    th_http_server *metrics_http; /* metrics_listen: /metrics (and /health) on a listener of their own */
+    th_router *metrics_router;
+    int draining;                 /* servers still draining after SIGTERM */
     th_provider **providers; /* parallel to cfg->providers */
     size_t n_providers;
     th_route route;          /* per-provider runtime: breakers, slots, queues */

@@ -396,3 +396,16 @@ def test_routes_and_voice_catalogue(hub_factory, fake_factory):
     assert narrator["language"] == "en" and set(narrator["providers"]) == {"fm", "oa"}
     m = [x["id"] for x in h.get("/v1/models").json()["data"]]
     assert "tts-1" in m
+
+
+def test_metrics_on_their_own_listener(hub_factory):
+    from conftest import free_port
+    mport = free_port()
+    h = hub_factory(f"metrics_listen: \"127.0.0.1:{mport}\"\n")
+    assert h.post(data={"input": "Counted.", "voice": "alloy"}).status_code == 200
+    assert h.get("/metrics").status_code == 404          # not on the main listener any more
+    m = requests.get(f"http://127.0.0.1:{mport}/metrics", timeout=10)
+    assert m.status_code == 200 and 'ttshub_requests_total{route="/api/generate",status="200"} 1' in m.text
+    assert requests.get(f"http://127.0.0.1:{mport}/health", timeout=10).json()["status"] == "healthy"
+    assert requests.post(f"http://127.0.0.1:{mport}/api/generate", timeout=10,
+                         data={"input": "x", "voice": "alloy"}).status_code == 404

@@ -1,11 +1,13 @@
-/* client: upstream HTTP(S) through libcurl's multi_socket API on the hub's uv loop.
+/* client: upstream HTTP(S) on the hub's uv loop.
  *
- * One th_client per loop owns a CURLM; each transfer is a th_client_req.
- * Sockets are watched with one uv_poll_t each and curl's timer drives one
- * uv_timer_t (the pattern of curl's multi-uv example). Nothing blocks the
- * loop. Connections are reused (per-host pool). Each transfer has connect,
- * first-byte and total timeouts of its own. Callbacks run on the loop
- * thread; an easy handle is never removed inside its own curl callback. */
+ * Two engines behind one interface, chosen per transfer by th_client_start:
+ *   - plain http:// goes through our own HTTP/1.1 client (client_h1.c): uv_tcp streams kept readable for
+ *     their whole life, http-parser in response mode, a per-host pool of keep-alive connections, one read
+ *     buffer per client, a small record per transfer (the cost that matters with 10,000 parked requests);
+ *   - https://, and every URL while an http_proxy/all_proxy variable is set, goes through libcurl's
+ *     multi_socket API (client_curl.c), created on first use.
+ * Both give the same callbacks, results and timeouts. Nothing blocks the loop. Callbacks run on the loop
+ * thread, never inside th_client_start. */
 #ifndef TH_HTTP_CLIENT_H
 #define TH_HTTP_CLIENT_H
 
@@ -17,7 +19,14 @@
 typedef struct th_client th_client;
 typedef struct th_client_req th_client_req;
 
+typedef enum {
+    TH_CLIENT_ENGINE_AUTO = 0, /* our HTTP/1.1 client for http://, libcurl for https:// and proxies */
+    TH_CLIENT_ENGINE_CURL = 1, /* libcurl for every URL */
+    TH_CLIENT_ENGINE_H1 = 2,   /* only used as the tag of a transfer */
+} th_client_engine;
+
 typedef struct th_client_conf {
+    th_client_engine engine;
     long max_host_connections;  /* per host:port; 0 = 64 */
     long max_total_connections; /* 0 = 1024 */
     long max_connects_cache;    /* idle connections kept; 0 = 256 */
@@ -25,17 +34,17 @@ typedef struct th_client_conf {
 
 /** How a transfer ended. Only this decides retry, fallback and breaker accounting upstream. */
 typedef enum {
-    TH_CLIENT_OK = 0,           /* the whole response arrived (any HTTP status) */
-    TH_CLIENT_CONNECT,          /* refused, unreachable, DNS failure */
-    TH_CLIENT_TIMEOUT_CONNECT,  /* no connection within connect_timeout_ms */
-    TH_CLIENT_TIMEOUT_FIRST,    /* connected, no response byte within first_byte_timeout_ms */
-    TH_CLIENT_TIMEOUT_TOTAL,    /* the whole exchange took longer than total_timeout_ms */
-    TH_CLIENT_RESET,            /* the peer closed or reset mid-response (truncated body) */
-    TH_CLIENT_PROTOCOL,         /* not HTTP, bad chunking, bad headers */
-    TH_CLIENT_TOO_LARGE,        /* the response body passed max_body */
-    TH_CLIENT_CANCELLED,        /* never reported: cancel means no callbacks */
-    TH_CLIENT_ABORTED,          /* a callback asked to stop (on_head or on_body returned -1) */
-    TH_CLIENT_INTERNAL,         /* out of memory, curl setup failure */
+    TH_CLIENT_OK = 0,          /* the whole response arrived (any HTTP status) */
+    TH_CLIENT_CONNECT,         /* refused, unreachable, DNS failure */
+    TH_CLIENT_TIMEOUT_CONNECT, /* no connection within connect_timeout_ms */
+    TH_CLIENT_TIMEOUT_FIRST,   /* connected, no response byte within first_byte_timeout_ms */
+    TH_CLIENT_TIMEOUT_TOTAL,   /* the whole exchange took longer than total_timeout_ms */
+    TH_CLIENT_RESET,           /* the peer closed or reset mid-response (truncated body) */
+    TH_CLIENT_PROTOCOL,        /* not HTTP, bad chunking, bad headers */
+    TH_CLIENT_TOO_LARGE,       /* the response body passed max_body */
+    TH_CLIENT_CANCELLED,       /* never reported: cancel means no callbacks */
+    TH_CLIENT_ABORTED,         /* a callback asked to stop (on_head or on_body returned -1) */
+    TH_CLIENT_INTERNAL,        /* out of memory, curl setup failure */
 } th_client_result;
 
 const char *th_client_result_name(th_client_result r);

@@ -1,4 +1,5 @@
-/* test_client: th_client (curl multi on uv) against a scripted fake upstream.
+/* test_client: th_client against a scripted fake upstream, with the engine for http:// URLs
+ * (our HTTP/1.1 client); test_client_curl.c builds this same file for the libcurl engine.
  *
  * The fake upstream is a blocking-socket server on 127.0.0.1:0: one accept thread, one thread per
  * connection, keep-alive, behaviour chosen by the request path (or "close right after accept" for a
@@ -25,6 +26,10 @@
 #include "core/str.h"
 #include "http/client.h"
 #include "th_test.h"
+
+#ifndef TEST_CLIENT_ENGINE
+#define TEST_CLIENT_ENGINE TH_CLIENT_ENGINE_AUTO
+#endif
 
 /* ---------------------------------------------------------------- fake upstream */
 
@@ -199,6 +204,21 @@ static int respond(fake *f, int fd, const char *method, const char *path, const 
             off += k;
         }
         return send_str(fd, "0\r\n\r\n");
+    }
+    if (th_str_startswith(path, "/kaclose")) { /* looks keep-alive, then the server closes it */
+        send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        return -1;
+    }
+    if (th_str_startswith(path, "/emptyhdr")) {
+        return send_str(fd, "HTTP/1.1 200 OK\r\nX-Empty:\r\nX-Test:  b \r\nContent-Length: 2\r\n\r\nok");
+    }
+    if (th_str_startswith(path, "/extra")) { /* bytes after the response: the connection is spoiled */
+        return send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokJUNK");
+    }
+    if (th_str_startswith(path, "/eofbody")) { /* no length: the body ends with the connection */
+        if (send_str(fd, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n") != 0) return -1;
+        send_pattern(fd, query_n(path, 5000));
+        return -1;
     }
     send_str(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
     return 0;
@@ -386,7 +406,9 @@ static int fx_open(fx *x, int mode, const th_client_conf *conf)
     memset(x, 0, sizeof *x);
     if (uv_loop_init(&x->loop) != 0) return -1;
     if (fake_start(&x->f, mode) != 0) return -1;
-    x->c = th_client_new(&x->loop, conf);
+    th_client_conf cc = conf ? *conf : (th_client_conf){0};
+    cc.engine = TEST_CLIENT_ENGINE;
+    x->c = th_client_new(&x->loop, &cc);
     return x->c ? 0 : -1;
 }
 
@@ -420,6 +442,7 @@ typedef struct tr {
     th_client_result result;
     char detail[256];
     char xtest[64], ctype[64];
+    bool has_xempty;
     size_t nhdr;
     th_buf body;
     uint64_t t0, t_first_body, t_done;
@@ -447,6 +470,8 @@ static int cb_head(void *ud, int status, const th_client_header *h, size_t n)
     t->nhdr = n;
     const char *v = th_client_header_get(h, n, "X-TEST");
     if (v) th_strlcpy(t->xtest, v, sizeof t->xtest);
+    const char *ve = th_client_header_get(h, n, "x-empty");
+    t->has_xempty = ve != NULL && *ve == '\0';
     for (size_t i = 0; i < n; i++)
         if (strcmp(h[i].name, "content-type") == 0) th_strlcpy(t->ctype, h[i].value, sizeof t->ctype);
     if (t->start_in_head && t->child) {
@@ -1188,6 +1213,138 @@ TH_TEST(close_from_inside_on_body)
     tr_free(&u);
     TH_CHECK_INT(uv_loop_close(&x.loop), 0);
     fake_stop(&x.f);
+}
+
+TH_TEST(server_closed_keepalive_is_sent_again)
+{
+    /* Each answer looks keep-alive but the server closes right after it; the next request is started
+     * inside on_done, before the close is read, so it goes out on the dead connection and must be sent
+     * again on a new one, unseen by the caller. */
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    enum { N = 20 };
+    tr t[N];
+    for (int i = 0; i < N; i++) {
+        tr_init(&t[i], &x);
+        t[i].start_in_done = i + 1 < N;
+        t[i].child = i + 1 < N ? &t[i + 1] : NULL;
+        t[i].child_path = "/kaclose";
+    }
+    th_client_opts o = {.url = fx_url(&x, "/kaclose")};
+    TH_REQUIRE(tr_start(&t[0], &o) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t[N - 1], 10000));
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        ok += t[i].result == TH_CLIENT_OK && body_is(&t[i], "ok");
+        if (t[i].result != TH_CLIENT_OK)
+            fprintf(stderr, "  %d: %s %s\n", i, th_client_result_name(t[i].result), t[i].detail);
+        tr_free(&t[i]);
+    }
+    TH_CHECK_INT(ok, N);
+    TH_CHECK_INT(atomic_load(&x.f.requests), N);
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+TH_TEST(empty_header_value_and_trim)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    tr t;
+    tr_init(&t, &x);
+    th_client_opts o = {.url = fx_url(&x, "/emptyhdr")};
+    TH_REQUIRE(tr_start(&t, &o) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
+    TH_CHECK_INT(t.result, TH_CLIENT_OK);
+    TH_CHECK(t.has_xempty);
+    TH_CHECK_STR(t.xtest, "b");
+    TH_CHECK_INT(t.nhdr, 3);
+    TH_CHECK(body_is(&t, "ok"));
+    tr_free(&t);
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+TH_TEST(bytes_after_response_spoil_the_connection)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    for (int i = 0; i < 2; i++) {
+        tr t;
+        tr_init(&t, &x);
+        th_client_opts o = {.url = fx_url(&x, i == 0 ? "/extra" : "/fixed")};
+        TH_REQUIRE(tr_start(&t, &o) != NULL);
+        TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
+        TH_CHECK_INT(t.result, TH_CLIENT_OK);
+        TH_CHECK(body_is(&t, i == 0 ? "ok" : "hello world"));
+        tr_free(&t);
+    }
+    TH_CHECK_INT(atomic_load(&x.f.accepted), 2); /* the second request did not reuse the first connection */
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+TH_TEST(body_delimited_by_close)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    tr t;
+    tr_init(&t, &x);
+    th_client_opts o = {.url = fx_url(&x, "/eofbody?n=70000")};
+    TH_REQUIRE(tr_start(&t, &o) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
+    TH_CHECK_INT(t.result, TH_CLIENT_OK);
+    TH_CHECK(body_is_pattern(&t, 70000));
+    tr_free(&t);
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+TH_TEST(host_names_are_resolved)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    tr t;
+    tr_init(&t, &x);
+    char url[128];
+    /* localhost may resolve to ::1 first, where nothing listens: the next address is tried */
+    snprintf(url, sizeof url, "http://localhost:%d/fixed", x.f.port);
+    TH_REQUIRE(tr_start(&t, &(th_client_opts){.url = url}) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
+    TH_CHECK_INT(t.result, TH_CLIENT_OK);
+    TH_CHECK(body_is(&t, "hello world"));
+    TH_CHECK(fake_last_has(&x.f, "\r\nHost: localhost:"));
+    tr_free(&t);
+
+    tr u;
+    tr_init(&u, &x);
+    th_client_opts o = {.url = "http://no-such-host.invalid:81/", .connect_timeout_ms = 3000};
+    TH_REQUIRE(tr_start(&u, &o) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &u, 8000));
+    TH_CHECK(u.result == TH_CLIENT_CONNECT || u.result == TH_CLIENT_TIMEOUT_CONNECT);
+    TH_CHECK_INT(u.dones, 1);
+    tr_free(&u);
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+TH_TEST(bad_urls_never_succeed)
+{
+    /* Our engine refuses a bad http:// URL at start; curl takes it and ends it with an error. */
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    const char *bad[] = {"http://",      "http:///x",   "http://a b/",
+                         "http://[::1/", "http://h:0/", "http://h:99999/",
+                         "http://h:x/",  "ftp-ish",     NULL};
+    for (int i = 0; bad[i]; i++) {
+        tr t;
+        tr_init(&t, &x);
+        th_client_req *r = tr_start(&t, &(th_client_opts){.url = bad[i], .connect_timeout_ms = 2000});
+        if (TEST_CLIENT_ENGINE == TH_CLIENT_ENGINE_AUTO && strncmp(bad[i], "http:", 5) == 0)
+            TH_CHECK(r == NULL);
+        if (r) {
+            TH_CHECK(run_until(&x.loop, pred_done, &t, 5000));
+            TH_CHECK(t.result != TH_CLIENT_OK);
+        }
+        tr_free(&t);
+    }
+    TH_CHECK_INT(th_client_inflight(x.c), 0);
+    TH_CHECK_INT(fx_close(&x), 0);
 }
 
 TH_TEST_MAIN()

@@ -350,9 +350,12 @@ static void step_cache(th_api_ctx *c)
     for (size_t k = 0; k < n; k++) {
         const char *name = hub->providers[idx[k]]->conf->name;
         /* sorted order: simple insertion by name would do; indexes are config order, already stable */
-        int w = snprintf(route + off, sizeof route - off, "%s%s", k ? "," : "", name);
-        if (w < 0 || (size_t)w >= sizeof route - off) break;
-        off += (size_t)w;
+        size_t nl = strlen(name);
+        if (off + nl + 2 > sizeof route) break;
+        if (k) route[off++] = ',';
+        memcpy(route + off, name, nl);
+        off += nl;
+        route[off] = '\0';
     }
     (void)ev;
     th_cache_key_parts kp = {

@@ -184,6 +184,23 @@ static const char *enc_name(th_fmt f)
     }
 }
 
+/* Encoders by output format, looked up once per process: avcodec_find_encoder_by_name walks every
+ * codec with strcmp, which cost ~3 us on each pass-through request. Written only inside the once. */
+static pthread_once_t enc_once = PTHREAD_ONCE_INIT;
+static const AVCodec *enc_table[TH_FMT_COUNT];
+
+static void enc_table_init(void)
+{
+    for (int f = 0; f < TH_FMT_COUNT; f++)
+        enc_table[f] = enc_name((th_fmt)f) ? avcodec_find_encoder_by_name(enc_name((th_fmt)f)) : NULL;
+}
+
+static const AVCodec *find_encoder(th_fmt f)
+{
+    pthread_once(&enc_once, enc_table_init);
+    return (int)f >= 0 && f < TH_FMT_COUNT ? enc_table[f] : NULL;
+}
+
 static const char *mux_name(th_fmt f)
 {
     switch (f) {
@@ -280,7 +297,7 @@ static int setup_encoder(th_audio_conv *c)
 {
     int ret;
     AVDictionary *opts = NULL;
-    const AVCodec *codec = avcodec_find_encoder_by_name(enc_name(c->out.fmt));
+    const AVCodec *codec = find_encoder(c->out.fmt);
     if (codec == NULL) return failf(c, "encoder not available", 0);
     ret = avformat_alloc_output_context2(&c->oc, NULL, mux_name(c->out.fmt), NULL);
     if (ret < 0 || c->oc == NULL) return failf(c, "muxer not available", ret);
@@ -974,7 +991,7 @@ th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target 
         goto fail;
     }
     if (enc_name(c->out.fmt) != NULL) {
-        const AVCodec *codec = avcodec_find_encoder_by_name(enc_name(c->out.fmt));
+        const AVCodec *codec = find_encoder(c->out.fmt);
         if (codec == NULL) {
             failf(c, "encoder not available", 0);
             goto fail;
@@ -1117,6 +1134,30 @@ int th_audio_conv_finish(th_audio_conv *c, th_buf *out, char *err, size_t errlen
     if (c->enc != NULL && finish_encoder(c) != 0) return end(c, -1);
     c->state = ST_DONE;
     return end(c, 0);
+}
+
+int th_audio_conv_pass(th_audio_conv *c, const uint8_t *data, size_t len, char *err, size_t errlen)
+{
+    if (c->state == ST_RUN && c->in_kind == IN_COPY) {
+        c->in_bytes += len;
+        return 1;
+    }
+    if (c->state != ST_SNIFF || c->sniff.len != 0 || len == 0 || !th_audio_conv_light(c)) return 0;
+    /* Sniff the caller's bytes in place, as th_audio_conv_push does. */
+    begin(c, NULL, err, errlen);
+    th_buf saved = c->sniff;
+    c->sniff.data = (uint8_t *)(uintptr_t)data;
+    c->sniff.len = len;
+    int rc = resolve(c, false);
+    c->sniff = saved;
+    if (rc < 0) return end(c, -1);
+    if (rc == 0) return end(c, 0);
+    bool same = c->in_fmt == c->out.fmt && c->in_fmt != TH_FMT_PCM && c->in_fmt != TH_FMT_WAV && c->out.tempo == 1.0;
+    if (!same) return end(c, 0); /* still sniffing: th_audio_conv_push decides again on these bytes */
+    c->state = ST_RUN;
+    if (start_input(c) != 0) return end(c, -1);
+    c->in_bytes += len;
+    return end(c, 1);
 }
 
 bool th_audio_conv_light(const th_audio_conv *c)

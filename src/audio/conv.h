@@ -30,6 +30,10 @@ typedef struct th_audio_conv th_audio_conv;
 th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target *out, char *err, size_t errlen);
 /** Feeds input; appends whatever output is ready to out. 0, or -1 on error (err says why). */
 int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf *out, char *err, size_t errlen);
+/** Zero-copy pass-through: 1 when these bytes go out exactly as they are (the caller hands `data` on
+ * itself and must not push it), 0 when they must go through th_audio_conv_push, -1 on error. Decides
+ * pass-through on the first bytes when the input is declared as the very compressed format asked for. */
+int th_audio_conv_pass(th_audio_conv *c, const uint8_t *data, size_t len, char *err, size_t errlen);
 /** End of input: flushes decoder, filters, encoder and muxer into out. */
 int th_audio_conv_finish(th_audio_conv *c, th_buf *out, char *err, size_t errlen);
 /** true when bytes pass through unchanged. */

@@ -55,7 +55,8 @@ static void stream_free(th_audio_stream *s)
 /* Runs the converter on the batch (pool thread, or loop thread for pass-through). */
 static void convert_batch(th_audio_stream *s)
 {
-    double t0 = thread_cpu();
+    bool light = th_audio_conv_light(s->conv); /* copies: not worth two clock syscalls */
+    double t0 = light ? 0.0 : thread_cpu();
     th_buf_reset(&s->out);
     s->batch_err[0] = '\0';
     s->batch_rc = 0;
@@ -64,7 +65,7 @@ static void convert_batch(th_audio_stream *s)
                                          sizeof s->batch_err);
     if (s->batch_rc == 0 && s->batch_finish)
         s->batch_rc = th_audio_conv_finish(s->conv, &s->out, s->batch_err, sizeof s->batch_err);
-    s->batch_cpu = thread_cpu() - t0;
+    s->batch_cpu = light ? 0.0 : thread_cpu() - t0;
 }
 
 /* Hands a batch's results to the callbacks. Returns false when the stream is gone or ended. */
@@ -171,15 +172,25 @@ th_audio_stream *th_audio_stream_new(uv_loop_t *loop, const th_audio_spec *in, c
 int th_audio_stream_push(th_audio_stream *s, const uint8_t *data, size_t len)
 {
     if (s->closed || s->ended || s->finishing) return -1;
-    if (th_audio_conv_passthrough(s->conv) && s->queued.len == 0 && !s->in_flight && s->busy == 0) {
-        /* a copy: convert straight from the caller's bytes, without queueing them first */
-        th_buf_reset(&s->out);
+    if (s->queued.len == 0 && !s->in_flight && s->busy == 0) {
+        /* pass-through: the caller's bytes go straight to on_data, never copied */
         s->batch_err[0] = '\0';
-        s->batch_rc = th_audio_conv_push(s->conv, data, len, &s->out, s->batch_err, sizeof s->batch_err);
-        s->batch_finish = false;
-        s->batch_cpu = 0;
-        deliver(s);
-        return 0;
+        int pr = th_audio_conv_pass(s->conv, data, len, s->batch_err, sizeof s->batch_err);
+        if (pr != 0) {
+            th_buf_reset(&s->out);
+            s->batch_rc = pr < 0 ? -1 : 0;
+            s->batch_finish = false;
+            s->batch_cpu = 0;
+            if (pr > 0) {
+                s->busy++;
+                if (s->cb.on_data && !s->closed) s->cb.on_data(s->cb.ud, data, len);
+                s->busy--;
+                if (s->closed && s->busy == 0) stream_free(s);
+                return 0;
+            }
+            deliver(s);
+            return 0;
+        }
     }
     if (th_buf_append(&s->queued, data, len) != TH_BUF_OK) return -1;
     schedule(s);

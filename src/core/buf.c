@@ -17,7 +17,7 @@ int th_buf_reserve(th_buf *b, size_t n)
     if (n > b->max || b->len > b->max - n) return TH_BUF_EFULL;
     size_t need = b->len + n + 1; /* room for a NUL from th_buf_cstr */
     if (need <= b->cap) return TH_BUF_OK;
-    size_t cap = b->cap ? b->cap : 64;
+    size_t cap = b->cap ? b->cap : 256;
     while (cap < need) {
         if (cap > SIZE_MAX / 2) {
             cap = need;
@@ -81,7 +81,16 @@ int th_buf_append_json_str(th_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     size_t start = 0;
-    for (size_t i = 0; i < n; i++) {
+    size_t clean = 0; /* the common case: nothing to escape, one copy */
+    while (clean < n) {
+        unsigned char c = (unsigned char)s[clean];
+        if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f) break;
+        clean++;
+    }
+    if (clean == n) return th_buf_append(b, s, n);
+    int rr = th_buf_reserve(b, n + 16);
+    if (rr != TH_BUF_OK) return rr;
+    for (size_t i = clean; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
         char u[6];

@@ -1113,56 +1113,73 @@ static bool header_is_removal(const char *hd, size_t *nlen)
     return false;
 }
 
-static bool user_has(const char *const *hs, const char *name)
+static bool name_is(const char *hd, size_t nlen, const char *name, size_t len)
 {
-    size_t want = strlen(name);
-    if (!hs) return false;
-    for (size_t i = 0; hs[i]; i++) {
-        size_t nlen = 0;
-        header_is_removal(hs[i], &nlen);
-        if (nlen == want && strncasecmp(hs[i], name, want) == 0) return true;
-    }
-    return false;
+    return nlen == len && strncasecmp(hd, name, len) == 0;
+}
+
+static int append_u64(th_buf *b, uint64_t v)
+{
+    char tmp[24];
+    char *e = tmp + sizeof tmp, *p = e;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    return th_buf_append(b, p, (size_t)(e - p));
 }
 
 static int build_request(th_h1c_req *r, const th_client_opts *o, const char *method, const url_parts *u,
                          bool send_body)
 {
+    bool has_host = false, has_accept = false, has_ctype = false;
+    size_t hbytes = 0;
+    if (o->headers) {
+        for (size_t i = 0; o->headers[i]; i++) {
+            size_t nlen = 0;
+            header_is_removal(o->headers[i], &nlen);
+            has_host |= name_is(o->headers[i], nlen, "host", 4);
+            has_accept |= name_is(o->headers[i], nlen, "accept", 6);
+            has_ctype |= name_is(o->headers[i], nlen, "content-type", 12);
+            hbytes += strlen(o->headers[i]) + 2;
+        }
+    }
     th_buf *b = &r->out;
-    int rc = th_buf_reserve(b, 256 + u->path_len + o->body_len);
+    int rc = th_buf_reserve(b, 160 + strlen(method) + u->path_len + u->auth_len + hbytes + o->body_len);
+    if (rc != TH_BUF_OK) return -1;
     rc |= th_buf_append_str(b, method);
     rc |= th_buf_append_byte(b, ' ');
     if (!u->path || u->path[0] != '/') rc |= th_buf_append_byte(b, '/');
     if (u->path) rc |= th_buf_append(b, u->path, u->path_len);
-    rc |= th_buf_append_str(b, " HTTP/1.1\r\n");
-    if (!user_has(o->headers, "host")) {
-        rc |= th_buf_append_str(b, "Host: ");
+    rc |= th_buf_append(b, " HTTP/1.1\r\n", 11);
+    if (!has_host) {
+        rc |= th_buf_append(b, "Host: ", 6);
         rc |= th_buf_append(b, u->authority, u->auth_len);
-        rc |= th_buf_append_str(b, "\r\n");
+        rc |= th_buf_append(b, "\r\n", 2);
     }
-    if (!user_has(o->headers, "accept")) rc |= th_buf_append_str(b, "Accept: */*\r\n");
+    if (!has_accept) rc |= th_buf_append(b, "Accept: */*\r\n", 13);
     if (o->headers) {
         for (size_t i = 0; o->headers[i]; i++) {
             const char *hd = o->headers[i];
             size_t nlen = 0;
             if (header_is_removal(hd, &nlen)) continue;
-            if (nlen == 14 && strncasecmp(hd, "content-length", 14) == 0) continue;
-            if (nlen == 17 && strncasecmp(hd, "transfer-encoding", 17) == 0) continue;
+            if (name_is(hd, nlen, "content-length", 14) || name_is(hd, nlen, "transfer-encoding", 17)) continue;
             if (hd[nlen] == ';') { /* "Name;" = empty value */
                 rc |= th_buf_append(b, hd, nlen);
-                rc |= th_buf_append_str(b, ":\r\n");
+                rc |= th_buf_append(b, ":\r\n", 3);
                 continue;
             }
             rc |= th_buf_append_str(b, hd);
-            rc |= th_buf_append_str(b, "\r\n");
+            rc |= th_buf_append(b, "\r\n", 2);
         }
     }
     if (send_body) {
-        if (!user_has(o->headers, "content-type"))
-            rc |= th_buf_append_str(b, "Content-Type: application/x-www-form-urlencoded\r\n");
-        rc |= th_buf_appendf(b, "Content-Length: %zu\r\n", o->body_len);
+        if (!has_ctype) rc |= th_buf_append_str(b, "Content-Type: application/x-www-form-urlencoded\r\n");
+        rc |= th_buf_append(b, "Content-Length: ", 16);
+        rc |= append_u64(b, o->body_len);
+        rc |= th_buf_append(b, "\r\n", 2);
     }
-    rc |= th_buf_append_str(b, "\r\n");
+    rc |= th_buf_append(b, "\r\n", 2);
     if (o->body_len) rc |= th_buf_append(b, o->body, o->body_len);
     return rc == 0 ? 0 : -1;
 }

@@ -1217,11 +1217,13 @@ int th_http_set_header(th_http_req *r, const char *name, const char *value)
 {
     if (r->started || r->ended || name == NULL || value == NULL) return -1;
     if (!header_token_ok(name) || !header_value_ok(value)) return -1;
-    /* framing headers belong to the server */
-    if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Transfer-Encoding") == 0 ||
-        strcasecmp(name, "Date") == 0)
+    /* framing headers belong to the server (the first letter spares most names the compares) */
+    char f = (char)(name[0] | 0x20);
+    if ((f == 'c' || f == 't' || f == 'd') &&
+        (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Transfer-Encoding") == 0 ||
+         strcasecmp(name, "Date") == 0))
         return -1;
-    if (strcasecmp(name, "Connection") == 0) {
+    if (f == 'c' && strcasecmp(name, "Connection") == 0) {
         if (strcasecmp(value, "close") == 0) r->want_close = true;
         return 0;
     }
@@ -1231,7 +1233,7 @@ int th_http_set_header(th_http_req *r, const char *name, const char *value)
     th_buf_append(&r->rh, ": ", 2);
     th_buf_append(&r->rh, value, vl);
     th_buf_append(&r->rh, "\r\n", 2);
-    if (strcasecmp(name, "X-Request-Id") == 0) r->has_reqid = true;
+    if (f == 'x' && strcasecmp(name, "X-Request-Id") == 0) r->has_reqid = true;
     return 0;
 }
 

@@ -38,6 +38,8 @@
  * malformed value) is a miss: a request never fails because the cache is down. Coalescing stays per hub:
  * while a GET is out, a second identical request asks Redis too; whichever answer comes back first without
  * a hit leads, the other joins it. */
+/* SHA256_Init/Update/Final: deprecated in OpenSSL 3 but kept, and the cheapest way to hash per request. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "hub/cache.h"
 
 #include <stdio.h>
@@ -45,7 +47,7 @@
 #include <string.h>
 
 #include <hiredis/hiredis.h>
-#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include "core/clock.h"
 #include "core/str.h"
@@ -130,9 +132,9 @@ static bool is_ws(char ch)
     return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
 }
 
-/* Walks s normalised (trimmed, whitespace runs collapsed); feeds ctx when it is not NULL. Returns the
+/* Walks s normalised (trimmed, whitespace runs collapsed); feeds sha when it is not NULL. Returns the
  * normalised length. */
-static size_t norm(const char *s, size_t n, EVP_MD_CTX *ctx)
+static size_t norm(const char *s, size_t n, SHA256_CTX *sha)
 {
     char out[256];
     size_t o = 0, total = 0;
@@ -146,64 +148,99 @@ static size_t norm(const char *s, size_t n, EVP_MD_CTX *ctx)
             out[o++] = k == 2 ? ' ' : s[i];
             total++;
             if (o == sizeof out) {
-                if (ctx) EVP_DigestUpdate(ctx, out, o);
+                if (sha) SHA256_Update(sha, out, o);
                 o = 0;
             }
         }
         space = false;
     }
-    if (ctx && o) EVP_DigestUpdate(ctx, out, o);
+    if (sha && o) SHA256_Update(sha, out, o);
     return total;
 }
 
-static void put_len(EVP_MD_CTX *ctx, uint64_t n)
+static void put_len(SHA256_CTX *sha, uint64_t n)
 {
     uint8_t b[8];
     for (int i = 0; i < 8; i++)
         b[i] = (uint8_t)(n >> (56 - 8 * i));
-    EVP_DigestUpdate(ctx, b, sizeof b);
+    SHA256_Update(sha, b, sizeof b);
 }
 
-static void put_part(EVP_MD_CTX *ctx, const char *s, size_t n)
+static void put_part(SHA256_CTX *sha, const char *s, size_t n)
 {
-    put_len(ctx, n);
-    if (n) EVP_DigestUpdate(ctx, s, n);
+    put_len(sha, n);
+    if (n) SHA256_Update(sha, s, n);
 }
 
-static void put_str(EVP_MD_CTX *ctx, const char *s)
+static void put_str(SHA256_CTX *sha, const char *s)
 {
-    put_part(ctx, s ? s : "", s ? strlen(s) : 0);
+    put_part(sha, s ? s : "", s ? strlen(s) : 0);
 }
 
-static void put_norm(EVP_MD_CTX *ctx, const char *s, size_t n)
+static void put_norm(SHA256_CTX *sha, const char *s, size_t n)
 {
     if (s == NULL) n = 0;
-    put_len(ctx, norm(s, n, NULL));
-    norm(s, n, ctx);
+    put_len(sha, norm(s, n, NULL));
+    norm(s, n, sha);
+}
+
+/* Decimal digits of v (v >= 0) written backwards from end; returns the start. */
+static char *put_digits(char *end, unsigned long long v, int min_digits)
+{
+    int k = 0;
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+        k++;
+    } while (v > 0 || k < min_digits);
+    return end;
+}
+
+/* The same text as "%d" and "%.4f" (speeds are 0.25..4: rounding to 4 places is exact enough). */
+static size_t fmt_int(char *out, long long v)
+{
+    char tmp[32];
+    char *e = tmp + sizeof tmp;
+    char *p = put_digits(e, (unsigned long long)(v < 0 ? -v : v), 1);
+    if (v < 0) *--p = '-';
+    memcpy(out, p, (size_t)(e - p));
+    return (size_t)(e - p);
+}
+
+static size_t fmt_fixed4(char *out, double v)
+{
+    if (!(v > -1e12 && v < 1e12)) v = 0;
+    bool neg = v < 0;
+    unsigned long long q = (unsigned long long)((neg ? -v : v) * 10000.0 + 0.5);
+    char tmp[40];
+    char *e = tmp + sizeof tmp;
+    char *p = put_digits(e, q % 10000, 4);
+    *--p = '.';
+    p = put_digits(p, q / 10000, 1);
+    if (neg && q) *--p = '-';
+    memcpy(out, p, (size_t)(e - p));
+    return (size_t)(e - p);
 }
 
 void th_cache_key(const th_cache_key_parts *p, char out[TH_CACHE_KEY_LEN + 1])
 {
-    uint8_t md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
-    char num[64];
+    /* SHA-256 through the low-level API: EVP_DigestInit fetches the algorithm from the provider on
+     * every call, which cost more than hashing the text itself (this runs on every request). */
+    uint8_t md[SHA256_DIGEST_LENGTH];
+    char num[48];
+    SHA256_CTX sha;
     out[0] = '\0';
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) goto out;
-    put_str(ctx, KEY_TAG);
-    put_str(ctx, p->route);
-    put_str(ctx, p->voice);
-    put_str(ctx, p->format);
-    int k = snprintf(num, sizeof num, "%d", p->sample_rate);
-    put_part(ctx, num, (size_t)k);
-    k = snprintf(num, sizeof num, "%.4f", p->speed);
-    put_part(ctx, num, (size_t)k < sizeof num ? (size_t)k : sizeof num - 1);
-    put_norm(ctx, p->prompt, p->prompt ? strlen(p->prompt) : 0);
-    put_norm(ctx, p->input, p->input ? p->input_len : 0);
-    if (!EVP_DigestFinal_ex(ctx, md, &mdlen) || mdlen != 32) goto out;
+    if (!SHA256_Init(&sha)) return;
+    put_str(&sha, KEY_TAG);
+    put_str(&sha, p->route);
+    put_str(&sha, p->voice);
+    put_str(&sha, p->format);
+    put_part(&sha, num, fmt_int(num, p->sample_rate));
+    put_part(&sha, num, fmt_fixed4(num, p->speed));
+    put_norm(&sha, p->prompt, p->prompt ? strlen(p->prompt) : 0);
+    put_norm(&sha, p->input, p->input ? p->input_len : 0);
+    if (!SHA256_Final(md, &sha)) return;
     th_hex(md, 32, out);
-out:
-    EVP_MD_CTX_free(ctx);
 }
 
 /* ---- small hash maps ---- */

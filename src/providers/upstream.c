@@ -147,7 +147,12 @@ int th_upstream_header(th_upstream_http *h, const char *name, const char *value)
     if (name == NULL || value == NULL || name[0] == '\0') return -1;
     /* No header injection through a voice name or a key: no CR, LF or NUL, no ':' in the name. */
     if (strpbrk(name, "\r\n: \t") != NULL || strpbrk(value, "\r\n") != NULL) return -1;
-    if (th_buf_appendf(&h->headers, "%s: %s\n", name, value) != TH_BUF_OK) return -1;
+    size_t nl = strlen(name), vl = strlen(value);
+    if (th_buf_reserve(&h->headers, nl + vl + 3) != TH_BUF_OK) return -1;
+    th_buf_append(&h->headers, name, nl);
+    th_buf_append(&h->headers, ": ", 2);
+    th_buf_append(&h->headers, value, vl);
+    th_buf_append(&h->headers, "\n", 1);
     return 0;
 }
 
@@ -738,7 +743,7 @@ static void end_impl(th_job *j, th_client_result res, const char *detail)
         status_error(j, &e);
     } else {
         char after[64] = "";
-        if (j->received > 0)
+        if (j->received > 0 && res != TH_CLIENT_OK)
             snprintf(after, sizeof after, " after %llu bytes", (unsigned long long)j->received);
         switch (res) {
         case TH_CLIENT_OK:
@@ -1047,7 +1052,12 @@ int th_upstream_json_raw(th_buf *b, const char *key, const char *raw)
 int th_upstream_bearer(th_upstream_http *h, const char *key)
 {
     if (key == NULL || strpbrk(key, "\r\n") != NULL) return -1;
-    return th_buf_appendf(&h->headers, "Authorization: Bearer %s\n", key) == TH_BUF_OK ? 0 : -1;
+    size_t kl = strlen(key);
+    if (th_buf_reserve(&h->headers, kl + 23) != TH_BUF_OK) return -1;
+    th_buf_append(&h->headers, "Authorization: Bearer ", 22);
+    th_buf_append(&h->headers, key, kl);
+    th_buf_append(&h->headers, "\n", 1);
+    return 0;
 }
 
 int th_upstream_need_secret(const th_provider_conf *pc, const char **key, th_perr *err)

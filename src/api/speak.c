@@ -309,7 +309,8 @@ static void cache_cb(void *ud, const th_cache_lookup *res)
     th_api_ctx *c = ud;
     c->waiting = false;
     if (c->gone) {
-        if (res->outcome == TH_CACHE_LEAD && res->flight) th_cache_flight_fail(res->flight, 499, "client gone");
+        if (res->outcome == TH_CACHE_LEAD && res->flight)
+            th_cache_flight_fail(res->flight, 499, "client gone");
         if (res->outcome == TH_CACHE_JOINED && res->follower) th_cache_unfollow(res->follower);
         finish(c, 499, false, true);
         return;
@@ -443,12 +444,12 @@ static void limit_cb(void *ud, const th_limit_result *res)
     if (!res->allowed) {
         c->retry_after_s = res->retry_after_s > 0 ? (int)res->retry_after_s : 1;
         if (c->hub->metrics)
-            th_metrics_add(c->hub->metrics, TH_M_REJECTIONS, (const char *[]){res->reason ? res->reason : "limit", NULL},
-                           1);
+            th_metrics_add(c->hub->metrics, TH_M_REJECTIONS,
+                           (const char *[]){res->reason ? res->reason : "limit", NULL}, 1);
         int status = res->status ? res->status : 429;
         char msg[160];
-        snprintf(msg, sizeof msg, "rate limit reached (%s); retry in %lld s", res->reason ? res->reason : "limit",
-                 (long long)c->retry_after_s);
+        snprintf(msg, sizeof msg, "rate limit reached (%s); retry in %lld s",
+                 res->reason ? res->reason : "limit", (long long)c->retry_after_s);
         fail_early(c, status, status == 429 ? "rate_limit_error" : "service_unavailable", res->reason, msg);
         return;
     }
@@ -512,8 +513,8 @@ void th_api_speak(th_api_ctx *c, const th_synth_params *p)
     c->fmt = p->fmt;
     if (c->voice == NULL && p->voice) c->voice = th_strndup(p->voice, strlen(p->voice));
     if (c->tconf && !th_auth_voice_allowed(c->tconf, p->voice)) {
-        th_api_error(c, 403, "permission_error", "voice_not_allowed", "voice '%s' is not allowed for tenant %s",
-                     p->voice, c->tconf->name);
+        th_api_error(c, 403, "permission_error", "voice_not_allowed",
+                     "voice '%s' is not allowed for tenant %s", p->voice, c->tconf->name);
         return;
     }
     th_synth_params q = *p;
@@ -539,7 +540,8 @@ void th_api_speak(th_api_ctx *c, const th_synth_params *p)
                 if (th_synth_prepare(c->hub, &any, &e2) == 0) {
                     free_owned(c);
                     th_api_error(c, 403, "permission_error", "provider_not_allowed",
-                                 "no provider that tenant %s may use offers voice '%s'", c->tconf->name, p->voice);
+                                 "no provider that tenant %s may use offers voice '%s'", c->tconf->name,
+                                 p->voice);
                     return;
                 }
             }
@@ -564,14 +566,15 @@ int th_api_auth(th_api_ctx *c, bool admin)
     c->tconf = NULL;
     if (hub->auth == NULL) return 0;
     char err[200] = "";
-    th_auth_rc rc = th_auth_check(hub->auth, th_http_header(c->req, "Authorization"),
-                                  th_http_header(c->req, "X-API-Key"), (int64_t)(th_wall_ms() / 1000), &c->id, err,
-                                  sizeof err);
+    th_auth_rc rc =
+        th_auth_check(hub->auth, th_http_header(c->req, "Authorization"), th_http_header(c->req, "X-API-Key"),
+                      (int64_t)(th_wall_ms() / 1000), &c->id, err, sizeof err);
     if (rc != TH_AUTH_OK) {
         th_http_set_header(c->req, "WWW-Authenticate", "Bearer");
         if (hub->metrics) th_metrics_add(hub->metrics, TH_M_REJECTIONS, (const char *[]){"auth", NULL}, 1);
-        th_api_error(c, 401, "authentication_error", rc == TH_AUTH_MISSING ? "missing_credentials" : "invalid_credentials",
-                     "%s", err[0] ? err : "invalid credentials");
+        th_api_error(c, 401, "authentication_error",
+                     rc == TH_AUTH_MISSING ? "missing_credentials" : "invalid_credentials", "%s",
+                     err[0] ? err : "invalid credentials");
         return -1;
     }
     if (c->id.tenant[0]) {

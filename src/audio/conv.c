@@ -1152,7 +1152,8 @@ int th_audio_conv_pass(th_audio_conv *c, const uint8_t *data, size_t len, char *
     c->sniff = saved;
     if (rc < 0) return end(c, -1);
     if (rc == 0) return end(c, 0);
-    bool same = c->in_fmt == c->out.fmt && c->in_fmt != TH_FMT_PCM && c->in_fmt != TH_FMT_WAV && c->out.tempo == 1.0;
+    bool same =
+        c->in_fmt == c->out.fmt && c->in_fmt != TH_FMT_PCM && c->in_fmt != TH_FMT_WAV && c->out.tempo == 1.0;
     if (!same) return end(c, 0); /* still sniffing: th_audio_conv_push decides again on these bytes */
     c->state = ST_RUN;
     if (start_input(c) != 0) return end(c, -1);

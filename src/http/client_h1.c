@@ -181,6 +181,7 @@ struct th_h1c_req {
 struct th_h1c {
     uv_loop_t *loop;
     uv_idle_t idle;
+    uv_timer_t starve; /* re-pumps waiters after EMFILE */
     qlink hosts;
     qlink conns;
     qlink live;
@@ -218,9 +219,10 @@ static const http_parser_settings parser_settings = {
 static void teardown(th_h1c *c);
 static void host_pump(h1_host *h);
 static void on_req_timer(uv_timer_t *t);
-static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai);
+static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai, int *err);
+static int req_dispatch(th_h1c_req *r, bool fresh);
+static void conn_close_ex(h1_conn *k, bool pump);
 static void conn_close(h1_conn *k);
-static void req_dispatch(th_h1c_req *r, bool fresh);
 
 /* ---------------------------------------------------------------- lifetime bookkeeping */
 
@@ -379,6 +381,11 @@ static void conn_unbind(h1_conn *k)
 
 static void conn_close(h1_conn *k)
 {
+    conn_close_ex(k, true);
+}
+
+static void conn_close_ex(h1_conn *k, bool pump)
+{
     if (k->state == K_CLOSING) return;
     th_h1c *c = k->c;
     conn_unbind(k);
@@ -392,7 +399,7 @@ static void conn_close(h1_conn *k)
     h1_host *h = k->h;
     h->nconns--;
     uv_close((uv_handle_t *)&k->tcp, on_conn_closed);
-    if (!c->closing) host_pump(h); /* a slot is free: a waiter may connect */
+    if (pump && !c->closing) host_pump(h); /* a slot is free: a waiter may connect */
 }
 
 static void on_write(uv_write_t *w, int status);
@@ -610,7 +617,8 @@ static void on_connect(uv_connect_t *cr, int status)
         conn_close(k);
         if (!r || r->state != R_ACTIVE) return;
         if (next < h->naddrs) { /* the next address of the name (::1 refused, 127.0.0.1 listening) */
-            if (conn_open(c, h, r, next)) return;
+            int oerr = 0;
+            if (conn_open(c, h, r, next, &oerr)) return;
         }
         snprintf(r->detail, sizeof r->detail, "connect to %s:%d: %s", h->name, h->port, uv_strerror(status));
         finish(r, TH_CLIENT_CONNECT, r->detail);
@@ -631,8 +639,9 @@ static void on_connect(uv_connect_t *cr, int status)
 
 /* Opens a connection to address ai of h for r (r may be NULL). NULL when it could not even start; then
  * r is untouched. */
-static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai)
+static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai, int *err)
 {
+    *err = UV_ENOMEM;
     h1_conn *k = calloc(1, sizeof *k);
     if (!k) return NULL;
     if (uv_tcp_init(c->loop, &k->tcp) != 0) {
@@ -653,10 +662,11 @@ static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai)
     uv_tcp_nodelay(&k->tcp, 1);
     int rc = uv_tcp_connect(&k->creq, &k->tcp, (const struct sockaddr *)&h->addrs[ai], on_connect);
     if (rc != 0) {
+        *err = rc;
         if (r)
             snprintf(r->detail, sizeof r->detail, "connect to %s:%d: %s", h->name, h->port, uv_strerror(rc));
         k->state = K_OPEN;
-        conn_close(k);
+        conn_close_ex(k, false); /* no pump: the caller decides what r and the waiters do */
         return NULL;
     }
     k->r = r;
@@ -753,8 +763,22 @@ static void host_pump(h1_host *h)
         th_h1c_req *r = Q_OF(h->waiting.next, th_h1c_req, wait);
         if (q_empty(&h->idle) && ((long)h->nconns >= c->max_host || (long)c->nconns >= c->max_total)) return;
         q_unlink(&r->wait);
-        req_dispatch(r, false);
+        if (req_dispatch(r, false) == 1) return; /* out of descriptors: the starve timer comes back */
     }
+}
+
+/* Out of descriptors (EMFILE/ENFILE) or local ports: waiters wait for a connection to close, or for
+ * this timer, within their connect deadline, instead of failing at once. */
+static void on_starve_timer(uv_timer_t *t)
+{
+    th_h1c *c = t->data;
+    for (qlink *l = c->hosts.next; l != &c->hosts; l = l->next)
+        host_pump(Q_OF(l, h1_host, link));
+}
+
+static bool starved_err(int err)
+{
+    return err == UV_EMFILE || err == UV_ENFILE || err == UV_EADDRNOTAVAIL || err == UV_ENOBUFS;
 }
 
 static h1_host *host_get(th_h1c *c, const char *name, size_t nlen, int port)
@@ -790,7 +814,7 @@ static h1_host *host_get(th_h1c *c, const char *name, size_t nlen, int port)
 
 /* Finds r a connection: an idle one, a new one, or a place in the host's queue. fresh: never an idle
  * connection (a retry after a reused one failed). Never calls r's callbacks. */
-static void req_dispatch(th_h1c_req *r, bool fresh)
+static int req_dispatch(th_h1c_req *r, bool fresh)
 {
     th_h1c *c = r->c;
     h1_host *h = r->h;
@@ -798,7 +822,7 @@ static void req_dispatch(th_h1c_req *r, bool fresh)
     if (!host_resolved(h, now)) {
         q_push(&h->waiting, &r->wait);
         host_resolve(c, h);
-        return;
+        return 0;
     }
     while (!fresh && !q_empty(&h->idle)) {
         h1_conn *k = Q_OF(h->idle.next, h1_conn, link);
@@ -808,17 +832,24 @@ static void req_dispatch(th_h1c_req *r, bool fresh)
             conn_close(k);
             continue;
         }
-        if (conn_bind_send(k, r)) return;
+        if (conn_bind_send(k, r)) return 0;
         /* the write failed at once (the server closed it): try the next, or a new one */
     }
     if ((long)h->nconns < c->max_host && (long)c->nconns < c->max_total) {
-        if (conn_open(c, h, r, 0)) return;
+        int err = 0;
+        if (conn_open(c, h, r, 0, &err)) return 0;
+        if (starved_err(err)) {
+            q_push_head(&h->waiting, &r->wait);
+            if (!uv_is_active((uv_handle_t *)&c->starve)) uv_timer_start(&c->starve, on_starve_timer, 100, 0);
+            return 1;
+        }
         r->fail = TH_CLIENT_CONNECT;
         r->want_fail = true;
         pend(r);
-        return;
+        return 0;
     }
     q_push(&h->waiting, &r->wait);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- parser callbacks */
@@ -1163,7 +1194,8 @@ static int build_request(th_h1c_req *r, const th_client_opts *o, const char *met
             const char *hd = o->headers[i];
             size_t nlen = 0;
             if (header_is_removal(hd, &nlen)) continue;
-            if (name_is(hd, nlen, "content-length", 14) || name_is(hd, nlen, "transfer-encoding", 17)) continue;
+            if (name_is(hd, nlen, "content-length", 14) || name_is(hd, nlen, "transfer-encoding", 17))
+                continue;
             if (hd[nlen] == ';') { /* "Name;" = empty value */
                 rc |= th_buf_append(b, hd, nlen);
                 rc |= th_buf_append(b, ":\r\n", 3);
@@ -1205,7 +1237,13 @@ th_h1c *th_h1c_new(uv_loop_t *loop, const th_client_conf *conf)
         return NULL;
     }
     c->idle.data = c;
-    c->nhandles = 1;
+    if (uv_timer_init(loop, &c->starve) != 0) {
+        c->torn_down = true;
+        uv_close((uv_handle_t *)&c->idle, on_idle_closed);
+        return NULL;
+    }
+    c->starve.data = c;
+    c->nhandles = 2;
     return c;
 }
 
@@ -1327,6 +1365,8 @@ static void teardown(th_h1c *c)
         free(h->name);
         free(h);
     }
+    uv_timer_stop(&c->starve);
+    uv_close((uv_handle_t *)&c->starve, on_idle_closed);
     uv_close((uv_handle_t *)&c->idle, on_idle_closed);
 }
 

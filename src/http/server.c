@@ -64,11 +64,11 @@ struct th_http_req {
     uint64_t bytes_sent;
     int64_t clen; /* declared Content-Length of a streamed response; -1 when not known */
     int status;
-    bool held;    /* the handler owns it (between dispatch and th_http_end/th_http_respond) */
+    bool held;         /* the handler owns it (between dispatch and th_http_end/th_http_respond) */
     bool started;      /* response head built */
     bool head_pending; /* built in c->out but not sent: it goes out with the first body bytes */
-    bool ended;   /* th_http_end/th_http_respond called */
-    bool aborted; /* the client went away while the handler held it */
+    bool ended;        /* th_http_end/th_http_respond called */
+    bool aborted;      /* the client went away while the handler held it */
     bool close_fired;
     bool drain_armed;
     bool has_reqid; /* the handler set X-Request-Id */

@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -1344,6 +1346,69 @@ TH_TEST(bad_urls_never_succeed)
         tr_free(&t);
     }
     TH_CHECK_INT(th_client_inflight(x.c), 0);
+    TH_CHECK_INT(fx_close(&x), 0);
+}
+
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the directory's own descriptor */
+}
+
+static bool pred_accepted4(void *arg)
+{
+    return atomic_load(&((fx *)arg)->f.accepted) >= 4;
+}
+
+TH_TEST(out_of_descriptors_waits_instead_of_failing)
+{
+    /* Four transfers hold four connections; then the process has no descriptor left. Four more must
+     * wait (not fail) and go out on the first four connections once those are free. */
+    if (TEST_CLIENT_ENGINE == TH_CLIENT_ENGINE_CURL) return; /* curl fails such a transfer at once */
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    enum { N = 8 };
+    tr t[N];
+    for (int i = 0; i < N; i++)
+        tr_init(&t[i], &x);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/delay?n=300", x.f.port);
+    for (int i = 0; i < 4; i++)
+        TH_REQUIRE(tr_start(&t[i], &(th_client_opts){.url = url}) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_accepted4, &x, 5000));
+    struct rlimit old;
+    TH_REQUIRE(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    int used = open_fds();
+    TH_REQUIRE(used > 0);
+    struct rlimit lim = {(rlim_t)used + 16, old.rlim_max};
+    TH_REQUIRE(setrlimit(RLIMIT_NOFILE, &lim) == 0);
+    int fill[64], nfill = 0; /* every free descriptor (holes too) taken */
+    while (nfill < 64 && (fill[nfill] = dup(0)) >= 0)
+        nfill++;
+    TH_CHECK(nfill < 64);
+    for (int i = 4; i < N; i++)
+        TH_CHECK(tr_start(&t[i], &(th_client_opts){.url = url, .connect_timeout_ms = 5000}) != NULL);
+    many m = {t, N};
+    bool all = run_until(&x.loop, pred_all_done, &m, 10000);
+    for (int i = 0; i < nfill; i++)
+        close(fill[i]);
+    setrlimit(RLIMIT_NOFILE, &old);
+    TH_CHECK(all);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        ok += t[i].result == TH_CLIENT_OK && body_is(&t[i], "ok");
+        if (t[i].result != TH_CLIENT_OK || !body_is(&t[i], "ok"))
+            fprintf(stderr, "  %d: %s %d %s [%.*s]\n", i, th_client_result_name(t[i].result), t[i].status,
+                    t[i].detail, (int)t[i].body.len, (const char *)t[i].body.data);
+        tr_free(&t[i]);
+    }
+    TH_CHECK_INT(ok, N);
+    if (TEST_CLIENT_ENGINE == TH_CLIENT_ENGINE_AUTO) TH_CHECK_INT(atomic_load(&x.f.accepted), 4);
     TH_CHECK_INT(fx_close(&x), 0);
 }
 

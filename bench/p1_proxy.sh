@@ -9,11 +9,14 @@
 #   coalesces identical in-flight requests (even with the cache off), so the upstream would see ~1 call in 60.
 #   The upstream's access log counts the calls that reached it.
 # - wrk -t1 on CPU 1 at c$CONNS (max load): RPS, p99, CPU µs/request of the hub process / the nginx proxy worker.
-# - Low load (wrk -c$LOW_CONNS; wrk2 is not available): p99 of hub, nginx proxy and the upstream direct; the
-#   "added p99" is p99(through X) - p99(upstream direct).
+# - Half load: bench/loadgen (open loop, built with the hub) sends at a fixed rate of half the hub's median
+#   max RPS, over $LOW_CONNS keep-alive connections, to the upstream direct, through nginx and through the hub,
+#   pinned to CPU 1. Latency counts from each request's due time. "Added p99" = p99(through X) - p99(direct).
 source "$(dirname "$0")/lib.sh"
 source "$ROOT/bench/proxy_lib.sh"
-ROUNDS=${ROUNDS:-3}; DUR=${DUR:-5}; CONNS=${CONNS:-64}; LOW_CONNS=${LOW_CONNS:-8}
+ROUNDS=${ROUNDS:-3}; DUR=${DUR:-5}; CONNS=${CONNS:-64}; LOW_CONNS=${LOW_CONNS:-16}
+LOADGEN=${LOADGEN:-$(dirname "$BIN")/loadgen}
+[ -x "$LOADGEN" ] || { echo "bench: $LOADGEN missing (cmake --build build)" >&2; exit 1; }
 ensure_bin
 uport=$(free_port); hport=$(free_port); nport=$(free_port)
 mp3=$(mp3_4k)
@@ -52,11 +55,20 @@ for _ in $(seq 1 "$ROUNDS"); do
   wrk_run hub "http://127.0.0.1:$hport/api/generate" "$hpid" "$CONNS" "$DUR"
   wrk_run nginx "http://127.0.0.1:$nport/api/generate" "$npw" "$CONNS" "$DUR"
 done
+half=$(awk -v r="$(med 2 hub)" 'BEGIN {printf "%d", r / 2}')
+# lg_run LABEL PORT PATH: one loadgen run at $half req/s; appends "LABEL rate p50 p99 bad" to $WORK/lat
+lg_run() {
+  local out
+  out=$(taskset -c 1 "$LOADGEN" 127.0.0.1 "$2" "$3" "$half" "$LOW_CONNS" "$DUR")
+  awk -v l="$1" '{for (i = 1; i <= NF; i++) {split($i, kv, "="); v[kv[1]] = kv[2]}
+       print l, v["rate"], v["p50_ms"], v["p99_ms"], v["bad"]}' <<<"$out" >>"$WORK/lat"
+}
 for _ in $(seq 1 "$ROUNDS"); do
-  wrk_run hub_low "http://127.0.0.1:$hport/api/generate" "$hpid" "$LOW_CONNS" "$DUR"
-  wrk_run nginx_low "http://127.0.0.1:$nport/api/generate" "$npw" "$LOW_CONNS" "$DUR"
-  wrk_run direct_low "http://127.0.0.1:$uport/v1/audio/speech" "$upw" "$LOW_CONNS" "$DUR"
+  lg_run direct "$uport" /v1/audio/speech
+  lg_run nginx "$nport" /api/generate
+  lg_run hub "$hport" /api/generate
 done
+lmed() { awk -v s="$2" -v c="$1" '$1==s {print $c}' "$WORK/lat" | median; }
 
 upcalls=$(grep -c "POST /v1/audio/speech" "$WORK/up-access.log" || true)
 sent=$(awk '{t+=$6} END {print t}' "$WORK/results")
@@ -65,15 +77,18 @@ sent=$(awk '{t+=$6} END {print t}' "$WORK/results")
   echo "   proxies pinned to CPU 0; upstream nginx and wrk on CPU 1; every input different (WRK_UNIQUE=$WRK_UNIQUE)"
   echo "   requests sent by wrk in all runs: $sent; POSTs that reached the upstream: $upcalls"
   printf "%-22s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
-  for s in hub nginx hub_low nginx_low direct_low; do
-    case $s in hub) n="hub c$CONNS";; nginx) n="nginx proxy c$CONNS";; hub_low) n="hub c$LOW_CONNS";;
-      nginx_low) n="nginx proxy c$LOW_CONNS";; direct_low) n="upstream direct c$LOW_CONNS";; esac
-    printf "%-22s %10.0f %10.3f %12.2f %8d\n" "$n" "$(med 2 $s)" "$(med 3 $s)" "$(med 4 $s)" "$(sum_col 5 $s)"
+  printf "%-22s %10.0f %10.3f %12.2f %8d\n" "hub c$CONNS" "$(med 2 hub)" "$(med 3 hub)" "$(med 4 hub)" "$(sum_col 5 hub)"
+  printf "%-22s %10.0f %10.3f %12.2f %8d\n" "nginx proxy c$CONNS" "$(med 2 nginx)" "$(med 3 nginx)" "$(med 4 nginx)" \
+    "$(sum_col 5 nginx)"
+  echo "half load: loadgen at $half req/s (half the hub's max), $LOW_CONNS connections, latency from due time"
+  printf "%-22s %10s %10s %10s %8s\n" "" "rate" "p50 ms" "p99 ms" "non200"
+  for s in direct nginx hub; do
+    printf "%-22s %10.0f %10.3f %10.3f %8d\n" "$s" "$(lmed 2 $s)" "$(lmed 3 $s)" "$(lmed 4 $s)" \
+      "$(awk -v s=$s '$1==s {t+=$5} END {print t+0}' "$WORK/lat")"
   done
   awk -v hr="$(med 2 hub)" -v nr="$(med 2 nginx)" -v hu="$(med 4 hub)" -v nu="$(med 4 nginx)" \
-      -v hl="$(med 3 hub_low)" -v nl="$(med 3 nginx_low)" -v dl="$(med 3 direct_low)" \
-      -v hlr="$(med 2 hub_low)" -v c="$LOW_CONNS" 'BEGIN {
+      -v hl="$(lmed 4 hub)" -v nl="$(lmed 4 nginx)" -v dl="$(lmed 4 direct)" 'BEGIN {
     printf "ratio hub/nginx at c%s: RPS %.2fx (target >= 1.0), CPU per request %.2fx\n", "'"$CONNS"'", hr/nr, hu/nu
-    printf "added p99 at c%s (hub at %.0f%% of its c%s RPS): hub %+.3f ms, nginx proxy %+.3f ms over upstream direct (target < 1 ms)\n", c, 100*hlr/hr, "'"$CONNS"'", hl-dl, nl-dl
+    printf "added p99 at half load: hub %+.3f ms, nginx proxy %+.3f ms over upstream direct (target < 1 ms)\n", hl-dl, nl-dl
   }'
 } | tee "$OUT/p1_proxy.txt"

@@ -42,7 +42,7 @@ typedef struct lconn {
 typedef struct lg {
     lconn conns[MAX_CONNS];
     int nconns;
-    uint64_t *lat; /* ns from the send */
+    uint64_t *lat;  /* ns from the send */
     uint64_t *dlat; /* ns from the due time */
     size_t nlat, caplat;
     uint64_t ok, bad, sent;
@@ -99,8 +99,8 @@ static int send_req(lg *g, lconn *c, uint64_t due)
 {
     char body[256], req[1024];
     int bl = snprintf(body, sizeof body,
-                      "input=Hello+from+the+ttshub+benchmark.+%lu-%lu&voice=alloy&response_format=mp3", g->seed,
-                      ++g->seq);
+                      "input=Hello+from+the+ttshub+benchmark.+%lu-%lu&voice=alloy&response_format=mp3",
+                      g->seed, ++g->seq);
     int rl = snprintf(req, sizeof req,
                       "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                       "Content-Length: %d\r\n\r\n%s",

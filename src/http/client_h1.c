@@ -10,7 +10,7 @@
  *     cached DNS_TTL_MS), its idle connections (LIFO), its open-connection count and the transfers
  *     waiting for a connection (at max_host_connections / max_total_connections) or for the resolver.
  *   - h1_conn: a uv_tcp_t that reads for its whole life (idle connections too, so a server's close is
- *     seen at once and epoll registration never churns), an http_parser in response mode, and at most
+ *     seen at once and epoll registration never churns), a response parser (resp.c), and at most
  *     one bound transfer. A connection opened for a transfer that is cancelled before it connects stays
  *     open and goes to the next waiter or the idle pool.
  *   - th_h1c_req: one transfer: the request bytes (head and body, built at start), the response header
@@ -34,11 +34,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include <http_parser.h>
-
 #include "core/buf.h"
 #include "core/str.h"
 #include "http/client_eng.h"
+#include "http/resp.h"
 
 #define HDR_MAX_COUNT 100
 #define HDR_MAX_BYTES 16384
@@ -132,7 +131,7 @@ struct h1_conn {
     th_h1c_req *r; /* bound transfer */
     qlink link;    /* h->idle */
     qlink all;     /* c->conns */
-    http_parser hp;
+    th_resp rp;
     th_buf pend; /* bytes read but not parsed while the transfer is paused */
     uint64_t idle_since;
     size_t addr_i;
@@ -156,9 +155,6 @@ struct th_h1c_req {
     th_client_cb cb;
     th_buf out; /* request head and body */
     size_t out_off;
-    th_buf hbuf; /* "name\0value\0" of the current response */
-    size_t hdr_n;
-    int hstate; /* 0 none, 1 in a name, 2 in a value */
     uint64_t t_start, t_conn, t_first, t_total;
     uint64_t max_body, body_seen;
     int status;
@@ -168,7 +164,6 @@ struct th_h1c_req {
     bool connected;
     bool got_byte;
     bool head_done;
-    bool complete;
     bool paused;
     bool in_cb;
     bool cancelled;
@@ -202,19 +197,9 @@ struct th_h1c {
     char rbuf[READ_BUF_SIZE];
 };
 
-static int p_headers_complete(http_parser *p);
-static int p_header_field(http_parser *p, const char *at, size_t len);
-static int p_header_value(http_parser *p, const char *at, size_t len);
-static int p_body(http_parser *p, const char *at, size_t len);
-static int p_message_complete(http_parser *p);
-
-static const http_parser_settings parser_settings = {
-    .on_header_field = p_header_field,
-    .on_header_value = p_header_value,
-    .on_headers_complete = p_headers_complete,
-    .on_body = p_body,
-    .on_message_complete = p_message_complete,
-};
+static int resp_head(void *ud, int status, const th_client_header *h, size_t n);
+static int resp_body(void *ud, const uint8_t *data, size_t len);
+static const th_resp_cb resp_cbs = {resp_head, resp_body};
 
 static void teardown(th_h1c *c);
 static void host_pump(h1_host *h);
@@ -245,7 +230,6 @@ static void on_timer_closed(uv_handle_t *hd)
     th_h1c_req *r = hd->data;
     th_h1c *c = r->c;
     th_buf_free(&r->out);
-    th_buf_free(&r->hbuf);
     free(r);
     handle_gone(c);
 }
@@ -255,6 +239,7 @@ static void on_conn_closed(uv_handle_t *hd)
     h1_conn *k = hd->data;
     th_h1c *c = k->c;
     th_buf_free(&k->pend);
+    th_resp_free(&k->rp);
     free(k);
     handle_gone(c);
 }
@@ -290,18 +275,15 @@ static th_h1c_req *req_get(th_h1c *c)
         r->timer.data = r;
         c->nhandles++;
         th_buf_init(&r->out, 0);
-        th_buf_init(&r->hbuf, HDR_MAX_BYTES);
     }
     r->h = NULL;
     r->k = NULL;
     r->out_off = 0;
-    r->hdr_n = 0;
-    r->hstate = 0;
     r->max_body = r->body_seen = 0;
     r->status = 0;
     r->state = R_POOLED;
     r->fail = TH_CLIENT_OK;
-    r->is_head = r->connected = r->got_byte = r->head_done = r->complete = false;
+    r->is_head = r->connected = r->got_byte = r->head_done = false;
     r->paused = r->in_cb = r->cancelled = r->retried = r->want_resume = r->want_fail = false;
     r->detail[0] = 0;
     return r;
@@ -328,7 +310,6 @@ static void req_release(th_h1c_req *r)
     }
     if (r->out.cap > KEEPBUF_MAX) th_buf_free(&r->out);
     th_buf_reset(&r->out);
-    th_buf_reset(&r->hbuf);
     q_push(&c->pool, &r->live);
     c->npool++;
 }
@@ -456,8 +437,7 @@ static bool conn_bind_send(h1_conn *k, th_h1c_req *r)
     k->r = r;
     r->k = k;
     r->connected = true;
-    http_parser_init(&k->hp, HTTP_RESPONSE);
-    k->hp.data = k;
+    th_resp_init(&k->rp, r->is_head);
     req_arm(r);
     if (conn_send(k) == 0) return true;
     conn_unbind(k);
@@ -474,15 +454,16 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *b)
     b->len = READ_BUF_SIZE;
 }
 
-/* Runs the parser over bytes of the bound transfer's response and acts on the outcome. */
+/* Runs the parser over bytes of the bound transfer's response and acts on the outcome. len may be 0 (a
+ * resume: a response whose last bytes were delivered before the pause completes here). */
 static void conn_feed(h1_conn *k, const char *data, size_t len)
 {
     th_h1c *c = k->c;
     th_h1c_req *r = k->r;
+    size_t used = 0;
     c->depth++;
-    size_t n = http_parser_execute(&k->hp, &parser_settings, data, len);
+    th_resp_rc rc = th_resp_feed(&k->rp, (const uint8_t *)data, len, &used, &resp_cbs, k, c->harr);
     c->depth--;
-    enum http_errno e = HTTP_PARSER_ERRNO(&k->hp);
 
     if (k->state == K_CLOSING) { /* defensive: nothing in a callback closes its own connection */
         if (r->state == R_ACTIVE) {
@@ -504,9 +485,10 @@ static void conn_feed(h1_conn *k, const char *data, size_t len)
         finish(r, r->fail, r->detail);
         return;
     }
-    if (r->complete) {
+    switch (rc) {
+    case TH_RESP_DONE: {
         /* Anything after the response on this connection is not ours: it cannot be reused. */
-        bool keep = http_should_keep_alive(&k->hp) && n >= len && k->hp.upgrade == 0;
+        bool keep = th_resp_keep_alive(&k->rp) && used == len;
         k->served++;
         conn_unbind(k);
         if (keep)
@@ -516,8 +498,8 @@ static void conn_feed(h1_conn *k, const char *data, size_t len)
         finish(r, TH_CLIENT_OK, NULL);
         return;
     }
-    if (e == HPE_PAUSED && r->paused) {
-        if (n < len && th_buf_append(&k->pend, data + n, len - n) != TH_BUF_OK) {
+    case TH_RESP_PAUSED:
+        if (used < len && th_buf_append(&k->pend, data + used, len - used) != TH_BUF_OK) {
             conn_close(k);
             finish(r, TH_CLIENT_INTERNAL, "out of memory");
             return;
@@ -527,11 +509,14 @@ static void conn_feed(h1_conn *k, const char *data, size_t len)
             k->reading = false;
         }
         return;
-    }
-    if (e != HPE_OK) {
-        snprintf(r->detail, sizeof r->detail, "bad response: %s", http_errno_description(e));
+    case TH_RESP_ERROR:
+    case TH_RESP_STOPPED:
+        snprintf(r->detail, sizeof r->detail, "bad response: %s", th_resp_error(&k->rp));
         conn_close(k);
         finish(r, TH_CLIENT_PROTOCOL, r->detail);
+        return;
+    case TH_RESP_MORE:
+        return;
     }
 }
 
@@ -549,13 +534,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
             conn_lost_early(k, (int)nread);
             return;
         }
-        if (nread == UV_EOF && r->head_done) { /* may end a body delimited by the close */
-            http_parser_execute(&k->hp, &parser_settings, NULL, 0); /* no user callback runs */
-            if (r->complete) {
-                conn_close(k);
-                finish(r, TH_CLIENT_OK, NULL);
-                return;
-            }
+        if (nread == UV_EOF && r->head_done && th_resp_eof(&k->rp) == TH_RESP_DONE) {
+            conn_close(k); /* the body ran until the close */
+            finish(r, TH_CLIENT_OK, NULL);
+            return;
         }
         snprintf(r->detail, sizeof r->detail, "%s in the middle of the response",
                  nread == UV_EOF ? "connection closed" : uv_strerror((int)nread));
@@ -866,89 +848,17 @@ static int stop_with(th_h1c_req *r, th_client_result res, const char *detail)
     return -1;
 }
 
-static void end_value(th_h1c_req *r)
+static int resp_head(void *ud, int status, const th_client_header *h, size_t n)
 {
-    th_buf *b = &r->hbuf;
-    while (b->len > 0 && is_ows((char)b->data[b->len - 1]) && b->data[b->len - 1] != 0)
-        b->len--;
-    b->data[b->len++] = 0; /* room reserved by p_header_value */
-    r->hdr_n++;
-}
-
-static int p_header_field(http_parser *p, const char *at, size_t len)
-{
-    h1_conn *k = p->data;
+    h1_conn *k = ud;
     th_h1c_req *r = k->r;
-    if (r->head_done) return 0; /* trailers */
-    if (r->hstate == 2) {
-        end_value(r);
-        r->hstate = 0;
-    }
-    if (r->hstate == 0 && r->hdr_n >= HDR_MAX_COUNT)
-        return stop_with(r, TH_CLIENT_PROTOCOL, "more than 100 response headers");
-    r->hstate = 1;
-    int rc = th_buf_reserve(&r->hbuf, len + 2);
-    if (rc == TH_BUF_ENOMEM) return stop_with(r, TH_CLIENT_INTERNAL, "out of memory");
-    if (rc != TH_BUF_OK) return stop_with(r, TH_CLIENT_PROTOCOL, "response headers over 16 KiB");
-    uint8_t *d = r->hbuf.data + r->hbuf.len;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)at[i];
-        d[i] = (ch >= 'A' && ch <= 'Z') ? (uint8_t)(ch + ('a' - 'A')) : ch;
-    }
-    r->hbuf.len += len;
-    return 0;
-}
-
-static int p_header_value(http_parser *p, const char *at, size_t len)
-{
-    h1_conn *k = p->data;
-    th_h1c_req *r = k->r;
-    if (r->head_done) return 0;
-    if (r->hstate == 1) {
-        r->hbuf.data[r->hbuf.len++] = 0; /* ends the name (reserved) */
-        r->hstate = 2;
-        while (len > 0 && is_ows(*at)) {
-            at++;
-            len--;
-        }
-    }
-    int rc = th_buf_reserve(&r->hbuf, len + 1);
-    if (rc == TH_BUF_ENOMEM) return stop_with(r, TH_CLIENT_INTERNAL, "out of memory");
-    if (rc != TH_BUF_OK) return stop_with(r, TH_CLIENT_PROTOCOL, "response headers over 16 KiB");
-    if (memchr(at, '\0', len)) return stop_with(r, TH_CLIENT_PROTOCOL, "NUL byte in a response header");
-    memcpy(r->hbuf.data + r->hbuf.len, at, len);
-    r->hbuf.len += len;
-    return 0;
-}
-
-static int p_headers_complete(http_parser *p)
-{
-    h1_conn *k = p->data;
-    th_h1c_req *r = k->r;
-    th_h1c *c = r->c;
-    if (r->hstate == 2) end_value(r);
-    if (r->hstate == 1) return stop_with(r, TH_CLIENT_PROTOCOL, "malformed response header line");
-    r->hstate = 0;
-    int status = (int)p->status_code;
-    if (status < 100 || status > 999) return stop_with(r, TH_CLIENT_PROTOCOL, "bad status line");
-    r->status = status;
-    if (status < 200) {
-        if (status == 101) return stop_with(r, TH_CLIENT_PROTOCOL, "unexpected protocol switch");
-        return 0; /* interim: its message completes at once, the final response follows */
-    }
-    if (!r->is_head && r->max_body && p->content_length != ULLONG_MAX && p->content_length > r->max_body)
+    if (!r->is_head && r->max_body && k->rp.clen >= 0 && (uint64_t)k->rp.clen > r->max_body)
         return stop_with(r, TH_CLIENT_TOO_LARGE, "response body larger than max_body");
+    r->status = status;
     r->head_done = true;
-    const char *s = (const char *)r->hbuf.data;
-    for (size_t i = 0; i < r->hdr_n; i++) {
-        c->harr[i].name = s;
-        s += strlen(s) + 1;
-        c->harr[i].value = s;
-        s += strlen(s) + 1;
-    }
     if (r->cb.on_head) {
         r->in_cb = true;
-        int rc = r->cb.on_head(r->cb.ud, status, c->harr, r->hdr_n);
+        int rc = r->cb.on_head(r->cb.ud, status, h, n);
         r->in_cb = false;
         if (r->state != R_ACTIVE) {
             r->in_cb = true; /* conn_feed releases it */
@@ -956,12 +866,12 @@ static int p_headers_complete(http_parser *p)
         }
         if (rc < 0) return stop_with(r, TH_CLIENT_ABORTED, "aborted by on_head");
     }
-    return r->is_head ? 1 : 0;
+    return 0;
 }
 
-static int p_body(http_parser *p, const char *at, size_t len)
+static int resp_body(void *ud, const uint8_t *at, size_t len)
 {
-    h1_conn *k = p->data;
+    h1_conn *k = ud;
     th_h1c_req *r = k->r;
     if (len == 0) return 0;
     if (r->max_body && (r->body_seen + len < r->body_seen || r->body_seen + len > r->max_body))
@@ -969,7 +879,7 @@ static int p_body(http_parser *p, const char *at, size_t len)
     r->body_seen += len;
     if (!r->cb.on_body) return 0;
     r->in_cb = true;
-    int rc = r->cb.on_body(r->cb.ud, (const uint8_t *)at, len);
+    int rc = r->cb.on_body(r->cb.ud, at, len);
     r->in_cb = false;
     if (r->state != R_ACTIVE) {
         r->in_cb = true;
@@ -978,23 +888,8 @@ static int p_body(http_parser *p, const char *at, size_t len)
     if (rc < 0) return stop_with(r, TH_CLIENT_ABORTED, "aborted by on_body");
     if (rc == 1) {
         r->paused = true;
-        http_parser_pause(p, 1);
+        return 1;
     }
-    return 0;
-}
-
-static int p_message_complete(http_parser *p)
-{
-    h1_conn *k = p->data;
-    th_h1c_req *r = k->r;
-    if (r->status < 200) { /* the end of an interim response: start over for the final one */
-        r->hdr_n = 0;
-        r->hstate = 0;
-        th_buf_reset(&r->hbuf);
-        return 0;
-    }
-    r->complete = true;
-    http_parser_pause(p, 1); /* nothing after the response is parsed */
     return 0;
 }
 
@@ -1041,13 +936,10 @@ static void run_pending(th_h1c *c)
             h1_conn *k = r->k;
             if (!r->paused || !k) continue;
             r->paused = false;
-            http_parser_pause(&k->hp, 0);
-            if (k->pend.len > 0) {
-                th_buf tmp = k->pend;
-                th_buf_init(&k->pend, 0);
-                conn_feed(k, (const char *)tmp.data, tmp.len);
-                th_buf_free(&tmp);
-            }
+            th_buf tmp = k->pend; /* maybe empty: the response may have ended with the paused bytes */
+            th_buf_init(&k->pend, 0);
+            conn_feed(k, (const char *)tmp.data, tmp.len);
+            th_buf_free(&tmp);
             if (k->state == K_OPEN && k->r == r && r->state == R_ACTIVE && !r->paused && !k->reading &&
                 uv_read_start((uv_stream_t *)&k->tcp, on_alloc, on_read) == 0)
                 k->reading = true;

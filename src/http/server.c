@@ -43,6 +43,7 @@
 #define REJECT_LINGER_MS 500
 #define MAX_PARAMS 16
 #define MAX_RESP_HEADERS (16 * 1024)
+#define HOLD_MAX (16 * 1024) /* body bytes held with the head until the end of the loop iteration */
 #define LISTEN_BACKLOG 511
 
 enum cstate { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_LINGER, C_CLOSED };
@@ -85,6 +86,7 @@ struct conn {
     th_http_server *s;
     conn *prev, *next; /* the server's list */
     conn *rnext;       /* the server's resume queue */
+    conn *fnext;       /* the server's flush queue */
     th_http_parser p;
     th_http_req req;
     th_buf pending; /* bytes read but not parsed yet */
@@ -103,6 +105,7 @@ struct conn {
     bool counted; /* in s->nactive */
     bool in_parse;
     bool resume_queued;
+    bool flush_queued;
     char peer[INET6_ADDRSTRLEN];
 };
 
@@ -125,6 +128,7 @@ struct th_http_server {
     uv_timer_t *grace;
     conn *conns;
     conn *resume;
+    conn *flush;    /* connections holding a head (and the first body bytes) to send this iteration */
     size_t nconns;  /* every conn object */
     size_t nactive; /* connections counted against max_connections */
     size_t nrejecting;
@@ -770,9 +774,25 @@ static void release_aborted(conn *c)
 
 /* ---- deferred work ---- */
 
+static int send_with_head(conn *c, th_http_req *r, uv_buf_t *bufs, unsigned n);
+
+static void flush_held(th_http_server *s)
+{
+    while (s->flush != NULL) {
+        conn *c = s->flush;
+        s->flush = c->fnext;
+        c->fnext = NULL;
+        c->flush_queued = false;
+        th_http_req *r = &c->req;
+        if (!c->closing && r->held && r->head_pending && send_with_head(c, r, NULL, 0) != 0) conn_close(c);
+        conn_unref(c);
+    }
+}
+
 static void on_idle(uv_idle_t *h)
 {
     th_http_server *s = h->data;
+    flush_held(s);
     while (s->resume != NULL) {
         conn *list = s->resume;
         s->resume = NULL;
@@ -854,7 +874,7 @@ static void on_connection(uv_stream_t *ls, int status)
     c->req.c = c;
     c->req.clen = -1;
     th_buf_init(&c->pending, PENDING_PAUSE + READ_BUF_SIZE);
-    th_buf_init(&c->out, MAX_RESP_HEADERS + 4096);
+    th_buf_init(&c->out, MAX_RESP_HEADERS + 4096 + HOLD_MAX + 64);
     th_buf_init(&c->req.rh, MAX_RESP_HEADERS);
     th_buf_init(&c->req.params, 8192);
     th_http_parser_init(&c->p, c->lim.max_header, &parser_cbs, c);
@@ -1313,7 +1333,9 @@ static int send_with_head(conn *c, th_http_req *r, uv_buf_t *bufs, unsigned n)
     all[0] = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
     for (unsigned i = 0; i < n && i < 3; i++)
         all[i + 1] = bufs[i];
-    return conn_send(c, all, n + 1);
+    int rc = conn_send(c, all, n + 1);           /* what the socket did not take is copied */
+    if (c->out.cap > 8192) th_buf_free(&c->out); /* idle keep-alive connections keep no big scratch */
+    return rc;
 }
 
 int th_http_write(th_http_req *r, const void *data, size_t len)
@@ -1341,6 +1363,29 @@ int th_http_write(th_http_req *r, const void *data, size_t len)
         return -1;
     }
     int rc;
+    if (r->head_pending && len <= HOLD_MAX && c->out.len + len + 32 <= c->out.max) {
+        /* Held with the head until th_http_end or the end of this loop iteration: a short answer then
+         * leaves in one write (head, body and the last chunk), not two. */
+        char hdr[24];
+        int hn = 0;
+        if (r->chunked) {
+            hn = put_hex(hdr, len);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+        }
+        th_buf_append(&c->out, hdr, (size_t)hn);
+        th_buf_append(&c->out, data, len);
+        if (r->chunked) th_buf_append(&c->out, "\r\n", 2);
+        r->bytes_sent += len;
+        if (!c->flush_queued) {
+            c->flush_queued = true;
+            c->refs++;
+            c->fnext = c->s->flush;
+            c->s->flush = c;
+            schedule_idle(c->s);
+        }
+        return 0;
+    }
     if (r->chunked) {
         char hdr[24];
         int hn = put_hex(hdr, len);
@@ -1380,7 +1425,7 @@ void th_http_end(th_http_req *r, bool cut)
     if (!r->head_only && r->clen >= 0 && r->bytes_sent < (uint64_t)r->clen) close = true;
     if (r->chunked && !cut && !r->head_only) {
         uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
-        if (send_with_head(c, r, &b, 1) != 0) {
+        if (send_with_head(c, r, &b, 1) != 0) { /* with a held head: head, body and end in one write */
             release_aborted(c);
             return;
         }

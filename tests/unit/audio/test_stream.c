@@ -18,7 +18,8 @@
 typedef struct sink {
     th_buf out;
     int data_calls, done, errors;
-    int after_close; /* callbacks after close: must stay 0 */
+    int after_close;          /* callbacks after close: must stay 0 */
+    const uint8_t *first_ptr; /* where the first on_data bytes lived */
     bool closed;
     char err[256];
     th_audio_stream *s;
@@ -28,7 +29,7 @@ static void on_data(void *ud, const uint8_t *d, size_t n)
 {
     sink *k = ud;
     if (k->closed) k->after_close++;
-    k->data_calls++;
+    if (k->data_calls++ == 0) k->first_ptr = d;
     th_buf_append(&k->out, d, n);
 }
 
@@ -142,6 +143,44 @@ TH_TEST(stream_passthrough_is_direct)
     uv_run(&loop, UV_RUN_DEFAULT);
     TH_CHECK_INT(uv_loop_close(&loop), 0);
     th_buf_free(&k.out);
+    free(pcm);
+}
+
+TH_TEST(stream_same_compressed_format_is_zero_copy)
+{
+    /* mp3 asked for, mp3 declared and sent: the caller's own bytes reach on_data, inside push, uncopied. */
+    uv_loop_t loop;
+    TH_REQUIRE(uv_loop_init(&loop) == 0);
+    size_t n;
+    uint8_t *pcm = tu_sine_s16(24000, 1, 1.0, &n);
+    TH_REQUIRE(pcm != NULL);
+    th_buf mp3;
+    th_buf_init(&mp3, 0);
+    char err[256] = {0};
+    th_audio_spec pin = {.fmt = TH_FMT_PCM, .sample_rate = 24000, .channels = 1};
+    th_audio_target mt = {.fmt = TH_FMT_MP3};
+    TH_REQUIRE(th_audio_convert(&pin, pcm, n, &mt, &mp3, err, sizeof err) == 0);
+    sink k = {0};
+    th_buf_init(&k.out, 0);
+    th_audio_stream_cb cb = {on_data, on_done, on_error, &k};
+    th_audio_spec in = {.fmt = TH_FMT_MP3};
+    th_audio_stream *s = th_audio_stream_new(&loop, &in, &mt, &cb, err, sizeof err);
+    TH_REQUIRE(s != NULL);
+    TH_REQUIRE(th_audio_stream_push(s, mp3.data, 1000) == 0);
+    TH_CHECK_INT(k.data_calls, 1);
+    TH_CHECK(k.first_ptr == mp3.data);
+    TH_REQUIRE(th_audio_stream_push(s, mp3.data + 1000, mp3.len - 1000) == 0);
+    TH_CHECK_INT(k.data_calls, 2);
+    th_audio_stream_finish(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    TH_CHECK_INT(k.done, 1);
+    TH_CHECK_INT(k.errors, 0);
+    TH_CHECK(k.out.len == mp3.len && memcmp(k.out.data, mp3.data, mp3.len) == 0);
+    th_audio_stream_close(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    TH_CHECK_INT(uv_loop_close(&loop), 0);
+    th_buf_free(&k.out);
+    th_buf_free(&mp3);
     free(pcm);
 }
 

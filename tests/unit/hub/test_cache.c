@@ -133,6 +133,22 @@ static const char *key_of(const char *input, char out[TH_CACHE_KEY_LEN + 1])
     return out;
 }
 
+TH_TEST(test_key_known_answers)
+{
+    /* SHA-256 over length-prefixed parts, speed as "%.4f": computed independently (Python hashlib), so
+     * hubs of different builds sharing one Redis agree on keys. */
+    char k[TH_CACHE_KEY_LEN + 1];
+    th_cache_key_parts p = {"local", "en-us", "mp3", 24000, 1.0, "", "Hello world", 11};
+    th_cache_key(&p, k);
+    TH_CHECK_STR(k, "64e455735c552b4839ce64ffcb5b0e306ec0aeeace5c96d479a93e5a10be9a39");
+    p.speed = 1.25;
+    th_cache_key(&p, k);
+    TH_CHECK_STR(k, "adade4d606c06071b94e6000c290e9212d3c7f6a21766375b5beca9f06dec086");
+    th_cache_key_parts q = {"a,b", "alloy", "opus", 48000, 0.3333, "calm", "x", 1};
+    th_cache_key(&q, k);
+    TH_CHECK_STR(k, "66cac4edd3d3a646a28995231de0ec0fbcd78560d79a6d417eefc6b257002277");
+}
+
 TH_TEST(test_key_normalisation)
 {
     char a[TH_CACHE_KEY_LEN + 1], b[TH_CACHE_KEY_LEN + 1];

@@ -13,8 +13,8 @@
  *     seen at once and epoll registration never churns), a response parser (resp.c), and at most
  *     one bound transfer. A connection opened for a transfer that is cancelled before it connects stays
  *     open and goes to the next waiter or the idle pool.
- *   - th_h1c_req: one transfer: the request bytes (head and body, built at start), the response header
- *     scratch, three deadlines on one uv_timer_t, callbacks. Records are pooled.
+ *   - th_h1c_req: one transfer: the request bytes (head and body, built at start), three deadlines on
+ *     one uv_timer_t, callbacks. Records are pooled.
  *   - One 64 KiB read buffer per client: reads are parsed at once; bytes left over by a pause are copied
  *     to the connection's own buffer until resume.
  *
@@ -26,6 +26,8 @@
  *     depth > 0 only marks; the teardown runs from the idle handle.
  *   - A request written on a reused connection that is closed or reset before any response byte is sent
  *     again once, on a new connection (the server closed an idle keep-alive connection under us).
+ *   - Out of descriptors (EMFILE/ENFILE) or local ports, a transfer waits in its host's queue, within
+ *     its connect deadline, for a connection to close or go idle (and a 100 ms retry timer).
  *   - Deadlines, all from start: connect (until the connection is up; also while queued), first byte
  *     (until a response byte; it counts as a connect timeout while not connected) and total. The total
  *     limit with no response byte yet is reported as a first-byte timeout, as the curl engine does. */
@@ -40,7 +42,6 @@
 #include "http/resp.h"
 
 #define HDR_MAX_COUNT 100
-#define HDR_MAX_BYTES 16384
 #define REQ_POOL_MAX 128
 #define READ_BUF_SIZE 65536
 #define MAX_ADDRS 8

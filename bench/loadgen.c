@@ -1,14 +1,18 @@
 /* loadgen: an open-loop HTTP/1.1 load generator for latency at a fixed rate (wrk2 is not in Debian).
  *
- * Requests are due at fixed intervals (1/rate); each due request takes a free keep-alive connection, or
- * waits for one. Two latencies are kept: from the send (p50_ms, p99_ms) and from the due time
- * (due_p50_ms, due_p99_ms: no coordinated omission, but it includes the generator's own wake-up
- * lateness, late_*_ms, which on a virtual machine can reach milliseconds). Bodies are a ttsfm form with
- * a per-request counter, so no two inputs are the same.
+ * Requests are due at fixed intervals (1/rate per target); each due request takes a free keep-alive
+ * connection of its target, or waits for one. With several targets the requests are interleaved (target
+ * k's schedule is offset by k/n of its interval), so all targets see the same moments of the machine: on a
+ * virtual machine whose scheduling pauses reach milliseconds, "added latency" is only meaningful as the
+ * difference of two targets measured side by side. Two latencies are kept: from the send (p50_ms,
+ * p99_ms) and from the due time (due_p50_ms, due_p99_ms: no coordinated omission, but it includes the
+ * generator's own wake-up lateness, late_*_ms). Bodies are a ttsfm form with a per-request counter, so
+ * no two inputs are the same.
  *
- * usage: loadgen HOST PORT PATH RATE CONNS SECONDS
- * prints: late_p50_ms=.. late_p99_ms=.. due_p50_ms=.. due_p99_ms=.. sent=N ok=N bad=N rate=R p50_ms=..
- *         p90_ms=.. p99_ms=.. max_ms=.. */
+ * usage: loadgen HOST RATE CONNS SECONDS PORT/PATH[@RATE] [PORT/PATH[@RATE] ...]
+ *        (RATE and CONNS per target; a target's own @RATE overrides the common one)
+ * prints, per target: target=PORT/PATH late_p50_ms=.. late_p99_ms=.. due_p50_ms=.. due_p99_ms=.. sent=N
+ *         ok=N bad=N rate=R p50_ms=.. p90_ms=.. p99_ms=.. max_ms=.. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <http_parser.h>
@@ -27,6 +31,7 @@
 #include "core/str.h"
 
 #define MAX_CONNS 256
+#define MAX_TARGETS 4
 #define RBUF 65536
 
 typedef struct lconn {
@@ -39,17 +44,26 @@ typedef struct lconn {
     int status;
 } lconn;
 
-typedef struct lg {
-    lconn conns[MAX_CONNS];
-    int nconns;
-    uint64_t *lat;  /* ns from the send */
-    uint64_t *dlat; /* ns from the due time */
-    size_t nlat, caplat;
-    uint64_t ok, bad, sent;
-    uint64_t *late; /* ns the send came after its due time */
-    size_t nlate;
+typedef struct target {
+    const char *spec; /* PORT/PATH as given */
     char path[256];
     char host[64];
+    lconn conns[MAX_CONNS];
+    int next_free;
+    uint64_t *lat;  /* ns from the send */
+    uint64_t *dlat; /* ns from the due time */
+    size_t nlat;
+    uint64_t *late; /* ns the send came after its due time */
+    size_t nlate;
+    size_t cap; /* of each of the three arrays */
+    uint64_t ok, bad, sent;
+    uint64_t interval, next_due; /* ns */
+} target;
+
+typedef struct lg {
+    target t[MAX_TARGETS];
+    int ntargets;
+    int nconns; /* per target */
     unsigned long seq;
     unsigned long seed;
 } lg;
@@ -95,7 +109,7 @@ static int connect_to(const char *host, int port)
     return fd;
 }
 
-static int send_req(lg *g, lconn *c, uint64_t due)
+static int send_req(lg *g, target *tg, lconn *c, uint64_t due)
 {
     char body[256], req[1024];
     int bl = snprintf(body, sizeof body,
@@ -104,7 +118,7 @@ static int send_req(lg *g, lconn *c, uint64_t due)
     int rl = snprintf(req, sizeof req,
                       "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                       "Content-Length: %d\r\n\r\n%s",
-                      g->path, g->host, bl, body);
+                      tg->path, tg->host, bl, body);
     if (rl <= 0 || (size_t)rl >= sizeof req) return -1;
     if (send(c->fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) return -1;
     c->busy = true;
@@ -112,10 +126,10 @@ static int send_req(lg *g, lconn *c, uint64_t due)
     c->status = 0;
     c->due_ns = due;
     c->sent_ns = now_ns();
-    if (g->nlate < g->caplat) g->late[g->nlate++] = c->sent_ns - due;
+    if (tg->nlate < tg->cap) tg->late[tg->nlate++] = c->sent_ns - due;
     http_parser_init(&c->hp, HTTP_RESPONSE);
     c->hp.data = c;
-    g->sent++;
+    tg->sent++;
     return 0;
 }
 
@@ -137,112 +151,158 @@ static int arg_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
     return th_strn_to_i64(s, strlen(s), lo, hi, out);
 }
 
+/* "PORT/PATH[@RATE]" -> target (connections opened later); *rate is left alone without @RATE */
+static int target_parse(target *tg, const char *host, const char *spec, int64_t *rate)
+{
+    const char *slash = strchr(spec, '/'), *at = strchr(spec, '@');
+    int64_t port;
+    if (!slash || th_strn_to_i64(spec, (size_t)(slash - spec), 1, 65535, &port) != 0) return -1;
+    if (at && (at < slash || arg_int(at + 1, 1, 10000000, rate) != 0)) return -1;
+    tg->spec = spec;
+    snprintf(tg->path, sizeof tg->path, "%.*s", (int)(at ? at - slash : (ptrdiff_t)strlen(slash)), slash);
+    snprintf(tg->host, sizeof tg->host, "%s:%d", host, (int)port);
+    return (int)port;
+}
+
+/* a free connection of the target, round robin, or NULL */
+static lconn *target_free_conn(target *tg, int nconns)
+{
+    for (int k = 0; k < nconns; k++) {
+        int i = (tg->next_free + k) % nconns;
+        if (!tg->conns[i].busy) {
+            tg->next_free = (i + 1) % nconns;
+            return &tg->conns[i];
+        }
+    }
+    return NULL;
+}
+
+static void target_report(target *tg, double wall)
+{
+    qsort(tg->lat, tg->nlat, sizeof *tg->lat, cmp_u64);
+    qsort(tg->late, tg->nlate, sizeof *tg->late, cmp_u64);
+    qsort(tg->dlat, tg->nlat, sizeof *tg->dlat, cmp_u64);
+    printf("target=%s late_p50_ms=%.3f late_p99_ms=%.3f due_p50_ms=%.3f due_p99_ms=%.3f ", tg->spec,
+           pct(tg->late, tg->nlate, 0.5), pct(tg->late, tg->nlate, 0.99), pct(tg->dlat, tg->nlat, 0.5),
+           pct(tg->dlat, tg->nlat, 0.99));
+    printf("sent=%llu ok=%llu bad=%llu rate=%.0f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
+           (unsigned long long)tg->sent, (unsigned long long)tg->ok, (unsigned long long)tg->bad,
+           (double)tg->sent / wall, pct(tg->lat, tg->nlat, 0.5), pct(tg->lat, tg->nlat, 0.9),
+           pct(tg->lat, tg->nlat, 0.99), tg->nlat ? (double)tg->lat[tg->nlat - 1] / 1e6 : 0.0);
+}
+
 int main(int argc, char **argv)
 {
-    int64_t port, rate, nconns, secs;
-    if (argc != 7 || arg_int(argv[2], 1, 65535, &port) || arg_int(argv[4], 1, 10000000, &rate) ||
-        arg_int(argv[5], 1, MAX_CONNS, &nconns) || arg_int(argv[6], 1, 3600, &secs)) {
-        fprintf(stderr, "usage: loadgen HOST PORT PATH RATE CONNS SECONDS\n");
+    int64_t rate, nconns, secs;
+    if (argc < 6 || argc - 5 > MAX_TARGETS || arg_int(argv[2], 1, 10000000, &rate) ||
+        arg_int(argv[3], 1, MAX_CONNS, &nconns) || arg_int(argv[4], 1, 3600, &secs)) {
+        fprintf(stderr, "usage: loadgen HOST RATE CONNS SECONDS PORT/PATH [PORT/PATH ...] (at most %d)\n",
+                MAX_TARGETS);
         return 2;
     }
     lg *g = calloc(1, sizeof *g);
     if (!g) return 1;
-    snprintf(g->path, sizeof g->path, "%s", argv[3]);
-    snprintf(g->host, sizeof g->host, "%s:%d", argv[1], (int)port);
     g->seed = (unsigned long)now_ns();
-    g->caplat = (size_t)(rate * secs) + 16;
-    g->lat = malloc(g->caplat * sizeof *g->lat);
-    g->late = malloc(g->caplat * sizeof *g->late);
-    g->dlat = malloc(g->caplat * sizeof *g->dlat);
-    if (!g->late || !g->dlat) return 1;
-    int ep = epoll_create1(0);
-    if (!g->lat || ep < 0) return 1;
-    for (int i = 0; i < nconns; i++) {
-        lconn *c = &g->conns[i];
-        c->fd = connect_to(argv[1], (int)port);
-        if (c->fd < 0) {
-            fprintf(stderr, "loadgen: cannot connect: %s\n", strerror(errno));
-            return 1;
-        }
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-    }
+    g->ntargets = argc - 5;
     g->nconns = (int)nconns;
+    int ep = epoll_create1(0);
+    if (ep < 0) return 1;
+    for (int ti = 0; ti < g->ntargets; ti++) {
+        target *tg = &g->t[ti];
+        int64_t trate = rate;
+        int port = target_parse(tg, argv[1], argv[5 + ti], &trate);
+        if (port < 0) {
+            fprintf(stderr, "loadgen: bad target %s (PORT/PATH)\n", argv[5 + ti]);
+            return 2;
+        }
+        tg->cap = (size_t)(trate * secs) + 16;
+        tg->interval = 1000000000ull / (uint64_t)trate;
+        tg->lat = malloc(tg->cap * sizeof *tg->lat);
+        tg->dlat = malloc(tg->cap * sizeof *tg->dlat);
+        tg->late = malloc(tg->cap * sizeof *tg->late);
+        if (!tg->lat || !tg->dlat || !tg->late) return 1;
+        for (int i = 0; i < g->nconns; i++) {
+            lconn *c = &tg->conns[i];
+            c->fd = connect_to(argv[1], port);
+            if (c->fd < 0) {
+                fprintf(stderr, "loadgen: cannot connect to %s: %s\n", tg->host, strerror(errno));
+                return 1;
+            }
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(ti * MAX_CONNS + i)};
+            epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+        }
+    }
     char *rbuf = malloc(RBUF);
     if (!rbuf) return 1;
-    uint64_t interval = 1000000000ull / (uint64_t)rate;
+    /* each target its own schedule, target k offset by k/n of its interval so the targets interleave */
     uint64_t start = now_ns(), end = start + (uint64_t)secs * 1000000000ull;
-    uint64_t next_due = start;
-    int next_free = 0;
+    for (int ti = 0; ti < g->ntargets; ti++)
+        g->t[ti].next_due = start + g->t[ti].interval * (uint64_t)ti / (uint64_t)g->ntargets;
     for (;;) {
         uint64_t t = now_ns();
-        /* send every request that is due, while connections are free */
-        while (next_due <= t && next_due < end) {
-            lconn *c = NULL;
-            for (int k = 0; k < g->nconns; k++) {
-                lconn *cand = &g->conns[(next_free + k) % g->nconns];
-                if (!cand->busy) {
-                    c = cand;
-                    next_free = (int)((cand - g->conns) + 1) % g->nconns;
+        /* send every request that is due, while its target has a free connection; find the next wake-up */
+        bool any_due = false, any_busy = false, starved = false;
+        uint64_t wake = UINT64_MAX;
+        for (int ti = 0; ti < g->ntargets; ti++) {
+            target *tg = &g->t[ti];
+            while (tg->next_due <= t && tg->next_due < end) {
+                lconn *c = target_free_conn(tg, g->nconns);
+                if (!c) { /* all busy: it stays due (its latency keeps growing) */
+                    starved = true;
                     break;
                 }
+                if (send_req(g, tg, c, tg->next_due) != 0) {
+                    tg->bad++;
+                    c->busy = false;
+                }
+                tg->next_due += tg->interval;
             }
-            if (!c) break; /* all busy: it stays due (its latency keeps growing) */
-            if (send_req(g, c, next_due) != 0) {
-                g->bad++;
-                c->busy = false;
+            if (tg->next_due < end) {
+                any_due = true;
+                if (tg->next_due < wake) wake = tg->next_due;
             }
-            next_due += interval;
+            for (int k = 0; k < g->nconns; k++)
+                any_busy |= tg->conns[k].busy;
         }
-        bool any_busy = false;
-        for (int k = 0; k < g->nconns; k++)
-            any_busy |= g->conns[k].busy;
-        if (next_due >= end && !any_busy) break;
+        if (!any_due && !any_busy) break;
         if (t > end + 10000000000ull) break; /* 10 s grace for the last answers */
         /* sleep until the next due time with nanosecond resolution (a ms timeout would spin) */
-        uint64_t wait_ns = 0;
-        if (next_due > t && next_due < end) wait_ns = next_due - t;
-        if (next_due >= end) wait_ns = 100000000ull;
-        if (next_due <= t && next_due < end) wait_ns = 1000000ull; /* due but no free connection */
+        uint64_t wait_ns = 100000000ull;
+        if (any_due && wake > t) wait_ns = wake - t;
+        if (starved) wait_ns = 1000000ull; /* due but no free connection: an answer or 1 ms */
         struct timespec ts = {(time_t)(wait_ns / 1000000000ull), (long)(wait_ns % 1000000000ull)};
         struct epoll_event evs[64];
         int n = epoll_pwait2(ep, evs, 64, &ts, NULL);
         for (int e = 0; e < n; e++) {
-            lconn *c = &g->conns[evs[e].data.u32];
+            target *tg = &g->t[evs[e].data.u32 / MAX_CONNS];
+            lconn *c = &tg->conns[evs[e].data.u32 % MAX_CONNS];
             ssize_t r = recv(c->fd, rbuf, RBUF, 0);
             if (r <= 0 || !c->busy) {
-                fprintf(stderr, "loadgen: connection lost\n");
+                fprintf(stderr, "loadgen: connection to %s lost\n", tg->host);
                 return 1;
             }
             http_parser_execute(&c->hp, &settings, rbuf, (size_t)r);
             enum http_errno he = HTTP_PARSER_ERRNO(&c->hp);
             if (he != HPE_OK && he != HPE_PAUSED) {
-                fprintf(stderr, "loadgen: bad response: %s\n", http_errno_name(he));
+                fprintf(stderr, "loadgen: bad response from %s: %s\n", tg->host, http_errno_name(he));
                 return 1;
             }
             if (c->done) {
                 uint64_t tn = now_ns();
-                if (g->nlat < g->caplat) {
-                    g->dlat[g->nlat] = tn - c->due_ns;
-                    g->lat[g->nlat++] = tn - c->sent_ns;
+                if (tg->nlat < tg->cap) {
+                    tg->dlat[tg->nlat] = tn - c->due_ns;
+                    tg->lat[tg->nlat++] = tn - c->sent_ns;
                 }
                 if (c->status == 200)
-                    g->ok++;
+                    tg->ok++;
                 else
-                    g->bad++;
+                    tg->bad++;
                 c->busy = false;
             }
         }
     }
     double wall = (double)(now_ns() - start) / 1e9;
-    qsort(g->lat, g->nlat, sizeof *g->lat, cmp_u64);
-    qsort(g->late, g->nlate, sizeof *g->late, cmp_u64);
-    qsort(g->dlat, g->nlat, sizeof *g->dlat, cmp_u64);
-    printf("late_p50_ms=%.3f late_p99_ms=%.3f due_p50_ms=%.3f due_p99_ms=%.3f ", pct(g->late, g->nlate, 0.5),
-           pct(g->late, g->nlate, 0.99), pct(g->dlat, g->nlat, 0.5), pct(g->dlat, g->nlat, 0.99));
-    printf("sent=%llu ok=%llu bad=%llu rate=%.0f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
-           (unsigned long long)g->sent, (unsigned long long)g->ok, (unsigned long long)g->bad,
-           (double)g->sent / wall, pct(g->lat, g->nlat, 0.5), pct(g->lat, g->nlat, 0.9),
-           pct(g->lat, g->nlat, 0.99), g->nlat ? (double)g->lat[g->nlat - 1] / 1e6 : 0.0);
+    for (int ti = 0; ti < g->ntargets; ti++)
+        target_report(&g->t[ti], wall);
     return 0;
 }

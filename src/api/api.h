@@ -51,15 +51,15 @@ typedef struct th_api_ctx {
     th_identity id;
     const th_tenant_conf *tconf;
     /* the policy chain of a synthesis */
-    th_synth_params p;   /* owned copies of the strings, see th_api_speak */
-    char *owned;         /* one allocation holding p's strings */
+    th_synth_params p; /* owned copies of the strings, see th_api_speak */
+    char *owned;       /* one allocation holding p's strings */
     th_limit_slot *slot;
     th_quota_resv *resv;
     th_cache_flight *flight;
     th_cache_follower *follower;
     char cache_key[TH_CACHE_KEY_LEN + 1];
-    bool waiting;        /* an async policy step is under way */
-    bool gone;           /* the client went away */
+    bool waiting; /* an async policy step is under way */
+    bool gone;    /* the client went away */
     /* audio streaming */
     th_synth *synth;
     th_api_stream_mode mode;
@@ -114,5 +114,12 @@ void th_api_metrics(th_http_req *req, void *ud);
 void th_api_admin_usage(th_http_req *req, void *ud);
 void th_api_admin_providers(th_http_req *req, void *ud);
 void th_api_admin_config(th_http_req *req, void *ud);
+/* nodes.c: the worker registry's control routes */
+void th_api_nodes_register(th_http_req *req, void *ud);
+void th_api_nodes_heartbeat(th_http_req *req, void *ud);
+void th_api_nodes_delete(th_http_req *req, void *ud);
+void th_api_nodes_list(th_http_req *req, void *ud);
+void th_api_nodes_get(th_http_req *req, void *ud);
+void th_api_nodes_command(th_http_req *req, void *ud);
 
 #endif

@@ -21,31 +21,50 @@ void th_api_health(th_http_req *req, void *ud)
         th_provider *p = hub->providers[i];
         const th_route_prov *rp = hub->route.provs ? &hub->route.provs[i] : NULL;
         bool ok = rp == NULL || th_route_available(&hub->route, i);
+        size_t nodes_total = 0, nodes_online = 0;
+        bool by_registry = hub->registry && strcmp(p->conf->type, "nodes") == 0 &&
+                           (p->conf->base_url == NULL || p->conf->base_url[0] == 0);
+        if (by_registry) {
+            th_registry_counts(hub->registry, p->conf->engine, &nodes_total, &nodes_online);
+            if (nodes_online == 0) ok = false;
+        }
         if (ok) healthy++;
         json_t *o = json_pack("{s:s,s:s}", "status", ok ? "healthy" : "unhealthy", "type", p->conf->type);
         if (rp) {
-            json_object_set_new(o, "breaker", json_string(th_breaker_state_name(th_breaker_get(&rp->breaker, now))));
+            json_object_set_new(o, "breaker",
+                                json_string(th_breaker_state_name(th_breaker_get(&rp->breaker, now))));
             json_object_set_new(o, "in_flight", json_integer(rp->inflight));
             json_object_set_new(o, "queued", json_integer(rp->waiting));
             if (!rp->probe_ok) json_object_set_new(o, "probe", json_string(rp->probe_detail));
+        }
+        if (by_registry) {
+            json_object_set_new(o, "nodes", json_integer((json_int_t)nodes_total));
+            json_object_set_new(o, "nodes_online", json_integer((json_int_t)nodes_online));
         }
         json_object_set_new(providers, p->conf->name, o);
     }
     json_t *redis = hub->redis ? json_pack("{s:s,s:b}", "status", th_redis_state(hub->redis), "connected",
                                            th_redis_connected(hub->redis))
                                : json_pack("{s:s}", "status", "disabled");
-    json_t *limiter = json_pack("{s:s,s:s,s:I}", "backend", hub->limiter ? th_limiter_backend(hub->limiter) : "none",
-                                "on_backend_error", hub->cfg->rate_limit.on_backend_error, "ip_entries",
-                                (json_int_t)(hub->limiter ? th_limiter_ip_entries(hub->limiter) : 0));
+    json_t *limiter =
+        json_pack("{s:s,s:s,s:I}", "backend", hub->limiter ? th_limiter_backend(hub->limiter) : "none",
+                  "on_backend_error", hub->cfg->rate_limit.on_backend_error, "ip_entries",
+                  (json_int_t)(hub->limiter ? th_limiter_ip_entries(hub->limiter) : 0));
+    size_t reg_total = 0, reg_online = 0;
+    if (hub->registry) th_registry_counts(hub->registry, NULL, &reg_total, &reg_online);
+    json_t *registry = json_pack("{s:s,s:s,s:I,s:I}", "status", hub->registry ? "enabled" : "disabled",
+                                 "backend", hub->cfg->registry.backend, "nodes", (json_int_t)reg_total,
+                                 "online", (json_int_t)reg_online);
     bool redis_down = hub->redis && !th_redis_connected(hub->redis);
-    const char *status = hub->stopping ? "unhealthy" : healthy == hub->n_providers ? "healthy"
-                                                   : healthy > 0                   ? "degraded"
-                                                                                   : "unhealthy";
+    const char *status = hub->stopping                 ? "unhealthy"
+                         : healthy == hub->n_providers ? "healthy"
+                         : healthy > 0                 ? "degraded"
+                                                       : "unhealthy";
     if (redis_down && strcmp(status, "healthy") == 0) status = "degraded"; /* shared state is unreachable */
     json_t *o = json_pack(
-        "{s:s,s:s,s:I,s:{s:o,s:{s:s},s:o,s:o},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
-        "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components", "providers",
-        providers, "registry", "status", "disabled", "redis", redis, "limiter", limiter, "requests", "total",
+        "{s:s,s:s,s:I,s:{s:o,s:o,s:o,s:o},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
+        "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components",
+        "providers", providers, "registry", registry, "redis", redis, "limiter", limiter, "requests", "total",
         (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -87,12 +106,14 @@ void th_api_metrics(th_http_req *req, void *ud)
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
-    th_buf_appendf(&b, "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
-                       "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
+    th_buf_appendf(&b,
+                   "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
+                   "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
                    (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
     if (hub->redis)
-        th_buf_appendf(&b, "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"
-                           "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
+        th_buf_appendf(&b,
+                       "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"
+                       "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
                        th_redis_connected(hub->redis) ? 1 : 0);
     th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
     th_buf_free(&b);
@@ -113,6 +134,15 @@ int th_api_register(th_hub *hub)
         {"GET", "/admin/usage", th_api_admin_usage},
         {"GET", "/admin/providers", th_api_admin_providers},
         {"GET", "/admin/config", th_api_admin_config},
+        {"POST", "/api/nodes/register", th_api_nodes_register},
+        {"POST", "/api/nodes/{id}/heartbeat", th_api_nodes_heartbeat},
+        {"POST", "/api/nodes/{id}/command", th_api_nodes_command},
+        {"DELETE", "/api/nodes/{id}", th_api_nodes_delete},
+        {"GET", "/api/nodes/{id}", th_api_nodes_get},
+        {"GET", "/api/nodes", th_api_nodes_list},
+        {"POST", "/api/register", th_api_nodes_register},
+        {"POST", "/api/heartbeat", th_api_nodes_heartbeat},
+        {"POST", "/api/unregister", th_api_nodes_delete},
         {"GET", "/health", th_api_health},
         {"GET", "/api/health", th_api_health},
         {"GET", "/", th_api_page},

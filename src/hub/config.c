@@ -704,6 +704,7 @@ static const char *const e_open_closed[] = {"open", "closed", NULL};
 static const char *const e_mem_redis[] = {"memory", "redis", NULL};
 static const char *const e_strategy[] = {"weighted", "round_robin", "least_load", "random", "priority", NULL};
 static const char *const e_api[] = {"v2", "v1", NULL};
+static const char *const e_node_strategy[] = {"round_robin", "least_load", "random", NULL};
 static const char *const e_media[] = {"wav", "raw", "ogg", "aac", NULL};
 static const char *const e_cosy_mode[] = {"sft", "zero_shot", "cross_lingual", "instruct", NULL};
 static const char *const e_fish_fmt[] = {"wav", "pcm", "mp3", "opus", NULL};
@@ -837,6 +838,7 @@ static const key_def k_provider[] = {
     KOPT("output_format", K_STR, "elevenlabs=mp3_44100_128 azure=riff-24khz-16bit-mono-pcm",
          KB(KD_ELEVENLABS) | KB(KD_AZURE), .check = check_nonempty),
     KOPT("region", K_STR, NULL, KB(KD_AZURE), .check = check_region),
+    KOPT("strategy", K_ENUM, "nodes=round_robin", KB(KD_NODES), .enums = e_node_strategy),
 };
 static const section_def s_provider =
     SECTION(k_provider, .by_kind = true, .post = provider_post, .fini = provider_fini);

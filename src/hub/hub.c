@@ -10,6 +10,7 @@
 #include "api/api.h"
 #include "core/clock.h"
 #include "core/str.h"
+#include "providers/upstream.h"
 
 typedef struct th_hub_deferred {
     struct th_hub_deferred *next;
@@ -97,6 +98,77 @@ static int create_providers(th_hub *hub)
     return 0;
 }
 
+/* ---- worker nodes: the registry as the targets of `nodes` providers without a base_url ---- */
+
+static int node_pick(void *ud, const th_provider_conf *pc, char *base_url, size_t len, void **lease,
+                     th_perr *err)
+{
+    th_hub *hub = ud;
+    th_node_pick how = TH_NODE_PICK_ROUND_ROBIN;
+    (void)th_node_pick_parse(th_upstream_opt(pc, "strategy", "round_robin"), &how);
+    th_node *n = hub->registry ? th_registry_pick(hub->registry, pc->engine, how, th_mono_ms()) : NULL;
+    if (n == NULL) {
+        th_perr_set(err, TH_PERR_OVERLOADED, 0, "no online %s node with room",
+                    pc->engine && *pc->engine ? pc->engine : "worker");
+        err->retry_after_s = 1;
+        return -1;
+    }
+    th_strlcpy(base_url, th_node_url(n), len);
+    *lease = n;
+    return 0;
+}
+
+static void node_release(void *ud, void *lease, bool ok)
+{
+    th_hub *hub = ud;
+    th_registry_release(hub->registry, lease, ok, th_mono_ms());
+}
+
+static void registry_tick(uv_timer_t *t)
+{
+    th_hub *hub = t->data;
+    th_registry_sweep(hub->registry, th_mono_ms());
+}
+
+static int create_registry(th_hub *hub)
+{
+    const th_config *cfg = hub->cfg;
+    th_registry_conf rc = {.heartbeat_interval_ms = cfg->registry.heartbeat_interval_ms,
+                           .dead_threshold_ms = cfg->registry.dead_threshold_ms,
+                           .remove_after_ms = cfg->registry.remove_after_ms};
+    hub->registry = th_registry_new(&rc, hub->log);
+    if (hub->registry == NULL) return -1;
+    uv_timer_init(hub->loop, &hub->registry_timer);
+    hub->registry_timer.data = hub;
+    if (strcmp(cfg->registry.backend, "local") != 0)
+        TH_LOG(hub->log, TH_LOG_WARN,
+               "registry.backend %s: this version keeps the registry in each hub's memory",
+               cfg->registry.backend);
+    th_client_conf cc = {.max_host_connections = 4, .max_total_connections = 64, .max_connects_cache = 16};
+    hub->ctl_client = th_client_new(hub->loop, &cc);
+    if (hub->ctl_client == NULL) return -1;
+    th_upstream_targets t = {node_pick, node_release, hub};
+    for (size_t i = 0; i < hub->n_providers; i++) {
+        const th_provider_conf *pc = hub->providers[i]->conf;
+        if (strcmp(pc->type, "nodes") == 0 && (pc->base_url == NULL || pc->base_url[0] == 0))
+            th_upstream_set_targets(hub->providers[i], &t);
+    }
+    uv_timer_start(&hub->registry_timer, registry_tick, 1000, 1000);
+    return 0;
+}
+
+/* after the providers: their jobs hold nodes until they end */
+static void free_registry(th_hub *hub)
+{
+    if (hub->registry == NULL) return;
+    uv_timer_stop(&hub->registry_timer);
+    uv_close((uv_handle_t *)&hub->registry_timer, NULL);
+    if (hub->ctl_client) th_client_close(hub->ctl_client, NULL, NULL);
+    hub->ctl_client = NULL;
+    th_registry_free(hub->registry);
+    hub->registry = NULL;
+}
+
 static void free_governance(th_hub *hub)
 {
     th_cache_free(hub->cache);
@@ -130,7 +202,8 @@ static int create_governance(th_hub *hub)
     bool limits_redis = strcmp(cfg->rate_limit.backend, "redis") == 0;
     bool cache_redis = strcmp(cfg->cache.backend, "redis") == 0;
     if (limits_redis || cache_redis) {
-        hub->redis = th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
+        hub->redis =
+            th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
         if (hub->redis == NULL) {
             TH_LOG(hub->log, TH_LOG_ERROR, "redis: %s", err);
             fprintf(stderr, "ttshub: redis: %s\n", err);
@@ -161,6 +234,7 @@ static void shutdown_done(void *ud)
     uv_close((uv_handle_t *)&hub->housekeeping, NULL);
     free_governance(hub);
     destroy_providers(hub);
+    free_registry(hub);
     uv_close((uv_handle_t *)&hub->sig_term, NULL);
     uv_close((uv_handle_t *)&hub->sig_int, NULL);
     uv_check_stop(&hub->reaper);
@@ -255,6 +329,7 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.metrics = th_metrics_new();
     if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
     if (create_governance(&hub) != 0) goto out_governance;
+    if (create_registry(&hub) != 0) goto out_governance;
 
     char err[256] = "";
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
@@ -267,18 +342,19 @@ int th_hub_serve(const th_serve_opts *opts)
         if (hub.metrics_http == NULL ||
             th_http_server_listen(hub.metrics_http, hub.cfg->metrics_listen, err, sizeof err) != 0) {
             TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", hub.cfg->metrics_listen, err);
-            fprintf(stderr, "ttshub: cannot listen on %s (metrics_listen): %s\n", hub.cfg->metrics_listen, err);
+            fprintf(stderr, "ttshub: cannot listen on %s (metrics_listen): %s\n", hub.cfg->metrics_listen,
+                    err);
             goto out_governance;
         }
         TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
                th_http_server_port(hub.metrics_http));
     }
     if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen))
-        TH_LOG(hub.log, TH_LOG_WARN, "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it",
-               listen);
+        TH_LOG(hub.log, TH_LOG_WARN,
+               "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
     TH_LOG(hub.log, TH_LOG_INFO, "ttshub %s listening on %s (port %d) with %zu provider(s)%s%s", TH_VERSION,
-           listen, th_http_server_port(hub.http), hub.n_providers, hub.cfg->path ? ", config " : ", embedded default",
-           hub.cfg->path ? hub.cfg->path : "");
+           listen, th_http_server_port(hub.http), hub.n_providers,
+           hub.cfg->path ? ", config " : ", embedded default", hub.cfg->path ? hub.cfg->path : "");
 
     uv_signal_init(&loop, &hub.sig_term);
     uv_signal_init(&loop, &hub.sig_int);
@@ -316,6 +392,7 @@ out_providers:
     th_route_free(&hub.route);
     th_metrics_free(hub.metrics);
     destroy_providers(&hub);
+    free_registry(&hub);
 out_router:
     th_router_free(hub.router);
     th_router_free(hub.metrics_router);

@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "core/uuid.h"
+#include "http/client.h"
 #include "http/http.h"
 #include "http/router.h"
 #include "hub/auth.h"
@@ -19,15 +20,16 @@
 #include "hub/limit.h"
 #include "hub/quota.h"
 #include "hub/redis.h"
+#include "hub/registry.h"
 #include "hub/metrics.h"
 #include "hub/route.h"
 #include "providers/provider.h"
 
 typedef struct th_hub_stats {
-    uint64_t requests;   /* client requests answered */
-    uint64_t errors;     /* of which status >= 400 */
-    uint64_t inflight;   /* synthesis requests under way */
-    uint64_t chars;      /* code points synthesised */
+    uint64_t requests; /* client requests answered */
+    uint64_t errors;   /* of which status >= 400 */
+    uint64_t inflight; /* synthesis requests under way */
+    uint64_t chars;    /* code points synthesised */
     uint64_t audio_bytes;
 } th_hub_stats;
 
@@ -39,23 +41,26 @@ typedef struct th_hub {
     th_router *router;
     th_http_server *metrics_http; /* metrics_listen: /metrics (and /health) on a listener of their own */
     th_router *metrics_router;
-    int draining;                 /* servers still draining after SIGTERM */
+    int draining;            /* servers still draining after SIGTERM */
     th_provider **providers; /* parallel to cfg->providers */
     size_t n_providers;
-    th_route route;          /* per-provider runtime: breakers, slots, queues */
+    th_route route; /* per-provider runtime: breakers, slots, queues */
     th_metrics *metrics;
     th_auth *auth;
-    th_redis *redis;     /* NULL unless a backend is redis */
+    th_redis *redis; /* NULL unless a backend is redis */
     th_limiter *limiter;
     th_quota *quota;
-    th_cache *cache;     /* NULL when cache.enabled is false */
-    uv_timer_t housekeeping; /* limiter sweeps, probes */
-    uint64_t started_ms; /* wall clock */
+    th_cache *cache;           /* NULL when cache.enabled is false */
+    th_registry *registry;     /* worker nodes (API.md "Worker registry") */
+    uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
+    th_client *ctl_client;     /* node commands (POST {node}/command) */
+    uv_timer_t housekeeping;   /* limiter sweeps, probes */
+    uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
-    th_uuid_gen ids;     /* request ids (loop thread) */
+    th_uuid_gen ids; /* request ids (loop thread) */
     uv_signal_t sig_term, sig_int;
-    uv_check_t reaper;     /* runs deferred frees once per loop turn */
+    uv_check_t reaper; /* runs deferred frees once per loop turn */
     struct th_hub_deferred *deferred, *deferred_tail;
     bool stopping;
     int exit_code;

@@ -7,8 +7,10 @@
  * provider's voices, the mapping goes as `reference` and its `voice` key (if any) as `voice`.
  * Errors: {"success":false,"message":..,"code":..}: 4xx -> CLIENT (429 -> OVERLOADED, 401/403 -> STATUS:
  * our own setup is at fault), 503 (node in standby, busy) -> OVERLOADED, others -> STATUS.
- * Probe: GET /health.
- * Today base_url names one node; routing over the registry's nodes comes later. */
+ * Probe: GET /health (only with a fixed base_url).
+ * With base_url set the provider talks to that one node; without it, each request goes to a node of the
+ * provider's `engine` picked from the hub's registry (hub/registry.h, installed by the hub as the
+ * provider's targets), by the provider's `strategy` (round_robin, least_load or random). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +48,8 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     json_t *body = NULL, *text = NULL, *ref = NULL;
     char *txt = NULL;
 
-    if (pc->base_url == NULL || pc->base_url[0] == 0) {
-        th_perr_set(err, TH_PERR_CONNECT, 0, "no node to send to");
+    if (out->base_url == NULL || out->base_url[0] == 0) {
+        th_perr_set(err, TH_PERR_OVERLOADED, 0, "no node to send to");
         goto out;
     }
     if (req->text_len == 0) {
@@ -81,7 +83,7 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (txt == NULL) goto oom;
     out->method = "POST";
-    if (th_upstream_url(out, pc->base_url, "/synthesize") != 0 ||
+    if (th_upstream_url(out, out->base_url, "/synthesize") != 0 ||
         th_upstream_header(out, "Content-Type", "application/json") != 0 ||
         th_buf_append_str(&out->body, txt) != TH_BUF_OK)
         goto oom;
@@ -136,9 +138,10 @@ static void nd_error(const th_provider_conf *pc, int status, const char *content
 
 static int nd_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
-    if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
+    (void)pc;
+    if (out->base_url == NULL || out->base_url[0] == 0) return -1;
     out->method = "GET";
-    return th_upstream_url(out, pc->base_url, "/health") == 0 ? 0 : -1;
+    return th_upstream_url(out, out->base_url, "/health") == 0 ? 0 : -1;
 }
 
 const th_upstream_kind th_kind_nodes = {

@@ -77,6 +77,7 @@ const th_upstream_kind *th_upstream_find(const char *kind)
 
 void th_upstream_http_init(th_upstream_http *h)
 {
+    h->base_url = NULL;
     h->method = "POST";
     th_buf_init(&h->url, 64 * 1024);
     th_buf_init(&h->headers, 64 * 1024);
@@ -329,7 +330,8 @@ typedef struct up_provider {
     uv_idle_t idle; /* delivers the failures of jobs that could not start */
     bool idle_on;
     bool closing;
-    th_job *jobs; /* live jobs and probes */
+    th_job *jobs;                /* live jobs and probes */
+    th_upstream_targets targets; /* pick == NULL: conf->base_url */
 } up_provider;
 
 typedef enum { J_HEAD = 0, J_AUDIO, J_ERRBODY } job_mode;
@@ -360,6 +362,8 @@ struct th_job {
     uint64_t timeout_ms;
     void (*probe_done)(void *ud, bool healthy, const char *detail);
     void *probe_ud;
+    void *lease;   /* from targets.pick, handed back in job_free */
+    bool lease_ok; /* false once the target failed */
 };
 
 static const char *pname(const up_provider *p)
@@ -383,6 +387,9 @@ static void job_free(th_job *j)
 {
     job_unlink(j);
     if (j->req != NULL) th_client_cancel(j->req);
+    if (j->lease != NULL && j->p->targets.release != NULL)
+        j->p->targets.release(j->p->targets.ud, j->lease, j->lease_ok);
+    j->lease = NULL;
     th_buf_free(&j->head);
     th_buf_free(&j->errbody);
     free(j->ctype);
@@ -447,6 +454,7 @@ static void job_fail(th_job *j, th_perr *e)
 {
     if (j->ended || j->cancelled) return;
     j->ended = true;
+    if (e->kind != TH_PERR_CLIENT && e->kind != TH_PERR_CANCELLED) j->lease_ok = false;
     if (e->status == 0 && j->status != 0) e->status = j->status;
     if (e->retry_after_s == 0 && j->retry_after_s > 0) e->retry_after_s = j->retry_after_s;
     TH_LOG(j->p->log, TH_LOG_DEBUG, "provider %s: %s: %s", pname(j->p), th_perr_kind_name(e->kind),
@@ -958,6 +966,18 @@ static th_job *up_start(th_provider *bp, const th_synth_req *req, const th_sink 
     th_upstream_http_init(&h);
     th_perr e;
     memset(&e, 0, sizeof e);
+    char target[1024];
+    h.base_url = pc->base_url;
+    j->lease_ok = true;
+    if (p->targets.pick != NULL && (pc->base_url == NULL || pc->base_url[0] == 0)) {
+        if (p->targets.pick(p->targets.ud, pc, target, sizeof target, &j->lease, &e) != 0) {
+            if (e.kind == TH_PERR_NONE) th_perr_set(&e, TH_PERR_OVERLOADED, 0, "no target to send to");
+            prefix_message(p, &e);
+            defer_fail(j, &e);
+            goto out;
+        }
+        h.base_url = target;
+    }
     if (p->kind->build == NULL || p->kind->build(pc, &j->sreq, &h, &e) != 0) {
         if (e.kind == TH_PERR_NONE) th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot build the request");
         prefix_message(p, &e);
@@ -1000,6 +1020,17 @@ const th_provider_ops th_upstream_ops = {
     .voice_ok = NULL, /* engines check voices themselves: an unknown one comes back as a 4xx (CLIENT) */
 };
 
+int th_upstream_set_targets(th_provider *bp, const th_upstream_targets *t)
+{
+    if (bp == NULL || bp->ops != &th_upstream_ops) return -1;
+    up_provider *p = (up_provider *)bp;
+    if (t != NULL)
+        p->targets = *t;
+    else
+        memset(&p->targets, 0, sizeof p->targets);
+    return 0;
+}
+
 int th_upstream_probe(th_provider *bp, void (*done)(void *ud, bool healthy, const char *detail), void *ud)
 {
     if (bp == NULL || bp->ops != &th_upstream_ops || done == NULL) return -1;
@@ -1009,6 +1040,7 @@ int th_upstream_probe(th_provider *bp, void (*done)(void *ud, bool healthy, cons
     th_upstream_http h;
     th_upstream_http_init(&h);
     h.method = "GET";
+    h.base_url = p->base.conf->base_url;
     if (p->kind->probe(p->base.conf, &h) != 0) goto out;
     th_job *j = job_new(p);
     if (j == NULL) goto out;

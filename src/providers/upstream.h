@@ -22,9 +22,10 @@
 
 /** One HTTP request to an engine, built by a kind. */
 typedef struct th_upstream_http {
-    const char *method;  /* "POST" or "GET" */
-    th_buf url;          /* full URL, NUL-terminated via th_buf_cstr */
-    th_buf headers;      /* "Name: value\n" lines (no CR) */
+    const char *base_url; /* in: where this request goes (conf->base_url, or the target picked for it) */
+    const char *method;   /* "POST" or "GET" */
+    th_buf url;           /* full URL, NUL-terminated via th_buf_cstr */
+    th_buf headers;       /* "Name: value\n" lines (no CR) */
     th_buf body;
 } th_upstream_http;
 
@@ -65,6 +66,19 @@ const th_upstream_kind *th_upstream_find(const char *kind);
 
 /** The provider ops shared by every upstream kind (kind picked from conf->type). */
 extern const th_provider_ops th_upstream_ops;
+
+/** Where requests go when the engine is not one fixed URL (registered worker nodes): pick() chooses a
+ * target for one request and writes its base URL (0), or sets err and returns -1 when there is none;
+ * release() gets the lease back exactly once, when the job ends or is cancelled. ok is false when the
+ * target failed (no answer, 5xx, garbage), true when it answered (even with a client error) or the
+ * client went away. */
+typedef struct th_upstream_targets {
+    int (*pick)(void *ud, const th_provider_conf *pc, char *base_url, size_t len, void **lease, th_perr *err);
+    void (*release)(void *ud, void *lease, bool ok);
+    void *ud;
+} th_upstream_targets;
+/** Installs targets on an upstream provider (NULL removes them). -1 when p is not an upstream provider. */
+int th_upstream_set_targets(th_provider *p, const th_upstream_targets *t);
 
 /* helpers for kinds */
 void th_upstream_http_init(th_upstream_http *h);

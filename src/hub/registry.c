@@ -1,0 +1,606 @@
+/* registry: worker nodes, their liveness, and the choice of a node per request.
+ *
+ * Nodes live in a doubly linked list in registration order (round robin walks it from a cursor). The
+ * counts are small (TH_REGISTRY_MAX_NODES); every operation is a linear scan, which at a few hundred
+ * nodes costs less than one upstream request. */
+#include "hub/registry.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/str.h"
+
+#define STATUS_MAX 32
+#define LIST_MAX 1000      /* voices / languages kept per node */
+#define LIST_ITEM_MAX 128  /* bytes per voice or language name */
+#define BENCH_BASE_MS 1000 /* a failed node is skipped for 1 s, doubling per failure in a row... */
+#define BENCH_MAX_MS 30000 /* ...up to 30 s; a success ends it */
+
+struct th_node {
+    th_node *prev, *next;
+    bool linked; /* in the registry's list (false once removed, while requests still hold it) */
+    int refs;    /* 1 for the list + 1 per request in flight */
+    char id[TH_NODE_ID_MAX + 1];
+    char engine[TH_NODE_ENGINE_MAX + 1];
+    char url[TH_NODE_URL_MAX + 1];
+    char status[STATUS_MAX + 1]; /* as the node (or a command) last said */
+    int capacity;
+    bool model_loaded;
+    bool alive;                 /* heard from within dead_threshold */
+    json_t *voices, *languages; /* arrays of strings, or NULL */
+    json_t *stats; /* the last heartbeat's numbers: current_concurrent, queue_size, cpu, memory */
+    uint64_t registered_wall_ms;
+    uint64_t last_seen; /* mono ms */
+    int inflight;       /* counted by the hub */
+    uint64_t requests, failures;
+    uint32_t consec_failures; /* since the last success */
+    uint64_t benched_until;   /* mono ms: after a failure, other nodes go first until then */
+};
+
+struct th_registry {
+    th_registry_conf conf;
+    th_log *log;
+    th_node *head, *tail;
+    size_t n;
+    th_node *cursor; /* round robin: the node after the last one picked */
+    uint64_t rng;    /* xorshift64 state for random picks and generated ids */
+    th_registry_event_fn on_event;
+    void *event_ud;
+};
+
+/* ---- helpers ---- */
+
+static uint64_t rng_next(th_registry *r)
+{
+    uint64_t x = r->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    r->rng = x;
+    return x;
+}
+
+static void emit(th_registry *r, const char *event, const th_node *n)
+{
+    if (r->on_event) r->on_event(r->event_ud, event, n->id, n->alive ? n->status : "offline");
+}
+
+static bool id_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > TH_NODE_ID_MAX) return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* engine types and statuses: [a-z0-9_-] (lower-cased copies of what was sent) */
+static bool word_copy(const char *s, size_t len, char *out, size_t max)
+{
+    if (len == 0 || len > max) return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
+        out[i] = c;
+    }
+    out[len] = 0;
+    return true;
+}
+
+/* http(s)://host[:port][/path], printable, no spaces */
+static bool url_ok(const char *s, size_t len)
+{
+    if (len > TH_NODE_URL_MAX) return false;
+    size_t p = th_str_startswith(s, "http://") ? 7 : th_str_startswith(s, "https://") ? 8 : 0;
+    if (p == 0 || len <= p || s[p] == '/' || s[p] == ':') return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f) return false;
+    return true;
+}
+
+static bool status_routable(const char *s)
+{
+    return strcmp(s, "online") == 0 || strcmp(s, "active") == 0 || strcmp(s, "ready") == 0 ||
+           strcmp(s, "idle") == 0 || strcmp(s, "busy") == 0;
+}
+
+static th_node *find(const th_registry *r, const char *id)
+{
+    if (id == NULL) return NULL;
+    for (th_node *n = r->head; n; n = n->next)
+        if (strcmp(n->id, id) == 0) return n;
+    return NULL;
+}
+
+static void node_unref(th_node *n)
+{
+    if (--n->refs > 0) return;
+    json_decref(n->voices);
+    json_decref(n->languages);
+    json_decref(n->stats);
+    free(n);
+}
+
+static void unlink_node(th_registry *r, th_node *n)
+{
+    if (!n->linked) return;
+    if (r->cursor == n) r->cursor = n->next;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        r->head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        r->tail = n->prev;
+    n->prev = n->next = NULL;
+    n->linked = false;
+    r->n--;
+    node_unref(n);
+}
+
+/* A copy of an array of short strings (at most LIST_MAX), or NULL when absent; -1 when it is not one. */
+static int string_list(const json_t *v, json_t **out, const char *name, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (v == NULL || json_is_null(v)) return 0;
+    if (!json_is_array(v) || json_array_size(v) > LIST_MAX) {
+        snprintf(err, errlen, "'%s' must be an array of at most %d strings", name, LIST_MAX);
+        return -1;
+    }
+    json_t *a = json_array();
+    if (a == NULL) return -1;
+    size_t i;
+    json_t *it;
+    json_array_foreach(v, i, it)
+    {
+        if (!json_is_string(it) || json_string_length(it) == 0 || json_string_length(it) > LIST_ITEM_MAX) {
+            snprintf(err, errlen, "'%s' must be an array of strings of 1 to %d bytes", name, LIST_ITEM_MAX);
+            json_decref(a);
+            return -1;
+        }
+        if (json_array_append(a, it) != 0) {
+            json_decref(a);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    *out = a;
+    return 0;
+}
+
+/* The heartbeat numbers we keep (finite numbers only). NULL on ENOMEM. */
+static json_t *stats_of(const json_t *body)
+{
+    static const char *const keys[] = {"current_concurrent", "queue_size", "cpu_percent", "memory_percent",
+                                       NULL};
+    json_t *o = json_object();
+    if (o == NULL) return NULL;
+    for (size_t i = 0; keys[i]; i++) {
+        json_t *v = json_object_get(body, keys[i]);
+        if (json_is_number(v)) json_object_set(o, keys[i], v);
+    }
+    return o;
+}
+
+/* ---- lifetime ---- */
+
+th_registry *th_registry_new(const th_registry_conf *conf, th_log *log)
+{
+    th_registry *r = calloc(1, sizeof *r);
+    if (r == NULL) return NULL;
+    r->conf = *conf;
+    r->log = log;
+    r->rng = th_mono_us() * 0x9E3779B97F4A7C15ull + (uint64_t)(uintptr_t)r;
+    if (r->rng == 0) r->rng = 1;
+    return r;
+}
+
+void th_registry_free(th_registry *r)
+{
+    if (r == NULL) return;
+    while (r->head)
+        unlink_node(r, r->head);
+    free(r);
+}
+
+void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud)
+{
+    r->on_event = fn;
+    r->event_ud = ud;
+}
+
+/* ---- control ---- */
+
+th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
+                               char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen)
+{
+    if (!json_is_object(body)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        return TH_REG_INVALID;
+    }
+    char engine[TH_NODE_ENGINE_MAX + 1], url[TH_NODE_URL_MAX + 1], status[STATUS_MAX + 1] = "online";
+    json_t *v = json_object_get(body, "engine_type");
+    if (!json_is_string(v) ||
+        !word_copy(json_string_value(v), json_string_length(v), engine, TH_NODE_ENGINE_MAX)) {
+        snprintf(err, errlen, "'engine_type' is required: 1 to %d of a-z 0-9 _ -", TH_NODE_ENGINE_MAX);
+        return TH_REG_INVALID;
+    }
+    v = json_object_get(body, "url");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_string(v) || !url_ok(json_string_value(v), json_string_length(v))) {
+            snprintf(err, errlen, "'url' must be an http:// or https:// URL of at most %d bytes",
+                     TH_NODE_URL_MAX);
+            return TH_REG_INVALID;
+        }
+        size_t l = json_string_length(v);
+        memcpy(url, json_string_value(v), l);
+        while (l > 0 && url[l - 1] == '/')
+            l--;
+        url[l] = 0;
+    } else {
+        json_t *h = json_object_get(body, "host"), *p = json_object_get(body, "port");
+        if (!json_is_string(h) || !json_is_integer(p) || json_integer_value(p) < 1 ||
+            json_integer_value(p) > 65535 || json_string_length(h) == 0 || json_string_length(h) > 255) {
+            snprintf(err, errlen, "'url', or 'host' and 'port' (1-65535), is required");
+            return TH_REG_INVALID;
+        }
+        const char *hs = json_string_value(h);
+        bool v6 = strchr(hs, ':') != NULL;
+        int k =
+            snprintf(url, sizeof url, v6 ? "http://[%s]:%d" : "http://%s:%d", hs, (int)json_integer_value(p));
+        if (k < 0 || (size_t)k >= sizeof url || !url_ok(url, (size_t)k)) {
+            snprintf(err, errlen, "'host' is not a valid host name");
+            return TH_REG_INVALID;
+        }
+    }
+    json_int_t capacity = 1;
+    v = json_object_get(body, "capacity");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100000) {
+            snprintf(err, errlen, "'capacity' must be an integer from 1 to 100000");
+            return TH_REG_INVALID;
+        }
+        capacity = json_integer_value(v);
+    }
+    bool model_loaded = true;
+    v = json_object_get(body, "model_loaded");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            snprintf(err, errlen, "'model_loaded' must be true or false");
+            return TH_REG_INVALID;
+        }
+        model_loaded = json_is_true(v);
+    }
+    v = json_object_get(body, "status");
+    if (v != NULL && !json_is_null(v) &&
+        (!json_is_string(v) || !word_copy(json_string_value(v), json_string_length(v), status, STATUS_MAX))) {
+        snprintf(err, errlen, "'status' must be 1 to %d of a-z 0-9 _ -", STATUS_MAX);
+        return TH_REG_INVALID;
+    }
+    const char *id = NULL;
+    v = json_object_get(body, "node_id");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_string(v) || !id_ok(json_string_value(v), json_string_length(v))) {
+            snprintf(err, errlen, "'node_id' must be 1 to %d of A-Z a-z 0-9 _ - .", TH_NODE_ID_MAX);
+            return TH_REG_INVALID;
+        }
+        id = json_string_value(v);
+    }
+    json_t *voices = NULL, *languages = NULL;
+    if (string_list(json_object_get(body, "voices"), &voices, "voices", err, errlen) != 0)
+        return TH_REG_INVALID;
+    if (string_list(json_object_get(body, "languages"), &languages, "languages", err, errlen) != 0) {
+        json_decref(voices);
+        return TH_REG_INVALID;
+    }
+
+    th_node *n = find(r, id);
+    if (n == NULL && id == NULL) {
+        /* the same node again without its id (it restarted): take its place */
+        for (th_node *o = r->head; o; o = o->next)
+            if (strcmp(o->url, url) == 0 && strcmp(o->engine, engine) == 0) {
+                n = o;
+                break;
+            }
+    }
+    bool fresh = n == NULL;
+    if (fresh) {
+        if (r->n >= TH_REGISTRY_MAX_NODES) {
+            json_decref(voices);
+            json_decref(languages);
+            snprintf(err, errlen, "the registry is full (%d nodes)", TH_REGISTRY_MAX_NODES);
+            return TH_REG_FULL;
+        }
+        n = calloc(1, sizeof *n);
+        if (n == NULL) {
+            json_decref(voices);
+            json_decref(languages);
+            return TH_REG_NOMEM;
+        }
+        if (id != NULL) {
+            th_strlcpy(n->id, id, sizeof n->id);
+        } else {
+            uint64_t x = rng_next(r);
+            uint8_t raw[6];
+            for (size_t i = 0; i < sizeof raw; i++)
+                raw[i] = (uint8_t)(x >> (8 * i));
+            char hex[13];
+            th_hex(raw, sizeof raw, hex);
+            snprintf(n->id, sizeof n->id, "%s-%s", engine, hex);
+        }
+        n->refs = 1;
+        n->linked = true;
+        n->prev = r->tail;
+        if (r->tail)
+            r->tail->next = n;
+        else
+            r->head = n;
+        r->tail = n;
+        r->n++;
+        n->registered_wall_ms = th_wall_ms();
+    }
+    bool was_alive = !fresh && n->alive;
+    bool status_changed = !fresh && strcmp(n->status, status) != 0;
+    th_strlcpy(n->engine, engine, sizeof n->engine);
+    th_strlcpy(n->url, url, sizeof n->url);
+    th_strlcpy(n->status, status, sizeof n->status);
+    n->capacity = (int)capacity;
+    n->model_loaded = model_loaded;
+    json_decref(n->voices);
+    json_decref(n->languages);
+    n->voices = voices;
+    n->languages = languages;
+    n->alive = true;
+    n->last_seen = now;
+    th_strlcpy(id_out, n->id, TH_NODE_ID_MAX + 1);
+    TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) %s at %s, capacity %d, %s", n->id, n->engine,
+           fresh ? "registered" : "registered again", n->url, n->capacity, n->status);
+    if (!was_alive)
+        emit(r, "node_online", n);
+    else if (status_changed)
+        emit(r, "node_status_changed", n);
+    return TH_REG_OK;
+}
+
+th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *body, uint64_t now, char *err,
+                                size_t errlen)
+{
+    th_node *n = find(r, id);
+    if (n == NULL) {
+        snprintf(err, errlen, "unknown node '%s': register again", id ? id : "");
+        return TH_REG_UNKNOWN;
+    }
+    if (body != NULL && !json_is_object(body)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        return TH_REG_INVALID;
+    }
+    char status[STATUS_MAX + 1];
+    th_strlcpy(status, n->status, sizeof status);
+    json_t *v = json_object_get(body, "status");
+    if (v != NULL && !json_is_null(v) &&
+        (!json_is_string(v) || !word_copy(json_string_value(v), json_string_length(v), status, STATUS_MAX))) {
+        snprintf(err, errlen, "'status' must be 1 to %d of a-z 0-9 _ -", STATUS_MAX);
+        return TH_REG_INVALID;
+    }
+    v = json_object_get(body, "model_loaded");
+    if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
+        snprintf(err, errlen, "'model_loaded' must be true or false");
+        return TH_REG_INVALID;
+    }
+    json_t *stats = body ? stats_of(body) : NULL;
+    if (body != NULL && stats == NULL) return TH_REG_NOMEM;
+    if (json_is_boolean(v)) n->model_loaded = json_is_true(v);
+    if (stats) {
+        json_decref(n->stats);
+        n->stats = stats;
+    }
+    bool was_alive = n->alive, changed = strcmp(status, n->status) != 0;
+    th_strlcpy(n->status, status, sizeof n->status);
+    n->alive = true;
+    n->last_seen = now;
+    if (!was_alive) {
+        TH_LOG(r->log, TH_LOG_INFO, "node %s is back online", n->id);
+        emit(r, "node_online", n);
+    } else if (changed) {
+        emit(r, "node_status_changed", n);
+    }
+    return TH_REG_OK;
+}
+
+th_reg_rc th_registry_remove(th_registry *r, const char *id)
+{
+    th_node *n = find(r, id);
+    if (n == NULL) return TH_REG_UNKNOWN;
+    TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) unregistered", n->id, n->engine);
+    bool was_alive = n->alive;
+    n->alive = false;
+    if (was_alive) emit(r, "node_offline", n);
+    unlink_node(r, n);
+    return TH_REG_OK;
+}
+
+th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *status)
+{
+    th_node *n = find(r, id);
+    if (n == NULL) return TH_REG_UNKNOWN;
+    if (strcmp(n->status, status) == 0) return TH_REG_OK;
+    th_strlcpy(n->status, status, sizeof n->status);
+    if (n->alive) emit(r, "node_status_changed", n);
+    return TH_REG_OK;
+}
+
+const char *th_registry_url(const th_registry *r, const char *id)
+{
+    const th_node *n = find(r, id);
+    return n ? n->url : NULL;
+}
+
+static json_t *node_json(const th_node *n, uint64_t now)
+{
+    char reg[40];
+    th_rfc3339(n->registered_wall_ms, reg, sizeof reg);
+    json_t *o = json_pack(
+        "{s:s,s:s,s:s,s:s,s:s,s:i,s:b,s:b,s:i,s:I,s:I,s:s,s:f}", "node_id", n->id, "engine_type", n->engine,
+        "url", n->url, "status", n->alive ? n->status : "offline", "reported_status", n->status, "capacity",
+        n->capacity, "model_loaded", n->model_loaded, "online", n->alive, "in_flight", n->inflight,
+        "requests", (json_int_t)n->requests, "failures", (json_int_t)n->failures, "registered_at", reg,
+        "last_heartbeat_seconds_ago", (double)(now >= n->last_seen ? now - n->last_seen : 0) / 1000.0);
+    if (o == NULL) return NULL;
+    if (n->voices) json_object_set(o, "voices", n->voices);
+    if (n->languages) json_object_set(o, "languages", n->languages);
+    if (n->stats) json_object_update(o, n->stats);
+    return o;
+}
+
+json_t *th_registry_node_json(const th_registry *r, const char *id, uint64_t now)
+{
+    const th_node *n = find(r, id);
+    return n ? node_json(n, now) : NULL;
+}
+
+json_t *th_registry_list_json(const th_registry *r, const char *engine, const char *status, uint64_t now)
+{
+    json_t *arr = json_array();
+    if (arr == NULL) return NULL;
+    for (const th_node *n = r->head; n; n = n->next) {
+        if (engine && *engine && strcmp(engine, n->engine) != 0) continue;
+        if (status && *status && strcmp(status, n->alive ? n->status : "offline") != 0) continue;
+        json_t *o = node_json(n, now);
+        if (o == NULL || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    json_t *res = json_pack("{s:o,s:I}", "nodes", arr, "count", (json_int_t)json_array_size(arr));
+    return res;
+}
+
+void th_registry_counts(const th_registry *r, const char *engine, size_t *total, size_t *online)
+{
+    size_t t = 0, on = 0;
+    for (const th_node *n = r->head; n; n = n->next) {
+        if (engine && *engine && strcmp(engine, n->engine) != 0) continue;
+        t++;
+        if (n->alive && status_routable(n->status)) on++;
+    }
+    if (total) *total = t;
+    if (online) *online = on;
+}
+
+void th_registry_sweep(th_registry *r, uint64_t now)
+{
+    for (th_node *n = r->head, *next; n; n = next) {
+        next = n->next;
+        uint64_t silent = now > n->last_seen ? now - n->last_seen : 0;
+        if (n->alive && silent > r->conf.dead_threshold_ms) {
+            n->alive = false;
+            TH_LOG(r->log, TH_LOG_WARN, "node %s (%s) silent for %llu ms: offline", n->id, n->engine,
+                   (unsigned long long)silent);
+            emit(r, "node_offline", n);
+        }
+        if (!n->alive && silent > r->conf.remove_after_ms) {
+            TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) offline for %llu ms: removed", n->id, n->engine,
+                   (unsigned long long)silent);
+            emit(r, "node_removed", n);
+            unlink_node(r, n);
+        }
+    }
+}
+
+/* ---- routing ---- */
+
+static bool eligible(const th_node *n, const char *engine, uint64_t now, uint64_t dead_ms)
+{
+    if (!n->alive || !n->model_loaded || !status_routable(n->status)) return false;
+    if (now > n->last_seen && now - n->last_seen > dead_ms) return false; /* not swept yet */
+    if (engine && *engine && strcmp(engine, n->engine) != 0) return false;
+    return n->inflight < n->capacity;
+}
+
+/* One pass over the nodes by strategy; benched nodes count only when allow_benched. */
+static th_node *pick_pass(th_registry *r, const char *engine, th_node_pick how, uint64_t now,
+                          bool allow_benched)
+{
+    th_node *best = NULL;
+    uint64_t dead = r->conf.dead_threshold_ms;
+    th_node *n = r->cursor ? r->cursor : r->head;
+    size_t seen = 0;
+    for (size_t k = 0; n != NULL && k < r->n; k++, n = n->next ? n->next : r->head) {
+        if (!eligible(n, engine, now, dead) || (!allow_benched && n->benched_until > now)) continue;
+        if (how == TH_NODE_PICK_ROUND_ROBIN) {
+            best = n;
+            break;
+        }
+        if (how == TH_NODE_PICK_LEAST_LOAD) {
+            /* the lowest in-flight / capacity; ties go to the first in round-robin order */
+            if (best == NULL || (uint64_t)n->inflight * (uint64_t)best->capacity <
+                                    (uint64_t)best->inflight * (uint64_t)n->capacity)
+                best = n;
+        } else {
+            seen++;
+            if (rng_next(r) % seen == 0) best = n; /* reservoir sampling: uniform over the eligible */
+        }
+    }
+    return best;
+}
+
+th_node *th_registry_pick(th_registry *r, const char *engine, th_node_pick how, uint64_t now)
+{
+    /* nodes that failed lately go last: tried only when no other node has room */
+    th_node *best = pick_pass(r, engine, how, now, false);
+    if (best == NULL) best = pick_pass(r, engine, how, now, true);
+    if (best) {
+        if (how != TH_NODE_PICK_RANDOM) r->cursor = best->next;
+        best->inflight++;
+        best->refs++;
+        best->requests++;
+    }
+    return best;
+}
+
+void th_registry_release(th_registry *r, th_node *n, bool ok, uint64_t now)
+{
+    (void)r;
+    if (n == NULL) return;
+    if (n->inflight > 0) n->inflight--;
+    if (ok) {
+        n->consec_failures = 0;
+        n->benched_until = 0;
+    } else {
+        n->failures++;
+        uint32_t k = n->consec_failures < 16 ? n->consec_failures : 16;
+        n->consec_failures++;
+        uint64_t bench = (uint64_t)BENCH_BASE_MS << k;
+        n->benched_until = now + (bench < BENCH_MAX_MS ? bench : BENCH_MAX_MS);
+    }
+    node_unref(n);
+}
+
+const char *th_node_id(const th_node *n)
+{
+    return n->id;
+}
+
+const char *th_node_url(const th_node *n)
+{
+    return n->url;
+}
+
+int th_node_pick_parse(const char *s, th_node_pick *how)
+{
+    if (s == NULL || strcmp(s, "round_robin") == 0)
+        *how = TH_NODE_PICK_ROUND_ROBIN;
+    else if (strcmp(s, "least_load") == 0)
+        *how = TH_NODE_PICK_LEAST_LOAD;
+    else if (strcmp(s, "random") == 0)
+        *how = TH_NODE_PICK_RANDOM;
+    else
+        return -1;
+    return 0;
+}

@@ -1,0 +1,94 @@
+/* registry: the worker nodes that registered with this hub (API.md "Worker registry").
+ *
+ * A node registers (engine type, URL, capacity, voices...), then heartbeats. A node silent for longer
+ * than dead_threshold is offline (no traffic); offline for remove_after, it is removed. The hub counts
+ * each node's in-flight requests itself (a heartbeat's count is already stale), and picks a node for a
+ * request by engine type with round_robin, least_load or random.
+ *
+ * Nodes are reference counted: a request holds its node (th_registry_pick) until th_registry_release,
+ * so a node removed while requests are under way is freed after the last one. Loop thread only;
+ * times are th_mono_ms() values passed in, so tests can drive the clock. */
+#ifndef TH_HUB_REGISTRY_H
+#define TH_HUB_REGISTRY_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/log.h"
+
+#define TH_NODE_ID_MAX 64     /* [A-Za-z0-9_.-]{1,64} */
+#define TH_NODE_ENGINE_MAX 32 /* [a-z0-9_-]{1,32} */
+#define TH_NODE_URL_MAX 512
+#define TH_REGISTRY_MAX_NODES 4096
+
+typedef struct th_registry th_registry;
+typedef struct th_node th_node;
+
+typedef enum {
+    TH_NODE_PICK_ROUND_ROBIN = 0,
+    TH_NODE_PICK_LEAST_LOAD,
+    TH_NODE_PICK_RANDOM,
+} th_node_pick;
+
+/** Events for the live feed: node_online, node_offline, node_status_changed, node_removed. */
+typedef void (*th_registry_event_fn)(void *ud, const char *event, const char *node_id, const char *status);
+
+typedef struct th_registry_conf {
+    uint64_t heartbeat_interval_ms, dead_threshold_ms, remove_after_ms;
+} th_registry_conf;
+
+typedef enum {
+    TH_REG_OK = 0,
+    TH_REG_INVALID, /* the body is wrong (err says how): 400 */
+    TH_REG_UNKNOWN, /* no such node: 404 */
+    TH_REG_FULL,    /* TH_REGISTRY_MAX_NODES reached: 503 */
+    TH_REG_NOMEM,   /* 500 */
+} th_reg_rc;
+
+th_registry *th_registry_new(const th_registry_conf *conf, th_log *log);
+/** Frees the registry; nodes still held by requests are freed at their release. */
+void th_registry_free(th_registry *r);
+void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud);
+
+/** POST /api/nodes/register. body: {node_id?, engine_type, url | host+port, capacity, model_loaded, status,
+ * voices?, languages?}. A known node_id is updated in place; a registration without one that names the
+ * URL and engine of a known node replaces it (the node restarted). *id_out gets the node id. */
+th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
+                               char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen);
+/** POST /api/nodes/{id}/heartbeat. body: {status, model_loaded, current_concurrent, queue_size, cpu_percent,
+ * memory_percent, ...}: any field may be absent. */
+th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *body, uint64_t now, char *err,
+                                size_t errlen);
+th_reg_rc th_registry_remove(th_registry *r, const char *id);
+/** Sets the node's status as a command changed it (activate -> online, standby, stop -> stopping). */
+th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *status);
+
+/** The node's URL (for commands), or NULL. */
+const char *th_registry_url(const th_registry *r, const char *id);
+/** One node as JSON (new reference), or NULL when unknown. */
+json_t *th_registry_node_json(const th_registry *r, const char *id, uint64_t now);
+/** {nodes:[...], count}: engine and status filter when non-NULL and non-empty ("offline" matches offline
+ * nodes). */
+json_t *th_registry_list_json(const th_registry *r, const char *engine, const char *status, uint64_t now);
+/** Counts for /health and /api/status: every node, and those taking traffic, of that engine (NULL or ""
+ * = any). */
+void th_registry_counts(const th_registry *r, const char *engine, size_t *total, size_t *online);
+
+/** Marks silent nodes offline and removes long-offline ones. Called every second by the hub. */
+void th_registry_sweep(th_registry *r, uint64_t now);
+
+/** Picks an online node of that engine (NULL or "" = any) with room (in-flight < capacity), counts one
+ * request in flight on it and holds it; NULL when there is none. */
+th_node *th_registry_pick(th_registry *r, const char *engine, th_node_pick how, uint64_t now);
+/** Ends what th_registry_pick began. ok: the node answered; a failure counts against the node and puts it
+ * last in line for a while (1 s, doubling per failure in a row, at most 30 s; a success ends it). */
+void th_registry_release(th_registry *r, th_node *n, bool ok, uint64_t now);
+const char *th_node_id(const th_node *n);
+const char *th_node_url(const th_node *n);
+
+/** "round_robin" | "least_load" | "random" -> how; -1 when unknown. */
+int th_node_pick_parse(const char *s, th_node_pick *how);
+
+#endif

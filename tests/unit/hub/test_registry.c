@@ -1,0 +1,242 @@
+#include "th_test.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hub/registry.h"
+
+static const th_registry_conf CONF = {
+    .heartbeat_interval_ms = 1000, .dead_threshold_ms = 3000, .remove_after_ms = 10000};
+
+typedef struct events {
+    char log[1024];
+} events;
+
+static void on_event(void *ud, const char *event, const char *id, const char *status)
+{
+    events *e = ud;
+    size_t n = strlen(e->log);
+    snprintf(e->log + n, sizeof e->log - n, "%s:%s:%s;", event, id, status);
+}
+
+/* registers from a JSON text; returns the rc, id in id */
+static th_reg_rc reg(th_registry *r, const char *json, uint64_t now, char *id)
+{
+    json_error_t je;
+    json_t *b = json_loads(json, 0, &je);
+    char err[256] = "";
+    th_reg_rc rc = th_registry_register(r, b, now, id, err, sizeof err);
+    json_decref(b);
+    return rc;
+}
+
+static th_reg_rc beat(th_registry *r, const char *id, const char *json, uint64_t now)
+{
+    json_t *b = json ? json_loads(json, 0, NULL) : NULL;
+    char err[256] = "";
+    th_reg_rc rc = th_registry_heartbeat(r, id, b, now, err, sizeof err);
+    json_decref(b);
+    return rc;
+}
+
+static const char *status_of(th_registry *r, const char *id, uint64_t now, char *buf, size_t n)
+{
+    json_t *o = th_registry_node_json(r, id, now);
+    if (o == NULL) return "(none)";
+    snprintf(buf, n, "%s", json_string_value(json_object_get(o, "status")));
+    json_decref(o);
+    return buf;
+}
+
+TH_TEST(registry_register_validates)
+{
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    char id[TH_NODE_ID_MAX + 1];
+    TH_CHECK_INT(reg(r, "{\"url\":\"http://h:1\"}", 0, id), TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\"}", 0, id), TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"gopher://h\"}", 0, id), TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://\"}", 0, id), TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://h:1\",\"capacity\":0}", 0, id),
+                 TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://h:1\",\"node_id\":\"a/b\"}", 0, id),
+                 TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://h:1\",\"status\":\"on line\"}", 0, id),
+                 TH_REG_INVALID);
+    TH_CHECK_INT(reg(r, "[1]", 0, id), TH_REG_INVALID);
+    size_t total = 9;
+    th_registry_counts(r, NULL, &total, NULL);
+    TH_CHECK_INT(total, 0);
+    /* host + port, IPv6 in brackets, engine lower-cased */
+    TH_CHECK_INT(
+        reg(r, "{\"engine_type\":\"XTTS\",\"host\":\"::1\",\"port\":9000,\"node_id\":\"n6\"}", 0, id),
+        TH_REG_OK);
+    TH_CHECK_STR(id, "n6");
+    TH_CHECK_STR(th_registry_url(r, "n6"), "http://[::1]:9000");
+    json_t *o = th_registry_node_json(r, "n6", 0);
+    TH_CHECK_STR(json_string_value(json_object_get(o, "engine_type")), "xtts");
+    json_decref(o);
+    th_registry_free(r);
+}
+
+TH_TEST(registry_liveness_events)
+{
+    events ev = {{0}};
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    th_registry_set_listener(r, on_event, &ev);
+    char id[TH_NODE_ID_MAX + 1], st[40];
+    TH_CHECK_INT(reg(r, "{\"node_id\":\"a\",\"engine_type\":\"xtts\",\"url\":\"http://a:1/\"}", 0, id),
+                 TH_REG_OK);
+    TH_CHECK_STR(th_registry_url(r, "a"), "http://a:1"); /* trailing '/' dropped */
+    TH_CHECK_INT(beat(r, "a", "{\"status\":\"busy\",\"cpu_percent\":5}", 1000), TH_REG_OK);
+    TH_CHECK_INT(beat(r, "zz", "{}", 1000), TH_REG_UNKNOWN);
+    TH_CHECK_INT(beat(r, "a", "{\"status\":7}", 1000), TH_REG_INVALID);
+    th_registry_sweep(r, 3999); /* 2999 ms silent: still alive */
+    TH_CHECK_STR(status_of(r, "a", 3999, st, sizeof st), "busy");
+    th_registry_sweep(r, 4001);
+    TH_CHECK_STR(status_of(r, "a", 4001, st, sizeof st), "offline");
+    TH_CHECK_INT(beat(r, "a", NULL, 5000), TH_REG_OK); /* back */
+    TH_CHECK_STR(status_of(r, "a", 5000, st, sizeof st), "busy");
+    th_registry_sweep(r, 8001);
+    th_registry_sweep(r, 15001); /* offline for 10 s: removed */
+    TH_CHECK(th_registry_node_json(r, "a", 15001) == NULL);
+    TH_CHECK_STR(ev.log, "node_online:a:online;node_status_changed:a:busy;node_offline:a:offline;"
+                         "node_online:a:busy;node_offline:a:offline;node_removed:a:offline;");
+    th_registry_free(r);
+}
+
+TH_TEST(registry_round_robin_skips_ineligible)
+{
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    char id[TH_NODE_ID_MAX + 1];
+    reg(r, "{\"node_id\":\"a\",\"engine_type\":\"xtts\",\"url\":\"http://a:1\",\"capacity\":2}", 0, id);
+    reg(r, "{\"node_id\":\"f\",\"engine_type\":\"fish\",\"url\":\"http://f:1\"}", 0, id);
+    reg(r, "{\"node_id\":\"b\",\"engine_type\":\"xtts\",\"url\":\"http://b:1\",\"capacity\":2}", 0, id);
+    reg(r, "{\"node_id\":\"s\",\"engine_type\":\"xtts\",\"url\":\"http://s:1\",\"status\":\"standby\"}", 0,
+        id);
+    reg(r, "{\"node_id\":\"m\",\"engine_type\":\"xtts\",\"url\":\"http://m:1\",\"model_loaded\":false}", 0,
+        id);
+    th_node *p[4];
+    for (int i = 0; i < 4; i++)
+        p[i] = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+    TH_REQUIRE(p[0] && p[1] && p[2] && p[3]);
+    TH_CHECK_STR(th_node_id(p[0]), "a");
+    TH_CHECK_STR(th_node_id(p[1]), "b");
+    TH_CHECK_STR(th_node_id(p[2]), "a");
+    TH_CHECK_STR(th_node_id(p[3]), "b");
+    /* both at capacity 2 */
+    TH_CHECK(th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10) == NULL);
+    th_registry_release(r, p[1], true, 10);
+    th_node *q = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+    TH_REQUIRE(q);
+    TH_CHECK_STR(th_node_id(q), "b");
+    th_registry_release(r, q, true, 10);
+    for (int i = 0; i < 4; i++)
+        if (i != 1) th_registry_release(r, p[i], true, 10);
+    /* any engine */
+    th_node *f = NULL;
+    for (int i = 0; i < 3 && f == NULL; i++) {
+        th_node *x = th_registry_pick(r, NULL, TH_NODE_PICK_ROUND_ROBIN, 10);
+        if (x && strcmp(th_node_id(x), "f") == 0) f = x;
+        th_registry_release(r, x, true, 10);
+    }
+    TH_CHECK(f != NULL);
+    /* standby by command, then active again */
+    TH_CHECK_INT(th_registry_set_status(r, "a", "standby"), TH_REG_OK);
+    for (int i = 0; i < 3; i++) {
+        th_node *x = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+        TH_REQUIRE(x);
+        TH_CHECK_STR(th_node_id(x), "b");
+        th_registry_release(r, x, true, 10);
+    }
+    /* a node not swept yet but silent past dead_threshold gets nothing */
+    TH_CHECK(th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 3011) == NULL);
+    th_registry_free(r);
+}
+
+TH_TEST(registry_least_load_and_failures)
+{
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    char id[TH_NODE_ID_MAX + 1];
+    reg(r, "{\"node_id\":\"big\",\"engine_type\":\"xtts\",\"url\":\"http://big:1\",\"capacity\":4}", 0, id);
+    reg(r, "{\"node_id\":\"small\",\"engine_type\":\"xtts\",\"url\":\"http://small:1\",\"capacity\":1}", 0,
+        id);
+    th_node *h[5];
+    int big = 0, small = 0;
+    for (int i = 0; i < 5; i++) {
+        h[i] = th_registry_pick(r, "xtts", TH_NODE_PICK_LEAST_LOAD, 10);
+        TH_REQUIRE(h[i]);
+        if (strcmp(th_node_id(h[i]), "big") == 0)
+            big++;
+        else
+            small++;
+    }
+    TH_CHECK_INT(big, 4);
+    TH_CHECK_INT(small, 1);
+    TH_CHECK(th_registry_pick(r, "xtts", TH_NODE_PICK_LEAST_LOAD, 10) == NULL);
+    for (int i = 0; i < 5; i++)
+        th_registry_release(r, h[i], true, 10);
+    /* random covers both */
+    int seen_big = 0, seen_small = 0;
+    for (int i = 0; i < 200; i++) {
+        th_node *y = th_registry_pick(r, "xtts", TH_NODE_PICK_RANDOM, 10);
+        TH_REQUIRE(y);
+        if (strcmp(th_node_id(y), "big") == 0) seen_big++;
+        if (strcmp(th_node_id(y), "small") == 0) seen_small++;
+        th_registry_release(r, y, true, 10);
+    }
+    TH_CHECK(seen_big + seen_small == 200);
+    TH_CHECK(seen_big > 40 && seen_small > 40);
+    /* a failed node goes last while another has room */
+    th_node *x = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+    TH_REQUIRE(x);
+    char failed[TH_NODE_ID_MAX + 1];
+    snprintf(failed, sizeof failed, "%s", th_node_id(x));
+    th_registry_release(r, x, false, 10);
+    for (int i = 0; i < 3; i++) {
+        th_node *y = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+        TH_REQUIRE(y);
+        TH_CHECK(strcmp(th_node_id(y), failed) != 0);
+        th_registry_release(r, y, true, 10);
+    }
+    json_t *o = th_registry_node_json(r, failed, 10);
+    TH_CHECK_INT(json_integer_value(json_object_get(o, "failures")), 1);
+    json_decref(o);
+    th_registry_free(r);
+}
+
+TH_TEST(registry_removed_node_lives_until_released)
+{
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    char id[TH_NODE_ID_MAX + 1];
+    reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://a:1\"}", 0, id);
+    TH_CHECK(strncmp(id, "xtts-", 5) == 0 && strlen(id) == 17);
+    th_node *n = th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 10);
+    TH_REQUIRE(n);
+    TH_CHECK_INT(th_registry_remove(r, id), TH_REG_OK);
+    TH_CHECK_INT(th_registry_remove(r, id), TH_REG_UNKNOWN);
+    TH_CHECK_STR(th_node_url(n), "http://a:1"); /* still valid: ASan would catch a use after free */
+    th_registry_free(r);
+    th_registry_release(NULL, n, true, 10); /* the last reference frees it */
+    /* re-registering the same URL without an id takes the old entry's place */
+    r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    char id2[TH_NODE_ID_MAX + 1];
+    reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://a:1\"}", 0, id);
+    reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://a:1\",\"capacity\":3}", 5, id2);
+    TH_CHECK_STR(id, id2);
+    size_t total = 0;
+    th_registry_counts(r, "xtts", &total, NULL);
+    TH_CHECK_INT(total, 1);
+    json_t *l = th_registry_list_json(r, "xtts", NULL, 5);
+    TH_CHECK_INT(json_integer_value(json_object_get(l, "count")), 1);
+    json_decref(l);
+    th_registry_free(r);
+}
+
+TH_TEST_MAIN()

@@ -134,6 +134,7 @@ void th_api_nodes_register(th_http_req *req, void *ud)
         reg_error(c, rc, NULL, err);
         return;
     }
+    th_regsync_publish(hub->regsync, id);
     double hb = (double)hub->cfg->registry.heartbeat_interval_ms / 1000.0;
     reply_json(c, 200, json_pack("{s:b,s:s,s:f}", "success", 1, "node_id", id, "heartbeat_interval", hb));
 }
@@ -149,10 +150,12 @@ void th_api_nodes_heartbeat(th_http_req *req, void *ud)
     if (id != NULL) {
         char err[256] = "";
         th_reg_rc rc = th_registry_heartbeat(hub->registry, id, body, th_mono_ms(), err, sizeof err);
-        if (rc != TH_REG_OK)
+        if (rc != TH_REG_OK) {
             reg_error(c, rc, id, err);
-        else
+        } else {
+            th_regsync_publish(hub->regsync, id);
             reply_json(c, 200, json_pack("{s:b}", "success", 1));
+        }
     }
     json_decref(body);
 }
@@ -166,10 +169,12 @@ void th_api_nodes_delete(th_http_req *req, void *ud)
     if (body == NULL) return;
     const char *id = node_id_of(c, body);
     if (id != NULL) {
-        if (th_registry_remove(hub->registry, id) != TH_REG_OK)
+        if (th_registry_remove(hub->registry, id) != TH_REG_OK) {
             th_api_error(c, 404, NULL, "unknown_node", "unknown node '%s'", id);
-        else
+        } else {
+            th_regsync_unpublish(hub->regsync, id);
             reply_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "node_id", id));
+        }
     }
     json_decref(body);
 }
@@ -248,7 +253,8 @@ static void cmd_done(void *ud, th_client_result res, int status, const char *det
     const char *st = strcmp(r->command, "activate") == 0  ? "online"
                      : strcmp(r->command, "standby") == 0 ? "standby"
                                                           : "stopping";
-    (void)th_registry_set_status(hub->registry, r->id, st); /* the node may have gone meanwhile */
+    if (th_registry_set_status(hub->registry, r->id, st) == TH_REG_OK) /* the node may have gone meanwhile */
+        th_regsync_publish(hub->regsync, r->id);
     reply_json(
         c, 200,
         json_pack("{s:b,s:s,s:s,s:s}", "success", 1, "node_id", r->id, "command", r->command, "status", st));

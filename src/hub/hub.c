@@ -140,10 +140,11 @@ static int create_registry(th_hub *hub)
     if (hub->registry == NULL) return -1;
     uv_timer_init(hub->loop, &hub->registry_timer);
     hub->registry_timer.data = hub;
-    if (strcmp(cfg->registry.backend, "local") != 0)
-        TH_LOG(hub->log, TH_LOG_WARN,
-               "registry.backend %s: this version keeps the registry in each hub's memory",
-               cfg->registry.backend);
+    if (strcmp(cfg->registry.backend, "redis") == 0 && hub->redis != NULL) {
+        hub->regsync = th_regsync_new(hub->loop, hub->registry, hub->redis, cfg->redis.prefix,
+                                      cfg->registry.remove_after_ms, hub->log);
+        if (hub->regsync == NULL) return -1;
+    }
     th_client_conf cc = {.max_host_connections = 4, .max_total_connections = 64, .max_connects_cache = 16};
     hub->ctl_client = th_client_new(hub->loop, &cc);
     if (hub->ctl_client == NULL) return -1;
@@ -171,6 +172,8 @@ static void free_registry(th_hub *hub)
 
 static void free_governance(th_hub *hub)
 {
+    th_regsync_free(hub->regsync); /* before the redis connection it writes to */
+    hub->regsync = NULL;
     th_cache_free(hub->cache);
     hub->cache = NULL;
     th_quota_free(hub->quota);
@@ -201,7 +204,8 @@ static int create_governance(th_hub *hub)
     }
     bool limits_redis = strcmp(cfg->rate_limit.backend, "redis") == 0;
     bool cache_redis = strcmp(cfg->cache.backend, "redis") == 0;
-    if (limits_redis || cache_redis) {
+    bool registry_redis = strcmp(cfg->registry.backend, "redis") == 0;
+    if (limits_redis || cache_redis || registry_redis) {
         hub->redis =
             th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
         if (hub->redis == NULL) {

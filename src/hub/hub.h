@@ -21,6 +21,7 @@
 #include "hub/quota.h"
 #include "hub/redis.h"
 #include "hub/registry.h"
+#include "hub/regsync.h"
 #include "hub/metrics.h"
 #include "hub/route.h"
 #include "providers/provider.h"
@@ -52,6 +53,7 @@ typedef struct th_hub {
     th_quota *quota;
     th_cache *cache;           /* NULL when cache.enabled is false */
     th_registry *registry;     /* worker nodes (API.md "Worker registry") */
+    th_regsync *regsync;       /* registry.backend redis: the registry shared through Redis, else NULL */
     uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
     th_client *ctl_client;     /* node commands (POST {node}/command) */
     uv_timer_t housekeeping;   /* limiter sweeps, probes */

@@ -34,6 +34,8 @@ struct th_node {
     uint64_t last_seen; /* mono ms */
     int inflight;       /* counted by the hub */
     uint64_t requests, failures;
+    uint64_t touched;         /* mono ms of the last change made through this hub */
+    uint64_t updated_wall;    /* wall ms of the last change, here or (applied) elsewhere */
     uint32_t consec_failures; /* since the last success */
     uint64_t benched_until;   /* mono ms: after a failure, other nodes go first until then */
 };
@@ -358,6 +360,8 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
     n->languages = languages;
     n->alive = true;
     n->last_seen = now;
+    n->touched = now;
+    n->updated_wall = th_wall_ms();
     th_strlcpy(id_out, n->id, TH_NODE_ID_MAX + 1);
     TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) %s at %s, capacity %d, %s", n->id, n->engine,
            fresh ? "registered" : "registered again", n->url, n->capacity, n->status);
@@ -404,6 +408,8 @@ th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *bo
     th_strlcpy(n->status, status, sizeof n->status);
     n->alive = true;
     n->last_seen = now;
+    n->touched = now;
+    n->updated_wall = th_wall_ms();
     if (!was_alive) {
         TH_LOG(r->log, TH_LOG_INFO, "node %s is back online", n->id);
         emit(r, "node_online", n);
@@ -429,6 +435,8 @@ th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *sta
 {
     th_node *n = find(r, id);
     if (n == NULL) return TH_REG_UNKNOWN;
+    n->updated_wall = th_wall_ms();
+    n->touched = th_mono_ms();
     if (strcmp(n->status, status) == 0) return TH_REG_OK;
     th_strlcpy(n->status, status, sizeof n->status);
     if (n->alive) emit(r, "node_status_changed", n);
@@ -510,6 +518,120 @@ void th_registry_sweep(th_registry *r, uint64_t now)
             emit(r, "node_removed", n);
             unlink_node(r, n);
         }
+    }
+}
+
+/* ---- sharing between hubs ---- */
+
+json_t *th_registry_record(const th_registry *r, const char *id, uint64_t now, uint64_t now_wall)
+{
+    const th_node *n = find(r, id);
+    if (n == NULL) return NULL;
+    uint64_t silent = now > n->last_seen ? now - n->last_seen : 0;
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:i,s:b,s:I,s:I,s:I}", "node_id", n->id, "engine_type", n->engine,
+                          "url", n->url, "status", n->status, "capacity", n->capacity, "model_loaded",
+                          n->model_loaded, "last_seen_ms", (json_int_t)(now_wall - silent), "updated_ms",
+                          (json_int_t)n->updated_wall, "registered_ms", (json_int_t)n->registered_wall_ms);
+    if (o == NULL) return NULL;
+    if (n->voices) json_object_set(o, "voices", n->voices);
+    if (n->languages) json_object_set(o, "languages", n->languages);
+    if (n->stats) json_object_set(o, "stats", n->stats);
+    return o;
+}
+
+void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t now_wall)
+{
+    const char *id = json_string_value(json_object_get(rec, "node_id"));
+    const char *engine = json_string_value(json_object_get(rec, "engine_type"));
+    const char *url = json_string_value(json_object_get(rec, "url"));
+    const char *status = json_string_value(json_object_get(rec, "status"));
+    json_t *cap = json_object_get(rec, "capacity");
+    json_int_t seen = json_integer_value(json_object_get(rec, "last_seen_ms"));
+    json_int_t updated = json_integer_value(json_object_get(rec, "updated_ms"));
+    char eng[TH_NODE_ENGINE_MAX + 1], st[STATUS_MAX + 1];
+    /* records come from Redis: check them as if they came from a node */
+    if (id == NULL || !id_ok(id, strlen(id)) || engine == NULL ||
+        !word_copy(engine, strlen(engine), eng, sizeof eng - 1) || url == NULL || !url_ok(url, strlen(url)) ||
+        status == NULL || !word_copy(status, strlen(status), st, sizeof st - 1) || !json_is_integer(cap) ||
+        json_integer_value(cap) < 1 || json_integer_value(cap) > 100000 || seen <= 0)
+        return;
+    uint64_t ago = now_wall > (uint64_t)seen ? now_wall - (uint64_t)seen : 0;
+    uint64_t last_seen = now > ago ? now - ago : 0;
+    th_node *n = find(r, id);
+    bool fresh = n == NULL;
+    if (fresh) {
+        if (r->n >= TH_REGISTRY_MAX_NODES || ago > r->conf.remove_after_ms) return;
+        n = calloc(1, sizeof *n);
+        if (n == NULL) return;
+        th_strlcpy(n->id, id, sizeof n->id);
+        n->refs = 1;
+        n->linked = true;
+        n->prev = r->tail;
+        if (r->tail)
+            r->tail->next = n;
+        else
+            r->head = n;
+        r->tail = n;
+        r->n++;
+        n->alive = false;
+        n->updated_wall = 0;
+    }
+    if (last_seen > n->last_seen || fresh) n->last_seen = last_seen;
+    bool was_alive = n->alive;
+    bool alive = now - n->last_seen <= r->conf.dead_threshold_ms;
+    bool changed = false;
+    if (updated >= 0 && (uint64_t)updated >= n->updated_wall) {
+        changed = !fresh && strcmp(n->status, st) != 0;
+        th_strlcpy(n->engine, eng, sizeof n->engine);
+        th_strlcpy(n->url, url, sizeof n->url);
+        th_strlcpy(n->status, st, sizeof n->status);
+        n->capacity = (int)json_integer_value(cap);
+        n->model_loaded = !json_is_false(json_object_get(rec, "model_loaded"));
+        n->updated_wall = (uint64_t)updated;
+        n->registered_wall_ms = (uint64_t)json_integer_value(json_object_get(rec, "registered_ms"));
+        json_t *v = json_object_get(rec, "voices"), *l = json_object_get(rec, "languages");
+        json_t *sv = json_object_get(rec, "stats");
+        json_t *nv = NULL, *nl = NULL;
+        char err[80];
+        if (string_list(v, &nv, "voices", err, sizeof err) == 0) {
+            json_decref(n->voices);
+            n->voices = nv;
+        }
+        if (string_list(l, &nl, "languages", err, sizeof err) == 0) {
+            json_decref(n->languages);
+            n->languages = nl;
+        }
+        if (json_is_object(sv)) {
+            json_t *stats = stats_of(sv);
+            if (stats) {
+                json_decref(n->stats);
+                n->stats = stats;
+            }
+        }
+    }
+    if (alive && !was_alive) {
+        n->alive = true;
+        emit(r, "node_online", n);
+    } else if (changed && n->alive) {
+        emit(r, "node_status_changed", n);
+    }
+}
+
+void th_registry_retain(th_registry *r, const char *const *ids, size_t count, uint64_t since)
+{
+    for (th_node *n = r->head, *next; n; n = next) {
+        next = n->next;
+        bool keep = n->touched >= since && n->touched != 0;
+        for (size_t i = 0; !keep && i < count; i++)
+            keep = strcmp(ids[i], n->id) == 0;
+        if (keep) continue;
+        TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) removed through another hub", n->id, n->engine);
+        if (n->alive) {
+            n->alive = false;
+            emit(r, "node_offline", n);
+        }
+        emit(r, "node_removed", n);
+        unlink_node(r, n);
     }
 }
 

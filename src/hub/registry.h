@@ -88,6 +88,18 @@ void th_registry_release(th_registry *r, th_node *n, bool ok, uint64_t now);
 const char *th_node_id(const th_node *n);
 const char *th_node_url(const th_node *n);
 
+/* ---- sharing between hubs (hub/regsync.h keeps these records in Redis) ---- */
+
+/** The node as a record other hubs can apply (new reference), or NULL when unknown. Times in it are wall
+ * clock: last_seen_ms, updated_ms (the last change made here), registered_ms. */
+json_t *th_registry_record(const th_registry *r, const char *id, uint64_t now, uint64_t now_wall);
+/** Takes a record written by any hub: creates the node or updates it when the record is at least as new as
+ * what is known here (a heartbeat seen here later is kept). Events fire as for local changes. */
+void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t now_wall);
+/** Removes the nodes that are not in ids (removed through another hub), except those changed here at or
+ * after since (mono ms: changes the shared list cannot have seen yet). */
+void th_registry_retain(th_registry *r, const char *const *ids, size_t n, uint64_t since);
+
 /** "round_robin" | "least_load" | "random" -> how; -1 when unknown. */
 int th_node_pick_parse(const char *s, th_node_pick *how);
 

@@ -126,3 +126,40 @@ def hub():
     h = Hub()
     yield h
     h.check_clean_exit()
+
+
+# ---- a real redis-server on loopback (scale-out tests) ----
+
+class Redis:
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    s.close()
+                    return
+                s.close()
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server():
+    r = Redis()
+    yield r
+    r.stop()

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -295,41 +294,6 @@ def test_fifty_concurrent_identical_requests_one_engine_call(hub_factory):
 
 
 # ---- scale-out: three hubs on one real redis-server ----
-
-class Redis:
-    def __init__(self, port=None):
-        self.port = port or free_port()
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                s = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    s.close()
-                    return
-                s.close()
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def redis_server():
-    r = Redis()
-    yield r
-    r.stop()
-
 
 def cluster_cfg(redis_port, fake_url, extra="", on_error="open"):
     return (f"providers:\n  - name: up\n    type: openai_fm\n    base_url: \"{fake_url}\"\n    timeout: 10s\n"

@@ -363,3 +363,75 @@ def test_commands_are_relayed_and_change_routing(hub_factory, nodes):
     clone_error(h.post(f"/api/nodes/{ghost}/command", headers=auth(), json={"command": "standby"}), 502,
                 "node_unreachable")
     assert h.get(f"/api/nodes/{ghost}", headers=auth()).json()["status"] == "online"
+
+
+# ---- registry.backend: redis: every hub on one Redis shares the registry ----
+
+def shared_config(redis_port, extra=""):
+    return hub_config(extra=f"redis: {{ url: \"redis://127.0.0.1:{redis_port}/0\", prefix: \"reg{redis_port}:\" }}\n"
+                            + extra).replace("registry:\n", "registry:\n  backend: redis\n")
+
+
+def wait_for(fn, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    return fn()
+
+
+def test_shared_registry_across_hubs(hub_factory, nodes, redis_server):
+    hubs = [hub_factory(shared_config(redis_server.port), env=env()) for _ in range(3)]
+    a, b = hubs[0], hubs[1]
+    n = nodes(node_id="n")
+    nid = register(a, n.url, node_id="shared-1", voices=["alice"]).json()["node_id"]
+    # the other hubs learn of it within about a second, and route to it
+    for h in hubs[1:]:
+        assert wait_for(lambda: h.get(f"/api/nodes/{nid}", headers=auth()).status_code == 200)
+        node = h.get(f"/api/nodes/{nid}", headers=auth()).json()
+        assert node["url"] == n.url and node["voices"] == ["alice"] and node["status"] == "online"
+        r = h.post(data={"input": f"through hub {h.port}", "voice": "alloy", "response_format": "mp3"})
+        assert r.status_code == 200, r.text
+        assert probe(r.content, "mp3")[0]["codec_name"] == "mp3"
+    assert n.calls == 2
+    # heartbeats to any one hub keep it alive on every hub (dead_threshold is 2 s)
+    for _ in range(8):
+        assert hubs[2].post(f"/api/nodes/{nid}/heartbeat", headers=auth(), json={"status": "online"}).status_code \
+            == 200
+        time.sleep(0.5)
+    for h in hubs:
+        assert h.get(f"/api/nodes/{nid}", headers=auth()).json()["status"] == "online"
+    # a status change through one hub shows on the others
+    hubs[2].post(f"/api/nodes/{nid}/heartbeat", headers=auth(), json={"status": "busy", "cpu_percent": 77})
+    assert wait_for(lambda: a.get(f"/api/nodes/{nid}", headers=auth()).json()["status"] == "busy")
+    assert a.get(f"/api/nodes/{nid}", headers=auth()).json()["cpu_percent"] == 77
+    # a delete through one hub removes it everywhere
+    assert requests.delete(f"{b.url}/api/nodes/{nid}", headers=auth(), timeout=10).status_code == 200
+    for h in hubs:
+        assert wait_for(lambda: h.get(f"/api/nodes/{nid}", headers=auth()).status_code == 404)
+    assert a.post(data={"input": "nobody now", "voice": "alloy"}).status_code == 503
+
+
+def test_shared_registry_silence_and_redis_outage(hub_factory, nodes, redis_server):
+    hubs = [hub_factory(shared_config(redis_server.port), env=env()) for _ in range(2)]
+    n = nodes()
+    nid = register(hubs[0], n.url).json()["node_id"]
+    assert wait_for(lambda: hubs[1].get(f"/api/nodes/{nid}", headers=auth()).status_code == 200)
+    # silent: offline on both hubs, then removed on both (remove_after 4 s)
+    for h in hubs:
+        assert wait_for(lambda: h.get(f"/api/nodes/{nid}", headers=auth()).json().get("status") == "offline")
+    for h in hubs:
+        assert wait_for(lambda: h.get(f"/api/nodes/{nid}", headers=auth()).status_code == 404, timeout=15)
+    # Redis down: each hub keeps what it knows and still takes registrations; when Redis is back the others
+    # learn of nodes registered meanwhile
+    redis_server.stop()
+    nid = register(hubs[0], n.url, node_id="during-outage").json()["node_id"]
+    assert hubs[0].post(data={"input": "redis is down", "voice": "alloy"}).status_code == 200
+    assert hubs[0].get("/health").json()["components"]["redis"]["connected"] is False
+    redis_server.start()
+    # the next heartbeat to the first hub writes the record again
+    assert wait_for(lambda: hubs[0].get("/health").json()["components"]["redis"]["connected"] is True, timeout=15)
+    hubs[0].post(f"/api/nodes/{nid}/heartbeat", headers=auth(), json={"status": "online"})
+    assert wait_for(lambda: hubs[1].get(f"/api/nodes/{nid}", headers=auth()).status_code == 200)

@@ -239,4 +239,59 @@ TH_TEST(registry_removed_node_lives_until_released)
     th_registry_free(r);
 }
 
+TH_TEST(registry_records_apply_and_retain)
+{
+    th_registry *a = th_registry_new(&CONF, NULL), *b = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(a && b);
+    events ev = {{0}};
+    th_registry_set_listener(b, on_event, &ev);
+    char id[TH_NODE_ID_MAX + 1], st[40];
+    reg(a, "{\"node_id\":\"n\",\"engine_type\":\"xtts\",\"url\":\"http://n:1\",\"voices\":[\"v\"]}", 1000,
+        id);
+    /* hub b's mono clock differs; wall clocks agree */
+    json_t *rec = th_registry_record(a, "n", 1500, 100000);
+    TH_REQUIRE(rec);
+    TH_CHECK_INT(json_integer_value(json_object_get(rec, "last_seen_ms")), 99500);
+    th_registry_apply(b, rec, 50000, 100000);
+    TH_CHECK_STR(status_of(b, "n", 50000, st, sizeof st), "online");
+    TH_CHECK_STR(th_registry_url(b, "n"), "http://n:1");
+    th_node *p = th_registry_pick(b, "xtts", TH_NODE_PICK_ROUND_ROBIN, 50000);
+    TH_CHECK(p != NULL);
+    th_registry_release(b, p, true, 50000);
+    /* seen 0.5 s before it was applied: alive; silent 3.5 s at b's sweep: offline */
+    th_registry_sweep(b, 53000);
+    TH_CHECK_STR(status_of(b, "n", 53000, st, sizeof st), "offline");
+    /* a newer record (a heartbeat through another hub) brings it back */
+    beat(a, "n", "{\"status\":\"busy\"}", 5000);
+    json_decref(rec);
+    rec = th_registry_record(a, "n", 5000, 103600);
+    th_registry_apply(b, rec, 53100, 103600);
+    TH_CHECK_STR(status_of(b, "n", 53100, st, sizeof st), "busy");
+    json_decref(rec);
+    /* a record that is garbage is ignored */
+    json_t *bad =
+        json_pack("{s:s,s:s,s:s,s:s,s:i,s:I}", "node_id", "../x", "engine_type", "xtts", "url", "http://x",
+                  "status", "online", "capacity", 1, "last_seen_ms", (json_int_t)100000);
+    th_registry_apply(b, bad, 53100, 100000);
+    json_decref(bad);
+    size_t total = 0;
+    th_registry_counts(b, NULL, &total, NULL);
+    TH_CHECK_INT(total, 1);
+    /* retain: gone from the shared list -> removed, unless changed here since the list was read */
+    const char *none[] = {"other"};
+    th_registry_retain(b, none, 1, 60000);
+    TH_CHECK(th_registry_node_json(b, "n", 53100) == NULL);
+    reg(b, "{\"node_id\":\"local\",\"engine_type\":\"xtts\",\"url\":\"http://l:1\"}", 61000, id);
+    th_registry_retain(b, none, 1, 60000); /* registered here after the read began: kept */
+    th_registry_counts(b, NULL, &total, NULL);
+    TH_CHECK_INT(total, 1);
+    th_registry_retain(b, NULL, 0, 62000);
+    th_registry_counts(b, NULL, &total, NULL);
+    TH_CHECK_INT(total, 0);
+    TH_CHECK(strstr(ev.log, "node_online:n:online;") == ev.log);
+    TH_CHECK(strstr(ev.log, "node_removed:n:") != NULL);
+    th_registry_free(a);
+    th_registry_free(b);
+}
+
 TH_TEST_MAIN()

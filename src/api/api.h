@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "audio/format.h"
 #include "http/http.h"
 #include "hub/auth.h"
@@ -114,6 +116,20 @@ void th_api_metrics(th_http_req *req, void *ud);
 void th_api_admin_usage(th_http_req *req, void *ud);
 void th_api_admin_providers(th_http_req *req, void *ud);
 void th_api_admin_config(th_http_req *req, void *ud);
+/* control.c: the /health document (status: healthy, degraded or unhealthy) */
+json_t *th_api_health_doc(th_hub *hub, const char **status);
+/* status.c: /api/status, announcements, the /ws live feed */
+void th_api_status(th_http_req *req, void *ud);
+void th_api_ws(th_http_req *req, void *ud);
+void th_api_announcements_list(th_http_req *req, void *ud);
+void th_api_announcements_add(th_http_req *req, void *ud);
+void th_api_announcements_delete(th_http_req *req, void *ud);
+/** The feed: created with the hub (after the registry), closed to clients on SIGTERM, freed at the end. */
+int th_api_feed_new(th_hub *hub);
+void th_api_feed_shutdown(th_hub *hub);
+void th_api_feed_free(th_hub *hub);
+/** Pushes {type, data, timestamp} to every /ws client (data is stolen). */
+void th_api_feed_publish(th_hub *hub, const char *type, json_t *data);
 /* nodes.c: the worker registry's control routes */
 void th_api_nodes_register(th_http_req *req, void *ud);
 void th_api_nodes_heartbeat(th_http_req *req, void *ud);

@@ -15,16 +15,26 @@
 const char *th_api_error_type(int status)
 {
     switch (status) {
-    case 401: return "authentication_error";
-    case 403: return "permission_error";
-    case 404: return "not_found_error";
-    case 405: return "invalid_request_error";
-    case 408: return "timeout_error";
-    case 429: return "rate_limit_error";
-    case 502: return "upstream_error";
-    case 503: return "service_unavailable";
-    case 504: return "timeout_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 405:
+        return "invalid_request_error";
+    case 408:
+        return "timeout_error";
+    case 429:
+        return "rate_limit_error";
+    case 502:
+        return "upstream_error";
+    case 503:
+        return "service_unavailable";
+    case 504:
+        return "timeout_error";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
     }
 }
 
@@ -91,6 +101,11 @@ void th_api_log(th_api_ctx *c, int status)
         .upstream_ms = c->synth ? th_synth_upstream_ms(c->synth) : -1,
     };
     th_log_access(hub->log, &a);
+    if (c->chars > 0 && status < 400) { /* a synthesis: its duration feeds /api/status */
+        hub->stats.lat_ms[hub->stats.lat_pos] = (float)dur;
+        hub->stats.lat_pos = (hub->stats.lat_pos + 1) % TH_HUB_LAT_RING;
+        if (hub->stats.lat_n < TH_HUB_LAT_RING) hub->stats.lat_n++;
+    }
     if (hub->metrics) {
         char st[8];
         st[0] = (char)('0' + status / 100 % 10);
@@ -138,8 +153,8 @@ void th_api_error(th_api_ctx *c, int status, const char *type, const char *code,
         th_http_set_header(c->req, "Retry-After", ra);
     }
     if (body == NULL) {
-        static const char fallback[] =
-            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+        static const char fallback[] = "{\"error\":{\"message\":\"out of "
+                                       "memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
         th_api_reply(c, 500, "application/json", fallback, sizeof fallback - 1);
         return;
     }
@@ -165,8 +180,8 @@ static void handle(th_http_req *req, th_hub *hub, th_router *router)
 {
     th_api_ctx *c = calloc(1, sizeof *c);
     if (c == NULL) {
-        static const char oom[] =
-            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
+        static const char oom[] = "{\"error\":{\"message\":\"out of "
+                                  "memory\",\"type\":\"server_error\",\"code\":\"internal_error\"}}";
         th_http_respond(req, 500, "application/json", oom, sizeof oom - 1);
         return;
     }

@@ -9,11 +9,8 @@
 #include "core/buf.h"
 #include "core/clock.h"
 
-void th_api_health(th_http_req *req, void *ud)
+json_t *th_api_health_doc(th_hub *hub, const char **status_out)
 {
-    th_hub *hub = ud;
-    th_api_ctx *c = th_http_get_data(req);
-    c->route = "/health";
     json_t *providers = json_object();
     size_t healthy = 0;
     uint64_t now = th_mono_ms();
@@ -66,6 +63,17 @@ void th_api_health(th_http_req *req, void *ud)
         "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components",
         "providers", providers, "registry", registry, "redis", redis, "limiter", limiter, "requests", "total",
         (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
+    *status_out = status;
+    return o;
+}
+
+void th_api_health(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/health";
+    const char *status = "unhealthy";
+    json_t *o = th_api_health_doc(hub, &status);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (body == NULL) {
@@ -143,6 +151,11 @@ int th_api_register(th_hub *hub)
         {"POST", "/api/register", th_api_nodes_register},
         {"POST", "/api/heartbeat", th_api_nodes_heartbeat},
         {"POST", "/api/unregister", th_api_nodes_delete},
+        {"GET", "/api/status", th_api_status},
+        {"GET", "/ws", th_api_ws},
+        {"GET", "/api/announcements", th_api_announcements_list},
+        {"POST", "/api/announcements", th_api_announcements_add},
+        {"DELETE", "/api/announcements/{id}", th_api_announcements_delete},
         {"GET", "/health", th_api_health},
         {"GET", "/api/health", th_api_health},
         {"GET", "/", th_api_page},

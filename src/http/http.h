@@ -67,7 +67,7 @@ const char *th_http_header(const th_http_req *r, const char *name);
 size_t th_http_header_count(const th_http_req *r);
 void th_http_header_at(const th_http_req *r, size_t i, const char **name, const char **value);
 const uint8_t *th_http_body(const th_http_req *r, size_t *len);
-const char *th_http_peer(const th_http_req *r); /* client IP as text */
+const char *th_http_peer(const th_http_req *r);  /* client IP as text */
 uint64_t th_http_start_us(const th_http_req *r); /* th_mono_us() when the first byte arrived */
 /** Path parameters set by the router ({id}); NULL when absent. */
 const char *th_http_param(const th_http_req *r, const char *name);
@@ -81,7 +81,8 @@ void *th_http_get_data(const th_http_req *r);
 int th_http_set_header(th_http_req *r, const char *name, const char *value);
 /** A complete response; ends the exchange (the handler's reference is released). */
 void th_http_respond(th_http_req *r, int status, const char *content_type, const void *body, size_t len);
-/** Starts a streamed response. content_length < 0: chunked transfer. Returns 0, or -1 if the client is gone. */
+/** Starts a streamed response. content_length < 0: chunked transfer. Returns 0, or -1 if the client is gone.
+ */
 int th_http_start(th_http_req *r, int status, const char *content_type, int64_t content_length);
 /** Queues body bytes (copied). Returns 0 when the caller may go on, 1 when it should pause until the
  * drain callback (output above the high watermark), -1 when the client is gone. */
@@ -94,6 +95,19 @@ void th_http_end(th_http_req *r, bool cut);
 void th_http_on_drain(th_http_req *r, void (*cb)(th_http_req *r, void *ud), void *ud);
 /** Called once if the client goes away before th_http_end: stop producing, then call th_http_end. */
 void th_http_on_close(th_http_req *r, void (*cb)(th_http_req *r, void *ud), void *ud);
+/** Protocol upgrade (WebSocket): sends "101 Switching Protocols", Connection: Upgrade and the headers
+ * set so far (the handler sets Upgrade and the protocol's own), and from then on the connection carries raw
+ * bytes: on_data gets every byte the client sends after the request, th_http_raw_write queues bytes, and
+ * th_http_end(r, false) ends it (FIN after the queued output). The server sets no deadline on an upgraded
+ * connection: the protocol keeps its own. on_close still fires if the client goes away. 0, or -1 when the
+ * request is not an Upgrade request, a response was started, or the client is gone. */
+int th_http_upgrade(th_http_req *r,
+                    void (*on_data)(th_http_req *r, const uint8_t *data, size_t len, void *ud), void *ud);
+/** Queues raw bytes on an upgraded connection: 0, 1 above the high watermark (on_drain fires below the
+ * low one), -1 when the connection is gone. */
+int th_http_raw_write(th_http_req *r, const void *data, size_t len);
+/** Bytes queued and not yet taken by the socket. */
+size_t th_http_queued(const th_http_req *r);
 bool th_http_aborted(const th_http_req *r);
 bool th_http_started(const th_http_req *r);
 int th_http_status(const th_http_req *r);

@@ -46,7 +46,7 @@
 #define HOLD_MAX (16 * 1024) /* body bytes held with the head until the end of the loop iteration */
 #define LISTEN_BACKLOG 511
 
-enum cstate { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_LINGER, C_CLOSED };
+enum cstate { C_IDLE, C_HEAD, C_BODY, C_BUSY, C_LINGER, C_CLOSED, C_RAW };
 
 typedef struct conn conn;
 
@@ -107,6 +107,9 @@ struct conn {
     bool resume_queued;
     bool flush_queued;
     char peer[INET6_ADDRSTRLEN];
+    /* after th_http_upgrade: the bytes go to raw_data */
+    void (*raw_data)(th_http_req *r, const uint8_t *data, size_t len, void *ud);
+    void *raw_ud;
 };
 
 typedef struct wreq {
@@ -146,6 +149,7 @@ struct th_http_server {
 };
 
 static void conn_close(conn *c);
+static void raw_input(conn *c, const char *data, size_t len);
 static void conn_fail(conn *c, int status, const char *code, const char *message);
 static void conn_parse_pending(conn *c);
 static void schedule_idle(th_http_server *s);
@@ -688,11 +692,32 @@ static void conn_parse_pending(conn *c)
     size_t n = conn_parse(c, (const char *)c->pending.data, c->pending.len);
     if (c->closing || c->state == C_LINGER) return;
     th_buf_consume(&c->pending, n);
+    if (c->state == C_RAW) {
+        /* the upgrade request came pipelined: what followed it is the new protocol's */
+        th_buf rest = c->pending;
+        th_buf_init(&c->pending, rest.max);
+        raw_input(c, (const char *)rest.data, rest.len);
+        th_buf_free(&rest);
+        read_resume(c);
+        return;
+    }
     pending_check(c);
+}
+
+/* Bytes on an upgraded connection (and those read with the upgrade request) go to the protocol. */
+static void raw_input(conn *c, const char *data, size_t len)
+{
+    th_http_req *r = &c->req;
+    if (len == 0 || c->closing || !r->held || r->ended || c->raw_data == NULL) return;
+    c->raw_data(r, (const uint8_t *)data, len, c->raw_ud);
 }
 
 static void conn_input(conn *c, const char *data, size_t len)
 {
+    if (c->state == C_RAW) {
+        raw_input(c, data, len);
+        return;
+    }
     if (c->state == C_BUSY || c->pending.len > 0) {
         if (th_buf_append(&c->pending, data, len) != TH_BUF_OK) {
             conn_close(c);
@@ -705,6 +730,10 @@ static void conn_input(conn *c, const char *data, size_t len)
         return;
     }
     size_t n = conn_parse(c, data, len);
+    if (n < len && !c->closing && c->state == C_RAW) {
+        raw_input(c, data + n, len - n);
+        return;
+    }
     if (n < len && !c->closing && c->state == C_BUSY) {
         if (th_buf_append(&c->pending, data + n, len - n) != TH_BUF_OK) {
             conn_close(c);
@@ -1415,6 +1444,11 @@ void th_http_end(th_http_req *r, bool cut)
         release_aborted(c);
         return;
     }
+    if (c->state == C_RAW) {
+        c->raw_data = NULL;
+        exchange_done(c, true); /* FIN after the queued output, then linger and close */
+        return;
+    }
     if (!r->started) {
         if (th_http_start(r, r->status ? r->status : 200, NULL, cut ? -1 : 0) != 0) {
             release_aborted(c);
@@ -1434,6 +1468,55 @@ void th_http_end(th_http_req *r, bool cut)
         return;
     }
     exchange_done(c, close);
+}
+
+int th_http_upgrade(th_http_req *r,
+                    void (*on_data)(th_http_req *r, const uint8_t *data, size_t len, void *ud), void *ud)
+{
+    conn *c = r->c;
+    if (!r->held || r->aborted || r->started || c->closing || !c->p.msg.upgrade || on_data == NULL) return -1;
+    th_buf_reset(&c->out);
+    int rc = put(&c->out, "HTTP/1.1 101 Switching Protocols\r\n", 34);
+    rc |= put(&c->out, "Connection: Upgrade\r\n", 21);
+    if (r->rh.len > 0) rc |= put(&c->out, (const char *)r->rh.data, r->rh.len);
+    rc |= put(&c->out, "\r\n", 2);
+    if (rc != 0) return -1;
+    r->started = true;
+    r->status = 101;
+    r->clen = -2;
+    c->state = C_RAW;
+    c->raw_data = on_data;
+    c->raw_ud = ud;
+    set_deadline_at(c, 0);
+    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    if (conn_send(c, &b, 1) != 0) return -1;
+    /* bytes that came after the request in the same read are delivered when the parse loop unwinds
+     * (conn_input / conn_parse_pending); keep reading */
+    read_resume(c);
+    return 0;
+}
+
+int th_http_raw_write(th_http_req *r, const void *data, size_t len)
+{
+    conn *c = r->c;
+    if (!r->held || r->aborted || r->ended || c->closing || c->state != C_RAW) return -1;
+    if (c->queued > WRITE_HARD) {
+        conn_close(c);
+        return -1;
+    }
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    if (conn_send(c, &b, 1) != 0) return -1;
+    r->bytes_sent += len;
+    if (c->queued > WRITE_HIGH) {
+        r->drain_armed = true;
+        return 1;
+    }
+    return 0;
+}
+
+size_t th_http_queued(const th_http_req *r)
+{
+    return r->c->queued;
 }
 
 void th_http_on_drain(th_http_req *r, void (*cb)(th_http_req *r, void *ud), void *ud)

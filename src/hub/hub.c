@@ -172,6 +172,9 @@ static void free_registry(th_hub *hub)
 
 static void free_governance(th_hub *hub)
 {
+    th_api_feed_free(hub);
+    th_announce_free(hub->announce);
+    hub->announce = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
     hub->regsync = NULL;
     th_cache_free(hub->cache);
@@ -254,6 +257,7 @@ static void on_signal(uv_signal_t *h, int signum)
         exit(1);
     }
     hub->stopping = true;
+    th_api_feed_shutdown(hub); /* live-feed clients get a close frame now */
     TH_LOG(hub->log, TH_LOG_INFO, "signal %d: draining %zu in-flight requests (grace %llums)", signum,
            th_http_server_inflight(hub->http), (unsigned long long)hub->cfg->limits.shutdown_grace_ms);
     hub->draining = hub->metrics_http ? 2 : 1;
@@ -334,6 +338,8 @@ int th_hub_serve(const th_serve_opts *opts)
     if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
     if (create_governance(&hub) != 0) goto out_governance;
     if (create_registry(&hub) != 0) goto out_governance;
+    hub.announce = th_announce_new();
+    if (hub.announce == NULL || th_api_feed_new(&hub) != 0) goto out_governance;
 
     char err[256] = "";
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {

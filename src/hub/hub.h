@@ -14,6 +14,7 @@
 #include "http/client.h"
 #include "http/http.h"
 #include "http/router.h"
+#include "hub/announce.h"
 #include "hub/auth.h"
 #include "hub/cache.h"
 #include "hub/config.h"
@@ -26,12 +27,18 @@
 #include "hub/route.h"
 #include "providers/provider.h"
 
+#define TH_HUB_LAT_RING 1024
+
+struct th_feed; /* api/status.c: the /ws live feed */
+
 typedef struct th_hub_stats {
     uint64_t requests; /* client requests answered */
     uint64_t errors;   /* of which status >= 400 */
     uint64_t inflight; /* synthesis requests under way */
     uint64_t chars;    /* code points synthesised */
     uint64_t audio_bytes;
+    float lat_ms[TH_HUB_LAT_RING]; /* durations of the last synthesis requests, for /api/status */
+    uint32_t lat_n, lat_pos;
 } th_hub_stats;
 
 typedef struct th_hub {
@@ -56,6 +63,8 @@ typedef struct th_hub {
     th_regsync *regsync;       /* registry.backend redis: the registry shared through Redis, else NULL */
     uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
     th_client *ctl_client;     /* node commands (POST {node}/command) */
+    th_announce *announce;     /* operator announcements */
+    struct th_feed *feed;      /* /ws subscribers and what is pushed to them */
     uv_timer_t housekeeping;   /* limiter sweeps, probes */
     uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;

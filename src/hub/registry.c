@@ -501,6 +501,25 @@ void th_registry_counts(const th_registry *r, const char *engine, size_t *total,
     if (online) *online = on;
 }
 
+json_t *th_registry_engines_json(const th_registry *r)
+{
+    json_t *o = json_object();
+    for (const th_node *n = r->head; o != NULL && n; n = n->next) {
+        json_t *e = json_object_get(o, n->engine);
+        if (e == NULL) {
+            e = json_pack("{s:i,s:i,s:i}", "nodes", 0, "online", 0, "in_flight", 0);
+            if (e == NULL || json_object_set_new(o, n->engine, e) != 0) continue;
+        }
+        json_object_set_new(e, "nodes", json_integer(json_integer_value(json_object_get(e, "nodes")) + 1));
+        if (n->alive && status_routable(n->status))
+            json_object_set_new(e, "online",
+                                json_integer(json_integer_value(json_object_get(e, "online")) + 1));
+        json_object_set_new(e, "in_flight",
+                            json_integer(json_integer_value(json_object_get(e, "in_flight")) + n->inflight));
+    }
+    return o;
+}
+
 void th_registry_sweep(th_registry *r, uint64_t now)
 {
     for (th_node *n = r->head, *next; n; n = next) {

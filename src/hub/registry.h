@@ -76,6 +76,9 @@ json_t *th_registry_list_json(const th_registry *r, const char *engine, const ch
  * = any). */
 void th_registry_counts(const th_registry *r, const char *engine, size_t *total, size_t *online);
 
+/** {engine: {nodes, online, in_flight}} over every node (new reference). */
+json_t *th_registry_engines_json(const th_registry *r);
+
 /** Marks silent nodes offline and removes long-offline ones. Called every second by the hub. */
 void th_registry_sweep(th_registry *r, uint64_t now);
 

@@ -1,6 +1,6 @@
 # ttshub: the two commands of README.
 #   make run   installs what is missing (apt-get), builds, starts `ttshub serve` on the embedded default
-#   make test  installs, builds, runs every test (unit, sanitizers, end-to-end, fuzz smoke)
+#   make test  installs, builds, runs every test (unit, sanitizers, end-to-end, browser, fuzz smoke)
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
@@ -9,7 +9,7 @@ PY         := /usr/bin/python3
 CONFIG     ?=
 ARGS       ?=
 
-.PHONY: all deps test-deps build run test unit asan e2e fuzz bench format format-check lint clean
+.PHONY: all deps test-deps build run test unit asan e2e browser fuzz bench format format-check lint clean
 
 all: build
 
@@ -43,6 +43,11 @@ e2e: build
 e2e-asan: asan
 	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider tests/e2e --ignore=tests/e2e/fakes $(PYTEST_ARGS)
 
+# the web pages in Debian's chromium, driven by playwright-core (from npm, pinned by package-lock.json)
+browser: test-deps build
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/browser && TTSHUB_BIN=$(CURDIR)/$(BUILD)/ttshub node --test --test-concurrency=1
+
 fuzz: deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DTH_FUZZ=ON
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $$(cd tests/fuzz && ls fuzz_*.c | sed "s/\.c$$//")
@@ -52,6 +57,7 @@ test: test-deps build
 	$(MAKE) unit
 	$(MAKE) e2e-asan
 	$(MAKE) e2e
+	$(MAKE) browser
 	$(MAKE) fuzz
 
 bench: test-deps build

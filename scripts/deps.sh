@@ -10,7 +10,9 @@ pkgs=(build-essential cmake pkg-config clang
   libespeak-ng-dev espeak-ng-data)
 if [ "$mode" = test ]; then
   pkgs+=(ffmpeg espeak-ng python3 python3-pytest python3-requests python3-websockets
-    libclang-rt-14-dev redis-server nginx-light wrk time procps)
+    libclang-rt-14-dev redis-server nginx-light wrk time procps chromium)
+  # the browser tests run on Node.js (playwright-core from npm drives Debian's chromium)
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -92,12 +92,21 @@ void th_api_page(th_http_req *req, void *ud)
     c->route = "/";
     const char *path = th_http_path(req);
     if (strcmp(path, "/") == 0) path = "/index.html";
+    if (strcmp(path, "/status") == 0) path = "/status.html";
+    if (strcmp(path, "/admin") == 0) path = "/admin.html";
+    if (strcmp(path, "/playground") == 0) path = "/playground.html";
     const th_asset *a = th_asset_find(path);
     if (a == NULL) {
         th_api_error(c, 404, "not_found_error", "not_found", "no page at %s", path);
         return;
     }
-    th_http_set_header(req, "Cache-Control", "public, max-age=300");
+    /* the pages load nothing from elsewhere: scripts, styles and connections are this hub's own */
+    th_http_set_header(
+        req, "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self' ws: wss: blob:; media-src 'self' blob:; img-src 'self' data:; "
+        "frame-ancestors 'none'");
+    th_http_set_header(req, "X-Content-Type-Options", "nosniff");
+    th_http_set_header(req, "Cache-Control", "no-cache");
     th_api_reply(c, 200, th_asset_mime(a->path), a->data, a->len);
 }
 
@@ -159,6 +168,9 @@ int th_api_register(th_hub *hub)
         {"GET", "/health", th_api_health},
         {"GET", "/api/health", th_api_health},
         {"GET", "/", th_api_page},
+        {"GET", "/status", th_api_page},
+        {"GET", "/admin", th_api_page},
+        {"GET", "/playground", th_api_page},
         {"GET", "/static/*", th_api_page},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)

@@ -60,8 +60,9 @@ typedef struct th_api_ctx {
     th_cache_flight *flight;
     th_cache_follower *follower;
     char cache_key[TH_CACHE_KEY_LEN + 1];
-    bool waiting; /* an async policy step is under way */
-    bool gone;    /* the client went away */
+    bool waiting;  /* an async policy step is under way */
+    bool gone;     /* the client went away */
+    th_span *span; /* the request's SERVER span (NULL when not traced) */
     /* audio streaming */
     th_synth *synth;
     th_api_stream_mode mode;

@@ -72,6 +72,7 @@ void th_api_perr_status(const th_perr *e, int *status, const char **type, const 
 void th_api_ctx_free(th_api_ctx *c)
 {
     if (c == NULL) return;
+    th_span_drop(c->span); /* a request that never reached th_api_log */
     free(c->voice);
     free(c->tenant);
     free(c);
@@ -101,6 +102,27 @@ void th_api_log(th_api_ctx *c, int status)
         .upstream_ms = c->synth ? th_synth_upstream_ms(c->synth) : -1,
     };
     th_log_access(hub->log, &a);
+    if (c->span) {
+        char name[160];
+        snprintf(name, sizeof name, "%s %s", a.method, c->route ? c->route : "unmatched");
+        th_span_set_name(c->span, name);
+        th_span_attr_str(c->span, "http.request.method", a.method);
+        th_span_attr_str(c->span, "http.route", c->route ? c->route : "unmatched");
+        th_span_attr_str(c->span, "url.path", a.route);
+        th_span_attr_int(c->span, "http.response.status_code", status);
+        th_span_attr_str(c->span, "client.address", a.peer);
+        th_span_attr_str(c->span, "ttshub.request_id", c->rid);
+        th_span_attr_str(c->span, "ttshub.provider", a.provider);
+        th_span_attr_str(c->span, "ttshub.cache", a.cache);
+        th_span_attr_str(c->span, "ttshub.voice", a.voice);
+        th_span_attr_str(c->span, "ttshub.format", a.format);
+        th_span_attr_str(c->span, "ttshub.tenant", a.tenant);
+        if (c->chars > 0) th_span_attr_int(c->span, "ttshub.characters", c->chars);
+        if (status >= 400 && c->error_code) th_span_attr_str(c->span, "error.type", c->error_code);
+        if (status >= 500) th_span_error(c->span, c->error_code ? c->error_code : "server error");
+        th_span_end(c->span);
+        c->span = NULL;
+    }
     if (c->chars > 0 && status < 400) { /* a synthesis: its duration feeds /api/status */
         hub->stats.lat_ms[hub->stats.lat_pos] = (float)dur;
         hub->stats.lat_pos = (hub->stats.lat_pos + 1) % TH_HUB_LAT_RING;
@@ -190,6 +212,11 @@ static void handle(th_http_req *req, th_hub *hub, th_router *router)
     c->fmt = TH_FMT_NONE;
     const char *given = th_http_header(req, "X-Request-Id");
     if (given == NULL || !th_api_set_request_id(c, given)) th_uuid_gen_next(&hub->ids, c->rid);
+    if (hub->tracer) {
+        th_trace_ctx parent;
+        th_trace_parse_parent(th_http_header(req, "traceparent"), &parent);
+        c->span = th_span_start(hub->tracer, th_http_path(req), TH_SPAN_SERVER, &parent);
+    }
     th_http_set_data(req, c);
     th_router_dispatch(router, req);
 }

@@ -237,6 +237,7 @@ static void step_synth(th_api_ctx *c)
     th_perr err = {0};
     c->p.provider_allowed = c->tconf ? provider_allowed : NULL;
     c->p.allowed_ud = c;
+    th_span_ctx(c->span, &c->p.trace);
     c->synth = th_synth_start(c->hub, &c->p, &cb, &err);
     if (c->synth == NULL) {
         int status;

@@ -172,6 +172,8 @@ static void free_registry(th_hub *hub)
 
 static void free_governance(th_hub *hub)
 {
+    th_tracer_close(hub->tracer); /* sends what is waiting, then frees itself */
+    hub->tracer = NULL;
     th_api_feed_free(hub);
     th_announce_free(hub->announce);
     hub->announce = NULL;
@@ -338,6 +340,8 @@ int th_hub_serve(const th_serve_opts *opts)
     if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
     if (create_governance(&hub) != 0) goto out_governance;
     if (create_registry(&hub) != 0) goto out_governance;
+    hub.tracer = th_tracer_new(&loop, hub.cfg->tracing.otlp_endpoint, hub.cfg->tracing.service_name,
+                               hub.cfg->tracing.sample_ratio, hub.log);
     hub.announce = th_announce_new();
     if (hub.announce == NULL || th_api_feed_new(&hub) != 0) goto out_governance;
 

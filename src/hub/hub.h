@@ -25,6 +25,7 @@
 #include "hub/regsync.h"
 #include "hub/metrics.h"
 #include "hub/route.h"
+#include "hub/trace.h"
 #include "providers/provider.h"
 
 #define TH_HUB_LAT_RING 1024
@@ -65,6 +66,7 @@ typedef struct th_hub {
     th_client *ctl_client;     /* node commands (POST {node}/command) */
     th_announce *announce;     /* operator announcements */
     struct th_feed *feed;      /* /ws subscribers and what is pushed to them */
+    th_tracer *tracer;         /* OTLP traces; NULL when tracing.otlp_endpoint is empty */
     uv_timer_t housekeeping;   /* limiter sweeps, probes */
     uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;

@@ -22,20 +22,22 @@ typedef struct attempt attempt;
 struct attempt {
     th_synth *s;
     part *pt;
-    size_t cand;  /* index into s->cand */
-    size_t prov;  /* index into hub->route.provs */
+    size_t cand; /* index into s->cand */
+    size_t prov; /* index into hub->route.provs */
     th_job *job;
     th_route_waiter waiter;
     th_audio_stream *conv;
     th_synth_req req;
-    bool queued;   /* waiting for a slot */
-    bool slot;     /* holds a slot */
-    bool allowed;  /* the breaker let it through and no outcome was recorded yet */
-    bool live;     /* the provider may still call us */
-    bool paused;   /* we asked the provider to pause */
-    bool ended;    /* finished one way or the other */
+    bool queued;  /* waiting for a slot */
+    bool slot;    /* holds a slot */
+    bool allowed; /* the breaker let it through and no outcome was recorded yet */
+    bool live;    /* the provider may still call us */
+    bool paused;  /* we asked the provider to pause */
+    bool ended;   /* finished one way or the other */
     uint64_t start_us, first_us;
     attempt *next_all; /* every attempt of the synth, for cleanup */
+    th_span *span;     /* CLIENT span of this attempt (NULL when not traced) */
+    char traceparent[TH_TRACEPARENT_LEN + 1];
 };
 
 struct part {
@@ -43,13 +45,13 @@ struct part {
     size_t index;
     const char *text;
     size_t len, chars;
-    size_t cand_next;   /* next candidate to fall back to (a position, see cand_of) */
-    size_t rot;         /* long text: part i starts at candidate i, so parts spread over providers */
-    int retries_left;   /* on the current candidate */
-    attempt *a[2];      /* the primary and, with hedging, one more */
-    attempt *winner;    /* the attempt whose audio is used */
-    uv_timer_t *hedge;  /* separately allocated; freed in its close callback */
-    th_buf out;         /* converted PCM waiting for its turn (long text) */
+    size_t cand_next;  /* next candidate to fall back to (a position, see cand_of) */
+    size_t rot;        /* long text: part i starts at candidate i, so parts spread over providers */
+    int retries_left;  /* on the current candidate */
+    attempt *a[2];     /* the primary and, with hedging, one more */
+    attempt *winner;   /* the attempt whose audio is used */
+    uv_timer_t *hedge; /* separately allocated; freed in its close callback */
+    th_buf out;        /* converted PCM waiting for its turn (long text) */
     bool started, done, current;
     bool saw_overload;
     th_perr last;
@@ -69,13 +71,14 @@ struct th_synth {
     size_t ncand;
     part *parts;
     size_t nparts;
-    size_t cur;       /* the part whose audio flows now */
-    size_t next_part; /* the next part to start */
+    size_t cur;              /* the part whose audio flows now */
+    size_t next_part;        /* the next part to start */
     th_audio_stream *stitch; /* long text: PCM -> the client's format */
     attempt *all;
     uint64_t start_us, first_us;
     uint64_t bytes_out;
     const char *provider_name;
+    th_trace_ctx trace;
     bool out_paused;
     bool finished, freed;
 };
@@ -147,6 +150,10 @@ static void drop_attempt(attempt *a, bool record_none)
         th_audio_stream_close(a->conv);
         a->conv = NULL;
     }
+    if (a->span) {
+        th_span_end(a->span);
+        a->span = NULL;
+    }
     for (int k = 0; k < 2; k++)
         if (a->pt->a[k] == a) a->pt->a[k] = NULL;
 }
@@ -159,7 +166,8 @@ static void reap(void *p)
         s->all = a->next_all;
         free(a);
     }
-    for (size_t i = 0; i < s->nparts; i++) th_buf_free(&s->parts[i].out);
+    for (size_t i = 0; i < s->nparts; i++)
+        th_buf_free(&s->parts[i].out);
     free(s->parts);
     if (s->stitch) th_audio_stream_close(s->stitch);
     free(s->text);
@@ -174,8 +182,10 @@ static void reap(void *p)
 
 static void stop_all(th_synth *s)
 {
-    for (attempt *a = s->all; a; a = a->next_all) drop_attempt(a, true);
-    for (size_t i = 0; i < s->nparts; i++) stop_hedge(&s->parts[i]);
+    for (attempt *a = s->all; a; a = a->next_all)
+        drop_attempt(a, true);
+    for (size_t i = 0; i < s->nparts; i++)
+        stop_hedge(&s->parts[i]);
 }
 
 static void release(th_synth *s)
@@ -524,6 +534,11 @@ static void a_error(void *ud, const th_perr *err)
         const char *lbl[] = {pname(s, a->prov), th_perr_kind_name(err->kind), NULL};
         th_metrics_add(M(s), TH_M_UPSTREAM_ERRORS, lbl, 1);
     }
+    if (a->span) {
+        th_span_attr_str(a->span, "error.type", th_perr_kind_name(err->kind));
+        if (err->status) th_span_attr_int(a->span, "http.response.status_code", err->status);
+        th_span_error(a->span, err->message);
+    }
     bool was_winner = pt->winner == a;
     drop_attempt(a, false);
     if (s->freed || s->finished) return;
@@ -582,6 +597,21 @@ static void launch(attempt *a)
         .want_rate = s->rate,
         .speed = es,
     };
+    if (s->trace.valid && s->hub->tracer && a->span == NULL) {
+        char name[96];
+        snprintf(name, sizeof name, "synthesize %s", pname(s, a->prov));
+        a->span = th_span_start(s->hub->tracer, name, TH_SPAN_CLIENT, &s->trace);
+        th_span_attr_str(a->span, "ttshub.provider", pname(s, a->prov));
+        th_span_attr_str(a->span, "ttshub.provider.type", rp->p->conf->type);
+        th_span_attr_int(a->span, "ttshub.part", (int64_t)pt->index);
+        th_span_attr_int(a->span, "ttshub.characters", (int64_t)pt->chars);
+        if (a->span) {
+            th_trace_ctx tc;
+            th_span_ctx(a->span, &tc);
+            th_trace_format_parent(&tc, a->traceparent);
+            a->req.traceparent = a->traceparent;
+        }
+    }
     static const th_sink tmpl = {a_format, a_chunk, a_done, a_error, NULL};
     th_sink sink = tmpl;
     sink.ud = a;
@@ -655,7 +685,8 @@ static void hedge_fire(uv_timer_t *t)
                 const char *lbl[] = {to, NULL};
                 th_metrics_add(M(s), TH_M_HEDGES, lbl, 1);
             }
-            TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: hedging to %s", s->generation ? s->generation : "", to);
+            TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: hedging to %s", s->generation ? s->generation : "",
+                   to);
             return;
         }
     }
@@ -717,7 +748,8 @@ static void try_next(part *pt, const th_perr *why)
 
 static void start_parts(th_synth *s)
 {
-    while (!s->freed && !s->finished && s->next_part < s->nparts && s->next_part < s->cur + TH_SYNTH_PARALLEL) {
+    while (!s->freed && !s->finished && s->next_part < s->nparts &&
+           s->next_part < s->cur + TH_SYNTH_PARALLEL) {
         part *pt = &s->parts[s->next_part++];
         pt->started = true;
         try_next(pt, NULL);
@@ -780,8 +812,8 @@ static int split_parts(th_synth *s)
     }
     s->nparts = n;
     for (size_t i = 0; i < n; i++) {
-        s->parts[i] = (part){
-            .s = s, .index = i, .text = s->text + ch[i].off, .len = ch[i].len, .chars = ch[i].chars};
+        s->parts[i] =
+            (part){.s = s, .index = i, .text = s->text + ch[i].off, .len = ch[i].len, .chars = ch[i].chars};
         th_buf_init(&s->parts[i].out, 0);
     }
     free(ch);
@@ -810,6 +842,7 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     s->fmt = p->fmt;
     s->rate = p->sample_rate ? p->sample_rate : TH_PCM_DEFAULT_RATE;
     s->speed = p->speed > 0 ? p->speed : 1.0;
+    s->trace = p->trace;
 
     s->ncand = th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
                                    p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
@@ -824,7 +857,8 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
         th_audio_stream_cb scb = tmpl;
         scb.ud = s;
         th_audio_spec in = {TH_FMT_PCM, s->rate, 1, TH_SAMPLE_S16};
-        th_audio_target t = {.fmt = s->fmt, .sample_rate = s->rate, .tempo = 1.0, .wav_data_len = 0xFFFFFFFFu};
+        th_audio_target t = {
+            .fmt = s->fmt, .sample_rate = s->rate, .tempo = 1.0, .wav_data_len = 0xFFFFFFFFu};
         char e[200] = "";
         s->stitch = th_audio_stream_new(hub->loop, &in, &t, &scb, e, sizeof e);
         if (s->stitch == NULL) {

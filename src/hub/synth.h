@@ -28,6 +28,7 @@
 
 #include "audio/format.h"
 #include "hub/hub.h"
+#include "hub/trace.h"
 #include "providers/provider.h"
 
 typedef struct th_synth th_synth;
@@ -43,10 +44,11 @@ typedef struct th_synth_params {
     const char *prompt;
     const char *model;
     const char *generation;
-    th_fmt fmt;      /* one of the six client formats */
-    int sample_rate; /* 0 = TH_PCM_DEFAULT_RATE */
-    double speed;    /* 0.25..4.0 */
+    th_fmt fmt;         /* one of the six client formats */
+    int sample_rate;    /* 0 = TH_PCM_DEFAULT_RATE */
+    double speed;       /* 0.25..4.0 */
     const char *tenant; /* for route matching; NULL = none */
+    th_trace_ctx trace; /* the request's span: provider attempts are its children (invalid: not traced) */
     /** Optional tenant restriction: may this request use that provider? */
     bool (*provider_allowed)(const char *provider, void *ud);
     void *allowed_ud;

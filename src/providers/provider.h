@@ -20,20 +20,20 @@
 
 typedef enum {
     TH_PERR_NONE = 0,
-    TH_PERR_TIMEOUT,     /* no answer in time: 504 */
-    TH_PERR_CONNECT,     /* could not reach the engine: 502 */
-    TH_PERR_STATUS,      /* the engine answered 5xx (or another failure status): 502 */
-    TH_PERR_OVERLOADED,  /* the engine said 429 / busy: retry elsewhere, 503 */
-    TH_PERR_PROTOCOL,    /* garbage, truncated or undecodable audio: 502 */
-    TH_PERR_CLIENT,      /* the request is at fault (bad voice, text...): 400, never retried */
-    TH_PERR_CANCELLED,   /* the client went away */
-    TH_PERR_INTERNAL,    /* out of memory, a bug: 500 */
+    TH_PERR_TIMEOUT,    /* no answer in time: 504 */
+    TH_PERR_CONNECT,    /* could not reach the engine: 502 */
+    TH_PERR_STATUS,     /* the engine answered 5xx (or another failure status): 502 */
+    TH_PERR_OVERLOADED, /* the engine said 429 / busy: retry elsewhere, 503 */
+    TH_PERR_PROTOCOL,   /* garbage, truncated or undecodable audio: 502 */
+    TH_PERR_CLIENT,     /* the request is at fault (bad voice, text...): 400, never retried */
+    TH_PERR_CANCELLED,  /* the client went away */
+    TH_PERR_INTERNAL,   /* out of memory, a bug: 500 */
 } th_perr_kind;
 
 typedef struct th_perr {
     th_perr_kind kind;
-    int status;         /* the upstream HTTP status, when there was one */
-    int retry_after_s;  /* from Retry-After, or 0 */
+    int status;        /* the upstream HTTP status, when there was one */
+    int retry_after_s; /* from Retry-After, or 0 */
     char message[256];
 } th_perr;
 
@@ -43,17 +43,18 @@ void th_perr_set(th_perr *e, th_perr_kind kind, int status, const char *fmt, ...
     __attribute__((format(printf, 4, 5)));
 
 typedef struct th_synth_req {
-    const char *text; /* UTF-8, valid */
-    size_t text_len;  /* bytes */
-    size_t chars;     /* code points */
+    const char *text;     /* UTF-8, valid */
+    size_t text_len;      /* bytes */
+    size_t chars;         /* code points */
     const char *voice;    /* the engine's own voice (after catalogue mapping) */
     const char *language; /* optional */
     const char *prompt;   /* optional style instructions */
     const char *model;    /* optional */
     const char *generation;
-    th_fmt want_fmt; /* what the client will get: a provider may emit it natively */
-    int want_rate;   /* 0 = default */
-    double speed;    /* 1.0 = normal */
+    th_fmt want_fmt;         /* what the client will get: a provider may emit it natively */
+    int want_rate;           /* 0 = default */
+    double speed;            /* 1.0 = normal */
+    const char *traceparent; /* W3C trace context for the engine request, or NULL */
 } th_synth_req;
 
 typedef struct th_sink {
@@ -72,7 +73,7 @@ typedef struct th_caps {
     bool streaming;         /* audio comes in chunks as it is made */
     bool native_speed;      /* the engine honours speed itself within [speed_min, speed_max] */
     double speed_min, speed_max;
-    bool needs_reference;   /* voice cloning engine */
+    bool needs_reference; /* voice cloning engine */
 } th_caps;
 
 typedef struct th_provider th_provider;
@@ -81,7 +82,8 @@ typedef struct th_job th_job;
 typedef struct th_provider_ops {
     const char *kind;
     /** Builds a provider from its config section. NULL on error (err says why). */
-    th_provider *(*create)(uv_loop_t *loop, const th_provider_conf *conf, th_log *log, char *err, size_t errlen);
+    th_provider *(*create)(uv_loop_t *loop, const th_provider_conf *conf, th_log *log, char *err,
+                           size_t errlen);
     /** Stops background threads and frees. Jobs must have ended or been cancelled. */
     void (*destroy)(th_provider *p);
     th_job *(*start)(th_provider *p, const th_synth_req *req, const th_sink *sink);

@@ -984,6 +984,12 @@ static th_job *up_start(th_provider *bp, const th_synth_req *req, const th_sink 
         defer_fail(j, &e);
         goto out;
     }
+    if (req->traceparent != NULL && th_upstream_header(&h, "traceparent", req->traceparent) != 0) {
+        th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+        prefix_message(p, &e);
+        defer_fail(j, &e);
+        goto out;
+    }
     uint64_t t = j->timeout_ms;
     if (send_req(j, &h, t < UP_CONNECT_MAX_MS ? t : UP_CONNECT_MAX_MS, t, total_ms(t)) != 0) {
         th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot start the request");

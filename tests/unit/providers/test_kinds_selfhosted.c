@@ -67,6 +67,7 @@ static int build(const th_upstream_kind *k, const tconf *t, const th_synth_req *
                  th_perr *err)
 {
     th_upstream_http_init(h);
+    h->base_url = t->pc.base_url; /* as the upstream provider sets it (or the target it picked) */
     memset(err, 0, sizeof *err);
     return k->build(&t->pc, req, h, err);
 }
@@ -736,6 +737,7 @@ TH_TEST(nodes_request)
     th_upstream_http_free(&h);
 
     th_upstream_http_init(&h);
+    h.base_url = t.pc.base_url;
     TH_REQUIRE(th_kind_nodes.probe(&t.pc, &h) == 0);
     TH_CHECK_STR(h.method, "GET");
     TH_CHECK_STR(url_of(&h), "http://n:9000/health");

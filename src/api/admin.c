@@ -8,19 +8,6 @@
 #include "core/clock.h"
 #include "http/body.h"
 
-static void reply_json(th_api_ctx *c, json_t *o)
-{
-    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (body == NULL) {
-        th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        return;
-    }
-    th_http_set_header(c->req, "Cache-Control", "no-store");
-    th_api_reply(c, 200, "application/json", body, strlen(body));
-    free(body);
-}
-
 typedef struct usage_wait {
     th_api_ctx *c;
     char window[8];
@@ -32,14 +19,16 @@ static void usage_cb(void *ud, const th_usage_row *rows, size_t n, bool ok)
     th_api_ctx *c = w->c;
     if (!ok) {
         free(w);
-        th_api_error(c, 503, "service_unavailable", "backend_unavailable", "the usage backend is unavailable");
+        th_api_error(c, 503, "service_unavailable", "backend_unavailable",
+                     "the usage backend is unavailable");
         return;
     }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, json_pack("{s:s,s:I,s:I}", "tenant", rows[i].tenant, "characters",
-                                             (json_int_t)rows[i].chars, "requests", (json_int_t)rows[i].requests));
-    reply_json(c, json_pack("{s:s,s:o}", "window", w->window, "usage", arr));
+        json_array_append_new(arr,
+                              json_pack("{s:s,s:I,s:I}", "tenant", rows[i].tenant, "characters",
+                                        (json_int_t)rows[i].chars, "requests", (json_int_t)rows[i].requests));
+    th_api_json(c, 200, json_pack("{s:s,s:o}", "window", w->window, "usage", arr));
     free(w);
 }
 
@@ -85,14 +74,15 @@ void th_api_admin_providers(th_http_req *req, void *ud)
         const th_route_prov *rp = &hub->route.provs[i];
         const th_provider_conf *pc = rp->p->conf;
         json_array_append_new(
-            arr, json_pack("{s:s,s:s,s:s,s:s,s:i,s:i,s:f,s:f,s:I,s:I,s:b}", "name", pc->name, "type", pc->type,
-                           "health", th_route_available(&hub->route, i) ? "healthy" : "unhealthy", "breaker",
-                           th_breaker_state_name(th_breaker_get(&rp->breaker, now)), "in_flight", rp->inflight,
-                           "queued", rp->waiting, "ewma_first_byte_ms", rp->ewma_first_byte_ms, "error_rate",
-                           th_breaker_error_rate(&rp->breaker, now), "calls", (json_int_t)rp->calls, "failures",
-                           (json_int_t)rp->failures, "probe_ok", rp->probe_ok));
+            arr,
+            json_pack("{s:s,s:s,s:s,s:s,s:i,s:i,s:f,s:f,s:I,s:I,s:b}", "name", pc->name, "type", pc->type,
+                      "health", th_route_available(&hub->route, i) ? "healthy" : "unhealthy", "breaker",
+                      th_breaker_state_name(th_breaker_get(&rp->breaker, now)), "in_flight", rp->inflight,
+                      "queued", rp->waiting, "ewma_first_byte_ms", rp->ewma_first_byte_ms, "error_rate",
+                      th_breaker_error_rate(&rp->breaker, now), "calls", (json_int_t)rp->calls, "failures",
+                      (json_int_t)rp->failures, "probe_ok", rp->probe_ok));
     }
-    reply_json(c, json_pack("{s:o}", "providers", arr));
+    th_api_json(c, 200, json_pack("{s:o}", "providers", arr));
 }
 
 void th_api_admin_config(th_http_req *req, void *ud)

@@ -86,6 +86,8 @@ const char *th_api_error_type(int status);
 void th_api_perr_status(const th_perr *e, int *status, const char **type, const char **code);
 /** Answers with a body; logs; frees ctx. */
 void th_api_reply(th_api_ctx *c, int status, const char *content_type, const void *body, size_t len);
+/** A JSON answer (o is stolen; NULL, or a failed dump, becomes a 500), not cached. */
+void th_api_json(th_api_ctx *c, int status, json_t *o);
 /** Sets X-Request-Id from a client-given id (generation) if it is acceptable; false if not. */
 bool th_api_set_request_id(th_api_ctx *c, const char *id);
 /** Writes the access line (status, bytes, durations) for c. */

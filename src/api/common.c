@@ -184,6 +184,19 @@ void th_api_error(th_api_ctx *c, int status, const char *type, const char *code,
     free(body);
 }
 
+void th_api_json(th_api_ctx *c, int status, json_t *o)
+{
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (body == NULL) {
+        th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        return;
+    }
+    th_http_set_header(c->req, "Cache-Control", "no-store");
+    th_api_reply(c, status, "application/json", body, strlen(body));
+    free(body);
+}
+
 bool th_api_set_request_id(th_api_ctx *c, const char *id)
 {
     size_t n = strlen(id);

@@ -101,10 +101,10 @@ void th_api_page(th_http_req *req, void *ud)
         return;
     }
     /* the pages load nothing from elsewhere: scripts, styles and connections are this hub's own */
-    th_http_set_header(
-        req, "Content-Security-Policy",
-        "default-src 'self'; connect-src 'self' ws: wss: blob:; media-src 'self' blob:; img-src 'self' data:; "
-        "frame-ancestors 'none'");
+    th_http_set_header(req, "Content-Security-Policy",
+                       "default-src 'self'; connect-src 'self' ws: wss: blob:; media-src 'self' blob:; "
+                       "img-src 'self' data:; "
+                       "frame-ancestors 'none'");
     th_http_set_header(req, "X-Content-Type-Options", "nosniff");
     th_http_set_header(req, "Cache-Control", "no-cache");
     th_api_reply(c, 200, th_asset_mime(a->path), a->data, a->len);

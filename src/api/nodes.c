@@ -23,19 +23,6 @@
 
 #define CMD_TIMEOUT_MS 5000
 
-static void reply_json(th_api_ctx *c, int status, json_t *o)
-{
-    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (body == NULL) {
-        th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        return;
-    }
-    th_http_set_header(c->req, "Cache-Control", "no-store");
-    th_api_reply(c, status, "application/json", body, strlen(body));
-    free(body);
-}
-
 static bool token_eq(const char *a, size_t alen, const char *b, size_t blen)
 {
     unsigned char d = alen == blen ? 0 : 1;
@@ -136,7 +123,7 @@ void th_api_nodes_register(th_http_req *req, void *ud)
     }
     th_regsync_publish(hub->regsync, id);
     double hb = (double)hub->cfg->registry.heartbeat_interval_ms / 1000.0;
-    reply_json(c, 200, json_pack("{s:b,s:s,s:f}", "success", 1, "node_id", id, "heartbeat_interval", hb));
+    th_api_json(c, 200, json_pack("{s:b,s:s,s:f}", "success", 1, "node_id", id, "heartbeat_interval", hb));
 }
 
 void th_api_nodes_heartbeat(th_http_req *req, void *ud)
@@ -154,7 +141,7 @@ void th_api_nodes_heartbeat(th_http_req *req, void *ud)
             reg_error(c, rc, id, err);
         } else {
             th_regsync_publish(hub->regsync, id);
-            reply_json(c, 200, json_pack("{s:b}", "success", 1));
+            th_api_json(c, 200, json_pack("{s:b}", "success", 1));
         }
     }
     json_decref(body);
@@ -173,7 +160,7 @@ void th_api_nodes_delete(th_http_req *req, void *ud)
             th_api_error(c, 404, NULL, "unknown_node", "unknown node '%s'", id);
         } else {
             th_regsync_unpublish(hub->regsync, id);
-            reply_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "node_id", id));
+            th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "node_id", id));
         }
     }
     json_decref(body);
@@ -189,7 +176,7 @@ void th_api_nodes_list(th_http_req *req, void *ud)
     json_t *o = th_registry_list_json(hub->registry, engine, status, th_mono_ms());
     free(engine);
     free(status);
-    reply_json(c, 200, o);
+    th_api_json(c, 200, o);
 }
 
 void th_api_nodes_get(th_http_req *req, void *ud)
@@ -203,7 +190,7 @@ void th_api_nodes_get(th_http_req *req, void *ud)
         th_api_error(c, 404, NULL, "unknown_node", "unknown node '%s'", id ? id : "");
         return;
     }
-    reply_json(c, 200, o);
+    th_api_json(c, 200, o);
 }
 
 /* ---- commands: relayed to the node, then its status is set ---- */
@@ -255,7 +242,7 @@ static void cmd_done(void *ud, th_client_result res, int status, const char *det
                                                           : "stopping";
     if (th_registry_set_status(hub->registry, r->id, st) == TH_REG_OK) /* the node may have gone meanwhile */
         th_regsync_publish(hub->regsync, r->id);
-    reply_json(
+    th_api_json(
         c, 200,
         json_pack("{s:b,s:s,s:s,s:s}", "success", 1, "node_id", r->id, "command", r->command, "status", st));
     free(r);

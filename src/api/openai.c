@@ -16,7 +16,8 @@ static const char *const openai_voices[] = {"alloy", "ash",  "ballad",  "coral",
 static bool is_json_type(const char *ct)
 {
     if (ct == NULL) return false;
-    while (*ct == ' ') ct++;
+    while (*ct == ' ')
+        ct++;
     size_t n = strcspn(ct, "; ");
     if (th_strn_ieq(ct, n, "application/json")) return true;
     return n > 5 && th_strn_ieq(ct + n - 5, 5, "+json");
@@ -72,7 +73,8 @@ void th_api_openai_speech(th_http_req *req, void *ud)
         goto out;
     }
     th_fmt fmt;
-    if (th_api_check_format(c, "response_format", json_is_string(jf) ? json_string_value(jf) : NULL, &fmt) != 0)
+    if (th_api_check_format(c, "response_format", json_is_string(jf) ? json_string_value(jf) : NULL, &fmt) !=
+        0)
         goto out;
     double speed = 1.0;
     json_t *js = json_object_get(j, "speed");
@@ -102,7 +104,8 @@ void th_api_openai_speech(th_http_req *req, void *ud)
     int rate = 0;
     if (jsr && !json_is_null(jsr)) {
         if (!json_is_integer(jsr) || json_integer_value(jsr) < 8000 || json_integer_value(jsr) > 48000) {
-            th_api_error(c, 400, NULL, "invalid_sample_rate", "'sample_rate' must be an integer from 8000 to 48000");
+            th_api_error(c, 400, NULL, "invalid_sample_rate",
+                         "'sample_rate' must be an integer from 8000 to 48000");
             goto out;
         }
         rate = (int)json_integer_value(jsr);
@@ -124,18 +127,6 @@ out:
     json_decref(j);
 }
 
-static void reply_json(th_api_ctx *c, json_t *o)
-{
-    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (body == NULL) {
-        th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        return;
-    }
-    th_api_reply(c, 200, "application/json", body, strlen(body));
-    free(body);
-}
-
 void th_api_openai_models(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -145,15 +136,16 @@ void th_api_openai_models(th_http_req *req, void *ud)
     json_t *data = json_array();
     const char *base[] = {"tts-1", "tts-1-hd", "gpt-4o-mini-tts", NULL};
     for (size_t i = 0; base[i]; i++)
-        json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", base[i], "object", "model", "created",
-                                              (json_int_t)(hub->started_ms / 1000), "owned_by", "ttshub"));
+        json_array_append_new(data,
+                              json_pack("{s:s,s:s,s:I,s:s}", "id", base[i], "object", "model", "created",
+                                        (json_int_t)(hub->started_ms / 1000), "owned_by", "ttshub"));
     for (size_t i = 0; i < hub->cfg->router.n_routes; i++) {
         const char *m = hub->cfg->router.routes[i].model;
         if (m == NULL || *m == 0 || strpbrk(m, "*?")) continue;
         json_array_append_new(data, json_pack("{s:s,s:s,s:I,s:s}", "id", m, "object", "model", "created",
                                               (json_int_t)(hub->started_ms / 1000), "owned_by", "ttshub"));
     }
-    reply_json(c, json_pack("{s:s,s:o}", "object", "list", "data", data));
+    th_api_json(c, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }
 
 static json_t *providers_for(th_hub *hub, const char *voice)
@@ -162,7 +154,8 @@ static json_t *providers_for(th_hub *hub, const char *voice)
     size_t idx[16];
     const char *ev[16];
     size_t n = th_route_candidates(&hub->route, NULL, voice, NULL, NULL, NULL, idx, ev, 16);
-    for (size_t k = 0; k < n; k++) json_array_append_new(arr, json_string(hub->providers[idx[k]]->conf->name));
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(arr, json_string(hub->providers[idx[k]]->conf->name));
     return arr;
 }
 
@@ -176,7 +169,8 @@ void th_api_openai_voices(th_http_req *req, void *ud)
     for (size_t i = 0; i < hub->cfg->n_voices; i++) {
         const th_voice_conf *v = &hub->cfg->voices[i];
         json_t *prov = json_array();
-        for (size_t k = 0; k < v->n_providers; k++) json_array_append_new(prov, json_string(v->providers[k].key));
+        for (size_t k = 0; k < v->n_providers; k++)
+            json_array_append_new(prov, json_string(v->providers[k].key));
         if (json_array_size(prov) == 0) {
             json_decref(prov);
             prov = providers_for(hub, v->id);
@@ -197,5 +191,5 @@ void th_api_openai_voices(th_http_req *req, void *ud)
         json_array_append_new(voices, json_pack("{s:s,s:s,s:s,s:o}", "id", openai_voices[i], "name",
                                                 openai_voices[i], "language", "en", "providers", prov));
     }
-    reply_json(c, json_pack("{s:o}", "voices", voices));
+    th_api_json(c, 200, json_pack("{s:o}", "voices", voices));
 }

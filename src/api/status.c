@@ -44,19 +44,6 @@ struct th_feed {
     bool stopping;
 };
 
-static void reply_json(th_api_ctx *c, int status, json_t *o)
-{
-    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (body == NULL) {
-        th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        return;
-    }
-    th_http_set_header(c->req, "Cache-Control", "no-store");
-    th_api_reply(c, status, "application/json", body, strlen(body));
-    free(body);
-}
-
 static int cmp_float(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
@@ -135,7 +122,7 @@ void th_api_status(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/api/status";
-    reply_json(c, 200, status_doc(hub));
+    th_api_json(c, 200, status_doc(hub));
 }
 
 /* ---- the feed ---- */
@@ -340,8 +327,8 @@ void th_api_announcements_list(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/api/announcements";
     json_t *arr = th_announce_list(hub->announce, th_wall_ms());
-    reply_json(c, 200,
-               json_pack("{s:o,s:I}", "announcements", arr, "count", (json_int_t)json_array_size(arr)));
+    th_api_json(c, 200,
+                json_pack("{s:o,s:I}", "announcements", arr, "count", (json_int_t)json_array_size(arr)));
 }
 
 void th_api_announcements_add(th_http_req *req, void *ud)
@@ -371,7 +358,7 @@ void th_api_announcements_add(th_http_req *req, void *ud)
     } else {
         th_api_feed_publish(hub, "announcement",
                             json_pack("{s:s,s:O}", "action", "created", "announcement", a));
-        reply_json(c, 201, a);
+        th_api_json(c, 201, a);
     }
 }
 
@@ -387,5 +374,5 @@ void th_api_announcements_delete(th_http_req *req, void *ud)
         return;
     }
     th_api_feed_publish(hub, "announcement", json_pack("{s:s,s:s}", "action", "deleted", "id", id));
-    reply_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "id", id));
+    th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "id", id));
 }

@@ -29,7 +29,8 @@ void th_api_ttsfm_generate(th_http_req *req, void *ud)
     int rc = th_body_parse(&form, th_http_header(req, "Content-Type"), body, blen, err, sizeof err);
     if (rc == TH_BODY_UNSUPPORTED) {
         th_api_error(c, 415, "invalid_request_error", "unsupported_media_type",
-                     "send application/x-www-form-urlencoded, multipart/form-data or application/json (%s)", err);
+                     "send application/x-www-form-urlencoded, multipart/form-data or application/json (%s)",
+                     err);
         goto out;
     }
     if (rc == TH_BODY_NOMEM) {
@@ -70,7 +71,8 @@ void th_api_ttsfm_generate(th_http_req *req, void *ud)
     if (sr && *sr) {
         int64_t v;
         if (th_str_to_i64(sr, 8000, 48000, &v) != 0) {
-            th_api_error(c, 400, NULL, "invalid_sample_rate", "'sample_rate' must be an integer from 8000 to 48000");
+            th_api_error(c, 400, NULL, "invalid_sample_rate",
+                         "'sample_rate' must be an integer from 8000 to 48000");
             goto out;
         }
         rate = (int)v;

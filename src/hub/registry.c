@@ -128,6 +128,20 @@ static void node_unref(th_node *n)
     free(n);
 }
 
+/* Appends a new node (one reference: the list's). */
+static void link_node(th_registry *r, th_node *n)
+{
+    n->refs = 1;
+    n->linked = true;
+    n->prev = r->tail;
+    if (r->tail)
+        r->tail->next = n;
+    else
+        r->head = n;
+    r->tail = n;
+    r->n++;
+}
+
 static void unlink_node(th_registry *r, th_node *n)
 {
     if (!n->linked) return;
@@ -336,15 +350,7 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
             th_hex(raw, sizeof raw, hex);
             snprintf(n->id, sizeof n->id, "%s-%s", engine, hex);
         }
-        n->refs = 1;
-        n->linked = true;
-        n->prev = r->tail;
-        if (r->tail)
-            r->tail->next = n;
-        else
-            r->head = n;
-        r->tail = n;
-        r->n++;
+        link_node(r, n);
         n->registered_wall_ms = th_wall_ms();
     }
     bool was_alive = !fresh && n->alive;
@@ -583,15 +589,7 @@ void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t
         n = calloc(1, sizeof *n);
         if (n == NULL) return;
         th_strlcpy(n->id, id, sizeof n->id);
-        n->refs = 1;
-        n->linked = true;
-        n->prev = r->tail;
-        if (r->tail)
-            r->tail->next = n;
-        else
-            r->head = n;
-        r->tail = n;
-        r->n++;
+        link_node(r, n);
         n->alive = false;
         n->updated_wall = 0;
     }

@@ -131,6 +131,7 @@ void th_api_announcements_delete(th_http_req *req, void *ud);
 int th_api_feed_new(th_hub *hub);
 void th_api_feed_shutdown(th_hub *hub);
 void th_api_feed_free(th_hub *hub);
+size_t th_api_feed_clients(const th_hub *hub);
 /** Pushes {type, data, timestamp} to every /ws client (data is stolen). */
 void th_api_feed_publish(th_hub *hub, const char *type, json_t *data);
 /* nodes.c: the worker registry's control routes */

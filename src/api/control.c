@@ -127,6 +127,24 @@ void th_api_metrics(th_http_req *req, void *ud)
                    "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
                    "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
                    (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
+    if (hub->registry) {
+        size_t total = 0, online = 0;
+        th_registry_counts(hub->registry, NULL, &total, &online);
+        th_buf_appendf(&b,
+                       "# HELP ttshub_nodes Registered worker nodes by state.\n# TYPE ttshub_nodes gauge\n"
+                       "ttshub_nodes{state=\"online\"} %zu\nttshub_nodes{state=\"not_routable\"} %zu\n",
+                       online, total - online);
+    }
+    th_buf_appendf(&b,
+                   "# HELP ttshub_feed_clients Live-feed (/ws) clients connected.\n"
+                   "# TYPE ttshub_feed_clients gauge\nttshub_feed_clients %zu\n",
+                   th_api_feed_clients(hub));
+    if (hub->tracer)
+        th_buf_appendf(
+            &b,
+            "# HELP ttshub_trace_spans_dropped_total Spans dropped because too many were waiting.\n"
+            "# TYPE ttshub_trace_spans_dropped_total counter\nttshub_trace_spans_dropped_total %llu\n",
+            (unsigned long long)th_tracer_dropped(hub->tracer));
     if (hub->redis)
         th_buf_appendf(&b,
                        "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"

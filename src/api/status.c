@@ -216,6 +216,11 @@ int th_api_feed_new(th_hub *hub)
     return 0;
 }
 
+size_t th_api_feed_clients(const th_hub *hub)
+{
+    return hub->feed ? hub->feed->n : 0;
+}
+
 void th_api_feed_shutdown(th_hub *hub)
 {
     struct th_feed *f = hub->feed;

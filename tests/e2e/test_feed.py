@@ -112,6 +112,7 @@ def test_feed_messages(hub_factory):
             assert first["data"]["status"] == "healthy" and "providers" in first["data"]
             await ws.send(json.dumps({"type": "ping"}))
             assert (await recv_type(ws, "pong"))["data"] == {}
+            assert "ttshub_feed_clients 1\n" in requests.get(h.url + "/metrics", timeout=10).text
             await ws.send(json.dumps({"type": "get_status"}))
             await recv_type(ws, "system_status")
             await ws.send("not json")

@@ -229,6 +229,8 @@ def test_requests_go_to_registered_nodes_round_robin(hub_factory, nodes):
     health = h.get("/health").json()
     assert health["components"]["registry"]["nodes"] == 3 and health["components"]["registry"]["online"] == 3
     assert health["components"]["providers"]["workers"]["nodes_online"] == 2
+    metrics = h.get("/metrics").text
+    assert 'ttshub_nodes{state="online"} 3' in metrics and 'ttshub_nodes{state="not_routable"} 0' in metrics
 
 
 def test_no_node_is_503_and_health_says_so(hub_factory, nodes):

@@ -5,15 +5,19 @@
 #include "cli/cli.h"
 #include "cli/say.h"
 #include "hub/hub.h"
+#include "worker/worker.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "ttshub %s: a text-to-speech hub\n\n"
-               "usage:\n"
-               "  ttshub serve [-c FILE] [--listen ADDR] [--log-level L]   run the gateway\n"
-               "  ttshub say [TEXT|-] [-v VOICE] [-f FORMAT] [-o FILE] [--url HUB] [--speed S]\n"
-               "  ttshub check -c FILE                                     validate a config file\n"
-               "  ttshub --version | help\n",
+    fprintf(f,
+            "ttshub %s: a text-to-speech hub\n\n"
+            "usage:\n"
+            "  ttshub serve [-c FILE] [--listen ADDR] [--log-level L]   run the gateway\n"
+            "  ttshub worker --engine E --gateway URL --listen ADDR --advertise URL [--engine-url URL]\n"
+            "                [--capacity N]                            run an engine node (worker)\n"
+            "  ttshub say [TEXT|-] [-v VOICE] [-f FORMAT] [-o FILE] [--url HUB] [--speed S]\n"
+            "  ttshub check -c FILE                                     validate a config file\n"
+            "  ttshub --version | help\n",
             TH_VERSION);
 }
 
@@ -60,6 +64,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "say") == 0) return th_cli_say(argc - 1, argv + 1);
+    if (strcmp(cmd, "worker") == 0) return th_worker_main(argc - 1, argv + 1);
     if (strcmp(cmd, "check") == 0) return th_cli_check(argc - 1, argv + 1);
     fprintf(stderr, "ttshub: unknown command '%s'\n\n", cmd);
     usage(stderr);

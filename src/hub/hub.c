@@ -172,6 +172,8 @@ static void free_registry(th_hub *hub)
 
 static void free_governance(th_hub *hub)
 {
+    if (hub->ext && hub->ext->free) hub->ext->free(hub, hub->ext->ud);
+    hub->ext = NULL;
     th_tracer_close(hub->tracer); /* sends what is waiting, then frees itself */
     hub->tracer = NULL;
     th_api_feed_free(hub);
@@ -251,6 +253,23 @@ static void shutdown_done(void *ud)
     uv_close((uv_handle_t *)&hub->reaper, NULL);
 }
 
+static void begin_drain(th_hub *hub, const char *why)
+{
+    hub->stopping = true;
+    if (hub->ext && hub->ext->stop) hub->ext->stop(hub, hub->ext->ud);
+    th_api_feed_shutdown(hub); /* live-feed clients get a close frame now */
+    TH_LOG(hub->log, TH_LOG_INFO, "%s: draining %zu in-flight requests (grace %llums)", why,
+           th_http_server_inflight(hub->http), (unsigned long long)hub->cfg->limits.shutdown_grace_ms);
+    hub->draining = hub->metrics_http ? 2 : 1;
+    if (hub->metrics_http) th_http_server_shutdown(hub->metrics_http, 1000, shutdown_done, hub);
+    th_http_server_shutdown(hub->http, hub->cfg->limits.shutdown_grace_ms, shutdown_done, hub);
+}
+
+void th_hub_shutdown(th_hub *hub)
+{
+    if (!hub->stopping) begin_drain(hub, "shutdown");
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     th_hub *hub = h->data;
@@ -258,13 +277,9 @@ static void on_signal(uv_signal_t *h, int signum)
         TH_LOG(hub->log, TH_LOG_WARN, "second signal %d: exiting now", signum);
         exit(1);
     }
-    hub->stopping = true;
-    th_api_feed_shutdown(hub); /* live-feed clients get a close frame now */
-    TH_LOG(hub->log, TH_LOG_INFO, "signal %d: draining %zu in-flight requests (grace %llums)", signum,
-           th_http_server_inflight(hub->http), (unsigned long long)hub->cfg->limits.shutdown_grace_ms);
-    hub->draining = hub->metrics_http ? 2 : 1;
-    if (hub->metrics_http) th_http_server_shutdown(hub->metrics_http, 1000, shutdown_done, hub);
-    th_http_server_shutdown(hub->http, hub->cfg->limits.shutdown_grace_ms, shutdown_done, hub);
+    char why[24];
+    snprintf(why, sizeof why, "signal %d", signum);
+    begin_drain(hub, why);
 }
 
 static bool is_loopback(const char *listen)
@@ -275,6 +290,15 @@ static bool is_loopback(const char *listen)
 
 static th_config *load_config(const th_serve_opts *opts, FILE *err)
 {
+    if (opts->config_text != NULL) {
+        th_config_errors errs = {0};
+        th_config *cfg = th_config_parse(opts->config_text, strlen(opts->config_text), &errs);
+        for (size_t i = 0; cfg == NULL && i < errs.n; i++)
+            fprintf(err, "ttshub: %s%s%s\n", errs.items[i].path, errs.items[i].path[0] ? ": " : "",
+                    errs.items[i].message);
+        th_config_errors_free(&errs);
+        return cfg;
+    }
     const char *path = opts->config_path;
     if (path == NULL || *path == 0) path = getenv("TTSHUB_CONFIG");
     if (path == NULL || *path == 0) return th_config_default();
@@ -334,7 +358,9 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
     if (hub.http == NULL) goto out_log;
     th_http_server_set_body_limit_fn(hub.http, th_api_body_limit);
+    hub.ext = opts->ext;
     if (th_api_register(&hub) != 0) goto out_http;
+    if (hub.ext && hub.ext->routes && hub.ext->routes(&hub, hub.ext->ud) != 0) goto out_http;
     if (create_providers(&hub) != 0) goto out_router;
     hub.metrics = th_metrics_new();
     if (hub.metrics == NULL || th_route_init(&hub.route, &hub) != 0) goto out_providers;
@@ -382,6 +408,11 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.housekeeping.data = &hub;
     uv_timer_start(&hub.housekeeping, housekeeping_cb, 10000, 10000);
     th_route_start_probes(&hub.route);
+    if (hub.ext && hub.ext->start && hub.ext->start(&hub, hub.ext->ud) != 0) {
+        TH_LOG(hub.log, TH_LOG_ERROR, "cannot start");
+        hub.exit_code = 1;
+        begin_drain(&hub, "start failed");
+    }
 
     uv_run(&loop, UV_RUN_DEFAULT);
     run_deferred(&hub);

@@ -42,8 +42,20 @@ typedef struct th_hub_stats {
     uint32_t lat_n, lat_pos;
 } th_hub_stats;
 
-typedef struct th_hub {
+typedef struct th_hub th_hub;
+
+/** Hooks of a command that runs a hub with more to it (`ttshub worker`). */
+typedef struct th_hub_ext {
+    int (*routes)(th_hub *hub, void *ud); /* after the hub's own routes: add more; 0 or -1 */
+    int (*start)(th_hub *hub, void *ud);  /* listening: start background work; 0 or -1 */
+    void (*stop)(th_hub *hub, void *ud);  /* SIGTERM/SIGINT or th_hub_shutdown, before the drain */
+    void (*free)(th_hub *hub, void *ud);  /* all stopped; async work may still end on the loop */
+    void *ud;
+} th_hub_ext;
+
+struct th_hub {
     uv_loop_t *loop;
+    const th_hub_ext *ext; /* NULL for `ttshub serve` */
     th_config *cfg;
     th_log *log;
     th_http_server *http;
@@ -77,9 +89,11 @@ typedef struct th_hub {
     struct th_hub_deferred *deferred, *deferred_tail;
     bool stopping;
     int exit_code;
-} th_hub;
+};
 
 typedef struct th_serve_opts {
+    const char *config_text; /* YAML to use instead of a file (ttshub worker), or NULL */
+    const th_hub_ext *ext;   /* or NULL */
     const char *config_path; /* NULL: TTSHUB_CONFIG, else the embedded default */
     const char *listen;      /* overrides the config */
     const char *log_level;   /* overrides the config */
@@ -91,6 +105,9 @@ int th_hub_serve(const th_serve_opts *opts);
 /** Frees ptr with fn on the next loop turn, outside any callback that may still use it.
  * Returns 0, or -1 on ENOMEM (then fn(ptr) is called now). */
 int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr);
+
+/** Stops the hub as SIGTERM does: drain in-flight requests, then exit 0. */
+void th_hub_shutdown(th_hub *hub);
 
 /** Index of a provider by name, or -1. */
 int th_hub_provider_index(const th_hub *hub, const char *name);

@@ -24,14 +24,14 @@ def free_port():
 
 
 class Hub:
-    """One ttshub serve process with its own config, data dir and log."""
+    """One ttshub serve (or worker) process with its own config, data dir and log."""
 
-    def __init__(self, config_text=None, extra_args=(), env=None, workdir=None):
+    def __init__(self, config_text=None, extra_args=(), env=None, workdir=None, command="serve", port=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="ttshub-e2e-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.dir, "stderr-%d.log" % self.port)
-        args = [BIN, "serve", "--listen", f"127.0.0.1:{self.port}"]
+        args = [BIN, command, "--listen", f"127.0.0.1:{self.port}"]
         if config_text is not None:
             self.config_path = os.path.join(self.dir, "ttshub.yaml")
             with open(self.config_path, "w") as f:

@@ -1,0 +1,672 @@
+/* worker: `ttshub worker`, see worker.h.
+ *
+ * The gateway conversation is one state machine on the hub's loop, with one request in flight at a time
+ * and one timer: REGISTER (retry with backoff) -> RUNNING (heartbeat every interval; 404 -> REGISTER) ->
+ * STOPPING (DELETE) -> DONE. Every gateway call has a 5 s limit (the DELETE 2 s). */
+#include "worker/worker.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/str.h"
+#include "http/body.h"
+#include "http/client.h"
+#include "hub/hub.h"
+
+#define CALL_TIMEOUT_MS 5000
+#define DELETE_TIMEOUT_MS 2000
+#define BACKOFF_MIN_MS 500
+#define BACKOFF_MAX_MS 10000
+#define REPLY_MAX 8192
+#define WARN_EVERY_MS 30000
+
+typedef enum { W_IDLE, W_REGISTER, W_RUNNING, W_STOPPING, W_DONE } wstate;
+typedef enum { CALL_REGISTER, CALL_HEARTBEAT, CALL_DELETE } wcall;
+
+typedef struct worker {
+    th_hub *hub;
+    th_client *client;
+    uv_timer_t *timer; /* retry / heartbeat; freed in its close callback */
+    th_client_req *req;
+    wcall call;
+    wstate state;
+    char gateway[512], advertise[512], engine[33], engine_url[512], key_env[64], data_dir[512];
+    char node_id[TH_NODE_ID_MAX + 1];
+    char listen[128], log_level[16];
+    char status[16]; /* online | standby | stopping */
+    int capacity;
+    json_t *voices, *languages; /* arrays, or NULL */
+    uint64_t backoff_ms, heartbeat_ms;
+    uint64_t last_warn;
+    th_buf reply;
+    /* cpu_percent between heartbeats */
+    uint64_t cpu_us, cpu_at_us;
+    bool closing; /* the hub is done with us: free once the last call ends */
+    bool ever_registered;
+} worker;
+
+/* ---- small helpers ---- */
+
+static const char *token(void)
+{
+    const char *t = getenv("TTSHUB_CLUSTER_TOKEN");
+    return t && *t ? t : NULL;
+}
+
+static uint64_t cpu_used_us(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
+           (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+}
+
+/* resident memory as a percentage of the machine's, from /proc (0 when unknown) */
+static double memory_percent(void)
+{
+    unsigned long long pages = 0, total_kb = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        unsigned long long size;
+        if (fscanf(f, "%llu %llu", &size, &pages) != 2) pages = 0;
+        fclose(f);
+    }
+    f = fopen("/proc/meminfo", "r");
+    if (f) {
+        if (fscanf(f, "MemTotal: %llu kB", &total_kb) != 1) total_kb = 0;
+        fclose(f);
+    }
+    long ps = sysconf(_SC_PAGESIZE);
+    if (total_kb == 0 || ps <= 0) return 0;
+    return (double)pages * (double)ps / 1024.0 / (double)total_kb * 100.0;
+}
+
+static size_t queued(const th_hub *hub)
+{
+    size_t q = 0;
+    for (size_t i = 0; hub->route.provs && i < hub->n_providers; i++)
+        q += (size_t)hub->route.provs[i].waiting;
+    return q;
+}
+
+/* true at most once per WARN_EVERY_MS: repeated failures are logged, not every one of them */
+static bool may_warn(worker *w)
+{
+    uint64_t now = th_mono_ms();
+    if (w->last_warn != 0 && now - w->last_warn < WARN_EVERY_MS) return false;
+    w->last_warn = now;
+    return true;
+}
+
+/* ---- the gateway conversation ---- */
+
+static void finish(worker *w);
+static void tick(uv_timer_t *t);
+static void send_register(worker *w);
+
+static void arm(worker *w, uint64_t ms)
+{
+    if (w->timer) uv_timer_start(w->timer, tick, ms, 0);
+}
+
+static int on_head(void *ud, int status, const th_client_header *h, size_t n)
+{
+    (void)ud, (void)status, (void)h, (void)n;
+    return 0;
+}
+
+static int on_body(void *ud, const uint8_t *d, size_t len)
+{
+    worker *w = ud;
+    if (th_buf_append(&w->reply, d, len) != TH_BUF_OK) return -1;
+    return 0;
+}
+
+static void retry_register(worker *w)
+{
+    w->state = W_REGISTER;
+    arm(w, w->backoff_ms);
+    w->backoff_ms = w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : w->backoff_ms * 2;
+}
+
+static void registered(worker *w, const json_t *reply)
+{
+    const char *id = json_string_value(json_object_get(reply, "node_id"));
+    json_t *hb = json_object_get(reply, "heartbeat_interval");
+    if (id == NULL || *id == 0 || strlen(id) > TH_NODE_ID_MAX ||
+        !json_is_true(json_object_get(reply, "success"))) {
+        if (may_warn(w))
+            TH_LOG(w->hub->log, TH_LOG_WARN,
+                   "worker: the gateway's answer to register is not {success, node_id}");
+        retry_register(w);
+        return;
+    }
+    bool again = w->ever_registered;
+    w->ever_registered = true;
+    th_strlcpy(w->node_id, id, sizeof w->node_id);
+    double s = json_is_number(hb) ? json_number_value(hb) : 10.0;
+    if (!(s >= 0.1)) s = 0.1;
+    if (s > 3600) s = 3600;
+    w->heartbeat_ms = (uint64_t)(s * 1000.0);
+    w->backoff_ms = BACKOFF_MIN_MS;
+    w->state = W_RUNNING;
+    w->last_warn = 0;
+    TH_LOG(w->hub->log, TH_LOG_INFO, "worker: %s as %s with %s (heartbeat every %llu ms)",
+           again ? "registered again" : "registered", w->node_id, w->gateway,
+           (unsigned long long)w->heartbeat_ms);
+    arm(w, w->heartbeat_ms);
+}
+
+static void on_done(void *ud, th_client_result res, int status, const char *detail)
+{
+    worker *w = ud;
+    w->req = NULL;
+    wcall call = w->call;
+    json_t *reply = NULL;
+    if (res == TH_CLIENT_OK && w->reply.len > 0)
+        reply = json_loadb((const char *)w->reply.data, w->reply.len, 0, NULL);
+    th_buf_reset(&w->reply);
+    char st[16];
+    snprintf(st, sizeof st, "HTTP %d", status);
+    const char *why = res != TH_CLIENT_OK ? th_client_result_name(res) : st;
+    if (call == CALL_DELETE || w->state == W_STOPPING) {
+        if (call == CALL_DELETE && res == TH_CLIENT_OK && status < 300)
+            TH_LOG(w->hub->log, TH_LOG_INFO, "worker: unregistered %s", w->node_id);
+        else if (call == CALL_DELETE)
+            TH_LOG(w->hub->log, TH_LOG_WARN, "worker: could not unregister %s: %s", w->node_id, why);
+        w->state = W_DONE;
+        json_decref(reply);
+        if (w->closing) finish(w);
+        return;
+    }
+    if (call == CALL_REGISTER) {
+        if (res == TH_CLIENT_OK && status >= 200 && status < 300) {
+            registered(w, reply);
+        } else {
+            const char *m = json_string_value(json_object_get(reply, "message"));
+            if (may_warn(w))
+                TH_LOG(w->hub->log, TH_LOG_WARN, "worker: cannot register with %s: %s%s%s", w->gateway, why,
+                       m ? ": " : "", m ? m : "");
+            retry_register(w);
+        }
+    } else { /* heartbeat */
+        if (res == TH_CLIENT_OK && status == 404) {
+            TH_LOG(w->hub->log, TH_LOG_INFO, "worker: the gateway does not know %s: registering again",
+                   w->node_id);
+            w->state = W_REGISTER;
+            send_register(w);
+        } else {
+            if ((res != TH_CLIENT_OK || status >= 300) && may_warn(w))
+                TH_LOG(w->hub->log, TH_LOG_WARN, "worker: heartbeat to %s failed: %s", w->gateway, why);
+            arm(w, w->heartbeat_ms);
+        }
+    }
+    json_decref(reply);
+}
+
+static void call(worker *w, wcall what, const char *method, const char *path, const char *body,
+                 uint64_t timeout)
+{
+    char url[1024], auth[300];
+    snprintf(url, sizeof url, "%s%s", w->gateway, path);
+    const char *hdrs[3] = {"Content-Type: application/json", NULL, NULL};
+    const char *t = token();
+    if (t) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", t);
+        hdrs[1] = auth;
+    }
+    th_client_opts o = {.method = method,
+                        .url = url,
+                        .headers = hdrs,
+                        .body = (const uint8_t *)body,
+                        .body_len = body ? strlen(body) : 0,
+                        .connect_timeout_ms = timeout,
+                        .total_timeout_ms = timeout,
+                        .max_body = REPLY_MAX};
+    th_client_cb cb = {on_head, on_body, on_done, w};
+    th_buf_reset(&w->reply);
+    w->call = what;
+    w->req = th_client_start(w->client, &o, &cb);
+    if (w->req == NULL) { /* out of memory or a bad URL: try again later */
+        if (may_warn(w)) TH_LOG(w->hub->log, TH_LOG_WARN, "worker: cannot start a request to %s", w->gateway);
+        if (what == CALL_DELETE) {
+            w->state = W_DONE;
+        } else if (what == CALL_REGISTER) {
+            retry_register(w);
+        } else {
+            arm(w, w->heartbeat_ms);
+        }
+    }
+}
+
+static void send_register(worker *w)
+{
+    json_t *b = json_pack("{s:s,s:s,s:i,s:b,s:s}", "engine_type", w->engine, "url", w->advertise, "capacity",
+                          w->capacity, "model_loaded", 1, "status", w->status);
+    if (b && w->node_id[0]) json_object_set_new(b, "node_id", json_string(w->node_id));
+    if (b && w->voices) json_object_set(b, "voices", w->voices);
+    if (b && w->languages) json_object_set(b, "languages", w->languages);
+    char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
+    json_decref(b);
+    if (text == NULL) {
+        retry_register(w);
+        return;
+    }
+    call(w, CALL_REGISTER, "POST", "/api/nodes/register", text, CALL_TIMEOUT_MS);
+    free(text);
+}
+
+static void send_heartbeat(worker *w)
+{
+    uint64_t now = th_mono_us(), cpu = cpu_used_us();
+    double pct = now > w->cpu_at_us && w->cpu_at_us
+                     ? (double)(cpu - w->cpu_us) * 100.0 / (double)(now - w->cpu_at_us)
+                     : 0.0;
+    w->cpu_us = cpu;
+    w->cpu_at_us = now;
+    json_t *b = json_pack("{s:s,s:b,s:I,s:I,s:f,s:f}", "status", w->status, "model_loaded", 1,
+                          "current_concurrent", (json_int_t)w->hub->stats.inflight, "queue_size",
+                          (json_int_t)queued(w->hub), "cpu_percent", pct, "memory_percent", memory_percent());
+    char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
+    json_decref(b);
+    char path[TH_NODE_ID_MAX + 32];
+    snprintf(path, sizeof path, "/api/nodes/%s/heartbeat", w->node_id);
+    if (text == NULL) {
+        arm(w, w->heartbeat_ms);
+        return;
+    }
+    call(w, CALL_HEARTBEAT, "POST", path, text, CALL_TIMEOUT_MS);
+    free(text);
+}
+
+static void tick(uv_timer_t *t)
+{
+    worker *w = t->data;
+    if (w->req != NULL) return;
+    if (w->state == W_REGISTER)
+        send_register(w);
+    else if (w->state == W_RUNNING)
+        send_heartbeat(w);
+}
+
+/* ---- node routes ---- */
+
+static void node_error(th_api_ctx *c, int status, const char *code, const char *msg)
+{
+    c->shape = TH_SHAPE_CLONE;
+    th_api_error(c, status, NULL, code, "%s", msg);
+}
+
+static void h_synthesize(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    worker *w = hub->ext->ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/synthesize";
+    c->shape = TH_SHAPE_CLONE;
+    if (strcmp(w->status, "online") != 0) {
+        char m[64];
+        snprintf(m, sizeof m, "the node is %s", w->status);
+        c->retry_after_s = 1;
+        node_error(c, 503, "unavailable", m);
+        return;
+    }
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(req, &blen);
+    char err[200] = "";
+    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        node_error(c, 400, "invalid_request", err[0] ? err : "the body must be a JSON object");
+        return;
+    }
+    json_t *text = json_object_get(j, "text"), *voice = json_object_get(j, "voice");
+    json_t *format = json_object_get(j, "format"), *speed = json_object_get(j, "speed");
+    json_t *lang = json_object_get(j, "language");
+    size_t chars = 0;
+    th_fmt fmt = TH_FMT_WAV;
+    double sp = 1.0;
+    if (!json_is_string(text) || json_string_length(text) == 0) {
+        node_error(c, 400, "invalid_request", "'text' is required");
+    } else if (voice && !json_is_null(voice) && !json_is_string(voice)) {
+        node_error(c, 400, "invalid_request", "'voice' must be a string");
+    } else if (format && !json_is_null(format) && !json_is_string(format)) {
+        node_error(c, 400, "invalid_request", "'format' must be a string");
+    } else if (speed && !json_is_null(speed) &&
+               (!json_is_number(speed) || json_number_value(speed) < 0.25 ||
+                json_number_value(speed) > 4.0)) {
+        node_error(c, 400, "invalid_request", "'speed' must be a number from 0.25 to 4.0");
+    } else if (lang && !json_is_null(lang) && !json_is_string(lang)) {
+        node_error(c, 400, "invalid_request", "'language' must be a string");
+    } else if (th_api_check_input(c, "text", json_string_value(text), json_string_length(text), &chars) ==
+                   0 &&
+               th_api_check_format(c, "format", json_is_string(format) ? json_string_value(format) : "wav",
+                                   &fmt) == 0) {
+        if (json_is_number(speed)) sp = json_number_value(speed);
+        const char *v =
+            json_is_string(voice) && json_string_length(voice) > 0 ? json_string_value(voice) : "alloy";
+        th_http_set_header(req, "X-Node-Id", w->node_id[0] ? w->node_id : "unregistered");
+        th_http_set_header(req, "X-Engine", w->engine);
+        th_synth_params p = {
+            .text = json_string_value(text),
+            .text_len = json_string_length(text),
+            .chars = chars,
+            .voice = v,
+            .language = json_string_value(lang),
+            .generation = c->rid,
+            .fmt = fmt,
+            .speed = sp,
+        };
+        th_api_speak(c, &p);
+    }
+    json_decref(j);
+}
+
+static json_t *info_doc(const worker *w)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:I,s:I,s:s}", "node_id", w->node_id, "engine_type",
+                          w->engine, "url", w->advertise, "capacity", w->capacity, "status", w->status,
+                          "model_loaded", 1, "current_concurrent", (json_int_t)w->hub->stats.inflight,
+                          "queue_size", (json_int_t)queued(w->hub), "version", TH_VERSION);
+    if (o && w->voices) json_object_set(o, "voices", w->voices);
+    if (o && w->languages) json_object_set(o, "languages", w->languages);
+    if (o) json_object_set_new(o, "gateway", json_string(w->gateway));
+    if (o) json_object_set_new(o, "registered", json_boolean(w->state == W_RUNNING));
+    return o;
+}
+
+static void h_info(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/info";
+    th_api_json(c, 200, info_doc(hub->ext->ud));
+}
+
+static void deferred_shutdown(void *p)
+{
+    th_hub_shutdown(p);
+}
+
+static void h_command(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    worker *w = hub->ext->ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/command";
+    c->shape = TH_SHAPE_CLONE;
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(req, &blen);
+    char err[200] = "";
+    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    const char *cmd = json_string_value(json_object_get(j, "command"));
+    if (cmd == NULL ||
+        (strcmp(cmd, "activate") != 0 && strcmp(cmd, "standby") != 0 && strcmp(cmd, "stop") != 0)) {
+        json_decref(j);
+        node_error(c, 400, "invalid_command", "'command' must be activate, standby or stop");
+        return;
+    }
+    bool stop = strcmp(cmd, "stop") == 0;
+    if (w->state != W_STOPPING && w->state != W_DONE)
+        th_strlcpy(w->status,
+                   stop                          ? "stopping"
+                   : strcmp(cmd, "standby") == 0 ? "standby"
+                                                 : "online",
+                   sizeof w->status);
+    TH_LOG(hub->log, TH_LOG_INFO, "worker: command %s: now %s", cmd, w->status);
+    json_decref(j);
+    th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "status", w->status));
+    if (stop && th_hub_defer(hub, deferred_shutdown, hub) != 0) th_hub_shutdown(hub);
+}
+
+/* ---- hub hooks ---- */
+
+static int x_routes(th_hub *hub, void *ud)
+{
+    (void)ud;
+    if (th_router_add(hub->router, "POST", "/synthesize", h_synthesize, hub) != 0) return -1;
+    if (th_router_add(hub->router, "GET", "/info", h_info, hub) != 0) return -1;
+    return th_router_add(hub->router, "POST", "/command", h_command, hub);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static int x_start(th_hub *hub, void *ud)
+{
+    worker *w = ud;
+    w->hub = hub;
+    th_client_conf cc = {.max_host_connections = 2, .max_total_connections = 4, .max_connects_cache = 2};
+    w->client = th_client_new(hub->loop, &cc);
+    w->timer = malloc(sizeof *w->timer);
+    if (w->client == NULL || w->timer == NULL) {
+        free(w->timer);
+        w->timer = NULL;
+        return -1;
+    }
+    uv_timer_init(hub->loop, w->timer);
+    w->timer->data = w;
+    w->backoff_ms = BACKOFF_MIN_MS;
+    w->cpu_us = cpu_used_us();
+    w->cpu_at_us = th_mono_us();
+    w->state = W_REGISTER;
+    TH_LOG(hub->log, TH_LOG_INFO, "worker: %s engine, advertised as %s, registering with %s", w->engine,
+           w->advertise, w->gateway);
+    send_register(w);
+    return 0;
+}
+
+static void x_stop(th_hub *hub, void *ud)
+{
+    (void)hub;
+    worker *w = ud;
+    th_strlcpy(w->status, "stopping", sizeof w->status);
+    if (w->state == W_STOPPING || w->state == W_DONE || w->client == NULL) return;
+    if (w->timer) uv_timer_stop(w->timer);
+    if (w->req) {
+        th_client_cancel(w->req);
+        w->req = NULL;
+    }
+    bool known = w->node_id[0] != 0;
+    w->state = W_STOPPING;
+    if (!known) {
+        w->state = W_DONE;
+        return;
+    }
+    char path[TH_NODE_ID_MAX + 16];
+    snprintf(path, sizeof path, "/api/nodes/%s", w->node_id);
+    call(w, CALL_DELETE, "DELETE", path, NULL, DELETE_TIMEOUT_MS);
+}
+
+/* Releases the client and the timer once no gateway call is left. */
+static void finish(worker *w)
+{
+    if (w->req != NULL) return;
+    if (w->timer) {
+        uv_timer_stop(w->timer);
+        uv_close((uv_handle_t *)w->timer, on_timer_closed);
+        w->timer = NULL;
+    }
+    if (w->client) th_client_close(w->client, NULL, NULL);
+    w->client = NULL;
+}
+
+static void x_free(th_hub *hub, void *ud)
+{
+    (void)hub;
+    worker *w = ud;
+    w->closing = true;
+    if (w->state != W_STOPPING) { /* no DELETE under way */
+        if (w->req) {
+            th_client_cancel(w->req);
+            w->req = NULL;
+        }
+        finish(w);
+    }
+}
+
+/* ---- command line ---- */
+
+static const char *const ENGINES[] = {"espeak",     "openai_fm", "openai",    "gpt_sovits",
+                                      "xtts",       "openvoice", "cosyvoice", "fish",
+                                      "elevenlabs", "azure",     NULL};
+
+static void usage(FILE *f)
+{
+    fprintf(
+        f,
+        "usage: ttshub worker --engine ENGINE --gateway URL --listen ADDR --advertise URL\n"
+        "                     [--engine-url URL] [--engine-key-env NAME] [--capacity N] [--node-id ID]\n"
+        "                     [--voices a,b,...] [--languages en,zh,...] [--data-dir DIR] [--log-level L]\n"
+        "  ENGINE: espeak (embedded) or an engine kind at --engine-url: openai_fm, openai, gpt_sovits,\n"
+        "          xtts, openvoice, cosyvoice, fish, elevenlabs, azure\n"
+        "  the cluster token, when the gateway wants one, is read from TTSHUB_CLUSTER_TOKEN\n");
+}
+
+/* http(s)://... of printable bytes with no quote or backslash (it goes into generated YAML) */
+static bool url_arg_ok(const char *s)
+{
+    if (!th_str_startswith(s, "http://") && !th_str_startswith(s, "https://")) return false;
+    size_t n = strlen(s);
+    if (n < 9 || n >= 500) return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f || s[i] == '"' || s[i] == '\\')
+            return false;
+    return true;
+}
+
+static json_t *csv_list(const char *s)
+{
+    json_t *a = json_array();
+    const char *p = s;
+    while (a && *p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n > 0 && n <= 128) json_array_append_new(a, json_stringn(p, n));
+        p += n + (e ? 1 : 0);
+    }
+    return a;
+}
+
+int th_worker_main(int argc, char **argv)
+{
+    worker *w = calloc(1, sizeof *w);
+    if (w == NULL) return 1;
+    w->capacity = 4;
+    th_strlcpy(w->status, "online", sizeof w->status);
+    th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
+    th_buf_init(&w->reply, REPLY_MAX);
+    int rc = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            rc = 0;
+            goto out;
+        }
+        if (v == NULL) {
+            fprintf(stderr, "ttshub worker: %s needs a value\n", a);
+            goto out;
+        }
+        i++;
+        int64_t n;
+        if (strcmp(a, "--engine") == 0)
+            th_strlcpy(w->engine, v, sizeof w->engine);
+        else if (strcmp(a, "--gateway") == 0)
+            th_strlcpy(w->gateway, v, sizeof w->gateway);
+        else if (strcmp(a, "--listen") == 0)
+            th_strlcpy(w->listen, v, sizeof w->listen);
+        else if (strcmp(a, "--advertise") == 0)
+            th_strlcpy(w->advertise, v, sizeof w->advertise);
+        else if (strcmp(a, "--engine-url") == 0)
+            th_strlcpy(w->engine_url, v, sizeof w->engine_url);
+        else if (strcmp(a, "--engine-key-env") == 0)
+            th_strlcpy(w->key_env, v, sizeof w->key_env);
+        else if (strcmp(a, "--node-id") == 0)
+            th_strlcpy(w->node_id, v, sizeof w->node_id);
+        else if (strcmp(a, "--data-dir") == 0)
+            th_strlcpy(w->data_dir, v, sizeof w->data_dir);
+        else if (strcmp(a, "--log-level") == 0)
+            th_strlcpy(w->log_level, v, sizeof w->log_level);
+        else if (strcmp(a, "--voices") == 0) {
+            json_decref(w->voices);
+            w->voices = csv_list(v);
+        } else if (strcmp(a, "--languages") == 0) {
+            json_decref(w->languages);
+            w->languages = csv_list(v);
+        } else if (strcmp(a, "--capacity") == 0 && th_str_to_i64(v, 1, 10000, &n) == 0)
+            w->capacity = (int)n;
+        else {
+            fprintf(stderr, "ttshub worker: unknown or bad option %s %s\n", a, v);
+            usage(stderr);
+            goto out;
+        }
+    }
+    bool known = false;
+    for (size_t i = 0; ENGINES[i]; i++)
+        known |= strcmp(ENGINES[i], w->engine) == 0;
+    const char *bad =
+        !known                      ? "--engine must be one of the engine kinds"
+        : !url_arg_ok(w->gateway)   ? "--gateway must be an http:// or https:// URL"
+        : !url_arg_ok(w->advertise) ? "--advertise must be the http(s):// URL the gateway reaches"
+        : w->listen[0] == 0         ? "--listen ADDR is required (e.g. 0.0.0.0:9000)"
+        : strcmp(w->engine, "espeak") != 0 && !url_arg_ok(w->engine_url)
+            ? "--engine-url must be the engine's http(s):// URL"
+        : w->node_id[0] && strspn(w->node_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                              "0123456789_-.") != strlen(w->node_id)
+            ? "--node-id may only hold A-Z a-z 0-9 _ - ."
+        : strspn(w->key_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(w->key_env)
+            ? "--engine-key-env is the NAME of an environment variable"
+        : strpbrk(w->data_dir, "\"\\\n") != NULL ? "--data-dir may not hold quotes or backslashes"
+                                                 : NULL;
+    if (bad) {
+        fprintf(stderr, "ttshub worker: %s\n", bad);
+        usage(stderr);
+        goto out;
+    }
+    /* trailing slashes would double in the paths */
+    for (size_t n = strlen(w->gateway); n > 0 && w->gateway[n - 1] == '/'; n--)
+        w->gateway[n - 1] = 0;
+    for (size_t n = strlen(w->advertise); n > 0 && w->advertise[n - 1] == '/'; n--)
+        w->advertise[n - 1] = 0;
+
+    /* the node's own hub: one provider, no cache, no limits (the gateway governs) */
+    char yaml[4096];
+    char url_line[600] = "", key_line[100] = "";
+    if (strcmp(w->engine, "espeak") != 0)
+        snprintf(url_line, sizeof url_line, "    base_url: \"%s\"\n", w->engine_url);
+    if (w->key_env[0]) snprintf(key_line, sizeof key_line, "    api_key_env: %s\n", w->key_env);
+    int yl = snprintf(yaml, sizeof yaml,
+                      "data_dir: \"%s\"\n"
+                      "providers:\n"
+                      "  - name: engine\n"
+                      "    type: %s\n%s%s"
+                      "    concurrency: %d\n"
+                      "    queue: %d\n"
+                      "    timeout: 120s\n"
+                      "cache: { enabled: false }\n"
+                      "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n",
+                      w->data_dir, w->engine, url_line, key_line, w->capacity, w->capacity * 4);
+    if (yl < 0 || (size_t)yl >= sizeof yaml) goto out;
+    th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w};
+    th_serve_opts o = {.config_text = yaml,
+                       .ext = &ext,
+                       .listen = w->listen,
+                       .log_level = w->log_level[0] ? w->log_level : NULL};
+    rc = th_hub_serve(&o);
+out:
+    json_decref(w->voices);
+    json_decref(w->languages);
+    th_buf_free(&w->reply);
+    free(w);
+    return rc;
+}

@@ -88,6 +88,9 @@ void th_api_perr_status(const th_perr *e, int *status, const char **type, const 
 void th_api_reply(th_api_ctx *c, int status, const char *content_type, const void *body, size_t len);
 /** A JSON answer (o is stolen; NULL, or a failed dump, becomes a 500), not cached. */
 void th_api_json(th_api_ctx *c, int status, json_t *o);
+/** The request body as a JSON object (bounded depth); NULL with a 400 (error code `code`) sent when it is
+ * not one. optional: an empty body is {}. */
+json_t *th_api_body_object(th_api_ctx *c, bool optional, const char *code);
 /** Sets X-Request-Id from a client-given id (generation) if it is acceptable; false if not. */
 bool th_api_set_request_id(th_api_ctx *c, const char *id);
 /** Writes the access line (status, bytes, durations) for c. */

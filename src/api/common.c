@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "core/str.h"
 #include "core/uuid.h"
+#include "http/body.h"
 
 const char *th_api_error_type(int status)
 {
@@ -195,6 +196,25 @@ void th_api_json(th_api_ctx *c, int status, json_t *o)
     th_http_set_header(c->req, "Cache-Control", "no-store");
     th_api_reply(c, status, "application/json", body, strlen(body));
     free(body);
+}
+
+json_t *th_api_body_object(th_api_ctx *c, bool optional, const char *code)
+{
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(c->req, &blen);
+    if (blen == 0 && optional) return json_object();
+    char err[200] = "";
+    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    if (j == NULL) {
+        th_api_error(c, 400, NULL, code, "%s", err[0] ? err : "malformed JSON");
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        th_api_error(c, 400, NULL, code, "the body must be a JSON object");
+        return NULL;
+    }
+    return j;
 }
 
 bool th_api_set_request_id(th_api_ctx *c, const char *id)

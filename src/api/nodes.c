@@ -57,26 +57,6 @@ static int control_auth(th_api_ctx *c, const char *route)
     return th_api_auth(c, true);
 }
 
-/* The body as a JSON object, or NULL with the error sent. */
-static json_t *body_object(th_api_ctx *c, bool optional)
-{
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(c->req, &blen);
-    if (blen == 0 && optional) return json_object();
-    char err[200] = "";
-    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
-    if (j == NULL) {
-        th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed JSON");
-        return NULL;
-    }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        th_api_error(c, 400, NULL, "malformed_body", "the body must be a JSON object");
-        return NULL;
-    }
-    return j;
-}
-
 /* id from the path, or node_id from the body (the seed-1 aliases); NULL with the error sent. */
 static const char *node_id_of(th_api_ctx *c, const json_t *body)
 {
@@ -112,7 +92,7 @@ void th_api_nodes_register(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     if (control_auth(c, "/api/nodes/register") != 0) return;
-    json_t *body = body_object(c, false);
+    json_t *body = th_api_body_object(c, false, "malformed_body");
     if (body == NULL) return;
     char id[TH_NODE_ID_MAX + 1] = "", err[256] = "";
     th_reg_rc rc = th_registry_register(hub->registry, body, th_mono_ms(), id, err, sizeof err);
@@ -131,7 +111,7 @@ void th_api_nodes_heartbeat(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     if (control_auth(c, "/api/nodes/{id}/heartbeat") != 0) return;
-    json_t *body = body_object(c, true);
+    json_t *body = th_api_body_object(c, true, "malformed_body");
     if (body == NULL) return;
     const char *id = node_id_of(c, body);
     if (id != NULL) {
@@ -152,7 +132,7 @@ void th_api_nodes_delete(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     if (control_auth(c, "/api/nodes/{id}") != 0) return;
-    json_t *body = th_http_param(req, "id") ? json_object() : body_object(c, false);
+    json_t *body = th_http_param(req, "id") ? json_object() : th_api_body_object(c, false, "malformed_body");
     if (body == NULL) return;
     const char *id = node_id_of(c, body);
     if (id != NULL) {
@@ -253,7 +233,7 @@ void th_api_nodes_command(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     if (control_auth(c, "/api/nodes/{id}/command") != 0) return;
-    json_t *body = body_object(c, false);
+    json_t *body = th_api_body_object(c, false, "malformed_body");
     if (body == NULL) return;
     const char *id = th_http_param(req, "id");
     const char *cmd = json_string_value(json_object_get(body, "command"));

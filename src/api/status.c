@@ -342,15 +342,9 @@ void th_api_announcements_add(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/api/announcements";
     if (th_api_auth(c, true) != 0) return;
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
+    json_t *j = th_api_body_object(c, false, "malformed_body");
+    if (j == NULL) return;
     char err[200] = "";
-    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
-    if (!json_is_object(j)) {
-        json_decref(j);
-        th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "the body must be a JSON object");
-        return;
-    }
     json_t *a = NULL;
     th_ann_rc rc = th_announce_add(hub->announce, j, th_wall_ms(), &a, err, sizeof err);
     json_decref(j);

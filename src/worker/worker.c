@@ -318,15 +318,8 @@ static void h_synthesize(th_http_req *req, void *ud)
         node_error(c, 503, "unavailable", m);
         return;
     }
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
-    char err[200] = "";
-    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
-    if (!json_is_object(j)) {
-        json_decref(j);
-        node_error(c, 400, "invalid_request", err[0] ? err : "the body must be a JSON object");
-        return;
-    }
+    json_t *j = th_api_body_object(c, false, "invalid_request");
+    if (j == NULL) return;
     json_t *text = json_object_get(j, "text"), *voice = json_object_get(j, "voice");
     json_t *format = json_object_get(j, "format"), *speed = json_object_get(j, "speed");
     json_t *lang = json_object_get(j, "language");
@@ -402,10 +395,8 @@ static void h_command(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/command";
     c->shape = TH_SHAPE_CLONE;
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
-    char err[200] = "";
-    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    json_t *j = th_api_body_object(c, false, "invalid_command");
+    if (j == NULL) return;
     const char *cmd = json_string_value(json_object_get(j, "command"));
     if (cmd == NULL ||
         (strcmp(cmd, "activate") != 0 && strcmp(cmd, "standby") != 0 && strcmp(cmd, "stop") != 0)) {

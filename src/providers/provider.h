@@ -42,6 +42,21 @@ const char *th_perr_kind_name(th_perr_kind k);
 void th_perr_set(th_perr *e, th_perr_kind kind, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* A voice from the hub's voice library (a cloned voice): the stored reference and its metadata.
+ * Owned by the library; valid for the whole job (the job holds a reference to the library entry).
+ * Each cloning kind hands it to its engine in the engine's own way (inline bytes, an upload once per
+ * sha256, a file in a shared folder...). Kinds that cannot clone never get one. */
+typedef struct th_voice_ref {
+    const char *id;     /* library id, [A-Za-z0-9_-]{1,64} */
+    const char *name;   /* display name, may be "" */
+    const char *sha256; /* lowercase hex of wav[0..wav_len) */
+    const uint8_t *wav; /* the normalised reference: a whole WAV file, mono s16 */
+    size_t wav_len;
+    int rate;             /* its sample rate */
+    const char *text;     /* what is said in the reference, may be "" */
+    const char *language; /* may be "" */
+} th_voice_ref;
+
 typedef struct th_synth_req {
     const char *text;     /* UTF-8, valid */
     size_t text_len;      /* bytes */
@@ -55,6 +70,7 @@ typedef struct th_synth_req {
     int want_rate;           /* 0 = default */
     double speed;            /* 1.0 = normal */
     const char *traceparent; /* W3C trace context for the engine request, or NULL */
+    const th_voice_ref *ref; /* a library voice (voice is then its id), or NULL */
 } th_synth_req;
 
 typedef struct th_sink {
@@ -91,6 +107,9 @@ typedef struct th_provider_ops {
     void (*resume)(th_job *job);
     /** 0 if the engine knows this voice, -1 if not (-> 400). May be NULL: every voice is accepted. */
     int (*voice_ok)(th_provider *p, const char *voice);
+    /** A library voice was deleted: drop any copy the engine holds (remote voice, shared file...).
+     *  Fire and forget; may be NULL (nothing to drop). */
+    void (*voice_forget)(th_provider *p, const th_voice_ref *ref);
 } th_provider_ops;
 
 /** The base every provider struct begins with. */

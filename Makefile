@@ -54,6 +54,8 @@ fuzz: deps
 	bash tests/fuzz/run.sh $(FUZZ_BUILD) $${FUZZ_SECONDS:-60}
 
 test: test-deps build
+	$(MAKE) format-check
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) e2e-asan
 	$(MAKE) e2e

@@ -16,10 +16,10 @@
 #include "core/buf.h"
 
 typedef struct th_audio_target {
-    th_fmt fmt;      /* one of the six client formats */
-    int sample_rate; /* 0 = TH_PCM_DEFAULT_RATE (24000); opus: one of 8/12/16/24/48 kHz */
-    double tempo;    /* 1.0 = unchanged; 0.25..4.0 */
-    int bitrate;     /* bits/s for lossy codecs; 0 = a sensible default per format */
+    th_fmt fmt;            /* one of the six client formats */
+    int sample_rate;       /* 0 = TH_PCM_DEFAULT_RATE (24000); opus: one of 8/12/16/24/48 kHz */
+    double tempo;          /* 1.0 = unchanged; 0.25..4.0 */
+    int bitrate;           /* bits/s for lossy codecs; 0 = a sensible default per format */
     uint32_t wav_data_len; /* wav only: exact data size when known in advance, else TH_WAV_SIZE_UNKNOWN */
 } th_audio_target;
 
@@ -27,9 +27,11 @@ typedef struct th_audio_conv th_audio_conv;
 
 /** in->fmt may be TH_FMT_NONE: the first bytes are sniffed (a headerless stream that matches nothing
  * is taken as PCM of in's rate/channels/sample, or s16 mono 24 kHz if those are 0). NULL on error. */
-th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target *out, char *err, size_t errlen);
+th_audio_conv *th_audio_conv_new(const th_audio_spec *in, const th_audio_target *out, char *err,
+                                 size_t errlen);
 /** Feeds input; appends whatever output is ready to out. 0, or -1 on error (err says why). */
-int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf *out, char *err, size_t errlen);
+int th_audio_conv_push(th_audio_conv *c, const uint8_t *data, size_t len, th_buf *out, char *err,
+                       size_t errlen);
 /** Zero-copy pass-through: 1 when these bytes go out exactly as they are (the caller hands `data` on
  * itself and must not push it), 0 when they must go through th_audio_conv_push, -1 on error. Decides
  * pass-through on the first bytes when the input is declared as the very compressed format asked for. */

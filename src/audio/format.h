@@ -13,8 +13,8 @@ typedef enum {
     TH_FMT_AAC,  /* ADTS */
     TH_FMT_FLAC,
     TH_FMT_WAV,
-    TH_FMT_PCM,  /* headerless; rate/channels/sample from th_audio_spec */
-    TH_FMT_OGG,  /* Ogg with another codec (e.g. Vorbis): input only */
+    TH_FMT_PCM, /* headerless; rate/channels/sample from th_audio_spec */
+    TH_FMT_OGG, /* Ogg with another codec (e.g. Vorbis): input only */
     TH_FMT_COUNT
 } th_fmt;
 

@@ -12,7 +12,8 @@
 
 /** Writes RIFF/WAVE/fmt(16, PCM)/data. data_len = TH_WAV_SIZE_UNKNOWN while streaming (both size
  * fields are then 0xFFFFFFFF). */
-void th_wav_header(uint8_t out[TH_WAV_HEADER_LEN], int sample_rate, int channels, int bits, uint32_t data_len);
+void th_wav_header(uint8_t out[TH_WAV_HEADER_LEN], int sample_rate, int channels, int bits,
+                   uint32_t data_len);
 
 /** Streaming reader: push bytes as they come; it parses RIFF chunks (ignoring RIFF/data sizes, which
  * streaming producers leave at 0 or 0xFFFFFFFF), accepts PCM 8/16/24/32-bit, IEEE float 32/64 and
@@ -26,8 +27,8 @@ void th_wav_reader_free(th_wav_reader *r);
 /** Pushes bytes. *pcm and *pcm_len point at sample bytes ready in this call (inside the reader's own
  * storage, valid until the next push). Returns TH_WAV_HAVE_FORMAT once the fmt chunk is known (and
  * on every later call), TH_WAV_NEED_MORE before, TH_WAV_ERROR on a malformed header (err says why). */
-int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const uint8_t **pcm, size_t *pcm_len,
-                       char *err, size_t errlen);
+int th_wav_reader_push(th_wav_reader *r, const uint8_t *data, size_t len, const uint8_t **pcm,
+                       size_t *pcm_len, char *err, size_t errlen);
 /** The format once known: fmt=TH_FMT_PCM with rate, channels and sample type. */
 const th_audio_spec *th_wav_reader_spec(const th_wav_reader *r);
 

@@ -20,7 +20,7 @@ typedef struct say_out {
     const char *path; /* NULL or "-" = stdout */
     FILE *fp;
     long status;
-    th_buf err;   /* error body */
+    th_buf err; /* error body */
     uint64_t bytes;
     bool failed;
     bool progress;
@@ -275,8 +275,9 @@ int th_cli_say(int argc, char **argv)
         fprintf(stderr, "ttshub say: the hub sent no audio\n");
         goto out;
     }
-    if (o.fp != stdout && out) fprintf(stderr, "ttshub say: wrote %llu bytes of %s to %s\n",
-                                       (unsigned long long)o.bytes, format, out);
+    if (o.fp != stdout && out)
+        fprintf(stderr, "ttshub say: wrote %llu bytes of %s to %s\n", (unsigned long long)o.bytes, format,
+                out);
     rc = 0;
 out:
     if (o.fp && o.fp != stdout) {

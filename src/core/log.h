@@ -23,9 +23,9 @@ int th_log_format_parse(const char *s, th_log_format *out);
 
 void th_log_write(th_log *lg, th_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-#define TH_LOG(lg, lvl, ...)                                                                       \
-    do {                                                                                           \
-        if ((lg) != NULL && (lvl) >= th_log_get_level(lg)) th_log_write((lg), (lvl), __VA_ARGS__); \
+#define TH_LOG(lg, lvl, ...)                                                                                 \
+    do {                                                                                                     \
+        if ((lg) != NULL && (lvl) >= th_log_get_level(lg)) th_log_write((lg), (lvl), __VA_ARGS__);           \
     } while (0)
 
 /** One request's access line. NULL strings and negative numbers are left out. */

@@ -58,7 +58,8 @@ int th_str_to_double(const char *s, double min, double max, double *out)
 static int split_num_unit(const char *s, double *num, const char **unit)
 {
     size_t i = 0;
-    while (s[i] && (s[i] == '.' || (s[i] >= '0' && s[i] <= '9'))) i++;
+    while (s[i] && (s[i] == '.' || (s[i] >= '0' && s[i] <= '9')))
+        i++;
     if (i == 0 || i > 32) return -1;
     char tmp[40];
     memcpy(tmp, s, i);
@@ -100,9 +101,9 @@ int th_str_to_size(const char *s, uint64_t *out)
     static const struct {
         const char *name;
         double mul;
-    } units[] = {{"", 1},           {"B", 1},          {"KiB", 1024.0},   {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}, {"KB", 1e3},   {"MB", 1e6},       {"GB", 1e9},
-                 {"K", 1024.0},     {"M", 1048576.0},  {"G", 1073741824.0}};
+    } units[] = {
+        {"", 1},     {"B", 1},    {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"KB", 1e3},
+        {"MB", 1e6}, {"GB", 1e9}, {"K", 1024.0},   {"M", 1048576.0},   {"G", 1073741824.0}};
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(u, units[i].name) == 0) {
             double b = v * units[i].mul;
@@ -235,7 +236,8 @@ bool th_glob_match(const char *p, const char *s)
         } else
             return false;
     }
-    while (*p == '*') p++;
+    while (*p == '*')
+        p++;
     return *p == 0;
 }
 

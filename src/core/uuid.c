@@ -44,7 +44,8 @@ void th_uuid_gen_init(th_uuid_gen *g)
     th_uuid_v4(seed); /* getrandom, once */
     uint64_t h = 1469598103934665603ull;
     for (int i = 0; i < 4; i++) {
-        for (const char *p = seed; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+        for (const char *p = seed; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ull;
         h ^= (uint64_t)i * 0x9E3779B97F4A7C15ull;
         g->s[i] = h ? h : 0x9E3779B97F4A7C15ull;
         th_uuid_v4(seed);

@@ -12,8 +12,8 @@
 #include <stdint.h>
 
 typedef struct th_field {
-    char *name;         /* NUL-terminated */
-    char *value;        /* NUL-terminated; may also contain NULs (file parts): use value_len */
+    char *name;  /* NUL-terminated */
+    char *value; /* NUL-terminated; may also contain NULs (file parts): use value_len */
     size_t value_len;
     char *filename;     /* multipart file parts; NULL otherwise */
     char *content_type; /* multipart part Content-Type; NULL when absent */
@@ -45,7 +45,8 @@ int th_form_parse_multipart(th_form *f, const char *content_type, const uint8_t 
                             size_t errlen);
 /** A JSON object: each member becomes a field. Strings as they are (UTF-8), numbers and booleans as
  * their JSON text, objects/arrays as compact JSON with is_json set. */
-int th_form_parse_json(th_form *f, const uint8_t *data, size_t len, size_t max_depth, char *err, size_t errlen);
+int th_form_parse_json(th_form *f, const uint8_t *data, size_t len, size_t max_depth, char *err,
+                       size_t errlen);
 /** Picks the reader from the Content-Type header (NULL or empty: guessed from the first byte, '{' =
  * JSON, else form-urlencoded). Unknown media types give TH_BODY_UNSUPPORTED. */
 int th_body_parse(th_form *f, const char *content_type, const uint8_t *data, size_t len, char *err,

@@ -21,10 +21,10 @@ typedef struct th_auth th_auth;
 
 typedef enum {
     TH_AUTH_OK = 0,
-    TH_AUTH_MISSING,   /* no credentials given (401) */
-    TH_AUTH_INVALID,   /* wrong key, bad token, bad signature, wrong audience... (401) */
-    TH_AUTH_EXPIRED,   /* exp in the past (401) */
-    TH_AUTH_NOT_YET,   /* nbf in the future (401) */
+    TH_AUTH_MISSING, /* no credentials given (401) */
+    TH_AUTH_INVALID, /* wrong key, bad token, bad signature, wrong audience... (401) */
+    TH_AUTH_EXPIRED, /* exp in the past (401) */
+    TH_AUTH_NOT_YET, /* nbf in the future (401) */
 } th_auth_rc;
 
 typedef struct th_identity {

@@ -25,10 +25,10 @@ int th_balance_parse(const char *name, th_balance_strategy *out);
 
 /** What the balancer knows of one provider. */
 typedef struct th_balance_peer {
-    int weight;     /* >= 1 */
-    int priority;   /* lower first */
-    int inflight;   /* live count kept by the hub */
-    bool available; /* breaker allows calls */
+    int weight;             /* >= 1 */
+    int priority;           /* lower first */
+    int inflight;           /* live count kept by the hub */
+    bool available;         /* breaker allows calls */
     int64_t current_weight; /* smooth WRR state, kept by the balancer */
 } th_balance_peer;
 

@@ -29,7 +29,7 @@ typedef struct th_breaker {
     th_breaker_state state;
     int consecutive;
     uint64_t opened_at_ms;
-    int probes_out;  /* half-open calls allowed and not yet reported */
+    int probes_out; /* half-open calls allowed and not yet reported */
     int probes_ok;
     /* ratio window: ring of buckets of window/TH_BREAKER_BUCKETS ms each */
     uint64_t bucket_start_ms[TH_BREAKER_BUCKETS];

@@ -65,9 +65,9 @@ typedef struct th_cache_follower_cb {
 
 typedef struct th_cache_lookup {
     th_cache_outcome outcome;
-    th_cache_entry entry;          /* HIT */
-    th_cache_flight *flight;       /* LEAD: feed it (NULL only on ENOMEM; th_cache_flight_* accept NULL) */
-    th_cache_follower *follower;   /* JOINED: cancel with th_cache_unfollow if the client leaves */
+    th_cache_entry entry;        /* HIT */
+    th_cache_flight *flight;     /* LEAD: feed it (NULL only on ENOMEM; th_cache_flight_* accept NULL) */
+    th_cache_follower *follower; /* JOINED: cancel with th_cache_unfollow if the client leaves */
 } th_cache_lookup;
 
 typedef void (*th_cache_cb)(void *ud, const th_cache_lookup *res);

@@ -17,36 +17,37 @@
 
 typedef struct th_kv {
     char *key;
-    char *value;      /* a string, or compact JSON text when is_map */
-    bool is_map;      /* the YAML value was a mapping (cloning engines' voice references) */
+    char *value; /* a string, or compact JSON text when is_map */
+    bool is_map; /* the YAML value was a mapping (cloning engines' voice references) */
 } th_kv;
 
 typedef struct th_provider_conf {
     char *name;
-    char *type; /* espeak | openai_fm | openai | gpt_sovits | xtts | openvoice | cosyvoice | fish | elevenlabs | azure | nodes */
-    int weight;          /* default 1 */
-    int priority;        /* default 0 */
-    int concurrency;     /* default 4 (0 = unlimited) */
-    int queue;           /* default 64 */
-    uint64_t timeout_ms; /* default 30s */
+    char *type; /* espeak | openai_fm | openai | gpt_sovits | xtts | openvoice | cosyvoice | fish | elevenlabs
+                   | azure | nodes */
+    int weight; /* default 1 */
+    int priority;           /* default 0 */
+    int concurrency;        /* default 4 (0 = unlimited) */
+    int queue;              /* default 64 */
+    uint64_t timeout_ms;    /* default 30s */
     size_t max_input_chars; /* 0 = the kind's own default */
-    th_kv *voices;       /* public voice -> engine voice */
+    th_kv *voices;          /* public voice -> engine voice */
     size_t n_voices;
-    uint32_t formats;    /* bitmask of 1u << th_fmt; 0 = the kind's default */
-    char *base_url;      /* upstream kinds */
+    uint32_t formats; /* bitmask of 1u << th_fmt; 0 = the kind's default */
+    char *base_url;   /* upstream kinds */
     char *api_key_env;
-    int sample_rate;     /* 0 = the kind's default */
-    char *engine;        /* nodes */
-    th_kv *opts;         /* the kind's own keys (model, api, text_lang, media_type, streaming_mode, language,
-                            stream, accent, mode, format, reference_id, model_id, output_format, region) */
+    int sample_rate; /* 0 = the kind's default */
+    char *engine;    /* nodes */
+    th_kv *opts;     /* the kind's own keys (model, api, text_lang, media_type, streaming_mode, language,
+                        stream, accent, mode, format, reference_id, model_id, output_format, region) */
     size_t n_opts;
 } th_provider_conf;
 
 typedef struct th_tenant_conf {
     char *name;
-    int rpm, rate, burst, concurrency; /* 0 = no limit */
+    int rpm, rate, burst, concurrency;       /* 0 = no limit */
     uint64_t chars_per_day, chars_per_month; /* 0 = unlimited */
-    char **voices;    /* glob patterns; default ["*"] */
+    char **voices;                           /* glob patterns; default ["*"] */
     size_t n_voices;
     char **providers; /* default ["*"] */
     size_t n_providers;
@@ -56,8 +57,8 @@ typedef struct th_key_conf {
     char *id;
     char *sha256; /* lower-case hex, 64 chars */
     char *tenant;
-    char *role;   /* user | admin */
-    int rpm;      /* added: sliding-window requests per minute for this key; 0 = no limit */
+    char *role; /* user | admin */
+    int rpm;    /* added: sliding-window requests per minute for this key; 0 = no limit */
 } th_key_conf;
 
 typedef struct th_route_conf {
@@ -74,8 +75,8 @@ typedef struct th_voice_conf {
 } th_voice_conf;
 
 typedef struct th_config {
-    char *path;       /* the file it came from; NULL for defaults */
-    char *listen;     /* "0.0.0.0:8080" */
+    char *path;   /* the file it came from; NULL for defaults */
+    char *listen; /* "0.0.0.0:8080" */
     char *metrics_listen;
     char *data_dir;
     struct {
@@ -149,9 +150,9 @@ typedef struct th_config {
 
 /** One validation error. */
 typedef struct th_config_error {
-    char path[256];    /* "providers[2].base_url" ("" for the whole file) */
+    char path[256]; /* "providers[2].base_url" ("" for the whole file) */
     char message[256];
-    int line;          /* 1-based line in the file, 0 when unknown */
+    int line; /* 1-based line in the file, 0 when unknown */
 } th_config_error;
 
 typedef struct th_config_errors {

@@ -27,12 +27,12 @@ typedef struct th_limiter th_limiter;
 typedef struct th_limit_slot th_limit_slot;
 
 typedef struct th_limit_req {
-    const char *ip;     /* client IP text */
-    const char *tenant; /* "" = no tenant */
-    const char *key_id; /* "" = none */
+    const char *ip;              /* client IP text */
+    const char *tenant;          /* "" = no tenant */
+    const char *key_id;          /* "" = none */
     const th_tenant_conf *tconf; /* NULL = no tenant limits */
-    int key_rpm;        /* added: the API key's own RPM (sliding window); 0 = none. The config has no
-                           per-key field yet, so callers that have one set it here. */
+    int key_rpm;                 /* added: the API key's own RPM (sliding window); 0 = none. The config has no
+                                    per-key field yet, so callers that have one set it here. */
 } th_limit_req;
 
 typedef struct th_limit_result {
@@ -42,9 +42,9 @@ typedef struct th_limit_result {
     const char *reason; /* "global_rpm", "ip_rpm", "tenant_rpm", "tenant_rate", "key_rpm",
                            "concurrency", "tenant_concurrency", "backend_unavailable" */
     int64_t limit, remaining;
-    int64_t reset_s;        /* seconds until the limit that applies resets */
-    int64_t retry_after_s;  /* >= 1 when refused */
-    th_limit_slot *slot;    /* when allowed: release with th_limit_release */
+    int64_t reset_s;       /* seconds until the limit that applies resets */
+    int64_t retry_after_s; /* >= 1 when refused */
+    th_limit_slot *slot;   /* when allowed: release with th_limit_release */
 } th_limit_result;
 
 typedef void (*th_limit_cb)(void *ud, const th_limit_result *res);

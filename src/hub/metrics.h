@@ -16,22 +16,22 @@
 #include "core/buf.h"
 
 typedef enum {
-    TH_M_REQUESTS = 0,        /* counter {route,status} */
-    TH_M_REQUEST_SECONDS,     /* histogram {route} */
-    TH_M_UPSTREAM_SECONDS,    /* histogram {provider}: time to first audio byte */
-    TH_M_UPSTREAM_ERRORS,     /* counter {provider,kind} */
-    TH_M_TRANSCODE_SECONDS,   /* histogram {format}: CPU seconds converting */
-    TH_M_CACHE,               /* counter {result}: hit|miss|coalesced */
-    TH_M_BREAKER_STATE,       /* gauge {provider}: 0 closed, 1 open, 2 half_open */
-    TH_M_PROVIDER_INFLIGHT,   /* gauge {provider} */
-    TH_M_QUEUE_DEPTH,         /* gauge {provider} */
-    TH_M_RETRIES,             /* counter {provider} */
-    TH_M_FALLBACKS,           /* counter {from,to} */
-    TH_M_HEDGES,              /* counter {provider} */
-    TH_M_CUT_RESPONSES,       /* counter {provider}: failures after the first byte */
-    TH_M_CHARS,               /* counter {tenant}: code points synthesised */
-    TH_M_REJECTIONS,          /* counter {reason} */
-    TH_M_INFLIGHT,            /* gauge: requests in flight */
+    TH_M_REQUESTS = 0,      /* counter {route,status} */
+    TH_M_REQUEST_SECONDS,   /* histogram {route} */
+    TH_M_UPSTREAM_SECONDS,  /* histogram {provider}: time to first audio byte */
+    TH_M_UPSTREAM_ERRORS,   /* counter {provider,kind} */
+    TH_M_TRANSCODE_SECONDS, /* histogram {format}: CPU seconds converting */
+    TH_M_CACHE,             /* counter {result}: hit|miss|coalesced */
+    TH_M_BREAKER_STATE,     /* gauge {provider}: 0 closed, 1 open, 2 half_open */
+    TH_M_PROVIDER_INFLIGHT, /* gauge {provider} */
+    TH_M_QUEUE_DEPTH,       /* gauge {provider} */
+    TH_M_RETRIES,           /* counter {provider} */
+    TH_M_FALLBACKS,         /* counter {from,to} */
+    TH_M_HEDGES,            /* counter {provider} */
+    TH_M_CUT_RESPONSES,     /* counter {provider}: failures after the first byte */
+    TH_M_CHARS,             /* counter {tenant}: code points synthesised */
+    TH_M_REJECTIONS,        /* counter {reason} */
+    TH_M_INFLIGHT,          /* gauge: requests in flight */
     TH_M_COUNT
 } th_metric_id;
 

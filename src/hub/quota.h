@@ -28,11 +28,11 @@ typedef struct th_quota_resv th_quota_resv;
 
 typedef struct th_quota_result {
     bool allowed;
-    bool degraded;          /* backend unreachable, on_backend_error open */
-    const char *window;     /* when refused: "day", "month" or "backend" (Redis failed, fail closed) */
-    uint64_t limit, used;   /* of the window that refused; used = committed + reserved */
-    int64_t retry_after_s;  /* until that window resets */
-    th_quota_resv *resv;    /* when allowed (NULL if the tenant has no quota) */
+    bool degraded;         /* backend unreachable, on_backend_error open */
+    const char *window;    /* when refused: "day", "month" or "backend" (Redis failed, fail closed) */
+    uint64_t limit, used;  /* of the window that refused; used = committed + reserved */
+    int64_t retry_after_s; /* until that window resets */
+    th_quota_resv *resv;   /* when allowed (NULL if the tenant has no quota) */
 } th_quota_result;
 
 typedef void (*th_quota_cb)(void *ud, const th_quota_result *res);

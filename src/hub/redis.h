@@ -27,9 +27,9 @@ typedef enum {
 
 /** A reply, valid only during the callback. A flattened view of hiredis' redisReply. */
 typedef struct th_redis_reply {
-    int type;          /* REDIS_REPLY_* from hiredis */
+    int type; /* REDIS_REPLY_* from hiredis */
     long long integer;
-    const char *str;   /* STRING, STATUS, ERROR */
+    const char *str; /* STRING, STATUS, ERROR */
     size_t len;
     size_t elements;
     const struct th_redis_reply *element; /* ARRAY: elements entries */

@@ -23,8 +23,7 @@ static void publish(th_route *r, size_t i)
     th_route_prov *rp = &r->provs[i];
     th_metrics_set(hub->metrics, TH_M_PROVIDER_INFLIGHT, lbl, rp->inflight);
     th_metrics_set(hub->metrics, TH_M_QUEUE_DEPTH, lbl, rp->waiting);
-    th_metrics_set(hub->metrics, TH_M_BREAKER_STATE, lbl,
-                   (double)th_breaker_get(&rp->breaker, th_mono_ms()));
+    th_metrics_set(hub->metrics, TH_M_BREAKER_STATE, lbl, (double)th_breaker_get(&rp->breaker, th_mono_ms()));
 }
 
 int th_route_init(th_route *r, th_hub *hub)
@@ -110,7 +109,8 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
             if (pi >= 0) set[nset++] = (size_t)pi;
         }
     } else {
-        for (size_t i = 0; i < r->n && nset < 64; i++) set[nset++] = i;
+        for (size_t i = 0; i < r->n && nset < 64; i++)
+            set[nset++] = i;
     }
     /* drop providers that do not know the voice or that the tenant may not use */
     size_t kept = 0;
@@ -139,7 +139,8 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
         order[k] = k;
     }
     th_balance_order(&r->balance, peers, nset, order, nset);
-    for (size_t k = 0; k < nset; k++) r->provs[set[k]].current_weight = peers[k].current_weight;
+    for (size_t k = 0; k < nset; k++)
+        r->provs[set[k]].current_weight = peers[k].current_weight;
     size_t n = nset < max ? nset : max;
     for (size_t k = 0; k < n; k++) {
         idx[k] = set[order[k]];

@@ -40,7 +40,7 @@ typedef struct th_route_prov {
     th_route_waiter *wait_head, *wait_tail;
     double ewma_first_byte_ms; /* 0 until the first sample */
     uint64_t calls, failures;
-    bool probe_ok;      /* last active probe (true until one fails) */
+    bool probe_ok; /* last active probe (true until one fails) */
     bool probing;
     char probe_detail[128];
     int64_t current_weight; /* smooth weighted round-robin state */
@@ -49,7 +49,7 @@ typedef struct th_route_prov {
 typedef struct th_route {
     struct th_hub *hub;
     uv_timer_t *probe_timer; /* separately allocated; freed in its close callback */
-    th_route_prov *provs; /* parallel to hub->providers */
+    th_route_prov *provs;    /* parallel to hub->providers */
     size_t n;
     th_balance balance;
 } th_route;

@@ -10,15 +10,24 @@
 const char *th_perr_kind_name(th_perr_kind k)
 {
     switch (k) {
-    case TH_PERR_NONE: return "none";
-    case TH_PERR_TIMEOUT: return "timeout";
-    case TH_PERR_CONNECT: return "connect";
-    case TH_PERR_STATUS: return "upstream_status";
-    case TH_PERR_OVERLOADED: return "overloaded";
-    case TH_PERR_PROTOCOL: return "protocol";
-    case TH_PERR_CLIENT: return "client";
-    case TH_PERR_CANCELLED: return "cancelled";
-    case TH_PERR_INTERNAL: return "internal";
+    case TH_PERR_NONE:
+        return "none";
+    case TH_PERR_TIMEOUT:
+        return "timeout";
+    case TH_PERR_CONNECT:
+        return "connect";
+    case TH_PERR_STATUS:
+        return "upstream_status";
+    case TH_PERR_OVERLOADED:
+        return "overloaded";
+    case TH_PERR_PROTOCOL:
+        return "protocol";
+    case TH_PERR_CLIENT:
+        return "client";
+    case TH_PERR_CANCELLED:
+        return "cancelled";
+    case TH_PERR_INTERNAL:
+        return "internal";
     }
     return "unknown";
 }

@@ -71,11 +71,11 @@ TH_TEST(str_units)
 TH_TEST(utf8_count)
 {
     TH_CHECK_INT(th_utf8_count("hello", 5), 5);
-    TH_CHECK_INT(th_utf8_count("\xe4\xbd\xa0\xe5\xa5\xbd", 6), 2);        /* 你好 */
-    TH_CHECK_INT(th_utf8_count("\xf0\x9f\x98\x80!", 5), 2);               /* emoji + ! */
-    TH_CHECK_INT(th_utf8_count("\xc0\xaf", 2), -1);                       /* overlong */
-    TH_CHECK_INT(th_utf8_count("\xed\xa0\x80", 3), -1);                   /* surrogate */
-    TH_CHECK_INT(th_utf8_count("\xe4\xbd", 2), -1);                       /* truncated */
+    TH_CHECK_INT(th_utf8_count("\xe4\xbd\xa0\xe5\xa5\xbd", 6), 2); /* 你好 */
+    TH_CHECK_INT(th_utf8_count("\xf0\x9f\x98\x80!", 5), 2);        /* emoji + ! */
+    TH_CHECK_INT(th_utf8_count("\xc0\xaf", 2), -1);                /* overlong */
+    TH_CHECK_INT(th_utf8_count("\xed\xa0\x80", 3), -1);            /* surrogate */
+    TH_CHECK_INT(th_utf8_count("\xe4\xbd", 2), -1);                /* truncated */
     TH_CHECK_INT(th_utf8_prefix("\xe4\xbd\xa0\xe5\xa5\xbd", 6, 1), 3);
 }
 

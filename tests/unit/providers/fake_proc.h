@@ -28,8 +28,8 @@ __attribute__((unused)) static int fake_start(fake_proc *f, const char *kind, co
     int pipefd[2];
     if (pipe(pipefd) != 0) return -1;
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cd tests/e2e && exec /usr/bin/python3 -m fakes.engines --kind %s --port 0 %s", kind,
-             extra ? extra : "");
+    snprintf(cmd, sizeof cmd, "cd tests/e2e && exec /usr/bin/python3 -m fakes.engines --kind %s --port 0 %s",
+             kind, extra ? extra : "");
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {

@@ -299,7 +299,8 @@ const th_upstream_kind th_kind_cosyvoice = {
             /* CosyVoice splits text into sentences itself, but a whole request runs on one GPU worker:
              * 1000 chars keeps one request to about a minute of speech; the hub splits longer text. */
             .max_input_chars = 1000,
-            .streaming = true,     /* PCM chunks as each sentence is made */
+            .streaming = true, /* PCM chunks as each sentence is made */
+            .can_clone = true,
             .native_speed = false, /* the fastapi server has no speed field */
             .speed_min = 1.0,
             .speed_max = 1.0,

@@ -176,6 +176,7 @@ const th_upstream_kind th_kind_elevenlabs = {
             .formats = 1u << TH_FMT_MP3, /* the default output_format; on_format says what really comes */
             .max_input_chars = 5000,
             .streaming = true,
+            .can_clone = true,
             .native_speed = true,
             .speed_min = 0.7,
             .speed_max = 1.2,

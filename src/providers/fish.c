@@ -117,6 +117,7 @@ const th_upstream_kind th_kind_fish = {
             .formats = FISH_NATIVE,
             .max_input_chars = 1000,
             .streaming = false,
+            .can_clone = true,
             .native_speed = false,
         },
     .build = fish_build,

@@ -235,6 +235,7 @@ const th_upstream_kind th_kind_gpt_sovits = {
              * default 30 s timeout on a consumer GPU and lets the hub stream segment by segment. */
             .max_input_chars = 1000,
             .streaming = true, /* streaming_mode 1 by default: header first, PCM per fragment */
+            .can_clone = true,
             .native_speed = true,
             .speed_min = GS_SPEED_MIN,
             .speed_max = GS_SPEED_MAX,

@@ -154,7 +154,8 @@ const th_upstream_kind th_kind_nodes = {
             /* A node may front any engine and splits no text itself; 5000 chars (a few minutes of
              * speech) bounds one request to one node while keeping splits rare. */
             .max_input_chars = 5000,
-            .streaming = false,   /* not promised by the node contract */
+            .streaming = false, /* not promised by the node contract */
+            .can_clone = true,
             .native_speed = true, /* the node takes speed in the API's range */
             .speed_min = 0.25,
             .speed_max = 4.0,

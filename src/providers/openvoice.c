@@ -114,6 +114,7 @@ const th_upstream_kind th_kind_openvoice = {
              * moderate; the hub splits longer text. */
             .max_input_chars = 1000,
             .streaming = false,
+            .can_clone = true,
             .native_speed = true,
             .speed_min = OV_SPEED_MIN,
             .speed_max = OV_SPEED_MAX,

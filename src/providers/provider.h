@@ -90,6 +90,7 @@ typedef struct th_caps {
     bool native_speed;      /* the engine honours speed itself within [speed_min, speed_max] */
     double speed_min, speed_max;
     bool needs_reference; /* voice cloning engine */
+    bool can_clone; /* speaks a library voice (th_synth_req.ref); only such kinds are candidates for one */
 } th_caps;
 
 typedef struct th_provider th_provider;

@@ -127,7 +127,8 @@ const th_upstream_kind th_kind_xtts = {
             /* xtts-api-server splits text into sentences itself (enable_text_splitting); XTTS v2 is
              * slower than real time on CPU, so 2000 chars (~2 min of speech) bounds one request. */
             .max_input_chars = 2000,
-            .streaming = false,    /* /tts_to_audio/ (the default) answers one file at the end */
+            .streaming = false, /* /tts_to_audio/ (the default) answers one file at the end */
+            .can_clone = true,
             .native_speed = false, /* speed is a server-wide setting (/set_tts_settings), not per request */
             .speed_min = 1.0,
             .speed_max = 1.0,

@@ -15,6 +15,17 @@ BIN = os.environ.get("TTSHUB_BIN", os.path.join(ROOT, "build", "ttshub"))
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer")
 
 
+def wait_until(fn, timeout=10, interval=0.05):
+    """Polls fn until it returns something true (returned), or the deadline passes (returns fn's last value)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(interval)
+    return fn()
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ import pytest
 import requests
 import websockets
 
+from conftest import wait_until
 from fakes.engines import FakeEngine
 
 ADMIN_KEY = "adm-" + "c" * 28
@@ -83,8 +84,8 @@ def test_announcements(hub_factory):
     lst = h.get("/api/announcements").json()
     assert lst["count"] == 2 and [x["id"] for x in lst["announcements"]] == [a["id"], short["id"]]
     assert h.get("/api/status").json()["announcements"][0]["id"] == a["id"]
-    time.sleep(1.3)
-    assert [x["id"] for x in h.get("/api/announcements").json()["announcements"]] == [a["id"]]
+    ids = lambda: [x["id"] for x in h.get("/api/announcements").json()["announcements"]]  # noqa: E731
+    assert wait_until(lambda: ids() == [a["id"]]), ids()
     for bad in ({}, {"message": ""}, {"message": "x" * 1001}, {"message": "ok", "level": "loud"},
                 {"message": "ok", "ttl_seconds": 0}, {"message": "ok", "ttl_seconds": "5"}, {"message": 5}):
         r = h.post("/api/announcements", json=bad, headers=bearer(ADMIN_KEY))

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from audio import decoded_seconds
-from conftest import Hub, free_port
+from conftest import Hub, free_port, wait_until
 from fakes.engines import FakeEngine
 
 KEYS = {"acme-key": ("k1", "acme", "user"), "beta-key": ("k2", "beta", "user"), "root-key": ("k3", "acme", "admin")}
@@ -118,8 +118,8 @@ rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }
     assert r.json()["error"]["type"] == "rate_limit_error"
     assert int(r.headers["Retry-After"]) >= 1
     assert r.headers["X-RateLimit-Limit"] and "X-RateLimit-Remaining" in r.headers and "X-RateLimit-Reset" in r.headers
-    time.sleep(1.3)
-    assert say(h, bearer("acme-key")).status_code == 200
+    # one token per second: a refused request takes none, so poll until the next one is there
+    assert wait_until(lambda: say(h, bearer("acme-key")).status_code == 200, timeout=5, interval=0.2)
     # sliding window: exactly 4 per minute for beta, independent of acme
     codes = [say(h, bearer("beta-key"), voice="echo").status_code for _ in range(6)]
     assert codes == [200, 200, 200, 200, 429, 429], codes
@@ -168,12 +168,13 @@ def test_concurrency_slots_come_back(hub_factory):
             s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
             socks.append(s)
-        time.sleep(0.3)
+        in_flight = lambda: h.get("/health").json()["requests"]["in_flight"]  # noqa: E731
+        assert wait_until(lambda: in_flight() == 2), in_flight()
         r = h.post(data={"input": "Third.", "voice": "alloy"})
         assert r.status_code == 429 and r.json()["error"]["code"] == "concurrency"
         for s in socks:
             s.close()
-        time.sleep(0.3)
+        assert wait_until(lambda: in_flight() == 0), in_flight()
         assert h.post(data={"input": "Slots are back.", "voice": "alloy", "response_format": "wav"}).status_code == 200
         # upstream errors release slots too
         f.set_fault("status_500")
@@ -301,6 +302,10 @@ def cluster_cfg(redis_port, fake_url, extra="", on_error="open"):
             f"cache: {{ enabled: true, backend: redis }}\n" + extra.replace("@ONERR@", on_error))
 
 
+def redis_connected(h):
+    return h.get("/health").json()["components"]["redis"]["connected"] is True
+
+
 def test_scale_out_shared_limits_quota_cache(hub_factory, redis_server):
     f = FakeEngine("openai_fm").start()
     try:
@@ -308,7 +313,7 @@ def test_scale_out_shared_limits_quota_cache(hub_factory, redis_server):
                  "auth:\n  mode: api_key\n  keys:\n" + keys_yaml() +
                  "tenants:\n  acme: { quota: { chars_per_day: 1000000 } }\n  beta: { quota: { chars_per_day: 12 } }\n")
         hubs = [hub_factory(cluster_cfg(redis_server.port, f.url, extra)) for _ in range(3)]
-        time.sleep(0.5)
+        assert all(wait_until(lambda: redis_connected(h)) for h in hubs)
         # a global RPM shared by the three: exactly 60 of 90 pass
         codes = []
         for i in range(90):
@@ -322,7 +327,7 @@ def test_scale_out_shared_limits_quota_cache(hub_factory, redis_server):
         # fresh hubs (the global window is used up) for quota and cache
         extra2 = extra.replace("global_rpm: 60", "global_rpm: 0")
         hubs = [hub_factory(cluster_cfg(redis_server.port, f.url, extra2)) for _ in range(3)]
-        time.sleep(0.5)
+        assert all(wait_until(lambda: redis_connected(h)) for h in hubs)
         # a quota shared across hubs: 12 characters for beta in all
         assert say(hubs[0], bearer("beta-key"), voice="echo", text="abcde").status_code == 200
         assert say(hubs[1], bearer("beta-key"), voice="echo", text="fghij").status_code == 200
@@ -344,11 +349,11 @@ def test_redis_restart_in_the_middle(hub_factory, redis_server, on_error):
     try:
         extra = "rate_limit: { global_rpm: 100000, ip_rpm: 0, concurrency: 0, backend: redis, on_backend_error: @ONERR@ }\n"
         h = hub_factory(cluster_cfg(redis_server.port, f.url, extra, on_error))
-        time.sleep(0.5)
+        assert wait_until(lambda: redis_connected(h))
         assert say(h).status_code == 200
         assert h.get("/health").json()["components"]["redis"]["connected"] is True
         redis_server.stop()
-        time.sleep(0.3)
+        assert wait_until(lambda: not redis_connected(h))
         r = say(h, text="While Redis is down.")
         if on_error == "open":
             assert r.status_code == 200, r.text
@@ -358,10 +363,7 @@ def test_redis_restart_in_the_middle(hub_factory, redis_server, on_error):
         assert health.json()["components"]["redis"]["connected"] is False
         assert health.json()["status"] == "degraded" and health.status_code == 200
         redis_server.start()
-        deadline = time.time() + 15
-        while time.time() < deadline and not h.get("/health").json()["components"]["redis"]["connected"]:
-            time.sleep(0.1)
-        assert h.get("/health").json()["components"]["redis"]["connected"] is True
+        assert wait_until(lambda: redis_connected(h), timeout=15)
         assert say(h, text="Redis is back.").status_code == 200
     finally:
         f.stop()

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from audio import CODEC, MIME, decoded_seconds, probe
+from conftest import wait_until
 from fakes.engines import FakeEngine
 
 # kind -> (fake kind, fake options, provider config lines, engine voice for the public voice "alloy")
@@ -321,9 +322,12 @@ def test_provider_queue_full_gives_503(hub_factory, fake_factory):
 
     import threading
     ts = [threading.Thread(target=one, args=(i,)) for i in range(3)]
-    for t in ts:
-        t.start()
-        time.sleep(0.1)
+    prov = lambda: h.get("/api/status").json()["providers"]["up"]  # noqa: E731
+    ts[0].start()  # runs
+    assert wait_until(lambda: prov()["in_flight"] == 1), prov()
+    ts[1].start()  # waits in the queue
+    assert wait_until(lambda: prov()["queued"] == 1), prov()
+    ts[2].start()  # turned away
     for t in ts:
         t.join(30)
     codes = sorted(r.status_code for r in out)

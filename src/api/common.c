@@ -164,10 +164,17 @@ void th_api_error(th_api_ctx *c, int status, const char *type, const char *code,
     if (type == NULL) type = th_api_error_type(status);
     c->error_code = code;
     json_t *o;
-    if (c->shape == TH_SHAPE_CLONE)
+    /* a rate limit also carries the voice-clone gateway's code, which its clients test, beside ours */
+    const char *compat =
+        status == 429 && strcmp(type, "rate_limit_error") == 0 ? "RATE_LIMIT_EXCEEDED" : NULL;
+    if (c->shape == TH_SHAPE_CLONE && compat == NULL)
         o = json_pack("{s:b,s:s,s:s}", "success", 0, "message", msg, "code", code ? code : type);
+    else if (c->shape == TH_SHAPE_CLONE)
+        o = json_pack("{s:b,s:s,s:s,s:{s:s,s:s,s:s?}}", "success", 0, "message", msg, "code", compat, "error",
+                      "message", msg, "type", type, "code", code);
     else
-        o = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg, "type", type, "code", code);
+        o = json_pack("{s:{s:s,s:s,s:s?},s:s*}", "error", "message", msg, "type", type, "code", code, "code",
+                      compat);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (status == 429 || status == 503) {

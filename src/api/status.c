@@ -50,9 +50,10 @@ static int cmp_float(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static json_t *latency_json(const th_hub *hub)
+static json_t *latency_json(const th_hub *hub, double *avg_ms)
 {
     uint32_t n = hub->stats.lat_n;
+    *avg_ms = 0;
     if (n == 0) return json_pack("{s:i}", "samples", 0);
     float *v = malloc(n * sizeof *v);
     if (v == NULL) return NULL;
@@ -61,6 +62,7 @@ static json_t *latency_json(const th_hub *hub)
     double sum = 0;
     for (uint32_t i = 0; i < n; i++)
         sum += v[i];
+    *avg_ms = sum / n;
 #define PCT(p) ((double)v[(size_t)((p) * (double)(n - 1) + 0.5)])
     json_t *o = json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "samples", (int)n, "avg", sum / n, "p50", PCT(0.50),
                           "p95", PCT(0.95), "p99", PCT(0.99), "max", (double)v[n - 1]);
@@ -105,6 +107,8 @@ static json_t *status_doc(th_hub *hub)
         }
     }
     json_t *ann = hub->announce ? th_announce_list(hub->announce, th_wall_ms()) : json_array();
+    double avg_ms = 0;
+    json_t *latency = latency_json(hub, &avg_ms);
     json_t *o = json_pack(
         "{s:s,s:s,s:I,s:{s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I},s:o*,s:o*,s:o*,s:o*}", "status", status,
         "version", TH_VERSION, "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000),
@@ -112,7 +116,17 @@ static json_t *status_doc(th_hub *hub)
         (json_int_t)(total - online), "requests", "total", (json_int_t)hub->stats.requests, "errors",
         (json_int_t)hub->stats.errors, "in_flight", (json_int_t)hub->stats.inflight, "characters",
         (json_int_t)hub->stats.chars, "audio_bytes", (json_int_t)hub->stats.audio_bytes, "latency_ms",
-        latency_json(hub), "engines", engines, "providers", providers, "announcements", ann);
+        latency, "engines", engines, "providers", providers, "announcements", ann);
+    /* the voice-clone gateway's flat SystemStatus keys, which its scripts read */
+    if (o != NULL &&
+        (json_object_set_new(o, "online_nodes", json_integer((json_int_t)online)) != 0 ||
+         json_object_set_new(o, "total_nodes", json_integer((json_int_t)total)) != 0 ||
+         json_object_set_new(o, "total_requests", json_integer((json_int_t)hub->stats.requests)) != 0 ||
+         json_object_set_new(o, "current_concurrent", json_integer((json_int_t)hub->stats.inflight)) != 0 ||
+         json_object_set_new(o, "avg_response_time_ms", json_real(avg_ms)) != 0)) {
+        json_decref(o);
+        o = NULL;
+    }
     json_decref(health);
     return o;
 }
@@ -357,7 +371,11 @@ void th_api_announcements_add(th_http_req *req, void *ud)
     } else {
         th_api_feed_publish(hub, "announcement",
                             json_pack("{s:s,s:O}", "action", "created", "announcement", a));
-        th_api_json(c, 201, a);
+        /* the voice-clone gateway answers {success, id}: both fit beside the announcement */
+        json_t *reply = json_deep_copy(a);
+        if (reply != NULL) json_object_set_new(reply, "success", json_true());
+        json_decref(a);
+        th_api_json(c, 201, reply);
     }
 }
 

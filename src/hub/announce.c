@@ -52,6 +52,49 @@ static void expire(th_announce *a, uint64_t now)
     }
 }
 
+/* The voice-clone gateway's announcement type for a level, and the level for its type. */
+static const char *type_of_level(const char *level)
+{
+    return strcmp(level, "critical") == 0 ? "error" : level;
+}
+
+static const char *level_of_type(const char *type)
+{
+    if (strcmp(type, "info") == 0) return "info";
+    if (strcmp(type, "warning") == 0 || strcmp(type, "maintenance") == 0) return "warning";
+    if (strcmp(type, "error") == 0) return "critical";
+    return NULL;
+}
+
+/* expires: from ttl_seconds, or from the voice-clone gateway's expires_at (Unix seconds); 0 = never. */
+static th_ann_rc parse_expiry(const json_t *body, uint64_t now_wall, uint64_t *expires, char *err,
+                              size_t errlen)
+{
+    *expires = 0;
+    json_t *t = json_object_get(body, "ttl_seconds");
+    json_t *at = json_object_get(body, "expires_at");
+    if (t != NULL && !json_is_null(t) && at != NULL && !json_is_null(at)) {
+        snprintf(err, errlen, "give 'ttl_seconds' or 'expires_at', not both");
+        return TH_ANN_INVALID;
+    }
+    if (t != NULL && !json_is_null(t)) {
+        if (!json_is_integer(t) || json_integer_value(t) < 1 || json_integer_value(t) > TTL_MAX_S) {
+            snprintf(err, errlen, "'ttl_seconds' must be an integer from 1 to %d", TTL_MAX_S);
+            return TH_ANN_INVALID;
+        }
+        *expires = now_wall + (uint64_t)json_integer_value(t) * 1000;
+    } else if (at != NULL && !json_is_null(at)) {
+        double s = json_is_number(at) ? json_number_value(at) : -1;
+        double now_s = (double)now_wall / 1000.0;
+        if (!(s > now_s && s <= now_s + TTL_MAX_S)) {
+            snprintf(err, errlen, "'expires_at' must be Unix seconds in the next %d days", TTL_MAX_S / 86400);
+            return TH_ANN_INVALID;
+        }
+        *expires = (uint64_t)(s * 1000.0);
+    }
+    return TH_ANN_OK;
+}
+
 th_ann_rc th_announce_add(th_announce *a, const json_t *body, uint64_t now_wall, json_t **out, char *err,
                           size_t errlen)
 {
@@ -64,6 +107,26 @@ th_ann_rc th_announce_add(th_announce *a, const json_t *body, uint64_t now_wall,
         return TH_ANN_INVALID;
     }
     const char *level = "info";
+    json_t *ty = json_object_get(body, "type");
+    if (ty != NULL && !json_is_null(ty)) {
+        level = json_is_string(ty) ? level_of_type(json_string_value(ty)) : NULL;
+        if (level == NULL) {
+            snprintf(err, errlen, "'type' must be info, warning, error or maintenance");
+            return TH_ANN_INVALID;
+        }
+    }
+    json_t *title = json_object_get(body, "title");
+    if (title != NULL && !json_is_null(title)) {
+        int64_t n =
+            json_is_string(title) ? th_utf8_count(json_string_value(title), json_string_length(title)) : -1;
+        if (n < 0 || n > TH_ANNOUNCE_TITLE_MAX) {
+            snprintf(err, errlen, "'title' must be at most %d characters of valid UTF-8",
+                     TH_ANNOUNCE_TITLE_MAX);
+            return TH_ANN_INVALID;
+        }
+    } else {
+        title = NULL;
+    }
     json_t *l = json_object_get(body, "level");
     if (l != NULL && !json_is_null(l)) {
         level = json_string_value(l);
@@ -74,14 +137,9 @@ th_ann_rc th_announce_add(th_announce *a, const json_t *body, uint64_t now_wall,
         }
     }
     uint64_t expires = 0;
-    json_t *t = json_object_get(body, "ttl_seconds");
-    if (t != NULL && !json_is_null(t)) {
-        if (!json_is_integer(t) || json_integer_value(t) < 1 || json_integer_value(t) > TTL_MAX_S) {
-            snprintf(err, errlen, "'ttl_seconds' must be an integer from 1 to %d", TTL_MAX_S);
-            return TH_ANN_INVALID;
-        }
-        expires = now_wall + (uint64_t)json_integer_value(t) * 1000;
-    }
+    th_ann_rc rc = parse_expiry(body, now_wall, &expires, err, errlen);
+    if (rc != TH_ANN_OK) return rc;
+    const char *type = ty != NULL && !json_is_null(ty) ? json_string_value(ty) : type_of_level(level);
     expire(a, now_wall);
     if (a->n >= TH_ANNOUNCE_MAX) {
         snprintf(err, errlen, "there are already %d announcements: delete one first", TH_ANNOUNCE_MAX);
@@ -92,8 +150,9 @@ th_ann_rc th_announce_add(th_announce *a, const json_t *body, uint64_t now_wall,
     char created[40], exp[40];
     th_rfc3339(now_wall, created, sizeof created);
     if (expires) th_rfc3339(expires, exp, sizeof exp);
-    x->obj = json_pack("{s:s,s:s,s:s,s:s,s:s?}", "id", x->id, "message", json_string_value(m), "level", level,
-                       "created_at", created, "expires_at", expires ? exp : NULL);
+    x->obj = json_pack("{s:s,s:s,s:s,s:s,s:s?,s:s,s:s*}", "id", x->id, "message", json_string_value(m),
+                       "level", level, "created_at", created, "expires_at", expires ? exp : NULL, "type",
+                       type, "title", title ? json_string_value(title) : NULL);
     if (x->obj == NULL) return TH_ANN_NOMEM;
     x->expires_ms = expires;
     a->n++;

@@ -781,6 +781,7 @@ static const key_def k_tenant[] = {
     KSEC("quota", s_quota),
     KSTRLIST(th_tenant_conf, voices, n_voices, "voices", "*", 0),
     KSTRLIST(th_tenant_conf, providers, n_providers, "providers", "*", 0),
+    KINT(th_tenant_conf, max_voices, "max_voices", "0", 0, 1000000, 0),
 };
 static const section_def s_tenant = SECTION(k_tenant);
 
@@ -898,6 +899,18 @@ static const key_def k_tracing[] = {
 };
 static const section_def s_tracing = SECTION(k_tracing);
 
+static const char *const e_fs_redis[] = {"fs", "redis", NULL};
+static const key_def k_voice_library[] = {
+    KENUM(th_config, voice_library.backend, "backend", "fs", e_fs_redis),
+    KDBL(th_config, voice_library.min_seconds, "min_seconds", "2", 0.5, 600.0),
+    KDBL(th_config, voice_library.max_seconds, "max_seconds", "60", 1.0, 600.0),
+    KSIZE(th_config, voice_library.cache_bytes, "cache_bytes", "64MiB", 0, 64 * GiB),
+    KINT(th_config, voice_library.max_per_tenant, "max_per_tenant", "100", 1, 1000000, 0),
+    KINT(th_config, voice_library.max_voices, "max_voices", "10000", 1, 1000000, 0),
+    KDBL(th_config, voice_library.silence_dbfs, "silence_dbfs", "-45", -90.0, -10.0),
+};
+static const section_def s_voice_library = SECTION(k_voice_library);
+
 static const key_def k_top[] = {
     KSTR(th_config, listen, "listen", "0.0.0.0:8080", check_listen, 0, 0),
     KSTR(th_config, metrics_listen, "metrics_listen", "", check_listen_opt, 0, 0),
@@ -914,6 +927,7 @@ static const key_def k_top[] = {
     KMAP(th_config, voices, n_voices, "voices", s_voice, id, NULL),
     KSEC("registry", s_registry),
     KSEC("tracing", s_tracing),
+    KSEC("voice_library", s_voice_library),
 };
 static const section_def s_top = SECTION(k_top);
 
@@ -1749,6 +1763,12 @@ static void cross_check(ctx *c, const ynode *root, th_config *cfg)
         }
     }
 
+    /* voice library durations */
+    if (cfg->voice_library.min_seconds >= cfg->voice_library.max_seconds) {
+        const ynode *vl = get(root, "voice_library");
+        err(c, line_of(get(vl, "min_seconds"), line_of(vl, 0)), "voice_library.min_seconds",
+            "must be shorter than voice_library.max_seconds");
+    }
     /* registry timings */
     const ynode *reg = get(root, "registry");
     if (cfg->registry.dead_threshold_ms <= cfg->registry.heartbeat_interval_ms)

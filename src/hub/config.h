@@ -51,6 +51,7 @@ typedef struct th_tenant_conf {
     size_t n_voices;
     char **providers; /* default ["*"] */
     size_t n_providers;
+    int max_voices; /* voice library: voices this tenant may keep; 0 = voice_library.max_per_tenant */
 } th_tenant_conf;
 
 typedef struct th_key_conf {
@@ -144,6 +145,15 @@ typedef struct th_config {
         char *otlp_endpoint, *service_name;
         double sample_ratio;
     } tracing;
+    struct {
+        char *backend;             /* fs | redis */
+        double min_seconds;        /* 2 */
+        double max_seconds;        /* 60 */
+        uint64_t cache_bytes;      /* 64MiB of resident reference audio */
+        int max_per_tenant;        /* 100; tenants.<t>.max_voices overrides */
+        int max_voices;            /* 10000 in the whole library */
+        double silence_dbfs;       /* -45: 20 ms windows quieter than this are silence */
+    } voice_library;
 
     int refs; /* reference count; starts at 1 */
 } th_config;

@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "core/str.h"
 #include "providers/upstream.h"
+#include "voice/library.h"
 
 typedef struct th_hub_deferred {
     struct th_hub_deferred *next;
@@ -179,6 +180,8 @@ static void free_governance(th_hub *hub)
     th_api_feed_free(hub);
     th_announce_free(hub->announce);
     hub->announce = NULL;
+    th_vlib_free(hub->vlib); /* before the redis connection it may use */
+    hub->vlib = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
     hub->regsync = NULL;
     th_cache_free(hub->cache);
@@ -199,6 +202,16 @@ static void housekeeping_cb(uv_timer_t *t)
     if (hub->limiter) th_limiter_sweep(hub->limiter, th_wall_ms());
 }
 
+/* A voice deleted through another hub (shared library): engines drop their copies here too. */
+static void voice_removed(void *ud, const th_voice_ref *ref)
+{
+    th_hub *hub = ud;
+    for (size_t i = 0; i < hub->n_providers; i++) {
+        th_provider *p = hub->providers[i];
+        if (p && p->caps.can_clone && p->ops->voice_forget) p->ops->voice_forget(p, ref);
+    }
+}
+
 static int create_governance(th_hub *hub)
 {
     const th_config *cfg = hub->cfg;
@@ -212,7 +225,8 @@ static int create_governance(th_hub *hub)
     bool limits_redis = strcmp(cfg->rate_limit.backend, "redis") == 0;
     bool cache_redis = strcmp(cfg->cache.backend, "redis") == 0;
     bool registry_redis = strcmp(cfg->registry.backend, "redis") == 0;
-    if (limits_redis || cache_redis || registry_redis) {
+    bool voices_redis = strcmp(cfg->voice_library.backend, "redis") == 0;
+    if (limits_redis || cache_redis || registry_redis || voices_redis) {
         hub->redis =
             th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
         if (hub->redis == NULL) {
@@ -232,6 +246,21 @@ static int create_governance(th_hub *hub)
     }
     hub->cache = th_cache_new(hub->loop, cfg, cache_redis ? hub->redis : NULL, hub->log);
     if (hub->cache == NULL) return -1;
+    th_vlib_conf vc = {
+        .backend = cfg->voice_library.backend,
+        .data_dir = cfg->data_dir,
+        .redis = voices_redis ? hub->redis : NULL,
+        .prefix = cfg->redis.prefix,
+        .cache_bytes = cfg->voice_library.cache_bytes,
+        .max_voices = (size_t)cfg->voice_library.max_voices,
+    };
+    hub->vlib = th_vlib_new(hub->loop, &vc, hub->log, err, sizeof err);
+    if (hub->vlib == NULL) {
+        TH_LOG(hub->log, TH_LOG_ERROR, "voice library: %s", err);
+        fprintf(stderr, "ttshub: voice library: %s\n", err);
+        return -1;
+    }
+    th_vlib_on_removed(hub->vlib, voice_removed, hub);
     return 0;
 }
 

@@ -31,6 +31,7 @@
 #define TH_HUB_LAT_RING 1024
 
 struct th_feed; /* api/status.c: the /ws live feed */
+struct th_vlib; /* voice/library.h: the voice library */
 
 typedef struct th_hub_stats {
     uint64_t requests; /* client requests answered */
@@ -79,6 +80,7 @@ struct th_hub {
     th_announce *announce;     /* operator announcements */
     struct th_feed *feed;      /* /ws subscribers and what is pushed to them */
     th_tracer *tracer;         /* OTLP traces; NULL when tracing.otlp_endpoint is empty */
+    struct th_vlib *vlib;      /* the voice library (cloned voices) */
     uv_timer_t housekeeping;   /* limiter sweeps, probes */
     uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;

@@ -67,6 +67,10 @@ typedef struct th_api_ctx {
     th_synth *synth;
     th_api_stream_mode mode;
     bool started, waiting_drain, counted;
+    /* voice library */
+    struct th_vlib_use *clone; /* the library voice being spoken (released with the ctx) */
+    char *only_engine;         /* /api/synthesize `engine`: only providers of that name or kind */
+    void *job;                 /* a voice route's own state while it waits (voices.c) */
 } th_api_ctx;
 
 /** Registers every route and the hub's HTTP handler. 0 or -1 (ENOMEM). */
@@ -137,6 +141,19 @@ void th_api_feed_free(th_hub *hub);
 size_t th_api_feed_clients(const th_hub *hub);
 /** Pushes {type, data, timestamp} to every /ws client (data is stolen). */
 void th_api_feed_publish(th_hub *hub, const char *type, json_t *data);
+/* voices.c: the voice library and the voice-clone routes (API.md "Voice-clone routes") */
+void th_api_voices_extract(th_http_req *req, void *ud);
+void th_api_voices_list(th_http_req *req, void *ud);
+void th_api_voices_get(th_http_req *req, void *ud);
+void th_api_voices_audio(th_http_req *req, void *ud);
+void th_api_voices_patch(th_http_req *req, void *ud);
+void th_api_voices_delete(th_http_req *req, void *ud);
+void th_api_clone_synthesize(th_http_req *req, void *ud);
+void th_api_clone_batch(th_http_req *req, void *ud);
+/** The voice-clone fields besides the text (voice_id, engine, output_format, speed, pitch, language) into
+ * p; 0, or -1 with the error answered. */
+struct th_form;
+int th_api_clone_fields(th_api_ctx *c, const struct th_form *f, th_synth_params *p);
 /* nodes.c: the worker registry's control routes */
 void th_api_nodes_register(th_http_req *req, void *ud);
 void th_api_nodes_heartbeat(th_http_req *req, void *ud);

@@ -12,6 +12,7 @@
 #include "core/str.h"
 #include "core/uuid.h"
 #include "http/body.h"
+#include "voice/library.h"
 
 const char *th_api_error_type(int status)
 {
@@ -74,6 +75,8 @@ void th_api_ctx_free(th_api_ctx *c)
 {
     if (c == NULL) return;
     th_span_drop(c->span); /* a request that never reached th_api_log */
+    th_vlib_use_release(c->clone);
+    free(c->only_engine);
     free(c->voice);
     free(c->tenant);
     free(c);

@@ -16,6 +16,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/str.h"
+#include "voice/library.h"
 
 /* ---- ending ---- */
 
@@ -226,7 +227,17 @@ static void sy_error(void *ud, const th_perr *err, uint64_t bytes_out)
 static bool provider_allowed(const char *provider, void *ud)
 {
     th_api_ctx *c = ud;
-    return th_auth_provider_allowed(c->tconf, provider);
+    if (c->only_engine) {
+        const th_provider_conf *pc = th_config_provider(c->hub->cfg, provider);
+        if (pc == NULL || (strcmp(pc->name, c->only_engine) != 0 && strcmp(pc->type, c->only_engine) != 0))
+            return false;
+    }
+    return c->tconf == NULL || th_auth_provider_allowed(c->tconf, provider);
+}
+
+static bool restricted(const th_api_ctx *c)
+{
+    return c->tconf != NULL || c->only_engine != NULL;
 }
 
 static void step_synth(th_api_ctx *c)
@@ -235,7 +246,7 @@ static void step_synth(th_api_ctx *c)
     th_synth_cb cb = tmpl;
     cb.ud = c;
     th_perr err = {0};
-    c->p.provider_allowed = c->tconf ? provider_allowed : NULL;
+    c->p.provider_allowed = restricted(c) ? provider_allowed : NULL;
     c->p.allowed_ud = c;
     th_span_ctx(c->span, &c->p.trace);
     c->synth = th_synth_start(c->hub, &c->p, &cb, &err);
@@ -346,7 +357,10 @@ static void step_cache(th_api_ctx *c)
     /* the key names the candidate set, not the provider that will answer, so balancing keeps hits */
     size_t idx[16];
     const char *ev[16];
-    size_t n = th_route_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL, idx, ev, 16);
+    size_t n = c->clone ? th_route_clone_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL,
+                                                    idx, ev, 16)
+                        : th_route_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL, idx,
+                                              ev, 16);
     char route[512] = "";
     size_t off = 0;
     for (size_t k = 0; k < n; k++) {
@@ -360,9 +374,12 @@ static void step_cache(th_api_ctx *c)
         route[off] = '\0';
     }
     (void)ev;
+    /* a library voice keys on its reference's content: deleted and made again, it never hits stale audio */
+    char lv[TH_VLIB_ID_MAX + 80];
+    if (c->clone) snprintf(lv, sizeof lv, "library:%s:%s", c->p.voice, th_vlib_use_ref(c->clone)->sha256);
     th_cache_key_parts kp = {
         .route = route,
-        .voice = c->p.voice,
+        .voice = c->clone ? lv : c->p.voice,
         .format = th_fmt_name(c->fmt),
         .sample_rate = c->p.sample_rate ? c->p.sample_rate : TH_PCM_DEFAULT_RATE,
         .speed = c->p.speed,
@@ -509,11 +526,88 @@ static int own_params(th_api_ctx *c, const th_synth_params *p)
     return 0;
 }
 
+/* The request's own strings are in c->p; a library voice's use (if any) is c->clone. */
+static void speak_go(th_api_ctx *c)
+{
+    /* an unknown voice is a 400 before any limit or quota is charged */
+    th_perr err = {0};
+    c->p.clone = c->clone;
+    c->p.provider_allowed = restricted(c) ? provider_allowed : NULL;
+    c->p.allowed_ud = c;
+    if (th_synth_prepare(c->hub, &c->p, &err) != 0) {
+        int status;
+        const char *type, *code;
+        th_api_perr_status(&err, &status, &type, &code);
+        if (err.kind == TH_PERR_CLIENT) {
+            if (restricted(c)) {
+                /* known to some provider, but none this request may use? */
+                th_synth_params any = c->p;
+                any.provider_allowed = NULL;
+                th_perr e2;
+                if (th_synth_prepare(c->hub, &any, &e2) == 0) {
+                    free_owned(c);
+                    if (c->only_engine) {
+                        th_api_error(c, 400, NULL, "engine_unavailable",
+                                     "no provider '%s' that this request may use can speak voice '%s'",
+                                     c->only_engine, c->voice ? c->voice : "");
+                        return;
+                    }
+                    th_api_error(c, 403, "permission_error", "provider_not_allowed",
+                                 "no provider that tenant %s may use offers voice '%s'",
+                                 c->tconf ? c->tconf->name : "", c->voice ? c->voice : "");
+                    return;
+                }
+            }
+            code = c->clone ? "no_clone_provider" : "invalid_voice";
+        }
+        free_owned(c);
+        th_api_error(c, status, type, code, "%s", err.message);
+        return;
+    }
+    c->hub->stats.inflight++;
+    c->counted = true;
+    th_http_on_close(c->req, on_client_gone, c);
+    step_limits(c);
+}
+
+static void clone_ready(void *ud, th_vlib_use *u, th_vlib_rc rc)
+{
+    th_api_ctx *c = ud;
+    c->waiting = false;
+    if (th_http_aborted(c->req)) {
+        th_vlib_use_release(u);
+        c->error_code = "client_closed";
+        finish(c, 499, false, true);
+        return;
+    }
+    if (u == NULL) {
+        free_owned(c);
+        if (rc == TH_VLIB_MISSING)
+            th_api_error(c, 404, NULL, "voice_not_found", "voice '%s' was deleted", c->voice ? c->voice : "");
+        else
+            th_api_error(c, 500, NULL, "voice_store_error", "the voice's reference cannot be read");
+        return;
+    }
+    c->clone = u;
+    speak_go(c);
+}
+
+/* A library voice the caller may use, or NULL. */
+static const th_vlib_meta *library_voice(th_api_ctx *c, const char *voice)
+{
+    if (c->hub->vlib == NULL || voice == NULL) return NULL;
+    const th_vlib_meta *m = th_vlib_find(c->hub->vlib, voice);
+    if (m == NULL || !th_vlib_visible(m, c->id.tenant, th_auth_is_admin(&c->id))) return NULL;
+    return m;
+}
+
 void th_api_speak(th_api_ctx *c, const th_synth_params *p)
 {
     c->fmt = p->fmt;
     if (c->voice == NULL && p->voice) c->voice = th_strndup(p->voice, strlen(p->voice));
-    if (c->tconf && !th_auth_voice_allowed(c->tconf, p->voice)) {
+    /* a library id is looked up before the configured voices; a tenant's own voices need no pattern */
+    const th_vlib_meta *lib = c->clone ? NULL : library_voice(c, p->voice);
+    if (lib == NULL && c->clone == NULL && c->tconf && !th_auth_voice_allowed(c->tconf, p->voice)) {
         th_api_error(c, 403, "permission_error", "voice_not_allowed",
                      "voice '%s' is not allowed for tenant %s", p->voice, c->tconf->name);
         return;
@@ -524,38 +618,12 @@ void th_api_speak(th_api_ctx *c, const th_synth_params *p)
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
-    /* an unknown voice is a 400 before any limit or quota is charged */
-    th_perr err = {0};
-    c->p.provider_allowed = c->tconf ? provider_allowed : NULL;
-    c->p.allowed_ud = c;
-    if (th_synth_prepare(c->hub, &c->p, &err) != 0) {
-        int status;
-        const char *type, *code;
-        th_api_perr_status(&err, &status, &type, &code);
-        if (err.kind == TH_PERR_CLIENT) {
-            if (c->tconf) {
-                /* known to some provider, but none the tenant may use? */
-                th_synth_params any = c->p;
-                any.provider_allowed = NULL;
-                th_perr e2;
-                if (th_synth_prepare(c->hub, &any, &e2) == 0) {
-                    free_owned(c);
-                    th_api_error(c, 403, "permission_error", "provider_not_allowed",
-                                 "no provider that tenant %s may use offers voice '%s'", c->tconf->name,
-                                 p->voice);
-                    return;
-                }
-            }
-            code = "invalid_voice";
-        }
-        free_owned(c);
-        th_api_error(c, status, type, code, "%s", err.message);
+    if (lib != NULL) {
+        c->waiting = true;
+        th_vlib_acquire(c->hub->vlib, lib->id, clone_ready, c); /* may answer at once */
         return;
     }
-    c->hub->stats.inflight++;
-    c->counted = true;
-    th_http_on_close(c->req, on_client_gone, c);
-    step_limits(c);
+    speak_go(c);
 }
 
 /* ---- auth ---- */

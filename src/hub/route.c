@@ -89,9 +89,9 @@ bool th_route_available(th_route *r, size_t i)
     return rp->probe_ok && th_breaker_available(&rp->breaker, th_mono_ms());
 }
 
-size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
-                           bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
-                           const char **engine_voice, size_t max)
+static size_t candidates(th_route *r, const char *tenant, const char *voice, const char *model, bool clone,
+                         bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
+                         const char **engine_voice, size_t max)
 {
     th_hub *hub = r->hub;
     const th_config *cfg = hub->cfg;
@@ -119,8 +119,12 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
         th_route_prov *rp = &r->provs[set[k]];
         const th_provider_conf *pc = rp->p->conf;
         if (allowed && !allowed(pc->name, allowed_ud)) continue;
-        const char *ev = engine_voice_for(hub, pc, voice);
-        if (rp->p->ops->voice_ok && rp->p->ops->voice_ok(rp->p, ev) != 0) continue;
+        if (clone) {
+            if (!rp->p->caps.can_clone) continue;
+        } else {
+            const char *ev = engine_voice_for(hub, pc, voice);
+            if (rp->p->ops->voice_ok && rp->p->ops->voice_ok(rp->p, ev) != 0) continue;
+        }
         set[kept++] = set[k];
     }
     nset = kept;
@@ -144,9 +148,23 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
     size_t n = nset < max ? nset : max;
     for (size_t k = 0; k < n; k++) {
         idx[k] = set[order[k]];
-        engine_voice[k] = engine_voice_for(hub, r->provs[idx[k]].p->conf, voice);
+        engine_voice[k] = clone ? voice : engine_voice_for(hub, r->provs[idx[k]].p->conf, voice);
     }
     return n;
+}
+
+size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
+                           bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
+                           const char **engine_voice, size_t max)
+{
+    return candidates(r, tenant, voice, model, false, allowed, allowed_ud, idx, engine_voice, max);
+}
+
+size_t th_route_clone_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
+                                 bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
+                                 const char **engine_voice, size_t max)
+{
+    return candidates(r, tenant, voice, model, true, allowed, allowed_ud, idx, engine_voice, max);
 }
 
 th_slot_rc th_route_acquire(th_route *r, size_t i, th_route_waiter *w)

@@ -10,6 +10,7 @@
 #include "core/str.h"
 #include "hub/metrics.h"
 #include "hub/split.h"
+#include "voice/library.h"
 
 /* Unconverted input past this pauses the provider; below the low mark it resumes. */
 #define PENDING_HIGH (512u * 1024u)
@@ -79,6 +80,7 @@ struct th_synth {
     uint64_t bytes_out;
     const char *provider_name;
     th_trace_ctx trace;
+    th_vlib_use *clone; /* a library voice: its reference goes with every attempt */
     bool out_paused;
     bool finished, freed;
 };
@@ -177,6 +179,7 @@ static void reap(void *p)
     free(s->model);
     free(s->generation);
     free(s->tenant);
+    th_vlib_use_release(s->clone);
     free(s);
 }
 
@@ -596,6 +599,7 @@ static void launch(attempt *a)
         .want_fmt = multi(s) ? TH_FMT_PCM : s->fmt,
         .want_rate = s->rate,
         .speed = es,
+        .ref = s->clone ? th_vlib_use_ref(s->clone) : NULL,
     };
     if (s->trace.valid && s->hub->tracer && a->span == NULL) {
         char name[96];
@@ -766,10 +770,17 @@ int th_synth_prepare(th_hub *hub, const th_synth_params *p, th_perr *err)
         th_perr_set(err, TH_PERR_OVERLOADED, 0, "no provider is configured");
         return -1;
     }
-    size_t n = th_route_candidates(&hub->route, p->tenant, p->voice, p->model, p->provider_allowed,
-                                   p->allowed_ud, idx, ev, MAX_CANDIDATES);
+    size_t n = p->clone ? th_route_clone_candidates(&hub->route, p->tenant, p->voice, p->model,
+                                                    p->provider_allowed, p->allowed_ud, idx, ev, MAX_CANDIDATES)
+                        : th_route_candidates(&hub->route, p->tenant, p->voice, p->model, p->provider_allowed,
+                                              p->allowed_ud, idx, ev, MAX_CANDIDATES);
     if (n == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 400, "voice '%s' is not known to any provider", p->voice);
+        if (p->clone)
+            th_perr_set(err, TH_PERR_CLIENT, 400,
+                        "voice '%s' is a cloned voice and no provider that can clone is available for it",
+                        p->voice);
+        else
+            th_perr_set(err, TH_PERR_CLIENT, 400, "voice '%s' is not known to any provider", p->voice);
         return -1;
     }
     return 0;
@@ -844,8 +855,11 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     s->speed = p->speed > 0 ? p->speed : 1.0;
     s->trace = p->trace;
 
-    s->ncand = th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
-                                   p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
+    s->clone = th_vlib_use_dup(p->clone);
+    s->ncand = p->clone ? th_route_clone_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
+                                                    p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES)
+                        : th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
+                                              p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
     if (s->ncand == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 400, "voice '%s' is not known to any provider", p->voice);
         reap(s);

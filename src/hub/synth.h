@@ -49,6 +49,10 @@ typedef struct th_synth_params {
     double speed;       /* 0.25..4.0 */
     const char *tenant; /* for route matching; NULL = none */
     th_trace_ctx trace; /* the request's span: provider attempts are its children (invalid: not traced) */
+    /** A library (cloned) voice, or NULL: then voice is its id, only clone-capable providers are
+     * candidates, and each attempt carries its reference (th_synth_req.ref). The synth holds its own
+     * reference to it for as long as it runs. */
+    struct th_vlib_use *clone;
     /** Optional tenant restriction: may this request use that provider? */
     bool (*provider_allowed)(const char *provider, void *ud);
     void *allowed_ud;

@@ -70,7 +70,7 @@ typedef struct th_api_ctx {
     /* voice library */
     struct th_vlib_use *clone; /* the library voice being spoken (released with the ctx) */
     char *only_engine;         /* /api/synthesize `engine`: only providers of that name or kind */
-    void *job;                 /* a voice route's own state while it waits (voices.c) */
+    bool library_voice;        /* voice names a voice-library voice (the access line's voice_id) */
 } th_api_ctx;
 
 /** Registers every route and the hub's HTTP handler. 0 or -1 (ENOMEM). */

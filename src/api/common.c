@@ -94,6 +94,7 @@ void th_api_log(th_api_ctx *c, int status)
         .route = th_http_path(c->req),
         .tenant = c->tenant,
         .voice = c->voice,
+        .voice_id = c->library_voice ? c->voice : NULL,
         .format = c->fmt != TH_FMT_NONE ? th_fmt_name(c->fmt) : NULL,
         .provider = c->provider[0] ? c->provider : NULL,
         .cache = c->cache,

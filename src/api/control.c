@@ -8,6 +8,7 @@
 #include "core/asset.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "voice/library.h"
 
 json_t *th_api_health_doc(th_hub *hub, const char **status_out)
 {
@@ -145,6 +146,14 @@ void th_api_metrics(th_http_req *req, void *ud)
             "# HELP ttshub_trace_spans_dropped_total Spans dropped because too many were waiting.\n"
             "# TYPE ttshub_trace_spans_dropped_total counter\nttshub_trace_spans_dropped_total %llu\n",
             (unsigned long long)th_tracer_dropped(hub->tracer));
+    if (hub->vlib)
+        th_buf_appendf(&b,
+                       "# HELP ttshub_voices_stored Voices in the voice library, by backend.\n"
+                       "# TYPE ttshub_voices_stored gauge\nttshub_voices_stored{backend=\"%s\"} %zu\n"
+                       "# HELP ttshub_voice_cache_bytes Reference audio held in memory.\n"
+                       "# TYPE ttshub_voice_cache_bytes gauge\nttshub_voice_cache_bytes %llu\n",
+                       th_vlib_backend(hub->vlib), th_vlib_count(hub->vlib),
+                       (unsigned long long)th_vlib_cached_bytes(hub->vlib));
     if (hub->redis)
         th_buf_appendf(&b,
                        "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"

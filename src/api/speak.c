@@ -109,6 +109,10 @@ static void start_response(th_api_ctx *c, const char *provider, const char *cach
     c->cache = cache;
     th_http_set_header(c->req, "X-Request-Id", c->rid);
     th_http_set_header(c->req, "X-Provider", c->provider);
+    if (c->shape == TH_SHAPE_CLONE) { /* the voice-clone routes name the engine kind too */
+        const th_provider_conf *pc = th_config_provider(c->hub->cfg, c->provider);
+        if (pc) th_http_set_header(c->req, "X-Engine", pc->type);
+    }
     th_http_set_header(c->req, "X-Cache", cache);
     th_http_set_header(c->req, "X-Audio-Format", th_fmt_name(c->fmt));
     th_http_set_header(c->req, "Cache-Control", "no-store");
@@ -357,10 +361,10 @@ static void step_cache(th_api_ctx *c)
     /* the key names the candidate set, not the provider that will answer, so balancing keeps hits */
     size_t idx[16];
     const char *ev[16];
-    size_t n = c->clone ? th_route_clone_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL,
-                                                    idx, ev, 16)
-                        : th_route_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL, idx,
-                                              ev, 16);
+    size_t n = c->clone ? th_route_clone_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL,
+                                                    NULL, idx, ev, 16)
+                        : th_route_candidates(&hub->route, c->p.tenant, c->p.voice, c->p.model, NULL, NULL,
+                                              idx, ev, 16);
     char route[512] = "";
     size_t off = 0;
     for (size_t k = 0; k < n; k++) {
@@ -589,6 +593,7 @@ static void clone_ready(void *ud, th_vlib_use *u, th_vlib_rc rc)
         return;
     }
     c->clone = u;
+    c->library_voice = true;
     speak_go(c);
 }
 

@@ -1,12 +1,11 @@
 /* voices: the voice library's routes (API.md "Voice-clone routes").
  *
- *   POST   /api/extract_voice        multipart: audio, voice_id?, voice_name?, engine?, reference_text?, language?
- *   GET    /api/voices               the caller's library voices plus the configured ones
- *   GET    /api/voices/{id}
- *   GET    /api/voices/{id}/audio    the stored reference (owner or admin)
- *   PATCH  /api/voices/{id}          {voice_name?, reference_text?}
- *   DELETE /api/voices/{id}          also tells every engine holding a copy to drop it
- *   POST   /api/synthesize           {text, voice_id, engine?, language?, output_format?, speed?, pitch?}
+ *   POST   /api/extract_voice        multipart: audio, voice_id?, voice_name?, engine?, reference_text?,
+ * language? GET    /api/voices               the caller's library voices plus the configured ones GET
+ * /api/voices/{id} GET    /api/voices/{id}/audio    the stored reference (owner or admin) PATCH
+ * /api/voices/{id}          {voice_name?, reference_text?} DELETE /api/voices/{id}          also tells every
+ * engine holding a copy to drop it POST   /api/synthesize           {text, voice_id, engine?, language?,
+ * output_format?, speed?, pitch?}
  *
  * A voice belongs to the tenant that made it; for any other tenant it does not exist (404 on every
  * route), so ids do not leak through reads. Admins see every voice. Errors use the voice-clone shape
@@ -71,7 +70,8 @@ static void iso_time(int64_t ms, char out[32])
 {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
-    if (gmtime_r(&t, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) th_strlcpy(out, "", 32);
+    if (gmtime_r(&t, &tm) == NULL || strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        th_strlcpy(out, "", 32);
 }
 
 static json_t *voice_json(const th_vlib_meta *m)
@@ -79,11 +79,11 @@ static json_t *voice_json(const th_vlib_meta *m)
     char created[32], updated[32];
     iso_time(m->created_ms, created);
     iso_time(m->updated_ms, updated);
-    return json_pack("{s:s,s:s,s:s,s:s?,s:s,s:f,s:s,s:s,s:s,s:s,s:i,s:I,s:s,s:s}", "voice_id", m->id, "name", m->name,
-                     "voice_name", m->name, "engine", m->engine[0] ? m->engine : NULL, "language", m->language,
-                     "duration_seconds", m->duration_s, "created_at", created, "updated_at", updated, "owner",
-                     m->tenant, "reference_text", m->text, "sample_rate", m->rate, "size", (json_int_t)m->wav_len,
-                     "sha256", m->sha256, "type", "cloned");
+    return json_pack("{s:s,s:s,s:s,s:s?,s:s,s:f,s:s,s:s,s:s,s:s,s:i,s:I,s:s,s:s}", "voice_id", m->id, "name",
+                     m->name, "voice_name", m->name, "engine", m->engine[0] ? m->engine : NULL, "language",
+                     m->language, "duration_seconds", m->duration_s, "created_at", created, "updated_at",
+                     updated, "owner", m->tenant, "reference_text", m->text, "sample_rate", m->rate, "size",
+                     (json_int_t)m->wav_len, "sha256", m->sha256, "type", "cloned");
 }
 
 static json_t *configured_json(const th_voice_conf *v)
@@ -120,6 +120,7 @@ static int begin(th_http_req *req, const char *route, th_api_ctx **out)
     }
     const char *id = th_http_param(req, "id");
     if (id && c->voice == NULL) c->voice = th_strndup(id, strnlen(id, TH_VLIB_ID_MAX + 1));
+    c->library_voice = id != NULL;
     return 0;
 }
 
@@ -239,8 +240,9 @@ static void extract_after(uv_work_t *w, int status)
     } else if (j->drc == TH_DEC_NOT_AUDIO) {
         fail_status = 415;
         fail_code = "unsupported_audio";
-        snprintf(msg, sizeof msg, "'audio' is not an audio file this hub reads (wav, mp3, ogg/opus, flac, m4a, "
-                                  "webm): %.150s",
+        snprintf(msg, sizeof msg,
+                 "'audio' is not an audio file this hub reads (wav, mp3, ogg/opus, flac, m4a, "
+                 "webm): %.150s",
                  j->err);
     } else if (j->drc == TH_DEC_BROKEN) {
         fail_code = "invalid_audio";
@@ -254,7 +256,8 @@ static void extract_after(uv_work_t *w, int status)
         snprintf(msg, sizeof msg, "out of memory");
     } else if (j->m.duration_s < min_s) {
         fail_code = "audio_too_short";
-        snprintf(msg, sizeof msg, "the reference is %.2f seconds; at least %g are needed", j->m.duration_s, min_s);
+        snprintf(msg, sizeof msg, "the reference is %.2f seconds; at least %g are needed", j->m.duration_s,
+                 min_s);
     } else if (j->level.active_seconds < MIN_ACTIVE_SECONDS) {
         fail_code = "audio_silent";
         snprintf(msg, sizeof msg, "the reference is silent (peak %.1f dBFS)", j->level.peak_dbfs);
@@ -359,8 +362,10 @@ void th_api_voices_extract(th_http_req *req, void *ud)
     }
     free(c->voice);
     c->voice = th_strndup(j->m.id, strlen(j->m.id));
+    c->library_voice = true;
     if (th_vlib_meta_set(&j->m.name, fname && fname->value_len ? fname->value : j->m.id) ||
-        th_vlib_meta_set(&j->m.tenant, c->id.tenant) || th_vlib_meta_set(&j->m.engine, feng ? feng->value : "") ||
+        th_vlib_meta_set(&j->m.tenant, c->id.tenant) ||
+        th_vlib_meta_set(&j->m.engine, feng ? feng->value : "") ||
         th_vlib_meta_set(&j->m.text, ftext ? ftext->value : "") ||
         th_vlib_meta_set(&j->m.language, flang ? flang->value : "")) {
         job_free(j);
@@ -413,7 +418,8 @@ void th_api_voices_list(th_http_req *req, void *ud)
         if (th_vlib_find(hub->vlib, vc->id)) continue; /* a library id shadows the catalogue */
         json_array_append_new(arr, configured_json(vc));
     }
-    json_t *o = json_pack("{s:b,s:o,s:I}", "success", 1, "voices", arr, "count", (json_int_t)json_array_size(arr));
+    json_t *o =
+        json_pack("{s:b,s:o,s:I}", "success", 1, "voices", arr, "count", (json_int_t)json_array_size(arr));
     th_api_json(c, 200, o);
 }
 
@@ -498,12 +504,13 @@ void th_api_voices_patch(th_http_req *req, void *ud)
     if (name == NULL && text == NULL) {
         bad = "send 'voice_name' and/or 'reference_text'";
         code = "nothing_to_change";
-    } else if (name && (!json_is_string(name) || json_string_length(name) == 0 ||
-                        !text_ok(json_string_value(name), json_string_length(name), TH_VLIB_NAME_MAX, false))) {
+    } else if (name &&
+               (!json_is_string(name) || json_string_length(name) == 0 ||
+                !text_ok(json_string_value(name), json_string_length(name), TH_VLIB_NAME_MAX, false))) {
         bad = "'voice_name' must be printable UTF-8 of 1-256 bytes";
         code = "invalid_voice_name";
-    } else if (text && (!json_is_string(text) ||
-                        !text_ok(json_string_value(text), json_string_length(text), TH_VLIB_TEXT_MAX, true))) {
+    } else if (text && (!json_is_string(text) || !text_ok(json_string_value(text), json_string_length(text),
+                                                          TH_VLIB_TEXT_MAX, true))) {
         bad = "'reference_text' must be UTF-8 of at most 4096 bytes";
         code = "invalid_reference_text";
     }
@@ -514,8 +521,8 @@ void th_api_voices_patch(th_http_req *req, void *ud)
     }
     char id[TH_VLIB_ID_MAX + 1];
     th_strlcpy(id, m->id, sizeof id);
-    th_vlib_update(c->hub->vlib, id, name ? json_string_value(name) : NULL, text ? json_string_value(text) : NULL,
-                   updated, c);
+    th_vlib_update(c->hub->vlib, id, name ? json_string_value(name) : NULL,
+                   text ? json_string_value(text) : NULL, updated, c);
     json_decref(body);
 }
 
@@ -607,7 +614,8 @@ int th_api_clone_fields(th_api_ctx *c, const th_form *f, th_synth_params *p)
     const th_field *of = form_str(f, "output_format");
     if (of == NULL) of = form_str(f, "response_format");
     th_fmt fmt;
-    if (th_api_check_format(c, "output_format", of && of->value_len ? of->value : "wav", &fmt) != 0) return -1;
+    if (th_api_check_format(c, "output_format", of && of->value_len ? of->value : "wav", &fmt) != 0)
+        return -1;
     double speed;
     const th_field *sp = form_str(f, "speed");
     if (th_api_check_speed(c, "speed", sp ? sp->value : NULL, &speed) != 0) return -1;
@@ -619,7 +627,8 @@ int th_api_clone_fields(th_api_ctx *c, const th_form *f, th_synth_params *p)
     }
     const th_field *lang = form_str(f, "language");
     if (lang && (!word_ok(lang->value, 35) || memchr(lang->value, 0, lang->value_len))) {
-        th_api_error(c, 400, NULL, "invalid_language", "'language' must be a language tag such as en or zh-CN");
+        th_api_error(c, 400, NULL, "invalid_language",
+                     "'language' must be a language tag such as en or zh-CN");
         return -1;
     }
     p->voice = voice->value;

@@ -17,9 +17,9 @@
 #include <libswresample/swresample.h>
 
 #define DEC_AVIO_BUF 8192
-#define DEC_PROBESIZE (1 << 20)           /* bytes avformat may read to find the format and streams */
-#define DEC_ANALYZE_US (5 * 1000000LL)    /* and the duration it may analyse */
-#define DEC_MAX_BAD_PACKETS 32            /* decode errors tolerated before the file counts as broken */
+#define DEC_PROBESIZE (1 << 20)        /* bytes avformat may read to find the format and streams */
+#define DEC_ANALYZE_US (5 * 1000000LL) /* and the duration it may analyse */
+#define DEC_MAX_BAD_PACKETS 32         /* decode errors tolerated before the file counts as broken */
 
 /* Demuxers of the containers a browser, a phone or a recorder makes; nothing that opens other files
  * (hls, concat, image sequences...). Matched against each demuxer's comma-separated name list. */
@@ -120,8 +120,8 @@ static int setup_swr(dec_state *d)
     if (d->dec->ch_layout.nb_channels > 0 && d->dec->ch_layout.order != AV_CHANNEL_ORDER_UNSPEC) {
         if (av_channel_layout_copy(&in_layout, &d->dec->ch_layout) < 0) return AVERROR(ENOMEM);
     } else {
-        av_channel_layout_default(&in_layout, d->dec->ch_layout.nb_channels > 0 ? d->dec->ch_layout.nb_channels
-                                                                                 : 1);
+        av_channel_layout_default(&in_layout,
+                                  d->dec->ch_layout.nb_channels > 0 ? d->dec->ch_layout.nb_channels : 1);
     }
     AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
     int ret = swr_alloc_set_opts2(&d->swr, &mono, AV_SAMPLE_FMT_S16, d->out_rate, &in_layout,
@@ -220,8 +220,9 @@ th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *op
     }
     int si = av_find_best_stream(fc, AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
     if (si < 0 || codec == NULL) {
-        set_err(err, errlen, si == AVERROR_DECODER_NOT_FOUND ? "the audio codec is not supported"
-                                                              : "the file has no audio stream",
+        set_err(err, errlen,
+                si == AVERROR_DECODER_NOT_FOUND ? "the audio codec is not supported"
+                                                : "the file has no audio stream",
                 0);
         rc = TH_DEC_NOT_AUDIO;
         goto out;
@@ -274,7 +275,8 @@ th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *op
     if (!over) {
         int drc = decode_packet(&d, NULL);
         if (drc == 0 && d.swr) drc = emit(&d, NULL);
-        if (drc == 1) over = 1;
+        if (drc == 1)
+            over = 1;
         else if (drc < 0) {
             set_err(err, errlen, "the audio cannot be decoded", drc);
             goto out;

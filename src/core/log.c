@@ -171,6 +171,7 @@ void th_log_access(th_log *lg, const th_access *a)
     field_i64(&b, json, "status", a->status);
     field_str(&b, json, "tenant", a->tenant);
     field_str(&b, json, "voice", a->voice);
+    field_str(&b, json, "voice_id", a->voice_id);
     field_str(&b, json, "format", a->format);
     field_str(&b, json, "provider", a->provider);
     field_str(&b, json, "cache", a->cache);

@@ -35,6 +35,7 @@ typedef struct th_access {
     const char *route; /* the path */
     const char *tenant;
     const char *voice;
+    const char *voice_id; /* a voice-library voice spoken, made or read, or NULL */
     const char *format;
     const char *provider;
     const char *cache; /* HIT | MISS | COALESCED */

@@ -146,13 +146,13 @@ typedef struct th_config {
         double sample_ratio;
     } tracing;
     struct {
-        char *backend;             /* fs | redis */
-        double min_seconds;        /* 2 */
-        double max_seconds;        /* 60 */
-        uint64_t cache_bytes;      /* 64MiB of resident reference audio */
-        int max_per_tenant;        /* 100; tenants.<t>.max_voices overrides */
-        int max_voices;            /* 10000 in the whole library */
-        double silence_dbfs;       /* -45: 20 ms windows quieter than this are silence */
+        char *backend;        /* fs | redis */
+        double min_seconds;   /* 2 */
+        double max_seconds;   /* 60 */
+        uint64_t cache_bytes; /* 64MiB of resident reference audio */
+        int max_per_tenant;   /* 100; tenants.<t>.max_voices overrides */
+        int max_voices;       /* 10000 in the whole library */
+        double silence_dbfs;  /* -45: 20 ms windows quieter than this are silence */
     } voice_library;
 
     int refs; /* reference count; starts at 1 */

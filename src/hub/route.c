@@ -161,8 +161,8 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
 }
 
 size_t th_route_clone_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
-                                 bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
-                                 const char **engine_voice, size_t max)
+                                 bool (*allowed)(const char *provider, void *ud), void *allowed_ud,
+                                 size_t *idx, const char **engine_voice, size_t max)
 {
     return candidates(r, tenant, voice, model, true, allowed, allowed_ud, idx, engine_voice, max);
 }

@@ -66,8 +66,8 @@ size_t th_route_candidates(th_route *r, const char *tenant, const char *voice, c
 /** The candidates for a library (cloned) voice: like th_route_candidates, but only providers whose kind
  * can clone (caps.can_clone), without asking voice_ok; the engine voice is the library id itself. */
 size_t th_route_clone_candidates(th_route *r, const char *tenant, const char *voice, const char *model,
-                                 bool (*allowed)(const char *provider, void *ud), void *allowed_ud, size_t *idx,
-                                 const char **engine_voice, size_t max);
+                                 bool (*allowed)(const char *provider, void *ud), void *allowed_ud,
+                                 size_t *idx, const char **engine_voice, size_t max);
 /** true when provider i's breaker allows a call and its probe is not failing. */
 bool th_route_available(th_route *r, size_t i);
 

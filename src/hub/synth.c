@@ -770,10 +770,11 @@ int th_synth_prepare(th_hub *hub, const th_synth_params *p, th_perr *err)
         th_perr_set(err, TH_PERR_OVERLOADED, 0, "no provider is configured");
         return -1;
     }
-    size_t n = p->clone ? th_route_clone_candidates(&hub->route, p->tenant, p->voice, p->model,
-                                                    p->provider_allowed, p->allowed_ud, idx, ev, MAX_CANDIDATES)
-                        : th_route_candidates(&hub->route, p->tenant, p->voice, p->model, p->provider_allowed,
-                                              p->allowed_ud, idx, ev, MAX_CANDIDATES);
+    size_t n = p->clone
+                   ? th_route_clone_candidates(&hub->route, p->tenant, p->voice, p->model,
+                                               p->provider_allowed, p->allowed_ud, idx, ev, MAX_CANDIDATES)
+                   : th_route_candidates(&hub->route, p->tenant, p->voice, p->model, p->provider_allowed,
+                                         p->allowed_ud, idx, ev, MAX_CANDIDATES);
     if (n == 0) {
         if (p->clone)
             th_perr_set(err, TH_PERR_CLIENT, 400,
@@ -856,10 +857,11 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     s->trace = p->trace;
 
     s->clone = th_vlib_use_dup(p->clone);
-    s->ncand = p->clone ? th_route_clone_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
-                                                    p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES)
-                        : th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
-                                              p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
+    s->ncand =
+        p->clone ? th_route_clone_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
+                                             p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES)
+                 : th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
+                                       p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
     if (s->ncand == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 400, "voice '%s' is not known to any provider", p->voice);
         reap(s);

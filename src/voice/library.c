@@ -25,7 +25,8 @@ bool th_vlib_id_ok(const char *s, size_t len)
     if (s == NULL || len == 0 || len > TH_VLIB_ID_MAX) return false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-'))
             return false;
     }
     return true;
@@ -73,7 +74,8 @@ int th_vlib_meta_copy(th_vlib_meta *dst, const th_vlib_meta *src)
 }
 
 /* A string member: absent is "", otherwise a UTF-8 string of at most max bytes without NUL. */
-static int get_str(json_t *o, const char *key, size_t max, bool required, char **out, char *err, size_t errlen)
+static int get_str(json_t *o, const char *key, size_t max, bool required, char **out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(o, key);
     if (v == NULL) {
@@ -103,11 +105,13 @@ static int get_str(json_t *o, const char *key, size_t max, bool required, char *
     return 0;
 }
 
-static int get_int(json_t *o, const char *key, int64_t min, int64_t max, int64_t *out, char *err, size_t errlen)
+static int get_int(json_t *o, const char *key, int64_t min, int64_t max, int64_t *out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(o, key);
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        snprintf(err, errlen, "'%s' must be an integer from %lld to %lld", key, (long long)min, (long long)max);
+        snprintf(err, errlen, "'%s' must be an integer from %lld to %lld", key, (long long)min,
+                 (long long)max);
         return -1;
     }
     *out = json_integer_value(v);
@@ -169,12 +173,12 @@ out:
 
 char *th_vlib_meta_dump(const th_vlib_meta *m)
 {
-    json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:i,s:I}", "format", 1, "id", m->id,
-                          "name", m->name ? m->name : "", "tenant", m->tenant ? m->tenant : "", "engine",
-                          m->engine ? m->engine : "", "reference_text", m->text ? m->text : "", "language",
-                          m->language ? m->language : "", "sha256", m->sha256, "duration_seconds", m->duration_s,
-                          "created_ms", (json_int_t)m->created_ms, "updated_ms", (json_int_t)m->updated_ms,
-                          "sample_rate", m->rate, "wav_bytes", (json_int_t)m->wav_len);
+    json_t *o = json_pack(
+        "{s:i,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:i,s:I}", "format", 1, "id", m->id, "name",
+        m->name ? m->name : "", "tenant", m->tenant ? m->tenant : "", "engine", m->engine ? m->engine : "",
+        "reference_text", m->text ? m->text : "", "language", m->language ? m->language : "", "sha256",
+        m->sha256, "duration_seconds", m->duration_s, "created_ms", (json_int_t)m->created_ms, "updated_ms",
+        (json_int_t)m->updated_ms, "sample_rate", m->rate, "wav_bytes", (json_int_t)m->wav_len);
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(o);
     return s;
@@ -533,7 +537,8 @@ void vl_load_done(vl_load *ld, uint8_t *data, size_t len, th_vlib_rc rc)
         char hex[65];
         th_vlib_sha256_hex(data, len, hex);
         if (len != ld->m.wav_len || strcmp(hex, ld->m.sha256) != 0) {
-            TH_LOG(ld->l->log, TH_LOG_ERROR, "voice %s: the stored audio does not match its record", ld->m.id);
+            TH_LOG(ld->l->log, TH_LOG_ERROR, "voice %s: the stored audio does not match its record",
+                   ld->m.id);
             free(data);
             rc = TH_VLIB_IO;
         } else {
@@ -605,7 +610,8 @@ void th_vlib_acquire(th_vlib *l, const char *id, th_vlib_use_cb cb, void *ud)
 
 static int path_of(const th_vlib *l, char *out, size_t n, const char *id, const char *sha, const char *ext)
 {
-    int k = sha ? snprintf(out, n, "%s/%s.%s.%s", l->dir, id, sha, ext) : snprintf(out, n, "%s/%s.%s", l->dir, id, ext);
+    int k = sha ? snprintf(out, n, "%s/%s.%s.%s", l->dir, id, sha, ext)
+                : snprintf(out, n, "%s/%s.%s", l->dir, id, ext);
     return k > 0 && (size_t)k < n ? 0 : -1;
 }
 
@@ -651,7 +657,8 @@ static int fsync_dir(const char *dir)
 }
 
 /* temp file in the same directory, written whole, synced, renamed over path, directory synced. */
-static int write_atomic(const char *dir, const char *path, const void *data, size_t len, char *err, size_t errlen)
+static int write_atomic(const char *dir, const char *path, const void *data, size_t len, char *err,
+                        size_t errlen)
 {
     char tmp[1200];
     static atomic_uint seq;
@@ -897,7 +904,8 @@ void th_vlib_create(th_vlib *l, const th_vlib_meta *m, uint8_t *wav, size_t wav_
     fs_push(l, op);
 }
 
-void th_vlib_update(th_vlib *l, const char *id, const char *name, const char *text, th_vlib_done_cb cb, void *ud)
+void th_vlib_update(th_vlib *l, const char *id, const char *name, const char *text, th_vlib_done_cb cb,
+                    void *ud)
 {
     vl_entry *e = vl_find_any(l, id);
     if (e == NULL || e->state != VL_LIVE || l->closing) {
@@ -1002,7 +1010,8 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         char perr[200] = "";
         if (read_file(path, TH_VLIB_RECORD_MAX, &data, &len) != 0 ||
             th_vlib_meta_parse((const char *)data, len, &m, perr, sizeof perr) != 0) {
-            TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: %s", path, perr[0] ? perr : "unreadable");
+            TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: %s", path,
+                   perr[0] ? perr : "unreadable");
             free(data);
             bad++;
             continue;
@@ -1077,7 +1086,8 @@ th_vlib *th_vlib_new(uv_loop_t *loop, const th_vlib_conf *conf, th_log *log, cha
         }
         return l;
     }
-    int k = snprintf(l->dir, sizeof l->dir, "%s/voices", conf->data_dir && *conf->data_dir ? conf->data_dir : ".");
+    int k = snprintf(l->dir, sizeof l->dir, "%s/voices",
+                     conf->data_dir && *conf->data_dir ? conf->data_dir : ".");
     if (k < 0 || (size_t)k >= sizeof l->dir) {
         snprintf(err, errlen, "data_dir is too long");
         free(l);

@@ -35,10 +35,10 @@
 #include "providers/provider.h"
 
 #define TH_VLIB_ID_MAX 64
-#define TH_VLIB_RATE 24000          /* what cloning engines take best: XTTS, OpenVoice, CosyVoice resample */
-#define TH_VLIB_TEXT_MAX 4096       /* bytes of reference text */
-#define TH_VLIB_NAME_MAX 256        /* bytes of a display name, engine hint, language, tenant */
-#define TH_VLIB_RECORD_MAX 65536    /* bytes of one metadata record */
+#define TH_VLIB_RATE 24000       /* what cloning engines take best: XTTS, OpenVoice, CosyVoice resample */
+#define TH_VLIB_TEXT_MAX 4096    /* bytes of reference text */
+#define TH_VLIB_NAME_MAX 256     /* bytes of a display name, engine hint, language, tenant */
+#define TH_VLIB_RECORD_MAX 65536 /* bytes of one metadata record */
 
 /** A voice's metadata record. Strings are owned (never NULL once parsed or made). */
 typedef struct th_vlib_meta {

@@ -26,38 +26,39 @@ typedef struct vl_redis {
     uint64_t gen_at_start;
 } vl_redis;
 
-static const char k_create[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return 'taken' end\n"
-    "local mt = tonumber(ARGV[4])\n"
-    "if mt > 0 and redis.call('SCARD', KEYS[5]) >= mt then return 'full' end\n"
-    "local mx = tonumber(ARGV[5])\n"
-    "if mx > 0 and redis.call('SCARD', KEYS[3]) >= mx then return 'full' end\n"
-    "redis.call('SET', KEYS[2], ARGV[2])\n"
-    "redis.call('SET', KEYS[1], ARGV[1])\n"
-    "redis.call('SADD', KEYS[3], ARGV[3])\n"
-    "redis.call('SADD', KEYS[5], ARGV[3])\n"
-    "redis.call('INCR', KEYS[4])\n"
-    "return 'ok'\n";
-
-/* KEYS: meta, ver; ARGV: expected sha256, new record */
-static const char k_update[] = "local m = redis.call('GET', KEYS[1])\n"
-                               "if not m then return 'missing' end\n"
-                               "local ok, d = pcall(cjson.decode, m)\n"
-                               "if not ok or type(d) ~= 'table' or d.sha256 ~= ARGV[1] then return 'missing' end\n"
-                               "redis.call('SET', KEYS[1], ARGV[2])\n"
-                               "redis.call('INCR', KEYS[2])\n"
-                               "return 'ok'\n";
-
-/* KEYS: meta, wav, set, ver, tenant set; ARGV: id, expected sha256 */
-static const char k_delete[] = "local m = redis.call('GET', KEYS[1])\n"
-                               "if not m then return 'missing' end\n"
-                               "local ok, d = pcall(cjson.decode, m)\n"
-                               "if not ok or type(d) ~= 'table' or d.sha256 ~= ARGV[2] then return 'missing' end\n"
-                               "redis.call('DEL', KEYS[1], KEYS[2])\n"
-                               "redis.call('SREM', KEYS[3], ARGV[1])\n"
-                               "redis.call('SREM', KEYS[5], ARGV[1])\n"
+static const char k_create[] = "if redis.call('EXISTS', KEYS[1]) == 1 then return 'taken' end\n"
+                               "local mt = tonumber(ARGV[4])\n"
+                               "if mt > 0 and redis.call('SCARD', KEYS[5]) >= mt then return 'full' end\n"
+                               "local mx = tonumber(ARGV[5])\n"
+                               "if mx > 0 and redis.call('SCARD', KEYS[3]) >= mx then return 'full' end\n"
+                               "redis.call('SET', KEYS[2], ARGV[2])\n"
+                               "redis.call('SET', KEYS[1], ARGV[1])\n"
+                               "redis.call('SADD', KEYS[3], ARGV[3])\n"
+                               "redis.call('SADD', KEYS[5], ARGV[3])\n"
                                "redis.call('INCR', KEYS[4])\n"
                                "return 'ok'\n";
+
+/* KEYS: meta, ver; ARGV: expected sha256, new record */
+static const char k_update[] =
+    "local m = redis.call('GET', KEYS[1])\n"
+    "if not m then return 'missing' end\n"
+    "local ok, d = pcall(cjson.decode, m)\n"
+    "if not ok or type(d) ~= 'table' or d.sha256 ~= ARGV[1] then return 'missing' end\n"
+    "redis.call('SET', KEYS[1], ARGV[2])\n"
+    "redis.call('INCR', KEYS[2])\n"
+    "return 'ok'\n";
+
+/* KEYS: meta, wav, set, ver, tenant set; ARGV: id, expected sha256 */
+static const char k_delete[] =
+    "local m = redis.call('GET', KEYS[1])\n"
+    "if not m then return 'missing' end\n"
+    "local ok, d = pcall(cjson.decode, m)\n"
+    "if not ok or type(d) ~= 'table' or d.sha256 ~= ARGV[2] then return 'missing' end\n"
+    "redis.call('DEL', KEYS[1], KEYS[2])\n"
+    "redis.call('SREM', KEYS[3], ARGV[1])\n"
+    "redis.call('SREM', KEYS[5], ARGV[1])\n"
+    "redis.call('INCR', KEYS[4])\n"
+    "return 'ok'\n";
 
 static int key(const vl_redis *rs, char *out, const char *a, const char *b, const char *c)
 {
@@ -67,8 +68,8 @@ static int key(const vl_redis *rs, char *out, const char *a, const char *b, cons
 
 static bool reply_is(const th_redis_reply *rep, const char *s)
 {
-    return rep && (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS) && rep->len == strlen(s) &&
-           memcmp(rep->str, s, rep->len) == 0;
+    return rep && (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_STATUS) &&
+           rep->len == strlen(s) && memcmp(rep->str, s, rep->len) == 0;
 }
 
 static const char *why(th_redis_status st, const th_redis_reply *rep)
@@ -172,8 +173,8 @@ void vl_redis_create(th_vlib *l, const th_vlib_meta *m, th_vlib_blob *wav, size_
     size_t wlen;
     const uint8_t *wdata = th_vlib_blob_data(wav, &wlen);
     const char *argv[] = {kmeta, kwav, kset, kver, kten, rec, (const char *)wdata, m->id, mt, mx};
-    size_t lens[] = {strlen(kmeta), strlen(kwav), strlen(kset), strlen(kver), strlen(kten),
-                     strlen(rec),   wlen,         strlen(m->id), strlen(mt), strlen(mx)};
+    size_t lens[] = {strlen(kmeta), strlen(kwav), strlen(kset),  strlen(kver), strlen(kten),
+                     strlen(rec),   wlen,         strlen(m->id), strlen(mt),   strlen(mx)};
     int rc = th_redis_eval(rs->r, on_create, o, k_create, 5, 10, argv, lens);
     free(rec);
     if (rc != 0) on_create(o, TH_REDIS_ERROR, NULL);
@@ -260,8 +261,10 @@ void vl_redis_delete(th_vlib *l, vl_entry *e, th_vlib_done_cb cb, void *ud)
     }
     e->state = VL_DELETING;
     const char *argv[] = {kmeta, kwav, kset, kver, kten, e->m.id, e->m.sha256};
-    size_t lens[] = {strlen(kmeta), strlen(kwav), strlen(kset), strlen(kver), strlen(kten), strlen(e->m.id), 64};
-    if (th_redis_eval(rs->r, on_delete, o, k_delete, 5, 7, argv, lens) != 0) on_delete(o, TH_REDIS_ERROR, NULL);
+    size_t lens[] = {
+        strlen(kmeta), strlen(kwav), strlen(kset), strlen(kver), strlen(kten), strlen(e->m.id), 64};
+    if (th_redis_eval(rs->r, on_delete, o, k_delete, 5, 7, argv, lens) != 0)
+        on_delete(o, TH_REDIS_ERROR, NULL);
 }
 
 /* ---- loading audio ---- */

@@ -302,7 +302,7 @@ static void limit_cb(void *ud, const th_limit_result *res)
         int status = res->status ? res->status : 429;
         b->ended = true;
         batch_free(b);
-        th_api_error(c, status, NULL, status == 429 ? "RATE_LIMIT_EXCEEDED" : "service_unavailable",
+        th_api_error(c, status, status == 429 ? "rate_limit_error" : "service_unavailable", res->reason,
                      "rate limit reached (%s); retry in %d s", res->reason ? res->reason : "limit",
                      c->retry_after_s);
         return;

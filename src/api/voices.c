@@ -164,11 +164,13 @@ typedef struct extract_job {
     size_t wav_len;
     th_dec_level level;
     th_vlib_meta m;
-    bool reserved;
+    th_limiter *limiter;
+    th_limit_slot *slot; /* the upload's concurrency slot, held until it is answered */
 } extract_job;
 
 static void job_free(extract_job *j)
 {
+    if (j->slot) th_limit_release(j->limiter, j->slot);
     th_form_free(&j->form);
     free(j->wav);
     th_vlib_meta_free(&j->m);
@@ -282,6 +284,44 @@ static const th_field *form_str(const th_form *f, const char *name)
     return fl;
 }
 
+static void extract_reserve(extract_job *j)
+{
+    th_api_ctx *c = j->c;
+    th_hub *hub = c->hub;
+    th_vlib_rc vr = th_vlib_reserve(hub->vlib, j->m.id, c->id.tenant, tenant_cap(c));
+    if (vr != TH_VLIB_OK) {
+        store_error(c, vr, j->m.id);
+        job_free(j);
+        return;
+    }
+    j->work.data = j;
+    if (uv_queue_work(hub->loop, &j->work, extract_work, extract_after) != 0) {
+        th_vlib_unreserve(hub->vlib, j->m.id);
+        job_free(j);
+        th_api_error(c, 500, NULL, "internal_error", "cannot queue the decode");
+    }
+}
+
+static void extract_limited(void *ud, const th_limit_result *res)
+{
+    extract_job *j = ud;
+    th_api_ctx *c = j->c;
+    if (res->allowed) j->slot = res->slot;
+    if (!res->allowed) {
+        c->retry_after_s = res->retry_after_s > 0 ? (int)res->retry_after_s : 1;
+        if (c->hub->metrics)
+            th_metrics_add(c->hub->metrics, TH_M_REJECTIONS,
+                           (const char *[]){res->reason ? res->reason : "limit", NULL}, 1);
+        int status = res->status ? res->status : 429;
+        job_free(j);
+        th_api_error(c, status, status == 429 ? "rate_limit_error" : "service_unavailable", res->reason,
+                     "rate limit reached (%s); retry in %d s", res->reason ? res->reason : "limit",
+                     c->retry_after_s);
+        return;
+    }
+    extract_reserve(j);
+}
+
 void th_api_voices_extract(th_http_req *req, void *ud)
 {
     (void)ud;
@@ -372,24 +412,25 @@ void th_api_voices_extract(th_http_req *req, void *ud)
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
-    th_vlib_rc vr = th_vlib_reserve(hub->vlib, j->m.id, c->id.tenant, tenant_cap(c));
-    if (vr != TH_VLIB_OK) {
-        store_error(c, vr, j->m.id);
-        job_free(j);
-        return;
-    }
     j->audio = (const uint8_t *)audio->value;
     j->audio_len = audio->value_len;
     j->opts.out_rate = TH_VLIB_RATE;
     j->opts.max_seconds = hub->cfg->voice_library.max_seconds;
     j->min_s = hub->cfg->voice_library.min_seconds;
     j->silence_dbfs = hub->cfg->voice_library.silence_dbfs;
-    j->work.data = j;
-    if (uv_queue_work(hub->loop, &j->work, extract_work, extract_after) != 0) {
-        th_vlib_unreserve(hub->vlib, j->m.id);
-        job_free(j);
-        th_api_error(c, 500, NULL, "internal_error", "cannot queue the decode");
+    if (hub->limiter == NULL) {
+        extract_reserve(j);
+        return;
     }
+    /* an upload is decoded: it passes the same rate limits as a synthesis */
+    j->limiter = hub->limiter;
+    th_limit_req lr = {
+        .ip = th_http_peer(req),
+        .tenant = c->tconf ? c->tconf->name : "",
+        .key_id = c->id.method[0] == 'k' ? c->id.subject : "",
+        .tconf = c->tconf,
+    };
+    th_limit_check(hub->limiter, &lr, th_wall_ms(), extract_limited, j);
 }
 
 /* ---- GET /api/voices, GET /api/voices/{id} ---- */

@@ -379,3 +379,13 @@ def test_two_hubs_share_the_library_through_redis(hub_factory, redis_server, cos
     assert poll(lambda: c.get("/api/voices/v_wav").status_code == 200)
     m = c.get("/metrics").text
     assert 'ttshub_voices_stored{backend="redis"} 1' in m
+
+
+def test_uploads_pass_the_rate_limits(hub_factory):
+    h = hub_factory(config().replace("ip_rpm: 0", "ip_rpm: 2"))
+    good = make_audio("wav", 3.0)
+    codes = [extract(h, good, voice_id=f"r{i}").status_code for i in range(3)]
+    assert codes == [201, 201, 429]
+    r = extract(h, good, voice_id="r9")
+    assert r.status_code == 429 and r.headers.get("Retry-After") and r.json()["success"] is False
+    assert h.get("/api/voices").json()["count"] == 2

@@ -657,12 +657,11 @@ static int fsync_dir(const char *dir)
 }
 
 /* temp file in the same directory, written whole, synced, renamed over path, directory synced. */
-static int write_atomic(const char *dir, const char *path, const void *data, size_t len, char *err,
-                        size_t errlen)
+static int write_atomic(const char *dir, const char *path, unsigned long seq, const void *data, size_t len,
+                        char *err, size_t errlen)
 {
     char tmp[1200];
-    static atomic_uint seq;
-    int k = snprintf(tmp, sizeof tmp, "%s/.tmp-%ld-%u", dir, (long)getpid(), atomic_fetch_add(&seq, 1));
+    int k = snprintf(tmp, sizeof tmp, "%s/.tmp-%ld-%lu", dir, (long)getpid(), seq);
     if (k < 0 || (size_t)k >= sizeof tmp) return -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0) {
@@ -727,6 +726,7 @@ typedef struct fs_op {
     th_vlib_done_cb cb;
     void *ud;
     int rc;
+    unsigned long seq; /* names its temp files */
     char err[300];
     struct fs_op *next;
 } fs_op;
@@ -747,12 +747,13 @@ static void fs_op_work(uv_work_t *w)
     }
     switch (op->kind) {
     case OP_CREATE:
-        if (write_atomic(l->dir, wpath, op->wav->data, op->wav->len, op->err, sizeof op->err) != 0 ||
-            write_atomic(l->dir, mpath, op->record, strlen(op->record), op->err, sizeof op->err) != 0)
+        if (write_atomic(l->dir, wpath, op->seq * 2, op->wav->data, op->wav->len, op->err, sizeof op->err) != 0 ||
+            write_atomic(l->dir, mpath, op->seq * 2 + 1, op->record, strlen(op->record), op->err,
+                         sizeof op->err) != 0)
             op->rc = TH_VLIB_IO;
         break;
     case OP_UPDATE:
-        if (write_atomic(l->dir, mpath, op->record, strlen(op->record), op->err, sizeof op->err) != 0)
+        if (write_atomic(l->dir, mpath, op->seq * 2, op->record, strlen(op->record), op->err, sizeof op->err) != 0)
             op->rc = TH_VLIB_IO;
         break;
     case OP_DELETE:
@@ -857,6 +858,7 @@ static fs_op *fs_op_new(th_vlib *l, int kind, const th_vlib_meta *m, th_vlib_don
 
 static void fs_push(th_vlib *l, fs_op *op)
 {
+    op->seq = ++l->fs_seq;
     l->pending++;
     if (l->fs_tail)
         l->fs_tail->next = op;

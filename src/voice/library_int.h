@@ -54,6 +54,7 @@ struct th_vlib {
     bool closing, timer_closed;
     struct fs_op *fs_head, *fs_tail;
     bool fs_busy;
+    unsigned long fs_seq; /* fs operations queued so far */
     struct vl_redis *rs;
     uint64_t gen; /* bumped by every change applied here */
     void (*on_removed)(void *ud, const th_voice_ref *ref);

@@ -587,7 +587,7 @@ static void deleted(void *ud, th_vlib_rc rc, const char *err)
         th_voice_ref ref = th_vlib_forget_ref(&d->m);
         for (size_t i = 0; i < hub->n_providers; i++) {
             th_provider *p = hub->providers[i];
-            if (p && p->caps.can_clone && p->ops->voice_forget) p->ops->voice_forget(p, &ref);
+            if (p && p->ops->voice_forget) p->ops->voice_forget(p, &ref);
         }
         TH_LOG(hub->log, TH_LOG_INFO, "voice %s deleted", d->m.id);
         json_t *o = json_pack("{s:b,s:s,s:s}", "success", 1, "voice_id", d->m.id, "message", "voice deleted");

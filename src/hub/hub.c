@@ -208,7 +208,7 @@ static void voice_removed(void *ud, const th_voice_ref *ref)
     th_hub *hub = ud;
     for (size_t i = 0; i < hub->n_providers; i++) {
         th_provider *p = hub->providers[i];
-        if (p && p->caps.can_clone && p->ops->voice_forget) p->ops->voice_forget(p, ref);
+        if (p && p->ops->voice_forget) p->ops->voice_forget(p, ref);
     }
 }
 

@@ -389,3 +389,29 @@ def test_uploads_pass_the_rate_limits(hub_factory):
     r = extract(h, good, voice_id="r9")
     assert r.status_code == 429 and r.headers.get("Retry-After") and r.json()["success"] is False
     assert h.get("/api/voices").json()["count"] == 2
+
+
+def test_a_voice_deleted_while_it_speaks_stays_whole_for_that_request(hub_factory):
+    slow = FakeEngine("cosyvoice", chunk_delay=0.05, chunk_bytes=4096, speakers=list(COSY_SPEAKERS) + IDS).start()
+    try:
+        cfg = config().replace("  - { name: local, type: espeak }\n",
+                               "  - { name: local, type: espeak }\n"
+                               f'  - {{ name: cosy, type: cosyvoice, base_url: "{slow.url}", max_input_chars: 40 }}\n')
+        h = hub_factory(cfg)
+        assert extract(h, make_audio("wav", 3.0), voice_id="mine").status_code == 201
+        text = " ".join(f"This is sentence number {i} of the long text." for i in range(12))  # 12 parts
+        r = requests.post(h.url + "/api/synthesize", json={"text": text, "voice_id": "mine", "output_format": "pcm"},
+                          stream=True, timeout=120)
+        assert r.status_code == 200
+        it = r.iter_content(4096)
+        first = next(it)
+        d = requests.delete(h.url + "/api/voices/mine", timeout=10)  # later parts have not started yet
+        assert d.status_code == 200
+        rest = b"".join(it)
+        pcm = first + rest
+        assert len(pcm) / 2 / 24000 > 5.0  # all twelve parts were spoken
+        assert slow.stats()["by_path"]  # and the engine was reached for each of them
+        assert slow.ok >= 12
+        assert h.get("/api/voices/mine").status_code == 404
+    finally:
+        slow.stop()

@@ -747,13 +747,15 @@ static void fs_op_work(uv_work_t *w)
     }
     switch (op->kind) {
     case OP_CREATE:
-        if (write_atomic(l->dir, wpath, op->seq * 2, op->wav->data, op->wav->len, op->err, sizeof op->err) != 0 ||
+        if (write_atomic(l->dir, wpath, op->seq * 2, op->wav->data, op->wav->len, op->err, sizeof op->err) !=
+                0 ||
             write_atomic(l->dir, mpath, op->seq * 2 + 1, op->record, strlen(op->record), op->err,
                          sizeof op->err) != 0)
             op->rc = TH_VLIB_IO;
         break;
     case OP_UPDATE:
-        if (write_atomic(l->dir, mpath, op->seq * 2, op->record, strlen(op->record), op->err, sizeof op->err) != 0)
+        if (write_atomic(l->dir, mpath, op->seq * 2, op->record, strlen(op->record), op->err,
+                         sizeof op->err) != 0)
             op->rc = TH_VLIB_IO;
         break;
     case OP_DELETE:

@@ -64,6 +64,12 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
         "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components",
         "providers", providers, "registry", registry, "redis", redis, "limiter", limiter, "requests", "total",
         (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
+    json_t *comp = o ? json_object_get(o, "components") : NULL;
+    if (comp && hub->vlib)
+        json_object_set_new(comp, "voice_library",
+                            json_pack("{s:s,s:I,s:I}", "backend", th_vlib_backend(hub->vlib), "voices",
+                                      (json_int_t)th_vlib_count(hub->vlib), "cached_bytes",
+                                      (json_int_t)th_vlib_cached_bytes(hub->vlib)));
     *status_out = status;
     return o;
 }

@@ -144,6 +144,7 @@ static void on_create(void *ud, th_redis_status st, const th_redis_reply *rep)
             vl_remove(l, e);
         }
     }
+    if (rc == TH_VLIB_TAKEN && l->rs) l->rs->have_ver = false; /* made elsewhere: read it back next tick */
     rop_end(o, rc, rc == TH_VLIB_IO ? why(st, rep) : NULL);
 }
 
@@ -198,6 +199,7 @@ static void on_update(void *ud, th_redis_status st, const th_redis_reply *rep)
         }
         l->gen++;
     }
+    if (rc == TH_VLIB_MISSING && l->rs) l->rs->have_ver = false;
     rop_end(o, rc, rc == TH_VLIB_IO ? why(st, rep) : NULL);
 }
 
@@ -241,7 +243,10 @@ static void on_delete(void *ud, th_redis_status st, const th_redis_reply *rep)
             e->state = VL_LIVE;
         }
     }
-    if (rc == TH_VLIB_MISSING) rc = TH_VLIB_OK; /* another hub deleted it first: it is gone either way */
+    if (rc == TH_VLIB_MISSING) {
+        rc = TH_VLIB_OK; /* another hub deleted (or replaced) it first: read the library back */
+        if (l->rs) l->rs->have_ver = false;
+    }
     rop_end(o, rc, rc == TH_VLIB_IO ? why(st, rep) : NULL);
 }
 

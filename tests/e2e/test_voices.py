@@ -379,6 +379,8 @@ def test_two_hubs_share_the_library_through_redis(hub_factory, redis_server, cos
     assert poll(lambda: c.get("/api/voices/v_wav").status_code == 200)
     m = c.get("/metrics").text
     assert 'ttshub_voices_stored{backend="redis"} 1' in m
+    vl = c.get("/health").json()["components"]["voice_library"]
+    assert vl["backend"] == "redis" and vl["voices"] == 1
 
 
 def test_uploads_pass_the_rate_limits(hub_factory):

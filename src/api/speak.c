@@ -109,8 +109,8 @@ static void start_response(th_api_ctx *c, const char *provider, const char *cach
     c->cache = cache;
     th_http_set_header(c->req, "X-Request-Id", c->rid);
     th_http_set_header(c->req, "X-Provider", c->provider);
-    if (c->route &&
-        (strcmp(c->route, "/api/synthesize") == 0)) { /* the voice-clone route names the kind too */
+    /* the voice-clone route names the engine kind too */
+    if (c->route && strcmp(c->route, "/api/synthesize") == 0) {
         const th_provider_conf *pc = th_config_provider(c->hub->cfg, c->provider);
         if (pc) th_http_set_header(c->req, "X-Engine", pc->type);
     }

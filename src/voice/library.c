@@ -913,7 +913,7 @@ void th_vlib_update(th_vlib *l, const char *id, const char *name, const char *te
 {
     vl_entry *e = vl_find_any(l, id);
     if (e == NULL || e->state != VL_LIVE || l->closing) {
-        cb(ud, e ? TH_VLIB_TAKEN : TH_VLIB_MISSING, "no such voice");
+        cb(ud, TH_VLIB_MISSING, "no such voice");
         return;
     }
     th_vlib_meta nm;

@@ -202,7 +202,9 @@ def test_control_routes_skip_rate_limits(hub_factory, nodes):
 
 
 def test_requests_go_to_registered_nodes_round_robin(hub_factory, nodes):
-    h = hub_factory(hub_config(), env=env())
+    # no heartbeats are sent here: the nodes must stay online however slowly a loaded machine runs the checks
+    h = hub_factory(hub_config(timings={"heartbeat_interval": "1s", "dead_threshold": "60s", "remove_after": "120s"}),
+                    env=env())
     a, b = nodes(node_id="a"), nodes(node_id="b")
     # a node of another engine never gets xtts traffic
     other = nodes(engine="fish")

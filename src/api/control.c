@@ -8,6 +8,7 @@
 #include "core/asset.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "hub/reload.h"
 
 json_t *th_api_health_doc(th_hub *hub, const char **status_out)
 {
@@ -16,7 +17,7 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
     uint64_t now = th_mono_ms();
     for (size_t i = 0; i < hub->n_providers; i++) {
         th_provider *p = hub->providers[i];
-        const th_route_prov *rp = hub->route.provs ? &hub->route.provs[i] : NULL;
+        const th_route_prov *rp = hub->route.provs ? hub->route.provs[i] : NULL;
         bool ok = rp == NULL || th_route_available(&hub->route, i);
         size_t nodes_total = 0, nodes_online = 0;
         bool by_registry = hub->registry && strcmp(p->conf->type, "nodes") == 0 &&
@@ -63,6 +64,7 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
         "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components",
         "providers", providers, "registry", registry, "redis", redis, "limiter", limiter, "requests", "total",
         (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
+    if (o) json_object_set_new(o, "config", th_reload_version(hub)); /* the version of the config in force */
     *status_out = status;
     return o;
 }
@@ -169,6 +171,7 @@ int th_api_register(th_hub *hub)
         {"GET", "/admin/usage", th_api_admin_usage},
         {"GET", "/admin/providers", th_api_admin_providers},
         {"GET", "/admin/config", th_api_admin_config},
+        {"POST", "/admin/reload", th_api_admin_reload},
         {"POST", "/api/nodes/register", th_api_nodes_register},
         {"POST", "/api/nodes/{id}/heartbeat", th_api_nodes_heartbeat},
         {"POST", "/api/nodes/{id}/command", th_api_nodes_command},

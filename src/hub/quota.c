@@ -1196,4 +1196,6 @@ void th_quota_set_config(th_quota *q, const th_config *cfg)
     th_config *old = q->cfg;
     q->cfg = th_config_ref((th_config *)cfg);
     th_config_unref(old);
+    q->fail_open =
+        cfg->rate_limit.on_backend_error == NULL || strcmp(cfg->rate_limit.on_backend_error, "closed") != 0;
 }

@@ -303,6 +303,19 @@ static void on_signal(uv_signal_t *h, int signum)
     begin_drain(hub, why);
 }
 
+void th_hub_http_limits(const th_config *cfg, th_http_limits *lim)
+{
+    *lim = (th_http_limits){
+        .max_header = (size_t)cfg->limits.max_header,
+        .max_body = (size_t)cfg->limits.max_body,
+        .max_upload = (size_t)cfg->limits.max_upload,
+        .max_connections = cfg->limits.max_connections,
+        .header_timeout_ms = cfg->limits.header_timeout_ms,
+        .idle_timeout_ms = cfg->limits.idle_timeout_ms,
+        .request_timeout_ms = cfg->limits.request_timeout_ms,
+    };
+}
+
 static bool is_loopback(const char *listen)
 {
     return th_str_startswith(listen, "127.") || th_str_startswith(listen, "[::1]") ||
@@ -367,15 +380,8 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.exit_code = 0;
 
     const char *listen = opts->listen && *opts->listen ? opts->listen : hub.cfg->listen;
-    th_http_limits lim = {
-        .max_header = (size_t)hub.cfg->limits.max_header,
-        .max_body = (size_t)hub.cfg->limits.max_body,
-        .max_upload = (size_t)hub.cfg->limits.max_upload,
-        .max_connections = hub.cfg->limits.max_connections,
-        .header_timeout_ms = hub.cfg->limits.header_timeout_ms,
-        .idle_timeout_ms = hub.cfg->limits.idle_timeout_ms,
-        .request_timeout_ms = hub.cfg->limits.request_timeout_ms,
-    };
+    th_http_limits lim;
+    th_hub_http_limits(hub.cfg, &lim);
     hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
     if (hub.http == NULL) goto out_log;
     th_http_server_set_body_limit_fn(hub.http, th_api_body_limit);

@@ -117,6 +117,9 @@ void th_hub_shutdown(th_hub *hub);
  * NULL with err set. */
 th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *err, size_t errlen);
 
+/** The HTTP server limits of a config (at start and on each reload). */
+void th_hub_http_limits(const th_config *cfg, th_http_limits *lim);
+
 /** Index of a provider by name, or -1. */
 int th_hub_provider_index(const th_hub *hub, const char *name);
 

@@ -344,19 +344,6 @@ static void sha256_hex(const char *data, size_t n, char out[65])
 
 /* ---- the swap ---- */
 
-static void http_limits(const th_config *cfg, th_http_limits *lim)
-{
-    *lim = (th_http_limits){
-        .max_header = (size_t)cfg->limits.max_header,
-        .max_body = (size_t)cfg->limits.max_body,
-        .max_upload = (size_t)cfg->limits.max_upload,
-        .max_connections = cfg->limits.max_connections,
-        .header_timeout_ms = cfg->limits.header_timeout_ms,
-        .idle_timeout_ms = cfg->limits.idle_timeout_ms,
-        .request_timeout_ms = cfg->limits.request_timeout_ms,
-    };
-}
-
 static void start_watch(th_reload *r);
 static void stop_watch(th_reload *r);
 
@@ -487,7 +474,7 @@ th_reload_rc th_reload_run(th_hub *hub, th_reload_trigger why, th_config_errors 
     if (hub->limiter) th_limiter_set_config(hub->limiter, neu);
     if (hub->quota) th_quota_set_config(hub->quota, neu);
     th_http_limits lim;
-    http_limits(neu, &lim);
+    th_hub_http_limits(neu, &lim);
     if (hub->http) th_http_server_set_limits(hub->http, &lim);
     if (hub->metrics_http) th_http_server_set_limits(hub->metrics_http, &lim);
     if (!r->log_level_pinned) th_log_set_level(hub->log, neu->log.level);

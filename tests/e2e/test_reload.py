@@ -451,3 +451,20 @@ def test_systemd_exec_reload_reloads_and_keeps_running(hub_factory, fakes):
     assert h.proc.poll() is None
     r = h.post(data={"input": "After systemctl reload.", "voice": "alloy", "response_format": "mp3"})
     assert r.status_code == 200 and r.headers["X-Provider"] == "b"
+
+
+def test_worker_ignores_sighup(hub_factory):
+    from test_worker import Gateway, worker_args
+    g = Gateway()
+    try:
+        port = free_port()
+        w = hub_factory(None, command="worker", env={"TTSHUB_CLUSTER_TOKEN": "t" * 32},
+                        extra_args=worker_args(g.url, port), port=port)
+        assert g.wait("POST", "/api/nodes/register"), "no registration"
+        w.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP: ignored" in w.output(), what="the worker to log the SIGHUP")
+        assert w.proc.poll() is None
+        assert w.get("/health").status_code == 200
+        assert w.check_clean_exit() is None   # SIGTERM still stops it cleanly (exit 0)
+    finally:
+        g.stop()

@@ -350,7 +350,7 @@ static void step_cache(th_api_ctx *c)
     char route[512] = "";
     size_t off = 0;
     for (size_t k = 0; k < n; k++) {
-        const char *name = hub->providers[idx[k]]->conf->name;
+        const char *name = hub->route.provs[idx[k]]->cache_name; /* a settings change is a new name */
         /* sorted order: simple insertion by name would do; indexes are config order, already stable */
         size_t nl = strlen(name);
         if (off + nl + 2 > sizeof route) break;

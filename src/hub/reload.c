@@ -37,6 +37,8 @@ struct th_reload {
     void (*notify)(th_hub *hub, const char *type, json_t *data);
 };
 
+static void sha256_hex(const char *data, size_t n, char out[65]);
+
 /* ---- errors ---- */
 
 static void add_err(th_config_errors *errs, const char *path, const char *fmt, ...)
@@ -165,6 +167,28 @@ bool th_reload_provider_same(const th_config *a, size_t ia, const th_config *b, 
     json_decref(ja);
     json_decref(jb);
     return same;
+}
+
+void th_reload_provider_tag(const th_config *cfg, const th_provider_conf *pc, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s", pc->name);
+    size_t i = (size_t)(pc - cfg->providers);
+    if (i >= cfg->n_providers) return;
+    json_t *cj = cfg_json(cfg);
+    json_t *pj = json_deep_copy(prov_json(cj, i));
+    json_decref(cj);
+    if (pj == NULL) return;
+    static const char *const hub_side[] = {"weight", "priority", "concurrency", "queue", "timeout"};
+    for (size_t k = 0; k < sizeof hub_side / sizeof hub_side[0]; k++)
+        json_object_del(pj, hub_side[k]);
+    json_object_set_new(pj, "base_url", json_string(pc->base_url ? pc->base_url : "")); /* raw */
+    char *text = json_dumps(pj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(pj);
+    if (text == NULL) return;
+    char sha[65];
+    sha256_hex(text, strlen(text), sha);
+    free(text);
+    snprintf(out, outlen, "%s#%.12s", pc->name, sha);
 }
 
 static size_t check_restart(const th_config *old, json_t *oj, const th_config *neu, json_t *nj,

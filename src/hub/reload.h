@@ -62,6 +62,11 @@ uint64_t th_reload_loaded_at(const struct th_hub *hub);
 size_t th_reload_check_restart(const th_config *old, const th_config *neu, th_config_errors *errs);
 /** true when two provider sections mean the same provider (every key, secrets' names and URLs too). */
 bool th_reload_provider_same(const th_config *a, size_t ia, const th_config *b, size_t ib);
+/** The provider's name in cache keys: "name#" and 12 hex digits of the sha256 of its section without the
+ * keys that do not change its audio (weight, priority, concurrency, queue, timeout), so a reload that
+ * changes an engine's settings stops its old cache entries from answering, and one that does not keeps
+ * them. pc must be one of cfg->providers. */
+void th_reload_provider_tag(const th_config *cfg, const th_provider_conf *pc, char *out, size_t outlen);
 /** {providers:{added,changed,removed},tenants:{added,changed,removed},keys:{added,changed,removed},
  * routes:{changed,count}} between two configs (new reference). */
 json_t *th_reload_diff(const th_config *old, const th_config *neu);

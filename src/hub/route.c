@@ -8,6 +8,7 @@
 #include "core/str.h"
 #include "hub/hub.h"
 #include "hub/metrics.h"
+#include "hub/reload.h"
 #include "providers/upstream.h"
 
 static void publish(th_route_prov *rp)
@@ -40,6 +41,7 @@ th_route_prov *th_route_prov_new(th_route *r, th_provider *p, th_config *cfg)
     rp->cfg = th_config_ref(cfg);
     rp->p = p;
     rp->probe_ok = true;
+    th_reload_provider_tag(cfg, p->conf, rp->cache_name, sizeof rp->cache_name);
     th_breaker_conf bc;
     th_route_breaker_conf(cfg, &bc);
     th_breaker_init(&rp->breaker, &bc);

@@ -43,6 +43,7 @@ typedef struct th_route_prov {
     th_config *cfg;         /* a reference: the config p->conf belongs to */
     th_provider *p;         /* destroyed with the last reference */
     bool retired;           /* left the route on a reload: drains, then goes */
+    char cache_name[96];    /* "name#<hash of its audio-relevant settings>": its name in cache keys */
     th_breaker breaker;
     th_breaker_state last_state;
     int inflight;

@@ -468,3 +468,33 @@ def test_worker_ignores_sighup(hub_factory):
         assert w.check_clean_exit() is None   # SIGTERM still stops it cleanly (exit 0)
     finally:
         g.stop()
+
+
+def test_cache_survives_unless_the_provider_changes(hub_factory, fakes):
+    a, b = fakes(), fakes()
+    base = (BASE.replace("cache: { enabled: false }", "cache: { enabled: true, ttl: 10m }") +
+            "reload: { watch: false }\n")
+    h = hub_factory(base + "providers:\n" + prov("p", a.url))
+    data = os.path.join(h.dir, "data")
+    form = {"input": "Cache me across reloads.", "voice": "alloy", "response_format": "mp3"}
+
+    def xcache():
+        r = h.post(data=form)
+        assert r.status_code == 200
+        return r.headers["X-Cache"]
+
+    def reload_to(text):
+        write(h.config_path, text, data)
+        r = requests.post(h.url + "/admin/reload", timeout=30)
+        assert r.status_code == 200 and r.json()["reloaded"], r.text
+        return r.json()["changed"]
+
+    assert xcache() == "MISS" and xcache() == "HIT"
+    reload_to(base + "tenants:\n  x: { rpm: 1 }\nproviders:\n" + prov("p", a.url))   # unrelated
+    assert xcache() == "HIT"
+    ch = reload_to(base + "tenants:\n  x: { rpm: 1 }\nproviders:\n" + prov("p", a.url, "    weight: 5\n"))
+    assert ch["providers"]["changed"] == ["p"]
+    assert xcache() == "HIT"          # weight does not change the audio
+    calls = b.calls
+    reload_to(base + "tenants:\n  x: { rpm: 1 }\nproviders:\n" + prov("p", b.url, "    weight: 5\n"))
+    assert xcache() == "MISS" and b.calls == calls + 1   # another engine: its own entries

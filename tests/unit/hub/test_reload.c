@@ -175,6 +175,26 @@ TH_TEST(reload_provider_sameness)
     th_config_unref(w);
 }
 
+TH_TEST(reload_provider_cache_tag)
+{
+    th_config *o = P(base);
+    th_config *w = P("providers:\n" UP("a", "http://127.0.0.1:7001", "    weight: 3\n    timeout: 9s\n"));
+    th_config *u = P("providers:\n" UP("a", "http://127.0.0.1:7009", ""));
+    TH_REQUIRE(o && w && u);
+    char t1[96], t2[96], t3[96], t4[96];
+    th_reload_provider_tag(o, &o->providers[0], t1, sizeof t1);
+    th_reload_provider_tag(w, &w->providers[0], t2, sizeof t2);
+    th_reload_provider_tag(u, &u->providers[0], t3, sizeof t3);
+    th_reload_provider_tag(o, &o->providers[1], t4, sizeof t4);
+    TH_CHECK(strncmp(t1, "a#", 2) == 0 && strlen(t1) == 14);
+    TH_CHECK_STR(t1, t2);          /* hub-side keys do not change the audio */
+    TH_CHECK(strcmp(t1, t3) != 0); /* another engine does */
+    TH_CHECK(strncmp(t4, "b#", 2) == 0);
+    th_config_unref(o);
+    th_config_unref(w);
+    th_config_unref(u);
+}
+
 static bool list_is(json_t *d, const char *sect, const char *what, const char *csv)
 {
     json_t *a = json_object_get(json_object_get(d, sect), what);

@@ -498,3 +498,13 @@ def test_cache_survives_unless_the_provider_changes(hub_factory, fakes):
     calls = b.calls
     reload_to(base + "tenants:\n  x: { rpm: 1 }\nproviders:\n" + prov("p", b.url, "    weight: 5\n"))
     assert xcache() == "MISS" and b.calls == calls + 1   # another engine: its own entries
+
+
+def test_reload_without_a_config_file_is_refused(hub_factory):
+    h = hub_factory(None)   # the embedded default: nothing to read again
+    r = requests.post(h.url + "/admin/reload", timeout=30)
+    assert r.status_code == 400
+    assert "without a config file" in r.json()["errors"][0]["message"]
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reload (SIGHUP) refused" in h.output(), what="the refusal in the log")
+    assert h.proc.poll() is None and h.get("/health").json()["config"]["source"] == "embedded default"

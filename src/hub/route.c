@@ -111,8 +111,15 @@ void th_route_replace(th_route *r, th_route_prov **provs, size_t n, const th_con
         for (size_t k = 0; k < n && !kept; k++)
             kept = provs[k] == r->provs[i];
         if (!kept) {
-            r->provs[i]->retired = true;
-            /* its queue drains on its own: each waiter holds a reference */
+            th_route_prov *rp = r->provs[i];
+            rp->retired = true;    /* its queue drains on its own: each waiter holds a reference */
+            if (r->hub->metrics) { /* a removed provider's gauges go to 0; a changed one's new record sets
+                                      them */
+                const char *lbl[] = {rp->p->conf->name, NULL};
+                th_metrics_set(r->hub->metrics, TH_M_PROVIDER_INFLIGHT, lbl, 0);
+                th_metrics_set(r->hub->metrics, TH_M_QUEUE_DEPTH, lbl, 0);
+                th_metrics_set(r->hub->metrics, TH_M_BREAKER_STATE, lbl, 0);
+            }
         }
         th_route_prov_unref(r->provs[i]);
     }

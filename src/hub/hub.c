@@ -472,9 +472,8 @@ int th_hub_serve(const th_serve_opts *opts)
 out_governance:
     free_governance(&hub);
 out_providers:
-    th_route_free(&hub.route);
+    destroy_providers(&hub); /* through the route once it owns them */
     th_metrics_free(hub.metrics);
-    destroy_providers(&hub);
     free_registry(&hub);
 out_router:
     th_router_free(hub.router);

@@ -508,3 +508,35 @@ def test_reload_without_a_config_file_is_refused(hub_factory):
     h.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "config reload (SIGHUP) refused" in h.output(), what="the refusal in the log")
     assert h.proc.poll() is None and h.get("/health").json()["config"]["source"] == "embedded default"
+
+
+def test_sd_notify_ready_reloading_stopping(hub_factory, fakes):
+    """Type=notify: READY=1 once listening, RELOADING=1 ... READY=1 around a SIGHUP reload, STOPPING=1."""
+    import socket
+    import tempfile
+    a, b = fakes(), fakes()
+    path = os.path.join(tempfile.mkdtemp(prefix="ttshub-notify-"), "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.1)
+    got = []
+
+    def drain():
+        while True:
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                return got
+
+    try:
+        h = hub_factory(cfg(prov("a", a.url), watch=False), env={"NOTIFY_SOCKET": path})
+        wait_for(lambda: "READY=1" in drain(), what="READY=1")
+        write(h.config_path, cfg(prov("b", b.url), watch=False), os.path.join(h.dir, "data"))
+        h.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in drain()), what="RELOADING=1")
+        wait_for(lambda: drain()[-1] == "READY=1", what="READY=1 after the reload")
+        assert health_cfg(h)["reloads"]["ok"] == 1
+        h.stop()
+        wait_for(lambda: "STOPPING=1" in drain(), what="STOPPING=1")
+    finally:
+        sock.close()

@@ -12,7 +12,8 @@ static void usage(FILE *f)
     fprintf(f,
             "ttshub %s: a text-to-speech hub\n\n"
             "usage:\n"
-            "  ttshub serve [-c FILE] [--listen ADDR] [--log-level L]   run the gateway\n"
+            "  ttshub serve [-c FILE] [--listen ADDR] [--log-level L] [--reuse-port]\n"
+            "                                                           run the gateway\n"
             "  ttshub worker --engine E --gateway URL --listen ADDR --advertise URL [--engine-url URL]\n"
             "                [--capacity N]                            run an engine node (worker)\n"
             "  ttshub say [TEXT|-] [-v VOICE] [-f FORMAT] [-o FILE] [--url HUB] [--speed S]\n"
@@ -36,6 +37,8 @@ static int cmd_serve(int argc, char **argv)
         } else if (strcmp(a, "--log-level") == 0 && v) {
             o.log_level = v;
             i++;
+        } else if (strcmp(a, "--reuse-port") == 0) {
+            o.reuse_port = true;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
             return 0;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "hub/reload.h"
 #include "http/body.h"
 
 typedef struct usage_wait {
@@ -71,7 +72,7 @@ void th_api_admin_providers(th_http_req *req, void *ud)
     json_t *arr = json_array();
     uint64_t now = th_mono_ms();
     for (size_t i = 0; i < hub->n_providers; i++) {
-        const th_route_prov *rp = &hub->route.provs[i];
+        const th_route_prov *rp = hub->route.provs[i];
         const th_provider_conf *pc = rp->p->conf;
         json_array_append_new(
             arr,
@@ -92,11 +93,46 @@ void th_api_admin_config(th_http_req *req, void *ud)
     c->route = "/admin/config";
     if (th_api_auth(c, true) != 0) return;
     char *json = th_config_to_json(hub->cfg);
-    if (json == NULL) {
+    json_t *o = json ? json_loads(json, JSON_DECODE_ANY, NULL) : NULL;
+    free(json);
+    if (o == NULL || json_object_set_new(o, "version", th_reload_version(hub)) != 0) {
+        json_decref(o);
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
     th_http_set_header(req, "Cache-Control", "no-store");
-    th_api_reply(c, 200, "application/json", json, strlen(json));
-    free(json);
+    th_api_json(c, 200, o);
+}
+
+void th_api_admin_reload(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/admin/reload";
+    if (th_api_auth(c, true) != 0) return;
+    th_config_errors errs = {0};
+    json_t *summary = NULL;
+    th_reload_rc rc = th_reload_run(hub, TH_RELOAD_API, &errs, &summary);
+    if (rc == TH_RELOAD_REFUSED) {
+        json_t *arr = json_array();
+        for (size_t i = 0; arr && i < errs.n; i++) {
+            const th_config_error *e = &errs.items[i];
+            json_t *one = json_pack("{s:s,s:s}", "path", e->path, "message", e->message);
+            if (one && e->line > 0) json_object_set_new(one, "line", json_integer(e->line));
+            json_array_append_new(arr, one);
+        }
+        th_config_errors_free(&errs);
+        TH_LOG(hub->log, TH_LOG_WARN,
+               "config reload (admin api) refused: %zu error(s); the config in force stays",
+               arr ? json_array_size(arr) : 0);
+        json_t *body = json_pack("{s:o,s:{s:s,s:s,s:s}}", "errors", arr ? arr : json_array(), "error",
+                                 "message", "the config was not reloaded; the config in force stays", "type",
+                                 "invalid_request_error", "code", "invalid_config");
+        c->error_code = "invalid_config";
+        th_api_json(c, 400, body);
+        return;
+    }
+    th_config_errors_free(&errs);
+    th_http_set_header(req, "Cache-Control", "no-store");
+    th_api_json(c, 200, summary);
 }

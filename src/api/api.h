@@ -34,6 +34,7 @@ typedef enum {
 
 typedef struct th_api_ctx {
     th_hub *hub;
+    th_config *cfg; /* a reference: the config in force when the request came (c->tconf points into it) */
     th_http_req *req;
     th_api_shape shape;
     const char *route; /* the route's pattern, for metrics ("unmatched" when none) */
@@ -126,6 +127,7 @@ void th_api_metrics(th_http_req *req, void *ud);
 void th_api_admin_usage(th_http_req *req, void *ud);
 void th_api_admin_providers(th_http_req *req, void *ud);
 void th_api_admin_config(th_http_req *req, void *ud);
+void th_api_admin_reload(th_http_req *req, void *ud);
 /* control.c: the /health document (status: healthy, degraded or unhealthy) */
 json_t *th_api_health_doc(th_hub *hub, const char **status);
 /* status.c: /api/status, announcements, the /ws live feed */

@@ -77,6 +77,7 @@ void th_api_ctx_free(th_api_ctx *c)
     th_span_drop(c->span); /* a request that never reached th_api_log */
     th_vlib_use_release(c->clone);
     free(c->only_engine);
+    th_config_unref(c->cfg);
     free(c->voice);
     free(c->tenant);
     free(c);
@@ -252,6 +253,7 @@ static void handle(th_http_req *req, th_hub *hub, th_router *router)
         return;
     }
     c->hub = hub;
+    c->cfg = th_config_ref(hub->cfg);
     c->req = req;
     c->fmt = TH_FMT_NONE;
     const char *given = th_http_header(req, "X-Request-Id");

@@ -9,6 +9,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "voice/library.h"
+#include "hub/reload.h"
 
 json_t *th_api_health_doc(th_hub *hub, const char **status_out)
 {
@@ -17,7 +18,7 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
     uint64_t now = th_mono_ms();
     for (size_t i = 0; i < hub->n_providers; i++) {
         th_provider *p = hub->providers[i];
-        const th_route_prov *rp = hub->route.provs ? &hub->route.provs[i] : NULL;
+        const th_route_prov *rp = hub->route.provs ? hub->route.provs[i] : NULL;
         bool ok = rp == NULL || th_route_available(&hub->route, i);
         size_t nodes_total = 0, nodes_online = 0;
         bool by_registry = hub->registry && strcmp(p->conf->type, "nodes") == 0 &&
@@ -70,6 +71,7 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
                             json_pack("{s:s,s:I,s:I}", "backend", th_vlib_backend(hub->vlib), "voices",
                                       (json_int_t)th_vlib_count(hub->vlib), "cached_bytes",
                                       (json_int_t)th_vlib_cached_bytes(hub->vlib)));
+    if (o) json_object_set_new(o, "config", th_reload_version(hub)); /* the version of the config in force */
     *status_out = status;
     return o;
 }
@@ -184,6 +186,7 @@ int th_api_register(th_hub *hub)
         {"GET", "/admin/usage", th_api_admin_usage},
         {"GET", "/admin/providers", th_api_admin_providers},
         {"GET", "/admin/config", th_api_admin_config},
+        {"POST", "/admin/reload", th_api_admin_reload},
         {"POST", "/api/nodes/register", th_api_nodes_register},
         {"POST", "/api/nodes/{id}/heartbeat", th_api_nodes_heartbeat},
         {"POST", "/api/nodes/{id}/command", th_api_nodes_command},

@@ -369,7 +369,7 @@ static void step_cache(th_api_ctx *c)
     char route[512] = "";
     size_t off = 0;
     for (size_t k = 0; k < n; k++) {
-        const char *name = hub->providers[idx[k]]->conf->name;
+        const char *name = hub->route.provs[idx[k]]->cache_name; /* a settings change is a new name */
         /* sorted order: simple insertion by name would do; indexes are config order, already stable */
         size_t nl = strlen(name);
         if (off + nl + 2 > sizeof route) break;
@@ -493,8 +493,8 @@ static void step_limits(th_api_ctx *c)
         .tconf = c->tconf,
     };
     if (lr.key_id[0])
-        for (size_t i = 0; i < hub->cfg->auth.n_keys; i++)
-            if (strcmp(hub->cfg->auth.keys[i].id, lr.key_id) == 0) lr.key_rpm = hub->cfg->auth.keys[i].rpm;
+        for (size_t i = 0; i < c->cfg->auth.n_keys; i++)
+            if (strcmp(c->cfg->auth.keys[i].id, lr.key_id) == 0) lr.key_rpm = c->cfg->auth.keys[i].rpm;
     c->waiting = true;
     th_limit_check(hub->limiter, &lr, th_wall_ms(), limit_cb, c);
 }
@@ -654,9 +654,9 @@ int th_api_auth(th_api_ctx *c, bool admin)
     }
     if (c->id.tenant[0]) {
         c->tenant = th_strndup(c->id.tenant, strlen(c->id.tenant));
-        c->tconf = th_config_tenant(hub->cfg, c->id.tenant);
+        c->tconf = th_config_tenant(c->cfg, c->id.tenant);
     }
-    if (admin && !th_auth_is_admin(&c->id) && strcmp(hub->cfg->auth.mode, "none") != 0) {
+    if (admin && !th_auth_is_admin(&c->id) && strcmp(c->cfg->auth.mode, "none") != 0) {
         th_api_error(c, 403, "permission_error", "admin_required", "this route needs the admin role");
         return -1;
     }

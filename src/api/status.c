@@ -41,6 +41,8 @@ struct th_feed {
     size_t n;
     unsigned tick;
     int *breaker; /* last state seen per provider */
+    size_t n_breaker;
+    uint64_t generation; /* hub->cfg_generation the breaker array was made for */
     bool stopping;
 };
 
@@ -83,7 +85,7 @@ static json_t *status_doc(th_hub *hub)
     uint64_t now = th_mono_ms();
     for (size_t i = 0; providers && engines && i < hub->n_providers; i++) {
         const th_provider_conf *pc = hub->providers[i]->conf;
-        const th_route_prov *rp = hub->route.provs ? &hub->route.provs[i] : NULL;
+        const th_route_prov *rp = hub->route.provs ? hub->route.provs[i] : NULL;
         json_t *p =
             json_pack("{s:s,s:s,s:I,s:I}", "type", pc->type, "breaker",
                       rp ? th_breaker_state_name(th_breaker_get(&rp->breaker, now)) : "closed", "in_flight",
@@ -188,8 +190,17 @@ static void feed_tick(uv_timer_t *t)
     struct th_feed *f = t->data;
     th_hub *hub = f->hub;
     uint64_t now = th_mono_ms();
-    for (size_t i = 0; f->breaker && i < hub->n_providers && hub->route.provs; i++) {
-        int st = (int)th_breaker_get(&hub->route.provs[i].breaker, now);
+    if (f->generation != hub->cfg_generation) { /* a reload: the providers are another set */
+        int *b = realloc(f->breaker, (hub->n_providers ? hub->n_providers : 1) * sizeof *b);
+        if (b == NULL) return;
+        f->breaker = b;
+        f->n_breaker = hub->n_providers;
+        f->generation = hub->cfg_generation;
+        for (size_t i = 0; i < hub->n_providers; i++)
+            f->breaker[i] = (int)th_breaker_get(&hub->route.provs[i]->breaker, now);
+    }
+    for (size_t i = 0; f->breaker && i < hub->n_providers && i < f->n_breaker && hub->route.provs; i++) {
+        int st = (int)th_breaker_get(&hub->route.provs[i]->breaker, now);
         if (st != f->breaker[i])
             th_api_feed_publish(hub, "provider_breaker",
                                 json_pack("{s:s,s:s,s:s}", "provider", hub->providers[i]->conf->name, "state",
@@ -220,8 +231,10 @@ int th_api_feed_new(th_hub *hub)
         return -1;
     }
     uint64_t now = th_mono_ms();
+    f->n_breaker = hub->n_providers;
+    f->generation = hub->cfg_generation;
     for (size_t i = 0; i < hub->n_providers; i++)
-        f->breaker[i] = hub->route.provs ? (int)th_breaker_get(&hub->route.provs[i].breaker, now) : 0;
+        f->breaker[i] = hub->route.provs ? (int)th_breaker_get(&hub->route.provs[i]->breaker, now) : 0;
     uv_timer_init(hub->loop, f->timer);
     f->timer->data = f;
     uv_timer_start(f->timer, feed_tick, FEED_TICK_MS, FEED_TICK_MS);

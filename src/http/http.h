@@ -46,6 +46,9 @@ th_http_server *th_http_server_new(uv_loop_t *loop, const th_http_limits *lim, t
 void th_http_server_set_body_limit_fn(th_http_server *s, th_http_body_limit_fn fn);
 /** Replaces the limits for connections accepted from now on (config reload). */
 void th_http_server_set_limits(th_http_server *s, const th_http_limits *lim);
+/** Binds with SO_REUSEPORT (before th_http_server_listen), so another process can listen on the same
+ * port; on shutdown the connections queued on this listener are taken and served before it closes. */
+void th_http_server_set_reuse_port(th_http_server *s, bool on);
 /** addr: "0.0.0.0:8080", "127.0.0.1:0", "[::]:8080", ":8080". 0 on success; on failure err says why. */
 int th_http_server_listen(th_http_server *s, const char *addr, char *err, size_t errlen);
 /** The port actually bound (useful with port 0). */

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/buf.h"
 #include "core/clock.h"
@@ -102,7 +103,8 @@ struct conn {
     bool closing;
     bool reading;
     bool rejected;
-    bool counted; /* in s->nactive */
+    bool from_backlog; /* taken off the listen queue at shutdown: its request has not been read yet */
+    bool counted;      /* in s->nactive */
     bool in_parse;
     bool resume_queued;
     bool flush_queued;
@@ -137,6 +139,7 @@ struct th_http_server {
     size_t nrejecting;
     size_t ninflight;
     int port;
+    bool reuse_port; /* SO_REUSEPORT: another process may listen on the same port */
     bool shutting_down;
     bool done_called;
     void (*done)(void *ud);
@@ -877,6 +880,9 @@ static void peer_name(conn *c)
     }
 }
 
+static conn *conn_new(th_http_server *s);
+static void conn_accepted(conn *c);
+
 static void on_connection(uv_stream_t *ls, int status)
 {
     th_http_server *s = ls->data;
@@ -884,7 +890,7 @@ static void on_connection(uv_stream_t *ls, int status)
         TH_LOG(s->log, TH_LOG_WARN, "http: accept: %s", uv_strerror(status));
         return;
     }
-    conn *c = calloc(1, sizeof *c);
+    conn *c = conn_new(s);
     if (c == NULL) {
         /* take the connection off the queue and drop it, or libuv would stop accepting */
         uv_tcp_t *t = malloc(sizeof *t);
@@ -896,6 +902,21 @@ static void on_connection(uv_stream_t *ls, int status)
         }
         return;
     }
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->shutting_down) {
+        conn_close(c);
+        return;
+    }
+    conn_accepted(c);
+}
+
+static conn *conn_new(th_http_server *s)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (c == NULL) return NULL;
     c->s = s;
     c->lim = s->lim;
     c->refs = 1;
@@ -916,14 +937,13 @@ static void on_connection(uv_stream_t *ls, int status)
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
-        conn_close(c);
-        return;
-    }
-    if (s->shutting_down) {
-        conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* A connection is open on c->tcp: start reading it. */
+static void conn_accepted(conn *c)
+{
+    th_http_server *s = c->s;
     uv_tcp_nodelay(&c->tcp, 1);
     peer_name(c);
     if (s->nactive >= c->lim.max_connections) {
@@ -1043,13 +1063,26 @@ int th_http_server_listen(th_http_server *s, const char *addr, char *err, size_t
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int rc = uv_tcp_init(s->loop, l);
+    /* with reuse_port the socket is made now (init_ex), so SO_REUSEPORT can be set before the bind:
+     * libuv 1.44 has no UV_TCP_REUSEPORT */
+    int rc = s->reuse_port ? uv_tcp_init_ex(s->loop, l, ss.ss_family) : uv_tcp_init(s->loop, l);
     if (rc != 0) {
         free(l);
         snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
         return -1;
     }
     l->data = s;
+    if (s->reuse_port) {
+        uv_os_fd_t fd;
+        int one = 1;
+        rc = uv_fileno((uv_handle_t *)l, &fd);
+        if (rc == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) rc = -errno;
+        if (rc != 0) {
+            snprintf(err, errlen, "SO_REUSEPORT: %s", uv_strerror(rc));
+            uv_close((uv_handle_t *)l, free_handle_cb);
+            return -1;
+        }
+    }
     /* libuv sets SO_REUSEADDR when it binds a TCP handle on Unix */
     rc = uv_tcp_bind(l, (const struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)l, LISTEN_BACKLOG, on_connection);
@@ -1091,9 +1124,39 @@ static void on_grace(uv_timer_t *t)
         conn_close(c);
 }
 
+/* reuse_port: connections the kernel queued on this listener would be reset when it closes, so they are
+ * taken and served first (another process on the port takes the new ones once this one has closed). */
+static void accept_backlog(th_http_server *s)
+{
+    uv_os_fd_t lfd;
+    if (s->listener == NULL || uv_fileno((uv_handle_t *)s->listener, &lfd) != 0) return;
+    for (int n = 0; n < 65536; n++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break; /* EAGAIN: the queue is empty */
+        conn *c = conn_new(s);
+        if (c == NULL) {
+            close(fd);
+            continue;
+        }
+        if (uv_tcp_open(&c->tcp, fd) != 0) {
+            close(fd);
+            conn_close(c);
+            continue;
+        }
+        c->from_backlog = true;
+        conn_accepted(c);
+    }
+}
+
+void th_http_server_set_reuse_port(th_http_server *s, bool on)
+{
+    s->reuse_port = on;
+}
+
 void th_http_server_shutdown(th_http_server *s, uint64_t grace_ms, void (*done)(void *ud), void *ud)
 {
     if (s->shutting_down) return;
+    if (s->reuse_port) accept_backlog(s);
     s->shutting_down = true;
     s->done = done;
     s->done_ud = ud;
@@ -1111,7 +1174,7 @@ void th_http_server_shutdown(th_http_server *s, uint64_t grace_ms, void (*done)(
         }
     }
     for (conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->state == C_IDLE && !c->p.msg.started) conn_close(c);
+        if (c->state == C_IDLE && !c->p.msg.started && !c->from_backlog) conn_close(c);
     }
     s->grace = malloc(sizeof *s->grace);
     if (s->grace != NULL && uv_timer_init(s->loop, s->grace) == 0) {

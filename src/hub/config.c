@@ -892,6 +892,13 @@ static const key_def k_registry[] = {
 };
 static const section_def s_registry = SECTION(k_registry);
 
+static const key_def k_reload[] = {
+    KBOOL(th_config, reload.watch, "watch", "true"),
+    KDUR(th_config, reload.debounce_ms, "debounce", "300ms", 0, 1 * MIN),
+    KBOOL(th_config, reload.reuse_port, "reuse_port", "false"),
+};
+static const section_def s_reload = SECTION(k_reload);
+
 static const key_def k_tracing[] = {
     KSTR(th_config, tracing.otlp_endpoint, "otlp_endpoint", "", check_http_url_opt, F_URL, 0),
     KSTR(th_config, tracing.service_name, "service_name", "ttshub", check_nonempty, 0, 0),
@@ -928,6 +935,7 @@ static const key_def k_top[] = {
     KSEC("registry", s_registry),
     KSEC("tracing", s_tracing),
     KSEC("voice_library", s_voice_library),
+    KSEC("reload", s_reload),
 };
 static const section_def s_top = SECTION(k_top);
 
@@ -1853,6 +1861,11 @@ th_config *th_config_default(void)
 th_config *th_config_parse(const char *yaml, size_t len, th_config_errors *errs)
 {
     return parse(yaml, len, errs, NULL);
+}
+
+th_config *th_config_parse_file(const char *yaml, size_t len, const char *path, th_config_errors *errs)
+{
+    return parse(yaml, len, errs, path);
 }
 
 th_config *th_config_load(const char *path, th_config_errors *errs)

@@ -155,6 +155,12 @@ typedef struct th_config {
         double silence_dbfs;  /* -45: 20 ms windows quieter than this are silence */
     } voice_library;
 
+    struct {
+        bool watch;           /* reload when the file changes (default true) */
+        uint64_t debounce_ms; /* after the last change seen (300ms) */
+        bool reuse_port;      /* bind the listeners with SO_REUSEPORT (or `serve --reuse-port`) */
+    } reload;
+
     int refs; /* reference count; starts at 1 */
 } th_config;
 
@@ -177,6 +183,8 @@ th_config *th_config_load(const char *path, th_config_errors *errs);
 /** Same, from a string (tests, fuzzing). name is used in messages. */
 th_config *th_config_parse(const char *yaml, size_t len, th_config_errors *errs);
 void th_config_errors_free(th_config_errors *errs);
+/** The bytes of the file at path, already read (a reload hashes what it parses). Same checks as load. */
+th_config *th_config_parse_file(const char *yaml, size_t len, const char *path, th_config_errors *errs);
 
 th_config *th_config_ref(th_config *c);
 void th_config_unref(th_config *c);

@@ -9,7 +9,9 @@
 
 #include "api/api.h"
 #include "core/clock.h"
+#include "core/sdnotify.h"
 #include "core/str.h"
+#include "hub/reload.h"
 #include "providers/upstream.h"
 #include "voice/library.h"
 
@@ -67,11 +69,29 @@ int th_hub_provider_index(const th_hub *hub, const char *name)
 
 static void destroy_providers(th_hub *hub)
 {
-    for (size_t i = 0; i < hub->n_providers; i++)
-        if (hub->providers[i]) hub->providers[i]->ops->destroy(hub->providers[i]);
+    if (hub->route.provs) {
+        th_route_free(&hub->route); /* the route owns them: each goes with its last reference */
+    } else {
+        for (size_t i = 0; i < hub->n_providers; i++)
+            if (hub->providers[i]) hub->providers[i]->ops->destroy(hub->providers[i]);
+    }
     free(hub->providers);
     hub->providers = NULL;
     hub->n_providers = 0;
+}
+
+static void node_targets(th_hub *hub, th_provider *p);
+
+th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *err, size_t errlen)
+{
+    const th_provider_ops *ops = th_provider_kind(pc->type);
+    if (ops == NULL) {
+        snprintf(err, errlen, "type %s is not available in this build", pc->type);
+        return NULL;
+    }
+    th_provider *p = ops->create(hub->loop, pc, hub->log, err, errlen);
+    if (p != NULL && hub->registry != NULL) node_targets(hub, p);
+    return p;
 }
 
 static int create_providers(th_hub *hub)
@@ -81,14 +101,8 @@ static int create_providers(th_hub *hub)
     if (hub->providers == NULL) return -1;
     for (size_t i = 0; i < cfg->n_providers; i++) {
         const th_provider_conf *pc = &cfg->providers[i];
-        const th_provider_ops *ops = th_provider_kind(pc->type);
-        if (ops == NULL) {
-            TH_LOG(hub->log, TH_LOG_ERROR, "provider %s: type %s is not available in this build", pc->name,
-                   pc->type);
-            return -1;
-        }
         char err[256] = "";
-        th_provider *p = ops->create(hub->loop, pc, hub->log, err, sizeof err);
+        th_provider *p = th_hub_provider_new(hub, pc, err, sizeof err);
         if (p == NULL) {
             TH_LOG(hub->log, TH_LOG_ERROR, "provider %s: %s", pc->name, err);
             return -1;
@@ -125,6 +139,14 @@ static void node_release(void *ud, void *lease, bool ok)
     th_registry_release(hub->registry, lease, ok, th_mono_ms());
 }
 
+static void node_targets(th_hub *hub, th_provider *p)
+{
+    th_upstream_targets t = {node_pick, node_release, hub};
+    const th_provider_conf *pc = p->conf;
+    if (strcmp(pc->type, "nodes") == 0 && (pc->base_url == NULL || pc->base_url[0] == 0))
+        th_upstream_set_targets(p, &t);
+}
+
 static void registry_tick(uv_timer_t *t)
 {
     th_hub *hub = t->data;
@@ -149,12 +171,8 @@ static int create_registry(th_hub *hub)
     th_client_conf cc = {.max_host_connections = 4, .max_total_connections = 64, .max_connects_cache = 16};
     hub->ctl_client = th_client_new(hub->loop, &cc);
     if (hub->ctl_client == NULL) return -1;
-    th_upstream_targets t = {node_pick, node_release, hub};
-    for (size_t i = 0; i < hub->n_providers; i++) {
-        const th_provider_conf *pc = hub->providers[i]->conf;
-        if (strcmp(pc->type, "nodes") == 0 && (pc->base_url == NULL || pc->base_url[0] == 0))
-            th_upstream_set_targets(hub->providers[i], &t);
-    }
+    for (size_t i = 0; i < hub->n_providers; i++)
+        node_targets(hub, hub->providers[i]);
     uv_timer_start(&hub->registry_timer, registry_tick, 1000, 1000);
     return 0;
 }
@@ -277,6 +295,7 @@ static void shutdown_done(void *ud)
     free_registry(hub);
     uv_close((uv_handle_t *)&hub->sig_term, NULL);
     uv_close((uv_handle_t *)&hub->sig_int, NULL);
+    th_reload_free(hub);
     uv_check_stop(&hub->reaper);
     run_deferred(hub);
     uv_close((uv_handle_t *)&hub->reaper, NULL);
@@ -285,6 +304,8 @@ static void shutdown_done(void *ud)
 static void begin_drain(th_hub *hub, const char *why)
 {
     hub->stopping = true;
+    th_sd_notify("STOPPING=1");
+    th_reload_stop(hub);
     if (hub->ext && hub->ext->stop) hub->ext->stop(hub, hub->ext->ud);
     th_api_feed_shutdown(hub); /* live-feed clients get a close frame now */
     TH_LOG(hub->log, TH_LOG_INFO, "%s: draining %zu in-flight requests (grace %llums)", why,
@@ -309,6 +330,19 @@ static void on_signal(uv_signal_t *h, int signum)
     char why[24];
     snprintf(why, sizeof why, "signal %d", signum);
     begin_drain(hub, why);
+}
+
+void th_hub_http_limits(const th_config *cfg, th_http_limits *lim)
+{
+    *lim = (th_http_limits){
+        .max_header = (size_t)cfg->limits.max_header,
+        .max_body = (size_t)cfg->limits.max_body,
+        .max_upload = (size_t)cfg->limits.max_upload,
+        .max_connections = cfg->limits.max_connections,
+        .header_timeout_ms = cfg->limits.header_timeout_ms,
+        .idle_timeout_ms = cfg->limits.idle_timeout_ms,
+        .request_timeout_ms = cfg->limits.request_timeout_ms,
+    };
 }
 
 static bool is_loopback(const char *listen)
@@ -375,15 +409,8 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.exit_code = 0;
 
     const char *listen = opts->listen && *opts->listen ? opts->listen : hub.cfg->listen;
-    th_http_limits lim = {
-        .max_header = (size_t)hub.cfg->limits.max_header,
-        .max_body = (size_t)hub.cfg->limits.max_body,
-        .max_upload = (size_t)hub.cfg->limits.max_upload,
-        .max_connections = hub.cfg->limits.max_connections,
-        .header_timeout_ms = hub.cfg->limits.header_timeout_ms,
-        .idle_timeout_ms = hub.cfg->limits.idle_timeout_ms,
-        .request_timeout_ms = hub.cfg->limits.request_timeout_ms,
-    };
+    th_http_limits lim;
+    th_hub_http_limits(hub.cfg, &lim);
     hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
     if (hub.http == NULL) goto out_log;
     th_http_server_set_body_limit_fn(hub.http, th_api_body_limit);
@@ -401,6 +428,8 @@ int th_hub_serve(const th_serve_opts *opts)
     if (hub.announce == NULL || th_api_feed_new(&hub) != 0) goto out_governance;
 
     char err[256] = "";
+    bool reuse_port = opts->reuse_port || hub.cfg->reload.reuse_port;
+    th_http_server_set_reuse_port(hub.http, reuse_port);
     if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
         TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", listen, err);
         fprintf(stderr, "ttshub: cannot listen on %s: %s\n", listen, err);
@@ -408,6 +437,7 @@ int th_hub_serve(const th_serve_opts *opts)
     }
     if (hub.metrics_router) {
         hub.metrics_http = th_http_server_new(&loop, &lim, th_api_handle_metrics, &hub, hub.log);
+        if (hub.metrics_http) th_http_server_set_reuse_port(hub.metrics_http, reuse_port);
         if (hub.metrics_http == NULL ||
             th_http_server_listen(hub.metrics_http, hub.cfg->metrics_listen, err, sizeof err) != 0) {
             TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", hub.cfg->metrics_listen, err);
@@ -437,6 +467,14 @@ int th_hub_serve(const th_serve_opts *opts)
     hub.housekeeping.data = &hub;
     uv_timer_start(&hub.housekeeping, housekeeping_cb, 10000, 10000);
     th_route_start_probes(&hub.route);
+    const char *cfg_path = opts->config_text ? NULL : opts->config_path;
+    if (opts->config_text == NULL && (cfg_path == NULL || *cfg_path == 0)) cfg_path = getenv("TTSHUB_CONFIG");
+    if (th_reload_start(&hub, cfg_path, opts->log_level != NULL, th_api_feed_publish) != 0) {
+        TH_LOG(hub.log, TH_LOG_ERROR, "cannot set up config reloads: out of memory");
+        hub.exit_code = 1;
+        begin_drain(&hub, "start failed");
+    }
+    th_sd_notify("READY=1");
     if (hub.ext && hub.ext->start && hub.ext->start(&hub, hub.ext->ud) != 0) {
         TH_LOG(hub.log, TH_LOG_ERROR, "cannot start");
         hub.exit_code = 1;
@@ -463,9 +501,8 @@ int th_hub_serve(const th_serve_opts *opts)
 out_governance:
     free_governance(&hub);
 out_providers:
-    th_route_free(&hub.route);
+    destroy_providers(&hub); /* through the route once it owns them */
     th_metrics_free(hub.metrics);
-    destroy_providers(&hub);
     free_registry(&hub);
 out_router:
     th_router_free(hub.router);

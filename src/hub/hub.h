@@ -52,6 +52,7 @@ typedef struct th_hub_ext {
     void (*stop)(th_hub *hub, void *ud);  /* SIGTERM/SIGINT or th_hub_shutdown, before the drain */
     void (*free)(th_hub *hub, void *ud);  /* all stopped; async work may still end on the loop */
     void *ud;
+    void (*reload)(th_hub *hub, void *ud); /* SIGHUP, instead of a config reload; NULL: reload the config */
 } th_hub_ext;
 
 struct th_hub {
@@ -85,7 +86,9 @@ struct th_hub {
     uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
-    th_uuid_gen ids; /* request ids (loop thread) */
+    struct th_reload *reload; /* live config (hub/reload.h): SIGHUP, file watch, /admin/reload */
+    uint64_t cfg_generation;  /* bumped by every reload that swaps the config in */
+    th_uuid_gen ids;          /* request ids (loop thread) */
     uv_signal_t sig_term, sig_int;
     uv_check_t reaper; /* runs deferred frees once per loop turn */
     struct th_hub_deferred *deferred, *deferred_tail;
@@ -99,6 +102,7 @@ typedef struct th_serve_opts {
     const char *config_path; /* NULL: TTSHUB_CONFIG, else the embedded default */
     const char *listen;      /* overrides the config */
     const char *log_level;   /* overrides the config */
+    bool reuse_port;         /* --reuse-port: SO_REUSEPORT on the listeners (also reload.reuse_port) */
 } th_serve_opts;
 
 /** `ttshub serve`: runs until SIGTERM/SIGINT has drained in-flight requests. Returns the exit code. */
@@ -110,6 +114,13 @@ int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr);
 
 /** Stops the hub as SIGTERM does: drain in-flight requests, then exit 0. */
 void th_hub_shutdown(th_hub *hub);
+
+/** Makes the provider of one config section (registry targets set for a `nodes` kind without base_url).
+ * NULL with err set. */
+th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *err, size_t errlen);
+
+/** The HTTP server limits of a config (at start and on each reload). */
+void th_hub_http_limits(const th_config *cfg, th_http_limits *lim);
 
 /** Index of a provider by name, or -1. */
 int th_hub_provider_index(const th_hub *hub, const char *name);

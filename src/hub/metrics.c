@@ -138,6 +138,20 @@ const th_metric_desc th_metric_descs[TH_M_COUNT] = {
                        {NULL, NULL, NULL},
                        NULL,
                        0},
+    [TH_M_CONFIG_RELOADS] = {TH_M_CONFIG_RELOADS,
+                             "ttshub_config_reloads_total",
+                             TH_MT_COUNTER,
+                             "Config reloads (SIGHUP, file change, POST /admin/reload), by result.",
+                             {"result", NULL, NULL},
+                             NULL,
+                             0},
+    [TH_M_CONFIG_LOADED] = {TH_M_CONFIG_LOADED,
+                            "ttshub_config_loaded_timestamp_seconds",
+                            TH_MT_GAUGE,
+                            "Unix time at which the config in force was loaded.",
+                            {NULL, NULL, NULL},
+                            NULL,
+                            0},
 };
 
 typedef struct series {

@@ -32,6 +32,8 @@ typedef enum {
     TH_M_CHARS,             /* counter {tenant}: code points synthesised */
     TH_M_REJECTIONS,        /* counter {reason} */
     TH_M_INFLIGHT,          /* gauge: requests in flight */
+    TH_M_CONFIG_RELOADS,    /* counter {result}: ok|refused|unchanged */
+    TH_M_CONFIG_LOADED,     /* gauge: unix time the config in force was loaded */
     TH_M_COUNT
 } th_metric_id;
 

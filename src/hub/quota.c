@@ -1189,3 +1189,13 @@ fail:
     }
     cb(ud, NULL, 0, false);
 }
+
+void th_quota_set_config(th_quota *q, const th_config *cfg)
+{
+    if (q == NULL || cfg == NULL) return;
+    th_config *old = q->cfg;
+    q->cfg = th_config_ref((th_config *)cfg);
+    th_config_unref(old);
+    q->fail_open =
+        cfg->rate_limit.on_backend_error == NULL || strcmp(cfg->rate_limit.on_backend_error, "closed") != 0;
+}

@@ -77,4 +77,8 @@ typedef void (*th_quota_usage_cb)(void *ud, const th_usage_row *rows, size_t n, 
 void th_quota_usage_fetch(th_quota *q, const char *window, const char *tenant, uint64_t now_ms,
                           th_quota_usage_cb cb, void *ud);
 
+/** A reload: the config the "all tenants" usage query lists (takes a reference, drops the old one) and
+ * rate_limit.on_backend_error. */
+void th_quota_set_config(th_quota *q, const th_config *cfg);
+
 #endif

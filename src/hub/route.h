@@ -7,7 +7,15 @@
  * lists come from router.routes (first match on tenant/voice/model) or all
  * providers, minus those that do not know the voice, ordered by the
  * configured strategy with unavailable ones (open breaker, failed probe)
- * last. Loop thread only. */
+ * last. Loop thread only.
+ *
+ * A th_route_prov is reference-counted and outlives a config reload: the
+ * route holds one reference for each provider of the config in force, and
+ * every synthesis holds one on each candidate it may call. A reload keeps an
+ * unchanged provider's th_route_prov (breaker, EWMA, in-flight count, queue
+ * and the provider itself with its connection pool) and retires a changed or
+ * removed one: it leaves the route, drains the calls that hold it, and the
+ * last reference destroys the provider. */
 #ifndef TH_HUB_ROUTE_H
 #define TH_HUB_ROUTE_H
 
@@ -30,9 +38,12 @@ typedef struct th_route_waiter {
 } th_route_waiter;
 
 typedef struct th_route_prov {
-    struct th_route *owner;
-    th_provider *p;
-    size_t index;
+    int refs;               /* the route's while live, plus one per synthesis using it */
+    struct th_route *owner; /* the route (lives as long as the hub) */
+    th_config *cfg;         /* a reference: the config p->conf belongs to */
+    th_provider *p;         /* destroyed with the last reference */
+    bool retired;           /* left the route on a reload: drains, then goes */
+    char cache_name[96];    /* "name#<hash of its audio-relevant settings>": its name in cache keys */
     th_breaker breaker;
     th_breaker_state last_state;
     int inflight;
@@ -49,13 +60,26 @@ typedef struct th_route_prov {
 typedef struct th_route {
     struct th_hub *hub;
     uv_timer_t *probe_timer; /* separately allocated; freed in its close callback */
-    th_route_prov *provs;    /* parallel to hub->providers */
+    th_route_prov **provs;   /* the live providers, parallel to hub->providers */
     size_t n;
     th_balance balance;
 } th_route;
 
 int th_route_init(th_route *r, struct th_hub *hub);
+/** Drops the route's references (providers whose calls have ended are destroyed). */
 void th_route_free(th_route *r);
+
+/** A new th_route_prov for provider p made from cfg (takes a config reference; the route_prov owns p). */
+th_route_prov *th_route_prov_new(th_route *r, th_provider *p, th_config *cfg);
+th_route_prov *th_route_prov_ref(th_route_prov *rp);
+/** Drops a reference; the last one destroys the provider and frees rp. Call it outside the provider's
+ * own callbacks (synth does it from a deferred free). */
+void th_route_prov_unref(th_route_prov *rp);
+/** Installs a new set of live providers (a reload): takes over provs (n references), retires those of
+ * the old set that are not in the new one, and applies cfg's router settings (strategy, breaker). */
+void th_route_replace(th_route *r, th_route_prov **provs, size_t n, const th_config *cfg);
+/** The breaker settings of cfg. */
+void th_route_breaker_conf(const th_config *cfg, th_breaker_conf *bc);
 
 /** The candidates for one request, best first, at most max; returns the count. Writes the engine
  * voice for each (from the provider's voices map, then the catalogue, else the public name). Providers
@@ -70,18 +94,19 @@ size_t th_route_clone_candidates(th_route *r, const char *tenant, const char *vo
                                  size_t *idx, const char **engine_voice, size_t max);
 /** true when provider i's breaker allows a call and its probe is not failing. */
 bool th_route_available(th_route *r, size_t i);
+bool th_route_prov_available(const th_route_prov *rp);
 
 typedef enum { TH_SLOT_NOW = 0, TH_SLOT_QUEUED, TH_SLOT_FULL } th_slot_rc;
-/** Asks for a slot on provider i: NOW (inflight counted), QUEUED (w->grant is called later; cancel with
+/** Asks for a slot on a provider: NOW (inflight counted), QUEUED (w->grant is called later; cancel with
  * th_route_unwait), or FULL (queue full). */
-th_slot_rc th_route_acquire(th_route *r, size_t i, th_route_waiter *w);
-void th_route_unwait(th_route *r, size_t i, th_route_waiter *w);
-/** A call on provider i ended: frees its slot and grants the next waiter (on the next loop turn). */
-void th_route_release(th_route *r, size_t i);
+th_slot_rc th_route_acquire(th_route_prov *rp, th_route_waiter *w);
+void th_route_unwait(th_route_prov *rp, th_route_waiter *w);
+/** A call on the provider ended: frees its slot and grants the next waiter. */
+void th_route_release(th_route_prov *rp);
 /** Breaker bookkeeping for a call that th_breaker_allow let through. */
-bool th_route_allow(th_route *r, size_t i);
-void th_route_outcome(th_route *r, size_t i, bool ok, double first_byte_ms);
-void th_route_outcome_none(th_route *r, size_t i);
+bool th_route_allow(th_route_prov *rp);
+void th_route_outcome(th_route_prov *rp, bool ok, double first_byte_ms);
+void th_route_outcome_none(th_route_prov *rp);
 
 /** Starts the periodic active health probes (router.health_interval). */
 void th_route_start_probes(th_route *r);

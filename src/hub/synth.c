@@ -23,8 +23,8 @@ typedef struct attempt attempt;
 struct attempt {
     th_synth *s;
     part *pt;
-    size_t cand; /* index into s->cand */
-    size_t prov; /* index into hub->route.provs */
+    size_t cand;         /* index into s->cand */
+    th_route_prov *prov; /* the provider (a reference held by the synth's candidates) */
     th_job *job;
     th_route_waiter waiter;
     th_audio_stream *conv;
@@ -61,13 +61,14 @@ struct part {
 
 struct th_synth {
     th_hub *hub;
+    th_config *cfg; /* a reference: the config in force when the request started */
     th_synth_cb cb;
     char *text, *voice, *language, *prompt, *model, *generation, *tenant;
     size_t text_len, chars;
     th_fmt fmt;
     int rate;
     double speed;
-    size_t cand[MAX_CANDIDATES];
+    th_route_prov *cand[MAX_CANDIDATES]; /* one reference each */
     const char *cand_voice[MAX_CANDIDATES];
     size_t ncand;
     part *parts;
@@ -95,9 +96,10 @@ static th_metrics *M(const th_synth *s)
     return s->hub->metrics;
 }
 
-static const char *pname(const th_synth *s, size_t prov)
+static const char *pname(const th_synth *s, const th_route_prov *prov)
 {
-    return s->hub->route.provs[prov].p->conf->name;
+    (void)s;
+    return prov->p->conf->name;
 }
 
 /* The candidate index at position k of a part's own order. */
@@ -126,27 +128,23 @@ static void stop_hedge(part *pt)
 /* Ends an attempt: cancels its job, gives back its slot and breaker allowance, closes its converter. */
 static void drop_attempt(attempt *a, bool record_none)
 {
-    th_synth *s = a->s;
-    th_route *r = &s->hub->route;
+    th_route_prov *r = a->prov;
     if (a->ended) return;
     a->ended = true;
     if (a->queued) {
-        th_route_unwait(r, a->prov, &a->waiter);
+        th_route_unwait(r, &a->waiter);
         a->queued = false;
     }
-    if (a->live && a->job) {
-        th_provider *p = r->provs[a->prov].p;
-        th_provider_cancel(p, a->job);
-    }
+    if (a->live && a->job) th_provider_cancel(r->p, a->job);
     a->live = false;
     a->job = NULL;
     if (a->slot) {
         a->slot = false;
-        th_route_release(r, a->prov);
+        th_route_release(r);
     }
     if (a->allowed) {
         a->allowed = false;
-        if (record_none) th_route_outcome_none(r, a->prov);
+        if (record_none) th_route_outcome_none(r);
     }
     if (a->conv) {
         th_audio_stream_close(a->conv);
@@ -180,6 +178,9 @@ static void reap(void *p)
     free(s->generation);
     free(s->tenant);
     th_vlib_use_release(s->clone);
+    for (size_t k = 0; k < s->ncand; k++)
+        th_route_prov_unref(s->cand[k]);
+    th_config_unref(s->cfg);
     free(s);
 }
 
@@ -266,7 +267,7 @@ static void maybe_resume(th_synth *s)
         if (a->conv && th_audio_stream_pending(a->conv) > PENDING_LOW) continue;
         if (s->stitch && flows_to_client && th_audio_stream_pending(s->stitch) > PENDING_LOW) continue;
         a->paused = false;
-        th_provider_resume(s->hub->route.provs[a->prov].p, a->job);
+        th_provider_resume(a->prov->p, a->job);
         if (s->freed) return;
     }
 }
@@ -379,7 +380,7 @@ static void cv_error(void *ud, const char *msg)
     th_perr_set(&e, TH_PERR_PROTOCOL, 0, "audio from %s could not be decoded: %s", pname(s, a->prov), msg);
     if (a->allowed) {
         a->allowed = false;
-        th_route_outcome(&s->hub->route, a->prov, false, -1);
+        th_route_outcome(a->prov, false, -1);
     }
     fail(s, &e);
 }
@@ -416,7 +417,7 @@ static void a_format(void *ud, const th_audio_spec *spec)
     th_synth *s = a->s;
     if (a->ended || a->conv) return;
     double es;
-    th_audio_target t = target_for(s, &s->hub->route.provs[a->prov].p->caps, &es);
+    th_audio_target t = target_for(s, &a->prov->p->caps, &es);
     static const th_audio_stream_cb tmpl = {cv_data, cv_done, cv_error, NULL};
     th_audio_stream_cb cb = tmpl;
     cb.ud = a;
@@ -428,7 +429,7 @@ static void a_format(void *ud, const th_audio_spec *spec)
         part *pt = a->pt;
         if (a->allowed) {
             a->allowed = false;
-            th_route_outcome(&s->hub->route, a->prov, false, -1);
+            th_route_outcome(a->prov, false, -1);
         }
         drop_attempt(a, true);
         if (pt->winner == NULL && pt->a[0] == NULL && pt->a[1] == NULL) try_next(pt, &e);
@@ -487,10 +488,10 @@ static void a_done(void *ud)
     a->live = false;
     a->job = NULL;
     if (a->ended) return;
-    th_route *r = &s->hub->route;
+    th_route_prov *r = a->prov;
     if (a->slot) {
         a->slot = false;
-        th_route_release(r, a->prov);
+        th_route_release(r);
     }
     if (s->freed || s->finished) return;
     if (pt->winner != a || a->conv == NULL) {
@@ -499,7 +500,7 @@ static void a_done(void *ud)
         th_perr_set(&e, TH_PERR_PROTOCOL, 0, "%s returned no audio", pname(s, a->prov));
         if (a->allowed) {
             a->allowed = false;
-            th_route_outcome(r, a->prov, false, -1);
+            th_route_outcome(r, false, -1);
         }
         drop_attempt(a, false);
         if (pt->winner == NULL && pt->a[0] == NULL && pt->a[1] == NULL) try_next(pt, &e);
@@ -507,7 +508,7 @@ static void a_done(void *ud)
     }
     if (a->allowed) {
         a->allowed = false;
-        th_route_outcome(r, a->prov, true, (double)(a->first_us - a->start_us) / 1000.0);
+        th_route_outcome(r, true, (double)(a->first_us - a->start_us) / 1000.0);
     }
     th_audio_stream_finish(a->conv);
 }
@@ -525,13 +526,13 @@ static void a_error(void *ud, const th_perr *err)
     a->live = false;
     a->job = NULL;
     if (a->ended) return;
-    th_route *r = &s->hub->route;
+    th_route_prov *r = a->prov;
     if (a->allowed) {
         a->allowed = false;
         if (counts_as_failure(err->kind))
-            th_route_outcome(r, a->prov, false, -1);
+            th_route_outcome(r, false, -1);
         else
-            th_route_outcome_none(r, a->prov);
+            th_route_outcome_none(r);
     }
     if (M(s)) {
         const char *lbl[] = {pname(s, a->prov), th_perr_kind_name(err->kind), NULL};
@@ -584,7 +585,7 @@ static void launch(attempt *a)
 {
     th_synth *s = a->s;
     part *pt = a->pt;
-    th_route_prov *rp = &s->hub->route.provs[a->prov];
+    th_route_prov *rp = a->prov;
     double es;
     (void)target_for(s, &rp->p->caps, &es);
     a->req = (th_synth_req){
@@ -630,7 +631,7 @@ static void launch(attempt *a)
     }
     a->live = true;
     /* hedging: only for the primary attempt, when another candidate exists */
-    uint64_t hedge_ms = s->hub->cfg->router.hedge_after_ms;
+    uint64_t hedge_ms = s->cfg->router.hedge_after_ms;
     if (hedge_ms > 0 && pt->hedge == NULL && pt->a[1] == NULL && pt->cand_next < s->ncand) {
         pt->hedge = malloc(sizeof *pt->hedge);
         if (pt->hedge) {
@@ -646,18 +647,17 @@ static void launch(attempt *a)
 static bool begin(part *pt, size_t pos, int slot_index)
 {
     th_synth *s = pt->s;
-    th_route *r = &s->hub->route;
     size_t cand = cand_of(pt, pos);
-    size_t prov = s->cand[cand];
-    if (!th_route_available(r, prov) || !th_route_allow(r, prov)) return false;
+    th_route_prov *prov = s->cand[cand];
+    if (!th_route_prov_available(prov) || !th_route_allow(prov)) return false;
     attempt *a = new_attempt(pt, cand);
     if (a == NULL) {
-        th_route_outcome_none(r, prov);
+        th_route_outcome_none(prov);
         return false;
     }
     a->allowed = true;
     pt->a[slot_index] = a;
-    switch (th_route_acquire(r, prov, &a->waiter)) {
+    switch (th_route_acquire(prov, &a->waiter)) {
     case TH_SLOT_NOW:
         a->slot = true;
         launch(a);
@@ -710,7 +710,7 @@ static void try_next(part *pt, const th_perr *why)
             return;
         }
     }
-    const th_config *cfg = s->hub->cfg;
+    const th_config *cfg = s->cfg;
     /* one more go on the provider that just failed */
     if (why && pt->retries_left > 0 && pt->cand_next > 0 && why->kind != TH_PERR_OVERLOADED) {
         pt->retries_left--;
@@ -721,21 +721,21 @@ static void try_next(part *pt, const th_perr *why)
         }
         if (begin(pt, c, 0)) return;
     }
-    size_t from = pt->cand_next > 0 ? s->cand[cand_of(pt, pt->cand_next - 1)] : SIZE_MAX;
+    th_route_prov *from = pt->cand_next > 0 ? s->cand[cand_of(pt, pt->cand_next - 1)] : NULL;
     while (pt->cand_next < s->ncand) {
         if (why && !cfg->router.fallback) break;
         size_t c = pt->cand_next++;
         pt->retries_left = cfg->router.retries;
         if (begin(pt, c, 0)) {
             const char *to = pname(s, s->cand[cand_of(pt, c)]);
-            if (why && from != SIZE_MAX && M(s)) {
+            if (why && from != NULL && M(s)) {
                 const char *lbl[] = {pname(s, from), to, NULL};
                 th_metrics_add(M(s), TH_M_FALLBACKS, lbl, 1);
             }
             if (why)
                 TH_LOG(s->hub->log, TH_LOG_INFO, "request %s: %s failed (%s), trying %s",
-                       s->generation ? s->generation : "", from != SIZE_MAX ? pname(s, from) : "-",
-                       why->message, to);
+                       s->generation ? s->generation : "", from != NULL ? pname(s, from) : "-", why->message,
+                       to);
             return;
         }
     }
@@ -799,7 +799,7 @@ static int split_parts(th_synth *s)
 {
     size_t limit = 0;
     for (size_t k = 0; k < s->ncand; k++) {
-        size_t m = s->hub->route.provs[s->cand[k]].p->caps.max_input_chars;
+        size_t m = s->cand[k]->p->caps.max_input_chars;
         if (m > 0 && (limit == 0 || m < limit)) limit = m;
     }
     if (limit == 0 || s->chars <= limit) {
@@ -837,6 +837,7 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     th_synth *s = calloc(1, sizeof *s);
     if (s == NULL) goto oom;
     s->hub = hub;
+    s->cfg = th_config_ref(hub->cfg);
     s->cb = *cb;
     s->start_us = th_mono_us();
     bool nomem = false;
@@ -857,11 +858,14 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     s->trace = p->trace;
 
     s->clone = th_vlib_use_dup(p->clone);
+    size_t idx[MAX_CANDIDATES];
     s->ncand =
         p->clone ? th_route_clone_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
-                                             p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES)
+                                             p->allowed_ud, idx, s->cand_voice, MAX_CANDIDATES)
                  : th_route_candidates(&hub->route, s->tenant, s->voice, s->model, p->provider_allowed,
-                                       p->allowed_ud, s->cand, s->cand_voice, MAX_CANDIDATES);
+                                       p->allowed_ud, idx, s->cand_voice, MAX_CANDIDATES);
+    for (size_t k = 0; k < s->ncand; k++)
+        s->cand[k] = th_route_prov_ref(hub->route.provs[idx[k]]);
     if (s->ncand == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 400, "voice '%s' is not known to any provider", p->voice);
         reap(s);
@@ -886,9 +890,9 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
                s->generation ? s->generation : "", s->chars, s->nparts);
     }
     s->parts[0].current = true;
-    bool spread = multi(s) && strcmp(hub->cfg->router.strategy, "priority") != 0;
+    bool spread = multi(s) && strcmp(s->cfg->router.strategy, "priority") != 0;
     for (size_t i = 0; i < s->nparts; i++) {
-        s->parts[i].retries_left = hub->cfg->router.retries;
+        s->parts[i].retries_left = s->cfg->router.retries;
         s->parts[i].rot = spread ? i % s->ncand : 0;
     }
     /* Parts start on the next loop turn, so no callback runs inside this call. */

@@ -92,7 +92,7 @@ static size_t queued(const th_hub *hub)
 {
     size_t q = 0;
     for (size_t i = 0; hub->route.provs && i < hub->n_providers; i++)
-        q += (size_t)hub->route.provs[i].waiting;
+        q += (size_t)hub->route.provs[i]->waiting;
     return q;
 }
 
@@ -491,6 +491,16 @@ static void finish(worker *w)
     w->client = NULL;
 }
 
+/* SIGHUP: a worker's settings are its flags and environment, which a running process cannot read
+ * again (the cluster token is read from the environment at each registration already). Ignored, and
+ * never fatal: `systemctl reload` must not stop an engine node. */
+static void x_reload(th_hub *hub, void *ud)
+{
+    (void)ud;
+    TH_LOG(hub->log, TH_LOG_INFO,
+           "SIGHUP: ignored (a worker's settings are its flags and environment; restart it to change them)");
+}
+
 static void x_free(th_hub *hub, void *ud)
 {
     (void)hub;
@@ -648,7 +658,7 @@ int th_worker_main(int argc, char **argv)
                       "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n",
                       w->data_dir, w->engine, url_line, key_line, w->capacity, w->capacity * 4);
     if (yl < 0 || (size_t)yl >= sizeof yaml) goto out;
-    th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w};
+    th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w, x_reload};
     th_serve_opts o = {.config_text = yaml,
                        .ext = &ext,
                        .listen = w->listen,

@@ -155,7 +155,10 @@ static int ov_ref_make(const th_provider_conf *pc, const th_voice_ref *ref, int 
         }
         return 1;
     }
-    if (status < 200 || status >= 300 || ov_body_is_error(body, len)) {
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    bool refused = json_object_get(root, "error") != NULL; /* 200 {"error"}: a refusal */
+    json_decref(root);
+    if (status < 200 || status >= 300 || refused) {
         ov_error(pc, status, NULL, body, len, err);
         if (status >= 200 && status < 300) err->kind = TH_PERR_STATUS; /* the engine refused our upload */
         return -1;

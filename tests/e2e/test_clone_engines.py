@@ -173,3 +173,114 @@ def test_node_reference_resend_is_base64_of_the_stored_wav(hub_factory):
         assert base64.b64decode(second["reference_audio"]) == stored
     finally:
         node.stop()
+
+
+# ---- real `ttshub worker` nodes behind a real hub ----------------------------------------------------
+
+TOKEN = "clone-cluster-token-7"
+
+
+def start_worker(hub_factory, gateway, node_id, engine, engine_url, *more, workdir=None, port=None):
+    from conftest import free_port
+    port = port or free_port()
+    args = ["--engine", engine, "--engine-url", engine_url, "--gateway", gateway, "--node-id", node_id,
+            "--advertise", f"http://127.0.0.1:{port}", *more]
+    return hub_factory(None, command="worker", env={"TTSHUB_CLUSTER_TOKEN": TOKEN}, extra_args=args, port=port,
+                       workdir=workdir)
+
+
+def nodes_hub(hub_factory, engine):
+    return hub_factory('data_dir: "@DATA@"\n'
+                       "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n"
+                       "cache: { enabled: false }\n"
+                       "voice_library: { backend: fs, min_seconds: 2, max_seconds: 30 }\n"
+                       f"providers:\n  - {{ name: pool, type: nodes, engine: {engine}, timeout: 10s }}\n"
+                       "registry: { heartbeat_interval: 1s, dead_threshold: 3s, remove_after: 10s }\n",
+                       env={"TTSHUB_CLUSTER_TOKEN": TOKEN})
+
+
+def wait_nodes(hub, n):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert wait_until(lambda: hub.get("/api/nodes", headers=auth).json()["count"] >= n, 15)
+
+
+def test_real_worker_cosyvoice_gets_the_reference_once_and_after_a_restart(hub_factory):
+    cosy = FakeEngine("cosyvoice").start()
+    try:
+        hub = nodes_hub(hub_factory, "cosyvoice")
+        wdir = tempfile.mkdtemp(prefix="ttshub-worker-")
+        w = start_worker(hub_factory, hub.url, "w-cosy", "cosyvoice", cosy.url, workdir=wdir)
+        wait_nodes(hub, 1)
+        assert extract(hub, make_audio("wav", 3.0), "wav", voice_id="wv", reference_text=TEXT_REF).status_code == 201
+        stored = hub.get("/api/voices/wv/audio").content
+        for i in range(3):
+            s = hub.post("/api/synthesize", json={"text": f"Through a worker, take {i}.", "voice_id": "wv"})
+            assert s.status_code == 200, s.text
+            assert s.headers["X-Provider"] == "pool"
+        # the worker speaks it through its engine's own kind code: cosyvoice gets it inline every time
+        assert len(cosy.references) == 3
+        assert all(same_audio(r["audio"], stored) and r["text"] == TEXT_REF for r in cosy.references)
+        # the worker kept it in its store: the bytes crossed to the worker once
+        wlog = [x for x in w.log_lines() if "storing reference" in x.get("msg", "")]
+        assert len(wlog) == 1, wlog
+        # a worker that restarts with an empty store gets the reference again, and the request succeeds
+        port = w.port
+        assert w.stop() == 0
+        import shutil
+        shutil.rmtree(os.path.join(wdir, "data"), ignore_errors=True)
+        w2 = start_worker(hub_factory, hub.url, "w-cosy", "cosyvoice", cosy.url, port=port)
+        wait_nodes(hub, 1)
+        s = hub.post("/api/synthesize", json={"text": "After the restart.", "voice_id": "wv"})
+        assert s.status_code == 200, s.text
+        assert len([x for x in w2.log_lines() if "storing reference" in x.get("msg", "")]) == 1
+    finally:
+        cosy.stop()
+
+
+def test_real_worker_xtts_writes_into_the_engine_speaker_folder(hub_factory, refs_dir):
+    xt = FakeEngine("xtts", ref_dir=refs_dir).start()
+    try:
+        hub = nodes_hub(hub_factory, "xtts")
+        start_worker(hub_factory, hub.url, "w-xtts", "xtts", xt.url, "--ref-dir", refs_dir)
+        wait_nodes(hub, 1)
+        assert extract(hub, make_audio("wav", 3.0), "wav", voice_id="wx", reference_text=TEXT_REF).status_code == 201
+        s = hub.post("/api/synthesize", json={"text": "Worker and xtts.", "voice_id": "wx"})
+        assert s.status_code == 200, s.text
+        assert len(os.listdir(refs_dir)) == 1
+        assert same_audio(xt.references[0]["audio"], hub.get("/api/voices/wx/audio").content)
+    finally:
+        xt.stop()
+
+
+def test_worker_checks_what_it_is_sent(hub_factory):
+    import hashlib
+    cosy = FakeEngine("cosyvoice").start()
+    try:
+        from test_worker import Gateway
+        g = Gateway()
+        w = start_worker(hub_factory, g.url, "w-chk", "cosyvoice", cosy.url)
+        from fakes import audio_gen as ag
+        wav = ag.wav(ag.synth("a reference of two seconds", "v", "pcm", 24000), 24000)   # what a library stores
+        sha = hashlib.sha256(wav).hexdigest()
+        base = {"text": "Check me.", "voice": "v", "format": "wav", "reference_sha256": sha, "reference_text": "t"}
+        bad = [dict(base, reference_sha256="../../etc/passwd"), dict(base, reference_sha256=sha.upper()),
+               dict(base, reference_audio="***not base64***"),
+               dict(base, reference_audio=base64.b64encode(wav[:-4]).decode()),
+               dict(base, reference_sha256=hashlib.sha256(b"RIFF0000WAVEjunk").hexdigest(),
+                    reference_audio=base64.b64encode(b"RIFF0000WAVEjunk").decode()),
+               dict(base, reference_text=7),
+               dict(base, reference_sha256=hashlib.sha256(make_audio("wav", 2.0)).hexdigest(),
+                    reference_audio=base64.b64encode(make_audio("wav", 2.0)).decode())]   # stereo 44.1 kHz
+        for body in bad:
+            r = w.post("/synthesize", json=body)
+            assert r.status_code == 400 and r.json()["success"] is False, (body.get("reference_sha256"), r.text)
+        r = w.post("/synthesize", json=base)
+        assert r.status_code == 409 and r.json()["code"] == "reference_missing"
+        assert cosy.calls == 0
+        r = w.post("/synthesize", json=dict(base, reference_audio=base64.b64encode(wav).decode()))
+        assert r.status_code == 200 and r.content[:4] == b"RIFF", r.text
+        assert w.post("/synthesize", json=base).status_code == 200     # held now
+        assert len(cosy.references) == 2 and cosy.references[0]["text"] == "t"
+        g.stop()
+    finally:
+        cosy.stop()

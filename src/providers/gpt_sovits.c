@@ -125,6 +125,11 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         }
         if (req->ref->text != NULL) prompt_text = req->ref->text;
         if (req->ref->language != NULL && req->ref->language[0] != 0) prompt_lang = req->ref->language;
+        if (v1 && prompt_text[0] == 0) { /* api.py would silently use its default reference instead */
+            th_perr_set(err, TH_PERR_CLIENT, 0,
+                        "GPT-SoVITS api v1 needs the voice's reference text (set it on the library voice)");
+            goto out;
+        }
     } else if (req->voice == NULL || req->voice[0] == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
         goto out;

@@ -375,7 +375,9 @@ static void ref_stored(void *ud, th_vlib_rc rc, const char *err)
 {
     ref_job *rj = ud;
     th_api_ctx *c = rj->c;
-    if (rc != TH_VLIB_OK && rc != TH_VLIB_TAKEN) {
+    if (th_http_aborted(c->req)) { /* the gateway went away meanwhile: the reference stays stored */
+        node_error(c, 499, "client_closed", "the client went away");
+    } else if (rc != TH_VLIB_OK && rc != TH_VLIB_TAKEN) {
         TH_LOG(c->hub->log, TH_LOG_WARN, "worker: cannot store reference %s: %s", rj->id, err ? err : "");
         c->retry_after_s = 1;
         node_error(c, 503, "reference_store_error", "the node cannot store the reference");

@@ -395,6 +395,22 @@ TH_TEST(gpt_sovits_and_xtts_use_the_shared_file)
     TH_CHECK_STR(json_string_value(json_object_get(b, "prompt_lang")), "zh");
     json_decref(b);
     th_upstream_http_free(&h);
+    /* api v1 (api.py) falls back to its own default reference unless all three fields are set */
+    tconf v1;
+    tconf_init(&v1, "gpt_sovits", "http://h:9880");
+    tconf_opt(&v1, "api", "v1");
+    TH_REQUIRE(build(&th_kind_gpt_sovits, &v1, &req, &h, "/r/v1.wav", 0, &err) == 0);
+    b = json_loadb((const char *)h.body.data, h.body.len, 0, NULL);
+    TH_CHECK_STR(json_string_value(json_object_get(b, "refer_wav_path")), "/r/v1.wav");
+    TH_CHECK_STR(json_string_value(json_object_get(b, "prompt_text")), "the transcript");
+    TH_CHECK_STR(json_string_value(json_object_get(b, "prompt_language")), "zh");
+    json_decref(b);
+    th_upstream_http_free(&h);
+    r.r.text = "";
+    TH_CHECK(build(&th_kind_gpt_sovits, &v1, &req, &h, "/r/v1.wav", 0, &err) == -1);
+    TH_CHECK_INT(err.kind, TH_PERR_CLIENT);
+    th_upstream_http_free(&h);
+    r.r.text = "the transcript";
     tconf x;
     tconf_init(&x, "xtts", "http://h:8020");
     TH_CHECK(th_kind_xtts.ref_files && th_kind_xtts.ref_file_name_only);

@@ -362,6 +362,7 @@ typedef struct up_provider {
     size_t n_entries;
     up_call *calls; /* reference uploads and drops under way */
     up_work *works; /* file writes and removals on the thread pool */
+    th_upstream_ref_stats ref_stats;
 } up_provider;
 
 typedef enum { J_HEAD = 0, J_AUDIO, J_ERRBODY } job_mode;
@@ -1173,6 +1174,7 @@ static void entry_finish(up_entry *en, const char *value, const th_perr *e)
         en->value = th_strndup(value, strlen(value));
         if (en->value != NULL) {
             en->made = true;
+            p->ref_stats.made++;
             TH_LOG(p->log, TH_LOG_INFO, "provider %s: reference of voice %s ready on the engine (%s)",
                    pname(p), en->ref != NULL ? en->ref->id : "?", en->value);
         }
@@ -1182,6 +1184,7 @@ static void entry_finish(up_entry *en, const char *value, const th_perr *e)
         th_perr_set(&oom, TH_PERR_INTERNAL, 0, "out of memory");
         e = &oom;
     }
+    if (!en->made) p->ref_stats.failed++;
     if (!en->made && e != NULL)
         TH_LOG(p->log, TH_LOG_WARN, "provider %s: reference of voice %s not made: %s: %s", pname(p),
                en->ref != NULL ? en->ref->id : "?", th_perr_kind_name(e->kind), e->message);
@@ -1812,6 +1815,7 @@ static bool job_again(th_job *j)
     up_provider *p = j->p;
     TH_LOG(p->log, TH_LOG_INFO, "provider %s: the engine lacks the reference of voice %s: sending it again",
            pname(p), j->sreq.ref->id);
+    p->ref_stats.resends++;
     ref_drop_entry(j);
     free(j->prepared);
     j->prepared = NULL;
@@ -1858,6 +1862,13 @@ const th_provider_ops th_upstream_ops = {
     .voice_ok = NULL, /* engines check voices themselves: an unknown one comes back as a 4xx (CLIENT) */
     .voice_forget = up_voice_forget,
 };
+
+int th_upstream_get_ref_stats(const th_provider *bp, th_upstream_ref_stats *out)
+{
+    if (bp == NULL || bp->ops != &th_upstream_ops) return -1;
+    *out = ((const up_provider *)bp)->ref_stats;
+    return 0;
+}
 
 int th_upstream_set_targets(th_provider *bp, const th_upstream_targets *t)
 {

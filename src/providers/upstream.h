@@ -161,6 +161,15 @@ int th_upstream_part(th_buf *b, const char *boundary, const char *name, const ch
 int th_upstream_parts_end(th_buf *b, const char *boundary);
 /** Appends n bytes as standard base64 (with padding). 0 or -1. */
 int th_upstream_base64(th_buf *b, const uint8_t *data, size_t n);
+/** Library-voice counters of a provider, for /metrics. */
+typedef struct th_upstream_ref_stats {
+    uint64_t made;    /* references made on the engine: uploads, remote voices, shared files */
+    uint64_t failed;  /* attempts to make one that failed */
+    uint64_t resends; /* requests sent again because the engine or node lacked the reference */
+} th_upstream_ref_stats;
+/** 0 with *out filled, or -1 when p is not an upstream provider. */
+int th_upstream_get_ref_stats(const th_provider *p, th_upstream_ref_stats *out);
+
 /** Adds "Authorization: Bearer <key>". */
 int th_upstream_bearer(th_upstream_http *h, const char *key);
 /** The key of a kind that sends one: 0 with *key = the secret, or *key = NULL when no api_key_env is

@@ -130,6 +130,13 @@ def test_engine_that_forgot_gets_the_reference_again(kind, hub_factory, refs_dir
         assert s.status_code == 200, s.text
         assert len(fake.references) == 2
         assert same_audio(fake.references[1]["audio"], h.get("/api/voices/v2/audio").content)
+        # nodes: every miss is a re-send and nothing is made on the engine; the others made it twice and
+        # sent one request again
+        m = h.get("/metrics").text
+        resends, made = (2, 0) if kind == "nodes" else (1, 2)
+        assert f'ttshub_reference_resends_total{{provider="clone"}} {resends}' in m, m
+        assert f'ttshub_reference_uploads_total{{provider="clone",result="ok"}} {made}' in m, m
+        assert 'ttshub_reference_uploads_total{provider="clone",result="failed"} 0' in m, m
     finally:
         fake.stop()
 

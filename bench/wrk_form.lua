@@ -1,7 +1,8 @@
 -- wrk script: POST the ttsfm form body (input=...&voice=alloy&response_format=mp3).
 -- Environment: WRK_INPUT (the text, default "Hello from the ttshub benchmark."),
 --              WRK_UNIQUE=1 appends a per-request counter to the input (every request a cache miss),
---              WRK_AUTH sets the Authorization header (e.g. "Bearer KEY").
+--              WRK_AUTH sets the Authorization header (e.g. "Bearer KEY"),
+--              WRK_VOICE (default alloy), WRK_FORMAT (default mp3).
 local input = os.getenv("WRK_INPUT") or "Hello from the ttshub benchmark."
 local unique = os.getenv("WRK_UNIQUE") == "1"
 local auth = os.getenv("WRK_AUTH")
@@ -14,7 +15,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
 local prefix = "input=" .. urlencode(input)
-local suffix = "&voice=alloy&response_format=mp3"
+local suffix = "&voice=" .. urlencode(os.getenv("WRK_VOICE") or "alloy") ..
+               "&response_format=" .. urlencode(os.getenv("WRK_FORMAT") or "mp3")
 wrk.body = prefix .. suffix
 
 local n = 0

@@ -7,7 +7,7 @@ pkgs=(build-essential cmake pkg-config clang
   libuv1-dev libhttp-parser-dev libcurl4-openssl-dev libwslay-dev libhiredis-dev
   libyaml-dev libjansson-dev libssl-dev
   libavformat-dev libavcodec-dev libswresample-dev libavfilter-dev libavutil-dev
-  libespeak-ng-dev espeak-ng-data)
+  libespeak-ng-dev espeak-ng-data libmsgpack-dev)
 if [ "$mode" = test ]; then
   pkgs+=(ffmpeg espeak-ng python3 python3-pytest python3-requests python3-websockets
     libclang-rt-14-dev redis-server nginx-light wrk time procps chromium)

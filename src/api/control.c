@@ -8,6 +8,7 @@
 #include "core/asset.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "providers/upstream.h"
 #include "voice/library.h"
 #include "hub/reload.h"
 
@@ -162,6 +163,36 @@ void th_api_metrics(th_http_req *req, void *ud)
                        "# TYPE ttshub_voice_cache_bytes gauge\nttshub_voice_cache_bytes %llu\n",
                        th_vlib_backend(hub->vlib), th_vlib_count(hub->vlib),
                        (unsigned long long)th_vlib_cached_bytes(hub->vlib));
+    /* library voices on engines: references made (by result) and requests sent again, one family at a time */
+    for (int fam = 0; fam < 2; fam++) {
+        bool head = false;
+        for (size_t i = 0; i < hub->n_providers; i++) {
+            th_upstream_ref_stats rs;
+            const th_provider *p = hub->providers[i];
+            if (p == NULL || !p->caps.can_clone || th_upstream_get_ref_stats(p, &rs) != 0) continue;
+            const char *n = p->conf->name;
+            if (fam == 0) {
+                if (!head)
+                    th_buf_append_str(&b,
+                                      "# HELP ttshub_reference_uploads_total References of library voices "
+                                      "made on engines (uploads, remote voices, shared files), by result.\n"
+                                      "# TYPE ttshub_reference_uploads_total counter\n");
+                th_buf_appendf(&b,
+                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"ok\"} %llu\n"
+                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"failed\"} %llu\n",
+                               n, (unsigned long long)rs.made, n, (unsigned long long)rs.failed);
+            } else {
+                if (!head)
+                    th_buf_append_str(&b,
+                                      "# HELP ttshub_reference_resends_total Requests sent again because the "
+                                      "engine or node lacked the reference.\n"
+                                      "# TYPE ttshub_reference_resends_total counter\n");
+                th_buf_appendf(&b, "ttshub_reference_resends_total{provider=\"%s\"} %llu\n", n,
+                               (unsigned long long)rs.resends);
+            }
+            head = true;
+        }
+    }
     if (hub->redis)
         th_buf_appendf(&b,
                        "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"

@@ -840,6 +840,9 @@ static const key_def k_provider[] = {
          KB(KD_ELEVENLABS) | KB(KD_AZURE), .check = check_nonempty),
     KOPT("region", K_STR, NULL, KB(KD_AZURE), .check = check_region),
     KOPT("strategy", K_ENUM, "nodes=round_robin", KB(KD_NODES), .enums = e_node_strategy),
+    /* library voices on shared storage: the folder the hub writes, and where the engine sees it */
+    KOPT("ref_dir", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
+    KOPT("ref_dir_engine", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
 };
 static const section_def s_provider =
     SECTION(k_provider, .by_kind = true, .post = provider_post, .fini = provider_fini);

@@ -39,7 +39,8 @@ typedef struct th_provider_conf {
     int sample_rate; /* 0 = the kind's default */
     char *engine;    /* nodes */
     th_kv *opts;     /* the kind's own keys (model, api, text_lang, media_type, streaming_mode, language,
-                        stream, accent, mode, format, reference_id, model_id, output_format, region) */
+                        stream, accent, mode, format, reference_id, model_id, output_format, region,
+                        ref_dir, ref_dir_engine) */
     size_t n_opts;
 } th_provider_conf;
 

@@ -8,11 +8,15 @@
  * For zero_shot and cross_lingual the voice must be a mapping of the provider's voices
  * {prompt_wav: a local file, prompt_text}; build() reads the file (at most CV_MAX_PROMPT bytes) and
  * sends its bytes. Only a configured mapping is read: a client's voice string never names a file to read.
+ * A library voice (req->ref) goes inline on every request, whatever the mode: POST /inference_zero_shot
+ * with its transcript as prompt_text and its WAV as prompt_wav; /inference_cross_lingual (prompt_wav only)
+ * when it has no transcript or the mode is cross_lingual. The engine keeps nothing between requests.
  * Success: a stream with no Content-Type of headerless int16 LE mono PCM at the model rate (sample_rate;
  * 22050 for CosyVoice-300M, 24000 for CosyVoice2/3). Errors: 422 FastAPI lists (the request), plain-text
  * 500 (the engine). An unknown spk_id crashes inside the stream: a 200 that ends early. */
 #include <errno.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,36 +117,39 @@ out:
     return rc;
 }
 
-/* FNV-1a, to pick a multipart boundary that the parts do not contain. */
-static uint64_t cv_fnv(uint64_t h, const void *p, size_t n)
+/* The multipart body of a cloning request: tts_text, prompt_text (zero_shot only), prompt_wav. */
+static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, bool zero_shot,
+                        const char *ptext, const uint8_t *wav, size_t wav_len, th_upstream_http *out,
+                        th_perr *err)
 {
-    const uint8_t *s = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211u;
-    return h;
-}
-
-static int cv_part(th_buf *b, const char *boundary, const char *name, const char *filename, const void *data,
-                   size_t len)
-{
-    if (th_buf_appendf(b, "--%s\r\nContent-Disposition: form-data; name=\"%s\"", boundary, name) != TH_BUF_OK)
+    char boundary[64], ctype[128];
+    const void *parts[3] = {wav, req->text, ptext};
+    const size_t lens[3] = {wav_len, req->text_len, strlen(ptext)};
+    if (th_upstream_boundary(boundary, sizeof boundary, parts, lens, 3) != 0) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "no multipart boundary fits");
         return -1;
-    if (filename != NULL &&
-        th_buf_appendf(b, "; filename=\"%s\"\r\nContent-Type: audio/wav", filename) != TH_BUF_OK)
+    }
+    size_t need = wav_len + req->text_len + lens[2] + 1024;
+    if (out->body.max != 0 && need > out->body.max - out->body.len) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the prompt wav is over %zu bytes",
+                    out->body.max);
         return -1;
-    if (th_buf_append_str(b, "\r\n\r\n") != TH_BUF_OK || th_buf_append(b, data, len) != TH_BUF_OK ||
-        th_buf_append_str(b, "\r\n") != TH_BUF_OK)
+    }
+    snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
+    out->method = "POST";
+    if (th_upstream_url(out, pc->base_url, zero_shot ? "/inference_zero_shot" : "/inference_cross_lingual") !=
+            0 ||
+        th_upstream_header(out, "Content-Type", ctype) != 0 ||
+        th_buf_reserve(&out->body, need) != TH_BUF_OK ||
+        th_upstream_part(&out->body, boundary, "tts_text", NULL, NULL, req->text, req->text_len) != 0 ||
+        (zero_shot &&
+         th_upstream_part(&out->body, boundary, "prompt_text", NULL, NULL, ptext, lens[2]) != 0) ||
+        th_upstream_part(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav", wav, wav_len) != 0 ||
+        th_upstream_parts_end(&out->body, boundary) != 0) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
         return -1;
+    }
     return 0;
-}
-
-/* Is the boundary delimiter absent from every part? */
-static int cv_boundary_ok(const char *boundary, const th_buf *wav, const char *t1, size_t n1, const char *t2)
-{
-    size_t bl = strlen(boundary);
-    if (wav->len > 0 && memmem(wav->data, wav->len, boundary, bl) != NULL) return 0;
-    if (memmem(t1, n1, boundary, bl) != NULL) return 0;
-    return strstr(t2, boundary) == NULL;
 }
 
 static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
@@ -150,7 +157,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     int rc = -1, bad = 0;
     json_t *ref = NULL;
     th_buf wav;
-    char t1[64], t2[64], boundary[64], ctype[128];
+    char t1[64], t2[64];
     const char *mode = th_upstream_opt(pc, "mode", "sft");
     const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
     const int instruct = strcmp(mode, "instruct") == 0;
@@ -166,6 +173,12 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     }
     if (!cloning && !instruct && strcmp(mode, "sft") != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0, "unknown mode '%s'", mode);
+        goto out;
+    }
+    if (req->ref != NULL) { /* a library voice: inline, on every request */
+        const char *rt = req->ref->text != NULL ? req->ref->text : "";
+        bool zs = rt[0] != 0 && strcmp(mode, "cross_lingual") != 0;
+        rc = cv_multipart(pc, req, zs, zs ? rt : "", req->ref->wav, req->ref->wav_len, out, err);
         goto out;
     }
     if (req->voice == NULL || req->voice[0] == 0) {
@@ -212,36 +225,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     if (ptext == NULL) ptext = "";
     if (cv_read_file(path, &wav, CV_MAX_PROMPT, err) != 0) goto out;
 
-    uint64_t h = cv_fnv(1469598103934665603u, wav.data, wav.len);
-    for (int attempt = 0;; attempt++) {
-        snprintf(boundary, sizeof boundary, "----ttshub%016llx%d", (unsigned long long)h, attempt);
-        if (cv_boundary_ok(boundary, &wav, req->text, req->text_len, ptext)) break;
-        if (attempt > 16) {
-            th_perr_set(err, TH_PERR_INTERNAL, 0, "no multipart boundary fits");
-            goto out;
-        }
-        h = cv_fnv(h, &attempt, sizeof attempt);
-    }
-    size_t need = wav.len + req->text_len + strlen(ptext) + 1024;
-    if (out->body.max != 0 && need > out->body.max - out->body.len) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the prompt wav is over %zu bytes",
-                    out->body.max);
-        goto out;
-    }
-    snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
-    out->method = "POST";
-    if (th_upstream_url(out, pc->base_url,
-                        strcmp(mode, "zero_shot") == 0 ? "/inference_zero_shot"
-                                                       : "/inference_cross_lingual") != 0 ||
-        th_upstream_header(out, "Content-Type", ctype) != 0 ||
-        th_buf_reserve(&out->body, need) != TH_BUF_OK ||
-        cv_part(&out->body, boundary, "tts_text", NULL, req->text, req->text_len) != 0 ||
-        (strcmp(mode, "zero_shot") == 0 &&
-         cv_part(&out->body, boundary, "prompt_text", NULL, ptext, strlen(ptext)) != 0) ||
-        cv_part(&out->body, boundary, "prompt_wav", "prompt.wav", wav.data, wav.len) != 0 ||
-        th_buf_appendf(&out->body, "--%s--\r\n", boundary) != TH_BUF_OK)
-        goto oom;
-    rc = 0;
+    rc = cv_multipart(pc, req, strcmp(mode, "zero_shot") == 0, ptext, wav.data, wav.len, out, err);
     goto out;
 oom:
     th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");

@@ -16,8 +16,15 @@
  * 401/403 -> STATUS, 429 -> OVERLOADED, 5xx -> STATUS.
  * caps.max_input_chars 5000: the smallest per-request limit of the current models is 10,000 characters
  * (eleven_multilingual_v2) and shorter pieces start playing sooner; the hub splits longer text.
- * Probe: GET /v1/models with the key. */
+ * Probe: GET /v1/models with the key.
+ * A library voice (req->ref) becomes a remote voice once per provider: named "ttshub-<id>-<sha256 first 16>",
+ * looked up first in GET /v1/voices (so a restarted hub, or a second hub on the same account, reuses it
+ * instead of adding a duplicate), else added with POST /v1/voices/add (multipart name, files, description).
+ * Its voice_id is kept in the provider (keyed by voice id and sha256) and spoken like any voice id; a
+ * voice_not_found for it makes the provider look it up (or add it) again, once. voice_forget deletes it
+ * (DELETE /v1/voices/{voice_id}, looking the id up by name when this provider does not know it). */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -62,7 +69,8 @@ static int el_format(const char *name, th_audio_spec *spec)
 
 static int el_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
 {
-    if (req->voice == NULL || req->voice[0] == '\0') {
+    const char *voice = req->ref != NULL ? out->prepared : req->voice;
+    if (voice == NULL || voice[0] == '\0') {
         th_perr_set(err, TH_PERR_CLIENT, 0, "a voice id is required");
         return -1;
     }
@@ -83,7 +91,7 @@ static int el_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     th_buf path;
     th_buf_init(&path, 4096);
     int rc = th_buf_append_str(&path, "/v1/text-to-speech/") != TH_BUF_OK;
-    rc |= th_upstream_urlencode(&path, req->voice, strlen(req->voice));
+    rc |= th_upstream_urlencode(&path, voice, strlen(voice));
     rc |= th_buf_append_str(&path, "/stream") != TH_BUF_OK;
     const char *p = th_buf_cstr(&path);
     rc |= p == NULL || th_upstream_url(out, el_base(pc), p) != 0;
@@ -161,6 +169,151 @@ static void el_error(const th_provider_conf *pc, int status, const char *content
         th_perr_set(out, k, status, "HTTP %d: %s", status, msg);
 }
 
+/* ---- library voices ---- */
+
+static void el_name(const th_voice_ref *ref, char *out, size_t n)
+{
+    snprintf(out, n, "ttshub-%s-%.16s", ref->id, ref->sha256);
+}
+
+static int el_ref_key(const th_provider_conf *pc, const th_voice_ref *ref, char *key, size_t n, th_perr *err)
+{
+    if (!th_voice_id_ok(ref->id) || !th_sha256_hex_ok(ref->sha256)) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "the library voice has a bad id or sha256");
+        return -1;
+    }
+    snprintf(key, n, "%s:%s", ref->id, ref->sha256);
+    return 1;
+}
+
+static int el_key_header(const th_provider_conf *pc, th_upstream_http *out, th_perr *err)
+{
+    const char *key;
+    th_perr e;
+    if (th_upstream_need_secret(pc, &key, err != NULL ? err : &e) != 0) return -1;
+    return key != NULL && th_upstream_header(out, "xi-api-key", key) != 0 ? -1 : 0;
+}
+
+/* GET /v1/voices */
+static int el_list_req(const th_provider_conf *pc, th_upstream_http *out, th_perr *err)
+{
+    out->method = "GET";
+    if (el_key_header(pc, out, err) != 0) return -1;
+    return th_upstream_url(out, el_base(pc), "/v1/voices");
+}
+
+/* The voice_id of the voice called name in a /v1/voices answer, into id; 0, or -1 when absent. */
+static int el_find(const uint8_t *body, size_t len, const char *name, char *id, size_t n)
+{
+    int rc = -1;
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    json_t *voices = json_object_get(root, "voices");
+    for (size_t i = 0; json_is_array(voices) && i < json_array_size(voices); i++) {
+        json_t *v = json_array_get(voices, i);
+        const char *nm = json_string_value(json_object_get(v, "name"));
+        const char *vid = json_string_value(json_object_get(v, "voice_id"));
+        if (nm != NULL && vid != NULL && vid[0] != 0 && strcmp(nm, name) == 0 && strlen(vid) < n) {
+            th_strlcpy(id, vid, n);
+            rc = 0;
+            break;
+        }
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* step 0: list; step 1: found -> done, else add; step 2: the add's answer {"voice_id"}. */
+static int el_ref_make(const th_provider_conf *pc, const th_voice_ref *ref, int step, int status,
+                       const uint8_t *body, size_t len, th_upstream_http *out, char *value, size_t vn,
+                       th_perr *err)
+{
+    char name[128], file[160], boundary[64], ctype[128];
+    el_name(ref, name, sizeof name);
+    if (step == 0) {
+        if (el_list_req(pc, out, err) != 0) {
+            if (err->kind == TH_PERR_NONE)
+                th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the voice list");
+            return -1;
+        }
+        return 1;
+    }
+    if (status < 200 || status >= 300) {
+        el_error(pc, status, NULL, body, len, err);
+        if (err->kind == TH_PERR_CLIENT)
+            err->kind = TH_PERR_STATUS; /* our account or request, not the client */
+        return -1;
+    }
+    if (step == 2) {
+        json_t *root = len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+        const char *vid = json_string_value(json_object_get(root, "voice_id"));
+        int rc = -1;
+        if (vid != NULL && vid[0] != 0 && strlen(vid) < vn) {
+            th_strlcpy(value, vid, vn);
+            rc = 0;
+        } else {
+            th_perr_set(err, TH_PERR_PROTOCOL, status, "voices/add answered without a voice_id");
+        }
+        json_decref(root);
+        return rc;
+    }
+    if (el_find(body, len, name, value, vn) == 0) return 0; /* added before: reuse it */
+    snprintf(file, sizeof file, "%s.wav", name);
+    const char *desc = "ttshub library voice";
+    const void *parts[3] = {ref->wav, name, desc};
+    const size_t lens[3] = {ref->wav_len, strlen(name), strlen(desc)};
+    if (th_upstream_boundary(boundary, sizeof boundary, parts, lens, 3) != 0) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "no multipart boundary fits");
+        return -1;
+    }
+    snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
+    out->method = "POST";
+    if (el_key_header(pc, out, err) != 0) return -1;
+    if (th_upstream_url(out, el_base(pc), "/v1/voices/add") != 0 ||
+        th_upstream_header(out, "Content-Type", ctype) != 0 ||
+        th_upstream_part(&out->body, boundary, "name", NULL, NULL, name, lens[1]) != 0 ||
+        th_upstream_part(&out->body, boundary, "description", NULL, NULL, desc, lens[2]) != 0 ||
+        th_upstream_part(&out->body, boundary, "files", file, "audio/wav", ref->wav, ref->wav_len) != 0 ||
+        th_upstream_parts_end(&out->body, boundary) != 0) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build voices/add (out of memory or too large)");
+        return -1;
+    }
+    return 1;
+}
+
+/* voice_not_found for a voice we added: deleted on the account meanwhile. */
+static bool el_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
+{
+    return (status == 400 || status == 404) && body != NULL &&
+           memmem(body, len, "voice_not_found", 15) != NULL;
+}
+
+/* value known: step 0 DELETE, step 1 done. Unknown: step 0 list, step 1 DELETE what has our name, step 2
+ * done. */
+static int el_ref_drop(const th_provider_conf *pc, const th_voice_ref *ref, const char *value, int step,
+                       int status, const uint8_t *body, size_t len, th_upstream_http *out)
+{
+    char name[128], id[128], path[200];
+    const char *vid = value;
+    if (vid == NULL) {
+        if (step == 0) return el_list_req(pc, out, NULL) == 0 ? 1 : 0;
+        if (step != 1 || status < 200 || status >= 300) return 0;
+        el_name(ref, name, sizeof name);
+        if (el_find(body, len, name, id, sizeof id) != 0) return 0; /* not there: nothing to drop */
+        vid = id;
+    } else if (step != 0) {
+        return 0;
+    }
+    th_buf p;
+    th_buf_init(&p, sizeof path);
+    int rc =
+        th_buf_append_str(&p, "/v1/voices/") != TH_BUF_OK || th_upstream_urlencode(&p, vid, strlen(vid)) != 0;
+    const char *ps = rc == 0 ? th_buf_cstr(&p) : NULL;
+    out->method = "DELETE";
+    rc = ps == NULL || el_key_header(pc, out, NULL) != 0 || th_upstream_url(out, el_base(pc), ps) != 0;
+    th_buf_free(&p);
+    return rc == 0 ? 1 : 0;
+}
+
 static int el_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
     out->method = "GET";
@@ -186,4 +339,8 @@ const th_upstream_kind th_kind_elevenlabs = {
     .body_is_error = NULL,
     .error = el_error,
     .probe = el_probe,
+    .ref_key = el_ref_key,
+    .ref_make = el_ref_make,
+    .ref_lost = el_ref_lost,
+    .ref_drop = el_ref_drop,
 };

@@ -15,6 +15,7 @@
  * caps.max_input_chars 1000: fish answers only when the whole text is made, so shorter pieces (run in
  * parallel by the hub) keep the first byte near. Probe: GET /v1/health. */
 #include <jansson.h>
+#include <msgpack.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,37 @@ static th_fmt fish_pick(const th_provider_conf *pc, const th_synth_req *req)
     if (req->want_fmt != TH_FMT_NONE && (allowed & (1u << req->want_fmt))) return req->want_fmt;
     th_fmt f = th_fmt_from_name(th_upstream_opt(pc, "format", "wav"));
     return (FISH_NATIVE & (1u << f)) ? f : TH_FMT_NONE;
+}
+
+static int fish_mp_write(void *data, const char *buf, size_t len)
+{
+    return th_buf_append(data, buf, len) == TH_BUF_OK ? 0 : -1;
+}
+
+static int fish_mp_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    return msgpack_pack_str(pk, n) != 0 || (n > 0 && msgpack_pack_str_body(pk, s, n) != 0) ? -1 : 0;
+}
+
+/* {text, format, references:[{audio, text}], streaming, normalize, chunk_length} in msgpack. */
+static int fish_msgpack(th_buf *b, const th_synth_req *req, th_fmt f)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, b, fish_mp_write);
+    const th_voice_ref *r = req->ref;
+    const char *rt = r->text != NULL ? r->text : "";
+    const char *fmt = th_fmt_name(f);
+    int rc = msgpack_pack_map(&pk, 6);
+    rc |= fish_mp_str(&pk, "text", 4) | fish_mp_str(&pk, req->text, req->text_len);
+    rc |= fish_mp_str(&pk, "format", 6) | fish_mp_str(&pk, fmt, strlen(fmt));
+    rc |= fish_mp_str(&pk, "references", 10) | msgpack_pack_array(&pk, 1) | msgpack_pack_map(&pk, 2);
+    rc |= fish_mp_str(&pk, "audio", 5) | msgpack_pack_bin(&pk, r->wav_len);
+    if (r->wav_len > 0) rc |= msgpack_pack_bin_body(&pk, r->wav, r->wav_len);
+    rc |= fish_mp_str(&pk, "text", 4) | fish_mp_str(&pk, rt, strlen(rt));
+    rc |= fish_mp_str(&pk, "streaming", 9) | msgpack_pack_false(&pk);
+    rc |= fish_mp_str(&pk, "normalize", 9) | msgpack_pack_true(&pk);
+    rc |= fish_mp_str(&pk, "chunk_length", 12) | msgpack_pack_int(&pk, 200);
+    return rc != 0 ? -1 : 0;
 }
 
 static int fish_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out,
@@ -52,9 +84,24 @@ static int fish_build(const th_provider_conf *pc, const th_synth_req *req, th_up
     }
     const char *key;
     if (th_upstream_need_secret(pc, &key, err) != 0) return -1;
+    out->method = "POST";
+    if (req->ref != NULL) {
+        int rc = th_upstream_url(out, pc->base_url, "/v1/tts");
+        rc |= th_upstream_header(out, "Content-Type", "application/msgpack");
+        if (key != NULL) rc |= th_upstream_bearer(out, key);
+        if (rc != 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request");
+            return -1;
+        }
+        if (fish_msgpack(&out->body, req, f) != 0) {
+            th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the reference is over %zu bytes",
+                        out->body.max);
+            return -1;
+        }
+        return 0;
+    }
     const char *ref =
         req->voice != NULL && req->voice[0] != '\0' ? req->voice : th_upstream_opt(pc, "reference_id", NULL);
-    out->method = "POST";
     int rc = th_upstream_url(out, pc->base_url, "/v1/tts");
     rc |= th_upstream_header(out, "Content-Type", "application/json");
     if (key != NULL) rc |= th_upstream_bearer(out, key);

@@ -1,8 +1,12 @@
 /* gpt_sovits: the GPT-SoVITS engine (RVC-Boss/GPT-SoVITS), ENGINES.md §2.
  *
  * api v2 (api_v2.py, the default): POST {base_url}/tts with a JSON body. The voice is a reference: a
- * mapping {ref_audio_path, prompt_text, prompt_lang} from the provider's voices, or a plain string that
- * is taken as ref_audio_path (a path on the engine's machine) with prompt_lang = text_lang. The answer
+ * mapping {ref_audio_path, prompt_text, prompt_lang} from the provider's voices, or a string value of the
+ * provider's voices, taken as ref_audio_path (a path on the engine's machine) with prompt_lang = text_lang.
+ * A client's voice string never becomes a path: a voice that is neither is refused (400). A library voice
+ * (req->ref) is a file the hub writes into the shared folder (options ref_dir / ref_dir_engine, see
+ * upstream.h ref_files): ref_audio_path is its engine path, prompt_text its transcript, prompt_lang its
+ * language (else text_lang). The answer
  * is media_type (wav by default; streamed wav is a 44-byte header with data size 0, then int16 PCM,
  * which the WAV reader takes as a stream; raw is headerless int16 mono at sample_rate, 32 kHz by default).
  * Errors: 400 {"message": ..} (validation: the request is at fault), 400 {"message":"tts failed",
@@ -16,6 +20,7 @@
  * A voice is parsed as a mapping only when it is the value of a mapping entry of the provider's voices
  * (a client's voice string is never parsed as JSON). */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +72,14 @@ static json_t *gs_voice_ref(const th_provider_conf *pc, const char *voice, int *
     return NULL;
 }
 
+/* Is voice the value of one of the provider's voices (what the operator configured, never a client's)? */
+static bool gs_configured(const th_provider_conf *pc, const char *voice)
+{
+    for (size_t i = 0; i < pc->n_voices; i++)
+        if (pc->voices[i].value != NULL && strcmp(pc->voices[i].value, voice) == 0) return true;
+    return false;
+}
+
 static int gs_is_v1(const th_provider_conf *pc)
 {
     return strcmp(th_upstream_opt(pc, "api", "v2"), "v1") == 0;
@@ -100,20 +113,40 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
         goto out;
     }
-    if (req->voice == NULL || req->voice[0] == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
-        goto out;
-    }
     if (th_str_to_i64(sm_txt, 0, 3, &sm) != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0, "streaming_mode '%s' is not 0..3", sm_txt);
         goto out;
     }
-    ref = gs_voice_ref(pc, req->voice, &bad);
-    if (bad) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+    if (req->ref != NULL) { /* a library voice: the file in the shared folder */
+        ref_path = out->prepared;
+        if (ref_path == NULL || ref_path[0] == 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "the reference file was not written");
+            goto out;
+        }
+        if (req->ref->text != NULL) prompt_text = req->ref->text;
+        if (req->ref->language != NULL && req->ref->language[0] != 0) prompt_lang = req->ref->language;
+        if (v1 && prompt_text[0] == 0) { /* api.py would silently use its default reference instead */
+            th_perr_set(err, TH_PERR_CLIENT, 0,
+                        "GPT-SoVITS api v1 needs the voice's reference text (set it on the library voice)");
+            goto out;
+        }
+    } else if (req->voice == NULL || req->voice[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
         goto out;
+    } else {
+        ref = gs_voice_ref(pc, req->voice, &bad);
+        if (bad) {
+            th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+            goto out;
+        }
+        /* a plain string is a path on the engine: only one the operator configured */
+        if (ref == NULL && !gs_configured(pc, req->voice)) {
+            th_perr_set(err, TH_PERR_CLIENT, 0,
+                        "voice '%.64s' is not a reference configured for this provider", req->voice);
+            goto out;
+        }
+        ref_path = req->voice;
     }
-    ref_path = req->voice;
     if (ref != NULL) {
         ref_path = gs_ref_str(ref, "ref_audio_path", t1, sizeof t1);
         const char *s = gs_ref_str(ref, "prompt_text", t2, sizeof t2);
@@ -217,6 +250,13 @@ static void gs_error(const th_provider_conf *pc, int status, const char *content
     json_decref(root);
 }
 
+/* The engine could not read the reference file (removed from the shared folder): write it again. */
+static bool gs_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
+{
+    return status >= 400 && body != NULL &&
+           (memmem(body, len, "No such file", 12) != NULL || memmem(body, len, "not exist", 9) != NULL);
+}
+
 static int gs_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
     if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
@@ -246,4 +286,6 @@ const th_upstream_kind th_kind_gpt_sovits = {
     .body_is_error = NULL,
     .error = gs_error,
     .probe = gs_probe,
+    .ref_files = true,
+    .ref_lost = gs_ref_lost,
 };

@@ -10,8 +10,12 @@
  * Probe: GET /health (only with a fixed base_url).
  * With base_url set the provider talks to that one node; without it, each request goes to a node of the
  * provider's `engine` picked from the hub's registry (hub/registry.h, installed by the hub as the
- * provider's targets), by the provider's `strategy` (round_robin, least_load or random). */
+ * provider's targets), by the provider's `strategy` (round_robin, least_load or random).
+ * A library voice (req->ref): voice is its id, with reference_sha256, reference_text and reference_language
+ * and no audio; a node that does not hold that reference answers 409 {"code":"reference_missing"}, and the
+ * same node gets the request again (pass 1) with reference_audio: the WAV in base64. */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +60,7 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
         goto out;
     }
-    ref = nd_voice_ref(pc, req->voice, &bad);
+    if (req->ref == NULL) ref = nd_voice_ref(pc, req->voice, &bad);
     if (bad) {
         th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
         goto out;
@@ -68,7 +72,14 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         goto oom;
     }
     e = json_object_set_new(body, "text", text);
-    if (ref != NULL) {
+    if (req->ref != NULL) {
+        const th_voice_ref *r = req->ref;
+        e |= json_object_set_new(body, "voice", json_string(r->id));
+        e |= json_object_set_new(body, "reference_sha256", json_string(r->sha256));
+        e |= json_object_set_new(body, "reference_text", json_string(r->text != NULL ? r->text : ""));
+        if (r->language != NULL && r->language[0] != 0)
+            e |= json_object_set_new(body, "reference_language", json_string(r->language));
+    } else if (ref != NULL) {
         json_t *v = json_object_get(ref, "voice");
         if (json_is_string(v)) e |= json_object_set(body, "voice", v);
         e |= json_object_set(body, "reference", ref);
@@ -87,6 +98,16 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_upstream_header(out, "Content-Type", "application/json") != 0 ||
         th_buf_append_str(&out->body, txt) != TH_BUF_OK)
         goto oom;
+    if (req->ref != NULL && out->pass > 0) { /* the node lacked it: ,"reference_audio":"<base64>"} */
+        out->body.len--;                     /* the closing brace */
+        if (th_buf_append_str(&out->body, ",\"reference_audio\":\"") != TH_BUF_OK ||
+            th_upstream_base64(&out->body, req->ref->wav, req->ref->wav_len) != 0 ||
+            th_buf_append_str(&out->body, "\"}") != TH_BUF_OK) {
+            th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the reference is over %zu bytes",
+                        out->body.max);
+            goto out;
+        }
+    }
     rc = 0;
     goto out;
 oom:
@@ -136,6 +157,17 @@ static void nd_error(const th_provider_conf *pc, int status, const char *content
     json_decref(root);
 }
 
+/* 409 {"code":"reference_missing"}: the node does not hold the reference; send it again with the audio. */
+static bool nd_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
+{
+    if (status != 409 || body == NULL || len == 0) return false;
+    json_t *root = json_loadb((const char *)body, len, 0, NULL);
+    const char *code = json_string_value(json_object_get(root, "code"));
+    bool lost = code != NULL && strcmp(code, "reference_missing") == 0;
+    json_decref(root);
+    return lost;
+}
+
 static int nd_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
     (void)pc;
@@ -166,4 +198,5 @@ const th_upstream_kind th_kind_nodes = {
     .body_is_error = NULL,
     .error = nd_error,
     .probe = nd_probe,
+    .ref_lost = nd_ref_lost,
 };

@@ -6,8 +6,14 @@
  * Errors: 400/500 {"detail": ..}, 422 FastAPI lists, and a 200 whose body is JSON {"error": ..}
  * (the server's way of refusing some requests): body_is_error catches that one. error() maps a 2xx it is
  * given to CLIENT; note that upstream.c currently reports a body_is_error hit itself, as PROTOCOL, without
- * calling error(). */
+ * calling error().
+ * A library voice (req->ref) is uploaded once per (provider, reference sha256): POST /upload_audio/
+ * multipart audio_file_label "ttshub-<sha256 first 16>", file "<label>.wav" (refused uploads come back 200
+ * {"error"}), then spoken by that label. When the engine answers 400 "No matching voice found." for it
+ * (restarted, resources cleared), the generic provider uploads it again and retries once. The server has
+ * no delete route: voice_forget leaves the file on the engine. */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +36,11 @@ static int ov_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
         goto out;
     }
-    if (req->voice == NULL || req->voice[0] == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice label is required");
+    const char *voice = req->ref != NULL ? out->prepared : req->voice;
+    if (voice == NULL || voice[0] == 0) {
+        th_perr_set(err, req->ref != NULL ? TH_PERR_INTERNAL : TH_PERR_CLIENT, 0,
+                    req->ref != NULL ? "the reference was not uploaded"
+                                     : "a reference voice label is required");
         goto out;
     }
     snprintf(speed, sizeof speed, "%g", req->speed > 0 ? req->speed : 1.0);
@@ -39,7 +48,7 @@ static int ov_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     if (th_upstream_url(out, pc->base_url, "/synthesize_speech/") != 0 ||
         th_buf_append_str(&out->url, "?text=") != TH_BUF_OK ||
         th_upstream_urlencode(&out->url, req->text, req->text_len) != 0 ||
-        th_upstream_query(out, "voice", req->voice) != 0 ||
+        th_upstream_query(out, "voice", voice) != 0 ||
         th_upstream_query(out, "accent", th_upstream_opt(pc, "accent", "en-newest")) != 0 ||
         th_upstream_query(out, "speed", speed) != 0)
         goto oom;
@@ -97,6 +106,73 @@ static void ov_error(const th_provider_conf *pc, int status, const char *content
     json_decref(root);
 }
 
+/* ---- library voices ---- */
+
+static void ov_label(const th_voice_ref *ref, char *out, size_t n)
+{
+    snprintf(out, n, "ttshub-%.16s", ref->sha256);
+}
+
+static int ov_ref_key(const th_provider_conf *pc, const th_voice_ref *ref, char *key, size_t n, th_perr *err)
+{
+    if (!th_sha256_hex_ok(ref->sha256)) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "the library voice has a bad sha256");
+        return -1;
+    }
+    ov_label(ref, key, n); /* once per reference content, whatever its id */
+    return 1;
+}
+
+/* step 0: the upload; step 1: its answer (200 {"message"} or 200 {"error"}, 4xx/5xx {"detail"}). */
+static int ov_ref_make(const th_provider_conf *pc, const th_voice_ref *ref, int step, int status,
+                       const uint8_t *body, size_t len, th_upstream_http *out, char *value, size_t vn,
+                       th_perr *err)
+{
+    char label[64], file[80], boundary[64], ctype[128];
+    ov_label(ref, label, sizeof label);
+    if (step == 0) {
+        if (pc->base_url == NULL || pc->base_url[0] == 0) {
+            th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
+            return -1;
+        }
+        snprintf(file, sizeof file, "%s.wav", label);
+        const void *parts[2] = {ref->wav, label};
+        const size_t lens[2] = {ref->wav_len, strlen(label)};
+        if (th_upstream_boundary(boundary, sizeof boundary, parts, lens, 2) != 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "no multipart boundary fits");
+            return -1;
+        }
+        snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
+        out->method = "POST";
+        if (th_upstream_url(out, pc->base_url, "/upload_audio/") != 0 ||
+            th_upstream_header(out, "Content-Type", ctype) != 0 ||
+            th_upstream_part(&out->body, boundary, "audio_file_label", NULL, NULL, label, strlen(label)) !=
+                0 ||
+            th_upstream_part(&out->body, boundary, "file", file, "audio/wav", ref->wav, ref->wav_len) != 0 ||
+            th_upstream_parts_end(&out->body, boundary) != 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the upload (out of memory or too large)");
+            return -1;
+        }
+        return 1;
+    }
+    json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
+    bool refused = json_object_get(root, "error") != NULL; /* 200 {"error"}: a refusal */
+    json_decref(root);
+    if (status < 200 || status >= 300 || refused) {
+        ov_error(pc, status, NULL, body, len, err);
+        if (status >= 200 && status < 300) err->kind = TH_PERR_STATUS; /* the engine refused our upload */
+        return -1;
+    }
+    snprintf(value, vn, "%s", label);
+    return 0;
+}
+
+/* 400 {"detail":"No matching voice found."}: the engine does not know the label (any more). */
+static bool ov_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
+{
+    return status == 400 && body != NULL && memmem(body, len, "No matching voice", 17) != NULL;
+}
+
 static int ov_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
     if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
@@ -125,4 +201,7 @@ const th_upstream_kind th_kind_openvoice = {
     .body_is_error = ov_body_is_error,
     .error = ov_error,
     .probe = ov_probe,
+    .ref_key = ov_ref_key,
+    .ref_make = ov_ref_make,
+    .ref_lost = ov_ref_lost,
 };

@@ -57,6 +57,16 @@ typedef struct th_voice_ref {
     const char *language; /* may be "" */
 } th_voice_ref;
 
+/** A deep copy in one allocation (the audio too when with_audio; else wav is NULL). Free with free(). */
+th_voice_ref *th_voice_ref_copy(const th_voice_ref *r, bool with_audio);
+/** "<id>-<first 16 hex of sha256>.wav" into out: the name under which a reference is stored on an engine's
+ * disk. -1 when out is too small or id/sha256 are not what they should be (so the name is never a path). */
+int th_voice_ref_file_name(const th_voice_ref *r, char *out, size_t n);
+/** true for [A-Za-z0-9_-]{1,64}. */
+bool th_voice_id_ok(const char *id);
+/** true for 64 lowercase hex digits. */
+bool th_sha256_hex_ok(const char *s);
+
 typedef struct th_synth_req {
     const char *text;     /* UTF-8, valid */
     size_t text_len;      /* bytes */

@@ -27,6 +27,10 @@ typedef struct th_upstream_http {
     th_buf url;           /* full URL, NUL-terminated via th_buf_cstr */
     th_buf headers;       /* "Name: value\n" lines (no CR) */
     th_buf body;
+    /* in, for a library voice (th_synth_req.ref): */
+    const char *prepared; /* what ref_make (or the ref_files step) made for the reference (an uploaded
+                             label, a remote voice id, the path the engine reads), or NULL */
+    int pass; /* 0; 1 when the engine said it lacked the reference and the request is made again */
 } th_upstream_http;
 
 typedef struct th_upstream_kind {
@@ -46,6 +50,33 @@ typedef struct th_upstream_kind {
                   size_t len, th_perr *out);
     /** A cheap liveness request (GET). 0, or -1 when the kind has none. */
     int (*probe)(const th_provider_conf *pc, th_upstream_http *out);
+
+    /* ---- library voices (th_synth_req.ref), all optional (see upstream.c "Library voices") ---- */
+    /** 1 with key set when something must exist on the engine before build() can use ref (an upload, a
+     * remote voice, a file on shared storage): the provider remembers what was made under that key. 0 when
+     * build() sends the reference itself (or the kind cannot use it). -1 with err: it cannot be used. */
+    int (*ref_key)(const th_provider_conf *pc, const th_voice_ref *ref, char *key, size_t n, th_perr *err);
+    /** Makes it over HTTP, one request per step: step 0 first (status 0, no body), then again with the
+     * answer to the previous step's request (at most 1 MiB of its body). 1: out is the next request;
+     * 0: done, value set (build() gets it as prepared); -1: failed, err set. */
+    int (*ref_make)(const th_provider_conf *pc, const th_voice_ref *ref, int step, int status,
+                    const uint8_t *body, size_t len, th_upstream_http *out, char *value, size_t vn,
+                    th_perr *err);
+    /** Or the kind reads references from shared storage (options ref_dir: the folder the hub writes;
+     * ref_dir_engine: the same folder as the engine sees it, default ref_dir): the generic provider writes
+     * "<ref_dir>/<id>-<sha256 first 16>.wav" once, atomically, on the loop's thread pool, and build() gets
+     * "<ref_dir_engine>/<name>" as prepared (just "<name>" when ref_file_name_only and ref_dir_engine is
+     * not set). voice_forget removes the file. Without ref_dir the provider cannot speak library voices
+     * (caps.can_clone is cleared). */
+    bool ref_files;
+    bool ref_file_name_only;
+    /** Does this failure of a synthesis request say that the engine does not have the reference (any more)?
+     * Then what was made is dropped and the request is made again, once, with pass 1. */
+    bool (*ref_lost)(const th_provider_conf *pc, int status, const uint8_t *body, size_t len);
+    /** voice_forget over HTTP, step by step as ref_make (value: what was made, NULL when this provider does
+     * not know): 1 with out the next request, 0 done. */
+    int (*ref_drop)(const th_provider_conf *pc, const th_voice_ref *ref, const char *value, int step,
+                    int status, const uint8_t *body, size_t len, th_upstream_http *out);
 } th_upstream_kind;
 
 /* One per engine kind, each in its own file src/providers/<kind>.c. */
@@ -119,6 +150,26 @@ uint32_t th_upstream_formats(const th_provider_conf *pc, uint32_t kind_formats);
 int th_upstream_json_str(th_buf *b, const char *key, const char *value);
 /** Same with value written as is (a number, true/false, or an object built by the caller). */
 int th_upstream_json_raw(th_buf *b, const char *key, const char *raw);
+/** Picks a random multipart boundary that none of the n parts contains (parts up to 64 KiB are checked;
+ * larger binary parts cannot hold 96 random bits by chance); 0, or -1. */
+int th_upstream_boundary(char *out, size_t n, const void *const *parts, const size_t *lens, size_t nparts);
+/** Appends one multipart/form-data part ("--boundary" line, Content-Disposition with name and, when
+ * filename is not NULL, filename and Content-Type ctype, then the data and CRLF). 0 or -1. */
+int th_upstream_part(th_buf *b, const char *boundary, const char *name, const char *filename,
+                     const char *ctype, const void *data, size_t len);
+/** Appends the closing "--boundary--" line. */
+int th_upstream_parts_end(th_buf *b, const char *boundary);
+/** Appends n bytes as standard base64 (with padding). 0 or -1. */
+int th_upstream_base64(th_buf *b, const uint8_t *data, size_t n);
+/** Library-voice counters of a provider, for /metrics. */
+typedef struct th_upstream_ref_stats {
+    uint64_t made;    /* references made on the engine: uploads, remote voices, shared files */
+    uint64_t failed;  /* attempts to make one that failed */
+    uint64_t resends; /* requests sent again because the engine or node lacked the reference */
+} th_upstream_ref_stats;
+/** 0 with *out filled, or -1 when p is not an upstream provider. */
+int th_upstream_get_ref_stats(const th_provider *p, th_upstream_ref_stats *out);
+
 /** Adds "Authorization: Bearer <key>". */
 int th_upstream_bearer(th_upstream_http *h, const char *key);
 /** The key of a kind that sends one: 0 with *key = the secret, or *key = NULL when no api_key_env is

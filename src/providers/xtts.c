@@ -5,11 +5,18 @@
  * reader takes it.
  * stream true: GET {base_url}/tts_stream?text=&speaker_wav=&language= -> a WAV header (24 kHz, int16,
  * data size 0) then int16 PCM chunks (only with the server's local model source).
- * The voice (speaker_wav) is a speaker name of the server's speaker folder or a .wav file name.
+ * The voice (speaker_wav) is a speaker name of the server's speaker folder or a .wav file name. The server
+ * takes an absolute path as is and joins anything else to its speaker folder, so a client's voice must be a
+ * plain name ([A-Za-z0-9 _.-], not starting with '.', no "..": it stays inside the speaker folder); a value
+ * of the provider's voices (the operator's) is sent as configured. A library voice (req->ref) is a file the
+ * hub writes into the shared folder (ref_dir): speaker_wav is "<ref_dir_engine>/<file>", or just the file
+ * name when ref_dir_engine is not set (ref_dir is then the engine's speaker folder). A 500 "Speaker ... not
+ * found" for it makes the hub write it again and retry once.
  * language: the request's, else the provider's language option (en).
  * Errors: 400 {"detail":"Language code sent is either unsupported or misspelled."} (the request),
  * 500 {"detail":"Error: .."} (the engine), 422 FastAPI validation lists. */
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +27,22 @@ static const char *xt_language(const th_provider_conf *pc, const th_synth_req *r
 {
     if (req->language != NULL && req->language[0] != 0) return req->language;
     return th_upstream_opt(pc, "language", "en");
+}
+
+/* Is voice the value of one of the provider's voices (what the operator configured)? */
+static bool xt_configured(const th_provider_conf *pc, const char *voice)
+{
+    for (size_t i = 0; i < pc->n_voices; i++)
+        if (pc->voices[i].value != NULL && strcmp(pc->voices[i].value, voice) == 0) return true;
+    return false;
+}
+
+/* A speaker name that stays inside the server's speaker folder: no path at all. */
+static bool xt_plain_name(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 128 || v[0] == '.' || strstr(v, "..") != NULL) return false;
+    return strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _.-") == n;
 }
 
 static int xt_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
@@ -38,8 +61,14 @@ static int xt_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
         goto out;
     }
-    if (req->voice == NULL || req->voice[0] == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "a speaker voice is required");
+    const char *voice = req->ref != NULL ? out->prepared : req->voice;
+    if (voice == NULL || voice[0] == 0) {
+        th_perr_set(err, req->ref != NULL ? TH_PERR_INTERNAL : TH_PERR_CLIENT, 0,
+                    req->ref != NULL ? "the reference file was not written" : "a speaker voice is required");
+        goto out;
+    }
+    if (req->ref == NULL && !xt_configured(pc, voice) && !xt_plain_name(voice)) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "voice '%.64s' is not a speaker name", voice);
         goto out;
     }
     if (th_upstream_opt_bool(pc, "stream", false)) {
@@ -47,7 +76,7 @@ static int xt_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         if (th_upstream_url(out, pc->base_url, "/tts_stream") != 0 ||
             th_buf_append_str(&out->url, "?text=") != TH_BUF_OK ||
             th_upstream_urlencode(&out->url, req->text, req->text_len) != 0 ||
-            th_upstream_query(out, "speaker_wav", req->voice) != 0 ||
+            th_upstream_query(out, "speaker_wav", voice) != 0 ||
             th_upstream_query(out, "language", lang) != 0)
             goto oom;
         rc = 0;
@@ -60,7 +89,7 @@ static int xt_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         goto oom;
     }
     e = json_object_set_new(body, "text", text);
-    e |= json_object_set_new(body, "speaker_wav", json_string(req->voice));
+    e |= json_object_set_new(body, "speaker_wav", json_string(voice));
     e |= json_object_set_new(body, "language", json_string(lang));
     if (e != 0) goto oom;
     txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -112,6 +141,14 @@ static void xt_error(const th_provider_conf *pc, int status, const char *content
     json_decref(root);
 }
 
+/* "Speaker X not found" (a 500) or a file the server cannot open: the reference file is gone. */
+static bool xt_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
+{
+    return status >= 400 && body != NULL &&
+           ((memmem(body, len, "Speaker ", 8) != NULL && memmem(body, len, "not found", 9) != NULL) ||
+            memmem(body, len, "No such file", 12) != NULL);
+}
+
 static int xt_probe(const th_provider_conf *pc, th_upstream_http *out)
 {
     if (pc->base_url == NULL || pc->base_url[0] == 0) return -1;
@@ -139,4 +176,7 @@ const th_upstream_kind th_kind_xtts = {
     .body_is_error = NULL,
     .error = xt_error,
     .probe = xt_probe,
+    .ref_files = true,
+    .ref_file_name_only = true,
+    .ref_lost = xt_ref_lost,
 };

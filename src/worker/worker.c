@@ -19,6 +19,8 @@
 #include "http/body.h"
 #include "http/client.h"
 #include "hub/hub.h"
+#include "voice/library.h"
+#include "worker/refs.h"
 
 #define CALL_TIMEOUT_MS 5000
 #define DELETE_TIMEOUT_MS 2000
@@ -26,6 +28,8 @@
 #define BACKOFF_MAX_MS 10000
 #define REPLY_MAX 8192
 #define WARN_EVERY_MS 30000
+#define REF_AUDIO_MAX                                                                                        \
+    (16u * 1024 * 1024) /* a reference WAV sent to the node (a minute at 48 kHz is 5.5 MiB) */
 
 typedef enum { W_IDLE, W_REGISTER, W_RUNNING, W_STOPPING, W_DONE } wstate;
 typedef enum { CALL_REGISTER, CALL_HEARTBEAT, CALL_DELETE } wcall;
@@ -38,6 +42,8 @@ typedef struct worker {
     wcall call;
     wstate state;
     char gateway[512], advertise[512], engine[33], engine_url[512], key_env[64], data_dir[512];
+    char ref_dir[512], ref_dir_engine[512]; /* the engine's shared folder for library references */
+    int max_refs;                           /* references kept (oldest dropped first) */
     char node_id[TH_NODE_ID_MAX + 1];
     char listen[128], log_level[16];
     char status[16]; /* online | standby | stopping */
@@ -304,6 +310,190 @@ static void node_error(th_api_ctx *c, int status, const char *code, const char *
     th_api_error(c, status, NULL, code, "%s", msg);
 }
 
+/* ---- library references (worker/refs.h) ---- */
+
+/* A synthesis waiting for its reference to be stored. */
+typedef struct ref_job {
+    th_api_ctx *c;
+    char id[65];
+    char *text, *lang;
+    th_fmt fmt;
+    double speed;
+    size_t chars;
+} ref_job;
+
+static void ref_job_free(ref_job *rj)
+{
+    free(rj->text);
+    free(rj->lang);
+    free(rj);
+}
+
+static void speak_ref(th_api_ctx *c, const char *id, const char *text, size_t chars, const char *lang,
+                      th_fmt fmt, double speed)
+{
+    th_synth_params p = {
+        .text = text,
+        .text_len = strlen(text),
+        .chars = chars,
+        .voice = id, /* a library voice of the node's own store */
+        .language = lang,
+        .generation = c->rid,
+        .fmt = fmt,
+        .speed = speed,
+    };
+    th_api_speak(c, &p);
+}
+
+static void ref_dropped(void *ud, th_vlib_rc rc, const char *err)
+{
+    (void)ud, (void)rc, (void)err;
+}
+
+/* Keeps the store under max_refs: drops the oldest references. */
+static void refs_trim(worker *w)
+{
+    th_vlib *l = w->hub->vlib;
+    size_t n = th_vlib_count(l);
+    if (n < (size_t)w->max_refs) return;
+    const th_vlib_meta **all = calloc(n + 1, sizeof *all);
+    if (all == NULL) return;
+    size_t got = th_vlib_list(l, "", true, all, n + 1);
+    while (got >= (size_t)w->max_refs) {
+        size_t oldest = 0;
+        for (size_t i = 1; i < got; i++)
+            if (all[i]->created_ms < all[oldest]->created_ms) oldest = i;
+        TH_LOG(w->hub->log, TH_LOG_INFO, "worker: dropping reference %s (the store holds %d)",
+               all[oldest]->id, w->max_refs);
+        th_vlib_delete(l, all[oldest]->id, ref_dropped, NULL);
+        all[oldest] = all[--got];
+    }
+    free(all);
+}
+
+static void ref_stored(void *ud, th_vlib_rc rc, const char *err)
+{
+    ref_job *rj = ud;
+    th_api_ctx *c = rj->c;
+    if (th_http_aborted(c->req)) { /* the gateway went away meanwhile: the reference stays stored */
+        node_error(c, 499, "client_closed", "the client went away");
+    } else if (rc != TH_VLIB_OK && rc != TH_VLIB_TAKEN) {
+        TH_LOG(c->hub->log, TH_LOG_WARN, "worker: cannot store reference %s: %s", rj->id, err ? err : "");
+        c->retry_after_s = 1;
+        node_error(c, 503, "reference_store_error", "the node cannot store the reference");
+    } else {
+        speak_ref(c, rj->id, rj->text, rj->chars, rj->lang, rj->fmt, rj->speed);
+    }
+    ref_job_free(rj);
+}
+
+/* /synthesize with reference_sha256: speak from the store, store what came, or ask for the bytes. */
+static void synthesize_ref(th_api_ctx *c, worker *w, json_t *j, const char *text, size_t chars,
+                           const char *lang, th_fmt fmt, double speed)
+{
+    json_t *sha = json_object_get(j, "reference_sha256"), *rt = json_object_get(j, "reference_text");
+    json_t *rl = json_object_get(j, "reference_language"), *audio = json_object_get(j, "reference_audio");
+    const char *sh = json_string_value(sha);
+    if (!json_is_string(sha) || !th_sha256_hex_ok(sh)) {
+        node_error(c, 400, "invalid_request", "'reference_sha256' must be 64 lowercase hex digits");
+        return;
+    }
+    if ((rt && !json_is_null(rt) && (!json_is_string(rt) || json_string_length(rt) > TH_VLIB_TEXT_MAX)) ||
+        (rl && !json_is_null(rl) && (!json_is_string(rl) || json_string_length(rl) > 64)) ||
+        (audio && !json_is_null(audio) && !json_is_string(audio))) {
+        node_error(c, 400, "invalid_request",
+                   "'reference_text', 'reference_language' and 'reference_audio' must be strings");
+        return;
+    }
+    const char *rtext = json_is_string(rt) ? json_string_value(rt) : "";
+    const char *rlang = json_is_string(rl) ? json_string_value(rl) : "";
+    char id[65];
+    if (th_wref_id(sh, rtext, rlang, id) != 0) {
+        node_error(c, 500, "internal_error", "out of memory");
+        return;
+    }
+    th_vlib *l = c->hub->vlib;
+    const th_vlib_meta *m = l != NULL ? th_vlib_find(l, id) : NULL;
+    if (m != NULL && strcmp(m->sha256, sh) == 0) { /* held already */
+        speak_ref(c, id, text, chars, lang, fmt, speed);
+        return;
+    }
+    if (!json_is_string(audio)) {
+        node_error(c, 409, "reference_missing",
+                   "the node does not hold this reference: send reference_audio");
+        return;
+    }
+    if (l == NULL) {
+        node_error(c, 503, "reference_store_error", "the node has no reference store");
+        return;
+    }
+    uint8_t *wav = NULL;
+    size_t wl = 0;
+    char err[160], got[65];
+    int rate = 0;
+    double secs = 0;
+    if (th_wref_base64(json_string_value(audio), json_string_length(audio), REF_AUDIO_MAX, &wav, &wl) != 0) {
+        node_error(c, 400, "invalid_request", "'reference_audio' is not base64 of at most 16 MiB");
+        return;
+    }
+    th_vlib_sha256_hex(wav, wl, got);
+    if (strcmp(got, sh) != 0) {
+        free(wav);
+        node_error(c, 400, "invalid_request", "'reference_audio' does not match 'reference_sha256'");
+        return;
+    }
+    if (th_wref_check_wav(wav, wl, &rate, &secs, err, sizeof err) != 0) {
+        free(wav);
+        node_error(c, 400, "invalid_request", err);
+        return;
+    }
+    refs_trim(w);
+    th_vlib_rc rc = th_vlib_reserve(l, id, "", (size_t)w->max_refs + 8);
+    if (rc != TH_VLIB_OK) { /* being stored by a concurrent request, or the store is full for a moment */
+        free(wav);
+        c->retry_after_s = 1;
+        node_error(c, 503, "reference_busy", "the reference is being stored; try again");
+        return;
+    }
+    th_vlib_meta meta;
+    memset(&meta, 0, sizeof meta);
+    th_strlcpy(meta.id, id, sizeof meta.id);
+    th_strlcpy(meta.sha256, sh, sizeof meta.sha256);
+    ref_job *rj = calloc(1, sizeof *rj);
+    bool ok = rj != NULL &&
+              th_vlib_meta_set(&meta.name, json_string_value(json_object_get(j, "voice"))
+                                               ? json_string_value(json_object_get(j, "voice"))
+                                               : id) == 0 &&
+              th_vlib_meta_set(&meta.tenant, "") == 0 && th_vlib_meta_set(&meta.engine, w->engine) == 0 &&
+              th_vlib_meta_set(&meta.text, rtext) == 0 && th_vlib_meta_set(&meta.language, rlang) == 0;
+    if (ok) {
+        rj->c = c;
+        th_strlcpy(rj->id, id, sizeof rj->id);
+        rj->text = th_strndup(text, strlen(text));
+        rj->lang = lang != NULL ? th_strndup(lang, strlen(lang)) : NULL;
+        ok = rj->text != NULL && (lang == NULL || rj->lang != NULL);
+    }
+    if (!ok) {
+        if (rj) ref_job_free(rj);
+        th_vlib_meta_free(&meta);
+        free(wav);
+        th_vlib_unreserve(l, id);
+        node_error(c, 500, "internal_error", "out of memory");
+        return;
+    }
+    rj->fmt = fmt;
+    rj->speed = speed;
+    rj->chars = chars;
+    meta.duration_s = secs;
+    meta.rate = rate;
+    meta.wav_len = wl;
+    meta.created_ms = meta.updated_ms = (int64_t)th_wall_ms();
+    TH_LOG(c->hub->log, TH_LOG_INFO, "worker: storing reference %s (%.2f s) for voice %s", id, secs,
+           meta.name);
+    th_vlib_create(l, &meta, wav, wl, (size_t)w->max_refs + 8, ref_stored, rj); /* wav is stolen */
+    th_vlib_meta_free(&meta);
+}
+
 static void h_synthesize(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -343,6 +533,14 @@ static void h_synthesize(th_http_req *req, void *ud)
                th_api_check_format(c, "format", json_is_string(format) ? json_string_value(format) : "wav",
                                    &fmt) == 0) {
         if (json_is_number(speed)) sp = json_number_value(speed);
+        json_t *rsha = json_object_get(j, "reference_sha256");
+        if (rsha != NULL && !json_is_null(rsha)) {
+            th_http_set_header(req, "X-Node-Id", w->node_id[0] ? w->node_id : "unregistered");
+            th_http_set_header(req, "X-Engine", w->engine);
+            synthesize_ref(c, w, j, json_string_value(text), chars, json_string_value(lang), fmt, sp);
+            json_decref(j);
+            return;
+        }
         const char *v =
             json_is_string(voice) && json_string_length(voice) > 0 ? json_string_value(voice) : "alloy";
         th_http_set_header(req, "X-Node-Id", w->node_id[0] ? w->node_id : "unregistered");
@@ -528,9 +726,13 @@ static void usage(FILE *f)
         "usage: ttshub worker --engine ENGINE --gateway URL --listen ADDR --advertise URL\n"
         "                     [--engine-url URL] [--engine-key-env NAME] [--capacity N] [--node-id ID]\n"
         "                     [--voices a,b,...] [--languages en,zh,...] [--data-dir DIR] [--log-level L]\n"
+        "                     [--ref-dir DIR [--ref-dir-engine DIR]] [--max-references N]\n"
         "  ENGINE: espeak (embedded) or an engine kind at --engine-url: openai_fm, openai, gpt_sovits,\n"
         "          xtts, openvoice, cosyvoice, fish, elevenlabs, azure\n"
-        "  the cluster token, when the gateway wants one, is read from TTSHUB_CLUSTER_TOKEN\n");
+        "  the cluster token, when the gateway wants one, is read from TTSHUB_CLUSTER_TOKEN\n"
+        "  library voices: references are kept under DATA-DIR (at most N, 256 by default); for xtts and\n"
+        "          gpt_sovits, --ref-dir is the engine's speaker folder the node writes them into and\n"
+        "          --ref-dir-engine the path under which the engine sees it\n");
 }
 
 /* http(s)://... of printable bytes with no quote or backslash (it goes into generated YAML) */
@@ -563,6 +765,7 @@ int th_worker_main(int argc, char **argv)
     worker *w = calloc(1, sizeof *w);
     if (w == NULL) return 1;
     w->capacity = 4;
+    w->max_refs = 256;
     th_strlcpy(w->status, "online", sizeof w->status);
     th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
     th_buf_init(&w->reply, REPLY_MAX);
@@ -598,6 +801,12 @@ int th_worker_main(int argc, char **argv)
             th_strlcpy(w->data_dir, v, sizeof w->data_dir);
         else if (strcmp(a, "--log-level") == 0)
             th_strlcpy(w->log_level, v, sizeof w->log_level);
+        else if (strcmp(a, "--ref-dir") == 0)
+            th_strlcpy(w->ref_dir, v, sizeof w->ref_dir);
+        else if (strcmp(a, "--ref-dir-engine") == 0)
+            th_strlcpy(w->ref_dir_engine, v, sizeof w->ref_dir_engine);
+        else if (strcmp(a, "--max-references") == 0 && th_str_to_i64(v, 1, 100000, &n) == 0)
+            w->max_refs = (int)n;
         else if (strcmp(a, "--voices") == 0) {
             json_decref(w->voices);
             w->voices = csv_list(v);
@@ -628,6 +837,9 @@ int th_worker_main(int argc, char **argv)
         : strspn(w->key_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(w->key_env)
             ? "--engine-key-env is the NAME of an environment variable"
         : strpbrk(w->data_dir, "\"\\\n") != NULL ? "--data-dir may not hold quotes or backslashes"
+        : strpbrk(w->ref_dir, "\"\\\n") != NULL || strpbrk(w->ref_dir_engine, "\"\\\n") != NULL
+            ? "--ref-dir and --ref-dir-engine may not hold quotes or backslashes"
+        : w->ref_dir_engine[0] && !w->ref_dir[0] ? "--ref-dir-engine needs --ref-dir"
                                                  : NULL;
     if (bad) {
         fprintf(stderr, "ttshub worker: %s\n", bad);
@@ -641,22 +853,31 @@ int th_worker_main(int argc, char **argv)
         w->advertise[n - 1] = 0;
 
     /* the node's own hub: one provider, no cache, no limits (the gateway governs) */
-    char yaml[4096];
-    char url_line[600] = "", key_line[100] = "";
+    char yaml[6144];
+    char url_line[600] = "", key_line[100] = "", ref_lines[1100] = "";
     if (strcmp(w->engine, "espeak") != 0)
         snprintf(url_line, sizeof url_line, "    base_url: \"%s\"\n", w->engine_url);
+    if (w->ref_dir[0] && w->ref_dir_engine[0])
+        snprintf(ref_lines, sizeof ref_lines, "    ref_dir: \"%s\"\n    ref_dir_engine: \"%s\"\n", w->ref_dir,
+                 w->ref_dir_engine);
+    else if (w->ref_dir[0])
+        snprintf(ref_lines, sizeof ref_lines, "    ref_dir: \"%s\"\n", w->ref_dir);
     if (w->key_env[0]) snprintf(key_line, sizeof key_line, "    api_key_env: %s\n", w->key_env);
     int yl = snprintf(yaml, sizeof yaml,
                       "data_dir: \"%s\"\n"
                       "providers:\n"
                       "  - name: engine\n"
-                      "    type: %s\n%s%s"
+                      "    type: %s\n%s%s%s"
                       "    concurrency: %d\n"
                       "    queue: %d\n"
                       "    timeout: 120s\n"
                       "cache: { enabled: false }\n"
-                      "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n",
-                      w->data_dir, w->engine, url_line, key_line, w->capacity, w->capacity * 4);
+                      "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }\n"
+                      "limits: { max_body: 24MiB }\n"
+                      "voice_library: { backend: fs, max_voices: %d, max_per_tenant: %d, min_seconds: 0.5, "
+                      "max_seconds: 600 }\n",
+                      w->data_dir, w->engine, url_line, key_line, ref_lines, w->capacity, w->capacity * 4,
+                      w->max_refs + 16, w->max_refs + 8);
     if (yl < 0 || (size_t)yl >= sizeof yaml) goto out;
     th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w, x_reload};
     th_serve_opts o = {.config_text = yaml,

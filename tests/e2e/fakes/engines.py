@@ -262,6 +262,36 @@ def to_bool(v, default=False):
     return str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
+def wav_info(b):
+    """What a reference WAV holds: {rate, channels, bits, frames, seconds, pcm_sha256} (None when not a WAV)."""
+    import hashlib
+    import io
+    import wave
+    try:
+        with wave.open(io.BytesIO(b)) as w:
+            pcm = w.readframes(w.getnframes())
+            return {"rate": w.getframerate(), "channels": w.getnchannels(), "bits": 8 * w.getsampwidth(),
+                    "frames": w.getnframes(), "seconds": w.getnframes() / float(w.getframerate()),
+                    "pcm_sha256": hashlib.sha256(pcm).hexdigest()}
+    except (wave.Error, EOFError, ValueError):
+        return None
+
+
+def map_engine_path(opts, path):
+    """A path as the engine sees it -> the fake's own file: under option ref_dir_engine (default ref_dir) it maps
+    to ref_dir; None when the path is not in the shared folder."""
+    local = opts.get("ref_dir")
+    if not local or not isinstance(path, str):
+        return None
+    seen = (opts.get("ref_dir_engine") or local).rstrip("/")
+    if not path.startswith(seen + "/"):
+        return None
+    rest = path[len(seen) + 1:]
+    if not rest or "/" in rest or rest.startswith("."):
+        return None
+    return os.path.join(local, rest)
+
+
 # --------------------------------------------------------------------------------------------
 # protocols
 # --------------------------------------------------------------------------------------------
@@ -603,6 +633,17 @@ class GptSovitsV2(Proto):
         except (TypeError, ValueError):
             return jresp(400, {"message": "tts failed", "Exception": "could not convert speed_factor to float"})
         voice = ref
+        local = map_engine_path(self.opts, ref)
+        if local is not None:        # a library reference in the shared folder: the engine reads it
+            try:
+                with open(local, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                return jresp(400, {"message": "tts failed",
+                                   "Exception": f"[Errno 2] No such file or directory: '{ref}'"})
+            self.eng.record_ref("file", data, p.get("prompt_text"), path=ref, lang=prompt_lang)
+        elif self.opts.get("ref_dir") and self.opts.get("strict_refs"):
+            return jresp(400, {"message": "tts failed", "Exception": f"[Errno 2] No such file or directory: '{ref}'"})
         ct = f"audio/{media_type}"
         pcm = self.audio(text, voice, "pcm", speed=speed)
         if not sm:
@@ -755,7 +796,32 @@ class Xtts(Proto):
         if not isinstance(s, str) or not s:
             return False
         base = s[:-4] if s.endswith(".wav") else s
-        return base in self.speakers() or s in self.opts.get("speaker_files", [])
+        return base in self.speakers() or s in self.opts.get("speaker_files", []) or self.ref_file(s) is not None
+
+    def ref_file(self, s):
+        """The fake's own path of a .wav speaker_wav in the shared folder: absolute under ref_dir_engine, or a
+        plain file name joined to the speaker folder (option ref_dir), as xtts-api-server does."""
+        if not isinstance(s, str) or not s.endswith(".wav") or not self.opts.get("ref_dir"):
+            return None
+        if os.path.isabs(s):
+            return map_engine_path(self.opts, s)
+        if "/" in s or s.startswith("."):
+            return None
+        return os.path.join(self.opts["ref_dir"], s)
+
+    def read_ref(self, s):
+        """(bytes, None) for a reference in the shared folder, (None, error response) when it is missing, or
+        (None, None) when s is not such a reference."""
+        path = self.ref_file(s)
+        if path is None:
+            return None, None
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None, jresp(500, {"detail": f"Error: Speaker {s} not found in speakers folder"})
+        self.eng.record_ref("file", data, None, path=s)
+        return data, None
 
     def route(self, req):
         p = req.path
@@ -776,6 +842,9 @@ class Xtts(Proto):
                 return jresp(400, {"detail": XTTS_BAD_LANG})
             if not self.speaker_ok(body["speaker_wav"]):
                 return jresp(500, {"detail": f"Error: Speaker {body['speaker_wav']} not found in speakers folder"})
+            _, missing = self.read_ref(body["speaker_wav"])
+            if missing is not None:
+                return missing
             if p == "/tts_to_file":
                 return jresp(200, {"message": "The audio was successfully made and stored.",
                                    "output_path": body["file_name_or_path"]})
@@ -792,6 +861,9 @@ class Xtts(Proto):
                 return jresp(400, {"detail": XTTS_BAD_LANG})
             if not self.speaker_ok(q["speaker_wav"]):
                 return jresp(500, {"detail": f"Error: Speaker {q['speaker_wav']} not found in speakers folder"})
+            _, missing = self.read_ref(q["speaker_wav"])
+            if missing is not None:
+                return missing
             pcm = self.audio(q["text"], q["speaker_wav"], "pcm")
             chunks = [ag.wav_header(self.rate, 0)] + self.chunks(pcm)
             return Resp(200, ctype="audio/x-wav", chunks=chunks, ok=True)
@@ -839,6 +911,13 @@ class OpenVoice(Proto):
     def __init__(self, eng):
         super().__init__(eng)
         self.labels = list(self.opts.get("voices", ["demo_speaker0", "demo_speaker1", "demo_speaker2"]))
+        self.uploads = {}       # label -> audio bytes (forgotten by POST /__fake/forget, as a restart would)
+
+    def forget(self):
+        for lbl in list(self.uploads):
+            if lbl in self.labels:
+                self.labels.remove(lbl)
+        self.uploads.clear()
 
     def err_500(self, status, params):
         return jresp(status, {"detail": "CUDA error: out of memory (fake fault)"})
@@ -873,6 +952,8 @@ class OpenVoice(Proto):
                 voice = q["voice"]
                 if not any(lbl.startswith(voice) for lbl in self.labels):
                     return jresp(400, {"detail": "No matching voice found."})
+                if voice in self.uploads:
+                    self.eng.record_use(voice)
             else:
                 voice = "base:" + accent
             data = self.audio(q["text"], voice, "wav", speed=speed)
@@ -898,6 +979,8 @@ class OpenVoice(Proto):
             label = form["audio_file_label"]
             if label not in self.labels:
                 self.labels.append(label)
+            self.uploads[label] = f.data
+            self.eng.record_ref("upload", f.data, None, label=label, filename=f.filename)
             return jresp(200, {"message": f"File {f.filename} uploaded successfully with label {label}."})
         if p == "/change_voice/":
             if req.method != "POST":
@@ -968,6 +1051,7 @@ class CosyVoice(Proto):
                 return Resp(200, chunks=[], abort=True)
         else:
             voice = "ref:" + str(len(form["prompt_wav"].data)) + ":" + form.get("prompt_text", "")
+            self.eng.record_ref("inline", form["prompt_wav"].data, form.get("prompt_text"), route=req.path)
         if "instruct_text" in form:
             voice += "|" + form["instruct_text"]
         pcm = self.audio(text, voice, "pcm")
@@ -1053,7 +1137,12 @@ class Fish(Proto):
             voice = "ref:" + ref_id
         elif refs:
             r0 = refs[0] if isinstance(refs[0], dict) else {}
-            voice = "refs:" + str(len(r0.get("audio") or b"")) + ":" + str(r0.get("text", ""))
+            audio = r0.get("audio") or b""
+            if isinstance(audio, str):       # JSON clients send base64
+                audio = base64.b64decode(audio)
+            voice = "refs:" + str(len(audio)) + ":" + str(r0.get("text", ""))
+            self.eng.record_ref("inline", audio, r0.get("text"), body=("msgpack" if ct.startswith("application/msgpack")
+                                                                        else "json"))
         else:
             voice = "seed:" + str(body.get("seed"))
         hdrs = [("Content-Disposition", f"attachment; filename=audio.{fmt}")]
@@ -1095,9 +1184,30 @@ class ElevenLabs(Proto):
     default_rate = 44100
     synth_paths = (r"/v1/text-to-speech/[^/]+", r"/v1/text-to-speech/[^/]+/stream")
 
+    def __init__(self, eng):
+        super().__init__(eng)
+        self.added = {}         # voice_id -> (name, audio bytes)
+
     def voices(self):
         extra = [(v, v) for v in self.opts.get("voices", [])]
-        return ELEVEN_VOICES + extra
+        return ELEVEN_VOICES + extra + [(vid, nm) for vid, (nm, _) in list(self.added.items())]
+
+    def add_voice(self, req):
+        bad = self.auth(req)
+        if bad:
+            return bad
+        form = req.form()
+        name = form.get("name")
+        files = form.get("files")
+        if not isinstance(name, str) or not name or not isinstance(files, Upload):
+            return jresp(422, {"detail": [{"loc": ["body", "name" if not name else "files"], "msg": "field required",
+                                           "type": "value_error.missing"}]})
+        if wav_info(files.data) is None:
+            return self._err(400, "invalid_audio", "The uploaded file is not audio we can read.")
+        vid = uuid.uuid4().hex[:20]
+        self.added[vid] = (name, files.data)
+        self.eng.record_ref("add", files.data, None, name=name, voice_id=vid)
+        return jresp(200, {"voice_id": vid, "requires_verification": False})
 
     def _err(self, status, st, message, headers=None):
         return jresp(status, {"detail": {"status": st, "message": message}}, headers=headers)
@@ -1129,6 +1239,19 @@ class ElevenLabs(Proto):
         return None
 
     def route(self, req):
+        if req.method == "POST" and req.path == "/v1/voices/add":
+            return self.add_voice(req)
+        mdel = re.fullmatch(r"/v1/voices/([^/]+)", req.path)
+        if req.method == "DELETE" and mdel:
+            bad = self.auth(req)
+            if bad:
+                return bad
+            vid = mdel.group(1)
+            if vid not in self.added:
+                return self._err(400, "voice_does_not_exist", f"A voice with the voice_id {vid} does not exist.")
+            del self.added[vid]
+            self.eng.record_drop(vid)
+            return jresp(200, {"status": "ok"})
         if req.method == "GET" and req.path in ("/v1/voices", "/v1/models"):
             bad = self.auth(req)
             if bad:
@@ -1163,6 +1286,8 @@ class ElevenLabs(Proto):
                                            "type": "value_error.missing"}]})
         if voice_id not in [v for v, _ in self.voices()]:
             return self._err(404, "voice_not_found", f"A voice with the voice_id {voice_id} was not found.")
+        if voice_id in self.added:
+            self.eng.record_use(voice_id)
         model = body.get("model_id", "eleven_multilingual_v2")
         if model not in ELEVEN_MODELS:
             return self._err(400, "model_not_found", f"A model with model ID {model} does not exist.")
@@ -1314,6 +1439,10 @@ class Node(Proto):
         self.status = "active"
         self.inflight = 0
         self.node_id = self.opts.get("node_id", "fake-node-" + uuid.uuid4().hex[:8])
+        self.store = {}         # reference sha256 -> WAV bytes (POST /__fake/forget empties it, as a restart)
+
+    def forget(self):
+        self.store.clear()
 
     def _err(self, status, message, code, headers=None):
         return jresp(status, {"success": False, "message": message, "code": code}, headers=headers)
@@ -1370,7 +1499,7 @@ class Node(Proto):
             return self._err(400, f"unsupported format: {fmt}", "invalid_request")
         voice = body.get("voice") or "default"
         known = self.opts.get("voices")
-        if known is not None and voice not in known:
+        if known is not None and voice not in known and body.get("reference_sha256") is None:
             return self._err(404, f"unknown voice: {voice}", "voice_not_found")
         try:
             speed = float(body.get("speed") or 1.0)
@@ -1378,6 +1507,26 @@ class Node(Proto):
             return self._err(400, "speed must be a number", "invalid_request")
         if not 0.25 <= speed <= 4.0:
             return self._err(400, "speed out of range 0.25..4.0", "invalid_request")
+        sha = body.get("reference_sha256")
+        if sha is not None:
+            import hashlib
+            if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+                return self._err(400, "reference_sha256 must be 64 hex digits", "invalid_request")
+            audio = body.get("reference_audio")
+            if audio is not None:
+                try:
+                    data = base64.b64decode(audio, validate=True)
+                except (ValueError, TypeError):
+                    return self._err(400, "reference_audio is not base64", "invalid_request")
+                if hashlib.sha256(data).hexdigest() != sha:
+                    return self._err(400, "reference_audio does not match reference_sha256", "invalid_request")
+                self.store[sha] = data
+                self.eng.record_ref("node", data, body.get("reference_text"), sha256=sha,
+                                   lang=body.get("reference_language"), voice=voice)
+            elif sha not in self.store:
+                return self._err(409, "the node does not hold this reference", "reference_missing")
+            else:
+                self.eng.record_use(sha)
         ref = body.get("reference")
         vkey = voice if not ref else {"voice": voice, "reference": ref}
         data = self.audio(text, vkey, fmt, speed=speed)
@@ -1620,6 +1769,9 @@ class FakeEngine:
         self._ok = 0
         self._by_path = collections.Counter()
         self._fault = None          # (name, params, remaining or None, scope)
+        self._refs = []             # library references received (bounded)
+        self._ref_uses = collections.Counter()
+        self._drops = []
         self._server = None
         self._thread = None
         self._refusing = False
@@ -1688,9 +1840,50 @@ class FakeEngine:
                     "latency": self.latency, "chunk_delay": self.chunk_delay, "ms_per_char": self.ms_per_char,
                     "sample_rate": self.proto.rate}
 
+    # -- library references (voice cloning)
+    def record_ref(self, via, audio, text, **extra):
+        """A reference received: via inline (in the synthesis request), upload (openvoice), add (elevenlabs),
+        file (read from the shared folder) or node (bytes resent to a node)."""
+        with self._lock:
+            if len(self._refs) < 200:
+                self._refs.append(dict(extra, via=via, audio=bytes(audio), text=text))
+
+    def record_use(self, key):
+        with self._lock:
+            self._ref_uses[key] += 1
+
+    def record_drop(self, key):
+        with self._lock:
+            self._drops.append(key)
+
+    @property
+    def references(self):
+        """[{via, audio, text, ...}] of the references received, oldest first."""
+        with self._lock:
+            return [dict(r) for r in self._refs]
+
+    @property
+    def reference_uses(self):
+        """{label / voice id / sha256: times a stored reference was used without being sent again}."""
+        with self._lock:
+            return dict(self._ref_uses)
+
+    @property
+    def drops(self):
+        with self._lock:
+            return list(self._drops)
+
+    def forget(self):
+        """Forget what was uploaded or stored (an engine or node restart)."""
+        if hasattr(self.proto, "forget"):
+            self.proto.forget()
+
     def reset(self):
         self.clear_fault()
         with self._lock:
+            self._refs.clear()
+            self._ref_uses.clear()
+            self._drops.clear()
             self._calls = 0
             self._ok = 0
             self._requests.clear()
@@ -1766,6 +1959,17 @@ class FakeEngine:
                 rows = [{"method": m, "path": t, "headers": h, "body": b[:4096].decode("utf-8", "replace"),
                          "body_len": len(b)} for m, t, h, b in self._requests]
             return jresp(200, rows)
+        if p == "/__fake/references" and req.method == "GET":
+            rows = []
+            for r in self.references:
+                row = {k: v for k, v in r.items() if k != "audio"}
+                row["bytes"] = len(r["audio"])
+                row["wav"] = wav_info(r["audio"])
+                rows.append(row)
+            return jresp(200, {"references": rows, "uses": self.reference_uses, "drops": self.drops})
+        if p == "/__fake/forget" and req.method == "POST":
+            self.forget()
+            return jresp(200, {"ok": True})
         if p == "/__fake/reset" and req.method == "POST":
             self.reset()
             return jresp(200, {"ok": True})

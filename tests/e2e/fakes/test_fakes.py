@@ -616,3 +616,130 @@ def test_cli_ready_line():
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0
+
+
+# ---- library references (voice cloning): what each clone-capable fake receives and records ----
+
+def _ref_wav(seconds=1.0, rate=24000):
+    return ag.wav(ag.synth("reference speech " * 4, "ref-speaker", "pcm", rate, ms_per_char=1000 * seconds / 68),
+                  rate)
+
+
+def _multipart(fields, files):
+    """(body, content type) of a multipart/form-data request."""
+    b = "----fakeboundary7"
+    out = b""
+    for k, v in fields.items():
+        out += f"--{b}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+    for k, (fn, data) in files.items():
+        out += (f"--{b}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{fn}\"\r\n"
+                f"Content-Type: audio/wav\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def _same_audio(got, want):
+    from fakes.engines import wav_info
+    a, b = wav_info(got), wav_info(want)
+    return a is not None and a == b
+
+
+def test_cosyvoice_and_fish_record_inline_references(fake):
+    ref = _ref_wav()
+    f = fake("cosyvoice")
+    body, ct = _multipart({"tts_text": TEXT, "prompt_text": "what the reference says"}, {"prompt_wav": ("p.wav", ref)})
+    r = requests.post(f.url + "/inference_zero_shot", data=body, headers={"Content-Type": ct})
+    assert r.status_code == 200 and len(r.content) == pcm_len(TEXT, 22050)
+    (got,) = f.references
+    assert got["via"] == "inline" and got["text"] == "what the reference says" and _same_audio(got["audio"], ref)
+    g = fake("fish")
+    body = _msgpack({"text": TEXT, "format": "wav", "references": [{"audio": ref, "text": "said"}]})
+    r = requests.post(g.url + "/v1/tts", data=body, headers={"Content-Type": "application/msgpack"})
+    assert r.status_code == 200
+    (got,) = g.references
+    assert got["text"] == "said" and got["body"] == "msgpack" and _same_audio(got["audio"], ref)
+    rows = requests.get(g.url + "/__fake/references").json()["references"]
+    assert rows[0]["wav"]["rate"] == 24000 and rows[0]["bytes"] == len(ref)
+
+
+def test_openvoice_upload_then_label_and_forget(fake):
+    ref = _ref_wav()
+    f = fake("openvoice")
+    q = {"text": TEXT, "voice": "ttshub-0123456789abcdef"}
+    assert requests.get(f.url + "/synthesize_speech/", params=q).status_code == 400
+    body, ct = _multipart({"audio_file_label": "ttshub-0123456789abcdef"},
+                          {"file": ("ttshub-0123456789abcdef.wav", ref)})
+    r = requests.post(f.url + "/upload_audio/", data=body, headers={"Content-Type": ct})
+    assert r.status_code == 200 and "message" in r.json()
+    assert requests.get(f.url + "/synthesize_speech/", params=q).status_code == 200
+    assert f.reference_uses == {"ttshub-0123456789abcdef": 1}
+    assert _same_audio(f.references[0]["audio"], ref) and f.references[0]["label"] == "ttshub-0123456789abcdef"
+    assert requests.post(f.url + "/__fake/forget").status_code == 200
+    r = requests.get(f.url + "/synthesize_speech/", params=q)
+    assert r.status_code == 400 and r.json() == {"detail": "No matching voice found."}
+    # the built-in labels survive a forget
+    assert requests.get(f.url + "/synthesize_speech/", params=dict(q, voice="demo_speaker0")).status_code == 200
+
+
+def test_elevenlabs_voices_add_speak_delete(fake):
+    ref = _ref_wav()
+    f = fake("elevenlabs", api_key="xi")
+    h = {"xi-api-key": "xi"}
+    body, ct = _multipart({"name": "ttshub-v1-0123456789abcdef", "description": "d"}, {"files": ("v.wav", ref)})
+    assert requests.post(f.url + "/v1/voices/add", data=body, headers={"Content-Type": ct}).status_code == 401
+    r = requests.post(f.url + "/v1/voices/add", data=body, headers=dict(h, **{"Content-Type": ct}))
+    assert r.status_code == 200
+    vid = r.json()["voice_id"]
+    names = {v["voice_id"]: v["name"] for v in requests.get(f.url + "/v1/voices", headers=h).json()["voices"]}
+    assert names[vid] == "ttshub-v1-0123456789abcdef"
+    r = requests.post(f.url + f"/v1/text-to-speech/{vid}", json={"text": TEXT}, headers=h)
+    assert r.status_code == 200 and f.reference_uses == {vid: 1}
+    assert _same_audio(f.references[0]["audio"], ref)
+    assert requests.delete(f.url + f"/v1/voices/{vid}", headers=h).status_code == 200
+    assert f.drops == [vid]
+    r = requests.post(f.url + f"/v1/text-to-speech/{vid}", json={"text": TEXT}, headers=h)
+    assert r.status_code == 404 and r.json()["detail"]["status"] == "voice_not_found"
+    assert requests.delete(f.url + f"/v1/voices/{vid}", headers=h).status_code == 400
+    bad, ct = _multipart({"name": "x"}, {"files": ("v.wav", b"not audio")})
+    assert requests.post(f.url + "/v1/voices/add", data=bad, headers=dict(h, **{"Content-Type": ct})).status_code == 400
+
+
+def test_gpt_sovits_and_xtts_read_the_shared_folder(fake, tmp_path):
+    ref = _ref_wav()
+    (tmp_path / "v1-0123456789abcdef.wav").write_bytes(ref)
+    f = fake("gpt_sovits", ref_dir=str(tmp_path), ref_dir_engine="/engine/refs")
+    p = {"text": TEXT, "text_lang": "en", "prompt_lang": "en", "prompt_text": "said",
+         "ref_audio_path": "/engine/refs/v1-0123456789abcdef.wav", "streaming_mode": 0}
+    r = requests.post(f.url + "/tts", json=p)
+    assert r.status_code == 200, r.text
+    (got,) = f.references
+    assert got["via"] == "file" and got["text"] == "said" and _same_audio(got["audio"], ref)
+    r = requests.post(f.url + "/tts", json=dict(p, ref_audio_path="/engine/refs/missing.wav"))
+    assert r.status_code == 400 and "No such file" in r.json()["Exception"]
+    x = fake("xtts", ref_dir=str(tmp_path))
+    body = {"text": TEXT, "speaker_wav": "v1-0123456789abcdef.wav", "language": "en"}
+    assert requests.post(x.url + "/tts_to_audio/", json=body).status_code == 200
+    assert _same_audio(x.references[0]["audio"], ref)
+    r = requests.post(x.url + "/tts_to_audio/", json=dict(body, speaker_wav="gone-0000000000000000.wav"))
+    assert r.status_code == 500 and "not found" in r.json()["detail"]
+    y = fake("xtts", ref_dir=str(tmp_path), ref_dir_engine="/srv/xtts/refs")
+    r = requests.get(y.url + "/tts_stream", params=dict(body, speaker_wav="/srv/xtts/refs/v1-0123456789abcdef.wav"))
+    assert r.status_code == 200 and _same_audio(y.references[0]["audio"], ref)
+
+
+def test_node_reference_by_sha256(fake):
+    import hashlib
+    ref = _ref_wav()
+    sha = hashlib.sha256(ref).hexdigest()
+    f = fake("node")
+    body = {"text": TEXT, "voice": "v1", "format": "wav", "reference_sha256": sha, "reference_text": "said"}
+    r = requests.post(f.url + "/synthesize", json=body)
+    assert r.status_code == 409 and r.json()["code"] == "reference_missing"
+    r = requests.post(f.url + "/synthesize", json=dict(body, reference_audio=base64.b64encode(ref[:-2]).decode()))
+    assert r.status_code == 400        # the bytes do not match the sha256
+    r = requests.post(f.url + "/synthesize", json=dict(body, reference_audio=base64.b64encode(ref).decode()))
+    assert r.status_code == 200 and r.content[:4] == b"RIFF"
+    assert _same_audio(f.references[0]["audio"], ref) and f.references[0]["text"] == "said"
+    assert requests.post(f.url + "/synthesize", json=body).status_code == 200
+    assert f.reference_uses == {sha: 1}
+    requests.post(f.url + "/__fake/forget")
+    assert requests.post(f.url + "/synthesize", json=body).status_code == 409

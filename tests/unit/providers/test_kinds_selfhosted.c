@@ -186,6 +186,7 @@ TH_TEST(gpt_sovits_v2_plain_voice_defaults)
 {
     tconf t;
     tconf_init(&t, "gpt_sovits", "http://127.0.0.1:9880/");
+    tconf_voice(&t, "alice", "refs/alice.wav", false); /* a path the operator configured */
     th_synth_req req = mkreq("Hello, wörld \"quoted\"\n", "refs/alice.wav");
     req.speed = 1.25;
     th_upstream_http h;
@@ -266,18 +267,29 @@ TH_TEST(gpt_sovits_v2_mapping_and_options)
     th_upstream_http_free(&h);
 }
 
-TH_TEST(gpt_sovits_client_json_voice_is_a_plain_name)
+TH_TEST(gpt_sovits_client_voice_never_becomes_a_path)
 {
-    /* a voice string that looks like a mapping but is not one of the provider's mappings */
+    /* a voice string that looks like a mapping but is not one of the provider's mappings, or a path the
+     * operator did not configure: refused as the client's fault, never sent as ref_audio_path */
     tconf t;
     tconf_init(&t, "gpt_sovits", "http://h:1");
-    const char *v = "{\"ref_audio_path\":\"/etc/shadow\"}";
-    th_synth_req req = mkreq("x", v);
+    tconf_voice(&t, "alice", "/srv/refs/alice.wav", false);
+    const char *bad[] = {"{\"ref_audio_path\":\"/etc/shadow\"}", "/etc/passwd", "../../etc/passwd", "alice",
+                         "refs/alice.wav"};
     th_upstream_http h;
     th_perr err;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        th_synth_req req = mkreq("x", bad[i]);
+        TH_CHECK(build(&th_kind_gpt_sovits, &t, &req, &h, &err) == -1);
+        TH_CHECK_INT(err.kind, TH_PERR_CLIENT);
+        TH_CHECK_INT(h.body.len, 0);
+        th_upstream_http_free(&h);
+    }
+    /* the configured value goes through */
+    th_synth_req req = mkreq("x", "/srv/refs/alice.wav");
     TH_REQUIRE(build(&th_kind_gpt_sovits, &t, &req, &h, &err) == 0);
     json_t *b = body_json(&h);
-    TH_CHECK_STR(jstr(b, "ref_audio_path"), v);
+    TH_CHECK_STR(jstr(b, "ref_audio_path"), "/srv/refs/alice.wav");
     json_decref(b);
     th_upstream_http_free(&h);
 
@@ -404,6 +416,28 @@ TH_TEST(xtts_tts_to_audio_request)
     th_audio_spec spec;
     th_kind_xtts.body_spec(&t.pc, &req, "audio/wav", &spec);
     TH_CHECK_INT(spec.fmt, TH_FMT_WAV);
+}
+
+TH_TEST(xtts_client_voice_never_becomes_a_path)
+{
+    tconf t;
+    tconf_init(&t, "xtts", "http://h:8020");
+    tconf_voice(&t, "narrator", "/srv/speakers/narrator.wav", false); /* the operator's own path */
+    const char *bad[] = {"/etc/passwd.wav", "../../etc/passwd", "..", ".hidden", "a/b", "a\\b", "x\ny"};
+    th_upstream_http h;
+    th_perr err;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        th_synth_req req = mkreq("x", bad[i]);
+        TH_CHECK(build(&th_kind_xtts, &t, &req, &h, &err) == -1);
+        TH_CHECK_INT(err.kind, TH_PERR_CLIENT);
+        th_upstream_http_free(&h);
+    }
+    th_synth_req req = mkreq("x", "/srv/speakers/narrator.wav");
+    TH_CHECK(build(&th_kind_xtts, &t, &req, &h, &err) == 0);
+    th_upstream_http_free(&h);
+    req = mkreq("x", "calm_female");
+    TH_CHECK(build(&th_kind_xtts, &t, &req, &h, &err) == 0);
+    th_upstream_http_free(&h);
 }
 
 TH_TEST(xtts_stream_request)
@@ -1001,11 +1035,15 @@ TH_TEST(e2e_gpt_sovits_v2)
     col_free(&c);
     t.pc.n_opts = 1;
 
-    /* a plain voice: ref_audio_path, prompt_lang = text_lang */
+    /* a configured plain voice: ref_audio_path, prompt_lang = text_lang */
+    tconf_voice(&t, "bob", "ref/bob.wav", false);
     req.voice = "ref/bob.wav";
     TH_CHECK(synth(&t, &req, &c) == 0);
     TH_CHECK(duration_ok(&c, text, 1.0));
     col_free(&c);
+    /* a client's path: refused before the engine sees it */
+    req.voice = "/etc/passwd";
+    TH_CHECK(fails_with(&t, &req, TH_PERR_CLIENT));
     req.voice = ref;
 
     /* errors: validation 400 {"message"} -> CLIENT */

@@ -226,7 +226,18 @@ static void sy_error(void *ud, const th_perr *err, uint64_t bytes_out)
     const char *type, *code;
     th_api_perr_status(err, &status, &type, &code);
     if (err->retry_after_s > 0) c->retry_after_s = err->retry_after_s;
-    fail_early(c, status, type, code, err->message);
+    /* what an engine or node said (its error body) goes to the log only: it may hold anything the engine
+     * can reach. The client gets the type and the request id to look it up. */
+    TH_LOG(c->hub->log, TH_LOG_WARN, "request %s: %s: %s", c->rid, th_perr_kind_name(err->kind),
+           err->message);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s (%s); request %s, the details are in the hub's log",
+             err->kind == TH_PERR_CLIENT       ? "the engine refused the request"
+             : err->kind == TH_PERR_TIMEOUT    ? "the engine did not answer in time"
+             : err->kind == TH_PERR_OVERLOADED ? "no engine can take the request now"
+                                               : "the engine failed",
+             th_perr_kind_name(err->kind), c->rid);
+    fail_early(c, status, type, code, msg);
 }
 
 static bool provider_allowed(const char *provider, void *ud)
@@ -639,6 +650,10 @@ int th_api_auth(th_api_ctx *c, bool admin)
     th_hub *hub = c->hub;
     memset(&c->id, 0, sizeof c->id);
     c->tconf = NULL;
+    if (admin && hub->safe.protected_mode && !th_api_cluster_token_ok(c)) {
+        th_api_protected_error(c); /* auth.mode none on a public listener: admin routes stay closed */
+        return -1;
+    }
     if (hub->auth == NULL) return 0;
     char err[200] = "";
     th_auth_rc rc =

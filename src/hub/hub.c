@@ -136,9 +136,24 @@ static int create_registry(th_hub *hub)
     const th_config *cfg = hub->cfg;
     th_registry_conf rc = {.heartbeat_interval_ms = cfg->registry.heartbeat_interval_ms,
                            .dead_threshold_ms = cfg->registry.dead_threshold_ms,
-                           .remove_after_ms = cfg->registry.remove_after_ms};
+                           .remove_after_ms = cfg->registry.remove_after_ms,
+                           .max_capacity = cfg->registry.max_capacity,
+                           .max_node_bytes = cfg->registry.max_node_bytes,
+                           .max_bytes = cfg->registry.max_bytes};
     hub->registry = th_registry_new(&rc, hub->log);
     if (hub->registry == NULL) return -1;
+    char nerr[160];
+    if (th_netacl_parse(&hub->safe.trusted_nets, (const char *const *)cfg->registry.trusted_networks,
+                        cfg->registry.n_trusted_networks, nerr, sizeof nerr) != 0)
+        return -1;
+    static const char *const def_allowed[] = {"loopback", "private"};
+    bool dflt = cfg->registry.n_allowed_networks == 0;
+    if (th_netacl_parse(&hub->safe.allowed_nets,
+                        dflt ? def_allowed : (const char *const *)cfg->registry.allowed_networks,
+                        dflt ? 2 : cfg->registry.n_allowed_networks, nerr, sizeof nerr) != 0)
+        return -1;
+    hub->safe.ctl_rate = th_iprate_new(4096);
+    if (hub->safe.ctl_rate == NULL) return -1;
     uv_timer_init(hub->loop, &hub->registry_timer);
     hub->registry_timer.data = hub;
     if (strcmp(cfg->registry.backend, "redis") == 0 && hub->redis != NULL) {
@@ -150,10 +165,17 @@ static int create_registry(th_hub *hub)
     hub->ctl_client = th_client_new(hub->loop, &cc);
     if (hub->ctl_client == NULL) return -1;
     th_upstream_targets t = {node_pick, node_release, hub};
+    const char *tenv = cfg->registry.token_env;
+    const char *token = tenv && *tenv ? getenv(tenv) : NULL;
     for (size_t i = 0; i < hub->n_providers; i++) {
         const th_provider_conf *pc = hub->providers[i]->conf;
-        if (strcmp(pc->type, "nodes") == 0 && (pc->base_url == NULL || pc->base_url[0] == 0))
-            th_upstream_set_targets(hub->providers[i], &t);
+        if (strcmp(pc->type, "nodes") != 0) continue;
+        if (pc->base_url == NULL || pc->base_url[0] == 0) th_upstream_set_targets(hub->providers[i], &t);
+        if (th_upstream_set_bearer(hub->providers[i], token) != 0) { /* nodes take the cluster token */
+            TH_LOG(hub->log, TH_LOG_ERROR,
+                   "registry.token_env: the cluster token is too long or has a line break");
+            return -1;
+        }
     }
     uv_timer_start(&hub->registry_timer, registry_tick, 1000, 1000);
     return 0;
@@ -169,6 +191,10 @@ static void free_registry(th_hub *hub)
     hub->ctl_client = NULL;
     th_registry_free(hub->registry);
     hub->registry = NULL;
+    th_netacl_free(&hub->safe.trusted_nets);
+    th_netacl_free(&hub->safe.allowed_nets);
+    th_iprate_free(hub->safe.ctl_rate);
+    hub->safe.ctl_rate = NULL;
 }
 
 static void free_governance(th_hub *hub)
@@ -418,9 +444,16 @@ int th_hub_serve(const th_serve_opts *opts)
         TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
                th_http_server_port(hub.metrics_http));
     }
-    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen))
+    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen)) {
         TH_LOG(hub.log, TH_LOG_WARN,
                "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
+        hub.safe.protected_mode = !hub.cfg->auth.allow_open_admin;
+        if (hub.safe.protected_mode)
+            TH_LOG(hub.log, TH_LOG_WARN,
+                   "protected mode: /admin/*, announcements and the node routes are refused until API keys "
+                   "are configured (auth.mode), the cluster token is set (registry.token_env) or "
+                   "auth.allow_open_admin is true");
+    }
     TH_LOG(hub.log, TH_LOG_INFO, "ttshub %s listening on %s (port %d) with %zu provider(s)%s%s", TH_VERSION,
            listen, th_http_server_port(hub.http), hub.n_providers,
            hub.cfg->path ? ", config " : ", embedded default", hub.cfg->path ? hub.cfg->path : "");

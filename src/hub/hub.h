@@ -9,7 +9,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/iprate.h"
 #include "core/log.h"
+#include "core/netacl.h"
 #include "core/uuid.h"
 #include "http/client.h"
 #include "http/http.h"
@@ -85,6 +87,12 @@ struct th_hub {
     uint64_t started_ms;       /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
+    struct {
+        bool protected_mode;    /* auth.mode none on a non-loopback listener: admin and control closed */
+        th_netacl trusted_nets; /* registry.trusted_networks: nodes that need no token */
+        th_netacl allowed_nets; /* registry.allowed_networks: where node URLs may point */
+        th_iprate *ctl_rate;    /* registry.control_rpm per client IP */
+    } safe;
     th_uuid_gen ids; /* request ids (loop thread) */
     uv_signal_t sig_term, sig_int;
     uv_check_t reaper; /* runs deferred frees once per loop turn */

@@ -332,6 +332,7 @@ typedef struct up_provider {
     bool closing;
     th_job *jobs;                /* live jobs and probes */
     th_upstream_targets targets; /* pick == NULL: conf->base_url */
+    char bearer[520];            /* "Bearer <cluster token>" sent to nodes; "" = none */
 } up_provider;
 
 typedef enum { J_HEAD = 0, J_AUDIO, J_ERRBODY } job_mode;
@@ -984,7 +985,8 @@ static th_job *up_start(th_provider *bp, const th_synth_req *req, const th_sink 
         defer_fail(j, &e);
         goto out;
     }
-    if (req->traceparent != NULL && th_upstream_header(&h, "traceparent", req->traceparent) != 0) {
+    if ((req->traceparent != NULL && th_upstream_header(&h, "traceparent", req->traceparent) != 0) ||
+        (p->bearer[0] && th_upstream_header(&h, "Authorization", p->bearer) != 0)) {
         th_perr_set(&e, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
         prefix_message(p, &e);
         defer_fail(j, &e);
@@ -1034,6 +1036,20 @@ int th_upstream_set_targets(th_provider *bp, const th_upstream_targets *t)
         p->targets = *t;
     else
         memset(&p->targets, 0, sizeof p->targets);
+    return 0;
+}
+
+int th_upstream_set_bearer(th_provider *bp, const char *token)
+{
+    if (bp == NULL || bp->ops != &th_upstream_ops) return -1;
+    up_provider *p = (up_provider *)bp;
+    p->bearer[0] = 0;
+    if (token == NULL || *token == 0) return 0;
+    int n = snprintf(p->bearer, sizeof p->bearer, "Bearer %s", token);
+    if (n < 0 || (size_t)n >= sizeof p->bearer || strpbrk(token, "\r\n") != NULL) {
+        p->bearer[0] = 0;
+        return -1;
+    }
     return 0;
 }
 

@@ -173,6 +173,8 @@ int th_api_register(th_hub *hub)
 {
     hub->router = th_router_new(th_api_miss, hub);
     if (hub->router == NULL) return -1;
+    if (hub->ext && hub->ext->node_only) /* `ttshub worker`: its node routes (added by the ext) and /health */
+        return th_router_add(hub->router, "GET", "/health", th_api_health, hub);
     static const struct {
         const char *method, *pattern;
         th_http_handler h;

@@ -444,7 +444,7 @@ int th_hub_serve(const th_serve_opts *opts)
         TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
                th_http_server_port(hub.metrics_http));
     }
-    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen)) {
+    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen) && !(hub.ext && hub.ext->node_only)) {
         TH_LOG(hub.log, TH_LOG_WARN,
                "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
         hub.safe.protected_mode = !hub.cfg->auth.allow_open_admin;

@@ -54,6 +54,7 @@ typedef struct th_hub_ext {
     void (*stop)(th_hub *hub, void *ud);  /* SIGTERM/SIGINT or th_hub_shutdown, before the drain */
     void (*free)(th_hub *hub, void *ud);  /* all stopped; async work may still end on the loop */
     void *ud;
+    bool node_only; /* serve /health and the ext's routes only: no client protocols, admin or pages */
 } th_hub_ext;
 
 struct th_hub {

@@ -109,7 +109,7 @@ void th_api_page(th_http_req *req, void *ud)
     }
     /* the pages load nothing from elsewhere: scripts, styles and connections are this hub's own */
     th_http_set_header(req, "Content-Security-Policy",
-                       "default-src 'self'; connect-src 'self' ws: wss: blob:; media-src 'self' blob:; "
+                       "default-src 'self'; connect-src 'self'; media-src 'self' blob:; "
                        "img-src 'self' data:; "
                        "frame-ancestors 'none'");
     th_http_set_header(req, "X-Content-Type-Options", "nosniff");

@@ -20,6 +20,8 @@
  * the engine timing out (504). 503 (too many connections) uses "service_unavailable" with Retry-After. */
 #include "http/http.h"
 
+#include "core/iprate.h"
+
 #include <netinet/in.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -102,7 +104,8 @@ struct conn {
     bool closing;
     bool reading;
     bool rejected;
-    bool counted; /* in s->nactive */
+    bool counted;    /* in s->nactive */
+    bool ip_counted; /* holds one of its IP's slots in s->per_ip */
     bool in_parse;
     bool resume_queued;
     bool flush_queued;
@@ -136,6 +139,7 @@ struct th_http_server {
     size_t nactive; /* connections counted against max_connections */
     size_t nrejecting;
     size_t ninflight;
+    th_iprate *per_ip; /* open connections per client IP */
     int port;
     bool shutting_down;
     bool done_called;
@@ -276,6 +280,7 @@ static void conn_free(conn *c)
     s->nconns--;
     if (c->counted) s->nactive--;
     if (c->rejected) s->nrejecting--;
+    if (c->ip_counted) th_iprate_release(s->per_ip, c->peer);
     th_http_parser_free(&c->p);
     th_buf_free(&c->pending);
     th_buf_free(&c->out);
@@ -936,6 +941,20 @@ static void on_connection(uv_stream_t *ls, int status)
         conn_fail(c, 503, "too_many_connections", "server busy, too many connections");
         return;
     }
+    if (c->lim.max_connections_per_ip > 0 && s->per_ip != NULL) {
+        int got = th_iprate_acquire(s->per_ip, c->peer, uv_now(s->loop), c->lim.max_connections_per_ip);
+        if (got == 0) { /* this address holds its share: others are still served */
+            c->rejected = true;
+            s->nrejecting++;
+            if (s->nrejecting > c->lim.max_connections) {
+                conn_close(c);
+                return;
+            }
+            conn_fail(c, 503, "too_many_connections", "too many connections from this address");
+            return;
+        }
+        c->ip_counted = got == 1;
+    }
     c->counted = true;
     s->nactive++;
     set_deadline_in(c, c->lim.idle_timeout_ms);
@@ -952,6 +971,11 @@ th_http_server *th_http_server_new(uv_loop_t *loop, const th_http_limits *lim, t
     s->loop = loop;
     if (lim != NULL) s->lim = *lim;
     fill_defaults(&s->lim);
+    s->per_ip = th_iprate_new(16384);
+    if (s->per_ip == NULL) {
+        free(s);
+        return NULL;
+    }
     s->handler = handler;
     s->ud = ud;
     s->log = log;
@@ -1141,6 +1165,7 @@ void th_http_server_free(th_http_server *s)
     if (s->listener != NULL) uv_close((uv_handle_t *)s->listener, free_handle_cb);
     if (s->grace != NULL) uv_close((uv_handle_t *)s->grace, free_handle_cb);
     if (s->idle != NULL) uv_close((uv_handle_t *)s->idle, free_handle_cb);
+    th_iprate_free(s->per_ip);
     free(s);
 }
 

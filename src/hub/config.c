@@ -749,7 +749,7 @@ static const key_def k_limits[] = {
     KDUR(th_config, limits.idle_timeout_ms, "idle_timeout", "60s", 1 * SEC, 1 * DAY),
     KDUR(th_config, limits.request_timeout_ms, "request_timeout", "120s", 1 * SEC, 1 * DAY),
     KDUR(th_config, limits.shutdown_grace_ms, "shutdown_grace", "30s", 0, 1 * HOUR),
-    KINT(th_config, limits.max_connections_per_ip, "max_connections_per_ip", "256", 0, 1000000, 0),
+    KINT(th_config, limits.max_connections_per_ip, "max_connections_per_ip", "1000", 0, 1000000, 0),
     KSIZE(th_config, limits.max_buffered_bodies, "max_buffered_bodies", "256MiB", 1 * MiB, 64 * GiB),
     KSIZE(th_config, limits.max_buffered_audio, "max_buffered_audio", "32MiB", 64 * KiB, 4 * GiB),
     KINT(th_config, limits.max_feed_per_ip, "max_feed_per_ip", "16", 1, 100000, 0),

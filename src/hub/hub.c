@@ -409,6 +409,7 @@ int th_hub_serve(const th_serve_opts *opts)
         .header_timeout_ms = hub.cfg->limits.header_timeout_ms,
         .idle_timeout_ms = hub.cfg->limits.idle_timeout_ms,
         .request_timeout_ms = hub.cfg->limits.request_timeout_ms,
+        .max_connections_per_ip = hub.cfg->limits.max_connections_per_ip,
     };
     hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
     if (hub.http == NULL) goto out_log;

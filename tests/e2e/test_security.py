@@ -367,3 +367,94 @@ def test_worker_refuses_to_start_without_a_token(tmp_path):
                         f"127.0.0.1:{port}", "--advertise", f"http://127.0.0.1:{port}"],
                        capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert p.returncode == 2 and b"cluster token is not set" in p.stderr
+
+
+# ---- resources ----
+
+def feed_clients(h):
+    for line in h.get("/metrics").text.splitlines():
+        if line.startswith("ttshub_feed_clients "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no ttshub_feed_clients")
+
+
+def raw_ws(h, source="127.0.0.1"):
+    """A WebSocket client that reads the handshake answer and then never reads again."""
+    s = socket.create_connection(("127.0.0.1", h.port), timeout=10, source_address=(source, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    s.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{h.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    return s, head.split(b"\r\n")[0]
+
+
+def test_websocket_client_that_never_reads_nor_pongs_is_dropped(hub_factory):
+    import asyncio
+    import websockets
+    h = hub_factory("limits:\n  feed_ping_interval: 200ms\n  feed_idle_timeout: 1s\n  max_feed_per_ip: 3\n")
+
+    async def run():
+        async with websockets.connect(f"ws://127.0.0.1:{h.port}/ws", ping_interval=None) as good:
+            await good.recv()
+            bad, status = raw_ws(h)
+            assert b" 101 " in status
+            assert feed_clients(h) == 2
+            # the bad client is dropped once it has been silent for feed_idle_timeout; the good one, which
+            # answers the pings (the websockets library does), stays
+            deadline = time.time() + 20
+            while time.time() < deadline and feed_clients(h) != 1:
+                await asyncio.sleep(0.1)
+            assert feed_clients(h) == 1
+            await good.send(json.dumps({"type": "ping"}))
+            while True:  # the good client still gets answers
+                m = json.loads(await asyncio.wait_for(good.recv(), 10))
+                if m["type"] == "pong":
+                    break
+            bad.close()
+            # per-IP feed cap: 3 from one address, a 4th refused, another address still served
+            socks = [raw_ws(h) for _ in range(2)]
+            assert all(b" 101 " in st for _, st in socks)
+            extra, st = raw_ws(h)
+            assert b" 429 " in st, st
+            other, st = raw_ws(h, "127.0.0.2")
+            assert b" 101 " in st
+            for s, _ in socks + [(extra, None), (other, None)]:
+                s.close()
+
+    asyncio.run(run())
+
+
+def test_one_ip_over_its_connection_cap_is_refused_while_others_are_served(hub_factory):
+    h = hub_factory("limits:\n  max_connections_per_ip: 3\n")
+    held = []
+    for _ in range(3):  # keep-alive connections of 127.0.0.1, each having been served once
+        c = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)
+        c.request("GET", "/health")
+        assert c.getresponse().read()
+        held.append(c)
+    c = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 503 and b"too_many_connections" in r.read()
+    c.close()
+    # another address is served meanwhile
+    st, _ = post_from(h, "127.0.0.2", "/api/announcements", {"message": "from elsewhere"})
+    assert st in (200, 201)
+    # one closes: 127.0.0.1 may connect again (the server notices the close on its own time: poll)
+    held.pop().close()
+    deadline = time.time() + 10
+    ok = False
+    while time.time() < deadline and not ok:
+        c = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)
+        c.request("GET", "/health")
+        r = c.getresponse()
+        ok = b"too_many_connections" not in r.read()
+        c.close()
+        if not ok:
+            time.sleep(0.05)
+    for c in held:
+        c.close()
+    assert ok

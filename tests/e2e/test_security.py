@@ -283,10 +283,12 @@ class EvilEngine:
                 self.send_header("Content-Type", "audio/ogg")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                page = b"OggS" + b"\x00\x02" + b"\x00" * 20 + b"\x01\xff" + b"\x55" * 255
+                # a real Ogg Opus file, then more of them chained, for ever
+                from fakes import audio_gen as ag
+                one = ag.encode(ag.pcm("An endless stream of Ogg pages.", "alloy", 24000), 24000, "ogg")
                 try:
                     while True:  # never ends
-                        chunk = page * 64
+                        chunk = one
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         outer.sent += len(chunk)
                         if outer.sent > 512 * 1024 * 1024:
@@ -458,3 +460,22 @@ def test_one_ip_over_its_connection_cap_is_refused_while_others_are_served(hub_f
     for c in held:
         c.close()
     assert ok
+
+
+def test_hostile_engines_endless_ogg_is_cut_at_the_cap(hub_factory):
+    e = EvilEngine("ogg")
+    try:
+        h = hub_factory(f"providers:\n  - name: fm\n    type: openai_fm\n    base_url: \"{e.url}\"\n"
+                        "    timeout: 60s\n"
+                        "limits:\n  max_buffered_audio: 1MiB\n"
+                        "router: { retries: 0, fallback: false }\ncache: { enabled: false }\n")
+        # mp3: nothing goes out before the engine's audio decodes, so the failure is a clean 502
+        r = h.post(data={"input": "hello", "voice": "alloy", "response_format": "mp3"})
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["type"] == "upstream_error"
+        # cut near the cap (1 MiB, plus what the sockets held), far below the old 256 MiB
+        assert e.sent < 64 * 1024 * 1024, e.sent
+        assert "buffered-audio cap" in h.output()
+        assert h.get("/health").status_code == 200
+    finally:
+        e.stop()

@@ -39,7 +39,8 @@ static void settle(th_api_ctx *c, bool ok)
         c->follower = NULL;
     }
     if (ok && hub->metrics) {
-        const char *lbl[] = {c->tenant ? c->tenant : "", NULL};
+        /* metrics_tenant_labels: false keeps tenant names out of /metrics (one "all" series) */
+        const char *lbl[] = {!hub->cfg->metrics_tenant_labels ? "all" : c->tenant ? c->tenant : "", NULL};
         th_metrics_add(hub->metrics, TH_M_CHARS, lbl, (double)(c->chars > 0 ? c->chars : 0));
     }
 }
@@ -379,6 +380,12 @@ static void step_cache(th_api_ctx *c)
                                               idx, ev, 16);
     char route[512] = "";
     size_t off = 0;
+    if (hub->cfg->cache.per_tenant && c->tenant && *c->tenant) {
+        /* cache.per_tenant: a tenant never gets (or learns of, by a hit's speed) another tenant's audio */
+        int w = snprintf(route, sizeof route, "tenant=%s;", c->tenant);
+        off = w > 0 && (size_t)w < sizeof route ? (size_t)w : 0;
+        route[off] = 0;
+    }
     for (size_t k = 0; k < n; k++) {
         const char *name = hub->providers[idx[k]]->conf->name;
         /* sorted order: simple insertion by name would do; indexes are config order, already stable */

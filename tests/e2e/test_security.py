@@ -479,3 +479,32 @@ def test_hostile_engines_endless_ogg_is_cut_at_the_cap(hub_factory):
         assert h.get("/health").status_code == 200
     finally:
         e.stop()
+
+
+def tenant_keys(extra=""):
+    ka, kb = "ka-" + "1" * 30, "kb-" + "2" * 30
+    cfg = ("auth:\n  mode: api_key\n  keys:\n"
+           f"    - {{ id: a, sha256: \"{hashlib.sha256(ka.encode()).hexdigest()}\", tenant: alpha }}\n"
+           f"    - {{ id: b, sha256: \"{hashlib.sha256(kb.encode()).hexdigest()}\", tenant: beta }}\n"
+           "tenants:\n  alpha: {}\n  beta: {}\n" + extra)
+    return cfg, ka, kb
+
+
+@pytest.mark.parametrize("per_tenant", [True, False])
+def test_cache_is_per_tenant_unless_shared_on_purpose(hub_factory, per_tenant):
+    cfg, ka, kb = tenant_keys(f"cache:\n  per_tenant: {'true' if per_tenant else 'false'}\n"
+                              f"metrics_tenant_labels: {'false' if per_tenant else 'true'}\n")
+    h = hub_factory(cfg)
+    body = {"input": "The same words from two tenants.", "voice": "alloy", "response_format": "wav"}
+    a1 = h.post(data=body, headers=bearer(ka))
+    a2 = h.post(data=body, headers=bearer(ka))
+    b1 = h.post(data=body, headers=bearer(kb))
+    assert a1.headers["X-Cache"] == "MISS" and a2.headers["X-Cache"] == "HIT"
+    assert b1.headers["X-Cache"] == ("MISS" if per_tenant else "HIT")
+    metrics = h.get("/metrics").text
+    chars = [line for line in metrics.splitlines() if line.startswith("ttshub_characters")]
+    assert chars, metrics[:2000]
+    if per_tenant:  # metrics_tenant_labels: false here
+        assert not any("alpha" in line or "beta" in line for line in chars), chars
+    else:
+        assert any('tenant="alpha"' in line for line in chars), chars

@@ -291,7 +291,7 @@ void th_api_nodes_register(th_http_req *req, void *ud)
 static int node_owner_ok(th_api_ctx *c, const char *id, const th_reg_caller *who)
 {
     char err[256] = "";
-    th_reg_rc rc = th_registry_check_owner(c->hub->registry, id, who, err, sizeof err);
+    th_reg_rc rc = th_registry_check_owner(c->hub->registry, id, who, th_mono_ms(), err, sizeof err);
     if (rc == TH_REG_OK) return 0;
     if (rc == TH_REG_FORBIDDEN)
         TH_LOG(c->hub->log, TH_LOG_WARN, "%s on node %s from %s (%s) refused: not its owner", c->route, id,

@@ -327,15 +327,15 @@ static bool may_change(const th_node *n, const th_reg_caller *who, uint64_t now,
     return silent || strcmp(n->owner_addr, who->addr ? who->addr : "") == 0;
 }
 
-th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who, char *err,
-                                  size_t errlen)
+th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who,
+                                  uint64_t now, char *err, size_t errlen)
 {
     const th_node *n = find(r, id);
     if (n == NULL) {
         snprintf(err, errlen, "unknown node '%s': register again", id ? id : "");
         return TH_REG_UNKNOWN;
     }
-    if (!may_change(n, who, th_mono_ms(), r->conf.dead_threshold_ms)) {
+    if (!may_change(n, who, now, r->conf.dead_threshold_ms)) {
         snprintf(err, errlen, "node '%s' belongs to another credential or address", n->id);
         return TH_REG_FORBIDDEN;
     }

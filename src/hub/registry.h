@@ -75,8 +75,8 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
 th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_reg_caller *who, uint64_t now,
                                   char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen);
 /** TH_REG_OK when who may heartbeat, change or remove node id (TH_REG_UNKNOWN, TH_REG_FORBIDDEN). */
-th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who, char *err,
-                                  size_t errlen);
+th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who,
+                                  uint64_t now, char *err, size_t errlen);
 /** Bytes of voices and languages held for every node. */
 uint64_t th_registry_bytes(const th_registry *r);
 

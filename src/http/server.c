@@ -104,8 +104,9 @@ struct conn {
     bool closing;
     bool reading;
     bool rejected;
-    bool counted;    /* in s->nactive */
-    bool ip_counted; /* holds one of its IP's slots in s->per_ip */
+    bool counted;           /* in s->nactive */
+    bool ip_counted;        /* holds one of its IP's slots in s->per_ip */
+    uint64_t body_reserved; /* of s->body_bytes, for the current request */
     bool in_parse;
     bool resume_queued;
     bool flush_queued;
@@ -139,7 +140,8 @@ struct th_http_server {
     size_t nactive; /* connections counted against max_connections */
     size_t nrejecting;
     size_t ninflight;
-    th_iprate *per_ip; /* open connections per client IP */
+    th_iprate *per_ip;   /* open connections per client IP */
+    uint64_t body_bytes; /* reserved by requests' bodies (lim.max_buffered_bodies) */
     int port;
     bool shutting_down;
     bool done_called;
@@ -269,9 +271,16 @@ const char *th_http_reason(int status)
 
 /* ---- refs and lifetime ---- */
 
+static void body_release(conn *c)
+{
+    c->s->body_bytes -= c->body_reserved;
+    c->body_reserved = 0;
+}
+
 static void conn_free(conn *c)
 {
     th_http_server *s = c->s;
+    body_release(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -608,6 +617,7 @@ static void p_on_begin(void *ud)
 {
     conn *c = ud;
     th_http_req *r = &c->req;
+    body_release(c);
     req_reset(r);
     r->start_us = th_mono_us();
     c->state = C_HEAD;
@@ -630,6 +640,14 @@ static size_t p_body_limit(void *ud)
 static int p_on_head(void *ud)
 {
     conn *c = ud;
+    th_http_server *s = c->s;
+    const th_http_msg *m = &c->p.msg;
+    uint64_t want = m->has_clen ? m->content_length : m->chunked ? c->p.body_limit : 0;
+    if (want > 0 && c->lim.max_buffered_bodies > 0) { /* one budget for the bodies of every connection */
+        if (s->body_bytes + want > c->lim.max_buffered_bodies) return 503;
+        c->body_reserved = want;
+        s->body_bytes += want;
+    }
     c->state = C_BODY;
     set_deadline_at(c, c->req_deadline);
     if (c->p.msg.expect_continue) {

@@ -410,6 +410,7 @@ int th_hub_serve(const th_serve_opts *opts)
         .idle_timeout_ms = hub.cfg->limits.idle_timeout_ms,
         .request_timeout_ms = hub.cfg->limits.request_timeout_ms,
         .max_connections_per_ip = hub.cfg->limits.max_connections_per_ip,
+        .max_buffered_bodies = hub.cfg->limits.max_buffered_bodies,
     };
     hub.http = th_http_server_new(&loop, &lim, th_api_handle, &hub, hub.log);
     if (hub.http == NULL) goto out_log;

@@ -44,9 +44,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     memcpy(held[nheld++], ip, sizeof ip);
                 }
             }
-            if (cap > 0 && th_iprate_open(t, ip) > cap) abort();
+            if (got == 1 && th_iprate_open(t, ip) > cap) abort(); /* a slot is never taken past the cap */
+            if (got == 0 && th_iprate_open(t, ip) < cap) abort(); /* nor refused below it */
             /* another address of the same /64 sees the same count */
-            if (!(op & 4)) {
+            static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            if (memcmp(a, mapped, 12) != 0) { /* IPv6 proper (a mapped IPv4 counts as itself) */
                 uint8_t b[16];
                 memcpy(b, a, 16);
                 b[15] ^= 1;

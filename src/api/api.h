@@ -97,7 +97,8 @@ void th_api_json(th_api_ctx *c, int status, json_t *o);
 json_t *th_api_body_object(th_api_ctx *c, bool optional, const char *code);
 /** application/json or any +json type. */
 bool th_api_is_json_type(const char *content_type);
-/** A state-changing method with an Origin that is not this host's (Host or X-Forwarded-Host). */
+/** A state-changing method with an Origin that is not this host's (Host or X-Forwarded-Host); the
+ * synthesis routes are not state-changing (and ttsfm's client sends a foreign Origin). */
 bool th_api_cross_site(th_http_req *req);
 /** Sets X-Request-Id from a client-given id (generation) if it is acceptable; false if not. */
 bool th_api_set_request_id(th_api_ctx *c, const char *id);

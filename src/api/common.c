@@ -274,6 +274,13 @@ bool th_api_cross_site(th_http_req *req)
 {
     const char *m = th_http_method(req);
     if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0) return false;
+    /* synthesis changes nothing, and ttsfm's client sends browser headers with Origin: https://www.openai.fm
+     */
+    static const char *const speech[] = {"/api/generate", "/v1/audio/speech", "/api/synthesize",
+                                         "/synthesize"};
+    const char *path = th_http_path(req);
+    for (size_t i = 0; i < sizeof speech / sizeof speech[0]; i++)
+        if (strcmp(path, speech[i]) == 0) return false;
     const char *origin = th_http_header(req, "Origin");
     if (origin == NULL) return false; /* not a browser, or a browser that does not say: nothing to check */
     return !origin_matches(origin, th_http_header(req, "Host")) &&

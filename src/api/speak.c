@@ -381,7 +381,7 @@ static void step_cache(th_api_ctx *c)
     char route[512] = "";
     size_t off = 0;
     if (hub->cfg->cache.per_tenant && c->tenant && *c->tenant) {
-        /* cache.per_tenant: a tenant never gets (or learns of, by a hit's speed) another tenant's audio */
+        /* cache.per_tenant: no tenant gets, or learns from a hit's speed, another tenant's audio */
         int w = snprintf(route, sizeof route, "tenant=%s;", c->tenant);
         off = w > 0 && (size_t)w < sizeof route ? (size_t)w : 0;
         route[off] = 0;

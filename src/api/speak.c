@@ -15,6 +15,7 @@
 #include "audio/wav.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/netacl.h"
 #include "core/str.h"
 #include "voice/library.h"
 
@@ -504,8 +505,10 @@ static void step_limits(th_api_ctx *c)
         step_quota(c);
         return;
     }
+    char ipkey[64]; /* rate_limit.ip_rpm counts IPv6 clients per /64 (one customer's allocation) */
+    th_net_ip_key(th_http_peer(c->req), ipkey, sizeof ipkey);
     th_limit_req lr = {
-        .ip = th_http_peer(c->req),
+        .ip = ipkey,
         .tenant = c->tconf ? c->tconf->name : "",
         .key_id = c->id.method[0] == 'k' ? c->id.subject : "",
         .tconf = c->tconf,

@@ -506,7 +506,9 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
     n->capacity = (int)capacity;
     n->model_loaded = model_loaded;
     set_lists(r, n, voices, languages);
-    if (who != NULL && !who->admin && (fresh || n->owner[0] == 0 || strcmp(n->owner, who->cred) == 0)) {
+    /* the owner: whoever created it (an admin too: then no token holder may take it over), or its own
+     * credential registering again (from its new address, once allowed) */
+    if (who != NULL && (fresh || (!who->admin && (n->owner[0] == 0 || strcmp(n->owner, who->cred) == 0)))) {
         th_strlcpy(n->owner, who->cred ? who->cred : "", sizeof n->owner);
         th_strlcpy(n->owner_addr, who->addr ? who->addr : "", sizeof n->owner_addr);
     }

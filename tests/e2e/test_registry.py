@@ -182,9 +182,12 @@ def test_cluster_token_and_admin_role(hub_factory, nodes):
     clone_error(register(h, n.url, token="wrong-token"), 401)
     clone_error(register(h, n.url, token=user_key), 403)
     assert register(h, n.url, token=admin_key).status_code == 200
-    assert register(h, n.url, token=TOKEN).status_code == 200
+    # a node an admin registered belongs to that admin: the cluster token cannot take it over
+    clone_error(register(h, n.url, token=TOKEN), 403, "node_owned")
+    assert register(h, nodes().url, token=TOKEN).status_code == 200
+    assert register(h, n.url, token=admin_key).status_code == 200
     clone_error(h.get("/api/nodes"), 401)
-    assert h.get("/api/nodes", headers=auth(admin_key)).json()["count"] == 1
+    assert h.get("/api/nodes", headers=auth(admin_key)).json()["count"] == 2
     # the control routes never count against the client limits
     # an open hub with a cluster token still asks for the token (from outside registry.trusted_networks)
     h2 = hub_factory(hub_config(extra="  trusted_networks: []\n"), env=env())

@@ -196,10 +196,10 @@ static void reg_finish(reg_wait *w)
     th_reg_caller who = {.cred = w->cred, .addr = w->addr, .admin = w->admin};
     char id[TH_NODE_ID_MAX + 1] = "", err[256] = "";
     th_reg_rc rc = th_registry_register_as(hub->registry, w->body, &who, th_mono_ms(), id, err, sizeof err);
-    reg_wait_free(w);
+    if (rc == TH_REG_FORBIDDEN)
+        TH_LOG(hub->log, TH_LOG_WARN, "registration from %s (%s) refused: %s", who.addr, who.cred, err);
+    reg_wait_free(w); /* who points into w */
     if (rc != TH_REG_OK) {
-        if (rc == TH_REG_FORBIDDEN)
-            TH_LOG(hub->log, TH_LOG_WARN, "registration from %s (%s) refused: %s", who.addr, who.cred, err);
         reg_error(c, rc, NULL, err);
         return;
     }

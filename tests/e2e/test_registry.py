@@ -213,7 +213,8 @@ def test_control_routes_skip_rate_limits(hub_factory, nodes):
 
 
 def test_requests_go_to_registered_nodes_round_robin(hub_factory, nodes):
-    h = hub_factory(hub_config(), env=env())
+    # routing, not liveness: nodes stay alive for the whole test however slow the machine is
+    h = hub_factory(hub_config(timings={"heartbeat_interval": "1s", "dead_threshold": "30s", "remove_after": "60s"}), env=env())
     a, b = nodes(node_id="a"), nodes(node_id="b")
     # a node of another engine never gets xtts traffic
     other = nodes(engine="fish")
@@ -314,7 +315,7 @@ def test_capacity_is_respected(hub_factory, nodes):
 
 
 def test_least_load_prefers_the_idle_node(hub_factory, nodes):
-    h = hub_factory(hub_config(strategy="least_load"), env=env())
+    h = hub_factory(hub_config(strategy="least_load", timings={"heartbeat_interval": "1s", "dead_threshold": "30s", "remove_after": "60s"}), env=env())
     slow = nodes(node_id="slow", latency=1.5)
     fast = nodes(node_id="fast")
     register(h, slow.url, capacity=8, node_id="slow")  # first registered: ties go to it

@@ -277,7 +277,7 @@ bool th_api_cross_site(th_http_req *req)
     /* synthesis changes nothing, and ttsfm's client sends browser headers with Origin: https://www.openai.fm
      */
     static const char *const speech[] = {"/api/generate", "/v1/audio/speech", "/api/synthesize",
-                                         "/synthesize"};
+                                         "/api/batch_synthesize", "/synthesize"};
     const char *path = th_http_path(req);
     for (size_t i = 0; i < sizeof speech / sizeof speech[0]; i++)
         if (strcmp(path, speech[i]) == 0) return false;

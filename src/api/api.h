@@ -96,6 +96,11 @@ void th_api_json(th_api_ctx *c, int status, json_t *o);
 /** The request body as a JSON object (bounded depth); NULL with a 400 (error code `code`) sent when it is
  * not one. optional: an empty body is {}. */
 json_t *th_api_body_object(th_api_ctx *c, bool optional, const char *code);
+/** application/json or any +json type. */
+bool th_api_is_json_type(const char *content_type);
+/** A state-changing method with an Origin that is not this host's (Host or X-Forwarded-Host); the
+ * synthesis routes are not state-changing (and ttsfm's client sends a foreign Origin). */
+bool th_api_cross_site(th_http_req *req);
 /** Sets X-Request-Id from a client-given id (generation) if it is acceptable; false if not. */
 bool th_api_set_request_id(th_api_ctx *c, const char *id);
 /** Writes the access line (status, bytes, durations) for c. */
@@ -163,5 +168,9 @@ void th_api_nodes_delete(th_http_req *req, void *ud);
 void th_api_nodes_list(th_http_req *req, void *ud);
 void th_api_nodes_get(th_http_req *req, void *ud);
 void th_api_nodes_command(th_http_req *req, void *ud);
+/** True when the request carries the cluster token (compared by hash, in constant time). */
+bool th_api_cluster_token_ok(th_api_ctx *c);
+/** The 403 of protected mode (auth.mode none on a public listener), saying how to open the route. */
+void th_api_protected_error(th_api_ctx *c);
 
 #endif

@@ -210,11 +210,27 @@ void th_api_json(th_api_ctx *c, int status, json_t *o)
     free(body);
 }
 
+bool th_api_is_json_type(const char *ct)
+{
+    if (ct == NULL) return false;
+    while (*ct == ' ')
+        ct++;
+    size_t n = strcspn(ct, "; ");
+    if (th_strn_ieq(ct, n, "application/json")) return true;
+    return n > 5 && th_strn_ieq(ct + n - 5, 5, "+json");
+}
+
 json_t *th_api_body_object(th_api_ctx *c, bool optional, const char *code)
 {
     size_t blen = 0;
     const uint8_t *body = th_http_body(c->req, &blen);
     if (blen == 0 && optional) return json_object();
+    /* a JSON route takes JSON only: a cross-site form or text/plain POST never reaches it */
+    if (!th_api_is_json_type(th_http_header(c->req, "Content-Type"))) {
+        th_api_error(c, 415, "invalid_request_error", "unsupported_media_type",
+                     "this endpoint takes application/json");
+        return NULL;
+    }
     char err[200] = "";
     json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
     if (j == NULL) {
@@ -243,6 +259,35 @@ bool th_api_set_request_id(th_api_ctx *c, const char *id)
     return true;
 }
 
+/* "scheme://host[:port]" of an Origin header -> "host[:port]" equals the Host (or X-Forwarded-Host)? */
+static bool origin_matches(const char *origin, const char *host)
+{
+    if (host == NULL) return false;
+    const char *p = strstr(origin, "://");
+    if (p == NULL) return false;
+    p += 3;
+    size_t n = strcspn(p, "/");
+    size_t hn = strcspn(host, ", ");
+    return n == hn && th_strn_ieq(p, n, host);
+}
+
+bool th_api_cross_site(th_http_req *req)
+{
+    const char *m = th_http_method(req);
+    if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0) return false;
+    /* synthesis changes nothing, and ttsfm's client sends browser headers with Origin: https://www.openai.fm
+     */
+    static const char *const speech[] = {"/api/generate", "/v1/audio/speech", "/api/synthesize",
+                                         "/api/batch_synthesize", "/synthesize"};
+    const char *path = th_http_path(req);
+    for (size_t i = 0; i < sizeof speech / sizeof speech[0]; i++)
+        if (strcmp(path, speech[i]) == 0) return false;
+    const char *origin = th_http_header(req, "Origin");
+    if (origin == NULL) return false; /* not a browser, or a browser that does not say: nothing to check */
+    return !origin_matches(origin, th_http_header(req, "Host")) &&
+           !origin_matches(origin, th_http_header(req, "X-Forwarded-Host"));
+}
+
 static void handle(th_http_req *req, th_hub *hub, th_router *router)
 {
     th_api_ctx *c = calloc(1, sizeof *c);
@@ -264,6 +309,12 @@ static void handle(th_http_req *req, th_hub *hub, th_router *router)
         c->span = th_span_start(hub->tracer, th_http_path(req), TH_SPAN_SERVER, &parent);
     }
     th_http_set_data(req, c);
+    if (th_api_cross_site(req)) { /* a page of another site posting to us: no state change from there */
+        c->route = "cross-site";
+        th_api_error(c, 403, "permission_error", "cross_site_request",
+                     "requests that change state are not taken from pages of another origin");
+        return;
+    }
     th_router_dispatch(router, req);
 }
 

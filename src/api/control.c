@@ -112,7 +112,7 @@ void th_api_page(th_http_req *req, void *ud)
     }
     /* the pages load nothing from elsewhere: scripts, styles and connections are this hub's own */
     th_http_set_header(req, "Content-Security-Policy",
-                       "default-src 'self'; connect-src 'self' ws: wss: blob:; media-src 'self' blob:; "
+                       "default-src 'self'; connect-src 'self'; media-src 'self' blob:; "
                        "img-src 'self' data:; "
                        "frame-ancestors 'none'");
     th_http_set_header(req, "X-Content-Type-Options", "nosniff");
@@ -206,6 +206,8 @@ int th_api_register(th_hub *hub)
 {
     hub->router = th_router_new(th_api_miss, hub);
     if (hub->router == NULL) return -1;
+    if (hub->ext && hub->ext->node_only) /* `ttshub worker`: its node routes (added by the ext) and /health */
+        return th_router_add(hub->router, "GET", "/health", th_api_health, hub);
     static const struct {
         const char *method, *pattern;
         th_http_handler h;

@@ -21,40 +21,102 @@
 #include "core/str.h"
 #include "http/body.h"
 
+#include <netdb.h>
+#include <openssl/crypto.h>
+
 #define CMD_TIMEOUT_MS 5000
 
-static bool token_eq(const char *a, size_t alen, const char *b, size_t blen)
+bool th_api_cluster_token_ok(th_api_ctx *c)
 {
-    unsigned char d = alen == blen ? 0 : 1;
-    for (size_t i = 0; i < alen; i++)
-        d |= (unsigned char)(a[i] ^ (i < blen ? b[i] : 0));
-    return d == 0;
+    const char *env = c->hub->cfg->registry.token_env;
+    const char *token = env && *env ? getenv(env) : NULL;
+    const char *h = th_http_header(c->req, "Authorization");
+    if (token == NULL || *token == 0 || h == NULL || strlen(h) < 7 || !th_strn_ieq(h, 7, "Bearer "))
+        return false;
+    const char *t = h + 7;
+    while (*t == ' ')
+        t++;
+    /* by hash, in constant time: neither the length nor a prefix of the token leaks through timing */
+    char a[65], b[65];
+    th_auth_hash_key(t, strlen(t), a);
+    th_auth_hash_key(token, strlen(token), b);
+    return CRYPTO_memcmp(a, b, 64) == 0;
 }
 
-/* 0 when the caller may use the control routes; otherwise the error was sent. */
-static int control_auth(th_api_ctx *c, const char *route)
+static bool token_configured(const th_hub *hub)
+{
+    const char *env = hub->cfg->registry.token_env;
+    const char *token = env && *env ? getenv(env) : NULL;
+    return token != NULL && *token != 0;
+}
+
+void th_api_protected_error(th_api_ctx *c)
+{
+    th_api_error(
+        c, 403, "permission_error", "protected_mode",
+        "protected mode: ttshub listens on a public address with auth.mode none, so admin and control "
+        "routes are closed. Enable them by configuring API keys (auth.mode api_key), by setting the "
+        "cluster token (registry.token_env) and sending it as a Bearer token, or by setting "
+        "auth.allow_open_admin: true");
+}
+
+typedef enum {
+    CTL_NODE,     /* register, heartbeat, unregister: a node speaking for itself */
+    CTL_OPERATOR, /* list, get, commands */
+} ctl_kind;
+
+/* 0 when the caller may use the control route; who says who it is. Otherwise the error was sent. */
+static int control_auth(th_api_ctx *c, const char *route, ctl_kind kind, th_reg_caller *who, char *cred,
+                        size_t credlen)
 {
     th_hub *hub = c->hub;
     c->route = route;
     c->shape = TH_SHAPE_CLONE;
-    const char *env = hub->cfg->registry.token_env;
-    const char *token = env && *env ? getenv(env) : NULL;
-    if (token != NULL && *token) {
-        const char *h = th_http_header(c->req, "Authorization");
-        if (h != NULL && th_strn_ieq(h, strlen(h) < 7 ? strlen(h) : 7, "Bearer ")) {
-            const char *t = h + 7;
-            while (*t == ' ')
-                t++;
-            if (token_eq(t, strlen(t), token, strlen(token))) return 0;
-        }
-        if (strcmp(hub->cfg->auth.mode, "none") == 0) {
-            th_http_set_header(c->req, "WWW-Authenticate", "Bearer");
-            th_api_error(c, 401, "authentication_error", h ? "invalid_credentials" : "missing_credentials",
-                         "the control routes need the cluster token (%s) or an admin credential", env);
+    const char *peer = th_http_peer(c->req);
+    who->addr = peer;
+    who->admin = false;
+    who->cred = cred;
+    cred[0] = 0;
+    if (hub->safe.ctl_rate &&
+        !th_iprate_hit(hub->safe.ctl_rate, peer, th_mono_ms(), (uint32_t)hub->cfg->registry.control_rpm)) {
+        c->retry_after_s = 5;
+        th_api_error(c, 429, "rate_limit_error", "rate_limited",
+                     "too many control requests from this address (registry.control_rpm)");
+        return -1;
+    }
+    if (th_api_cluster_token_ok(c)) {
+        th_strlcpy(cred, "token", credlen);
+        return 0;
+    }
+    bool none = strcmp(hub->cfg->auth.mode, "none") == 0;
+    bool presented = th_http_header(c->req, "Authorization") || th_http_header(c->req, "X-API-Key");
+    bool trusted = kind == CTL_NODE && th_netacl_match_text(&hub->safe.trusted_nets, peer);
+    /* a node from registry.trusted_networks needs no credential, unless protected mode holds (a public
+     * listener with nothing configured): then only a configured token opens the door */
+    if (trusted && !presented && (!hub->safe.protected_mode || token_configured(hub))) {
+        th_strlcpy(cred, "trusted", credlen);
+        return 0;
+    }
+    if (none) {
+        if (hub->safe.protected_mode && !token_configured(hub)) {
+            th_api_protected_error(c);
             return -1;
         }
+        if (token_configured(hub) || kind == CTL_NODE || hub->safe.protected_mode) {
+            const char *env = hub->cfg->registry.token_env;
+            th_http_set_header(c->req, "WWW-Authenticate", "Bearer");
+            th_api_error(
+                c, 401, "authentication_error", presented ? "invalid_credentials" : "missing_credentials",
+                "the control routes need the cluster token (%s)%s", env && *env ? env : "registry.token_env",
+                kind == CTL_NODE ? ", or a node in registry.trusted_networks" : "");
+            return -1;
+        }
+        return 0; /* an open hub on loopback: operators are whoever can reach it */
     }
-    return th_api_auth(c, true);
+    if (th_api_auth(c, true) != 0) return -1;
+    who->admin = true;
+    snprintf(cred, credlen, "%s:%s", c->id.method, c->id.subject);
+    return 0;
 }
 
 /* id from the path, or node_id from the body (the seed-1 aliases); NULL with the error sent. */
@@ -80,6 +142,9 @@ static void reg_error(th_api_ctx *c, th_reg_rc rc, const char *id, const char *e
     case TH_REG_NOMEM:
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         break;
+    case TH_REG_FORBIDDEN:
+        th_api_error(c, 403, "permission_error", "node_owned", "%s", err);
+        break;
     default:
         th_api_error(c, 400, NULL, "invalid_node", "%s", err && *err ? err : "invalid request");
         break;
@@ -87,16 +152,53 @@ static void reg_error(th_api_ctx *c, th_reg_rc rc, const char *id, const char *e
     (void)id;
 }
 
-void th_api_nodes_register(th_http_req *req, void *ud)
+/* ---- registration: the node's address is checked after resolution ---- */
+
+typedef struct reg_wait {
+    th_api_ctx *c;
+    json_t *body;
+    char cred[160], addr[48];
+    bool admin;
+    char host[256];
+    uv_getaddrinfo_t gai;
+} reg_wait;
+
+static void reg_wait_free(reg_wait *w)
 {
-    th_hub *hub = ud;
-    th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes/register") != 0) return;
-    json_t *body = th_api_body_object(c, false, "malformed_body");
-    if (body == NULL) return;
+    json_decref(w->body);
+    free(w);
+}
+
+/* The host of the registration's url (or host), or "" when it has none the registry would take. */
+static void reg_host(const json_t *body, char *host, size_t len)
+{
+    host[0] = 0;
+    json_t *u = json_object_get(body, "url"), *h = json_object_get(body, "host");
+    if (json_is_string(u)) {
+        if (!th_node_url_parse(json_string_value(u), json_string_length(u), host, len, NULL)) host[0] = 0;
+    } else if (json_is_string(h) && json_string_length(h) < len) {
+        th_strlcpy(host, json_string_value(h), len);
+    }
+}
+
+/* NULL when addr may be a node's address, else why not. */
+static const char *addr_refused(th_hub *hub, const uint8_t a[16])
+{
+    if (th_net_forbidden(a)) return "a link-local, metadata, multicast or unspecified address";
+    if (!th_netacl_match(&hub->safe.allowed_nets, a)) return "outside registry.allowed_networks";
+    return NULL;
+}
+
+static void reg_finish(reg_wait *w)
+{
+    th_api_ctx *c = w->c;
+    th_hub *hub = c->hub;
+    th_reg_caller who = {.cred = w->cred, .addr = w->addr, .admin = w->admin};
     char id[TH_NODE_ID_MAX + 1] = "", err[256] = "";
-    th_reg_rc rc = th_registry_register(hub->registry, body, th_mono_ms(), id, err, sizeof err);
-    json_decref(body);
+    th_reg_rc rc = th_registry_register_as(hub->registry, w->body, &who, th_mono_ms(), id, err, sizeof err);
+    if (rc == TH_REG_FORBIDDEN)
+        TH_LOG(hub->log, TH_LOG_WARN, "registration from %s (%s) refused: %s", who.addr, who.cred, err);
+    reg_wait_free(w); /* who points into w */
     if (rc != TH_REG_OK) {
         reg_error(c, rc, NULL, err);
         return;
@@ -106,15 +208,109 @@ void th_api_nodes_register(th_http_req *req, void *ud)
     th_api_json(c, 200, json_pack("{s:b,s:s,s:f}", "success", 1, "node_id", id, "heartbeat_interval", hb));
 }
 
+static void reg_refuse(reg_wait *w, const char *host, const char *why)
+{
+    th_api_ctx *c = w->c;
+    TH_LOG(c->hub->log, TH_LOG_WARN, "registration from %s refused: %s is %s", w->addr, host, why);
+    reg_wait_free(w);
+    th_api_error(c, 400, NULL, "address_not_allowed", "the node's address is %s", why);
+}
+
+static void reg_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
+{
+    reg_wait *w = g->data;
+    if (status != 0 || res == NULL) {
+        uv_freeaddrinfo(res);
+        th_api_ctx *c = w->c;
+        reg_wait_free(w);
+        th_api_error(c, 400, NULL, "unresolvable_host", "the node's host name does not resolve");
+        return;
+    }
+    const char *why = NULL;
+    for (struct addrinfo *a = res; a && why == NULL; a = a->ai_next) {
+        uint8_t ip[16];
+        if (th_net_from_sa(a->ai_addr, ip) == 0) why = addr_refused(w->c->hub, ip); /* every address */
+    }
+    uv_freeaddrinfo(res);
+    if (why) {
+        char host[256];
+        th_strlcpy(host, w->host, sizeof host);
+        reg_refuse(w, host, why);
+        return;
+    }
+    reg_finish(w);
+}
+
+void th_api_nodes_register(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    th_api_ctx *c = th_http_get_data(req);
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes/register", CTL_NODE, &who, cred, sizeof cred) != 0) return;
+    json_t *body = th_api_body_object(c, false, "malformed_body");
+    if (body == NULL) return;
+    reg_wait *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        json_decref(body);
+        th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        return;
+    }
+    w->c = c;
+    w->body = body;
+    w->admin = who.admin;
+    th_strlcpy(w->cred, cred, sizeof w->cred);
+    th_strlcpy(w->addr, who.addr ? who.addr : "", sizeof w->addr);
+    reg_host(body, w->host, sizeof w->host);
+    uint8_t ip[16];
+    char err[256] = "", id[TH_NODE_ID_MAX + 1];
+    th_reg_caller dry = {.cred = w->cred, .addr = w->addr, .admin = w->admin, .dry_run = true};
+    th_reg_rc rc = th_registry_register_as(hub->registry, body, &dry, th_mono_ms(), id, err, sizeof err);
+    if (rc != TH_REG_OK || w->host[0] == 0) { /* the body is wrong: say so before resolving anything */
+        reg_finish(w);
+    } else if (th_net_parse_addr(w->host, ip) == 0) {
+        const char *why = addr_refused(hub, ip);
+        if (why) {
+            char host[256];
+            th_strlcpy(host, w->host, sizeof host);
+            reg_refuse(w, host, why);
+        } else {
+            reg_finish(w);
+        }
+    } else {
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        w->gai.data = w;
+        if (uv_getaddrinfo(hub->loop, &w->gai, reg_resolved, w->host, NULL, &hints) != 0) {
+            reg_wait_free(w);
+            th_api_error(c, 400, NULL, "unresolvable_host", "the node's host name does not resolve");
+        }
+    }
+}
+
+/* the node's own credential (or an admin) for heartbeats and unregistration */
+static int node_owner_ok(th_api_ctx *c, const char *id, const th_reg_caller *who)
+{
+    char err[256] = "";
+    th_reg_rc rc = th_registry_check_owner(c->hub->registry, id, who, th_mono_ms(), err, sizeof err);
+    if (rc == TH_REG_OK) return 0;
+    if (rc == TH_REG_FORBIDDEN)
+        TH_LOG(c->hub->log, TH_LOG_WARN, "%s on node %s from %s (%s) refused: not its owner", c->route, id,
+               who->addr, who->cred);
+    reg_error(c, rc, id, err);
+    return -1;
+}
+
 void th_api_nodes_heartbeat(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes/{id}/heartbeat") != 0) return;
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes/{id}/heartbeat", CTL_NODE, &who, cred, sizeof cred) != 0) return;
     json_t *body = th_api_body_object(c, true, "malformed_body");
     if (body == NULL) return;
     const char *id = node_id_of(c, body);
-    if (id != NULL) {
+    if (id != NULL && node_owner_ok(c, id, &who) == 0) {
         char err[256] = "";
         th_reg_rc rc = th_registry_heartbeat(hub->registry, id, body, th_mono_ms(), err, sizeof err);
         if (rc != TH_REG_OK) {
@@ -131,11 +327,13 @@ void th_api_nodes_delete(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes/{id}") != 0) return;
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes/{id}", CTL_NODE, &who, cred, sizeof cred) != 0) return;
     json_t *body = th_http_param(req, "id") ? json_object() : th_api_body_object(c, false, "malformed_body");
     if (body == NULL) return;
     const char *id = node_id_of(c, body);
-    if (id != NULL) {
+    if (id != NULL && node_owner_ok(c, id, &who) == 0) {
         if (th_registry_remove(hub->registry, id) != TH_REG_OK) {
             th_api_error(c, 404, NULL, "unknown_node", "unknown node '%s'", id);
         } else {
@@ -150,7 +348,9 @@ void th_api_nodes_list(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes") != 0) return;
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes", CTL_OPERATOR, &who, cred, sizeof cred) != 0) return;
     char *engine = th_query_get(th_http_query(req), "engine");
     char *status = th_query_get(th_http_query(req), "status");
     json_t *o = th_registry_list_json(hub->registry, engine, status, th_mono_ms());
@@ -163,7 +363,9 @@ void th_api_nodes_get(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes/{id}") != 0) return;
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes/{id}", CTL_OPERATOR, &who, cred, sizeof cred) != 0) return;
     const char *id = th_http_param(req, "id");
     json_t *o = th_registry_node_json(hub->registry, id, th_mono_ms());
     if (o == NULL) {
@@ -208,12 +410,16 @@ static void cmd_done(void *ud, th_client_result res, int status, const char *det
     th_api_ctx *c = r->c;
     th_hub *hub = c->hub;
     if (res != TH_CLIENT_OK || status < 200 || status >= 300) {
+        /* what went wrong stays in the log: the client learns only that the node did not take it */
         if (res != TH_CLIENT_OK)
-            th_api_error(c, 502, NULL, "node_unreachable", "node %s did not take the command: %s (%s)", r->id,
-                         th_client_result_name(res), detail ? detail : "");
+            TH_LOG(hub->log, TH_LOG_WARN, "request %s: command %s to node %s: %s (%s)", c->rid, r->command,
+                   r->id, th_client_result_name(res), detail ? detail : "");
         else
-            th_api_error(c, 502, NULL, "node_refused", "node %s answered HTTP %d to the command", r->id,
-                         status);
+            TH_LOG(hub->log, TH_LOG_WARN, "request %s: command %s to node %s: HTTP %d: %.*s", c->rid,
+                   r->command, r->id, status, (int)r->blen, r->body);
+        th_api_error(c, 502, NULL, res != TH_CLIENT_OK ? "node_unreachable" : "node_refused",
+                     "node %s did not take the command; request %s, the details are in the hub's log", r->id,
+                     c->rid);
         free(r);
         return;
     }
@@ -232,7 +438,9 @@ void th_api_nodes_command(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
-    if (control_auth(c, "/api/nodes/{id}/command") != 0) return;
+    th_reg_caller who;
+    char cred[160];
+    if (control_auth(c, "/api/nodes/{id}/command", CTL_OPERATOR, &who, cred, sizeof cred) != 0) return;
     json_t *body = th_api_body_object(c, false, "malformed_body");
     if (body == NULL) return;
     const char *id = th_http_param(req, "id");
@@ -262,7 +470,12 @@ void th_api_nodes_command(th_http_req *req, void *ud)
     json_decref(body);
     snprintf(target, sizeof target, "%s/command", url);
     int pl = snprintf(payload, sizeof payload, "{\"command\":\"%s\"}", r->command);
-    static const char *const hdrs[] = {"Content-Type: application/json", NULL};
+    char bearer[600] = "";
+    const char *tenv = hub->cfg->registry.token_env;
+    const char *tok = tenv && *tenv ? getenv(tenv) : NULL;
+    if (tok && *tok && strpbrk(tok, "\r\n") == NULL)
+        snprintf(bearer, sizeof bearer, "Authorization: Bearer %s", tok);
+    const char *const hdrs[] = {"Content-Type: application/json", bearer[0] ? bearer : NULL, NULL};
     th_client_opts o = {.method = "POST",
                         .url = target,
                         .headers = hdrs,

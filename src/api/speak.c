@@ -15,6 +15,7 @@
 #include "audio/wav.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/netacl.h"
 #include "core/str.h"
 #include "voice/library.h"
 
@@ -39,7 +40,8 @@ static void settle(th_api_ctx *c, bool ok)
         c->follower = NULL;
     }
     if (ok && hub->metrics) {
-        const char *lbl[] = {c->tenant ? c->tenant : "", NULL};
+        /* metrics_tenant_labels: false keeps tenant names out of /metrics (one "all" series) */
+        const char *lbl[] = {!hub->cfg->metrics_tenant_labels ? "all" : c->tenant ? c->tenant : "", NULL};
         th_metrics_add(hub->metrics, TH_M_CHARS, lbl, (double)(c->chars > 0 ? c->chars : 0));
     }
 }
@@ -226,7 +228,18 @@ static void sy_error(void *ud, const th_perr *err, uint64_t bytes_out)
     const char *type, *code;
     th_api_perr_status(err, &status, &type, &code);
     if (err->retry_after_s > 0) c->retry_after_s = err->retry_after_s;
-    fail_early(c, status, type, code, err->message);
+    /* what an engine or node said (its error body) goes to the log only: it may hold anything the engine
+     * can reach. The client gets the type and the request id to look it up. */
+    TH_LOG(c->hub->log, TH_LOG_WARN, "request %s: %s: %s", c->rid, th_perr_kind_name(err->kind),
+           err->message);
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s (%s); request %s, the details are in the hub's log",
+             err->kind == TH_PERR_CLIENT       ? "the engine refused the request"
+             : err->kind == TH_PERR_TIMEOUT    ? "the engine did not answer in time"
+             : err->kind == TH_PERR_OVERLOADED ? "no engine can take the request now"
+                                               : "the engine failed",
+             th_perr_kind_name(err->kind), c->rid);
+    fail_early(c, status, type, code, msg);
 }
 
 static bool provider_allowed(const char *provider, void *ud)
@@ -368,6 +381,12 @@ static void step_cache(th_api_ctx *c)
                                               idx, ev, 16);
     char route[512] = "";
     size_t off = 0;
+    if (hub->cfg->cache.per_tenant && c->tenant && *c->tenant) {
+        /* cache.per_tenant: no tenant gets, or learns from a hit's speed, another tenant's audio */
+        int w = snprintf(route, sizeof route, "tenant=%s;", c->tenant);
+        off = w > 0 && (size_t)w < sizeof route ? (size_t)w : 0;
+        route[off] = 0;
+    }
     for (size_t k = 0; k < n; k++) {
         const char *name = hub->route.provs[idx[k]]->cache_name; /* a settings change is a new name */
         /* sorted order: simple insertion by name would do; indexes are config order, already stable */
@@ -486,8 +505,10 @@ static void step_limits(th_api_ctx *c)
         step_quota(c);
         return;
     }
+    char ipkey[64]; /* rate_limit.ip_rpm counts IPv6 clients per /64 (one customer's allocation) */
+    th_net_ip_key(th_http_peer(c->req), ipkey, sizeof ipkey);
     th_limit_req lr = {
-        .ip = th_http_peer(c->req),
+        .ip = ipkey,
         .tenant = c->tconf ? c->tconf->name : "",
         .key_id = c->id.method[0] == 'k' ? c->id.subject : "",
         .tconf = c->tconf,
@@ -639,6 +660,10 @@ int th_api_auth(th_api_ctx *c, bool admin)
     th_hub *hub = c->hub;
     memset(&c->id, 0, sizeof c->id);
     c->tconf = NULL;
+    if (admin && hub->safe.protected_mode && !th_api_cluster_token_ok(c)) {
+        th_api_protected_error(c); /* auth.mode none on a public listener: admin routes stay closed */
+        return -1;
+    }
     if (hub->auth == NULL) return 0;
     char err[200] = "";
     th_auth_rc rc =

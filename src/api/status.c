@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/str.h"
 #include "http/body.h"
 #include "http/ws.h"
 
@@ -32,6 +33,8 @@ typedef struct feed_client {
     struct feed_client *prev, *next;
     struct th_feed *f;
     th_ws *ws;
+    char peer[48]; /* for the per-IP count */
+    bool ip_counted;
 } feed_client;
 
 struct th_feed {
@@ -44,6 +47,7 @@ struct th_feed {
     size_t n_breaker;
     uint64_t generation; /* hub->cfg_generation the breaker array was made for */
     bool stopping;
+    th_iprate *per_ip; /* feed clients per IP (limits.max_feed_per_ip) */
 };
 
 static int cmp_float(const void *a, const void *b)
@@ -224,9 +228,11 @@ int th_api_feed_new(th_hub *hub)
     f->hub = hub;
     f->breaker = malloc((hub->n_providers ? hub->n_providers : 1) * sizeof *f->breaker);
     f->timer = malloc(sizeof *f->timer);
-    if (f->breaker == NULL || f->timer == NULL) {
+    f->per_ip = th_iprate_new(1024);
+    if (f->breaker == NULL || f->timer == NULL || f->per_ip == NULL) {
         free(f->breaker);
         free(f->timer);
+        th_iprate_free(f->per_ip);
         free(f);
         return -1;
     }
@@ -273,6 +279,7 @@ void th_api_feed_free(th_hub *hub)
     uv_timer_stop(f->timer);
     uv_close((uv_handle_t *)f->timer, on_feed_timer_closed);
     free(f->breaker);
+    th_iprate_free(f->per_ip);
     free(f);
     hub->feed = NULL;
 }
@@ -306,6 +313,7 @@ static void ws_closed(th_ws *ws, void *ud)
             f->clients = fc->next;
         if (fc->next) fc->next->prev = fc->prev;
         f->n--;
+        if (fc->ip_counted) th_iprate_release(f->per_ip, fc->peer);
     }
     free(fc);
 }
@@ -330,12 +338,26 @@ void th_api_ws(th_http_req *req, void *ud)
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
+    th_strlcpy(fc->peer, th_http_peer(req), sizeof fc->peer);
+    int got = f->per_ip
+                  ? th_iprate_acquire(f->per_ip, fc->peer, th_mono_ms(), hub->cfg->limits.max_feed_per_ip)
+                  : -1;
+    if (got == 0) {
+        free(fc);
+        c->retry_after_s = 5;
+        th_api_error(c, 429, "rate_limit_error", "too_many_subscribers",
+                     "at most %u live-feed clients per address (limits.max_feed_per_ip)",
+                     (unsigned)hub->cfg->limits.max_feed_per_ip);
+        return;
+    }
+    fc->ip_counted = got == 1;
     fc->f = f;
     int status = 400;
     const char *why = "bad handshake";
     th_ws_cb cb = {ws_text, ws_closed, fc};
     fc->ws = th_ws_accept(req, hub->loop, &cb, FEED_MAX_MSG, &status, &why);
     if (fc->ws == NULL) {
+        if (fc->ip_counted) th_iprate_release(f->per_ip, fc->peer);
         free(fc);
         th_api_error(c, status, NULL, status == 426 ? "upgrade_required" : "bad_handshake", "%s", why);
         return;
@@ -348,6 +370,7 @@ void th_api_ws(th_http_req *req, void *ud)
     if (f->clients) f->clients->prev = fc;
     f->clients = fc;
     f->n++;
+    th_ws_keepalive(fc->ws, hub->cfg->limits.feed_ping_interval_ms, hub->cfg->limits.feed_idle_timeout_ms);
     feed_send(fc->ws, "system_status", status_doc(hub));
 }
 

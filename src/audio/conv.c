@@ -9,7 +9,8 @@
  *  - PCM (headerless, spec from the caller) and WAV (th_wav_reader) go straight to swresample.
  *  - MP3, AAC (ADTS) and FLAC go through an AVCodecParserContext and a decoder, so they are
  *    decoded as the bytes come.
- *  - Ogg (Opus, Vorbis) needs a demuxer. It is buffered (bounded by CONV_MAX_DEMUX) and decoded
+ *  - Ogg (Opus, Vorbis) needs a demuxer. It is buffered (bounded by out->max_buffered) and decoded
+ *    with the Ogg demuxer forced (the sniffed format; no probing through every demuxer FFmpeg has),
  *    at finish through avformat with a custom AVIOContext reading from that memory. Engines that
  *    send Ogg therefore get no streaming from us; none of the engines we know stream Ogg.
  * The first bytes are always sniffed; what the caller declared is the fallback (declared PCM is
@@ -38,9 +39,8 @@
 
 #include "audio/wav.h"
 
-#define CONV_SNIFF_MAX 8192u                  /* bytes held while the format is unknown */
-#define CONV_MAX_DEMUX (256u * 1024u * 1024u) /* Ogg input buffered for the demuxer */
-#define CONV_PARSE_CHUNK 65536u               /* input copied into a padded buffer per parser call */
+#define CONV_SNIFF_MAX 8192u    /* bytes held while the format is unknown */
+#define CONV_PARSE_CHUNK 65536u /* input copied into a padded buffer per parser call */
 #define CONV_AVIO_BUF 4096
 #define CONV_MAX_BAD_PACKETS 64
 #define CONV_MP3_QUALITY 7 /* lame_set_quality: 0 best/slowest .. 9 worst/fastest */
@@ -772,7 +772,14 @@ static int run_demux(th_audio_conv *c)
     }
     fc->pb = io;
     fc->flags |= AVFMT_FLAG_CUSTOM_IO;
-    ret = avformat_open_input(&fc, NULL, NULL, NULL); /* frees fc on failure */
+    /* the sniffed container only: probing would hand hostile bytes to every demuxer FFmpeg has */
+    const AVInputFormat *ifmt =
+        c->in_fmt == TH_FMT_OGG || c->in_fmt == TH_FMT_OPUS ? av_find_input_format("ogg") : NULL;
+    if (ifmt == NULL) {
+        failf(c, "no demuxer for this input", 0);
+        goto out;
+    }
+    ret = avformat_open_input(&fc, NULL, ifmt, NULL); /* frees fc on failure */
     if (ret < 0) {
         failf(c, "reading the container", ret);
         goto out;
@@ -919,7 +926,7 @@ static int start_input(th_audio_conv *c)
     }
     default:
         c->in_kind = IN_DEMUX;
-        th_buf_init(&c->demux, CONV_MAX_DEMUX);
+        th_buf_init(&c->demux, c->out.max_buffered ? c->out.max_buffered : TH_AUDIO_MAX_BUFFERED);
         return 0;
     }
 }
@@ -939,7 +946,7 @@ static int feed(th_audio_conv *c, const uint8_t *d, size_t n)
         return feed_parsed(c, d, n, false);
     default: {
         int rc = th_buf_append(&c->demux, d, n);
-        if (rc == TH_BUF_EFULL) return failf(c, "container input too large", 0);
+        if (rc == TH_BUF_EFULL) return failf(c, "container input past the buffered-audio cap", 0);
         if (rc != TH_BUF_OK) return failf(c, "out of memory", 0);
         return 0;
     }

@@ -21,7 +21,11 @@ typedef struct th_audio_target {
     double tempo;          /* 1.0 = unchanged; 0.25..4.0 */
     int bitrate;           /* bits/s for lossy codecs; 0 = a sensible default per format */
     uint32_t wav_data_len; /* wav only: exact data size when known in advance, else TH_WAV_SIZE_UNKNOWN */
+    uint64_t max_buffered; /* input that must be held whole for a demuxer (Ogg): past it the conversion
+                              fails; 0 = TH_AUDIO_MAX_BUFFERED */
 } th_audio_target;
+
+#define TH_AUDIO_MAX_BUFFERED (32u * 1024u * 1024u)
 
 typedef struct th_audio_conv th_audio_conv;
 

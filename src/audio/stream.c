@@ -72,6 +72,7 @@ static void convert_batch(th_audio_stream *s)
 static bool deliver(th_audio_stream *s)
 {
     s->cpu += s->batch_cpu;
+    bool took_input = s->batch_in.len > 0;
     th_buf_reset(&s->batch_in);
     s->busy++;
     if (s->batch_rc != 0) {
@@ -80,6 +81,10 @@ static bool deliver(th_audio_stream *s)
             s->cb.on_error(s->cb.ud, s->batch_err[0] ? s->batch_err : "audio conversion failed");
     } else {
         if (s->out.len > 0 && s->cb.on_data && !s->closed) s->cb.on_data(s->cb.ud, s->out.data, s->out.len);
+        /* input taken with nothing out yet (a container held whole for its demuxer): say so, so that a
+         * producer paused on th_audio_stream_pending may resume */
+        else if (took_input && s->cb.on_data && !s->closed)
+            s->cb.on_data(s->cb.ud, NULL, 0);
         if (s->batch_finish && !s->closed) {
             s->ended = true;
             if (s->cb.on_done) s->cb.on_done(s->cb.ud);

@@ -17,7 +17,8 @@
 typedef struct th_audio_stream th_audio_stream;
 
 typedef struct th_audio_stream_cb {
-    void (*on_data)(void *ud, const uint8_t *data, size_t len); /* output bytes, in order */
+    void (*on_data)(void *ud, const uint8_t *data, size_t len); /* output bytes, in order; len 0 (data NULL):
+                                                                   input was taken, nothing out yet */
     void (*on_done)(void *ud);                                  /* after finish, all output delivered */
     void (*on_error)(void *ud, const char *msg);                /* conversion failed; no more callbacks */
     void *ud;

@@ -33,6 +33,11 @@ typedef struct th_http_limits {
     uint64_t header_timeout_ms;  /* from the first byte of a request to the end of its headers: 408 */
     uint64_t idle_timeout_ms;    /* keep-alive connection with no request in progress: closed quietly */
     uint64_t request_timeout_ms; /* from the first byte to the end of the body: 408 */
+    uint32_t max_connections_per_ip; /* open connections of one client IP (IPv6: its /64); past it 503 and
+                                        close; 0 = no cap */
+    uint64_t max_buffered_bodies;    /* request bodies in memory, all connections together (reserved at the
+                                        head by Content-Length, or the body limit when chunked); past it 503;
+                                        0 = no cap */
 } th_http_limits;
 
 /** Called on the loop thread once the whole request (headers and body) has arrived. */

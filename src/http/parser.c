@@ -248,6 +248,7 @@ static int on_headers_complete(http_parser *hp)
     }
     if (p->cbs != NULL && p->cbs->on_head != NULL) {
         int st = p->cbs->on_head(p->ud);
+        if (st == 503) return fail(p, 503, "server_busy", "too many request bodies in memory; try again");
         if (st != 0) return fail(p, st, "rejected", "request rejected");
     }
     return 0;

@@ -20,6 +20,8 @@
  * the engine timing out (504). 503 (too many connections) uses "service_unavailable" with Retry-After. */
 #include "http/http.h"
 
+#include "core/iprate.h"
+
 #include <netinet/in.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -103,8 +105,10 @@ struct conn {
     bool closing;
     bool reading;
     bool rejected;
-    bool from_backlog; /* taken off the listen queue at shutdown: its request has not been read yet */
-    bool counted;      /* in s->nactive */
+    bool from_backlog;      /* taken off the listen queue at shutdown: its request has not been read yet */
+    bool counted;           /* in s->nactive */
+    bool ip_counted;        /* holds one of its IP's slots in s->per_ip */
+    uint64_t body_reserved; /* of s->body_bytes, for the current request */
     bool in_parse;
     bool resume_queued;
     bool flush_queued;
@@ -138,6 +142,8 @@ struct th_http_server {
     size_t nactive; /* connections counted against max_connections */
     size_t nrejecting;
     size_t ninflight;
+    th_iprate *per_ip;   /* open connections per client IP */
+    uint64_t body_bytes; /* reserved by requests' bodies (lim.max_buffered_bodies) */
     int port;
     bool reuse_port; /* SO_REUSEPORT: another process may listen on the same port */
     bool shutting_down;
@@ -268,9 +274,16 @@ const char *th_http_reason(int status)
 
 /* ---- refs and lifetime ---- */
 
+static void body_release(conn *c)
+{
+    c->s->body_bytes -= c->body_reserved;
+    c->body_reserved = 0;
+}
+
 static void conn_free(conn *c)
 {
     th_http_server *s = c->s;
+    body_release(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -279,6 +292,7 @@ static void conn_free(conn *c)
     s->nconns--;
     if (c->counted) s->nactive--;
     if (c->rejected) s->nrejecting--;
+    if (c->ip_counted) th_iprate_release(s->per_ip, c->peer);
     th_http_parser_free(&c->p);
     th_buf_free(&c->pending);
     th_buf_free(&c->out);
@@ -606,6 +620,7 @@ static void p_on_begin(void *ud)
 {
     conn *c = ud;
     th_http_req *r = &c->req;
+    body_release(c);
     req_reset(r);
     r->start_us = th_mono_us();
     c->state = C_HEAD;
@@ -628,6 +643,14 @@ static size_t p_body_limit(void *ud)
 static int p_on_head(void *ud)
 {
     conn *c = ud;
+    th_http_server *s = c->s;
+    const th_http_msg *m = &c->p.msg;
+    uint64_t want = m->has_clen ? m->content_length : m->chunked ? c->p.body_limit : 0;
+    if (want > 0 && c->lim.max_buffered_bodies > 0) { /* one budget for the bodies of every connection */
+        if (s->body_bytes + want > c->lim.max_buffered_bodies) return 503;
+        c->body_reserved = want;
+        s->body_bytes += want;
+    }
     c->state = C_BODY;
     set_deadline_at(c, c->req_deadline);
     if (c->p.msg.expect_continue) {
@@ -956,6 +979,20 @@ static void conn_accepted(conn *c)
         conn_fail(c, 503, "too_many_connections", "server busy, too many connections");
         return;
     }
+    if (c->lim.max_connections_per_ip > 0 && s->per_ip != NULL) {
+        int got = th_iprate_acquire(s->per_ip, c->peer, uv_now(s->loop), c->lim.max_connections_per_ip);
+        if (got == 0) { /* this address holds its share: others are still served */
+            c->rejected = true;
+            s->nrejecting++;
+            if (s->nrejecting > c->lim.max_connections) {
+                conn_close(c);
+                return;
+            }
+            conn_fail(c, 503, "too_many_connections", "too many connections from this address");
+            return;
+        }
+        c->ip_counted = got == 1;
+    }
     c->counted = true;
     s->nactive++;
     set_deadline_in(c, c->lim.idle_timeout_ms);
@@ -972,6 +1009,11 @@ th_http_server *th_http_server_new(uv_loop_t *loop, const th_http_limits *lim, t
     s->loop = loop;
     if (lim != NULL) s->lim = *lim;
     fill_defaults(&s->lim);
+    s->per_ip = th_iprate_new(16384);
+    if (s->per_ip == NULL) {
+        free(s);
+        return NULL;
+    }
     s->handler = handler;
     s->ud = ud;
     s->log = log;
@@ -1204,6 +1246,7 @@ void th_http_server_free(th_http_server *s)
     if (s->listener != NULL) uv_close((uv_handle_t *)s->listener, free_handle_cb);
     if (s->grace != NULL) uv_close((uv_handle_t *)s->grace, free_handle_cb);
     if (s->idle != NULL) uv_close((uv_handle_t *)s->idle, free_handle_cb);
+    th_iprate_free(s->per_ip);
     free(s);
 }
 

@@ -27,7 +27,10 @@ struct th_ws {
     wslay_event_context_ptr ctx;
     th_ws_cb cb;
     th_buf in;
-    uv_timer_t *timer; /* the close wait; freed in its close callback */
+    uv_timer_t *timer; /* keepalive pings, then the close wait; freed in its close callback */
+    uv_loop_t *loop;
+    uint64_t ping_ms, idle_ms; /* th_ws_keepalive; 0 = off */
+    uint64_t last_rx;          /* uv_now of the last bytes from the client */
     int depth;
     bool over;    /* ended: no more I/O */
     bool closing; /* we queued a close frame */
@@ -151,6 +154,7 @@ static void on_data(th_http_req *req, const uint8_t *data, size_t len, void *ud)
     (void)req;
     th_ws *ws = ud;
     if (ws->over) return;
+    ws->last_rx = uv_now(ws->loop);
     ws->depth++;
     if (th_buf_append(&ws->in, data, len) != TH_BUF_OK) {
         ws_end(ws, true); /* a client pushing faster than frames are read: cut */
@@ -188,7 +192,38 @@ static void on_close_wait(uv_timer_t *t)
     leave(ws);
 }
 
+static void on_keepalive(uv_timer_t *t)
+{
+    th_ws *ws = t->data;
+    if (ws->over || ws->closing) return;
+    ws->depth++;
+    uint64_t now = uv_now(ws->loop);
+    if (now - ws->last_rx >= ws->idle_ms) {
+        ws_end(ws, true); /* nothing from the client, not even a pong: it is gone or not reading */
+    } else {
+        struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
+        if (wslay_event_queue_msg(ws->ctx, &m) != 0) {
+            ws_end(ws, true);
+        } else {
+            pump(ws);
+            uint64_t left = ws->last_rx + ws->idle_ms - now;
+            if (!ws->over)
+                uv_timer_start(ws->timer, on_keepalive, left < ws->ping_ms ? left : ws->ping_ms, 0);
+        }
+    }
+    leave(ws);
+}
+
 /* ---- public ---- */
+
+void th_ws_keepalive(th_ws *ws, uint64_t ping_ms, uint64_t idle_ms)
+{
+    if (ws->over || ws->closing || ping_ms == 0 || idle_ms == 0) return;
+    ws->ping_ms = ping_ms;
+    ws->idle_ms = idle_ms;
+    ws->last_rx = uv_now(ws->loop);
+    uv_timer_start(ws->timer, on_keepalive, ping_ms < idle_ms ? ping_ms : idle_ms, 0);
+}
 
 th_ws *th_ws_accept(th_http_req *req, uv_loop_t *loop, const th_ws_cb *cb, size_t max_msg, int *status,
                     const char **why)
@@ -233,6 +268,7 @@ th_ws *th_ws_accept(th_http_req *req, uv_loop_t *loop, const th_ws_cb *cb, size_
     if (ws == NULL) return NULL;
     ws->req = req;
     ws->cb = *cb;
+    ws->loop = loop;
     th_buf_init(&ws->in, IN_MAX);
     struct wslay_event_callbacks wcb = {
         .recv_callback = recv_cb, .send_callback = send_cb, .on_msg_recv_callback = on_msg_cb};

@@ -32,6 +32,9 @@ typedef struct th_ws_cb {
  * for a wrong version; *why says what) or on ENOMEM (*status 500): the caller answers the request then. */
 th_ws *th_ws_accept(th_http_req *req, uv_loop_t *loop, const th_ws_cb *cb, size_t max_msg, int *status,
                     const char **why);
+/** Pings the client every ping_ms and drops it (cut, on_close) when nothing at all, not even a pong, came
+ * from it for idle_ms: a client that stopped reading, or vanished without a FIN, does not stay forever. */
+void th_ws_keepalive(th_ws *ws, uint64_t ping_ms, uint64_t idle_ms);
 /** Queues a text message. 0, or -1 when the connection is closing or was dropped (too slow). */
 int th_ws_send_text(th_ws *ws, const char *s, size_t len);
 /** Starts the closing handshake (code 1000 normal, 1001 going away...); on_close follows. */

@@ -17,7 +17,8 @@
  *   a string. The signature is verified before the claims are parsed. Algorithms: HS256/384/512 (HMAC with
  *   the secret from getenv(secret_env), read once in th_auth_new), RS256/384/512 (PKCS#1 v1.5, RSA keys of
  *   2048 bits or more) and ES256/384/512 (raw r||s signatures; the key's curve must fit the alg).
- * - Claims: `exp` is optional; when present it must be a number and now < exp + 30 s (else EXPIRED).
+ * - Claims: `exp` is required unless auth.jwt.require_exp is false; when present it must be a number and
+ *   now < exp + 30 s (else EXPIRED). HS secrets shorter than 32 bytes are refused at start.
  *   `nbf` likewise: now + 30 s >= nbf (else NOT_YET). `iat`, when present, must be a number not more than
  *   30 s in the future (else NOT_YET). `iss` must equal the configured issuer when one is configured; `aud`
  *   must equal the configured audience, or be an array containing it, when one is configured. The tenant
@@ -76,6 +77,7 @@ struct th_auth {
 
     char **tenants; /* names declared in cfg->tenants (a JWT's tenant must be one, when any) */
     size_t n_tenants;
+    bool require_exp; /* auth.jwt.require_exp */
 };
 
 static void set_err(char *err, size_t errlen, const char *msg)
@@ -181,6 +183,10 @@ static int setup_jwt(th_auth *a, const th_config *cfg, char *err, size_t errlen)
             return -1;
         }
         a->secret_len = strlen(secret);
+        if (a->secret_len < 32) { /* RFC 7518 3.2: at least the hash size; short secrets are guessable */
+            set_err(err, errlen, "auth.jwt.secret_env: the HMAC secret must be at least 32 bytes");
+            return -1;
+        }
         a->secret = malloc(a->secret_len);
         if (a->secret == NULL) {
             set_err(err, errlen, "out of memory");
@@ -270,6 +276,7 @@ th_auth *th_auth_new(const th_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     th_auth *a = calloc(1, sizeof *a);
+    if (a != NULL) a->require_exp = cfg->auth.jwt.require_exp;
     if (a == NULL) {
         set_err(err, errlen, "out of memory");
         return NULL;
@@ -508,6 +515,10 @@ static th_auth_rc check_claims(const th_auth *a, const json_t *claims, int64_t n
         has_iat = num_claim(claims, "iat", &iat);
     if (has_exp < 0 || has_nbf < 0 || has_iat < 0) {
         set_err(err, errlen, "invalid token claims");
+        return TH_AUTH_INVALID;
+    }
+    if (!has_exp && a->require_exp) {
+        set_err(err, errlen, "the token has no exp claim");
         return TH_AUTH_INVALID;
     }
     if (has_exp && !(now < exp + leeway)) {

@@ -14,6 +14,7 @@
 #include "hub/config.h"
 
 #include "audio/format.h"
+#include "core/netacl.h"
 #include "core/str.h"
 
 #include <arpa/inet.h>
@@ -515,6 +516,17 @@ static const char *check_env(const char *s)
     return NULL;
 }
 
+static const char *check_network(const char *s)
+{
+    th_netacl acl = {0};
+    char e[128];
+    int rc = th_netacl_add(&acl, s, e, sizeof e);
+    th_netacl_free(&acl);
+    return rc == 0
+               ? NULL
+               : "must be a network: a CIDR (10.0.0.0/8, fd00::/8), an address, or loopback | private | any";
+}
+
 static const char *check_name(const char *s)
 {
     size_t n = strlen(s);
@@ -737,6 +749,12 @@ static const key_def k_limits[] = {
     KDUR(th_config, limits.idle_timeout_ms, "idle_timeout", "60s", 1 * SEC, 1 * DAY),
     KDUR(th_config, limits.request_timeout_ms, "request_timeout", "120s", 1 * SEC, 1 * DAY),
     KDUR(th_config, limits.shutdown_grace_ms, "shutdown_grace", "30s", 0, 1 * HOUR),
+    KINT(th_config, limits.max_connections_per_ip, "max_connections_per_ip", "1000", 0, 1000000, 0),
+    KSIZE(th_config, limits.max_buffered_bodies, "max_buffered_bodies", "256MiB", 1 * MiB, 64 * GiB),
+    KSIZE(th_config, limits.max_buffered_audio, "max_buffered_audio", "32MiB", 64 * KiB, 4 * GiB),
+    KINT(th_config, limits.max_feed_per_ip, "max_feed_per_ip", "16", 1, 100000, 0),
+    KDUR(th_config, limits.feed_idle_timeout_ms, "feed_idle_timeout", "60s", 1 * SEC, 1 * DAY),
+    KDUR(th_config, limits.feed_ping_interval_ms, "feed_ping_interval", "20s", 100, 1 * HOUR),
 };
 static const section_def s_limits = SECTION(k_limits);
 
@@ -757,11 +775,13 @@ static const key_def k_jwt[] = {
     KSTR(th_config, auth.jwt.audience, "audience", "", NULL, 0, 0),
     KSTR(th_config, auth.jwt.tenant_claim, "tenant_claim", "tenant", check_nonempty, 0, 0),
     KSTR(th_config, auth.jwt.role_claim, "role_claim", "role", check_nonempty, 0, 0),
+    KBOOL(th_config, auth.jwt.require_exp, "require_exp", "true"),
 };
 static const section_def s_jwt = SECTION(k_jwt);
 
 static const key_def k_auth[] = {
     KENUM(th_config, auth.mode, "mode", "none", e_auth),
+    KBOOL(th_config, auth.allow_open_admin, "allow_open_admin", "false"),
     KLIST(th_config, auth.keys, auth.n_keys, "keys", s_key, 0),
     KSEC("jwt", s_jwt),
 };
@@ -806,6 +826,7 @@ static const key_def k_cache[] = {
     KENUM(th_config, cache.backend, "backend", "memory", e_mem_redis),
     KSIZE(th_config, cache.max_bytes, "max_bytes", "256MiB", 0, 1024 * GiB),
     KDUR(th_config, cache.ttl_ms, "ttl", "10m", 1 * SEC, 30 * DAY),
+    KBOOL(th_config, cache.per_tenant, "per_tenant", "true"),
 };
 static const section_def s_cache = SECTION(k_cache);
 
@@ -892,6 +913,21 @@ static const key_def k_registry[] = {
     KDUR(th_config, registry.remove_after_ms, "remove_after", "10m", 1 * SEC, 30 * DAY),
     KSTR(th_config, registry.token_env, "token_env", "TTSHUB_CLUSTER_TOKEN", check_env, 0, 0),
     KENUM(th_config, registry.backend, "backend", "local", e_local_redis),
+    {.name = "trusted_networks",
+     .type = K_STRLIST,
+     .off = offsetof(th_config, registry.trusted_networks),
+     .off2 = offsetof(th_config, registry.n_trusted_networks),
+     .def = "loopback",
+     .check = check_network},
+    {.name = "allowed_networks",
+     .type = K_STRLIST,
+     .off = offsetof(th_config, registry.allowed_networks),
+     .off2 = offsetof(th_config, registry.n_allowed_networks),
+     .check = check_network},
+    KINT(th_config, registry.max_capacity, "max_capacity", "64", 1, 100000, 0),
+    KSIZE(th_config, registry.max_node_bytes, "max_node_bytes", "64KiB", 1 * KiB, 64 * MiB),
+    KSIZE(th_config, registry.max_bytes, "max_bytes", "16MiB", 64 * KiB, 4 * GiB),
+    KINT(th_config, registry.control_rpm, "control_rpm", "600", 0, 100000000, 0),
 };
 static const section_def s_registry = SECTION(k_registry);
 
@@ -939,6 +975,7 @@ static const key_def k_top[] = {
     KSEC("tracing", s_tracing),
     KSEC("voice_library", s_voice_library),
     KSEC("reload", s_reload),
+    KBOOL(th_config, metrics_tenant_labels, "metrics_tenant_labels", "true"),
 };
 static const section_def s_top = SECTION(k_top);
 
@@ -1969,12 +2006,16 @@ static json_t *url_json(const char *s)
     const char *at = NULL;
     for (size_t i = 0; i < an; i++)
         if (auth[i] == '@') at = auth + i;
-    if (at == NULL) return json_string(s);
+    const char *q = strpbrk(auth, "?#"); /* a query or fragment may carry a key (?api_key=...) */
+    if (at == NULL && q == NULL) return json_string(s);
     size_t pre = (size_t)(auth - s);
-    size_t len = pre + strlen("<redacted>") + strlen(at) + 1;
+    const char *rest = at ? at : auth;
+    size_t restn = q ? (size_t)(q - rest) : strlen(rest);
+    size_t len = pre + 2 * strlen("<redacted>") + restn + 3;
     char *b = malloc(len);
     if (b == NULL) return NULL;
-    snprintf(b, len, "%.*s<redacted>%s", (int)pre, s, at);
+    snprintf(b, len, "%.*s%s%.*s%s", (int)pre, s, at ? "<redacted>" : "", (int)restn, rest,
+             q ? "?<redacted>" : "");
     json_t *j = json_string(b);
     free(b);
     return j;

@@ -92,13 +92,22 @@ typedef struct th_config {
         uint32_t max_connections;
         uint64_t header_timeout_ms, idle_timeout_ms, request_timeout_ms;
         uint64_t shutdown_grace_ms; /* added: how long SIGTERM waits for in-flight requests (30s) */
+        /* safe by default (issue 12) */
+        uint32_t max_connections_per_ip; /* open connections per client IP (IPv6: per /64); 0 = no cap */
+        uint64_t max_buffered_bodies; /* request bodies held in memory at once, all clients (503 past it) */
+        uint64_t max_buffered_audio; /* engine audio that must be held whole (Ogg) per request: 502 past it */
+        uint32_t max_feed_per_ip;    /* /ws clients per IP */
+        uint64_t feed_idle_timeout_ms;  /* a /ws client silent this long (no pong, no frame) is dropped */
+        uint64_t feed_ping_interval_ms; /* how often /ws clients are pinged */
     } limits;
     struct {
-        char *mode; /* none | api_key | jwt | any */
+        char *mode;            /* none | api_key | jwt | any */
+        bool allow_open_admin; /* mode none on a non-loopback address: admin and control routes stay open */
         th_key_conf *keys;
         size_t n_keys;
         struct {
             char *alg, *secret_env, *public_key_file, *issuer, *audience, *tenant_claim, *role_claim;
+            bool require_exp; /* tokens without exp are refused (default true) */
         } jwt;
     } auth;
     th_tenant_conf *tenants;
@@ -117,6 +126,7 @@ typedef struct th_config {
         char *backend; /* memory | redis */
         uint64_t max_bytes;
         uint64_t ttl_ms;
+        bool per_tenant; /* the key holds the tenant: tenants never share entries (default true) */
     } cache;
     th_provider_conf *providers;
     size_t n_providers;
@@ -141,6 +151,14 @@ typedef struct th_config {
         uint64_t heartbeat_interval_ms, dead_threshold_ms, remove_after_ms;
         char *token_env;
         char *backend;
+        char **trusted_networks; /* nodes from here may register without the token (default loopback) */
+        size_t n_trusted_networks;
+        char **allowed_networks; /* node addresses, after resolution ([] = loopback + private) */
+        size_t n_allowed_networks;
+        int max_capacity;        /* a node's capacity is clamped to this */
+        uint64_t max_node_bytes; /* a node's voices + languages, in bytes */
+        uint64_t max_bytes;      /* all nodes' voices + languages */
+        int control_rpm;         /* node and control requests per minute per client IP (0 = no limit) */
     } registry;
     struct {
         char *otlp_endpoint, *service_name;
@@ -155,6 +173,7 @@ typedef struct th_config {
         int max_voices;       /* 10000 in the whole library */
         double silence_dbfs;  /* -45: 20 ms windows quieter than this are silence */
     } voice_library;
+    bool metrics_tenant_labels; /* /metrics carries per-tenant series (false: one "all" series) */
 
     struct {
         bool watch;           /* reload when the file changes (default true) */

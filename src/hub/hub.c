@@ -80,7 +80,7 @@ static void destroy_providers(th_hub *hub)
     hub->n_providers = 0;
 }
 
-static void node_targets(th_hub *hub, th_provider *p);
+static int node_targets(th_hub *hub, th_provider *p, char *err, size_t errlen);
 
 th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *err, size_t errlen)
 {
@@ -90,7 +90,10 @@ th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *
         return NULL;
     }
     th_provider *p = ops->create(hub->loop, pc, hub->log, err, errlen);
-    if (p != NULL && hub->registry != NULL) node_targets(hub, p);
+    if (p != NULL && node_targets(hub, p, err, errlen) != 0) {
+        p->ops->destroy(p);
+        return NULL;
+    }
     return p;
 }
 
@@ -139,12 +142,22 @@ static void node_release(void *ud, void *lease, bool ok)
     th_registry_release(hub->registry, lease, ok, th_mono_ms());
 }
 
-static void node_targets(th_hub *hub, th_provider *p)
+/* A nodes provider: routed over the registry when it has no base_url (once the registry exists), and
+ * sending the cluster token to its nodes. */
+static int node_targets(th_hub *hub, th_provider *p, char *err, size_t errlen)
 {
-    th_upstream_targets t = {node_pick, node_release, hub};
     const th_provider_conf *pc = p->conf;
-    if (strcmp(pc->type, "nodes") == 0 && (pc->base_url == NULL || pc->base_url[0] == 0))
+    if (strcmp(pc->type, "nodes") != 0) return 0;
+    th_upstream_targets t = {node_pick, node_release, hub};
+    if (hub->registry != NULL && (pc->base_url == NULL || pc->base_url[0] == 0))
         th_upstream_set_targets(p, &t);
+    const char *tenv = hub->cfg->registry.token_env;
+    const char *token = tenv && *tenv ? getenv(tenv) : NULL;
+    if (th_upstream_set_bearer(p, token) != 0) {
+        snprintf(err, errlen, "registry.token_env: the cluster token is too long or has a line break");
+        return -1;
+    }
+    return 0;
 }
 
 static void registry_tick(uv_timer_t *t)
@@ -158,9 +171,24 @@ static int create_registry(th_hub *hub)
     const th_config *cfg = hub->cfg;
     th_registry_conf rc = {.heartbeat_interval_ms = cfg->registry.heartbeat_interval_ms,
                            .dead_threshold_ms = cfg->registry.dead_threshold_ms,
-                           .remove_after_ms = cfg->registry.remove_after_ms};
+                           .remove_after_ms = cfg->registry.remove_after_ms,
+                           .max_capacity = cfg->registry.max_capacity,
+                           .max_node_bytes = cfg->registry.max_node_bytes,
+                           .max_bytes = cfg->registry.max_bytes};
     hub->registry = th_registry_new(&rc, hub->log);
     if (hub->registry == NULL) return -1;
+    char nerr[160];
+    if (th_netacl_parse(&hub->safe.trusted_nets, (const char *const *)cfg->registry.trusted_networks,
+                        cfg->registry.n_trusted_networks, nerr, sizeof nerr) != 0)
+        return -1;
+    static const char *const def_allowed[] = {"loopback", "private"};
+    bool dflt = cfg->registry.n_allowed_networks == 0;
+    if (th_netacl_parse(&hub->safe.allowed_nets,
+                        dflt ? def_allowed : (const char *const *)cfg->registry.allowed_networks,
+                        dflt ? 2 : cfg->registry.n_allowed_networks, nerr, sizeof nerr) != 0)
+        return -1;
+    hub->safe.ctl_rate = th_iprate_new(4096);
+    if (hub->safe.ctl_rate == NULL) return -1;
     uv_timer_init(hub->loop, &hub->registry_timer);
     hub->registry_timer.data = hub;
     if (strcmp(cfg->registry.backend, "redis") == 0 && hub->redis != NULL) {
@@ -171,8 +199,13 @@ static int create_registry(th_hub *hub)
     th_client_conf cc = {.max_host_connections = 4, .max_total_connections = 64, .max_connects_cache = 16};
     hub->ctl_client = th_client_new(hub->loop, &cc);
     if (hub->ctl_client == NULL) return -1;
-    for (size_t i = 0; i < hub->n_providers; i++)
-        node_targets(hub, hub->providers[i]);
+    for (size_t i = 0; i < hub->n_providers; i++) {
+        char err[160] = "";
+        if (node_targets(hub, hub->providers[i], err, sizeof err) != 0) {
+            TH_LOG(hub->log, TH_LOG_ERROR, "%s", err);
+            return -1;
+        }
+    }
     uv_timer_start(&hub->registry_timer, registry_tick, 1000, 1000);
     return 0;
 }
@@ -187,6 +220,10 @@ static void free_registry(th_hub *hub)
     hub->ctl_client = NULL;
     th_registry_free(hub->registry);
     hub->registry = NULL;
+    th_netacl_free(&hub->safe.trusted_nets);
+    th_netacl_free(&hub->safe.allowed_nets);
+    th_iprate_free(hub->safe.ctl_rate);
+    hub->safe.ctl_rate = NULL;
 }
 
 static void free_governance(th_hub *hub)
@@ -342,6 +379,8 @@ void th_hub_http_limits(const th_config *cfg, th_http_limits *lim)
         .header_timeout_ms = cfg->limits.header_timeout_ms,
         .idle_timeout_ms = cfg->limits.idle_timeout_ms,
         .request_timeout_ms = cfg->limits.request_timeout_ms,
+        .max_connections_per_ip = cfg->limits.max_connections_per_ip,
+        .max_buffered_bodies = cfg->limits.max_buffered_bodies,
     };
 }
 
@@ -448,9 +487,16 @@ int th_hub_serve(const th_serve_opts *opts)
         TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
                th_http_server_port(hub.metrics_http));
     }
-    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen))
+    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen) && !(hub.ext && hub.ext->node_only)) {
         TH_LOG(hub.log, TH_LOG_WARN,
                "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
+        hub.safe.protected_mode = !hub.cfg->auth.allow_open_admin;
+        if (hub.safe.protected_mode)
+            TH_LOG(hub.log, TH_LOG_WARN,
+                   "protected mode: /admin/*, announcements and the node routes are refused until API keys "
+                   "are configured (auth.mode), the cluster token is set (registry.token_env) or "
+                   "auth.allow_open_admin is true");
+    }
     TH_LOG(hub.log, TH_LOG_INFO, "ttshub %s listening on %s (port %d) with %zu provider(s)%s%s", TH_VERSION,
            listen, th_http_server_port(hub.http), hub.n_providers,
            hub.cfg->path ? ", config " : ", embedded default", hub.cfg->path ? hub.cfg->path : "");

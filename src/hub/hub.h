@@ -9,7 +9,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/iprate.h"
 #include "core/log.h"
+#include "core/netacl.h"
 #include "core/uuid.h"
 #include "http/client.h"
 #include "http/http.h"
@@ -53,6 +55,7 @@ typedef struct th_hub_ext {
     void (*free)(th_hub *hub, void *ud);  /* all stopped; async work may still end on the loop */
     void *ud;
     void (*reload)(th_hub *hub, void *ud); /* SIGHUP, instead of a config reload; NULL: reload the config */
+    bool node_only; /* serve /health and the ext's routes only: no client protocols, admin or pages */
 } th_hub_ext;
 
 struct th_hub {
@@ -88,7 +91,13 @@ struct th_hub {
     th_hub_stats stats;
     struct th_reload *reload; /* live config (hub/reload.h): SIGHUP, file watch, /admin/reload */
     uint64_t cfg_generation;  /* bumped by every reload that swaps the config in */
-    th_uuid_gen ids;          /* request ids (loop thread) */
+    struct {
+        bool protected_mode;    /* auth.mode none on a non-loopback listener: admin and control closed */
+        th_netacl trusted_nets; /* registry.trusted_networks: nodes that need no token */
+        th_netacl allowed_nets; /* registry.allowed_networks: where node URLs may point */
+        th_iprate *ctl_rate;    /* registry.control_rpm per client IP */
+    } safe;
+    th_uuid_gen ids; /* request ids (loop thread) */
     uv_signal_t sig_term, sig_int;
     uv_check_t reaper; /* runs deferred frees once per loop turn */
     struct th_hub_deferred *deferred, *deferred_tail;

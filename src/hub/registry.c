@@ -38,6 +38,9 @@ struct th_node {
     uint64_t updated_wall;    /* wall ms of the last change, here or (applied) elsewhere */
     uint32_t consec_failures; /* since the last success */
     uint64_t benched_until;   /* mono ms: after a failure, other nodes go first until then */
+    char owner[160];          /* the credential that registered it ("" = the operator) */
+    char owner_addr[48];      /* and the client address it came from */
+    uint64_t bytes;           /* of voices and languages, counted in the registry's bytes */
 };
 
 struct th_registry {
@@ -49,6 +52,7 @@ struct th_registry {
     uint64_t rng;    /* xorshift64 state for random picks and generated ids */
     th_registry_event_fn on_event;
     void *event_ud;
+    uint64_t bytes; /* voices and languages of every linked node */
 };
 
 /* ---- helpers ---- */
@@ -94,15 +98,89 @@ static bool word_copy(const char *s, size_t len, char *out, size_t max)
     return true;
 }
 
-/* http(s)://host[:port][/path], printable, no spaces */
+static bool host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+}
+
+static bool path_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.' || c == '~' || c == '/';
+}
+
+bool th_node_url_parse(const char *s, size_t len, char *host, size_t hostlen, int *port)
+{
+    if (len > TH_NODE_URL_MAX || memchr(s, 0, len) != NULL) return false;
+    bool tls = th_str_startswith(s, "https://");
+    size_t p = th_str_startswith(s, "http://") ? 7 : tls ? 8 : 0;
+    if (p == 0 || len <= p) return false;
+    size_t h0 = p, h1;
+    if (s[p] == '[') { /* [v6] */
+        const char *e = memchr(s + p, ']', len - p);
+        if (e == NULL) return false;
+        h0 = p + 1;
+        h1 = (size_t)(e - s);
+        for (size_t i = h0; i < h1; i++)
+            if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+                  (s[i] >= 'A' && s[i] <= 'F') || s[i] == ':' || s[i] == '.'))
+                return false;
+        p = h1 + 1;
+    } else {
+        while (p < len && host_char(s[p]))
+            p++;
+        h1 = p;
+    }
+    if (h1 == h0 || h1 - h0 >= hostlen || h1 - h0 > 253) return false;
+    long prt = tls ? 443 : 80;
+    if (p < len && s[p] == ':') {
+        p++;
+        size_t d0 = p;
+        prt = 0;
+        while (p < len && s[p] >= '0' && s[p] <= '9' && p - d0 < 5)
+            prt = prt * 10 + (s[p++] - '0');
+        if (p == d0 || prt < 1 || prt > 65535) return false;
+    }
+    /* what is left: nothing, or a plain path prefix (no query, fragment, userinfo, escapes, dot segments) */
+    if (p < len && s[p] != '/') return false;
+    for (size_t i = p; i < len; i++) {
+        if (!path_char(s[i])) return false;
+        if (s[i] == '/' && i + 1 < len && s[i + 1] == '/') return false;
+        if (s[i] == '/' && i + 1 < len && s[i + 1] == '.' &&
+            (i + 2 == len || s[i + 2] == '/' || (s[i + 2] == '.' && (i + 3 == len || s[i + 3] == '/'))))
+            return false;
+    }
+    memcpy(host, s + h0, h1 - h0);
+    host[h1 - h0] = 0;
+    if (port) *port = (int)prt;
+    return true;
+}
+
 static bool url_ok(const char *s, size_t len)
 {
-    if (len > TH_NODE_URL_MAX) return false;
-    size_t p = th_str_startswith(s, "http://") ? 7 : th_str_startswith(s, "https://") ? 8 : 0;
-    if (p == 0 || len <= p || s[p] == '/' || s[p] == ':') return false;
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f) return false;
-    return true;
+    char host[256];
+    return th_node_url_parse(s, len, host, sizeof host, NULL);
+}
+
+static uint64_t list_bytes(const json_t *a)
+{
+    uint64_t b = 0;
+    size_t i;
+    json_t *it;
+    json_array_foreach(a, i, it) b += json_string_length(it) + 1;
+    return b;
+}
+
+/* Replaces n's lists (taking the references) and keeps the byte counts. */
+static void set_lists(th_registry *r, th_node *n, json_t *voices, json_t *languages)
+{
+    if (n->linked) r->bytes -= n->bytes;
+    json_decref(n->voices);
+    json_decref(n->languages);
+    n->voices = voices;
+    n->languages = languages;
+    n->bytes = list_bytes(voices) + list_bytes(languages);
+    if (n->linked) r->bytes += n->bytes;
 }
 
 static bool status_routable(const char *s)
@@ -140,6 +218,7 @@ static void link_node(th_registry *r, th_node *n)
         r->head = n;
     r->tail = n;
     r->n++;
+    r->bytes += n->bytes;
 }
 
 static void unlink_node(th_registry *r, th_node *n)
@@ -156,6 +235,7 @@ static void unlink_node(th_registry *r, th_node *n)
         r->tail = n->prev;
     n->prev = n->next = NULL;
     n->linked = false;
+    r->bytes -= n->bytes;
     r->n--;
     node_unref(n);
 }
@@ -236,6 +316,40 @@ void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud)
 th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
                                char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen)
 {
+    return th_registry_register_as(r, body, NULL, now, id_out, err, errlen);
+}
+
+static bool may_change(const th_node *n, const th_reg_caller *who, uint64_t now, uint64_t dead_ms)
+{
+    if (who == NULL || who->admin || n->owner[0] == 0) return true;
+    if (strcmp(n->owner, who->cred ? who->cred : "") != 0) return false;
+    bool silent = !n->alive || (now > n->last_seen && now - n->last_seen > dead_ms);
+    return silent || strcmp(n->owner_addr, who->addr ? who->addr : "") == 0;
+}
+
+th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who,
+                                  uint64_t now, char *err, size_t errlen)
+{
+    const th_node *n = find(r, id);
+    if (n == NULL) {
+        snprintf(err, errlen, "unknown node '%s': register again", id ? id : "");
+        return TH_REG_UNKNOWN;
+    }
+    if (!may_change(n, who, now, r->conf.dead_threshold_ms)) {
+        snprintf(err, errlen, "node '%s' belongs to another credential or address", n->id);
+        return TH_REG_FORBIDDEN;
+    }
+    return TH_REG_OK;
+}
+
+uint64_t th_registry_bytes(const th_registry *r)
+{
+    return r->bytes;
+}
+
+th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_reg_caller *who, uint64_t now,
+                                  char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen)
+{
     if (!json_is_object(body)) {
         snprintf(err, errlen, "the body must be a JSON object");
         return TH_REG_INVALID;
@@ -250,7 +364,9 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
     v = json_object_get(body, "url");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_string(v) || !url_ok(json_string_value(v), json_string_length(v))) {
-            snprintf(err, errlen, "'url' must be an http:// or https:// URL of at most %d bytes",
+            snprintf(err, errlen,
+                     "'url' must be http(s)://host[:port] with at most a plain path prefix (no userinfo, "
+                     "query, fragment, escapes or dot segments), at most %d bytes",
                      TH_NODE_URL_MAX);
             return TH_REG_INVALID;
         }
@@ -283,6 +399,8 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
             return TH_REG_INVALID;
         }
         capacity = json_integer_value(v);
+        int maxc = r->conf.max_capacity > 0 ? r->conf.max_capacity : 100000;
+        if (capacity > maxc) capacity = maxc; /* registry.max_capacity */
     }
     bool model_loaded = true;
     v = json_object_get(body, "model_loaded");
@@ -325,7 +443,34 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
                 break;
             }
     }
+    if (n != NULL && !may_change(n, who, now, r->conf.dead_threshold_ms)) {
+        json_decref(voices);
+        json_decref(languages);
+        snprintf(err, errlen, "node '%s' belongs to another credential or address", n->id);
+        return TH_REG_FORBIDDEN;
+    }
+    uint64_t nb = list_bytes(voices) + list_bytes(languages);
+    if ((r->conf.max_node_bytes && nb > r->conf.max_node_bytes) ||
+        (r->conf.max_bytes && r->bytes - (n ? n->bytes : 0) + nb > r->conf.max_bytes)) {
+        json_decref(voices);
+        json_decref(languages);
+        bool one = r->conf.max_node_bytes && nb > r->conf.max_node_bytes;
+        snprintf(err, errlen,
+                 one ? "'voices' and 'languages' hold more than registry.max_node_bytes (%llu)"
+                     : "the registry holds registry.max_bytes (%llu) of voices and languages",
+                 (unsigned long long)(one ? r->conf.max_node_bytes : r->conf.max_bytes));
+        return one ? TH_REG_INVALID : TH_REG_FULL;
+    }
     bool fresh = n == NULL;
+    if (who != NULL && who->dry_run) {
+        json_decref(voices);
+        json_decref(languages);
+        if (fresh && r->n >= TH_REGISTRY_MAX_NODES) {
+            snprintf(err, errlen, "the registry is full (%d nodes)", TH_REGISTRY_MAX_NODES);
+            return TH_REG_FULL;
+        }
+        return TH_REG_OK;
+    }
     if (fresh) {
         if (r->n >= TH_REGISTRY_MAX_NODES) {
             json_decref(voices);
@@ -360,10 +505,13 @@ th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
     th_strlcpy(n->status, status, sizeof n->status);
     n->capacity = (int)capacity;
     n->model_loaded = model_loaded;
-    json_decref(n->voices);
-    json_decref(n->languages);
-    n->voices = voices;
-    n->languages = languages;
+    set_lists(r, n, voices, languages);
+    /* the owner: whoever created it (an admin too: then no token holder may take it over), or its own
+     * credential registering again (from its new address, once allowed) */
+    if (who != NULL && (fresh || (!who->admin && (n->owner[0] == 0 || strcmp(n->owner, who->cred) == 0)))) {
+        th_strlcpy(n->owner, who->cred ? who->cred : "", sizeof n->owner);
+        th_strlcpy(n->owner_addr, who->addr ? who->addr : "", sizeof n->owner_addr);
+    }
     n->alive = true;
     n->last_seen = now;
     n->touched = now;
@@ -561,6 +709,8 @@ json_t *th_registry_record(const th_registry *r, const char *id, uint64_t now, u
     if (n->voices) json_object_set(o, "voices", n->voices);
     if (n->languages) json_object_set(o, "languages", n->languages);
     if (n->stats) json_object_set(o, "stats", n->stats);
+    if (n->owner[0]) json_object_set_new(o, "owner", json_string(n->owner));
+    if (n->owner_addr[0]) json_object_set_new(o, "owner_addr", json_string(n->owner_addr));
     return o;
 }
 
@@ -603,6 +753,8 @@ void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t
         th_strlcpy(n->url, url, sizeof n->url);
         th_strlcpy(n->status, st, sizeof n->status);
         n->capacity = (int)json_integer_value(cap);
+        if (r->conf.max_capacity > 0 && n->capacity > r->conf.max_capacity)
+            n->capacity = r->conf.max_capacity;
         n->model_loaded = !json_is_false(json_object_get(rec, "model_loaded"));
         n->updated_wall = (uint64_t)updated;
         n->registered_wall_ms = (uint64_t)json_integer_value(json_object_get(rec, "registered_ms"));
@@ -610,14 +762,20 @@ void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t
         json_t *sv = json_object_get(rec, "stats");
         json_t *nv = NULL, *nl = NULL;
         char err[80];
-        if (string_list(v, &nv, "voices", err, sizeof err) == 0) {
-            json_decref(n->voices);
-            n->voices = nv;
+        if (string_list(v, &nv, "voices", err, sizeof err) != 0) nv = json_incref(n->voices);
+        if (string_list(l, &nl, "languages", err, sizeof err) != 0) nl = json_incref(n->languages);
+        uint64_t nb = list_bytes(nv) + list_bytes(nl);
+        if ((r->conf.max_node_bytes && nb > r->conf.max_node_bytes) ||
+            (r->conf.max_bytes && r->bytes - n->bytes + nb > r->conf.max_bytes)) {
+            json_decref(nv); /* over the caps: the lists are not taken from the shared record */
+            json_decref(nl);
+            nv = nl = NULL;
         }
-        if (string_list(l, &nl, "languages", err, sizeof err) == 0) {
-            json_decref(n->languages);
-            n->languages = nl;
-        }
+        set_lists(r, n, nv, nl);
+        const char *ow = json_string_value(json_object_get(rec, "owner"));
+        const char *oa = json_string_value(json_object_get(rec, "owner_addr"));
+        th_strlcpy(n->owner, ow ? ow : "", sizeof n->owner);
+        th_strlcpy(n->owner_addr, oa ? oa : "", sizeof n->owner_addr);
         if (json_is_object(sv)) {
             json_t *stats = stats_of(sv);
             if (stats) {

@@ -37,14 +37,27 @@ typedef void (*th_registry_event_fn)(void *ud, const char *event, const char *no
 
 typedef struct th_registry_conf {
     uint64_t heartbeat_interval_ms, dead_threshold_ms, remove_after_ms;
+    int max_capacity;        /* a node's capacity is clamped to this (0: 100000) */
+    uint64_t max_node_bytes; /* voices + languages of one node (0: no cap but the list limits) */
+    uint64_t max_bytes;      /* voices + languages of every node (0: no cap) */
 } th_registry_conf;
+
+/** Who makes a registry change (the control routes): cred names the credential ("token", "trusted",
+ * "key:ID", "jwt:SUB"), addr the client IP. A node is bound to the cred and addr that registered it. */
+typedef struct th_reg_caller {
+    const char *cred;
+    const char *addr;
+    bool admin;   /* an admin credential: may change any node */
+    bool dry_run; /* check everything, change nothing */
+} th_reg_caller;
 
 typedef enum {
     TH_REG_OK = 0,
-    TH_REG_INVALID, /* the body is wrong (err says how): 400 */
-    TH_REG_UNKNOWN, /* no such node: 404 */
-    TH_REG_FULL,    /* TH_REGISTRY_MAX_NODES reached: 503 */
-    TH_REG_NOMEM,   /* 500 */
+    TH_REG_INVALID,   /* the body is wrong (err says how): 400 */
+    TH_REG_UNKNOWN,   /* no such node: 404 */
+    TH_REG_FULL,      /* TH_REGISTRY_MAX_NODES reached: 503 */
+    TH_REG_NOMEM,     /* 500 */
+    TH_REG_FORBIDDEN, /* the node belongs to another credential or address: 403 */
 } th_reg_rc;
 
 th_registry *th_registry_new(const th_registry_conf *conf, th_log *log);
@@ -57,6 +70,19 @@ void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud)
  * URL and engine of a known node replaces it (the node restarted). *id_out gets the node id. */
 th_reg_rc th_registry_register(th_registry *r, const json_t *body, uint64_t now,
                                char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen);
+/** The same on behalf of who (NULL: the operator, like an admin). A node already known is changed only
+ * by an admin or by its own cred from its own addr (from another addr once it is offline). */
+th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_reg_caller *who, uint64_t now,
+                                  char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen);
+/** TH_REG_OK when who may heartbeat, change or remove node id (TH_REG_UNKNOWN, TH_REG_FORBIDDEN). */
+th_reg_rc th_registry_check_owner(const th_registry *r, const char *id, const th_reg_caller *who,
+                                  uint64_t now, char *err, size_t errlen);
+/** Bytes of voices and languages held for every node. */
+uint64_t th_registry_bytes(const th_registry *r);
+
+/** A node URL as registration accepts it: http(s)://host[:port][/plain/prefix], with no userinfo, query,
+ * fragment, dot segment or escape. host gets the host (without brackets), *port the port. */
+bool th_node_url_parse(const char *url, size_t len, char *host, size_t hostlen, int *port);
 /** POST /api/nodes/{id}/heartbeat. body: {status, model_loaded, current_concurrent, queue_size, cpu_percent,
  * memory_percent, ...}: any field may be absent. */
 th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *body, uint64_t now, char *err,

@@ -284,7 +284,7 @@ void th_synth_resume(th_synth *s)
 static void st_data(void *ud, const uint8_t *data, size_t len)
 {
     th_synth *s = ud;
-    emit(s, data, len);
+    if (len > 0) emit(s, data, len);
     if (!s->freed) maybe_resume(s);
 }
 
@@ -335,6 +335,10 @@ static void cv_data(void *ud, const uint8_t *data, size_t len)
     attempt *a = ud;
     th_synth *s = a->s;
     if (s->freed || s->finished || a->pt->winner != a) return;
+    if (len == 0) { /* the converter took input and holds it (Ogg): room to read more */
+        maybe_resume(s);
+        return;
+    }
     if (!multi(s)) {
         emit(s, data, len);
     } else if (a->pt->current) {
@@ -406,6 +410,7 @@ static th_audio_target target_for(const th_synth *s, const th_caps *caps, double
         .tempo = speed / es,
         .bitrate = 0,
         .wav_data_len = 0xFFFFFFFFu,
+        .max_buffered = s->hub->cfg->limits.max_buffered_audio,
     };
     if (t.tempo > 0.999 && t.tempo < 1.001) t.tempo = 1.0;
     return t;

@@ -363,6 +363,7 @@ typedef struct up_provider {
     up_call *calls; /* reference uploads and drops under way */
     up_work *works; /* file writes and removals on the thread pool */
     th_upstream_ref_stats ref_stats;
+    char bearer[520]; /* "Bearer <cluster token>" sent to nodes; "" = none */
 } up_provider;
 
 typedef enum { J_HEAD = 0, J_AUDIO, J_ERRBODY } job_mode;
@@ -1744,7 +1745,8 @@ static int transfer_start(th_job *j, th_perr *e)
         if (e->kind == TH_PERR_NONE) th_perr_set(e, TH_PERR_INTERNAL, 0, "cannot build the request");
         goto out;
     }
-    if (j->sreq.traceparent != NULL && th_upstream_header(&h, "traceparent", j->sreq.traceparent) != 0) {
+    if ((j->sreq.traceparent != NULL && th_upstream_header(&h, "traceparent", j->sreq.traceparent) != 0) ||
+        (p->bearer[0] && th_upstream_header(&h, "Authorization", p->bearer) != 0)) {
         th_perr_set(e, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
         goto out;
     }
@@ -1878,6 +1880,20 @@ int th_upstream_set_targets(th_provider *bp, const th_upstream_targets *t)
         p->targets = *t;
     else
         memset(&p->targets, 0, sizeof p->targets);
+    return 0;
+}
+
+int th_upstream_set_bearer(th_provider *bp, const char *token)
+{
+    if (bp == NULL || bp->ops != &th_upstream_ops) return -1;
+    up_provider *p = (up_provider *)bp;
+    p->bearer[0] = 0;
+    if (token == NULL || *token == 0) return 0;
+    int n = snprintf(p->bearer, sizeof p->bearer, "Bearer %s", token);
+    if (n < 0 || (size_t)n >= sizeof p->bearer || strpbrk(token, "\r\n") != NULL) {
+        p->bearer[0] = 0;
+        return -1;
+    }
     return 0;
 }
 

@@ -110,6 +110,9 @@ typedef struct th_upstream_targets {
 } th_upstream_targets;
 /** Installs targets on an upstream provider (NULL removes them). -1 when p is not an upstream provider. */
 int th_upstream_set_targets(th_provider *p, const th_upstream_targets *t);
+/** Sends `Authorization: Bearer <token>` with every request (the cluster token, to worker nodes); NULL or
+ * "" stops it. -1 when p is not an upstream provider or the token is too long (511 bytes) or has a CR/LF. */
+int th_upstream_set_bearer(th_provider *p, const char *token);
 
 /* helpers for kinds */
 void th_upstream_http_init(th_upstream_http *h);

@@ -6,6 +6,7 @@
 #include "worker/worker.h"
 
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,9 @@ typedef struct worker {
     int max_refs;                           /* references kept (oldest dropped first) */
     char node_id[TH_NODE_ID_MAX + 1];
     char listen[128], log_level[16];
+    char token_env[64];
+    char token_hash[65]; /* sha256 hex of the cluster token; "" with --no-token */
+    bool no_token;
     char status[16]; /* online | standby | stopping */
     int capacity;
     json_t *voices, *languages; /* arrays, or NULL */
@@ -60,10 +64,31 @@ typedef struct worker {
 
 /* ---- small helpers ---- */
 
-static const char *token(void)
+static const char *token(const worker *w)
 {
-    const char *t = getenv("TTSHUB_CLUSTER_TOKEN");
+    const char *t = getenv(w->token_env);
     return t && *t ? t : NULL;
+}
+
+/* The node routes need `Authorization: Bearer <cluster token>` (compared by hash, in constant time);
+ * 0 when the caller has it, else the 401 was sent. */
+static int node_auth(th_api_ctx *c, const worker *w)
+{
+    c->shape = TH_SHAPE_CLONE;
+    if (w->no_token) return 0;
+    const char *h = th_http_header(c->req, "Authorization");
+    if (h != NULL && strlen(h) > 7 && th_strn_ieq(h, 7, "Bearer ")) {
+        const char *t = h + 7;
+        while (*t == ' ')
+            t++;
+        char got[65];
+        th_auth_hash_key(t, strlen(t), got);
+        if (CRYPTO_memcmp(got, w->token_hash, 64) == 0) return 0;
+    }
+    th_http_set_header(c->req, "WWW-Authenticate", "Bearer");
+    th_api_error(c, 401, "authentication_error", h ? "invalid_credentials" : "missing_credentials",
+                 "this node's routes need the cluster token as a Bearer token");
+    return -1;
 }
 
 static uint64_t cpu_used_us(void)
@@ -223,7 +248,7 @@ static void call(worker *w, wcall what, const char *method, const char *path, co
     char url[1024], auth[300];
     snprintf(url, sizeof url, "%s%s", w->gateway, path);
     const char *hdrs[3] = {"Content-Type: application/json", NULL, NULL};
-    const char *t = token();
+    const char *t = token(w);
     if (t) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", t);
         hdrs[1] = auth;
@@ -501,6 +526,7 @@ static void h_synthesize(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/synthesize";
     c->shape = TH_SHAPE_CLONE;
+    if (node_auth(c, w) != 0) return;
     if (strcmp(w->status, "online") != 0) {
         char m[64];
         snprintf(m, sizeof m, "the node is %s", w->status);
@@ -578,6 +604,7 @@ static void h_info(th_http_req *req, void *ud)
     th_hub *hub = ud;
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/info";
+    if (node_auth(c, hub->ext->ud) != 0) return;
     th_api_json(c, 200, info_doc(hub->ext->ud));
 }
 
@@ -593,6 +620,7 @@ static void h_command(th_http_req *req, void *ud)
     th_api_ctx *c = th_http_get_data(req);
     c->route = "/command";
     c->shape = TH_SHAPE_CLONE;
+    if (node_auth(c, w) != 0) return;
     json_t *j = th_api_body_object(c, false, "invalid_command");
     if (j == NULL) return;
     const char *cmd = json_string_value(json_object_get(j, "command"));
@@ -727,9 +755,13 @@ static void usage(FILE *f)
         "                     [--engine-url URL] [--engine-key-env NAME] [--capacity N] [--node-id ID]\n"
         "                     [--voices a,b,...] [--languages en,zh,...] [--data-dir DIR] [--log-level L]\n"
         "                     [--ref-dir DIR [--ref-dir-engine DIR]] [--max-references N]\n"
+        "                     [--token-env NAME] [--no-token]\n"
         "  ENGINE: espeak (embedded) or an engine kind at --engine-url: openai_fm, openai, gpt_sovits,\n"
         "          xtts, openvoice, cosyvoice, fish, elevenlabs, azure\n"
-        "  the cluster token, when the gateway wants one, is read from TTSHUB_CLUSTER_TOKEN\n"
+        "  the cluster token is read from the variable --token-env names (default TTSHUB_CLUSTER_TOKEN);\n"
+        "  it is sent to the gateway and required, as Authorization: Bearer, on /synthesize, /command and "
+        "/info.\n"
+        "  --no-token serves the node routes to anyone (only behind a gateway that sends no credential)\n"
         "  library voices: references are kept under DATA-DIR (at most N, 256 by default); for xtts and\n"
         "          gpt_sovits, --ref-dir is the engine's speaker folder the node writes them into and\n"
         "          --ref-dir-engine the path under which the engine sees it\n");
@@ -768,6 +800,7 @@ int th_worker_main(int argc, char **argv)
     w->max_refs = 256;
     th_strlcpy(w->status, "online", sizeof w->status);
     th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
+    th_strlcpy(w->token_env, "TTSHUB_CLUSTER_TOKEN", sizeof w->token_env);
     th_buf_init(&w->reply, REPLY_MAX);
     int rc = 2;
     for (int i = 1; i < argc; i++) {
@@ -776,6 +809,10 @@ int th_worker_main(int argc, char **argv)
             usage(stdout);
             rc = 0;
             goto out;
+        }
+        if (strcmp(a, "--no-token") == 0) {
+            w->no_token = true;
+            continue;
         }
         if (v == NULL) {
             fprintf(stderr, "ttshub worker: %s needs a value\n", a);
@@ -797,6 +834,8 @@ int th_worker_main(int argc, char **argv)
             th_strlcpy(w->key_env, v, sizeof w->key_env);
         else if (strcmp(a, "--node-id") == 0)
             th_strlcpy(w->node_id, v, sizeof w->node_id);
+        else if (strcmp(a, "--token-env") == 0)
+            th_strlcpy(w->token_env, v, sizeof w->token_env);
         else if (strcmp(a, "--data-dir") == 0)
             th_strlcpy(w->data_dir, v, sizeof w->data_dir);
         else if (strcmp(a, "--log-level") == 0)
@@ -836,6 +875,13 @@ int th_worker_main(int argc, char **argv)
             ? "--node-id may only hold A-Z a-z 0-9 _ - ."
         : strspn(w->key_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(w->key_env)
             ? "--engine-key-env is the NAME of an environment variable"
+        : w->token_env[0] == 0 ||
+                strspn(w->token_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+                    strlen(w->token_env)
+            ? "--token-env is the NAME of an environment variable"
+        : !w->no_token && token(w) == NULL
+            ? "the cluster token is not set: put it in the variable --token-env names (default "
+              "TTSHUB_CLUSTER_TOKEN), or run with --no-token behind a gateway that sends none"
         : strpbrk(w->data_dir, "\"\\\n") != NULL ? "--data-dir may not hold quotes or backslashes"
         : strpbrk(w->ref_dir, "\"\\\n") != NULL || strpbrk(w->ref_dir_engine, "\"\\\n") != NULL
             ? "--ref-dir and --ref-dir-engine may not hold quotes or backslashes"
@@ -846,6 +892,7 @@ int th_worker_main(int argc, char **argv)
         usage(stderr);
         goto out;
     }
+    if (!w->no_token) th_auth_hash_key(token(w), strlen(token(w)), w->token_hash);
     /* trailing slashes would double in the paths */
     for (size_t n = strlen(w->gateway); n > 0 && w->gateway[n - 1] == '/'; n--)
         w->gateway[n - 1] = 0;
@@ -879,7 +926,7 @@ int th_worker_main(int argc, char **argv)
                       w->data_dir, w->engine, url_line, key_line, ref_lines, w->capacity, w->capacity * 4,
                       w->max_refs + 16, w->max_refs + 8);
     if (yl < 0 || (size_t)yl >= sizeof yaml) goto out;
-    th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w, x_reload};
+    th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w, x_reload, .node_only = true};
     th_serve_opts o = {.config_text = yaml,
                        .ext = &ext,
                        .listen = w->listen,

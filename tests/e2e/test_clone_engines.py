@@ -278,15 +278,16 @@ def test_worker_checks_what_it_is_sent(hub_factory):
                dict(base, reference_text=7),
                dict(base, reference_sha256=hashlib.sha256(make_audio("wav", 2.0)).hexdigest(),
                     reference_audio=base64.b64encode(make_audio("wav", 2.0)).decode())]   # stereo 44.1 kHz
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         for body in bad:
-            r = w.post("/synthesize", json=body)
+            r = w.post("/synthesize", json=body, headers=auth)
             assert r.status_code == 400 and r.json()["success"] is False, (body.get("reference_sha256"), r.text)
-        r = w.post("/synthesize", json=base)
+        r = w.post("/synthesize", json=base, headers=auth)
         assert r.status_code == 409 and r.json()["code"] == "reference_missing"
         assert cosy.calls == 0
-        r = w.post("/synthesize", json=dict(base, reference_audio=base64.b64encode(wav).decode()))
+        r = w.post("/synthesize", json=dict(base, reference_audio=base64.b64encode(wav).decode()), headers=auth)
         assert r.status_code == 200 and r.content[:4] == b"RIFF", r.text
-        assert w.post("/synthesize", json=base).status_code == 200     # held now
+        assert w.post("/synthesize", json=base, headers=auth).status_code == 200     # held now
         assert len(cosy.references) == 2 and cosy.references[0]["text"] == "t"
         g.stop()
     finally:

@@ -90,8 +90,11 @@ def test_announcements(hub_factory):
                 {"message": "ok", "ttl_seconds": 0}, {"message": "ok", "ttl_seconds": "5"}, {"message": 5}):
         r = h.post("/api/announcements", json=bad, headers=bearer(ADMIN_KEY))
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_announcement", (bad, r.text)
-    r = h.post("/api/announcements", data=b"{oops", headers=bearer(ADMIN_KEY))
+    r = h.post("/api/announcements", data=b"{oops", headers=dict(bearer(ADMIN_KEY), **{"Content-Type": "application/json"}))
     assert r.status_code == 400
+    # not JSON: 415 (a cross-site text/plain form post cannot make an announcement)
+    r = h.post("/api/announcements", data=b'{"message":"x"}', headers=dict(bearer(ADMIN_KEY), **{"Content-Type": "text/plain"}))
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
     assert requests.delete(f"{h.url}/api/announcements/{a['id']}", timeout=10).status_code == 401
     assert requests.delete(f"{h.url}/api/announcements/{a['id']}", headers=bearer(ADMIN_KEY),
                            timeout=10).status_code == 200

@@ -160,9 +160,12 @@ def test_register_rejects_bad_bodies(hub_factory, body, what):
 
 def test_register_rejects_bad_json(hub_factory):
     h = hub_factory(hub_config(), env=env())
-    clone_error(h.post("/api/nodes/register", headers=auth(), data=b"{not json"), 400, "malformed_body")
+    js = dict(auth(), **{"Content-Type": "application/json"})
+    clone_error(h.post("/api/nodes/register", headers=js, data=b"{not json"), 400, "malformed_body")
     clone_error(h.post("/api/nodes/register", headers=auth(), json=[1]), 400, "malformed_body")
-    clone_error(h.post("/api/nodes/register", headers=auth(), data=b"[" * 100 + b"]" * 100), 400)
+    clone_error(h.post("/api/nodes/register", headers=js, data=b"[" * 100 + b"]" * 100), 400)
+    # JSON routes take JSON only (a cross-site form post cannot reach them)
+    clone_error(h.post("/api/nodes/register", headers=auth(), data=b'{"engine_type":"xtts"}'), 415)
     clone_error(h.post("/api/nodes/x/command", headers=auth(), json={"command": "reboot"}), 400, "invalid_command")
     assert h.get("/health").status_code in (200, 503)
 
@@ -172,25 +175,33 @@ def test_cluster_token_and_admin_role(hub_factory, nodes):
     extra = ("auth:\n  mode: api_key\n  keys:\n"
              f"    - {{ id: a, sha256: \"{hashlib.sha256(admin_key.encode()).hexdigest()}\", role: admin }}\n"
              f"    - {{ id: u, sha256: \"{hashlib.sha256(user_key.encode()).hexdigest()}\", role: user }}\n")
-    h = hub_factory(hub_config(extra=extra), env=env())
+    # trusted_networks: [] -> not even loopback registers without a credential
+    h = hub_factory(hub_config(extra="  trusted_networks: []\n" + extra), env=env())
     n = nodes()
     clone_error(register(h, n.url, token=None), 401)
     clone_error(register(h, n.url, token="wrong-token"), 401)
     clone_error(register(h, n.url, token=user_key), 403)
     assert register(h, n.url, token=admin_key).status_code == 200
-    assert register(h, n.url, token=TOKEN).status_code == 200
+    # a node an admin registered belongs to that admin: the cluster token cannot take it over
+    clone_error(register(h, n.url, token=TOKEN), 403, "node_owned")
+    assert register(h, nodes().url, token=TOKEN).status_code == 200
+    assert register(h, n.url, token=admin_key).status_code == 200
     clone_error(h.get("/api/nodes"), 401)
-    assert h.get("/api/nodes", headers=auth(admin_key)).json()["count"] == 1
+    assert h.get("/api/nodes", headers=auth(admin_key)).json()["count"] == 2
     # the control routes never count against the client limits
-    # an open hub with a cluster token still asks for the token
-    h2 = hub_factory(hub_config(), env=env())
+    # an open hub with a cluster token still asks for the token (from outside registry.trusted_networks)
+    h2 = hub_factory(hub_config(extra="  trusted_networks: []\n"), env=env())
     r = register(h2, n.url, token=None)
     clone_error(r, 401, "missing_credentials")
     assert r.headers.get("WWW-Authenticate") == "Bearer"
     clone_error(register(h2, n.url, token="nope"), 401, "invalid_credentials")
-    # and without a token configured, an open hub's registry is open
+    # nodes from registry.trusted_networks (default: loopback) need no token, with or without one set
     h3 = hub_factory(hub_config())
     assert register(h3, n.url, token=None).status_code == 200
+    h4 = hub_factory(hub_config(), env=env())
+    assert register(h4, n.url, token=None).status_code == 200
+    # but operator routes still want the token when one is set
+    clone_error(h4.get("/api/nodes"), 401)
 
 
 def test_control_routes_skip_rate_limits(hub_factory, nodes):
@@ -305,7 +316,7 @@ def test_capacity_is_respected(hub_factory, nodes):
 
 
 def test_least_load_prefers_the_idle_node(hub_factory, nodes):
-    h = hub_factory(hub_config(strategy="least_load"), env=env())
+    h = hub_factory(hub_config(strategy="least_load", timings={"heartbeat_interval": "1s", "dead_threshold": "30s", "remove_after": "60s"}), env=env())
     slow = nodes(node_id="slow", latency=1.5)
     fast = nodes(node_id="fast")
     register(h, slow.url, capacity=8, node_id="slow")  # first registered: ties go to it

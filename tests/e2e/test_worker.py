@@ -13,6 +13,7 @@ from audio import decoded_seconds, probe
 from conftest import Hub, free_port
 
 TOKEN = "worker-cluster-token-42"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Gateway:
@@ -143,14 +144,14 @@ def test_gateway_down_at_start(hub_factory):
     try:
         w = start_worker(hub_factory, g.url, "--node-id", "late-1")
         time.sleep(1.2)  # a few failed attempts
-        assert w.get("/info").json()["registered"] is False
+        assert w.get("/info", headers=AUTH).json()["registered"] is False
         g.start()
         reg = g.wait("POST", "/api/nodes/register", timeout=15)
         assert reg and reg[0][3]["node_id"] == "late-1"
         deadline = time.time() + 10
-        while time.time() < deadline and not w.get("/info").json()["registered"]:
+        while time.time() < deadline and not w.get("/info", headers=AUTH).json()["registered"]:
             time.sleep(0.1)
-        assert w.get("/info").json()["registered"] is True
+        assert w.get("/info", headers=AUTH).json()["registered"] is True
     finally:
         g.stop()
 
@@ -158,43 +159,43 @@ def test_gateway_down_at_start(hub_factory):
 def test_node_routes(hub_factory, gateway):
     w = start_worker(hub_factory, gateway.url, "--node-id", "n-1")
     gateway.wait("POST", "/api/nodes/register")
-    info = w.get("/info").json()
+    info = w.get("/info", headers=AUTH).json()
     assert info["node_id"] == "n-1" and info["engine_type"] == "espeak" and info["status"] == "online"
     assert info["capacity"] == 4 and info["model_loaded"] is True and info["version"]
     assert w.get("/health").json()["status"] == "healthy"
     for fmt, codec in (("wav", "pcm_s16le"), ("mp3", "mp3"), ("opus", "opus")):
-        r = w.post("/synthesize", json={"text": "A worker node speaks.", "voice": "alloy", "format": fmt, "speed": 1.0})
+        r = w.post("/synthesize", headers=AUTH, json={"text": "A worker node speaks.", "voice": "alloy", "format": fmt, "speed": 1.0})
         assert r.status_code == 200, r.text
         assert r.headers["X-Node-Id"] == "n-1" and r.headers["X-Engine"] == "espeak"
         assert probe(r.content, fmt)[0]["codec_name"] == codec
         assert decoded_seconds(r.content, fmt) > 0.5
     # faster speech is shorter
-    slow = w.post("/synthesize", json={"text": "Speed changes the length.", "speed": 0.5})
-    fast = w.post("/synthesize", json={"text": "Speed changes the length.", "speed": 2.0})
+    slow = w.post("/synthesize", headers=AUTH, json={"text": "Speed changes the length.", "speed": 0.5})
+    fast = w.post("/synthesize", headers=AUTH, json={"text": "Speed changes the length.", "speed": 2.0})
     assert decoded_seconds(slow.content, "wav") > decoded_seconds(fast.content, "wav") * 2
     # errors in the node shape
     for body, status in (({"voice": "alloy"}, 400), ({"text": ""}, 400), ({"text": "x", "format": "ogg-vorbis"}, 400),
                          ({"text": "x", "speed": 9}, 400), ({"text": "x", "voice": 5}, 400)):
-        r = w.post("/synthesize", json=body)
+        r = w.post("/synthesize", headers=AUTH, json=body)
         assert r.status_code == status, (body, r.text)
         assert r.json()["success"] is False and r.json()["message"] and r.json()["code"]
-    r = w.post("/synthesize", data=b"{oops")
+    r = w.post("/synthesize", headers=dict(AUTH, **{"Content-Type": "application/json"}), data=b"{oops")
     assert r.status_code == 400 and r.json()["success"] is False
     # standby: 503, and the heartbeat says so; activate: back
-    r = w.post("/command", json={"command": "standby"})
+    r = w.post("/command", headers=AUTH, json={"command": "standby"})
     assert r.json() == {"success": True, "status": "standby"}
-    r = w.post("/synthesize", json={"text": "not now"})
+    r = w.post("/synthesize", headers=AUTH, json={"text": "not now"})
     assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["code"] == "unavailable"
     deadline = time.time() + 5
     while time.time() < deadline and gateway.of("POST", "/heartbeat")[-1][3]["status"] != "standby":
         time.sleep(0.1)
     assert gateway.of("POST", "/heartbeat")[-1][3]["status"] == "standby"
-    assert w.post("/command", json={"command": "activate"}).json()["status"] == "online"
-    assert w.post("/synthesize", json={"text": "back again"}).status_code == 200
-    r = w.post("/command", json={"command": "reboot"})
+    assert w.post("/command", headers=AUTH, json={"command": "activate"}).json()["status"] == "online"
+    assert w.post("/synthesize", headers=AUTH, json={"text": "back again"}).status_code == 200
+    r = w.post("/command", headers=AUTH, json={"command": "reboot"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_command"
     # stop: answers, unregisters, exits 0
-    assert w.post("/command", json={"command": "stop"}).json()["status"] == "stopping"
+    assert w.post("/command", headers=AUTH, json={"command": "stop"}).json()["status"] == "stopping"
     assert w.proc.wait(15) == 0
     assert gateway.of("DELETE", "/api/nodes/n-1")
 
@@ -236,7 +237,7 @@ def test_real_workers_behind_a_real_hub(hub_factory):
     assert counts["w0"] >= 2 and counts["w1"] >= 2, counts
     # a worker told to stand by through the hub gets nothing more
     assert hub.post("/api/nodes/w1/command", headers=auth, json={"command": "standby"}).json()["status"] == "standby"
-    assert workers[1].get("/info").json()["status"] == "standby"
+    assert workers[1].get("/info", headers=AUTH).json()["status"] == "standby"
     before = counts["w1"]
     for i in range(3):
         assert hub.post(data={"input": f"only w0 now {i}", "voice": "alloy"}).status_code == 200

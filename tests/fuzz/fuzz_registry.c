@@ -1,5 +1,6 @@
 /* fuzz_registry: the worker registry on arbitrary JSON, as nodes (registrations, heartbeats) and other
- * hubs (records read back from Redis) send it. The first byte picks the operation:
+ * hubs (records read back from Redis) send it, on behalf of callers with different credentials and
+ * addresses (bits 4-5 of the first byte). The first byte picks the operation:
  *   0: register; 1: heartbeat of node "n1"; 2: apply as a shared record; 3: register, then read the node
  *   back as a record and apply it to a second registry.
  * Then the registry is listed, picked from, swept. Nothing may crash or leak; every node listed must have
@@ -16,7 +17,12 @@ static th_registry *reg_a, *reg_b; /* built once; the fuzzer's inputs accumulate
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
-    th_registry_conf c = {.heartbeat_interval_ms = 1000, .dead_threshold_ms = 3000, .remove_after_ms = 10000};
+    th_registry_conf c = {.heartbeat_interval_ms = 1000,
+                          .dead_threshold_ms = 3000,
+                          .remove_after_ms = 10000,
+                          .max_capacity = 64,
+                          .max_node_bytes = 4096,
+                          .max_bytes = 65536};
     reg_a = th_registry_new(&c, NULL);
     reg_b = th_registry_new(&c, NULL);
     return reg_a && reg_b ? 0 : 1;
@@ -29,9 +35,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     now += data[0] >> 2;
     char err[256], id[TH_NODE_ID_MAX + 1] = "";
     json_t *j = th_json_parse_bounded(data + 1, size - 1, TH_JSON_MAX_DEPTH, err, sizeof err);
+    static const th_reg_caller callers[4] = {{"token", "10.0.0.1", false, false},
+                                             {"token", "10.0.0.2", false, false},
+                                             {"trusted", "10.0.0.1", false, false},
+                                             {"key:adm", "10.0.0.9", true, false}};
+    const th_reg_caller *who = &callers[(data[0] >> 4) & 3];
     switch (data[0] & 3) {
     case 0:
-        th_registry_register(reg_a, j, now, id, err, sizeof err);
+        th_registry_register_as(reg_a, j, who, now, id, err, sizeof err);
         break;
     case 1:
         th_registry_heartbeat(reg_a, "n1", j, now, err, sizeof err);
@@ -59,15 +70,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_t *n;
         json_array_foreach(json_object_get(l, "nodes"), i, n)
         {
-            if (!json_is_string(json_object_get(n, "node_id")) ||
-                !json_is_string(json_object_get(n, "url")) ||
+            json_t *url = json_object_get(n, "url");
+            if (!json_is_string(json_object_get(n, "node_id")) || !json_is_string(url) ||
                 !json_is_integer(json_object_get(n, "capacity")))
+                abort();
+            /* whatever came in, a node URL is scheme, host, port and a plain prefix; capacity is clamped */
+            char host[256];
+            int port = 0;
+            const char *u = json_string_value(url);
+            if (!th_node_url_parse(u, strlen(u), host, sizeof host, &port) || strpbrk(u, "?#@%\\ ") != NULL ||
+                port < 1 || port > 65535 || json_integer_value(json_object_get(n, "capacity")) > 64)
                 abort();
         }
         json_decref(l);
         th_node *p = th_registry_pick(regs[k], NULL, (th_node_pick)(data[0] % 3), now);
         th_registry_release(regs[k], p, (data[0] & 8) != 0, now);
         th_registry_sweep(regs[k], now);
+        if (th_registry_bytes(regs[k]) > 65536) abort(); /* registry.max_bytes holds */
     }
     return 0;
 }

@@ -53,9 +53,17 @@
   async function all() {
     try {
       await Promise.all([providers(), nodes(), announcements(), usage(), config()]);
+      $("protected").hidden = true;
       say("loaded");
     } catch (e) {
-      say(e.status === 401 || e.status === 403 ? "this needs an admin key: " + e.message : e.message, true);
+      if (e.code === "protected_mode") {
+        // the hub is public with no keys: say so, and how to open it, instead of empty panels
+        $("protected").hidden = false;
+        $("protected").textContent = e.message + " (The cluster token also works in the key field above.)";
+        say("protected mode: the admin routes are closed", true);
+      } else {
+        say(e.status === 401 || e.status === 403 ? "this needs an admin key: " + e.message : e.message, true);
+      }
     }
   }
   $("save").addEventListener("click", () => { TH.setKey($("key").value.trim()); all(); });

@@ -21,6 +21,7 @@ const TH = {
       const msg = data && (data.error ? data.error.message : data.message) || ("HTTP " + r.status);
       const err = new Error(msg);
       err.status = r.status;
+      err.code = data && (data.error ? data.error.code : data.code) || "";
       throw err;
     }
     return data;

@@ -28,6 +28,7 @@ typedef struct sink {
 static void on_data(void *ud, const uint8_t *d, size_t n)
 {
     sink *k = ud;
+    if (n == 0) return; /* progress without output */
     if (k->closed) k->after_close++;
     if (k->data_calls++ == 0) k->first_ptr = d;
     th_buf_append(&k->out, d, n);

@@ -1019,6 +1019,12 @@ TH_TEST(pause_resume_exactly_once_in_order)
     TH_CHECK_INT(fx_close(&x), 0);
 }
 
+static bool pred_paused(void *arg)
+{
+    const tr *t = arg;
+    return t->pauses > 0;
+}
+
 static bool pred_never(void *arg)
 {
     (void)arg;
@@ -1150,6 +1156,9 @@ TH_TEST(close_with_transfers_in_flight)
     t[N].pause_each = true;
     th_client_opts p = {.url = fx_url(&x, "/big?n=50000000")};
     TH_REQUIRE(tr_start(&t[N], &p) != NULL);
+    /* until the big one has paused at least once (however slowly a loaded machine gets there), then a
+     * little longer so the others are well under way */
+    TH_CHECK(run_until(&x.loop, pred_paused, &t[N], 10000));
     run_until(&x.loop, pred_never, NULL, 150);
     uv_timer_stop(&t[N].resume_timer); /* its req dies with the client */
     th_client_close(x.c, on_closed, &x);

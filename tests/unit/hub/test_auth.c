@@ -181,7 +181,7 @@ static const char *keys_yaml(const char *mode)
              "    - { id: k2, sha256: \"%s\", tenant: acme, role: admin }\n"
              "    - { id: k3, sha256: \"%s\", tenant: beta }\n"
              "  jwt: { alg: HS256, secret_env: " SECRET_ENV ", issuer: \"https://issuer.example\", "
-             "audience: ttshub, tenant_claim: org, role_claim: ttshub_role }\n"
+             "audience: ttshub, tenant_claim: org, role_claim: ttshub_role, require_exp: false }\n"
              "tenants:\n"
              "  acme: { voices: [\"alloy\", \"en-*\"], providers: [\"local\"] }\n"
              "  beta: {}\n",
@@ -754,7 +754,9 @@ TH_TEST(jwt_es256)
     TH_REQUIRE(key != NULL && other != NULL);
     char path[64], yaml[512], tok[4096];
     TH_REQUIRE(write_pubkey(key, path));
-    snprintf(yaml, sizeof yaml, "auth:\n  mode: jwt\n  jwt: { alg: ES256, public_key_file: \"%s\" }\n", path);
+    snprintf(yaml, sizeof yaml,
+             "auth:\n  mode: jwt\n  jwt: { alg: ES256, public_key_file: \"%s\", require_exp: false }\n",
+             path);
     th_auth *a = A(yaml);
     TH_REQUIRE(a != NULL);
     th_identity id;
@@ -865,6 +867,36 @@ TH_TEST(tenant_globs)
     TH_CHECK(th_auth_provider_allowed(t, "p1"));
     TH_CHECK(!th_auth_provider_allowed(t, "p12"));
     th_config_unref(c);
+}
+
+/* auth.jwt.require_exp (default true) refuses a token without exp; HS secrets need 32 bytes */
+TH_TEST(jwt_require_exp_and_secret_length)
+{
+    setenv(SECRET_ENV, SECRET, 1);
+    th_auth *a = A("auth:\n  mode: jwt\n  jwt: { alg: HS256, secret_env: " SECRET_ENV " }\n");
+    TH_REQUIRE(a != NULL);
+    char tok[4096], err[128];
+    th_identity id;
+    hs256("{\"sub\":\"x\"}", tok);
+    char *b = bearer(tok);
+    TH_CHECK_INT(CHECK_MSG(a, b, err, sizeof err), TH_AUTH_INVALID);
+    TH_CHECK_STR(err, "the token has no exp claim");
+    free(b);
+    hs256("{\"sub\":\"x\",\"exp\":1800000000}", tok);
+    b = bearer(tok);
+    TH_CHECK_INT(CHECK(a, b, NULL, &id), TH_AUTH_OK);
+    free(b);
+    th_auth_free(a);
+    setenv(SECRET_ENV, "only-31-bytes-of-secret-1234567", 1);
+    char e2[256] = "";
+    th_config_errors errs = {0};
+    const char *y = "auth:\n  mode: jwt\n  jwt: { alg: HS256, secret_env: " SECRET_ENV " }\n";
+    th_config *cfg = th_config_parse(y, strlen(y), &errs);
+    TH_REQUIRE(cfg != NULL);
+    TH_CHECK(th_auth_new(cfg, e2, sizeof e2) == NULL);
+    TH_CHECK(strstr(e2, "at least 32 bytes") != NULL);
+    th_config_unref(cfg);
+    setenv(SECRET_ENV, SECRET, 1);
 }
 
 TH_TEST(admin_detection)

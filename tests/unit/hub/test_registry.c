@@ -80,6 +80,90 @@ TH_TEST(registry_register_validates)
     th_registry_free(r);
 }
 
+TH_TEST(registry_node_urls_are_plain)
+{
+    char host[256];
+    int port = 0;
+    static const char *const good[] = {"http://a:1",        "http://10.0.0.1:9000", "https://node.example",
+                                       "http://[::1]:8080", "http://h:1/prefix/v1", "http://h:1/a-b_c.d/~e"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        TH_CHECK(th_node_url_parse(good[i], strlen(good[i]), host, sizeof host, &port));
+    TH_CHECK(th_node_url_parse("https://node.example", 20, host, sizeof host, &port) && port == 443);
+    TH_CHECK(th_node_url_parse("http://[::1]:8080", 17, host, sizeof host, &port) && port == 8080);
+    TH_CHECK_STR(host, "::1");
+    static const char *const bad[] = {
+        "http://h:1/x?y=",  "http://h:1#f",    "http://u@h:1",      "http://u:p@h:1", "http://h:1/../x",
+        "http://h:1/a/./b", "http://h:1/a/..", "http://h:1/%2e%2e", "http://h:1//x",  "http://h:1/a;b",
+        "ftp://h:1",        "http://:1",       "http://h:0",        "http://h:65536", "http://h:1x",
+        "http://[::1",      "http://[zz::]:1", "http://h h:1",      "http://h:1/a b", "http://",
+        "http://h:123456",  "http://h\\@e:1",  "http://h:1\\x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (th_node_url_parse(bad[i], strlen(bad[i]), host, sizeof host, &port))
+            fprintf(stderr, "accepted: %s\n", bad[i]);
+        TH_CHECK(!th_node_url_parse(bad[i], strlen(bad[i]), host, sizeof host, &port));
+    }
+}
+
+TH_TEST(registry_nodes_are_bound_to_their_owner)
+{
+    th_registry_conf c = CONF;
+    c.max_capacity = 8;
+    c.max_node_bytes = 64;
+    c.max_bytes = 100;
+    th_registry *r = th_registry_new(&c, NULL);
+    char id[TH_NODE_ID_MAX + 1], err[256];
+    th_reg_caller owner = {"token", "10.0.0.1", false, false},
+                  other_addr = {"token", "10.0.0.2", false, false},
+                  trusted = {"trusted", "10.0.0.1", false, false}, admin = {"key:a", "10.9.9.9", true, false};
+    json_t *b = json_loads("{\"node_id\":\"n1\",\"engine_type\":\"xtts\",\"url\":\"http://10.0.0.1:9\","
+                           "\"capacity\":5000}",
+                           0, NULL);
+    TH_CHECK_INT(th_registry_register_as(r, b, &owner, 1000, id, err, sizeof err), TH_REG_OK);
+    json_t *n = th_registry_node_json(r, "n1", 1000);
+    TH_CHECK_INT((int)json_integer_value(json_object_get(n, "capacity")), 8); /* clamped */
+    json_decref(n);
+    json_t *evil =
+        json_loads("{\"node_id\":\"n1\",\"engine_type\":\"xtts\",\"url\":\"http://10.6.6.6:9\"}", 0, NULL);
+    TH_CHECK_INT(th_registry_register_as(r, evil, &other_addr, 1100, id, err, sizeof err), TH_REG_FORBIDDEN);
+    TH_CHECK_INT(th_registry_register_as(r, evil, &trusted, 1100, id, err, sizeof err), TH_REG_FORBIDDEN);
+    TH_CHECK_STR(th_registry_url(r, "n1"), "http://10.0.0.1:9");
+    TH_CHECK_INT(th_registry_check_owner(r, "n1", &other_addr, 1100, err, sizeof err), TH_REG_FORBIDDEN);
+    TH_CHECK_INT(th_registry_check_owner(r, "n1", &owner, 1100, err, sizeof err), TH_REG_OK);
+    TH_CHECK_INT(th_registry_check_owner(r, "n1", &admin, 1100, err, sizeof err), TH_REG_OK);
+    /* a dry run changes nothing */
+    th_reg_caller dry = admin;
+    dry.dry_run = true;
+    TH_CHECK_INT(th_registry_register_as(r, evil, &dry, 1100, id, err, sizeof err), TH_REG_OK);
+    TH_CHECK_STR(th_registry_url(r, "n1"), "http://10.0.0.1:9");
+    /* an admin may move it; the owner stays */
+    TH_CHECK_INT(th_registry_register_as(r, evil, &admin, 1200, id, err, sizeof err), TH_REG_OK);
+    TH_CHECK_STR(th_registry_url(r, "n1"), "http://10.6.6.6:9");
+    TH_CHECK_INT(th_registry_check_owner(r, "n1", &owner, 1100, err, sizeof err), TH_REG_OK);
+    /* once silent past dead_threshold, the same credential may take it from a new address */
+    TH_CHECK_INT(
+        th_registry_register_as(r, b, &other_addr, 1200 + CONF.dead_threshold_ms + 1, id, err, sizeof err),
+        TH_REG_OK);
+    /* byte caps: one node, then the whole registry */
+    json_t *big = json_loads("{\"engine_type\":\"xtts\",\"url\":\"http://10.0.0.3:9\",\"voices\":"
+                             "[\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]}",
+                             0, NULL);
+    TH_CHECK_INT(th_registry_register_as(r, big, &owner, 1300, id, err, sizeof err), TH_REG_INVALID);
+    for (int i = 0; i < 3; i++) {
+        char j[200];
+        snprintf(j, sizeof j,
+                 "{\"engine_type\":\"xtts\",\"url\":\"http://10.0.1.%d:9\",\"voices\":[\"%040d\"]}", i, i);
+        json_t *x = json_loads(j, 0, NULL);
+        th_reg_rc rc = th_registry_register_as(r, x, &owner, 1300, id, err, sizeof err);
+        TH_CHECK_INT(rc, i < 2 ? TH_REG_OK : TH_REG_FULL);
+        json_decref(x);
+    }
+    TH_CHECK(th_registry_bytes(r) <= 100);
+    json_decref(big);
+    json_decref(evil);
+    json_decref(b);
+    th_registry_free(r);
+}
+
 TH_TEST(registry_liveness_events)
 {
     events ev = {{0}};

@@ -954,7 +954,7 @@ out:
 static double decoded_ms(col *c)
 {
     if (c->dones != 1 || c->errors || c->formats != 1 || c->audio.len == 0) return -1;
-    th_audio_target tg = {TH_FMT_PCM, 24000, 1.0, 0, TH_WAV_SIZE_UNKNOWN};
+    th_audio_target tg = {TH_FMT_PCM, 24000, 1.0, 0, TH_WAV_SIZE_UNKNOWN, 0};
     th_buf out;
     th_buf_init(&out, 0);
     char err[256] = "";

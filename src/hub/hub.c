@@ -245,8 +245,10 @@ static int create_governance(th_hub *hub)
     bool registry_redis = strcmp(cfg->registry.backend, "redis") == 0;
     bool voices_redis = strcmp(cfg->voice_library.backend, "redis") == 0;
     if (limits_redis || cache_redis || registry_redis || voices_redis) {
-        hub->redis =
-            th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
+        th_redis_pool_conf pc = {.policy_conns = cfg->redis.pool,
+                                 .max_inflight = (uint32_t)cfg->redis.max_inflight};
+        hub->redis = th_redis_new_pool(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, &pc, hub->log, err,
+                                       sizeof err);
         if (hub->redis == NULL) {
             TH_LOG(hub->log, TH_LOG_ERROR, "redis: %s", err);
             fprintf(stderr, "ttshub: redis: %s\n", err);

@@ -202,6 +202,8 @@ static void free_governance(th_hub *hub)
     hub->vlib = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
     hub->regsync = NULL;
+    th_policy_free(hub->policy); /* before the limiter, quota and cache it combines */
+    hub->policy = NULL;
     th_cache_free(hub->cache);
     hub->cache = NULL;
     th_quota_free(hub->quota);
@@ -281,6 +283,10 @@ static int create_governance(th_hub *hub)
         return -1;
     }
     th_vlib_on_removed(hub->vlib, voice_removed, hub);
+    if (limits_redis && hub->redis != NULL) {
+        hub->policy = th_policy_new(hub->redis, hub->limiter, hub->quota, hub->cache, hub->metrics, hub->log);
+        if (hub->policy == NULL) return -1;
+    }
     return 0;
 }
 

@@ -38,6 +38,7 @@
 #define RD_BACKOFF_MAX_MS 5000
 #define RD_CONNECT_MIN_MS 1000 /* connect (+ AUTH/SELECT) timeout: max(timeout, 1 s) */
 #define RD_SCRIPTS_MAX 16      /* scripts remembered as loaded per connection */
+#define RD_SPILL 64            /* in flight on a connection before the next one of its lane is used */
 #define RD_CONNS_MAX 9         /* policy lane (up to 8) + bulk lane */
 #define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
 
@@ -65,11 +66,18 @@ struct rd_cmd {
     char sha[41];
 };
 
+typedef struct rd_script {
+    size_t len;
+    char *text; /* the pool's copy: EVAL after NOSCRIPT reads it */
+    char sha[41];
+} rd_script;
+
 struct th_redis {
+    rd_script scripts[RD_SCRIPTS_MAX];
+    int nscripts;
     rd_conn *conn[RD_CONNS_MAX];
     int first[TH_REDIS_LANES], count[TH_REDIS_LANES]; /* lane -> its connections */
     int total, live; /* live: connections whose handles are not all closed yet */
-    unsigned rr;     /* ties between equally loaded connections go round */
     bool freeing;
     char state_text[224];
 };
@@ -97,6 +105,9 @@ struct rd_conn {
     uv_timer_t conn_timer; /* connect timeout while connecting; reconnect backoff while down */
     uv_timer_t cmd_timer;  /* the deadline of the oldest pending command */
     uv_timer_t drop_timer; /* 0 ms: frees r->doomed; after th_redis_free, closes everything */
+    uv_check_t flush;      /* writes what the loop turn queued, once, after its I/O callbacks */
+    uv_idle_t nudge;       /* while a flush is armed: the loop does not block before it runs */
+    bool flush_armed, in_flush;
     rd_cmd *head, *tail;
     char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
     int nloaded;
@@ -559,8 +570,12 @@ static void rd_poll_cb(uv_poll_t *h, int status, int events)
     if (p->context != NULL && (events & UV_WRITABLE)) redisAsyncHandleWrite(ac);
 }
 
-static void rd_poll_update(redisLibuvEvents *p)
+/* uv_poll_start stops and restarts the watcher, which costs an epoll_ctl even when nothing changes (and
+ * hiredis asks for reads after every write): only a change is applied. */
+static void rd_poll_set(redisLibuvEvents *p, int events)
 {
+    if (events == p->events) return;
+    p->events = events;
     if (p->events)
         uv_poll_start(&p->handle, p->events, rd_poll_cb);
     else
@@ -570,29 +585,57 @@ static void rd_poll_update(redisLibuvEvents *p)
 static void rd_add_read(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events |= UV_READABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events | UV_READABLE);
 }
 
 static void rd_del_read(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events &= ~UV_READABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events & ~UV_READABLE);
+}
+
+/* Pipelining without a poll per batch: on a connected context, a command queued by hiredis arms the flush
+ * check instead of write interest, so every command of a loop turn leaves in one write at the end of the
+ * turn, and the socket's epoll interest stays "readable" (no epoll_ctl per batch). Only a write that could
+ * not finish (a full socket buffer) waits for writability. Connecting still waits for writability, which
+ * is how a non-blocking connect completes. */
+static void on_flush(uv_check_t *h)
+{
+    rd_conn *r = h->data;
+    uv_check_stop(&r->flush);
+    uv_idle_stop(&r->nudge);
+    r->flush_armed = false;
+    if (r->ac == NULL || r->freeing || !(r->ac->c.flags & REDIS_CONNECTED)) return;
+    r->in_flush = true;
+    redisAsyncHandleWrite(r->ac); /* calls rd_add_write (in_flush: real interest) when it could not finish */
+    r->in_flush = false;
+}
+
+static void on_nudge(uv_idle_t *h)
+{
+    (void)h; /* only keeps the loop from blocking before the flush */
 }
 
 static void rd_add_write(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events |= UV_WRITABLE;
-    rd_poll_update(p);
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac && (ac->c.flags & REDIS_CONNECTED) && !r->in_flush && !r->freeing) {
+        if (!r->flush_armed) {
+            r->flush_armed = true;
+            uv_check_start(&r->flush, on_flush);
+            uv_idle_start(&r->nudge, on_nudge);
+        }
+        return;
+    }
+    rd_poll_set(p, p->events | UV_WRITABLE);
 }
 
 static void rd_del_write(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events &= ~UV_WRITABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events & ~UV_WRITABLE);
 }
 
 /* ---- timers ------------------------------------------------------------------------------------- */
@@ -696,7 +739,11 @@ static void on_handle_closed(uv_handle_t *h)
     free(r->user);
     free(r->pass);
     free(r);
-    if (pool != NULL && --pool->live == 0) free(pool);
+    if (pool != NULL && --pool->live == 0) {
+        for (int i = 0; i < pool->nscripts; i++)
+            free(pool->scripts[i].text);
+        free(pool);
+    }
 }
 
 static void on_drop_timer(uv_timer_t *t)
@@ -709,6 +756,8 @@ static void on_drop_timer(uv_timer_t *t)
         uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->cmd_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->drop_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&r->flush, on_handle_closed);
+        uv_close((uv_handle_t *)&r->nudge, on_handle_closed);
     }
 }
 
@@ -734,7 +783,10 @@ static rd_conn *rd_conn_new(th_redis *pool, int lane, uint32_t max_inflight, uv_
     uv_timer_init(loop, &r->cmd_timer);
     uv_timer_init(loop, &r->drop_timer);
     r->conn_timer.data = r->cmd_timer.data = r->drop_timer.data = r;
-    r->open_handles = 3;
+    uv_check_init(loop, &r->flush);
+    uv_idle_init(loop, &r->nudge);
+    r->flush.data = r->nudge.data = r;
+    r->open_handles = 5;
     rd_set_text(r, "connecting");
     rd_connect(r);
     return r;
@@ -813,6 +865,26 @@ static void sha1_hex(const char *s, size_t n, char out[41])
     th_hex(md, 20, out);
 }
 
+/* The pool's copy of a script (made the first time it is seen; NULL when the table is full or on ENOMEM,
+ * and the caller then copies and hashes it per call as before). */
+static const rd_script *rd_script_get(th_redis *p, const char *script, size_t slen)
+{
+    if (p == NULL) return NULL;
+    for (int i = 0; i < p->nscripts; i++) {
+        const rd_script *s = &p->scripts[i];
+        if (s->len == slen && memcmp(s->text, script, slen) == 0) return s;
+    }
+    if (p->nscripts >= RD_SCRIPTS_MAX) return NULL;
+    rd_script *s = &p->scripts[p->nscripts];
+    s->text = malloc(slen + 1);
+    if (s->text == NULL) return NULL;
+    memcpy(s->text, script, slen + 1);
+    s->len = slen;
+    sha1_hex(script, slen, s->sha);
+    p->nscripts++;
+    return s;
+}
+
 static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
                         const char **argv, const size_t *argvlen)
 {
@@ -830,7 +902,10 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
     int nklen = snprintf(nk, sizeof nk, "%d", nkeys);
     size_t n = (size_t)argc + 3;
     size_t slen = strlen(script);
-    size_t bytes = slen + 1 + (size_t)nklen + 1;
+    /* A script the pool has seen before is not copied nor hashed again: its copy and SHA live in the pool
+     * (hashing a 3 KB script per request cost more than the rest of the call). */
+    const rd_script *known = rd_script_get(r->pool, script, slen);
+    size_t bytes = (known ? 0 : slen + 1) + (size_t)nklen + 1;
     for (int i = 0; i < argc; i++)
         bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
     rd_cmd *c = rd_cmd_new(r, cb, ud);
@@ -846,10 +921,14 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
     c->eval_argc = (int)n;
     c->eval_argv[0] = "EVAL";
     c->eval_argvlen[0] = 4;
-    memcpy(p, script, slen + 1);
-    c->eval_argv[1] = p;
+    if (known != NULL) {
+        c->eval_argv[1] = known->text;
+    } else {
+        memcpy(p, script, slen + 1);
+        c->eval_argv[1] = p;
+        p += slen + 1;
+    }
     c->eval_argvlen[1] = slen;
-    p += slen + 1;
     memcpy(p, nk, (size_t)nklen + 1);
     c->eval_argv[2] = p;
     c->eval_argvlen[2] = (size_t)nklen;
@@ -862,7 +941,10 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
         c->eval_argvlen[3 + i] = len;
         p += len + 1;
     }
-    sha1_hex(script, slen, c->sha);
+    if (known != NULL)
+        memcpy(c->sha, known->sha, sizeof c->sha);
+    else
+        sha1_hex(script, slen, c->sha);
     /* The first time on a connection the script goes with EVAL, which loads it; later calls use EVALSHA.
      * Commands stay in order that way (a NOSCRIPT fallback would run after what was sent meanwhile); the
      * fallback remains for a server whose scripts were flushed. */
@@ -964,21 +1046,27 @@ th_redis *th_redis_new(uv_loop_t *loop, const char *url, uint64_t timeout_ms, th
     return th_redis_new_pool(loop, url, timeout_ms, NULL, log, err, errlen);
 }
 
-/* The connected connection of the lane with the fewest commands in flight; NULL when none can take one.
- * *busy is set when some are connected but all are at max_inflight. */
+/* The first connected connection of the lane with fewer than RD_SPILL commands in flight, else the one
+ * with the fewest; NULL when none can take one. *busy is set when some are connected but all are at
+ * max_inflight. Filling the first connection before the next keeps the batches large: Redis runs one
+ * command at a time whatever the number of connections, and every connection in use costs its own write
+ * and read per loop turn. The others take over when it is lost or has a long queue. */
 static rd_conn *rd_pick(th_redis *p, th_redis_lane lane, bool *busy)
 {
     *busy = false;
     if (p == NULL || p->freeing || (int)lane < 0 || lane >= TH_REDIS_LANES) return NULL;
     rd_conn *best = NULL;
     int n = p->count[lane], first = p->first[lane];
-    unsigned start = p->rr++;
     for (int k = 0; k < n; k++) {
-        rd_conn *c = p->conn[first + (int)((start + (unsigned)k) % (unsigned)n)];
+        rd_conn *c = p->conn[first + k];
         if (c == NULL || !rd_usable(c)) continue;
         if (c->stats.inflight >= c->max_inflight) {
             *busy = true;
             continue;
+        }
+        if (c->stats.inflight < RD_SPILL) {
+            best = c;
+            break;
         }
         if (best == NULL || c->stats.inflight < best->stats.inflight) best = c;
     }
@@ -1048,13 +1136,13 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
     return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
 }
 
-/* Connected when a policy connection is: that lane answers the limit checks. */
+/* Connected when the first policy connection is: it carries th_redis_cmd / th_redis_eval, and the lanes
+ * prefer it. */
 bool th_redis_connected(const th_redis *r)
 {
     if (r == NULL || r->freeing) return false;
-    for (int i = 0; i < r->count[TH_REDIS_LANE_POLICY]; i++)
-        if (r->conn[i] != NULL && rd_usable(r->conn[i])) return true;
-    return false;
+    const rd_conn *c = r->conn[r->first[TH_REDIS_LANE_POLICY]];
+    return c != NULL && rd_usable(c);
 }
 
 const char *th_redis_state(const th_redis *r)
@@ -1091,4 +1179,11 @@ void th_redis_free(th_redis *r)
     /* each connection frees itself once its handles are closed; the last one frees the pool */
     for (int i = 0; i < RD_CONNS_MAX; i++)
         if (r->conn[i] != NULL) rd_conn_free(r->conn[i]);
+}
+
+void th_redis_flush(th_redis *r)
+{
+    if (r == NULL || r->freeing) return;
+    for (int i = 0; i < RD_CONNS_MAX; i++)
+        if (r->conn[i] != NULL && r->conn[i]->flush_armed) on_flush(&r->conn[i]->flush);
 }

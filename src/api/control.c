@@ -193,11 +193,18 @@ static void render_redis_lanes(const th_redis *r, th_buf *b)
     for (int l = 0; l < TH_REDIS_LANES; l++)
         th_buf_appendf(b, "ttshub_redis_commands_total{lane=\"%s\"} %llu\n", lanes[l],
                        (unsigned long long)st[l].commands);
-    th_buf_appendf(b, "# HELP ttshub_redis_failures_total Redis commands that got no answer (down, timeout, "
-                      "too many in flight), by lane.\n# TYPE ttshub_redis_failures_total counter\n");
+    th_buf_appendf(
+        b, "# HELP ttshub_redis_failures_total Redis commands sent that got no answer (down, timeout), "
+           "by lane.\n# TYPE ttshub_redis_failures_total counter\n");
     for (int l = 0; l < TH_REDIS_LANES; l++)
         th_buf_appendf(b, "ttshub_redis_failures_total{lane=\"%s\"} %llu\n", lanes[l],
                        (unsigned long long)st[l].failures);
+    th_buf_appendf(
+        b, "# HELP ttshub_redis_busy_total Redis commands refused because every connection of the lane "
+           "had redis.max_inflight commands in flight, by lane.\n# TYPE ttshub_redis_busy_total counter\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b, "ttshub_redis_busy_total{lane=\"%s\"} %llu\n", lanes[l],
+                       (unsigned long long)st[l].busy);
     th_buf_appendf(b, "# HELP ttshub_redis_in_flight Redis commands sent and not yet answered, by lane.\n"
                       "# TYPE ttshub_redis_in_flight gauge\n");
     for (int l = 0; l < TH_REDIS_LANES; l++)

@@ -77,7 +77,8 @@ struct th_redis {
     int nscripts;
     rd_conn *conn[RD_CONNS_MAX];
     int first[TH_REDIS_LANES], count[TH_REDIS_LANES]; /* lane -> its connections */
-    int total, live; /* live: connections whose handles are not all closed yet */
+    int total, live;               /* live: connections whose handles are not all closed yet */
+    uint64_t busy[TH_REDIS_LANES]; /* commands refused with TH_REDIS_BUSY */
     bool freeing;
     char state_text[224];
 };
@@ -1080,6 +1081,7 @@ int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud,
     bool busy;
     rd_conn *c = rd_pick(r, lane, &busy);
     if (c == NULL) {
+        if (busy) r->busy[lane]++;
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
@@ -1092,6 +1094,7 @@ int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud
     bool busy;
     rd_conn *c = rd_pick(r, lane, &busy);
     if (c == NULL) {
+        if (busy) r->busy[lane]++;
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
@@ -1118,6 +1121,7 @@ int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **a
     bool busy;
     rd_conn *c = rd_ordered(r, &busy);
     if (c == NULL) {
+        if (busy) r->busy[TH_REDIS_LANE_POLICY]++;
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
@@ -1130,6 +1134,7 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
     bool busy;
     rd_conn *c = rd_ordered(r, &busy);
     if (c == NULL) {
+        if (busy) r->busy[TH_REDIS_LANE_POLICY]++;
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
@@ -1170,6 +1175,7 @@ void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lan
             out->lat_count[b] += c->stats.lat_count[b];
         out->lat_sum_s += c->stats.lat_sum_s;
     }
+    out->busy = r->busy[lane];
 }
 
 void th_redis_free(th_redis *r)

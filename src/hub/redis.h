@@ -7,9 +7,10 @@
  * megabyte on the wire never sits in front of a limit check. Each
  * connection pipelines (every command sent in one loop turn leaves in one
  * write) and holds at most max_inflight unanswered commands; past that a
- * command fails at once with TH_REDIS_BUSY. A lane picks its connected
- * connection with the fewest commands in flight, so commands sent with
- * th_redis_cmd_lane / th_redis_eval_lane are not ordered among
+ * command fails at once with TH_REDIS_BUSY. A lane picks its first connected
+ * connection that has fewer than 64 commands in flight (the first one
+ * fills before the next is used, so batches stay large), so commands sent
+ * with th_redis_cmd_lane / th_redis_eval_lane are not ordered among
  * themselves. th_redis_cmd and th_redis_eval keep their order: they all go
  * to the first connection of the policy lane.
  *
@@ -94,7 +95,8 @@ typedef struct th_redis_lane_stats {
     uint64_t inflight;                            /* commands sent and not yet answered */
     uint64_t commands;                            /* sent */
     uint64_t replies;                             /* answered by the server (errors included) */
-    uint64_t failures;                            /* answered DOWN, TIMEOUT or BUSY */
+    uint64_t failures;                            /* sent, then answered DOWN or TIMEOUT */
+    uint64_t busy;                                /* refused at once with TH_REDIS_BUSY */
     uint64_t lat_count[TH_REDIS_LAT_BUCKETS + 1]; /* per bucket (not cumulative); last = +Inf */
     double lat_sum_s;
 } th_redis_lane_stats;

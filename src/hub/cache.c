@@ -737,9 +737,6 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
     th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
     if (th_redis_cmd_lane(c->redis, lane, on_redis_set, NULL, 5, argv, argvlen) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
-    /* Out before the response ends (the caller ends it after this): a client that repeats the request at
-     * another hub once it has its answer finds the entry there. */
-    th_redis_flush(c->redis);
 out:
     free(v);
     free(rk);

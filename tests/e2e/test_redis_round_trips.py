@@ -197,8 +197,7 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         t.join(30)
         r = out["r"]
         assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
-        # as the response ends: the store (written before its last byte, so another hub finds it), then the
-        # settle script after it; nothing more
+        # after the response: the store and the settle script (one write), then nothing more
         wait_until(lambda: len(hub_cmds()) - base >= 3, what="the settle and the store")
         time.sleep(0.3)  # nothing else may follow (a settle that took several commands would show here)
         after = hub_cmds()[base + 1:]

@@ -49,6 +49,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
 
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/str.h"
 
@@ -715,30 +716,37 @@ static void on_redis_set(void *ud, th_redis_status st, const th_redis_reply *rep
     (void)rep; /* best effort */
 }
 
+/* SET {key} {value} PX {ttl}, formatted here as RESP so the audio is copied once into it (hiredis would
+ * copy a value given as an argument twice more, through buffers that it grows from empty). */
 static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_t len, const char *ct,
                         const char *prov)
 {
     size_t nct = ct ? strlen(ct) : 0, npr = prov ? strlen(prov) : 0;
     if (nct > 255 || npr > 255 || len > TH_CACHE_REDIS_MAX_ENTRY) return;
     size_t vlen = 4 + 1 + nct + 1 + npr + len;
-    uint8_t *v = malloc(vlen);
     char *rk = redis_key(c, key);
+    if (rk == NULL) return;
+    size_t klen = strlen(rk);
     char px[24];
-    if (v == NULL || rk == NULL) goto out;
-    memcpy(v, VALUE_MAGIC, 4);
-    v[4] = (uint8_t)nct;
-    if (nct) memcpy(v + 5, ct, nct);
-    v[5 + nct] = (uint8_t)npr;
-    if (npr) memcpy(v + 6 + nct, prov, npr);
-    if (len) memcpy(v + 6 + nct + npr, data, len);
-    int k = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
-    const char *argv[5] = {"SET", rk, (const char *)v, "PX", px};
-    size_t argvlen[5] = {3, strlen(rk), vlen, 2, (size_t)k};
+    int pn = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
+    th_buf b;
+    th_buf_init(&b, 0);
+    uint8_t hdr[2] = {(uint8_t)nct, (uint8_t)npr};
+    if (th_buf_reserve(&b, vlen + klen + 128) != TH_BUF_OK ||
+        th_buf_appendf(&b, "*5\r\n$3\r\nSET\r\n$%zu\r\n", klen) != TH_BUF_OK ||
+        th_buf_append(&b, rk, klen) != TH_BUF_OK || th_buf_appendf(&b, "\r\n$%zu\r\n", vlen) != TH_BUF_OK ||
+        th_buf_append(&b, VALUE_MAGIC, 4) != TH_BUF_OK || th_buf_append(&b, &hdr[0], 1) != TH_BUF_OK ||
+        th_buf_append(&b, ct ? ct : "", nct) != TH_BUF_OK || th_buf_append(&b, &hdr[1], 1) != TH_BUF_OK ||
+        th_buf_append(&b, prov ? prov : "", npr) != TH_BUF_OK || th_buf_append(&b, data, len) != TH_BUF_OK ||
+        th_buf_appendf(&b, "\r\n$2\r\nPX\r\n$%d\r\n%s\r\n", pn, px) != TH_BUF_OK) {
+        TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
+        goto out;
+    }
     th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
-    if (th_redis_cmd_lane(c->redis, lane, on_redis_set, NULL, 5, argv, argvlen) != 0)
+    if (th_redis_cmd_lane_resp(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
-    free(v);
+    th_buf_free(&b);
     free(rk);
 }
 

@@ -202,8 +202,9 @@ static void free_governance(th_hub *hub)
     hub->vlib = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
     hub->regsync = NULL;
-    th_policy_free(hub->policy); /* before the limiter, quota and cache it combines */
+    th_policy *policy = hub->policy; /* before the limiter, quota and cache it combines */
     hub->policy = NULL;
+    th_policy_free(policy);
     th_cache_free(hub->cache);
     hub->cache = NULL;
     th_quota_free(hub->quota);

@@ -145,8 +145,15 @@ static void adm_free(adm *a)
 void th_policy_free(th_policy *p)
 {
     if (p == NULL) return;
-    while (p->pending != NULL)
-        adm_unlink(p->pending); /* the replies find no policy and only free their records */
+    /* Admissions still waiting are refused now (as a backend failure; nothing of theirs is held yet); their
+     * replies find no policy and only free their records. */
+    while (p->pending != NULL) {
+        adm *a = p->pending;
+        adm_unlink(a);
+        th_limit_result lres = {
+            .status = 503, .reason = "backend_unavailable", .retry_after_s = 1, .reset_s = 1};
+        a->hooks.on_limit(a->ud, &lres);
+    }
     free(p->admit_lua);
     free(p->finish_lua);
     free(p);
@@ -180,7 +187,9 @@ static void on_admit(void *ud, th_redis_status st, const th_redis_reply *rep)
     const th_redis_reply *crep = ok && rep->elements >= 3 ? &rep->element[2] : NULL;
     bool large = crep != NULL && is_array(crep, 1) && crep->elements == 1 &&
                  crep->element[0].type == REDIS_REPLY_INTEGER && crep->element[0].integer > 0;
-    observe(p, "before_first_byte", large && a->ckey != NULL ? 2 : 1);
+    /* DOWN and BUSY are answered without a round trip */
+    bool sent = st != TH_REDIS_DOWN && st != TH_REDIS_BUSY;
+    observe(p, "before_first_byte", !sent ? 0 : large && a->ckey != NULL ? 2 : 1);
 
     /* the quota refused in the script: it gave the concurrency holders back there */
     bool qrefused = qrep != NULL && a->qc != NULL && is_array(qrep, 1) &&

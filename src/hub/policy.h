@@ -31,8 +31,8 @@ typedef struct th_policy th_policy;
  * metrics may be NULL. The objects must outlive the policy (free it first). */
 th_policy *th_policy_new(th_redis *redis, th_limiter *l, th_quota *q, th_cache *c, th_metrics *m,
                          th_log *log);
-/** Admissions still waiting for Redis are dropped: their hooks are never called (the caller is shutting
- * down with them). */
+/** Admissions still waiting for Redis are refused at once (on_limit with 503 backend_unavailable). Clear
+ * any pointer to p before: the hooks run inside this call. */
 void th_policy_free(th_policy *p);
 
 typedef struct th_policy_req {

@@ -854,6 +854,24 @@ static int rd_conn_cmd(rd_conn *r, th_redis_cb cb, void *ud, int argc, const cha
     return 0;
 }
 
+/* A command already in RESP form (argc, then each argument as a bulk string). */
+static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len)
+{
+    if (!rd_usable(r)) {
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_cmd *c = rd_cmd_new(r, cb, ud);
+    if (c == NULL) return -1;
+    if (redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) != REDIS_OK) {
+        free(c);
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_enqueue(r, c);
+    return 0;
+}
+
 static void sha1_hex(const char *s, size_t n, char out[41])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -1086,6 +1104,19 @@ int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud,
         return 0;
     }
     return rd_conn_cmd(c, cb, ud, argc, argv, argvlen);
+}
+
+int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                           size_t len)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd_resp(c, cb, ud, resp, len);
 }
 
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,

@@ -84,6 +84,10 @@ th_redis *th_redis_new_pool(uv_loop_t *loop, const char *url, uint64_t timeout_m
 /** th_redis_cmd / th_redis_eval on a chosen lane. */
 int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, int argc, const char **argv,
                       const size_t *argvlen);
+/** th_redis_cmd_lane with the command already in RESP form ("*N\r\n" then "$len\r\n<bytes>\r\n" per
+ * argument): a large value is then copied once (into the connection's buffer) instead of three times. */
+int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                           size_t len);
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
                        int nkeys, int argc, const char **argv, const size_t *argvlen);
 

@@ -154,6 +154,22 @@ def metric(h, name, labels):
     return 0.0
 
 
+def sent(h):
+    """Redis commands the hub says it has sent (both lanes)."""
+    return metric(h, "ttshub_redis_commands_total", {"lane": "policy"}) + \
+        metric(h, "ttshub_redis_commands_total", {"lane": "bulk"})
+
+
+def settled(h, hub_cmds, base, sent_base, at_least):
+    """MONITOR has seen every command the hub sent since the baseline (at least at_least), and none is pending:
+    nothing more can follow for the request."""
+    def ok():
+        n = sent(h) - sent_base
+        return (n >= at_least and len(hub_cmds()) - base == n
+                and metric(h, "ttshub_redis_in_flight", {"lane": "policy"}) == 0)
+    wait_until(ok, what="the request's commands")
+
+
 def wait_hub_connected(h, redis_port):
     wait_until(lambda: h.get("/health").json()["components"]["redis"]["connected"], what="redis connected")
     # every connection of the pool has named itself (the handshake is done)
@@ -178,6 +194,7 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         # let the warm-up's settle scripts land, then take the baseline
         wait_until(lambda: metric(h, "ttshub_redis_in_flight", {"lane": "policy"}) == 0, what="quiet pool")
         base = len(hub_cmds())
+        sent_base = sent(h)
         calls = f.calls
         out = {}
 
@@ -198,17 +215,16 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         r = out["r"]
         assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
         # after the response: the store and the settle script (one write), then nothing more
-        wait_until(lambda: len(hub_cmds()) - base >= 3, what="the settle and the store")
-        time.sleep(0.3)  # nothing else may follow (a settle that took several commands would show here)
+        settled(h, hub_cmds, base, sent_base, 3)  # everything the hub sent has been seen: nothing else follows
         after = hub_cmds()[base + 1:]
         assert sorted(c for _, c, _ in after) == ["evalsha", "set"], after
 
         # a cache hit of small audio: one round trip, the audio comes back inside it
         base = len(hub_cmds())
+        sent_base = sent(h)
         r = h.post(data={"input": "Counted request.", "voice": "alloy"}, headers=AUTH)
         assert r.status_code == 200 and r.headers["X-Cache"] == "HIT"
-        wait_until(lambda: len(hub_cmds()) - base >= 2, what="the hit's commands")
-        time.sleep(0.3)
+        settled(h, hub_cmds, base, sent_base, 2)
         cmds = [c for _, c, _ in hub_cmds()[base:]]
         assert cmds == ["evalsha", "evalsha"], cmds  # admit, then settle: no GET, no separate quota or limit call
 

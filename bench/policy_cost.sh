@@ -78,6 +78,11 @@ declare -A HWM
 for h in none local redis; do HWM[$h]=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${HUB_PID[$h]}/status"); done
 rclients=$(redis-cli -p "$rport" info clients | awk -F: '/^connected_clients/ {print $2}' | tr -d '\r')
 rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r')
+# what the redis hub itself sent (commands inside scripts not counted), and its round trips before the first byte
+hubm=$(curl -s "http://127.0.0.1:${HPORT[redis]}/metrics")
+hcmds=$(echo "$hubm" | awk '/^ttshub_redis_commands_total/ {t+=$2} END {print t+0}')
+rtsum=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_sum\{when="before_first_byte"\}/ {print $2}')
+rtcnt=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_count\{when="before_first_byte"\}/ {print $2}')
 
 {
   echo "Policy chain cost: POST /api/generate, every request a cache miss, wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds, medians"
@@ -90,6 +95,13 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
     case $h in none) n="none (no policy)";; local) n="policy, backend local";; redis) n="policy, backend redis";; esac
     printf "%-28s %10.0f %10.3f %12.2f %8d %9s\n" "$n" "$(med 2 $h)" "$(med 3 $h)" "$(med 4 $h)" "$(sum_col 5 $h)" "${HWM[$h]}"
   done
+  awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" 'BEGIN {
+    printf "redis hub: %.2f Redis commands sent per request; %.2f blocking round trips before the first byte\n",
+      (req > 0 ? c / req : 0), (n > 0 ? s / n : 0) }'
+  awk -v lr="$(med 2 local)" -v rr="$(med 2 redis)" -v lp="$(med 3 local)" -v rp="$(med 3 redis)" \
+      -v lu="$(med 4 local)" -v ru="$(med 4 redis)" 'BEGIN {
+    printf "redis vs local: RPS %.2fx (target >= 0.6), p99 %.2fx (target <= 1.5), CPU/req %.2fx (target <= 1.3)\n",
+      rr/lr, rp/lp, ru/lu }'
   awk -v nr="$(med 2 none)" -v lr="$(med 2 local)" -v rr="$(med 2 redis)" -v nu="$(med 4 none)" \
       -v lu="$(med 4 local)" -v ru="$(med 4 redis)" 'BEGIN {
     printf "vs none: local RPS %.2fx, CPU/req %.2fx (%+.1f us); redis RPS %.2fx, CPU/req %.2fx (%+.1f us)\n",

@@ -120,6 +120,8 @@ void th_api_page(th_http_req *req, void *ud)
     th_api_reply(c, 200, th_asset_mime(a->path), a->data, a->len);
 }
 
+static void render_redis_lanes(const th_redis *r, th_buf *b);
+
 void th_api_metrics(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -198,8 +200,64 @@ void th_api_metrics(th_http_req *req, void *ud)
                        "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"
                        "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
                        th_redis_connected(hub->redis) ? 1 : 0);
+    if (hub->redis) render_redis_lanes(hub->redis, &b);
     th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
     th_buf_free(&b);
+}
+
+/* The pool's lanes: connections, commands, failures, in flight, and the latency of each reply. */
+static void render_redis_lanes(const th_redis *r, th_buf *b)
+{
+    static const char *const lanes[TH_REDIS_LANES] = {"policy", "bulk"};
+    th_redis_lane_stats st[TH_REDIS_LANES];
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_redis_lane_get_stats(r, (th_redis_lane)l, &st[l]);
+    th_buf_appendf(b, "# HELP ttshub_redis_connections Redis connections of the pool, by lane.\n"
+                      "# TYPE ttshub_redis_connections gauge\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b,
+                       "ttshub_redis_connections{lane=\"%s\",state=\"connected\"} %u\n"
+                       "ttshub_redis_connections{lane=\"%s\",state=\"down\"} %u\n",
+                       lanes[l], st[l].connected, lanes[l], st[l].conns - st[l].connected);
+    th_buf_appendf(b, "# HELP ttshub_redis_commands_total Redis commands sent, by lane.\n"
+                      "# TYPE ttshub_redis_commands_total counter\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b, "ttshub_redis_commands_total{lane=\"%s\"} %llu\n", lanes[l],
+                       (unsigned long long)st[l].commands);
+    th_buf_appendf(
+        b, "# HELP ttshub_redis_failures_total Redis commands sent that got no answer (down, timeout), "
+           "by lane.\n# TYPE ttshub_redis_failures_total counter\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b, "ttshub_redis_failures_total{lane=\"%s\"} %llu\n", lanes[l],
+                       (unsigned long long)st[l].failures);
+    th_buf_appendf(
+        b, "# HELP ttshub_redis_busy_total Redis commands refused because every connection of the lane "
+           "had redis.max_inflight commands in flight, by lane.\n# TYPE ttshub_redis_busy_total counter\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b, "ttshub_redis_busy_total{lane=\"%s\"} %llu\n", lanes[l],
+                       (unsigned long long)st[l].busy);
+    th_buf_appendf(b, "# HELP ttshub_redis_in_flight Redis commands sent and not yet answered, by lane.\n"
+                      "# TYPE ttshub_redis_in_flight gauge\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++)
+        th_buf_appendf(b, "ttshub_redis_in_flight{lane=\"%s\"} %llu\n", lanes[l],
+                       (unsigned long long)st[l].inflight);
+    th_buf_appendf(b, "# HELP ttshub_redis_latency_seconds Time from sending a Redis command to its reply, "
+                      "by lane.\n# TYPE ttshub_redis_latency_seconds histogram\n");
+    for (int l = 0; l < TH_REDIS_LANES; l++) {
+        uint64_t cum = 0;
+        for (int k = 0; k < TH_REDIS_LAT_BUCKETS; k++) {
+            cum += st[l].lat_count[k];
+            th_buf_appendf(b, "ttshub_redis_latency_seconds_bucket{lane=\"%s\",le=\"%g\"} %llu\n", lanes[l],
+                           th_redis_lat_bounds[k], (unsigned long long)cum);
+        }
+        cum += st[l].lat_count[TH_REDIS_LAT_BUCKETS];
+        th_buf_appendf(b,
+                       "ttshub_redis_latency_seconds_bucket{lane=\"%s\",le=\"+Inf\"} %llu\n"
+                       "ttshub_redis_latency_seconds_sum{lane=\"%s\"} %.9g\n"
+                       "ttshub_redis_latency_seconds_count{lane=\"%s\"} %llu\n",
+                       lanes[l], (unsigned long long)cum, lanes[l], st[l].lat_sum_s, lanes[l],
+                       (unsigned long long)cum);
+    }
 }
 
 int th_api_register(th_hub *hub)

@@ -4,7 +4,10 @@
  * answer asynchronously (Redis). Whatever happens, a concurrency slot is
  * released exactly once, a quota reservation is committed (success) or
  * refunded (failure) exactly once, and a cache flight is finished or failed
- * exactly once. */
+ * exactly once. With the limits in Redis (hub->policy), the first three
+ * steps are one round trip (hub/policy.h) whose answers run through the
+ * same handlers, and the release and settle go out after the response has
+ * ended. */
 #include "api/api.h"
 
 #include <openssl/evp.h>
@@ -52,10 +55,38 @@ static void free_owned(th_api_ctx *c)
     c->owned = NULL;
 }
 
+/* With hub->policy, takes the slot and the reservation out of c: they are settled in one script once the
+ * response has ended (settle_after). */
+typedef struct held {
+    th_policy *policy;
+    th_limit_slot *slot;
+    th_quota_resv *resv;
+} held;
+
+static held take_held(th_api_ctx *c)
+{
+    held h = {c->hub->policy, NULL, NULL};
+    if (h.policy == NULL) return h;
+    h.slot = c->slot;
+    h.resv = c->resv;
+    c->slot = NULL;
+    c->resv = NULL;
+    return h;
+}
+
+static void settle_after(const held *h, bool ok)
+{
+    if (h->policy != NULL) th_policy_after(h->policy, h->slot, h->resv, ok);
+}
+
 /* Ends a streamed (or never started) response. */
 static void finish(th_api_ctx *c, int status, bool ok, bool cut)
 {
     th_http_req *req = c->req;
+    held h = take_held(c);
+    /* a miss stores its audio: that SET and the settle leave together right after the response, not at the
+     * end of the loop turn, so another hub asked the same thing next finds the entry */
+    th_redis *flush = h.policy != NULL && c->flight != NULL && ok ? c->hub->redis : NULL;
     settle(c, ok);
     if (c->flight) {
         if (ok)
@@ -75,11 +106,14 @@ static void finish(th_api_ctx *c, int status, bool ok, bool cut)
     th_api_ctx_free(c);
     th_http_set_data(req, NULL);
     th_http_end(req, cut);
+    settle_after(&h, ok);
+    if (flush != NULL) th_redis_flush(flush);
 }
 
 /* An error before any byte went out, in the caller's shape. */
 static void fail_early(th_api_ctx *c, int status, const char *type, const char *code, const char *msg)
 {
+    held h = take_held(c);
     settle(c, false);
     if (c->flight) {
         th_cache_flight_fail(c->flight, status, msg);
@@ -92,6 +126,7 @@ static void fail_early(th_api_ctx *c, int status, const char *type, const char *
     if (c->counted && c->hub->stats.inflight) c->hub->stats.inflight--;
     free_owned(c);
     th_api_error(c, status, type, code, "%s", msg);
+    settle_after(&h, false);
 }
 
 /* ---- writing audio ---- */
@@ -365,13 +400,10 @@ static void cache_cb(void *ud, const th_cache_lookup *res)
     }
 }
 
-static void step_cache(th_api_ctx *c)
+/* c->cache_key for this request (hub->cache set). */
+static void make_cache_key(th_api_ctx *c)
 {
     th_hub *hub = c->hub;
-    if (hub->cache == NULL) {
-        step_synth(c);
-        return;
-    }
     /* the key names the candidate set, not the provider that will answer, so balancing keeps hits */
     size_t idx[16];
     const char *ev[16];
@@ -412,23 +444,45 @@ static void step_cache(th_api_ctx *c)
         .input_len = c->p.text_len,
     };
     th_cache_key(&kp, c->cache_key);
+}
+
+static th_cache_follower_cb follower_cb(th_api_ctx *c)
+{
     static const th_cache_follower_cb ftmpl = {fl_data, fl_done, fl_error, NULL};
     th_cache_follower_cb fcb = ftmpl;
     fcb.ud = c;
+    return fcb;
+}
+
+/* The cache lookup with c->cache_key already made. */
+static void cache_lookup(th_api_ctx *c)
+{
+    th_hub *hub = c->hub;
+    if (hub->cache == NULL) {
+        step_synth(c);
+        return;
+    }
+    th_cache_follower_cb fcb = follower_cb(c);
     c->waiting = true;
     th_cache_get(hub->cache, c->cache_key, &fcb, cache_cb, c);
 }
 
+static void step_cache(th_api_ctx *c)
+{
+    if (c->hub->cache != NULL) make_cache_key(c);
+    cache_lookup(c);
+}
+
 /* ---- quota ---- */
 
-static void quota_cb(void *ud, const th_quota_result *res)
+/* The quota's answer; false when the request stops here. */
+static bool on_quota(th_api_ctx *c, const th_quota_result *res)
 {
-    th_api_ctx *c = ud;
     c->waiting = false;
     if (res->allowed) c->resv = res->resv;
     if (c->gone) {
         finish(c, 499, false, true);
-        return;
+        return false;
     }
     if (!res->allowed) {
         c->retry_after_s = res->retry_after_s > 0 ? (int)res->retry_after_s : 1;
@@ -442,9 +496,15 @@ static void quota_cb(void *ud, const th_quota_result *res)
                      res->window ? res->window : "window", (unsigned long long)res->used,
                      (unsigned long long)res->limit);
         fail_early(c, 429, "insufficient_quota", "insufficient_quota", msg);
-        return;
+        return false;
     }
-    step_cache(c);
+    return true;
+}
+
+static void quota_cb(void *ud, const th_quota_result *res)
+{
+    th_api_ctx *c = ud;
+    if (on_quota(c, res)) step_cache(c);
 }
 
 static void step_quota(th_api_ctx *c)
@@ -473,14 +533,14 @@ static void set_ratelimit_headers(th_api_ctx *c, const th_limit_result *r)
     th_http_set_header(c->req, "X-RateLimit-Reset", v);
 }
 
-static void limit_cb(void *ud, const th_limit_result *res)
+/* The limits' answer; false when the request stops here. */
+static bool on_limit(th_api_ctx *c, const th_limit_result *res)
 {
-    th_api_ctx *c = ud;
     c->waiting = false;
     if (res->allowed) c->slot = res->slot;
     if (c->gone) {
         finish(c, 499, false, true);
-        return;
+        return false;
     }
     set_ratelimit_headers(c, res);
     if (!res->allowed) {
@@ -493,9 +553,59 @@ static void limit_cb(void *ud, const th_limit_result *res)
         snprintf(msg, sizeof msg, "rate limit reached (%s); retry in %lld s",
                  res->reason ? res->reason : "limit", (long long)c->retry_after_s);
         fail_early(c, status, status == 429 ? "rate_limit_error" : "service_unavailable", res->reason, msg);
-        return;
+        return false;
     }
-    step_quota(c);
+    return true;
+}
+
+static void limit_cb(void *ud, const th_limit_result *res)
+{
+    th_api_ctx *c = ud;
+    if (on_limit(c, res)) step_quota(c);
+}
+
+/* ---- the chain in one Redis round trip (hub->policy) ---- */
+
+static bool pol_limit(void *ud, const th_limit_result *res)
+{
+    th_api_ctx *c = ud;
+    if (!on_limit(c, res)) return false;
+    c->waiting = true; /* the rest of the answer follows at once, or the cache's fetch later */
+    return true;
+}
+
+static bool pol_quota(void *ud, const th_quota_result *res)
+{
+    th_api_ctx *c = ud;
+    if (!on_quota(c, res)) return false;
+    c->waiting = true;
+    return true;
+}
+
+static void pol_admitted(void *ud)
+{
+    th_api_ctx *c = ud;
+    c->waiting = false;
+    cache_lookup(c); /* answered from memory or a flight in progress, or no cache */
+}
+
+static void step_policy(th_api_ctx *c, const th_limit_req *lr)
+{
+    th_hub *hub = c->hub;
+    static const th_policy_hooks hooks = {pol_limit, pol_quota, cache_cb, pol_admitted};
+    if (hub->cache != NULL) make_cache_key(c);
+    th_cache_follower_cb fcb = follower_cb(c);
+    th_policy_req pr = {
+        .limit = lr,
+        .tenant = c->tconf ? c->tconf->name : "",
+        .tconf = c->tconf,
+        .chars = (uint64_t)(c->chars > 0 ? c->chars : 0),
+        .cache_key = hub->cache != NULL ? c->cache_key : NULL,
+        .fcb = &fcb,
+        .now_ms = th_wall_ms(),
+    };
+    c->waiting = true;
+    th_policy_admit(hub->policy, &pr, &hooks, c);
 }
 
 static void step_limits(th_api_ctx *c)
@@ -516,6 +626,10 @@ static void step_limits(th_api_ctx *c)
     if (lr.key_id[0])
         for (size_t i = 0; i < c->cfg->auth.n_keys; i++)
             if (strcmp(c->cfg->auth.keys[i].id, lr.key_id) == 0) lr.key_rpm = c->cfg->auth.keys[i].rpm;
+    if (hub->policy != NULL) {
+        step_policy(c, &lr);
+        return;
+    }
     c->waiting = true;
     th_limit_check(hub->limiter, &lr, th_wall_ms(), limit_cb, c);
 }

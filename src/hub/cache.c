@@ -49,6 +49,7 @@
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
 
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/str.h"
 
@@ -612,12 +613,10 @@ static void lookup_unlink(lookup *l)
     l->c = NULL;
 }
 
-static void on_redis_get(void *ud, th_redis_status st, const th_redis_reply *rep)
+/* Answers a get from Redis' answer: a hit when rep is a well-formed value, else LEAD or JOINED. */
+static void deliver(th_cache *c, const char *key, const th_cache_follower_cb *fcb, th_cache_cb cb, void *ud,
+                    th_redis_status st, const th_redis_reply *rep)
 {
-    lookup *l = ud;
-    th_cache *c = l->c;
-    lookup_unlink(l);
-    if (c == NULL) goto out; /* the cache was freed: nobody to answer */
     const uint8_t *data = NULL, *p;
     size_t len = 0;
     char ct[256], prov[256];
@@ -642,17 +641,25 @@ static void on_redis_get(void *ud, th_redis_status st, const th_redis_reply *rep
         TH_LOG(c->log, TH_LOG_DEBUG, "cache: redis GET failed (%d): a miss", (int)st);
     }
     if (data) {
-        store(c, l->key, (uint8_t *)data, len, false, ct, prov);
-        finish_get(c, l->key, l->has_fcb ? &l->fcb : NULL, l->cb, l->ud, data, len, ct, prov);
-        goto out;
+        store(c, key, (uint8_t *)data, len, false, ct, prov);
+        finish_get(c, key, fcb, cb, ud, data, len, ct, prov);
+        return;
     }
     /* Another request may have been answered or become the leader meanwhile. */
-    entry *e = lookup_entry(c, l->key);
+    entry *e = lookup_entry(c, key);
     if (e)
-        finish_get(c, l->key, NULL, l->cb, l->ud, e->data, e->len, e->ct, e->prov);
+        finish_get(c, key, NULL, cb, ud, e->data, e->len, e->ct, e->prov);
     else
-        finish_get(c, l->key, l->has_fcb ? &l->fcb : NULL, l->cb, l->ud, NULL, 0, NULL, NULL);
-out:
+        finish_get(c, key, fcb, cb, ud, NULL, 0, NULL, NULL);
+}
+
+static void on_redis_get(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    lookup *l = ud;
+    th_cache *c = l->c;
+    lookup_unlink(l);
+    if (c != NULL) /* else the cache was freed: nobody to answer */
+        deliver(c, l->key, l->has_fcb ? &l->fcb : NULL, l->cb, l->ud, st, rep);
     free(l->key);
     free(l);
 }
@@ -688,7 +695,8 @@ static bool ask_redis(th_cache *c, const char *key, const th_cache_follower_cb *
     c->lookups = l;
     const char *argv[2] = {"GET", rk};
     size_t argvlen[2] = {3, strlen(rk)};
-    if (th_redis_cmd(c->redis, on_redis_get, l, 2, argv, argvlen) != 0) {
+    /* the bulk lane: a value of megabytes must not sit in front of limit checks */
+    if (th_redis_cmd_lane(c->redis, TH_REDIS_LANE_BULK, on_redis_get, l, 2, argv, argvlen) != 0) {
         lookup_unlink(l);
         goto fail;
     }
@@ -708,29 +716,37 @@ static void on_redis_set(void *ud, th_redis_status st, const th_redis_reply *rep
     (void)rep; /* best effort */
 }
 
+/* SET {key} {value} PX {ttl}, formatted here as RESP so the audio is copied once into it (hiredis would
+ * copy a value given as an argument twice more, through buffers that it grows from empty). */
 static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_t len, const char *ct,
                         const char *prov)
 {
     size_t nct = ct ? strlen(ct) : 0, npr = prov ? strlen(prov) : 0;
     if (nct > 255 || npr > 255 || len > TH_CACHE_REDIS_MAX_ENTRY) return;
     size_t vlen = 4 + 1 + nct + 1 + npr + len;
-    uint8_t *v = malloc(vlen);
     char *rk = redis_key(c, key);
+    if (rk == NULL) return;
+    size_t klen = strlen(rk);
     char px[24];
-    if (v == NULL || rk == NULL) goto out;
-    memcpy(v, VALUE_MAGIC, 4);
-    v[4] = (uint8_t)nct;
-    if (nct) memcpy(v + 5, ct, nct);
-    v[5 + nct] = (uint8_t)npr;
-    if (npr) memcpy(v + 6 + nct, prov, npr);
-    if (len) memcpy(v + 6 + nct + npr, data, len);
-    int k = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
-    const char *argv[5] = {"SET", rk, (const char *)v, "PX", px};
-    size_t argvlen[5] = {3, strlen(rk), vlen, 2, (size_t)k};
-    if (th_redis_cmd(c->redis, on_redis_set, NULL, 5, argv, argvlen) != 0)
+    int pn = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
+    th_buf b;
+    th_buf_init(&b, 0);
+    uint8_t hdr[2] = {(uint8_t)nct, (uint8_t)npr};
+    if (th_buf_reserve(&b, vlen + klen + 128) != TH_BUF_OK ||
+        th_buf_appendf(&b, "*5\r\n$3\r\nSET\r\n$%zu\r\n", klen) != TH_BUF_OK ||
+        th_buf_append(&b, rk, klen) != TH_BUF_OK || th_buf_appendf(&b, "\r\n$%zu\r\n", vlen) != TH_BUF_OK ||
+        th_buf_append(&b, VALUE_MAGIC, 4) != TH_BUF_OK || th_buf_append(&b, &hdr[0], 1) != TH_BUF_OK ||
+        th_buf_append(&b, ct ? ct : "", nct) != TH_BUF_OK || th_buf_append(&b, &hdr[1], 1) != TH_BUF_OK ||
+        th_buf_append(&b, prov ? prov : "", npr) != TH_BUF_OK || th_buf_append(&b, data, len) != TH_BUF_OK ||
+        th_buf_appendf(&b, "\r\n$2\r\nPX\r\n$%d\r\n%s\r\n", pn, px) != TH_BUF_OK) {
+        TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
+        goto out;
+    }
+    th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
+    if (th_redis_cmd_lane_resp(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
-    free(v);
+    th_buf_free(&b);
     free(rk);
 }
 
@@ -910,4 +926,34 @@ void th_cache_unfollow(th_cache_follower *fl)
 void th_cache_get_stats(const th_cache *c, th_cache_stats *out)
 {
     *out = c->st;
+}
+
+/* ---- one round trip (hub/policy.c) ---- */
+
+bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable)
+{
+    if (c == NULL || c->redis == NULL || !c->enabled || key[0] == '\0') return false;
+    if (lookup_entry(c, key) != NULL) return false;
+    return !(joinable && flight_find(c, key) != NULL);
+}
+
+char *th_cache_redis_key(const th_cache *c, const char *key)
+{
+    return redis_key(c, key);
+}
+
+void th_cache_resolve(th_cache *c, const char *key, const th_cache_follower_cb *fcb, th_redis_status st,
+                      const th_redis_reply *rep, th_cache_cb cb, void *ud)
+{
+    if (st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+        rep->element[0].type == REDIS_REPLY_INTEGER && rep->element[0].integer > 0) {
+        /* only the size came back: the audio itself comes on the bulk lane */
+        if (ask_redis(c, key, fcb, cb, ud)) return;
+        finish_get(c, key, fcb, cb, ud, NULL, 0, NULL, NULL);
+        return;
+    }
+    const th_redis_reply *val = NULL;
+    if (st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2)
+        val = &rep->element[1];
+    deliver(c, key, fcb, cb, ud, val ? TH_REDIS_OK : st, val);
 }

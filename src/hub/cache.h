@@ -100,4 +100,20 @@ void th_cache_get_stats(const th_cache *c, th_cache_stats *out);
 /** Replaces the clock used for TTLs (default th_mono_ms) -- tests. */
 void th_cache_set_clock(th_cache *c, uint64_t (*now)(void *ud), void *ud);
 
+/* Added: the cache's part of one combined Redis script (hub/policy.c). */
+
+/** Values up to this size come back inside the admission script and are stored over the policy lane;
+ * larger ones are fetched and stored on the bulk lane (redis.h). */
+#define TH_CACHE_INLINE_MAX (32u << 10)
+/** True when th_cache_get would have to ask Redis: Redis backend, enabled, key set, not in the memory
+ * LRU, and (joinable: fcb would be given) no flight to join. */
+bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable);
+/** {prefix}cache:{key}, malloc'd (NULL on ENOMEM). */
+char *th_cache_redis_key(const th_cache *c, const char *key);
+/** Finishes a get whose Redis part was asked by the admission script. rep: {size, value} (a hit, or a
+ * miss when size is 0), {size} (the value is larger than TH_CACHE_INLINE_MAX: it is fetched now on the
+ * bulk lane), or st != OK (a miss). cb runs exactly once, as for th_cache_get. */
+void th_cache_resolve(th_cache *c, const char *key, const th_cache_follower_cb *fcb, th_redis_status st,
+                      const th_redis_reply *rep, th_cache_cb cb, void *ud);
+
 #endif

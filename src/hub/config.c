@@ -818,6 +818,8 @@ static const key_def k_redis[] = {
     KSTR(th_config, redis.url, "url", "redis://127.0.0.1:6379/0", check_redis_url, F_URL, 0),
     KSTR(th_config, redis.prefix, "prefix", "ttshub:", NULL, 0, 0),
     KDUR(th_config, redis.timeout_ms, "timeout", "200ms", 1, 60 * SEC),
+    KINT(th_config, redis.pool, "pool", "2", 1, 8, 0),
+    KINT(th_config, redis.max_inflight, "max_inflight", "1024", 1, 1000000, 0),
 };
 static const section_def s_redis = SECTION(k_redis);
 

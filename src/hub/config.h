@@ -120,6 +120,8 @@ typedef struct th_config {
     struct {
         char *url, *prefix;
         uint64_t timeout_ms;
+        int pool;         /* connections for limit checks (the bulk lane for cached audio has one more) */
+        int max_inflight; /* unanswered commands per connection */
     } redis;
     struct {
         bool enabled;

@@ -239,6 +239,9 @@ static void free_governance(th_hub *hub)
     hub->vlib = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
     hub->regsync = NULL;
+    th_policy *policy = hub->policy; /* before the limiter, quota and cache it combines */
+    hub->policy = NULL;
+    th_policy_free(policy);
     th_cache_free(hub->cache);
     hub->cache = NULL;
     th_quota_free(hub->quota);
@@ -282,8 +285,10 @@ static int create_governance(th_hub *hub)
     bool registry_redis = strcmp(cfg->registry.backend, "redis") == 0;
     bool voices_redis = strcmp(cfg->voice_library.backend, "redis") == 0;
     if (limits_redis || cache_redis || registry_redis || voices_redis) {
-        hub->redis =
-            th_redis_new(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, hub->log, err, sizeof err);
+        th_redis_pool_conf pc = {.policy_conns = cfg->redis.pool,
+                                 .max_inflight = (uint32_t)cfg->redis.max_inflight};
+        hub->redis = th_redis_new_pool(hub->loop, cfg->redis.url, cfg->redis.timeout_ms, &pc, hub->log, err,
+                                       sizeof err);
         if (hub->redis == NULL) {
             TH_LOG(hub->log, TH_LOG_ERROR, "redis: %s", err);
             fprintf(stderr, "ttshub: redis: %s\n", err);
@@ -316,6 +321,10 @@ static int create_governance(th_hub *hub)
         return -1;
     }
     th_vlib_on_removed(hub->vlib, voice_removed, hub);
+    if (limits_redis && hub->redis != NULL) {
+        hub->policy = th_policy_new(hub->redis, hub->limiter, hub->quota, hub->cache, hub->metrics, hub->log);
+        if (hub->policy == NULL) return -1;
+    }
     return 0;
 }
 

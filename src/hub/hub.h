@@ -26,6 +26,7 @@
 #include "hub/registry.h"
 #include "hub/regsync.h"
 #include "hub/metrics.h"
+#include "hub/policy.h"
 #include "hub/route.h"
 #include "hub/trace.h"
 #include "providers/provider.h"
@@ -76,9 +77,10 @@ struct th_hub {
     th_redis *redis; /* NULL unless a backend is redis */
     th_limiter *limiter;
     th_quota *quota;
-    th_cache *cache;           /* NULL when cache.enabled is false */
-    th_registry *registry;     /* worker nodes (API.md "Worker registry") */
-    th_regsync *regsync;       /* registry.backend redis: the registry shared through Redis, else NULL */
+    th_cache *cache;       /* NULL when cache.enabled is false */
+    th_policy *policy;     /* limits + quota + cache in one Redis round trip; NULL unless limits use Redis */
+    th_registry *registry; /* worker nodes (API.md "Worker registry") */
+    th_regsync *regsync;   /* registry.backend redis: the registry shared through Redis, else NULL */
     uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
     th_client *ctl_client;     /* node commands (POST {node}/command) */
     th_announce *announce;     /* operator announcements */

@@ -758,6 +758,66 @@ static bool parse_check_reply(const th_redis_reply *r, int64_t v[6])
     return v[1] >= 0 && v[1] <= L_N;
 }
 
+/* The answer to a check: v = the six integers of CHECK_LUA, or NULL when Redis failed (st, reply say how).
+ * slots_given_back: the combined script gave the concurrency slots back already (the quota refused). */
+static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_redis_status st,
+                         const th_redis_reply *reply, bool slots_given_back, th_limit_result *res)
+{
+    if (v != NULL) {
+        int idx = (int)v[1];
+        if (v[0] == 0) {
+            res_refuse(res, 429, idx > 0 ? lim_reason[idx] : REASON_BACKEND, v[2], v[5] > v[4] ? v[5] : v[4]);
+            return;
+        }
+        memset(res, 0, sizeof *res);
+        res->allowed = true;
+        if (idx > 0) {
+            res->limit = v[2];
+            res->remaining = v[3] < 0 ? 0 : v[3];
+            res->reset_s = ceil_s(v[4]);
+        }
+        if (slots_given_back) return;
+        th_limit_slot *slot = calloc(1, sizeof *slot);
+        char *tkey = NULL;
+        bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
+        if (slot != NULL && tconc) {
+            th_buf b;
+            th_buf_init(&b, 0);
+            size_t off, len;
+            if (key_add(&b, l->prefix, "rl:ct:", p->a.tenant, &off, &len) == 0)
+                tkey = (char *)th_buf_steal(&b, &len);
+            th_buf_free(&b);
+        }
+        if (slot == NULL || (tconc && tkey == NULL)) {
+            /* charged in Redis but no memory to hold the slot: give it back and refuse */
+            th_limit_slot tmp = {.redis = true, .redis_global = l->conc > 0, .redis_tenant_key = tkey};
+            th_strlcpy(tmp.member, p->member, sizeof tmp.member);
+            redis_release(l, &tmp);
+            free(tkey);
+            free(slot);
+            res_backend(res);
+            return;
+        }
+        slot->redis = true;
+        slot->redis_global = l->conc > 0;
+        slot->redis_tenant_key = tkey;
+        th_strlcpy(slot->member, p->member, sizeof slot->member);
+        slot_link(l, slot);
+        res->slot = slot;
+        return;
+    }
+    if (st == TH_REDIS_ERROR || st == TH_REDIS_OK)
+        TH_LOG(l->log, TH_LOG_ERROR, "limiter: the Redis check script failed: %.*s",
+               reply && reply->str ? (int)(reply->len < 200 ? reply->len : 200) : 14,
+               reply && reply->str ? reply->str : "unexpected reply");
+    if (l->fail_closed) {
+        res_backend(res);
+    } else {
+        local_check(l, &p->a, lim_now(l, (uint64_t)p->now), res);
+        res->degraded = true;
+    }
+}
+
 static void on_check_reply(void *ud, th_redis_status st, const th_redis_reply *reply)
 {
     lim_pending *p = ud;
@@ -769,59 +829,8 @@ static void on_check_reply(void *ud, th_redis_status st, const th_redis_reply *r
     pending_unlink(l, p);
     th_limit_result res;
     int64_t v[6];
-    if (st == TH_REDIS_OK && parse_check_reply(reply, v)) {
-        int idx = (int)v[1];
-        if (v[0] == 0) {
-            res_refuse(&res, 429, idx > 0 ? lim_reason[idx] : REASON_BACKEND, v[2],
-                       v[5] > v[4] ? v[5] : v[4]);
-        } else {
-            th_limit_slot *slot = calloc(1, sizeof *slot);
-            char *tkey = NULL;
-            bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
-            if (slot != NULL && tconc) {
-                th_buf b;
-                th_buf_init(&b, 0);
-                size_t off, len;
-                if (key_add(&b, l->prefix, "rl:ct:", p->a.tenant, &off, &len) == 0)
-                    tkey = (char *)th_buf_steal(&b, &len);
-                th_buf_free(&b);
-            }
-            memset(&res, 0, sizeof res);
-            if (slot == NULL || (tconc && tkey == NULL)) {
-                /* charged in Redis but no memory to hold the slot: give it back and refuse */
-                th_limit_slot tmp = {.redis = true, .redis_global = l->conc > 0, .redis_tenant_key = tkey};
-                th_strlcpy(tmp.member, p->member, sizeof tmp.member);
-                redis_release(l, &tmp);
-                free(tkey);
-                free(slot);
-                res_backend(&res);
-            } else {
-                slot->redis = true;
-                slot->redis_global = l->conc > 0;
-                slot->redis_tenant_key = tkey;
-                th_strlcpy(slot->member, p->member, sizeof slot->member);
-                slot_link(l, slot);
-                res.allowed = true;
-                res.slot = slot;
-                if (idx > 0) {
-                    res.limit = v[2];
-                    res.remaining = v[3] < 0 ? 0 : v[3];
-                    res.reset_s = ceil_s(v[4]);
-                }
-            }
-        }
-    } else {
-        if (st == TH_REDIS_ERROR || st == TH_REDIS_OK)
-            TH_LOG(l->log, TH_LOG_ERROR, "limiter: the Redis check script failed: %.*s",
-                   reply && reply->str ? (int)(reply->len < 200 ? reply->len : 200) : 14,
-                   reply && reply->str ? reply->str : "unexpected reply");
-        if (l->fail_closed) {
-            res_backend(&res);
-        } else {
-            local_check(l, &p->a, lim_now(l, (uint64_t)p->now), &res);
-            res.degraded = true;
-        }
-    }
+    bool ok = st == TH_REDIS_OK && parse_check_reply(reply, v);
+    check_finish(l, p, ok ? v : NULL, st, reply, false, &res);
     th_limit_cb cb = p->cb;
     void *cud = p->ud;
     free(p);
@@ -840,17 +849,30 @@ static void backend_error_now(th_limiter *l, const lim_args *a, uint64_t now_ms,
     cb(ud, &res);
 }
 
-static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
-{
-    if (l->redis == NULL) {
-        backend_error_now(l, a, now_ms, cb, ud);
-        return;
-    }
-    size_t ipn = strlen(a->ip), tn = strlen(a->tenant), kn = strlen(a->key_id);
-    lim_pending *p = calloc(1, sizeof *p + ipn + tn + kn + 3);
+/* The keys and arguments of CHECK_LUA for one request (they point into b, nums and p). */
+struct th_limit_call {
+    lim_pending *p;
     th_buf b;
-    th_buf_init(&b, 0);
-    if (p == NULL) goto nomem;
+    size_t off[7], len[7];
+    char nums[9][24];
+    char ttl[24];
+    const char *argv[7 + 11];
+    size_t lens[7 + 11];
+};
+
+/* NULL on ENOMEM. */
+static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    size_t ipn = strlen(a->ip), tn = strlen(a->tenant), kn = strlen(a->key_id);
+    th_limit_call *k = calloc(1, sizeof *k);
+    lim_pending *p = calloc(1, sizeof *p + ipn + tn + kn + 3);
+    if (k == NULL || p == NULL) {
+        free(k);
+        free(p);
+        return NULL;
+    }
+    k->p = p;
+    th_buf_init(&k->b, 0);
     p->l = l;
     p->cb = cb;
     p->ud = ud;
@@ -880,49 +902,62 @@ static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_li
     p->a.t_rate = lims[3];
     p->a.t_conc = lims[6];
     p->a.key_rpm = lims[4];
-    size_t off[7], len[7];
     static const char *const parts[7] = {"rl:g", "rl:ip:", "rl:t:", "rl:tb:", "rl:k:", "rl:cg", "rl:ct:"};
     const char *ids[7] = {"", q->ip, q->tenant, q->tenant, q->key_id, "", q->tenant};
     for (int i = 0; i < 7; i++) {
         bool used = lims[i] > 0;
-        if (key_add(&b, l->prefix, used ? parts[i] : "rl:unused", used ? ids[i] : "", &off[i], &len[i]) != 0)
-            goto nomem;
+        if (key_add(&k->b, l->prefix, used ? parts[i] : "rl:unused", used ? ids[i] : "", &k->off[i],
+                    &k->len[i]) != 0) {
+            th_buf_free(&k->b);
+            free(p);
+            free(k);
+            return NULL;
+        }
     }
-    char nums[9][24];
     int64_t numv[9] = {p->now, lims[0], lims[1], lims[2], lims[4], lims[5], lims[6], lims[3], burst};
-    const char *argv[7 + 11];
-    size_t lens[7 + 11];
     for (int i = 0; i < 7; i++) {
-        argv[i] = (const char *)b.data + off[i];
-        lens[i] = len[i];
+        k->argv[i] = (const char *)k->b.data + k->off[i];
+        k->lens[i] = k->len[i];
     }
     /* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl */
     for (int i = 0; i < 9; i++)
-        snprintf(nums[i], sizeof nums[i], "%lld", (long long)numv[i]);
-    char ttl[24];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)l->slot_ttl_ms);
-    const char *args[11] = {nums[0], p->member, nums[1], nums[2], nums[3], nums[4],
-                            nums[5], nums[6],   nums[7], nums[8], ttl};
+        snprintf(k->nums[i], sizeof k->nums[i], "%lld", (long long)numv[i]);
+    snprintf(k->ttl, sizeof k->ttl, "%lld", (long long)l->slot_ttl_ms);
+    const char *args[11] = {k->nums[0], p->member,  k->nums[1], k->nums[2], k->nums[3], k->nums[4],
+                            k->nums[5], k->nums[6], k->nums[7], k->nums[8], k->ttl};
     for (int i = 0; i < 11; i++) {
-        argv[7 + i] = args[i];
-        lens[7 + i] = strlen(args[i]);
+        k->argv[7 + i] = args[i];
+        k->lens[7 + i] = strlen(args[i]);
     }
+    return k;
+}
+
+static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    if (l->redis == NULL) {
+        backend_error_now(l, a, now_ms, cb, ud);
+        return;
+    }
+    th_limit_call *k = call_build(l, a, now_ms, cb, ud);
+    if (k == NULL) goto nomem;
+    lim_pending *p = k->p;
     /* Linked before the call: the callback may run before th_redis_eval returns. */
     p->next = l->pending;
     if (l->pending) l->pending->prev = p;
     l->pending = p;
-    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 18, argv, lens) != 0) {
+    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 18, k->argv, k->lens) != 0) {
         pending_unlink(l, p);
+        free(p);
+        th_buf_free(&k->b);
+        free(k);
         goto nomem;
     }
-    th_buf_free(&b);
+    th_buf_free(&k->b);
+    free(k);
     return;
 nomem:
-    th_buf_free(&b);
-    lim_args copy = *a;
-    free(p);
     TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory for a Redis check");
-    backend_error_now(l, &copy, now_ms, cb, ud);
+    backend_error_now(l, a, now_ms, cb, ud);
 }
 
 /* ---- API ------------------------------------------------------------------------------------------ */
@@ -1008,4 +1043,83 @@ void th_limiter_free(th_limiter *l)
     table_free(&l->keys);
     free(l->prefix);
     free(l);
+}
+
+/* ---- one round trip (hub/policy.c) ---------------------------------------------------------------- */
+
+const char *th_limit_lua_check(void)
+{
+    return CHECK_LUA;
+}
+
+th_limit_call *th_limit_call_new(th_limiter *l, const th_limit_req *req, uint64_t now_ms)
+{
+    if (l == NULL || !l->use_redis || l->redis == NULL) return NULL;
+    lim_args a;
+    args_from_req(req, &a);
+    return call_build(l, &a, now_ms, NULL, NULL);
+}
+
+void th_limit_call_args(const th_limit_call *k, const char *const **argv, const size_t **lens)
+{
+    *argv = k->argv;
+    *lens = k->lens;
+}
+
+void th_limit_call_finish(th_limiter *l, th_limit_call *k, th_redis_status st, const th_redis_reply *reply,
+                          bool slots_given_back, th_limit_result *res)
+{
+    int64_t v[6];
+    bool ok = st == TH_REDIS_OK && parse_check_reply(reply, v);
+    check_finish(l, k->p, ok ? v : NULL, st, ok ? NULL : reply, slots_given_back, res);
+    th_limit_call_free(k);
+}
+
+void th_limit_call_free(th_limit_call *k)
+{
+    if (k == NULL) return;
+    free(k->p);
+    th_buf_free(&k->b);
+    free(k);
+}
+
+int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, char *member, size_t memlen)
+{
+    if (slot == NULL) return 0;
+    th_limiter *owner = slot->l;
+    int n = 0;
+    if (owner != NULL) {
+        if (slot->prev)
+            slot->prev->next = slot->next;
+        else
+            owner->slots = slot->next;
+        if (slot->next) slot->next->prev = slot->prev;
+        owner->inflight--;
+        if (slot->tenant != NULL) slot->tenant->inflight--;
+        slot->l = NULL;
+        slot->tenant = NULL;
+        if (slot->redis && owner->redis != NULL) {
+            if (slot->redis_global) {
+                th_buf b;
+                th_buf_init(&b, 0);
+                size_t off, len;
+                if (key_add(&b, owner->prefix, "rl:cg", "", &off, &len) == 0) {
+                    keys[n] = (const char *)th_buf_steal(&b, &len);
+                    keylens[n] = strlen(keys[n]);
+                    n++;
+                }
+                th_buf_free(&b);
+            }
+            if (slot->redis_tenant_key != NULL) {
+                keys[n] = slot->redis_tenant_key; /* ownership moves to the caller */
+                keylens[n] = strlen(keys[n]);
+                slot->redis_tenant_key = NULL;
+                n++;
+            }
+            th_strlcpy(member, slot->member, memlen);
+        }
+    }
+    free(slot->redis_tenant_key);
+    free(slot);
+    return n;
 }

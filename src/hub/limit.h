@@ -71,4 +71,25 @@ void th_limiter_sweep(th_limiter *l, uint64_t now_ms);
  * counters and held slots are kept). */
 void th_limiter_set_config(th_limiter *l, const th_config *cfg);
 
+/* Added: the limiter's part of one combined Redis script (hub/policy.c). */
+
+/** CHECK_LUA: KEYS 7, ARGV 11, answers {allowed, index, limit, remaining, reset_ms, retry_ms}. */
+const char *th_limit_lua_check(void);
+typedef struct th_limit_call th_limit_call;
+/** The keys and arguments of a Redis check, without sending it. NULL when the backend is not Redis (or on
+ * ENOMEM): then use th_limit_check. */
+th_limit_call *th_limit_call_new(th_limiter *l, const th_limit_req *req, uint64_t now_ms);
+/** 7 keys then 11 arguments; valid until the call is finished or freed. */
+void th_limit_call_args(const th_limit_call *k, const char *const **argv, const size_t **lens);
+/** The answer (reply = CHECK_LUA's array, or st != OK) becomes res exactly as th_limit_check's would,
+ * including on_backend_error. slots_given_back: the script already removed the concurrency holders, so
+ * res->slot stays NULL. Frees k. */
+void th_limit_call_finish(th_limiter *l, th_limit_call *k, th_redis_status st, const th_redis_reply *reply,
+                          bool slots_given_back, th_limit_result *res);
+void th_limit_call_free(th_limit_call *k);
+/** th_limit_release without sending anything: frees the slot and, for Redis slots, hands out the holder
+ * keys (up to 2, malloc'd: the caller frees them) and the member to ZREM. Returns the number of keys. */
+int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, char *member,
+                         size_t memlen);
+
 #endif

@@ -22,6 +22,7 @@
 static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double transcode_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,  0.5,    1,     2.5,  5,     10};
+static const double round_trip_buckets[] = {0, 1, 2, 3, 4, 6};
 
 #define NB(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -152,6 +153,14 @@ const th_metric_desc th_metric_descs[TH_M_COUNT] = {
                             {NULL, NULL, NULL},
                             NULL,
                             0},
+    [TH_M_REDIS_ROUND_TRIPS] = {TH_M_REDIS_ROUND_TRIPS,
+                                "ttshub_redis_round_trips",
+                                TH_MT_HISTOGRAM,
+                                "Redis commands of one synthesis request: before_first_byte counts the calls "
+                                "the request waited for, after the ones sent once the response had ended.",
+                                {"when", NULL, NULL},
+                                round_trip_buckets,
+                                NB(round_trip_buckets)},
 };
 
 typedef struct series {

@@ -1199,3 +1199,129 @@ void th_quota_set_config(th_quota *q, const th_config *cfg)
     q->fail_open =
         cfg->rate_limit.on_backend_error == NULL || strcmp(cfg->rate_limit.on_backend_error, "closed") != 0;
 }
+
+/* ---- one round trip (hub/policy.c) ---- */
+
+struct th_quota_call {
+    th_quota_resv *resv;
+    win w;
+    char a[5][24];
+    const char *argv[7];
+    size_t lens[7];
+};
+
+const char *th_quota_lua_reserve(void)
+{
+    return RESERVE_LUA;
+}
+
+const char *th_quota_lua_settle(void)
+{
+    return SETTLE_LUA;
+}
+
+bool th_quota_redis_needed(const th_quota *q, const th_tenant_conf *tconf)
+{
+    return q != NULL && q->redis != NULL && tconf != NULL &&
+           (tconf->chars_per_day > 0 || tconf->chars_per_month > 0);
+}
+
+th_quota_call *th_quota_call_new(th_quota *q, const char *tenant, const th_tenant_conf *tconf, uint64_t chars,
+                                 uint64_t now_ms)
+{
+    if (!th_quota_redis_needed(q, tconf)) return NULL;
+    th_quota_call *k = calloc(1, sizeof *k);
+    th_quota_resv *r = calloc(1, sizeof *r);
+    if (k == NULL || r == NULL) goto fail;
+    k->resv = r;
+    k->w = window_of(now_ms);
+    r->chars = chars;
+    r->ts_ms = now_ms;
+    r->day = k->w.day;
+    r->month = k->w.month;
+    r->dkey = redis_key(q, tenant, true, k->w.day);
+    r->mkey = redis_key(q, tenant, false, k->w.month);
+    if (r->dkey == NULL || r->mkey == NULL) goto fail;
+    snprintf(k->a[0], sizeof k->a[0], "%llu", (unsigned long long)chars);
+    snprintf(k->a[1], sizeof k->a[1], "%llu", (unsigned long long)tconf->chars_per_day);
+    snprintf(k->a[2], sizeof k->a[2], "%llu", (unsigned long long)tconf->chars_per_month);
+    snprintf(k->a[3], sizeof k->a[3], "%lld", (long long)(k->w.day_reset_s + REDIS_EXTRA_TTL_S));
+    snprintf(k->a[4], sizeof k->a[4], "%lld", (long long)(k->w.month_reset_s + REDIS_EXTRA_TTL_S));
+    const char *argv[7] = {r->dkey, r->mkey, k->a[0], k->a[1], k->a[2], k->a[3], k->a[4]};
+    for (int i = 0; i < 7; i++) {
+        k->argv[i] = argv[i];
+        k->lens[i] = strlen(argv[i]);
+    }
+    return k;
+fail:
+    th_quota_call_free(k);
+    if (k == NULL) resv_free(r);
+    return NULL;
+}
+
+void th_quota_call_args(const th_quota_call *k, const char *const **argv, const size_t **lens)
+{
+    *argv = k->argv;
+    *lens = k->lens;
+}
+
+void th_quota_call_finish(th_quota *q, th_quota_call *k, th_redis_status st, const th_redis_reply *rep,
+                          th_quota_result *res)
+{
+    memset(res, 0, sizeof *res);
+    bool ok = st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+              rep->element[0].type == REDIS_REPLY_INTEGER;
+    if (ok && rep->element[0].integer == 1) {
+        res->allowed = true;
+        res->resv = k->resv;
+        k->resv = NULL;
+    } else if (ok && rep->elements >= 4) {
+        bool day = rep->element[1].len == 3 && memcmp(rep->element[1].str, "day", 3) == 0;
+        res->window = day ? "day" : "month";
+        res->limit = (uint64_t)rep->element[2].integer;
+        res->used = (uint64_t)rep->element[3].integer;
+        res->retry_after_s = day ? k->w.day_reset_s : k->w.month_reset_s;
+    } else {
+        TH_LOG(q->log, TH_LOG_WARN, "quota: redis reserve failed (%d%s%.*s), failing %s", (int)st,
+               rep && rep->str ? ": " : "", rep && rep->str ? (int)rep->len : 0,
+               rep && rep->str ? rep->str : "", q->fail_open ? "open" : "closed");
+        if (q->fail_open) {
+            res->allowed = true;
+            res->degraded = true;
+        } else {
+            res->window = "backend";
+            res->retry_after_s = 1;
+        }
+    }
+    th_quota_call_free(k);
+}
+
+void th_quota_call_free(th_quota_call *k)
+{
+    if (k == NULL) return;
+    resv_free(k->resv);
+    free(k);
+}
+
+bool th_quota_resv_is_redis(const th_quota_resv *r)
+{
+    return r != NULL && r->dkey != NULL;
+}
+
+int th_quota_resv_detach(th_quota_resv *r, bool commit, char **keys, char args[4][24])
+{
+    if (r == NULL || r->dkey == NULL || r->mkey == NULL) {
+        resv_free(r);
+        return -1;
+    }
+    win w = window_of(r->ts_ms);
+    snprintf(args[0], 24, "%llu", (unsigned long long)r->chars);
+    snprintf(args[1], 24, "%d", commit ? 1 : 0);
+    snprintf(args[2], 24, "%lld", (long long)(w.day_reset_s + REDIS_EXTRA_TTL_S));
+    snprintf(args[3], 24, "%lld", (long long)(w.month_reset_s + REDIS_EXTRA_TTL_S));
+    keys[0] = r->dkey;
+    keys[1] = r->mkey;
+    r->dkey = r->mkey = NULL;
+    resv_free(r);
+    return 0;
+}

@@ -81,4 +81,30 @@ void th_quota_usage_fetch(th_quota *q, const char *window, const char *tenant, u
  * rate_limit.on_backend_error. */
 void th_quota_set_config(th_quota *q, const th_config *cfg);
 
+/* Added: the quota's part of one combined Redis script (hub/policy.c). */
+
+/** RESERVE_LUA: KEYS day, month; ARGV chars, day limit, month limit, day ttl, month ttl; answers {1} or
+ * {0, window, limit, used}. SETTLE_LUA: KEYS day, month; ARGV chars, commit (1/0), day ttl, month ttl. */
+const char *th_quota_lua_reserve(void);
+const char *th_quota_lua_settle(void);
+/** True when a reservation for this tenant goes to Redis (Redis backend and a quota set). */
+bool th_quota_redis_needed(const th_quota *q, const th_tenant_conf *tconf);
+typedef struct th_quota_call th_quota_call;
+/** The keys and arguments of a reservation, without sending it; NULL unless th_quota_redis_needed (or on
+ * ENOMEM). */
+th_quota_call *th_quota_call_new(th_quota *q, const char *tenant, const th_tenant_conf *tconf, uint64_t chars,
+                                 uint64_t now_ms);
+/** 2 keys then 5 arguments, valid until the call is finished or freed. */
+void th_quota_call_args(const th_quota_call *k, const char *const **argv, const size_t **lens);
+/** The answer (RESERVE_LUA's array, or st != OK) becomes res as th_quota_reserve's would (on_backend_error
+ * included); res->resv belongs to the caller. Frees k. */
+void th_quota_call_finish(th_quota *q, th_quota_call *k, th_redis_status st, const th_redis_reply *rep,
+                          th_quota_result *res);
+void th_quota_call_free(th_quota_call *k);
+/** A reservation held in Redis (settled with SETTLE_LUA)? */
+bool th_quota_resv_is_redis(const th_quota_resv *r);
+/** Frees a Redis reservation and hands out SETTLE_LUA's two keys (malloc'd: the caller frees them) and
+ * four arguments, instead of sending the commit / refund itself. -1 (and r freed) when r is not one. */
+int th_quota_resv_detach(th_quota_resv *r, bool commit, char **keys, char args[4][24]);
+
 #endif

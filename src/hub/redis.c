@@ -1,4 +1,8 @@
-/* redis: one hiredis 0.14.1 async connection on the hub's uv loop, with timeouts and reconnects.
+/* redis: a pool of hiredis 0.14.1 async connections on the hub's uv loop, with timeouts and reconnects.
+ *
+ * The pool (th_redis) is an array of independent connections (rd_conn), split into lanes (see redis.h).
+ * Each connection below is exactly what one th_redis used to be; the pool only picks one per command and
+ * frees itself once the last connection has closed its handles.
  *
  * Lifetimes, which are the hard part with hiredis 0.14:
  *  - Every command sent to hiredis carries an rd_cmd record as privdata. hiredis calls back exactly once
@@ -27,28 +31,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/str.h"
 
 #define RD_BACKOFF_MIN_MS 100
 #define RD_BACKOFF_MAX_MS 5000
 #define RD_CONNECT_MIN_MS 1000 /* connect (+ AUTH/SELECT) timeout: max(timeout, 1 s) */
 #define RD_SCRIPTS_MAX 16      /* scripts remembered as loaded per connection */
+#define RD_SPILL 64            /* in flight on a connection before the next one of its lane is used */
+#define RD_CONNS_MAX 9         /* policy lane (up to 8) + bulk lane */
 #define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
 
 typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
 
 typedef struct rd_cmd rd_cmd;
+typedef struct rd_conn rd_conn;
 struct rd_cmd {
-    th_redis *r;
+    rd_conn *r;
     th_redis_cb cb;
     void *ud;
     uint64_t sent;     /* loop time when sent */
+    uint64_t sent_us;  /* th_mono_us when sent: the latency histogram */
     uint64_t deadline; /* loop time */
     rd_cmd *prev, *next;
     int held;       /* hiredis callbacks still to come for this record */
     bool done;      /* the caller has its answer (or the record is internal) */
     bool queued;    /* in r's pending list */
     bool internal;  /* AUTH/SELECT of the handshake */
+    bool optional;  /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
     bool fell_back; /* EVAL was sent after NOSCRIPT */
     int eval_argc;  /* > 0: an EVAL copy for the NOSCRIPT fallback */
     const char **eval_argv;
@@ -56,7 +66,28 @@ struct rd_cmd {
     char sha[41];
 };
 
+typedef struct rd_script {
+    size_t len;
+    char *text; /* the pool's copy: EVAL after NOSCRIPT reads it */
+    char sha[41];
+} rd_script;
+
 struct th_redis {
+    rd_script scripts[RD_SCRIPTS_MAX];
+    int nscripts;
+    rd_conn *conn[RD_CONNS_MAX];
+    int first[TH_REDIS_LANES], count[TH_REDIS_LANES]; /* lane -> its connections */
+    int total, live;               /* live: connections whose handles are not all closed yet */
+    uint64_t busy[TH_REDIS_LANES]; /* commands refused with TH_REDIS_BUSY */
+    bool freeing;
+    char state_text[224];
+};
+
+struct rd_conn {
+    th_redis *pool;
+    int lane;
+    uint32_t max_inflight;
+    th_redis_lane_stats stats; /* inflight, commands, replies, failures, latency */
     uv_loop_t *loop;
     th_log *log;
     char *host, *user, *pass;
@@ -68,12 +99,16 @@ struct th_redis {
     redisAsyncContext *doomed; /* dropped, freed by drop_timer outside hiredis callbacks */
     int handshake_left;
     uint64_t backoff_ms;
+    uint64_t last_reply;  /* loop time of the last reply on the current connection */
     uint64_t stall_since; /* loop time the oldest unanswered timed-out command was sent; 0 = none */
     bool freeing;
     int open_handles;
     uv_timer_t conn_timer; /* connect timeout while connecting; reconnect backoff while down */
     uv_timer_t cmd_timer;  /* the deadline of the oldest pending command */
     uv_timer_t drop_timer; /* 0 ms: frees r->doomed; after th_redis_free, closes everything */
+    uv_check_t flush;      /* writes what the loop turn queued, once, after its I/O callbacks */
+    uv_idle_t nudge;       /* while a flush is armed: the loop does not block before it runs */
+    bool flush_armed, in_flush;
     rd_cmd *head, *tail;
     char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
     int nloaded;
@@ -82,6 +117,7 @@ struct th_redis {
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void on_reconnect_timer(uv_timer_t *t);
+static bool rd_usable(const rd_conn *r);
 
 /* ---- URL ---------------------------------------------------------------------------------------- */
 
@@ -118,7 +154,7 @@ static char *pct_decode(const char *s, size_t n, bool *bad)
     return out;
 }
 
-static int parse_url(th_redis *r, const char *url, char *err, size_t errlen)
+static int parse_url(rd_conn *r, const char *url, char *err, size_t errlen)
 {
     const char *p;
     if (url == NULL) {
@@ -220,8 +256,8 @@ nomem:
 
 /* ---- state -------------------------------------------------------------------------------------- */
 
-static void rd_set_text(th_redis *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void rd_set_text(th_redis *r, const char *fmt, ...)
+static void rd_set_text(rd_conn *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rd_set_text(rd_conn *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -229,7 +265,7 @@ static void rd_set_text(th_redis *r, const char *fmt, ...)
     va_end(ap);
 }
 
-static void rd_unqueue(th_redis *r, rd_cmd *c)
+static void rd_unqueue(rd_conn *r, rd_cmd *c)
 {
     if (!c->queued) return;
     if (c->prev)
@@ -242,6 +278,7 @@ static void rd_unqueue(th_redis *r, rd_cmd *c)
         r->tail = c->prev;
     c->prev = c->next = NULL;
     c->queued = false;
+    if (r->stats.inflight > 0) r->stats.inflight--;
 }
 
 static void rd_cmd_free(rd_cmd *c)
@@ -258,13 +295,14 @@ static void rd_cmd_release(rd_cmd *c)
 
 /* Answers every pending command with st. Callbacks may send commands or free r: each record is unlinked
  * before its callback runs. */
-static void rd_fail_pending(th_redis *r, th_redis_status st)
+static void rd_fail_pending(rd_conn *r, th_redis_status st)
 {
     uv_timer_stop(&r->cmd_timer);
     while (r->head != NULL) {
         rd_cmd *c = r->head;
         rd_unqueue(r, c);
         c->done = true;
+        r->stats.failures++;
         th_redis_cb cb = c->cb;
         void *ud = c->ud;
         rd_cmd_release(c);
@@ -273,7 +311,7 @@ static void rd_fail_pending(th_redis *r, th_redis_status st)
 }
 
 /* Schedules the next connect attempt (state: down). */
-static void rd_schedule(th_redis *r)
+static void rd_schedule(rd_conn *r)
 {
     r->st = RS_BACKOFF;
     uv_timer_stop(&r->conn_timer);
@@ -285,7 +323,7 @@ static void rd_schedule(th_redis *r)
 
 /* The current connection is gone (hiredis frees it) or was parked in r->doomed: go down, retry later,
  * and fail what was pending. */
-static void rd_lost(th_redis *r, const char *reason)
+static void rd_lost(rd_conn *r, const char *reason)
 {
     bool was_ready = r->st == RS_READY;
     r->ac = NULL;
@@ -302,7 +340,7 @@ static void rd_lost(th_redis *r, const char *reason)
 static void on_drop_timer(uv_timer_t *t);
 
 /* Drops the current connection on our initiative; safe inside hiredis callbacks. */
-static void rd_drop(th_redis *r, const char *reason)
+static void rd_drop(rd_conn *r, const char *reason)
 {
     if (r->ac == NULL) return;
     r->doomed = r->ac;
@@ -310,8 +348,9 @@ static void rd_drop(th_redis *r, const char *reason)
     rd_lost(r, reason);
 }
 
-static void rd_ready(th_redis *r)
+static void rd_ready(rd_conn *r)
 {
+    r->last_reply = uv_now(r->loop);
     uv_timer_stop(&r->conn_timer);
     r->st = RS_READY;
     r->backoff_ms = RD_BACKOFF_MIN_MS;
@@ -322,12 +361,13 @@ static void rd_ready(th_redis *r)
 
 /* ---- hiredis callbacks -------------------------------------------------------------------------- */
 
-static int rd_send_internal(th_redis *r, int argc, const char **argv, const size_t *argvlen)
+static int rd_send_internal(rd_conn *r, int argc, const char **argv, const size_t *argvlen, bool optional)
 {
     rd_cmd *c = calloc(1, sizeof *c);
     if (c == NULL) return -1;
     c->r = r;
     c->internal = true;
+    c->optional = optional;
     c->done = true;
     if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
         free(c);
@@ -339,7 +379,7 @@ static int rd_send_internal(th_redis *r, int argc, const char **argv, const size
 
 static void on_connect(const redisAsyncContext *cac, int status)
 {
-    th_redis *r = cac->data;
+    rd_conn *r = cac->data;
     if (status != REDIS_OK) {
         /* hiredis frees this context right after we return */
         if (cac == r->doomed) r->doomed = NULL;
@@ -351,7 +391,7 @@ static void on_connect(const redisAsyncContext *cac, int status)
     if (r->pass != NULL) {
         const char *argv[3] = {"AUTH", r->user ? r->user : r->pass, r->pass};
         size_t lens[3] = {4, strlen(argv[1]), strlen(r->pass)};
-        if (rd_send_internal(r, r->user ? 3 : 2, argv, lens) != 0) goto fail;
+        if (rd_send_internal(r, r->user ? 3 : 2, argv, lens, false) != 0) goto fail;
         r->handshake_left++;
     }
     if (r->db != 0) {
@@ -359,14 +399,21 @@ static void on_connect(const redisAsyncContext *cac, int status)
         int n = snprintf(dbs, sizeof dbs, "%lld", (long long)r->db);
         const char *argv[2] = {"SELECT", dbs};
         size_t lens[2] = {6, (size_t)n};
-        if (rd_send_internal(r, 2, argv, lens) != 0) goto fail;
+        if (rd_send_internal(r, 2, argv, lens, false) != 0) goto fail;
         r->handshake_left++;
+    }
+    {
+        /* the lane in the server's CLIENT LIST (for operators, and the tests); an error is harmless */
+        const char *name = r->lane == TH_REDIS_LANE_BULK ? "ttshub-bulk" : "ttshub-policy";
+        const char *argv[3] = {"CLIENT", "SETNAME", name};
+        size_t lens[3] = {6, 7, strlen(name)};
+        if (rd_send_internal(r, 3, argv, lens, true) != 0) goto fail;
     }
     {
         /* ready only once the server has answered: a stopped server still accepts TCP connects */
         const char *argv[1] = {"PING"};
         size_t lens[1] = {4};
-        if (rd_send_internal(r, 1, argv, lens) != 0) goto fail;
+        if (rd_send_internal(r, 1, argv, lens, false) != 0) goto fail;
         r->handshake_left++;
     }
     return;
@@ -376,7 +423,7 @@ fail:
 
 static void on_disconnect(const redisAsyncContext *cac, int status)
 {
-    th_redis *r = cac->data;
+    rd_conn *r = cac->data;
     /* hiredis frees this context right after we return */
     if (cac == r->doomed) r->doomed = NULL;
     if (cac == r->ac) rd_lost(r, cac->c.errstr[0] ? cac->c.errstr : "disconnected");
@@ -411,10 +458,23 @@ static void rd_fill(th_redis_reply *out, const redisReply *x, th_redis_reply *po
 }
 
 /* Gives the caller its answer to a reply. */
+static void rd_observe(rd_conn *r, uint64_t sent_us)
+{
+    uint64_t now = th_mono_us();
+    double s = now > sent_us ? (double)(now - sent_us) / 1e6 : 0;
+    int b = 0;
+    while (b < TH_REDIS_LAT_BUCKETS && s > th_redis_lat_bounds[b])
+        b++;
+    r->stats.lat_count[b]++;
+    r->stats.lat_sum_s += s;
+    r->stats.replies++;
+}
+
 static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
 {
-    th_redis *r = c->r;
+    rd_conn *r = c->r;
     rd_unqueue(r, c);
+    rd_observe(r, c->sent_us);
     c->done = true;
     th_redis_cb cb = c->cb;
     void *ud = c->ud;
@@ -440,7 +500,7 @@ static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     rd_cmd *c = privdata;
-    th_redis *r = c->r;
+    rd_conn *r = c->r;
     redisReply *rep = reply;
     if (rep == NULL) {
         /* The context is going away: an error, or our own redisAsyncFree. c->held is still counted here,
@@ -456,9 +516,12 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     c->held--;
-    if (ac == r->ac) r->stall_since = 0; /* the server is answering */
+    if (ac == r->ac) {
+        r->stall_since = 0; /* the server is answering */
+        r->last_reply = uv_now(r->loop);
+    }
     if (c->internal) {
-        if (ac == r->ac && r->st == RS_CONNECTING) {
+        if (ac == r->ac && r->st == RS_CONNECTING && !c->optional) {
             if (rep->type == REDIS_REPLY_ERROR) {
                 char why[160];
                 snprintf(why, sizeof why, "handshake failed: %.*s", (int)(rep->len < 120 ? rep->len : 120),
@@ -508,8 +571,12 @@ static void rd_poll_cb(uv_poll_t *h, int status, int events)
     if (p->context != NULL && (events & UV_WRITABLE)) redisAsyncHandleWrite(ac);
 }
 
-static void rd_poll_update(redisLibuvEvents *p)
+/* uv_poll_start stops and restarts the watcher, which costs an epoll_ctl even when nothing changes (and
+ * hiredis asks for reads after every write): only a change is applied. */
+static void rd_poll_set(redisLibuvEvents *p, int events)
 {
+    if (events == p->events) return;
+    p->events = events;
     if (p->events)
         uv_poll_start(&p->handle, p->events, rd_poll_cb);
     else
@@ -519,34 +586,62 @@ static void rd_poll_update(redisLibuvEvents *p)
 static void rd_add_read(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events |= UV_READABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events | UV_READABLE);
 }
 
 static void rd_del_read(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events &= ~UV_READABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events & ~UV_READABLE);
+}
+
+/* Pipelining without a poll per batch: on a connected context, a command queued by hiredis arms the flush
+ * check instead of write interest, so every command of a loop turn leaves in one write at the end of the
+ * turn, and the socket's epoll interest stays "readable" (no epoll_ctl per batch). Only a write that could
+ * not finish (a full socket buffer) waits for writability. Connecting still waits for writability, which
+ * is how a non-blocking connect completes. */
+static void on_flush(uv_check_t *h)
+{
+    rd_conn *r = h->data;
+    uv_check_stop(&r->flush);
+    uv_idle_stop(&r->nudge);
+    r->flush_armed = false;
+    if (r->ac == NULL || r->freeing || !(r->ac->c.flags & REDIS_CONNECTED)) return;
+    r->in_flush = true;
+    redisAsyncHandleWrite(r->ac); /* calls rd_add_write (in_flush: real interest) when it could not finish */
+    r->in_flush = false;
+}
+
+static void on_nudge(uv_idle_t *h)
+{
+    (void)h; /* only keeps the loop from blocking before the flush */
 }
 
 static void rd_add_write(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events |= UV_WRITABLE;
-    rd_poll_update(p);
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac && (ac->c.flags & REDIS_CONNECTED) && !r->in_flush && !r->freeing) {
+        if (!r->flush_armed) {
+            r->flush_armed = true;
+            uv_check_start(&r->flush, on_flush);
+            uv_idle_start(&r->nudge, on_nudge);
+        }
+        return;
+    }
+    rd_poll_set(p, p->events | UV_WRITABLE);
 }
 
 static void rd_del_write(void *priv)
 {
     redisLibuvEvents *p = priv;
-    p->events &= ~UV_WRITABLE;
-    rd_poll_update(p);
+    rd_poll_set(p, p->events & ~UV_WRITABLE);
 }
 
 /* ---- timers ------------------------------------------------------------------------------------- */
 
-static void rd_connect(th_redis *r)
+static void rd_connect(rd_conn *r)
 {
     if (r->doomed != NULL) { /* only ever from a timer callback: not inside hiredis */
         redisAsyncContext *old = r->doomed;
@@ -591,7 +686,7 @@ static void rd_connect(th_redis *r)
 /* conn_timer: in BACKOFF, time to reconnect; in CONNECTING, the connect (or handshake) timed out. */
 static void on_reconnect_timer(uv_timer_t *t)
 {
-    th_redis *r = t->data;
+    rd_conn *r = t->data;
     if (r->freeing) return;
     if (r->st == RS_CONNECTING) {
         rd_drop(r, "connect timeout");
@@ -602,12 +697,13 @@ static void on_reconnect_timer(uv_timer_t *t)
 
 static void on_cmd_timer(uv_timer_t *t)
 {
-    th_redis *r = t->data;
+    rd_conn *r = t->data;
     uint64_t now = uv_now(r->loop);
     while (r->head != NULL && r->head->deadline <= now) {
         rd_cmd *c = r->head;
         rd_unqueue(r, c);
         c->done = true;
+        r->stats.failures++;
         if (r->stall_since == 0 || c->sent < r->stall_since) r->stall_since = c->sent ? c->sent : 1;
         th_redis_cb cb = c->cb;
         void *ud = c->ud;
@@ -620,8 +716,16 @@ static void on_cmd_timer(uv_timer_t *t)
     uint64_t stall = r->timeout_ms * 10 > RD_STALL_MIN_MS ? r->timeout_ms * 10 : RD_STALL_MIN_MS;
     if (r->st == RS_READY && r->stall_since != 0 && now - r->stall_since >= stall) {
         char why[96];
-        snprintf(why, sizeof why, "no reply for %llu ms", (unsigned long long)(now - r->stall_since));
+        uint64_t since = r->stall_since;
+        snprintf(why, sizeof why, "no reply for %llu ms", (unsigned long long)(now - since));
+        th_redis *pool = r->pool;
         rd_drop(r, why);
+        /* The same server is silent to the rest of the pool: a connection that has heard nothing since
+         * the stall began (an idle one, say) is dropped too, so no lane keeps sending into the silence. */
+        for (int i = 0; pool != NULL && !pool->freeing && i < RD_CONNS_MAX; i++) {
+            rd_conn *o = pool->conn[i];
+            if (o != NULL && o != r && rd_usable(o) && o->last_reply < since) rd_drop(o, why);
+        }
         return;
     }
     if (r->head != NULL) uv_timer_start(&r->cmd_timer, on_cmd_timer, r->head->deadline - now, 0);
@@ -629,17 +733,23 @@ static void on_cmd_timer(uv_timer_t *t)
 
 static void on_handle_closed(uv_handle_t *h)
 {
-    th_redis *r = h->data;
+    rd_conn *r = h->data;
     if (--r->open_handles > 0) return;
+    th_redis *pool = r->pool;
     free(r->host);
     free(r->user);
     free(r->pass);
     free(r);
+    if (pool != NULL && --pool->live == 0) {
+        for (int i = 0; i < pool->nscripts; i++)
+            free(pool->scripts[i].text);
+        free(pool);
+    }
 }
 
 static void on_drop_timer(uv_timer_t *t)
 {
-    th_redis *r = t->data;
+    rd_conn *r = t->data;
     redisAsyncContext *ac = r->doomed;
     r->doomed = NULL;
     if (ac != NULL) redisAsyncFree(ac); /* NULL replies free the held records; on_disconnect ignores it */
@@ -647,25 +757,24 @@ static void on_drop_timer(uv_timer_t *t)
         uv_close((uv_handle_t *)&r->conn_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->cmd_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->drop_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&r->flush, on_handle_closed);
+        uv_close((uv_handle_t *)&r->nudge, on_handle_closed);
     }
 }
 
 /* ---- API ---------------------------------------------------------------------------------------- */
 
-th_redis *th_redis_new(uv_loop_t *loop, const char *url, uint64_t timeout_ms, th_log *log, char *err,
-                       size_t errlen)
+static rd_conn *rd_conn_new(th_redis *pool, int lane, uint32_t max_inflight, uv_loop_t *loop, const char *url,
+                            uint64_t timeout_ms, th_log *log, char *err, size_t errlen)
 {
-    char dummy[8];
-    if (err == NULL || errlen == 0) {
-        err = dummy;
-        errlen = sizeof dummy;
-    }
-    err[0] = '\0';
-    th_redis *r = calloc(1, sizeof *r);
+    rd_conn *r = calloc(1, sizeof *r);
     if (r == NULL) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    r->pool = pool;
+    r->lane = lane;
+    r->max_inflight = max_inflight;
     r->loop = loop;
     r->log = log;
     r->timeout_ms = timeout_ms > 0 ? timeout_ms : 200;
@@ -675,7 +784,10 @@ th_redis *th_redis_new(uv_loop_t *loop, const char *url, uint64_t timeout_ms, th
     uv_timer_init(loop, &r->cmd_timer);
     uv_timer_init(loop, &r->drop_timer);
     r->conn_timer.data = r->cmd_timer.data = r->drop_timer.data = r;
-    r->open_handles = 3;
+    uv_check_init(loop, &r->flush);
+    uv_idle_init(loop, &r->nudge);
+    r->flush.data = r->nudge.data = r;
+    r->open_handles = 5;
     rd_set_text(r, "connecting");
     rd_connect(r);
     return r;
@@ -687,7 +799,7 @@ fail:
     return NULL;
 }
 
-static rd_cmd *rd_cmd_new(th_redis *r, th_redis_cb cb, void *ud)
+static rd_cmd *rd_cmd_new(rd_conn *r, th_redis_cb cb, void *ud)
 {
     rd_cmd *c = calloc(1, sizeof *c);
     if (c == NULL) return NULL;
@@ -697,14 +809,17 @@ static rd_cmd *rd_cmd_new(th_redis *r, th_redis_cb cb, void *ud)
     return c;
 }
 
-static void rd_enqueue(th_redis *r, rd_cmd *c)
+static void rd_enqueue(rd_conn *r, rd_cmd *c)
 {
     uv_update_time(r->loop); /* the cached loop time may be old after a long callback */
     uint64_t now = uv_now(r->loop);
     c->sent = now;
     c->deadline = now + r->timeout_ms;
+    c->sent_us = th_mono_us();
     c->held = 1;
     c->queued = true;
+    r->stats.inflight++;
+    r->stats.commands++;
     c->prev = r->tail;
     c->next = NULL;
     if (r->tail)
@@ -716,12 +831,13 @@ static void rd_enqueue(th_redis *r, rd_cmd *c)
         uv_timer_start(&r->cmd_timer, on_cmd_timer, c->deadline - now, 0);
 }
 
-static bool rd_usable(const th_redis *r)
+static bool rd_usable(const rd_conn *r)
 {
     return !r->freeing && r->st == RS_READY && r->ac != NULL;
 }
 
-int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **argv, const size_t *argvlen)
+static int rd_conn_cmd(rd_conn *r, th_redis_cb cb, void *ud, int argc, const char **argv,
+                       const size_t *argvlen)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -730,6 +846,24 @@ int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **a
     rd_cmd *c = rd_cmd_new(r, cb, ud);
     if (c == NULL) return -1;
     if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_enqueue(r, c);
+    return 0;
+}
+
+/* A command already in RESP form (argc, then each argument as a bulk string). */
+static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len)
+{
+    if (!rd_usable(r)) {
+        cb(ud, TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    rd_cmd *c = rd_cmd_new(r, cb, ud);
+    if (c == NULL) return -1;
+    if (redisAsyncFormattedCommand(r->ac, on_reply, c, resp, len) != REDIS_OK) {
         free(c);
         cb(ud, TH_REDIS_DOWN, NULL);
         return 0;
@@ -750,8 +884,28 @@ static void sha1_hex(const char *s, size_t n, char out[41])
     th_hex(md, 20, out);
 }
 
-int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
-                  const char **argv, const size_t *argvlen)
+/* The pool's copy of a script (made the first time it is seen; NULL when the table is full or on ENOMEM,
+ * and the caller then copies and hashes it per call as before). */
+static const rd_script *rd_script_get(th_redis *p, const char *script, size_t slen)
+{
+    if (p == NULL) return NULL;
+    for (int i = 0; i < p->nscripts; i++) {
+        const rd_script *s = &p->scripts[i];
+        if (s->len == slen && memcmp(s->text, script, slen) == 0) return s;
+    }
+    if (p->nscripts >= RD_SCRIPTS_MAX) return NULL;
+    rd_script *s = &p->scripts[p->nscripts];
+    s->text = malloc(slen + 1);
+    if (s->text == NULL) return NULL;
+    memcpy(s->text, script, slen + 1);
+    s->len = slen;
+    sha1_hex(script, slen, s->sha);
+    p->nscripts++;
+    return s;
+}
+
+static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
+                        const char **argv, const size_t *argvlen)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -767,7 +921,10 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
     int nklen = snprintf(nk, sizeof nk, "%d", nkeys);
     size_t n = (size_t)argc + 3;
     size_t slen = strlen(script);
-    size_t bytes = slen + 1 + (size_t)nklen + 1;
+    /* A script the pool has seen before is not copied nor hashed again: its copy and SHA live in the pool
+     * (hashing a 3 KB script per request cost more than the rest of the call). */
+    const rd_script *known = rd_script_get(r->pool, script, slen);
+    size_t bytes = (known ? 0 : slen + 1) + (size_t)nklen + 1;
     for (int i = 0; i < argc; i++)
         bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
     rd_cmd *c = rd_cmd_new(r, cb, ud);
@@ -783,10 +940,14 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
     c->eval_argc = (int)n;
     c->eval_argv[0] = "EVAL";
     c->eval_argvlen[0] = 4;
-    memcpy(p, script, slen + 1);
-    c->eval_argv[1] = p;
+    if (known != NULL) {
+        c->eval_argv[1] = known->text;
+    } else {
+        memcpy(p, script, slen + 1);
+        c->eval_argv[1] = p;
+        p += slen + 1;
+    }
     c->eval_argvlen[1] = slen;
-    p += slen + 1;
     memcpy(p, nk, (size_t)nklen + 1);
     c->eval_argv[2] = p;
     c->eval_argvlen[2] = (size_t)nklen;
@@ -799,7 +960,10 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
         c->eval_argvlen[3 + i] = len;
         p += len + 1;
     }
-    sha1_hex(script, slen, c->sha);
+    if (known != NULL)
+        memcpy(c->sha, known->sha, sizeof c->sha);
+    else
+        sha1_hex(script, slen, c->sha);
     /* The first time on a connection the script goes with EVAL, which loads it; later calls use EVALSHA.
      * Commands stay in order that way (a NOSCRIPT fallback would run after what was sent meanwhile); the
      * fallback remains for a server whose scripts were flushed. */
@@ -838,17 +1002,7 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
     return 0;
 }
 
-bool th_redis_connected(const th_redis *r)
-{
-    return r != NULL && rd_usable(r);
-}
-
-const char *th_redis_state(const th_redis *r)
-{
-    return r ? r->state_text : "down: not configured";
-}
-
-void th_redis_free(th_redis *r)
+static void rd_conn_free(rd_conn *r)
 {
     if (r == NULL || r->freeing) return;
     r->freeing = true;
@@ -859,4 +1013,214 @@ void th_redis_free(th_redis *r)
     rd_set_text(r, "down: closed");
     uv_timer_start(&r->drop_timer, on_drop_timer, 0, 0);
     rd_fail_pending(r, TH_REDIS_DOWN);
+}
+
+/* ---- the pool ----------------------------------------------------------------------------------- */
+
+const double th_redis_lat_bounds[TH_REDIS_LAT_BUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                          0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
+
+th_redis *th_redis_new_pool(uv_loop_t *loop, const char *url, uint64_t timeout_ms,
+                            const th_redis_pool_conf *pc, th_log *log, char *err, size_t errlen)
+{
+    char dummy[8];
+    if (err == NULL || errlen == 0) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = '\0';
+    int np = pc && pc->policy_conns > 0 ? pc->policy_conns : TH_REDIS_POOL_DEFAULT;
+    if (np > RD_CONNS_MAX - 1) np = RD_CONNS_MAX - 1;
+    uint32_t mi = pc && pc->max_inflight > 0 ? pc->max_inflight : TH_REDIS_INFLIGHT_DEFAULT;
+    th_redis *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->first[TH_REDIS_LANE_POLICY] = 0;
+    p->count[TH_REDIS_LANE_POLICY] = np;
+    p->first[TH_REDIS_LANE_BULK] = np;
+    p->count[TH_REDIS_LANE_BULK] = 1;
+    snprintf(p->state_text, sizeof p->state_text, "connecting");
+    for (int i = 0; i < np + 1; i++) {
+        int lane = i < np ? TH_REDIS_LANE_POLICY : TH_REDIS_LANE_BULK;
+        p->conn[i] = rd_conn_new(p, lane, mi, loop, url, timeout_ms, log, err, errlen);
+        if (p->conn[i] == NULL) {
+            if (i == 0) { /* nothing was started: no handle to wait for */
+                free(p);
+                return NULL;
+            }
+            th_redis_free(p); /* the connections made so far close, and the last one frees p */
+            return NULL;
+        }
+        p->total++;
+        p->live++;
+    }
+    return p;
+}
+
+th_redis *th_redis_new(uv_loop_t *loop, const char *url, uint64_t timeout_ms, th_log *log, char *err,
+                       size_t errlen)
+{
+    return th_redis_new_pool(loop, url, timeout_ms, NULL, log, err, errlen);
+}
+
+/* The first connected connection of the lane with fewer than RD_SPILL commands in flight, else the one
+ * with the fewest; NULL when none can take one. *busy is set when some are connected but all are at
+ * max_inflight. Filling the first connection before the next keeps the batches large: Redis runs one
+ * command at a time whatever the number of connections, and every connection in use costs its own write
+ * and read per loop turn. The others take over when it is lost or has a long queue. */
+static rd_conn *rd_pick(th_redis *p, th_redis_lane lane, bool *busy)
+{
+    *busy = false;
+    if (p == NULL || p->freeing || (int)lane < 0 || lane >= TH_REDIS_LANES) return NULL;
+    rd_conn *best = NULL;
+    int n = p->count[lane], first = p->first[lane];
+    for (int k = 0; k < n; k++) {
+        rd_conn *c = p->conn[first + k];
+        if (c == NULL || !rd_usable(c)) continue;
+        if (c->stats.inflight >= c->max_inflight) {
+            *busy = true;
+            continue;
+        }
+        if (c->stats.inflight < RD_SPILL) {
+            best = c;
+            break;
+        }
+        if (best == NULL || c->stats.inflight < best->stats.inflight) best = c;
+    }
+    if (best != NULL) *busy = false;
+    return best;
+}
+
+int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, int argc, const char **argv,
+                      const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd(c, cb, ud, argc, argv, argvlen);
+}
+
+int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                           size_t len)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd_resp(c, cb, ud, resp, len);
+}
+
+int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
+                       int nkeys, int argc, const char **argv, const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+}
+
+/* The first policy connection, so that commands sent through th_redis_cmd / th_redis_eval stay in order
+ * (a caller may SET and then GET); NULL when it cannot take one. */
+static rd_conn *rd_ordered(th_redis *p, bool *busy)
+{
+    *busy = false;
+    if (p == NULL || p->freeing) return NULL;
+    rd_conn *c = p->conn[p->first[TH_REDIS_LANE_POLICY]];
+    if (c == NULL || !rd_usable(c)) return NULL;
+    if (c->stats.inflight >= c->max_inflight) {
+        *busy = true;
+        return NULL;
+    }
+    return c;
+}
+
+int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **argv, const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_ordered(r, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[TH_REDIS_LANE_POLICY]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd(c, cb, ud, argc, argv, argvlen);
+}
+
+int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
+                  const char **argv, const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_ordered(r, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[TH_REDIS_LANE_POLICY]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+}
+
+/* Connected when the first policy connection is: it carries th_redis_cmd / th_redis_eval, and the lanes
+ * prefer it. */
+bool th_redis_connected(const th_redis *r)
+{
+    if (r == NULL || r->freeing) return false;
+    const rd_conn *c = r->conn[r->first[TH_REDIS_LANE_POLICY]];
+    return c != NULL && rd_usable(c);
+}
+
+const char *th_redis_state(const th_redis *r)
+{
+    if (r == NULL) return "down: not configured";
+    if (r->freeing) return "down: closed";
+    if (th_redis_connected(r)) return "connected";
+    return r->conn[0] != NULL ? r->conn[0]->state_text : r->state_text;
+}
+
+void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lane_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (r == NULL || (int)lane < 0 || lane >= TH_REDIS_LANES) return;
+    for (int i = r->first[lane]; i < r->first[lane] + r->count[lane]; i++) {
+        const rd_conn *c = r->conn[i];
+        if (c == NULL) continue;
+        out->conns++;
+        if (rd_usable(c)) out->connected++;
+        out->inflight += c->stats.inflight;
+        out->commands += c->stats.commands;
+        out->replies += c->stats.replies;
+        out->failures += c->stats.failures;
+        for (int b = 0; b <= TH_REDIS_LAT_BUCKETS; b++)
+            out->lat_count[b] += c->stats.lat_count[b];
+        out->lat_sum_s += c->stats.lat_sum_s;
+    }
+    out->busy = r->busy[lane];
+}
+
+void th_redis_free(th_redis *r)
+{
+    if (r == NULL || r->freeing) return;
+    r->freeing = true;
+    /* each connection frees itself once its handles are closed; the last one frees the pool */
+    for (int i = 0; i < RD_CONNS_MAX; i++)
+        if (r->conn[i] != NULL) rd_conn_free(r->conn[i]);
+}
+
+void th_redis_flush(th_redis *r)
+{
+    if (r == NULL || r->freeing) return;
+    for (int i = 0; i < RD_CONNS_MAX; i++)
+        if (r->conn[i] != NULL && r->conn[i]->flush_armed) on_flush(&r->conn[i]->flush);
 }

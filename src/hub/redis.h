@@ -1,4 +1,18 @@
-/* redis: one hiredis async connection on the hub's uv loop, with timeouts.
+/* redis: a small pool of hiredis async connections on the hub's uv loop, with timeouts.
+ *
+ * Two lanes share the pool. The policy lane (TH_REDIS_LANE_POLICY, a few
+ * connections) carries the small, latency-bound calls: limit checks, quota
+ * reservations, small cache answers, the registry. The bulk lane (one
+ * connection of its own) carries large values (cached audio), so a
+ * megabyte on the wire never sits in front of a limit check. Each
+ * connection pipelines (every command sent in one loop turn leaves in one
+ * write) and holds at most max_inflight unanswered commands; past that a
+ * command fails at once with TH_REDIS_BUSY. A lane picks its first connected
+ * connection that has fewer than 64 commands in flight (the first one
+ * fills before the next is used, so batches stay large), so commands sent
+ * with th_redis_cmd_lane / th_redis_eval_lane are not ordered among
+ * themselves. th_redis_cmd and th_redis_eval keep their order: they all go
+ * to the first connection of the policy lane.
  *
  * hiredis 0.14's async API has no timeouts, so every connect and every
  * command arms a uv timer; a command that times out gets its callback with
@@ -23,7 +37,14 @@ typedef enum {
     TH_REDIS_DOWN,    /* not connected (reconnecting) */
     TH_REDIS_TIMEOUT, /* no reply in time */
     TH_REDIS_ERROR,   /* the server answered an error (reply->str says which) */
+    TH_REDIS_BUSY,    /* every connection of the lane has max_inflight commands in flight */
 } th_redis_status;
+
+typedef enum {
+    TH_REDIS_LANE_POLICY = 0, /* small, latency-bound commands */
+    TH_REDIS_LANE_BULK = 1,   /* large values (cached audio) */
+} th_redis_lane;
+#define TH_REDIS_LANES 2
 
 /** A reply, valid only during the callback. A flattened view of hiredis' redisReply. */
 typedef struct th_redis_reply {
@@ -47,6 +68,47 @@ int th_redis_cmd(th_redis *r, th_redis_cb cb, void *ud, int argc, const char **a
 int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
                   const char **argv, const size_t *argvlen);
 bool th_redis_connected(const th_redis *r);
+
+/* Added: the pool. */
+
+typedef struct th_redis_pool_conf {
+    int policy_conns;      /* connections of the policy lane (1..8); the bulk lane has one */
+    uint32_t max_inflight; /* unanswered commands per connection before TH_REDIS_BUSY */
+} th_redis_pool_conf;
+#define TH_REDIS_POOL_DEFAULT 2
+#define TH_REDIS_INFLIGHT_DEFAULT 1024
+
+/** th_redis_new with the pool's shape (pc NULL = the defaults). */
+th_redis *th_redis_new_pool(uv_loop_t *loop, const char *url, uint64_t timeout_ms,
+                            const th_redis_pool_conf *pc, th_log *log, char *err, size_t errlen);
+/** th_redis_cmd / th_redis_eval on a chosen lane. */
+int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, int argc, const char **argv,
+                      const size_t *argvlen);
+/** th_redis_cmd_lane with the command already in RESP form ("*N\r\n" then "$len\r\n<bytes>\r\n" per
+ * argument): a large value is then copied once (into the connection's buffer) instead of three times. */
+int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                           size_t len);
+int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
+                       int nkeys, int argc, const char **argv, const size_t *argvlen);
+
+#define TH_REDIS_LAT_BUCKETS 12
+/** Upper bounds (seconds) of the latency histogram buckets. */
+extern const double th_redis_lat_bounds[TH_REDIS_LAT_BUCKETS];
+typedef struct th_redis_lane_stats {
+    uint32_t conns, connected;
+    uint64_t inflight;                            /* commands sent and not yet answered */
+    uint64_t commands;                            /* sent */
+    uint64_t replies;                             /* answered by the server (errors included) */
+    uint64_t failures;                            /* sent, then answered DOWN or TIMEOUT */
+    uint64_t busy;                                /* refused at once with TH_REDIS_BUSY */
+    uint64_t lat_count[TH_REDIS_LAT_BUCKETS + 1]; /* per bucket (not cumulative); last = +Inf */
+    double lat_sum_s;
+} th_redis_lane_stats;
+/** Writes what is queued now instead of at the end of the loop turn (commands of a turn otherwise leave
+ * together in one write per connection, after the turn's I/O callbacks). */
+void th_redis_flush(th_redis *r);
+/** Sums of a lane's connections, for /metrics. */
+void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lane_stats *out);
 /** Text for /health: "connected", "connecting", "down: <reason>". */
 const char *th_redis_state(const th_redis *r);
 /** Fails pending commands with TH_REDIS_DOWN, closes, frees when the handles are closed (the loop must

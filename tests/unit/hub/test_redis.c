@@ -2,7 +2,8 @@
  * AUTH + SELECT, replies (binary strings, nested arrays, integers, nil, errors), EVALSHA with the NOSCRIPT
  * fallback, the per-command timeout with the late reply dropped, DOWN at once while down, reconnecting
  * by itself after a restart, dropping a connection that stopped answering, and freeing with commands in
- * flight. The servers are killed by PID. */
+ * flight; the pool: its lanes named in the server, max_inflight per connection (BUSY past it, the
+ * bulk lane unaffected) and the latency counts. The servers are killed by PID. */
 #include "th_test.h"
 
 #include "core/clock.h"
@@ -446,6 +447,86 @@ TH_TEST(test_free_with_commands_in_flight)
     TH_CHECK_INT(c.n, 1);
     TH_CHECK_INT(c.st, TH_REDIS_DOWN);
     TH_CHECK_INT(uv_loop_close(&loop), 0);
+    rp_kill(&s);
+}
+
+static bool all_lanes_connected(uv_loop_t *loop, th_redis *r, uint64_t timeout_ms)
+{
+    uint64_t deadline = th_mono_ms() + timeout_ms;
+    for (;;) {
+        th_redis_lane_stats a, b;
+        th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &a);
+        th_redis_lane_get_stats(r, TH_REDIS_LANE_BULK, &b);
+        if (a.connected == a.conns && b.connected == b.conns && a.conns > 0 && b.conns > 0) return true;
+        if (th_mono_ms() >= deadline) return false;
+        int dummy = 0;
+        hl_run_until(loop, &dummy, 1, 20);
+    }
+}
+
+static int lane_cmd(th_redis *r, th_redis_lane lane, answer *a, const char *c0, const char *c1,
+                    const char *c2)
+{
+    const char *argv[3] = {c0, c1, c2};
+    size_t lens[3] = {strlen(c0), c1 ? strlen(c1) : 0, c2 ? strlen(c2) : 0};
+    int argc = c2 ? 3 : c1 ? 2 : 1;
+    return th_redis_cmd_lane(r, lane, on_answer, a, argc, argv, lens);
+}
+
+TH_TEST(test_pool_lanes_and_in_flight_bound)
+{
+    rp_server s = {.debug_command = true};
+    TH_REQUIRE(rp_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis_pool_conf pc = {.policy_conns = 2, .max_inflight = 3};
+    th_redis *r =
+        th_redis_new_pool(&loop, url_for(&s, NULL, 0, url, sizeof url), 2000, &pc, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(all_lanes_connected(&loop, r, 5000));
+    th_redis_lane_stats st;
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st);
+    TH_CHECK_INT(st.conns, 2);
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_BULK, &st);
+    TH_CHECK_INT(st.conns, 1);
+
+    /* each lane's connections are named after it in the server */
+    answer n1 = {0}, n2 = {0};
+    lane_cmd(r, TH_REDIS_LANE_BULK, &n1, "CLIENT", "GETNAME", NULL);
+    lane_cmd(r, TH_REDIS_LANE_POLICY, &n2, "CLIENT", "GETNAME", NULL);
+    TH_CHECK(hl_run_until(&loop, &n2.n, 1, 2000) && hl_run_until(&loop, &n1.n, 1, 2000));
+    TH_CHECK_STR(n1.str, "ttshub-bulk");
+    TH_CHECK_STR(n2.str, "ttshub-policy");
+
+    /* 3 in flight per connection: two policy connections take 6 slow commands, the 7th is BUSY at once,
+     * and the bulk lane is not affected */
+    answer slow[6], over = {0}, bulk = {0};
+    memset(slow, 0, sizeof slow);
+    for (int i = 0; i < 6; i++)
+        TH_CHECK_INT(lane_cmd(r, TH_REDIS_LANE_POLICY, &slow[i], "DEBUG", "SLEEP", "0.05"), 0);
+    TH_CHECK_INT(lane_cmd(r, TH_REDIS_LANE_POLICY, &over, "PING", NULL, NULL), 0);
+    TH_CHECK_INT(over.n, 1);
+    TH_CHECK_INT(over.st, TH_REDIS_BUSY);
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st);
+    TH_CHECK_INT(st.inflight, 6);
+    TH_CHECK_INT(st.busy, 1);
+    lane_cmd(r, TH_REDIS_LANE_BULK, &bulk, "PING", NULL, NULL);
+    TH_CHECK_INT(bulk.n, 0); /* sent, not refused */
+    TH_CHECK(hl_run_until(&loop, &slow[5].n, 1, 3000));
+    TH_CHECK(hl_run_until(&loop, &bulk.n, 1, 2000));
+    TH_CHECK_INT(bulk.st, TH_REDIS_OK);
+    for (int i = 0; i < 6; i++)
+        TH_CHECK_INT(slow[i].st, TH_REDIS_OK);
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st);
+    TH_CHECK_INT(st.inflight, 0);
+    TH_CHECK(st.replies >= 7);
+    uint64_t counted = 0;
+    for (int b = 0; b <= TH_REDIS_LAT_BUCKETS; b++)
+        counted += st.lat_count[b];
+    TH_CHECK_INT(counted, st.replies);
+    TH_CHECK(st.lat_sum_s >= 0.04); /* the slow commands took their 50 ms each, at least */
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
     rp_kill(&s);
 }
 

@@ -302,6 +302,12 @@ def cluster_cfg(redis_port, fake_url, extra="", on_error="open"):
             f"cache: {{ enabled: true, backend: redis }}\n" + extra.replace("@ONERR@", on_error))
 
 
+def redis_idle(h):
+    """No Redis command of this hub is waiting for its answer (both lanes)."""
+    lines = [ln for ln in h.get("/metrics").text.splitlines() if ln.startswith("ttshub_redis_in_flight{")]
+    return bool(lines) and all(float(ln.rsplit(" ", 1)[1]) == 0 for ln in lines)
+
+
 def redis_connected(h):
     return h.get("/health").json()["components"]["redis"]["connected"] is True
 
@@ -336,6 +342,8 @@ def test_scale_out_shared_limits_quota_cache(hub_factory, redis_server):
         # audio made at hub A is a cache hit at hub B
         calls = f.calls
         a = say(hubs[0], bearer("acme-key"), text="Shared cache.")
+        # hub A stores the audio right after the response ends: wait until Redis has answered that write
+        assert wait_until(lambda: redis_idle(hubs[0]))
         b = say(hubs[1], bearer("acme-key"), text="Shared cache.")
         assert a.headers["X-Cache"] == "MISS" and b.headers["X-Cache"] == "HIT"
         assert f.calls == calls + 1 and b.content[44:] == a.content[44:]

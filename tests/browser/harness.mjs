@@ -70,8 +70,8 @@ export async function startHub(config, fixedPort) {
 }
 
 // One fake engine of tests/e2e/fakes/engines.py (its CLI prints READY <port>).
-export async function startFake(kind, options) {
-  const args = ["-m", "fakes.engines", "--kind", kind, "--port", "0"];
+export async function startFake(kind, options, extraArgs) {
+  const args = ["-m", "fakes.engines", "--kind", kind, "--port", "0", ...(extraArgs || [])];
   for (const [k, v] of Object.entries(options || {})) args.push("--option", k + "=" + JSON.stringify(v));
   const proc = spawn("/usr/bin/python3", args, { cwd: path.join(ROOT, "tests", "e2e"), stdio: ["ignore", "pipe", "pipe"] });
   let out = "", err = "";

@@ -5,6 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { BROWSER_ARGS, CHROMIUM, openPage, startFake, startHub, tmpDir, until } from "./harness.mjs";
@@ -177,5 +178,47 @@ test("status charts draw points as requests arrive", async () => {
     await ctx.close();
   } finally {
     await hub.stop();
+  }
+});
+
+test("status chart shows a provider's requests in flight; admin page shows node protocol and voices", async () => {
+  // a slow clone-capable engine: each synthesis takes 4 s, so pushes see it in flight
+  const cosy = await startFake("cosyvoice", { speakers: ["slow_voice"] }, ["--latency", "4"]);
+  const hub = await startHub(hubConfig(cosy.url));
+  try {
+    const fd = new FormData();
+    fd.append("audio", new Blob([readFileSync(wav)], { type: "audio/wav" }), "speech.wav");
+    fd.append("voice_id", "slow_voice");
+    assert.equal((await fetch(hub.url + "/api/extract_voice", { method: "POST", body: fd })).status, 201);
+    const { page, ctx, problems } = await openPage(browser, hub.url + "/status");
+    await page.waitForSelector("#c-inflight polyline[data-series=cosy]", { state: "attached" });
+    assert.equal(await page.getAttribute("#c-inflight polyline[data-series=cosy]", "data-last"), "0");
+    const speak = () => fetch(hub.url + "/api/synthesize", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: "Slowly now.", voice_id: "slow_voice", output_format: "wav" }) })
+      .then(async (r) => { await r.arrayBuffer(); return r.status; });
+    const pending = [speak(), speak()];
+    await page.waitForFunction(() =>
+      Number(document.querySelector("#c-inflight polyline[data-series=cosy]").dataset.last) >= 1, null, { timeout: 15000 });
+    assert.equal(await page.getAttribute("#c-inflight polyline[data-series=local]", "data-last"), "0");
+    assert.deepEqual(await Promise.all(pending), [200, 200]);
+    // and back to 0 once they are done
+    await page.waitForFunction(() =>
+      document.querySelector("#c-inflight polyline[data-series=cosy]").dataset.last === "0", null, { timeout: 15000 });
+    assert.deepEqual(problems, []);
+
+    // the admin page: a node's protocol (the engine type, while the registry does not report one) and voices
+    const r = await fetch(hub.url + "/api/nodes/register", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ node_id: "gpu-7", engine_type: "xtts", url: "http://127.0.0.1:9", capacity: 1,
+        voices: ["anna", "ben"] }) });
+    assert.equal(r.status, 200);
+    await page.goto(hub.url + "/admin");
+    await page.waitForSelector("tr[data-node=gpu-7]");
+    assert.equal(await page.textContent("tr[data-node=gpu-7] td.protocol"), "xtts");
+    assert.equal(await page.textContent("tr[data-node=gpu-7] .voices"), "anna, ben");
+    assert.deepEqual(problems, []);
+    await ctx.close();
+  } finally {
+    await hub.stop();
+    await cosy.stop();
   }
 });

@@ -35,10 +35,10 @@ export async function until(fn, ms, what) {
   }
 }
 
-export async function startHub(config, fixedPort) {
+export async function startHub(config, fixedPort, listenHost) {
   const dir = tmpDir();
   const port = fixedPort || await freePort();
-  const args = ["serve", "--listen", `127.0.0.1:${port}`];
+  const args = ["serve", "--listen", `${listenHost || "127.0.0.1"}:${port}`];
   if (config) {
     writeFileSync(path.join(dir, "ttshub.yaml"), `data_dir: "${dir}/data"\n` + config);
     args.push("-c", path.join(dir, "ttshub.yaml"));

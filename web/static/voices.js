@@ -75,7 +75,7 @@
         return TH.el("tr", { "data-voice": v.voice_id },
           TH.el("td", {}, input), TH.el("td", {}, TH.el("code", {}, v.voice_id)), TH.el("td", {}, v.engine || "any"),
           TH.el("td", {}, v.language || ""), TH.el("td", { class: "dur" }, TH.fmt(v.duration_seconds, 1) + " s"),
-          TH.el("td", { title: v.created_at }, when(v.created_at)),
+          TH.el("td", { title: v.created_at }, when(v.created_at)), TH.el("td", { class: "owner" }, v.owner || ""),
           TH.el("td", { class: "actions" },
             TH.el("button", { class: "secondary play", onclick: () => play(v) }, "▶ play"), " ",
             TH.el("button", { class: "secondary rename", onclick: () => rename(v, input) }, "rename"), " ",

@@ -5,6 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -220,5 +221,39 @@ test("status chart shows a provider's requests in flight; admin page shows node 
   } finally {
     await hub.stop();
     await cosy.stop();
+  }
+});
+
+test("voices page on a hub with keys: asks for one, keeps it in the browser, plays the reference with it", async () => {
+  const sha = (s) => createHash("sha256").update(s).digest("hex");
+  const ADMIN_KEY = "adm-" + "a".repeat(28), USER_KEY = "usr-" + "b".repeat(28);
+  const hub = await startHub("auth:\n  mode: api_key\n  keys:\n" +
+    `    - { id: a, sha256: "${sha(ADMIN_KEY)}", role: admin }\n` +
+    `    - { id: u, sha256: "${sha(USER_KEY)}", role: user, tenant: team-u }\n`);
+  try {
+    const { page, ctx, problems } = await openPage(browser, hub.url + "/voices");
+    await page.waitForSelector("#msg.error");
+    assert.match(await page.textContent("#msg"), /API key/);
+    await page.fill("#key", USER_KEY);
+    await page.click("#save");
+    await page.waitForFunction(() => document.querySelector("#count").textContent === "0");
+    await page.fill("#vid", "keyed_voice");
+    await page.setInputFiles("#file", wav);
+    await page.click("#upload");
+    await page.waitForSelector("tr[data-voice=keyed_voice]", { timeout: 20000 });
+    const owner = await page.textContent("tr[data-voice=keyed_voice] td.owner");
+    assert.ok(owner.length > 0);
+    // the reference needs the key: the page sends it, a bare request is refused
+    assert.equal((await fetch(hub.url + "/api/voices/keyed_voice/audio")).status, 401);
+    await page.click("tr[data-voice=keyed_voice] button.play");
+    assert.ok(await mediaDuration(page, "#player") > 3);
+    // the key stays in this browser: a reload lists the voice again at once
+    await page.reload();
+    await page.waitForSelector("tr[data-voice=keyed_voice]");
+    assert.equal(await page.inputValue("#key"), USER_KEY);
+    assert.deepEqual(problems.filter((p) => !/status of 401/.test(p)), []);
+    await ctx.close();
+  } finally {
+    await hub.stop();
   }
 });

@@ -105,6 +105,7 @@ void th_api_page(th_http_req *req, void *ud)
     if (strcmp(path, "/status") == 0) path = "/status.html";
     if (strcmp(path, "/admin") == 0) path = "/admin.html";
     if (strcmp(path, "/playground") == 0) path = "/playground.html";
+    if (strcmp(path, "/voices") == 0) path = "/voices.html";
     const th_asset *a = th_asset_find(path);
     if (a == NULL) {
         th_api_error(c, 404, "not_found_error", "not_found", "no page at %s", path);
@@ -306,6 +307,7 @@ int th_api_register(th_hub *hub)
         {"GET", "/status", th_api_page},
         {"GET", "/admin", th_api_page},
         {"GET", "/playground", th_api_page},
+        {"GET", "/voices", th_api_page},
         {"GET", "/static/*", th_api_page},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)

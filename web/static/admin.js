@@ -25,9 +25,20 @@
       catch (e) { say(e.message, true); }
       nodes().catch(() => {});
     };
+    // the protocol a node speaks, when the registry says; otherwise its engine type (muted)
+    const protocol = (n) => n.protocol ? TH.el("span", {}, n.protocol)
+      : TH.el("span", { class: "muted", title: "the hub does not report the protocol: engine type shown" }, n.engine_type);
+    // the library voices a node holds (when the registry records them), else the voices it announced
+    const voices = (n) => {
+      const held = n.library_voices || n.voices_held || n.held_voices;
+      const list = Array.isArray(held) ? held : Array.isArray(n.voices) ? n.voices : [];
+      const text = list.length > 6 ? list.slice(0, 6).join(", ") + " … (" + list.length + ")" : list.join(", ");
+      return TH.el("span", { class: "voices", title: list.join(", ") }, text || "–");
+    };
     $("nodes").replaceChildren(...d.nodes.map((n) => TH.el("tr", { "data-node": n.node_id },
-      TH.el("td", {}, n.node_id), TH.el("td", {}, n.engine_type), TH.el("td", {}, n.url),
-      TH.el("td", {}, TH.pill(n.status)), TH.el("td", {}, n.in_flight), TH.el("td", {}, n.requests),
+      TH.el("td", {}, n.node_id), TH.el("td", {}, n.engine_type), TH.el("td", { class: "protocol" }, protocol(n)),
+      TH.el("td", {}, n.url), TH.el("td", {}, TH.pill(n.status)), TH.el("td", {}, n.in_flight), TH.el("td", {}, n.requests),
+      TH.el("td", {}, voices(n)),
       TH.el("td", {}, n.status === "standby"
         ? TH.el("button", { class: "secondary", onclick: cmd(n.node_id, "activate") }, "activate")
         : TH.el("button", { class: "secondary", onclick: cmd(n.node_id, "standby") }, "standby"), " ",

@@ -518,6 +518,39 @@ TH_TEST(synth_hedge_second_candidate_wins)
     TH_CHECK(fh_close(&w) == 0);
 }
 
+/* Both run after the hedge starts; the first to send audio wins even if it is the primary, and the hedge
+ * is cancelled with no outcome counted. */
+TH_TEST(synth_hedge_first_audio_wins)
+{
+    fh_world w;
+    TH_REQUIRE(fh_open(&w, CFG("retries: 1, hedge_after: 20ms")) == 0);
+    fh_step hang[] = {{FH_HANG, TH_PERR_NONE}};
+    fh_script(w.fp[0], 1, hang);
+    fh_script(w.fp[1], 1, hang);
+    outcome o;
+    memset(&o, 0, sizeof o);
+    th_synth_params p = params();
+    th_synth_cb cb = {o_start, o_data, o_done, o_error, &o};
+    th_perr err;
+    th_synth *s = th_synth_start(&w.hub, &p, &cb, &err);
+    TH_REQUIRE(s != NULL);
+    TH_CHECK(hl_run_until(&w.loop, &w.fp[1]->started, 1, WAIT_MS));
+    TH_CHECK(fh_go(w.fp[0]));
+    TH_CHECK_INT(w.fp[1]->cancelled, 1);
+    TH_CHECK(hl_run_until(&w.loop, &o.ended, 1, WAIT_MS));
+    TH_CHECK_INT(o.done, 1);
+    TH_CHECK_STR(o.provider, "a");
+    TH_CHECK_STR(th_synth_provider(s), "a");
+    TH_CHECK_INT(o.bytes, 2 * FH_CHUNK);
+    TH_CHECK_INT(fh_rp(&w, 0)->calls, 1);
+    TH_CHECK_INT(fh_rp(&w, 1)->calls, 0);
+    TH_CHECK_INT(fh_rp(&w, 1)->inflight, 0);
+    th_synth_free(s);
+    hl_run_until_set(&w.loop, NULL, 10);
+    TH_CHECK_INT(o.after_end, 0);
+    TH_CHECK(fh_close(&w) == 0);
+}
+
 /* A primary that answers before hedge_after: no second call. */
 TH_TEST(synth_no_hedge_when_primary_is_fast)
 {
@@ -639,6 +672,63 @@ TH_TEST(synth_native_speed_is_clamped_for_engine)
     th_synth_free(s);
     hl_run_until_set(&w.loop, NULL, 10);
     TH_CHECK(fh_close(&w) == 0);
+}
+
+/* Long text: split at sentences into parts (the smallest max_input_chars), joined in order. */
+static void long_text(const char *strategy, int *th__failed, int *started_a, int *started_b, size_t *parts)
+{
+    static const char fmt[] =
+        "providers:\n"
+        "  - { name: a, type: openai_fm, base_url: \"http://127.0.0.1:7001\" }\n"
+        "  - { name: b, type: openai_fm, base_url: \"http://127.0.0.1:7002\", priority: 1 }\n"
+        "router: { strategy: %s, retries: 1 }\n";
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, fmt, strategy);
+    fh_world w;
+    TH_REQUIRE(fh_open(&w, yaml) == 0);
+    w.fp[0]->base.caps.max_input_chars = 14;
+    w.fp[1]->base.caps.max_input_chars = 20;
+    static const char text[] = "One two three. Four five six. Seven eight.";
+    outcome o;
+    memset(&o, 0, sizeof o);
+    th_synth_params p = params();
+    p.text = text;
+    p.text_len = sizeof text - 1;
+    p.chars = sizeof text - 1;
+    th_synth_cb cb = {o_start, o_data, o_done, o_error, &o};
+    th_perr err;
+    th_synth *s = th_synth_start(&w.hub, &p, &cb, &err);
+    TH_REQUIRE(s != NULL);
+    *parts = th_synth_parts(s);
+    TH_CHECK(hl_run_until(&w.loop, &o.ended, 1, WAIT_MS));
+    TH_CHECK_INT(o.done, 1);
+    TH_CHECK_INT(o.bytes, *parts * 2 * FH_CHUNK); /* every part's audio, once */
+    TH_CHECK_INT(w.fp[0]->started + w.fp[1]->started, *parts);
+    *started_a = w.fp[0]->started;
+    *started_b = w.fp[1]->started;
+    th_synth_free(s);
+    hl_run_until_set(&w.loop, NULL, 10);
+    TH_CHECK_INT(o.after_end, 0);
+    TH_CHECK(fh_close(&w) == 0);
+}
+
+TH_TEST(synth_long_text_parts_spread_over_providers)
+{
+    int a = 0, b = 0;
+    size_t parts = 0;
+    long_text("round_robin", th__failed, &a, &b, &parts);
+    TH_CHECK_INT(parts, 3);
+    TH_CHECK(a >= 1 && b >= 1);
+}
+
+TH_TEST(synth_long_text_priority_stays_on_first)
+{
+    int a = 0, b = 0;
+    size_t parts = 0;
+    long_text("priority", th__failed, &a, &b, &parts);
+    TH_CHECK_INT(parts, 3);
+    TH_CHECK_INT(a, 3);
+    TH_CHECK_INT(b, 0);
 }
 
 TH_TEST_MAIN()

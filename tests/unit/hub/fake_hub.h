@@ -48,6 +48,7 @@ typedef struct fh_prov {
     bool had_ref;
     uv_loop_t *loop;
     struct fh_job *cur; /* the last job started, while it lives */
+    int *destroyed;     /* counts destroy() calls when set */
 } fh_prov;
 
 typedef struct fh_job {
@@ -66,6 +67,7 @@ typedef struct fh_world {
     uv_check_t reaper;
     th_provider *provs[FH_MAX_PROV];
     fh_prov *fp[FH_MAX_PROV];
+    th_provider *provs2[FH_MAX_PROV]; /* hub->providers after fh_reload-style swaps in a test */
 } fh_world;
 
 /* The hub's deferred-free list (hub.c keeps it private; this mirrors its record to run it from a test). */
@@ -214,6 +216,8 @@ __attribute__((unused)) static int fh_voice_ok(th_provider *bp, const char *voic
 
 __attribute__((unused)) static void fh_destroy(th_provider *bp)
 {
+    fh_prov *p = (fh_prov *)bp;
+    if (p->destroyed) (*p->destroyed)++;
     free(bp);
 }
 
@@ -242,6 +246,18 @@ __attribute__((unused)) static th_config *fh_parse(const char *yaml)
     return c;
 }
 
+/* A double for provider section pc (NULL on ENOMEM). */
+__attribute__((unused)) static fh_prov *fh_new_prov(fh_world *w, const th_provider_conf *pc)
+{
+    fh_prov *p = calloc(1, sizeof *p);
+    if (p == NULL) return NULL;
+    p->base.ops = &fh_ops;
+    p->base.conf = pc;
+    p->base.caps.streaming = true;
+    p->loop = &w->loop;
+    return p;
+}
+
 /* A hub over yaml's config with one double per provider section. 0 or -1. */
 __attribute__((unused)) static int fh_open(fh_world *w, const char *yaml)
 {
@@ -253,12 +269,8 @@ __attribute__((unused)) static int fh_open(fh_world *w, const char *yaml)
     w->hub.log = th_log_new(TH_LOG_OFF, TH_LOG_TEXT, NULL);
     if (w->hub.log == NULL) return -1;
     for (size_t i = 0; i < w->hub.cfg->n_providers; i++) {
-        fh_prov *p = calloc(1, sizeof *p);
+        fh_prov *p = fh_new_prov(w, &w->hub.cfg->providers[i]);
         if (p == NULL) return -1;
-        p->base.ops = &fh_ops;
-        p->base.conf = &w->hub.cfg->providers[i];
-        p->base.caps.streaming = true;
-        p->loop = &w->loop;
         w->fp[i] = p;
         w->provs[i] = &p->base;
     }

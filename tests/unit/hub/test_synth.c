@@ -674,6 +674,72 @@ TH_TEST(synth_native_speed_is_clamped_for_engine)
     TH_CHECK(fh_close(&w) == 0);
 }
 
+/* A reload during a request: the request keeps its config generation and its (now retired) provider,
+ * new requests use the new ones, and the retired provider is destroyed when the request ends. */
+TH_TEST(synth_request_survives_reload)
+{
+    fh_world w;
+    TH_REQUIRE(fh_open(&w, CFG("retries: 1")) == 0);
+    int destroyed = 0;
+    w.fp[0]->destroyed = &destroyed;
+    w.fp[1]->destroyed = &destroyed;
+    fh_step steps[] = {{FH_HANG, TH_PERR_NONE}, {FH_OK, TH_PERR_NONE}};
+    fh_script(w.fp[0], 2, steps);
+    outcome o1;
+    memset(&o1, 0, sizeof o1);
+    th_synth_params p = params();
+    th_synth_cb cb = {o_start, o_data, o_done, o_error, &o1};
+    th_perr err;
+    th_synth *s1 = th_synth_start(&w.hub, &p, &cb, &err);
+    TH_REQUIRE(s1 != NULL);
+    TH_CHECK(hl_run_until(&w.loop, &w.fp[0]->started, 1, WAIT_MS));
+
+    /* the reload: a changed provider a (a new record), b kept, and no retries any more */
+    th_config *neu = fh_parse(CFG("retries: 0"));
+    TH_REQUIRE(neu != NULL);
+    fh_prov *a2 = fh_new_prov(&w, &neu->providers[0]);
+    TH_REQUIRE(a2 != NULL);
+    a2->destroyed = &destroyed;
+    th_route_prov **np = calloc(2, sizeof *np);
+    TH_REQUIRE(np != NULL);
+    np[0] = th_route_prov_new(&w.hub.route, &a2->base, neu);
+    TH_REQUIRE(np[0] != NULL);
+    np[1] = th_route_prov_ref(fh_rp(&w, 1));
+    th_route_prov *old_a = fh_rp(&w, 0);
+    fh_prov *old_fa = w.fp[0];
+    th_route_replace(&w.hub.route, np, 2, neu);
+    w.provs2[0] = &a2->base;
+    w.provs2[1] = w.provs[1];
+    w.hub.providers = w.provs2;
+    th_config_unref(w.hub.cfg);
+    w.hub.cfg = neu;
+    w.fp[0] = a2;
+    TH_CHECK(old_a->retired);
+    TH_CHECK_INT(destroyed, 0); /* the request still holds it */
+
+    /* a new request goes to the new a */
+    outcome o2;
+    TH_CHECK(run_one(&w, &o2));
+    TH_CHECK_INT(o2.done, 1);
+    TH_CHECK_STR(o2.provider, "a");
+    TH_CHECK_INT(a2->started, 1);
+    TH_CHECK_INT(old_fa->started, 1);
+
+    /* the old request fails on the old a and, under its own config (retries 1), retries there */
+    TH_CHECK(fh_fail_now(old_fa, TH_PERR_STATUS));
+    TH_CHECK(hl_run_until(&w.loop, &o1.ended, 1, WAIT_MS));
+    TH_CHECK_INT(o1.done, 1);
+    TH_CHECK_INT(old_fa->started, 2);
+    TH_CHECK_INT(w.fp[1]->started, 0);
+    TH_CHECK_INT(destroyed, 0);
+    th_synth_free(s1);
+    for (int i = 0; i < 100 && destroyed == 0; i++)
+        hl_run_until_set(&w.loop, NULL, 5);
+    TH_CHECK_INT(destroyed, 1); /* the retired a, once drained */
+    TH_CHECK(fh_close(&w) == 0);
+    TH_CHECK_INT(destroyed, 3);
+}
+
 /* Long text: split at sentences into parts (the smallest max_input_chars), joined in order. */
 static void long_text(const char *strategy, int *th__failed, int *started_a, int *started_b, size_t *parts)
 {

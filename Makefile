@@ -9,7 +9,8 @@ PY         := /usr/bin/python3
 CONFIG     ?=
 ARGS       ?=
 
-.PHONY: all deps test-deps build run test unit asan e2e browser fuzz bench format format-check lint clean
+.PHONY: all deps test-deps build run test unit asan e2e browser fuzz bench format format-check lint clean \
+        deb image test-deploy
 
 all: build
 
@@ -73,6 +74,29 @@ format-check:
 
 lint:
 	@! grep -rnE '\b(sprintf|vsprintf|strcpy|strcat|atoi|atol|strtok|gets)\s*\(' src --include='*.[ch]'
+
+# Deployment (README "Deployment"): the Debian package, the container image, and their tests (package,
+# image, compose cluster, Kubernetes manifests, Prometheus rules). The tools come from Debian
+# (scripts/deploy-deps.sh); the base image and apt downloads are cached under /var/cache/ttshub-deploy.
+IMAGE ?= localhost/ttshub:latest
+
+deb:
+	@bash scripts/deploy-deps.sh deb
+	@bash scripts/deps.sh build
+	bash deploy/build-deb.sh
+
+image:
+	@bash scripts/deploy-deps.sh deploy
+	bash deploy/base-image.sh
+	podman build --format docker -f deploy/Containerfile -t $(IMAGE) .
+
+test-deploy: build
+	@bash scripts/deploy-deps.sh deploy
+	@bash scripts/deps.sh test
+	$(MAKE) deb
+	$(MAKE) image
+	bash deploy/build-images.sh
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

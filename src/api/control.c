@@ -122,6 +122,51 @@ void th_api_page(th_http_req *req, void *ud)
 }
 
 static void render_redis_lanes(const th_redis *r, th_buf *b);
+/* Character quotas per tenant and window: the configured limit, and (local backend) the usage so far, so an
+ * alert can fire before a tenant runs out. With the Redis backend usage lives in Redis and is not read
+ * here (only the limits are shown). */
+static void metrics_quota(th_hub *hub, th_buf *b)
+{
+    const th_config *cfg = hub->cfg;
+    bool any = false;
+    for (size_t i = 0; i < cfg->n_tenants; i++)
+        any = any || cfg->tenants[i].chars_per_day || cfg->tenants[i].chars_per_month;
+    if (!any || hub->quota == NULL) return;
+    static const char *const windows[2] = {"day", "month"};
+    bool local = strcmp(cfg->rate_limit.backend, "redis") != 0;
+    th_usage_row *rows[2] = {NULL, NULL};
+    size_t nrows[2] = {0, 0};
+    th_buf_appendf(b, "# HELP ttshub_quota_limit_chars Character quota of each tenant per window.\n"
+                      "# TYPE ttshub_quota_limit_chars gauge\n");
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
+        const th_tenant_conf *t = &cfg->tenants[i];
+        uint64_t lim[2] = {t->chars_per_day, t->chars_per_month};
+        for (int w = 0; w < 2; w++)
+            if (lim[w])
+                th_buf_appendf(b, "ttshub_quota_limit_chars{tenant=\"%s\",window=\"%s\"} %llu\n", t->name,
+                               windows[w], (unsigned long long)lim[w]);
+    }
+    if (!local) return;
+    th_buf_appendf(b, "# HELP ttshub_quota_used_chars Characters used by each tenant in the current window.\n"
+                      "# TYPE ttshub_quota_used_chars gauge\n");
+    uint64_t now = th_wall_ms();
+    for (int w = 0; w < 2; w++)
+        rows[w] = th_quota_usage(hub->quota, windows[w], NULL, now, &nrows[w]);
+    for (size_t i = 0; i < cfg->n_tenants; i++) {
+        const th_tenant_conf *t = &cfg->tenants[i];
+        uint64_t lim[2] = {t->chars_per_day, t->chars_per_month};
+        for (int w = 0; w < 2; w++) {
+            if (lim[w] == 0) continue;
+            uint64_t used = 0;
+            for (size_t r = 0; rows[w] && r < nrows[w]; r++)
+                if (strcmp(rows[w][r].tenant, t->name) == 0) used = rows[w][r].chars;
+            th_buf_appendf(b, "ttshub_quota_used_chars{tenant=\"%s\",window=\"%s\"} %llu\n", t->name,
+                           windows[w], (unsigned long long)used);
+        }
+    }
+    free(rows[0]);
+    free(rows[1]);
+}
 
 void th_api_metrics(th_http_req *req, void *ud)
 {
@@ -202,6 +247,7 @@ void th_api_metrics(th_http_req *req, void *ud)
                        "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
                        th_redis_connected(hub->redis) ? 1 : 0);
     if (hub->redis) render_redis_lanes(hub->redis, &b);
+    metrics_quota(hub, &b);
     th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
     th_buf_free(&b);
 }

@@ -229,6 +229,16 @@ def test_quota_counts_code_points_and_survives_kill9(hub_factory, tmp_path):
         h2.check_clean_exit()
 
 
+def test_quota_gauges_in_metrics(hub_factory):
+    h = hub_factory(QUOTA_CFG)
+    assert say(h, bearer("acme-key"), text="Twenty characters!!!").status_code == 200
+    m = h.get("/metrics").text
+    assert 'ttshub_quota_limit_chars{tenant="acme",window="day"} 30\n' in m, m
+    assert 'ttshub_quota_used_chars{tenant="acme",window="day"} 20\n' in m, m
+    assert 'tenant="beta"' not in m  # no quota, no series
+    assert 'window="month"' not in m  # chars_per_month: 0
+
+
 def fm_cfg(url, extra=""):
     return (f"providers:\n  - name: up\n    type: openai_fm\n    base_url: \"{url}\"\n    timeout: 10s\n"
             "    concurrency: 64\n"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Makes the Debian bookworm base image that the Containerfiles' `FROM debian:bookworm-slim` resolves to here,
+# where no image registry is reachable: debootstrap --variant=minbase from the machine's own Debian mirror,
+# imported as localhost/debian:bookworm and tagged docker.io/library/debian:bookworm-slim.
+# The root filesystem tarball is cached in $TTSHUB_DEPLOY_CACHE (default /var/cache/ttshub-deploy) and
+# rebuilt after 14 days. A base that a registry provided (no localhost/ tag) is left alone.
+set -euo pipefail
+cache=${TTSHUB_DEPLOY_CACHE:-/var/cache/ttshub-deploy}
+tarball=$cache/debian-bookworm-minbase.tar
+slim=docker.io/library/debian:bookworm-slim
+if podman image exists "$slim" && ! podman image exists localhost/debian:bookworm; then
+  exit 0 # a real debian:bookworm-slim is here already
+fi
+if ! podman image exists localhost/debian:bookworm; then
+  mkdir -p "$cache"
+  if [ ! -s "$tarball" ] || [ -n "$(find "$tarball" -mtime +14)" ]; then
+    # the machine's own mirror: the first deb URI of its apt sources (deb822 or one-line format)
+    mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null |
+      grep -v security | head -n1 || true)
+    [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $2 !~ /security/ {print $2; exit}' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+    sec=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*security[^[:space:]]*\).*/\1/p' \
+      /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 || true)
+    [ -n "$sec" ] || sec=http://deb.debian.org/debian-security
+    root=$(mktemp -d "$cache/rootfs.XXXXXX")
+    trap 'rm -rf "$root"' EXIT
+    echo "base-image: debootstrap bookworm from $mirror (about a minute)"
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
+      tail -n 30 "$cache/debootstrap.log" >&2
+      exit 1
+    }
+    rm -f "$root/etc/apt/sources.list"
+    cat >"$root/etc/apt/sources.list.d/debian.sources" <<SRC
+Types: deb
+URIs: $mirror
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $sec
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    # what the registry's slim image also leaves out
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
+      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/*.log
+    tar --numeric-owner -C "$root" -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$root"
+    trap - EXIT
+  fi
+  podman import --change 'CMD ["/bin/bash"]' "$tarball" localhost/debian:bookworm >/dev/null
+fi
+podman tag localhost/debian:bookworm "$slim"
+podman tag localhost/debian:bookworm docker.io/library/debian:bookworm

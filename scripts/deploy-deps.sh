@@ -10,7 +10,7 @@ mode=${1:-deploy}
 pkgs=(debhelper devscripts lintian dpkg-dev fakeroot)
 if [ "$mode" = deploy ]; then
   pkgs+=(podman buildah debootstrap runc podman-compose prometheus slirp4netns uidmap fuse-overlayfs
-    iptables containernetworking-plugins python3-yaml python3-requests python3-pytest ffmpeg)
+    iptables containernetworking-plugins golang-github-containernetworking-plugin-dnsname yamllint python3-yaml python3-requests python3-pytest ffmpeg)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deploy-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
   # the prometheus package starts a server as a service; the tests need only promtool
   if printf '%s\n' "${missing[@]}" | grep -qx prometheus && command -v systemctl >/dev/null 2>&1; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true

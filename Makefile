@@ -91,12 +91,7 @@ image:
 	podman build --format docker -f deploy/Containerfile -t $(IMAGE) .
 
 test-deploy: build
-	@bash scripts/deploy-deps.sh deploy
-	@bash scripts/deps.sh test
-	$(MAKE) deb
-	$(MAKE) image
-	bash deploy/build-images.sh
-	$(PY) -m pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
+	IMAGE=$(IMAGE) bash deploy/test-deploy.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -383,11 +383,11 @@ int th_cli_say(int argc, char **argv)
             goto out;
         }
         th_buf_reset(&form);
-        th_buf_appendf(&form, "input=%s&voice=%s&response_format=%s", e_text, e_voice,
-                       parts ? "pcm" : format);
-        if (speed) th_buf_appendf(&form, "&speed=%s", speed);
+        int brc = th_buf_appendf(&form, "input=%s&voice=%s&response_format=%s", e_text, e_voice,
+                                 parts ? "pcm" : format);
+        if (brc == TH_BUF_OK && speed) brc = th_buf_appendf(&form, "&speed=%s", speed);
         curl_free(e_text);
-        char *body = th_buf_cstr(&form);
+        char *body = brc == TH_BUF_OK ? th_buf_cstr(&form) : NULL;
         if (body == NULL) {
             curl_free(e_voice);
             goto out;

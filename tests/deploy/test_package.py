@@ -48,7 +48,7 @@ SCRIPT = r"""
 set -e
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends /tmp/ttshub.deb >/tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
+apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-unsafe-io /tmp/ttshub.deb >/tmp/install.log 2>&1 || { cat /tmp/install.log; exit 1; }
 getent passwd ttshub
 stat -c 'state %U:%G %a' /var/lib/ttshub
 dpkg-query -W -f='conffiles ${Conffiles}\n' ttshub

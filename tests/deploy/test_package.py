@@ -30,8 +30,8 @@ def test_lintian_clean():
 def test_package_contents():
     out = subprocess.run(["dpkg-deb", "-c", deb_path()], capture_output=True, text=True, check=True).stdout
     paths = {line.split()[-1] for line in out.splitlines()}
-    for want in ("./usr/bin/ttshub", "./lib/systemd/system/ttshub.service", "./etc/ttshub/ttshub.yaml",
-                 "./var/lib/ttshub/"):
+    for want in ("./usr/bin/ttshub", "./lib/systemd/system/ttshub.service",
+                 "./lib/systemd/system/ttshub@.service", "./etc/ttshub/ttshub.yaml", "./var/lib/ttshub/"):
         assert want in paths, out
     ctl = subprocess.run(["dpkg-deb", "-f", deb_path(), "Depends"], capture_output=True, text=True,
                          check=True).stdout

@@ -9,7 +9,7 @@ pkgs=(build-essential cmake pkg-config clang
   libavformat-dev libavcodec-dev libswresample-dev libavfilter-dev libavutil-dev
   libespeak-ng-dev espeak-ng-data libmsgpack-dev)
 if [ "$mode" = test ]; then
-  pkgs+=(ffmpeg espeak-ng python3 python3-pytest python3-requests python3-websockets
+  pkgs+=(ffmpeg espeak-ng python3 python3-pytest python3-pytest-xdist python3-requests python3-websockets
     libclang-rt-14-dev redis-server nginx-light wrk time procps chromium)
   # the browser tests run on Node.js (playwright-core from npm drives Debian's chromium)
   command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)

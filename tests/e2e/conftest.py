@@ -26,12 +26,36 @@ def wait_until(fn, timeout=10, interval=0.05):
     return fn()
 
 
+# Ports for processes a test starts come from a range of this pytest worker's own, below the kernel's
+# ephemeral range (32768+), so parallel workers (pytest-xdist) and outgoing connections never pick the
+# port a test is about to hand to a hub. A port is taken only if it binds right now.
+_PORT_STATE = {"next": None}
+_PORT_SPAN = 3000
+
+
+def _port_range():
+    wid = os.environ.get("PYTEST_XDIST_WORKER", "")
+    n = int(wid[2:]) if wid.startswith("gw") and wid[2:].isdigit() else 0
+    base = 20000 + (n % 4) * _PORT_SPAN
+    return base, base + _PORT_SPAN
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    lo, hi = _port_range()
+    if _PORT_STATE["next"] is None:
+        _PORT_STATE["next"] = lo + (os.getpid() % 97) * 7
+    for _ in range(hi - lo):
+        port = _PORT_STATE["next"]
+        _PORT_STATE["next"] = lo if port + 1 >= hi else port + 1
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in %d..%d" % (lo, hi))
 
 
 class Hub:

@@ -206,6 +206,8 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         t.start()
         # the engine holds the request for 1 s: everything Redis saw so far came before the first byte
         wait_until(lambda: f.calls > calls, what="the request to reach the engine")
+        # MONITOR lines arrive on their own connection: wait until the admit command has been seen
+        wait_until(lambda: len(hub_cmds()) > base, what="the admit command on MONITOR")
         before = hub_cmds()[base:]
         assert "r" not in out
         assert len(before) == 1, before

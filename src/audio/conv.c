@@ -38,6 +38,7 @@
 #include <libswresample/swresample.h>
 
 #include "audio/wav.h"
+#include "audio/memio.h"
 
 #define CONV_SNIFF_MAX 8192u    /* bytes held while the format is unknown */
 #define CONV_PARSE_CHUNK 65536u /* input copied into a padded buffer per parser call */
@@ -704,63 +705,17 @@ static int feed_parsed(th_audio_conv *c, const uint8_t *d, size_t n, bool flush)
     return 0;
 }
 
-typedef struct mem_src {
-    const uint8_t *p;
-    size_t len, pos;
-} mem_src;
-
-static int mem_src_read(void *opaque, uint8_t *buf, int size)
-{
-    mem_src *m = opaque;
-    size_t left = m->len - m->pos;
-    if (left == 0) return AVERROR_EOF;
-    size_t n = (size_t)size < left ? (size_t)size : left;
-    memcpy(buf, m->p + m->pos, n);
-    m->pos += n;
-    return (int)n;
-}
-
-static int64_t mem_src_seek(void *opaque, int64_t off, int whence)
-{
-    mem_src *m = opaque;
-    int64_t base;
-    switch (whence & ~AVSEEK_FORCE) {
-    case AVSEEK_SIZE:
-        return (int64_t)m->len;
-    case SEEK_SET:
-        base = 0;
-        break;
-    case SEEK_CUR:
-        base = (int64_t)m->pos;
-        break;
-    case SEEK_END:
-        base = (int64_t)m->len;
-        break;
-    default:
-        return AVERROR(EINVAL);
-    }
-    if (off < -base || base + off > (int64_t)m->len) return AVERROR(EINVAL);
-    m->pos = (size_t)(base + off);
-    return (int64_t)m->pos;
-}
-
 /* Ogg (or anything else that needs a demuxer): decode the buffered input through avformat. */
 static int run_demux(th_audio_conv *c)
 {
     int rc = -1, ret;
-    mem_src m = {.p = c->demux.data, .len = c->demux.len, .pos = 0};
+    th_memio m;
     AVFormatContext *fc = NULL;
     AVIOContext *io = NULL;
     AVPacket *pkt = NULL;
     const AVCodec *codec = NULL;
-    uint8_t *iobuf = av_malloc(CONV_AVIO_BUF);
-    if (iobuf == NULL) {
-        failf(c, "av_malloc", AVERROR(ENOMEM));
-        goto out;
-    }
-    io = avio_alloc_context(iobuf, CONV_AVIO_BUF, 0, &m, mem_src_read, NULL, mem_src_seek);
+    io = th_memio_open(&m, c->demux.data, c->demux.len, CONV_AVIO_BUF);
     if (io == NULL) {
-        av_free(iobuf);
         failf(c, "avio_alloc_context", AVERROR(ENOMEM));
         goto out;
     }
@@ -823,10 +778,7 @@ static int run_demux(th_audio_conv *c)
 out:
     av_packet_free(&pkt);
     avformat_close_input(&fc);
-    if (io != NULL) {
-        av_freep(&io->buffer);
-        avio_context_free(&io);
-    }
+    th_memio_close(&io);
     return rc;
 }
 

@@ -1,6 +1,8 @@
 /* decode: uploaded audio to mono s16 PCM with FFmpeg, from memory, bounded. See decode.h. */
 #include "audio/decode.h"
 
+#include "audio/memio.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,46 +29,6 @@ static const char k_formats[] = "wav,w64,mp3,ogg,flac,mov,mp4,m4a,3gp,matroska,w
 static const char k_codecs[] = "pcm_s16le,pcm_s16be,pcm_s24le,pcm_s32le,pcm_f32le,pcm_f64le,pcm_u8,"
                                "pcm_alaw,pcm_mulaw,adpcm_ima_wav,adpcm_ms,mp3,mp3float,mp2,mp2float,"
                                "vorbis,opus,libopus,flac,aac,aac_fixed,alac";
-
-typedef struct mem_src {
-    const uint8_t *p;
-    size_t len, pos;
-} mem_src;
-
-static int mem_read(void *opaque, uint8_t *buf, int size)
-{
-    mem_src *m = opaque;
-    size_t left = m->len - m->pos;
-    if (left == 0) return AVERROR_EOF;
-    size_t n = (size_t)size < left ? (size_t)size : left;
-    memcpy(buf, m->p + m->pos, n);
-    m->pos += n;
-    return (int)n;
-}
-
-static int64_t mem_seek(void *opaque, int64_t off, int whence)
-{
-    mem_src *m = opaque;
-    int64_t base;
-    switch (whence & ~AVSEEK_FORCE) {
-    case AVSEEK_SIZE:
-        return (int64_t)m->len;
-    case SEEK_SET:
-        base = 0;
-        break;
-    case SEEK_CUR:
-        base = (int64_t)m->pos;
-        break;
-    case SEEK_END:
-        base = (int64_t)m->len;
-        break;
-    default:
-        return AVERROR(EINVAL);
-    }
-    if (off < -base || base + off > (int64_t)m->len) return AVERROR(EINVAL);
-    m->pos = (size_t)(base + off);
-    return (int64_t)m->pos;
-}
 
 static void set_err(char *err, size_t errlen, const char *what, int averr)
 {
@@ -170,7 +132,7 @@ th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *op
 {
     th_dec_rc rc = TH_DEC_BROKEN;
     int ret;
-    mem_src m = {.p = data, .len = len, .pos = 0};
+    th_memio m;
     AVFormatContext *fc = NULL;
     AVIOContext *io = NULL;
     AVPacket *pkt = NULL;
@@ -182,13 +144,8 @@ th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *op
         set_err(err, errlen, "the file is empty", 0);
         return TH_DEC_NOT_AUDIO;
     }
-    uint8_t *iobuf = av_malloc(DEC_AVIO_BUF);
-    if (iobuf == NULL) return TH_DEC_NOMEM;
-    io = avio_alloc_context(iobuf, DEC_AVIO_BUF, 0, &m, mem_read, NULL, mem_seek);
-    if (io == NULL) {
-        av_free(iobuf);
-        return TH_DEC_NOMEM;
-    }
+    io = th_memio_open(&m, data, len, DEC_AVIO_BUF);
+    if (io == NULL) return TH_DEC_NOMEM;
     fc = avformat_alloc_context();
     pkt = av_packet_alloc();
     d.frame = av_frame_alloc();
@@ -300,10 +257,7 @@ out:
     av_packet_free(&pkt);
     avformat_close_input(&fc);
     if (fc) avformat_free_context(fc);
-    if (io != NULL) {
-        av_freep(&io->buffer);
-        avio_context_free(&io);
-    }
+    th_memio_close(&io);
     return rc;
 }
 

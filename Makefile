@@ -8,8 +8,10 @@ JOBS       ?= $(shell nproc)
 PY         := /usr/bin/python3
 CONFIG     ?=
 ARGS       ?=
-# end-to-end tests run in parallel pytest workers (pytest-xdist): they mostly wait on processes
+# end-to-end tests run in parallel pytest workers (pytest-xdist): they mostly wait on processes; the
+# sanitizer build is heavier, so it gets fewer
 E2E_JOBS   ?= 3
+E2E_ASAN_JOBS ?= 2
 
 .PHONY: all deps test-deps build run test unit asan e2e browser fuzz bench format format-check lint clean \
         deb image test-deploy
@@ -44,7 +46,7 @@ e2e: build
 
 # e2e against the sanitizer build: any ASan/UBSan report fails the server's exit check
 e2e-asan: asan
-	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider -n $(E2E_JOBS) tests/e2e --ignore=tests/e2e/fakes $(PYTEST_ARGS)
+	TTSHUB_BIN=$(CURDIR)/$(ASAN_BUILD)/ttshub $(PY) -m pytest -q -p no:cacheprovider -n $(E2E_ASAN_JOBS) tests/e2e --ignore=tests/e2e/fakes $(PYTEST_ARGS)
 
 # the web pages in Debian's chromium, driven by playwright-core (from npm, pinned by package-lock.json)
 browser: test-deps build

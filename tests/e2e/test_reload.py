@@ -85,7 +85,7 @@ def rename_over(path, text, data_dir):
     os.replace(tmp, path)
 
 
-def wait_for(pred, timeout=20, what="condition"):
+def wait_for(pred, timeout=60, what="condition"):
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:

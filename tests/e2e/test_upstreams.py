@@ -30,7 +30,7 @@ KINDS = {
 
 def provider_yaml(name, kind, url, extra, voice, more=""):
     ptype = "gpt_sovits" if kind == "gpt_sovits_v1" else kind
-    return (f"  - name: {name}\n    type: {ptype}\n    base_url: \"{url}\"\n    timeout: 1500ms\n{extra}{more}"
+    return (f"  - name: {name}\n    type: {ptype}\n    base_url: \"{url}\"\n    timeout: 3s\n{extra}{more}"
             f"    voices: {{ alloy: \"{voice}\" }}\n")
 
 
@@ -101,7 +101,7 @@ def test_fault_matrix(kind, fault, hub_factory, fake_factory):
     fkind, fopts, extra, voice = KINDS[kind]
     bad = fake_factory(fkind, **fopts)
     good = fake_factory("openai_fm")
-    params = {"seconds": 2.5} if fault == "slow_first_byte" else {}
+    params = {"seconds": 4.5} if fault == "slow_first_byte" else {}
     bad.set_fault(fault, **params)
     two = (provider_yaml("bad", kind, bad.url, extra, voice, "    priority: 0\n") +
            provider_yaml("good", "openai_fm", good.url, "", "alloy", "    priority: 1\n"))
@@ -194,7 +194,7 @@ def test_hedging_uses_the_faster_provider(hub_factory, fake_factory):
     slow = fake_factory("openai_fm", latency=3.0)
     fast = fake_factory("openai_fm")
     two = (provider_yaml("slow", "openai_fm", slow.url, "", "alloy", "    priority: 0\n    timeout: 10s\n")
-           .replace("    timeout: 1500ms\n", "") +
+           .replace("    timeout: 3s\n", "") +
            provider_yaml("fast", "openai_fm", fast.url, "", "alloy", "    priority: 1\n"))
     h = hub_factory(config(two, "router:\n  strategy: priority\n  hedge_after: 200ms\n"))
     r = h.post(data={"input": "Hedge me.", "voice": "alloy", "response_format": "wav"})
@@ -290,7 +290,7 @@ def chinese(n):
 def test_long_text_split_and_stitched(text, fmt, hub_factory, fake_factory):
     fakes = [fake_factory("openai", api_key="sk-test", ms_per_char=20) for _ in range(2)]
     provs = "".join(provider_yaml(f"up{i}", "openai", f.url, KINDS["openai"][2], "alloy")
-                    .replace("    timeout: 1500ms\n", "    timeout: 30s\n") for i, f in enumerate(fakes))
+                    .replace("    timeout: 3s\n", "    timeout: 30s\n") for i, f in enumerate(fakes))
     h = hub_factory(config(provs, "router:\n  strategy: round_robin\n"), env={"TEST_UPSTREAM_KEY": "sk-test"})
     r = h.post(data={"input": text, "voice": "alloy", "response_format": fmt}, timeout=300)
     assert r.status_code == 200, r.text[:300]

@@ -246,3 +246,22 @@ def test_engine_type_a_seed2_gateway_does_not_know(hub_factory, gw):
     body = gw.of("POST", "/api/nodes/register")[-1][2]
     assert body["engine_type"] == "espeak"
     assert json.dumps(body)  # recorded as sent
+
+
+def test_two_workers_share_the_gateway_round_robin(hub_factory, gw):
+    a = start_worker(hub_factory, gw.url, "--node-id", "rr-a")
+    b = start_worker(hub_factory, gw.url, "--node-id", "rr-b")
+    assert wait_until(lambda: {"rr-a", "rr-b"} <= set(gw.nodes))
+    ids = []
+    for i in range(4):
+        r = gsynth(gw, text=f"Round robin, request {i}.", voice_id="en-us")
+        assert r.status_code == 200 and decoded_seconds(r.content, "wav") > 0.3
+        ids.append(r.headers["X-Node-Id"])
+    assert ids[0] != ids[1] and ids[0::2] == [ids[0]] * 2 and ids[1::2] == [ids[1]] * 2
+    # one node unloaded: every request goes to the other
+    assert requests.post(f"{gw.url}/api/nodes/rr-a/command", json={"command": "unload_model"}, timeout=30).json()["success"]
+    assert wait_until(lambda: gw.node("rr-a")["status"] == "standby")
+    assert {gsynth(gw, text="Only b.", voice_id="en").headers["X-Node-Id"] for _ in range(3)} == {"rr-b"}
+    for w in (a, b):
+        w.stop()
+    assert gw.nodes == {}

@@ -93,6 +93,11 @@ def test_registers_heartbeats_and_speaks_through_the_gateway(hub_factory, gw):
     high = gsynth(gw, text="Speed and pitch are honoured here.", voice_id="en-us", pitch=2.0)
     assert low.status_code == high.status_code == 200
     assert median_f0(high.content) > 1.5 * median_f0(low.content)  # espeak's pitch 100 vs 25
+    # the gateway's batch sends only {text, voice_id, language} to the node
+    r = requests.post(gw.url + "/api/batch_synthesize", timeout=60,
+                      json={"texts": ["First of two.", "Second of two."], "voice_id": "en-us", "language": "en"})
+    assert r.status_code == 200 and r.json()["succeeded"] == 2 and r.json()["failed"] == 0, r.text
+    assert all(x["success"] and x["size"] > 20000 for x in r.json()["results"])
     # the gateway's quirk: a node's failure is HTTP 200 {"success": false, "message": "Node error: ..."}
     r = gsynth(gw, text="No such voice.", voice_id="no-such-voice-anywhere")
     assert r.status_code == 200 and r.json()["success"] is False

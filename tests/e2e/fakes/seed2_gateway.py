@@ -24,6 +24,9 @@ What it does as the real one does:
 - POST /api/extract_voice (multipart audio, voice_id?, voice_name, engine?) forwards audio, voice_id ("" when
   absent) and voice_name to ONE round-robin node's /extract_voice and answers ExtractVoiceResponse built from
   the node's JSON (a field of the wrong type is a validation error, answered as HTTP 200 success:false).
+- POST /api/batch_synthesize {texts, voice_id, engine?, language} sends each text as {text, voice_id,
+  language} (nothing else: no format, speed or pitch) to a round-robin node, one after another, and answers
+  {success, message, results:[{index, success, size|error}], total, succeeded, failed}.
 - A health check every heartbeat_interval marks nodes silent for dead_threshold as "offline" (they stay
   listed; a later heartbeat with status "ready" brings them back).
 Not modelled: the rate limiter (its 100 requests/min per IP would throttle the fast heartbeats the tests use),
@@ -146,6 +149,13 @@ SYNTH_REQUEST = {
     "output_format": ("str", "wav", None),
     "speed": ("float", 1.0, (0.5, 2.0)),
     "pitch": ("float", 1.0, (0.5, 2.0)),
+}
+
+BATCH_REQUEST = {
+    "texts": ("any", REQUIRED, None),
+    "voice_id": ("str", REQUIRED, None),
+    "engine": ("opt_enum", None, ENGINES),
+    "language": ("str", "zh", None),
 }
 
 
@@ -330,7 +340,36 @@ class Seed2Gateway:
                     return self._synthesize(self._json(raw))
                 if path == "/api/extract_voice":
                     return self._extract(raw, ctype)
+                if path == "/api/batch_synthesize":
+                    return self._batch(self._json(raw))
                 self._send(404, {"detail": "Not Found"})
+
+            def _batch(self, body):
+                req = _validate(body, BATCH_REQUEST)
+                if not isinstance(req["texts"], list) or not all(isinstance(t, str) for t in req["texts"]):
+                    raise Invalid([_err("list_type", "texts", "Input should be a valid list", req["texts"])])
+                results, ok = [], 0
+                for i, text in enumerate(req["texts"]):
+                    engine = req["engine"] or outer.default_engine
+                    with outer.lock:
+                        node = outer.select_node(engine)
+                    if node is None:
+                        results.append({"index": i, "success": False, "error": f"No available node for engine {engine}"})
+                        continue
+                    one = {"text": text, "voice_id": req["voice_id"], "language": req["language"]}
+                    try:
+                        st, data, _ = _forward(node, "/synthesize", json.dumps(one).encode(), "application/json", 60)
+                    except OSError as e:
+                        results.append({"index": i, "success": False, "error": str(e)})
+                        continue
+                    if st == 200:
+                        results.append({"index": i, "success": True, "size": len(data)})
+                        ok += 1
+                    else:
+                        results.append({"index": i, "success": False, "error": data.decode("utf-8", "replace")})
+                n = len(req["texts"])
+                self._send(200, {"success": ok == n, "message": f"Batch completed: {ok}/{n}", "results": results,
+                                 "total": n, "succeeded": ok, "failed": n - ok})
 
             def _synthesize(self, body):
                 req = _validate(body, SYNTH_REQUEST)

@@ -223,6 +223,10 @@ static void registered(worker *w, const json_t *reply)
     TH_LOG(w->hub->log, TH_LOG_INFO, "worker: %s as %s (%s, %s) with %s %s(heartbeat every %llu ms)",
            again ? "registered again" : "registered", w->node_id, wire_engine(w), wire_status(w), w->gateway,
            w->seed2 ? "[seed-2] " : "", (unsigned long long)w->heartbeat_ms);
+    if (w->seed2 && !again && th_str_startswith(w->advertise, "https://"))
+        TH_LOG(w->hub->log, TH_LOG_WARN,
+               "worker: the seed-2 gateway calls nodes at http://host:port only; this node advertises %s",
+               w->advertise);
     if (w->reregister) { /* the model was loaded while the registration was under way */
         send_register(w);
         return;

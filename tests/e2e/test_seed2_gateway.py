@@ -270,3 +270,33 @@ def test_two_workers_share_the_gateway_round_robin(hub_factory, gw):
     for w in (a, b):
         w.stop()
     assert gw.nodes == {}
+
+
+def test_the_fake_gateway_answers_in_seed2_shapes(gw):
+    """The fake's own shapes, as FastAPI + pydantic and app.py answer them."""
+    def post(path, body):
+        return requests.post(gw.url + path, json=body, timeout=10)
+
+    r = post("/api/nodes/register", {"engine_type": "espeak", "host": "127.0.0.1", "port": 1, "status": "online"})
+    assert r.status_code == 422
+    assert {tuple(e["loc"]) for e in r.json()["detail"]} == {("body", "engine_type"), ("body", "status")}
+    r = post("/api/nodes/register", {"engine_type": "xtts", "port": 1})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "missing"
+    r = post("/api/nodes/register", {"engine_type": "gpt-sovits", "host": "127.0.0.1", "port": 1})
+    nid = r.json()["node_id"]
+    assert r.status_code == 200 and r.json() == {"success": True, "node_id": nid} and len(nid) == 8
+    assert gw.node(nid)["status"] == "offline" and gw.node(nid)["model_loaded"] is False  # NodeInfo defaults
+    assert post(f"/api/nodes/{nid}/heartbeat", {"status": "ready"}).status_code == 422  # node_id is required
+    assert post(f"/api/nodes/{nid}/heartbeat", {"node_id": nid, "status": "ready", "model_loaded": True}).json() == \
+        {"success": True}
+    assert gw.node(nid)["status"] == "ready" and gw.node(nid)["model_loaded"] is False  # never from a heartbeat
+    assert post("/api/nodes/nobody/heartbeat", {"node_id": "nobody"}).json() == {"success": False}
+    r = post("/api/nodes/nobody/command", {"command": "load_model"})
+    assert r.status_code == 404 and r.json() == {"detail": "Node not found"}
+    r = post("/api/synthesize", {"text": "x", "voice_id": "v", "engine": "gpt-sovits"})
+    assert r.status_code == 200 and r.json()["success"] is False
+    assert r.json()["message"] == "No available node for engine gpt-sovits"
+    assert post("/api/synthesize", {"text": "", "voice_id": "v"}).status_code == 422
+    assert post("/api/synthesize", {"text": "x", "voice_id": "v", "pitch": 3}).status_code == 422
+    assert requests.delete(f"{gw.url}/api/nodes/{nid}", timeout=10).json() == {"success": True}
+    assert requests.delete(f"{gw.url}/api/nodes/{nid}", timeout=10).json() == {"success": False}

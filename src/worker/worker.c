@@ -687,7 +687,7 @@ static json_t *info_doc(const worker *w)
 {
     json_t *o =
         json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:I,s:I,s:s}", "node_id", w->node_id, "engine_type", w->engine,
-                  "url", w->advertise, "capacity", w->capacity, "status", w->status, "model_loaded",
+                  "url", w->advertise, "capacity", w->capacity, "status", wire_status(w), "model_loaded",
                   w->model_loaded, "current_concurrent", (json_int_t)w->hub->stats.inflight, "queue_size",
                   (json_int_t)queued(w->hub), "version", TH_VERSION);
     if (o && w->voices) json_object_set(o, "voices", w->voices);
@@ -695,6 +695,8 @@ static json_t *info_doc(const worker *w)
     if (o) json_object_set_new(o, "gateway", json_string(w->gateway));
     if (o) json_object_set_new(o, "registered", json_boolean(w->state == W_RUNNING));
     if (o) json_object_set_new(o, "gateway_protocol", json_string(w->seed2 ? "seed2" : "ttshub"));
+    if (o) json_object_set_new(o, "host", json_string(w->adv_host));
+    if (o) json_object_set_new(o, "port", json_integer(w->adv_port));
     if (o) json_object_set_new(o, "registered_as", json_string(wire_engine(w)));
     return o;
 }

@@ -69,6 +69,7 @@ def test_registers_heartbeats_and_speaks_through_the_gateway(hub_factory, gw):
     assert wait_until(lambda: w.get("/info").json()["registered"])
     info = w.get("/info").json()
     assert info["gateway_protocol"] == "seed2" and info["registered_as"] == "xtts"
+    assert info["status"] == "ready" and info["host"] == "127.0.0.1" and info["port"] == node["port"]
     # NodeMetrics heartbeats: node_id in the body, seed-2 status words, counted
     nid = node["node_id"]
     assert wait_until(lambda: len(gw.of("POST", f"/api/nodes/{nid}/heartbeat")) >= 3)

@@ -32,6 +32,7 @@ typedef struct xjob {
     size_t wav_len;
     th_dec_level level;
     th_vlib_meta m;
+    int *busy; /* the caller's count of uploads under way; ours is one of them */
 } xjob;
 
 static void xerr(th_api_ctx *c, int status, const char *code, const char *msg)
@@ -42,6 +43,7 @@ static void xerr(th_api_ctx *c, int status, const char *code, const char *msg)
 
 static void xjob_free(xjob *j)
 {
+    if (j->busy) (*j->busy)--;
     th_form_free(&j->form);
     free(j->wav);
     th_vlib_meta_free(&j->m);
@@ -209,11 +211,16 @@ static void x_after(uv_work_t *w, int status)
     x_store(j);
 }
 
-void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap)
+void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, int max_busy)
 {
     th_hub *hub = c->hub;
     if (hub->vlib == NULL) {
         xerr(c, 503, "voice_store_error", "the node has no voice store");
+        return;
+    }
+    if (*busy >= max_busy) {
+        c->retry_after_s = 1;
+        xerr(c, 503, "busy", "the node is processing other uploads; try again");
         return;
     }
     const char *ct = th_http_header(c->req, "Content-Type");
@@ -229,6 +236,8 @@ void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap)
     }
     j->c = c;
     j->cap = cap;
+    j->busy = busy;
+    (*busy)++;
     th_strlcpy(j->engine, engine_type, sizeof j->engine);
     th_form_init(&j->form);
     size_t blen = 0;

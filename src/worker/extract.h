@@ -18,8 +18,9 @@
 #include "api/api.h"
 
 /** Handles the request (the caller has checked auth and readiness). engine_type is what the reply names;
- * cap bounds the store (voices and references together). */
-void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap);
+ * cap bounds the store (voices and references together). *busy counts the uploads being processed (each
+ * holds its body and up to max_seconds of decoded audio): at max_busy more are answered 503. */
+void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, int max_busy);
 /** true for ids of the store's content-addressed references ("r" + 63 lowercase hex digits). */
 bool th_wextract_is_content_id(const char *id);
 

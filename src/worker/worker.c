@@ -30,6 +30,7 @@
 #define BACKOFF_MAX_MS 10000
 #define REPLY_MAX 8192
 #define WARN_EVERY_MS 30000
+#define EXTRACT_MAX_BUSY 2 /* /extract_voice uploads decoded at once; more get 503 */
 #define REF_AUDIO_MAX                                                                                        \
     (16u * 1024 * 1024) /* a reference WAV sent to the node (a minute at 48 kHz is 5.5 MiB) */
 
@@ -72,6 +73,7 @@ typedef struct worker {
     char adv_host[256];   /* host and port of --advertise, sent beside url (seed-2 NodeInfo) */
     int adv_port;
     double heartbeat_default_s; /* when the gateway's answer names no interval (seed-2 never does) */
+    int extracting;             /* /extract_voice uploads under way */
 } worker;
 
 /* ---- small helpers ---- */
@@ -799,7 +801,7 @@ static void h_extract(th_http_req *req, void *ud)
         node_error(c, 501, "engine_cannot_clone", m);
         return;
     }
-    th_wextract(c, wire_engine(w), (size_t)w->max_refs + 8);
+    th_wextract(c, wire_engine(w), (size_t)w->max_refs + 8, &w->extracting, EXTRACT_MAX_BUSY);
 }
 
 /* ---- hub hooks ---- */

@@ -71,11 +71,11 @@ to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms
 
 # wrk_run LABEL URL PID CONNS DUR: one wrk run (POST form body from wrk_form.lua, pinned to CPU 1).
 # Appends "LABEL rps p99_ms cpu_us_per_req non2xx requests" to $WORK/results.
-# wrk_form.lua reads WRK_INPUT, WRK_UNIQUE, WRK_AUTH from the environment.
+# wrk_form.lua (or the script WRK_SCRIPT names) reads WRK_INPUT, WRK_UNIQUE, WRK_AUTH from the environment.
 wrk_run() {
   local label=$1 url=$2 pid=$3 conns=$4 dur=$5 t0 t1 out rps p99 reqs bad us
   t0=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${dur}s" --timeout 10s --latency -s "$ROOT/bench/wrk_form.lua" "$url")
+  out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${dur}s" --timeout 10s --latency -s "${WRK_SCRIPT:-$ROOT/bench/wrk_form.lua}" "$url")
   t1=$(cpu_ticks "$pid")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)

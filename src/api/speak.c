@@ -458,7 +458,7 @@ static th_cache_follower_cb follower_cb(th_api_ctx *c)
 static void cache_lookup(th_api_ctx *c)
 {
     th_hub *hub = c->hub;
-    if (hub->cache == NULL) {
+    if (hub->cache == NULL || (c->p.pitch > 0 && c->p.pitch != 1.0)) { /* the key has no pitch */
         step_synth(c);
         return;
     }

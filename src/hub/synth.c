@@ -67,7 +67,7 @@ struct th_synth {
     size_t text_len, chars;
     th_fmt fmt;
     int rate;
-    double speed;
+    double speed, pitch;
     th_route_prov *cand[MAX_CANDIDATES]; /* one reference each */
     const char *cand_voice[MAX_CANDIDATES];
     size_t ncand;
@@ -605,6 +605,7 @@ static void launch(attempt *a)
         .want_fmt = multi(s) ? TH_FMT_PCM : s->fmt,
         .want_rate = s->rate,
         .speed = es,
+        .pitch = s->pitch,
         .ref = s->clone ? th_vlib_use_ref(s->clone) : NULL,
     };
     if (s->trace.valid && s->hub->tracer && a->span == NULL) {
@@ -860,6 +861,7 @@ th_synth *th_synth_start(th_hub *hub, const th_synth_params *p, const th_synth_c
     s->fmt = p->fmt;
     s->rate = p->sample_rate ? p->sample_rate : TH_PCM_DEFAULT_RATE;
     s->speed = p->speed > 0 ? p->speed : 1.0;
+    s->pitch = p->pitch;
     s->trace = p->trace;
 
     s->clone = th_vlib_use_dup(p->clone);

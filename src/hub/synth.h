@@ -47,6 +47,7 @@ typedef struct th_synth_params {
     th_fmt fmt;         /* one of the six client formats */
     int sample_rate;    /* 0 = TH_PCM_DEFAULT_RATE */
     double speed;       /* 0.25..4.0 */
+    double pitch;       /* 0 or 1 = unchanged; else a ratio 0.5..2.0, for engines that can (espeak) */
     const char *tenant; /* for route matching; NULL = none */
     th_trace_ctx trace; /* the request's span: provider attempts are its children (invalid: not traced) */
     /** A library (cloned) voice, or NULL: then voice is its id, only clone-capable providers are

@@ -72,6 +72,7 @@ struct th_job {
     size_t pos;  /* next segment start: owner thread, under p->mu */
     char *voice; /* canonical espeak voice ("gmw/en-US+f3"); immutable */
     int rate;    /* words per minute */
+    int pitch;   /* espeakPITCH, 0..100 (50 = the voice's own) */
 
     /* under p->mu */
     es_chunk *head, *tail;
@@ -118,7 +119,7 @@ struct th_espeak {
 
     /* owner thread only */
     char *cur_voice;
-    int cur_rate;
+    int cur_rate, cur_pitch;
 };
 
 /* ---- voices ---------------------------------------------------------------------------------- */
@@ -632,19 +633,24 @@ static bool job_runnable_locked(const th_job *j)
     return !j->cancelled && !j->paused && !j->failed && j->pending < TH_ESPEAK_MAX_PENDING && j->pos < j->len;
 }
 
-static int set_voice_and_rate(th_espeak *p, const char *voice, int rate)
+static int set_voice_and_rate(th_espeak *p, const char *voice, int rate, int pitch)
 {
     if (p->cur_voice == NULL || strcmp(p->cur_voice, voice) != 0) {
         free(p->cur_voice);
         p->cur_voice = NULL;
         if (espeak_SetVoiceByName(voice) != EE_OK) return -1;
         p->cur_voice = th_strndup(voice, strlen(voice));
-        p->cur_rate = -1; /* a voice change may reset the rate */
+        p->cur_rate = -1; /* a voice change may reset the rate and pitch */
+        p->cur_pitch = -1;
         if (p->cur_voice == NULL) return -1;
     }
     if (p->cur_rate != rate) {
         if (espeak_SetParameter(espeakRATE, rate, 0) != EE_OK) return -1;
         p->cur_rate = rate;
+    }
+    if (p->cur_pitch != pitch) {
+        if (espeak_SetParameter(espeakPITCH, pitch, 0) != EE_OK) return -1;
+        p->cur_pitch = pitch;
     }
     return 0;
 }
@@ -747,7 +753,7 @@ static void *owner_main(void *arg)
             if (n >= sizeof seg) n = sizeof seg - 1; /* cannot happen: 4 bytes per code point at most */
             memcpy(seg, j->text + start, n);
             seg[n] = '\0';
-            if (set_voice_and_rate(p, j->voice, j->rate) != 0) {
+            if (set_voice_and_rate(p, j->voice, j->rate, j->pitch) != 0) {
                 pthread_mutex_lock(&p->mu);
                 if (!j->failed) {
                     j->failed = true;
@@ -850,6 +856,7 @@ static th_provider *espeak_create(uv_loop_t *loop, const th_provider_conf *conf,
     p->loop = loop;
     p->log = log;
     p->cur_rate = -1;
+    p->cur_pitch = -1;
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         free(p);
         snprintf(err, errlen, "espeak: cannot create a mutex");
@@ -938,6 +945,9 @@ static th_job *espeak_start(th_provider *base, const th_synth_req *req, const th
     j->p = p;
     j->sink = *sink;
     j->rate = speed_to_wpm(req->speed);
+    /* pitch is a ratio (1 = the voice's own); espeak's parameter is 0..100 around 50 */
+    double pr = req->pitch > 0 && isfinite(req->pitch) ? req->pitch : 1.0;
+    j->pitch = (int)nearbyint(50.0 * (pr < 0.0 ? 0.0 : pr > 2.0 ? 2.0 : pr));
     j->text = th_espeak_sanitize(req->text ? req->text : "", req->text ? req->text_len : 0, &j->len);
     if (j->text == NULL) {
         free(j);

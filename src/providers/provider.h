@@ -79,6 +79,7 @@ typedef struct th_synth_req {
     th_fmt want_fmt;         /* what the client will get: a provider may emit it natively */
     int want_rate;           /* 0 = default */
     double speed;            /* 1.0 = normal */
+    double pitch;            /* 0 or 1.0 = normal; else a ratio (0.5..2.0), where the engine can */
     const char *traceparent; /* W3C trace context for the engine request, or NULL */
     const th_voice_ref *ref; /* a library voice (voice is then its id), or NULL */
 } th_synth_req;

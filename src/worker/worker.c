@@ -21,6 +21,7 @@
 #include "http/client.h"
 #include "hub/hub.h"
 #include "voice/library.h"
+#include "worker/extract.h"
 #include "worker/refs.h"
 
 #define CALL_TIMEOUT_MS 5000
@@ -29,11 +30,15 @@
 #define BACKOFF_MAX_MS 10000
 #define REPLY_MAX 8192
 #define WARN_EVERY_MS 30000
+#define EXTRACT_MAX_BUSY 2 /* /extract_voice uploads decoded at once; more get 503 */
 #define REF_AUDIO_MAX                                                                                        \
     (16u * 1024 * 1024) /* a reference WAV sent to the node (a minute at 48 kHz is 5.5 MiB) */
 
 typedef enum { W_IDLE, W_REGISTER, W_RUNNING, W_STOPPING, W_DONE } wstate;
 typedef enum { CALL_REGISTER, CALL_HEARTBEAT, CALL_DELETE } wcall;
+/* which gateway: ttshub's registry, or the seed-2 gateway (voice-clone-tts), told by --gateway-protocol or
+ * found out from the first registration's answer (auto) */
+typedef enum { PROTO_AUTO, PROTO_TTSHUB, PROTO_SEED2 } wproto;
 
 typedef struct worker {
     th_hub *hub;
@@ -60,6 +65,15 @@ typedef struct worker {
     uint64_t cpu_us, cpu_at_us;
     bool closing; /* the hub is done with us: free once the last call ends */
     bool ever_registered;
+    wproto proto;         /* as given; PROTO_AUTO until the gateway's answers tell */
+    bool seed2;           /* speaking the seed-2 protocol now */
+    bool model_loaded;    /* load_model/activate vs unload_model/standby */
+    bool reregister;      /* register again after the call in flight (seed-2: a model was loaded) */
+    char engine_type[33]; /* what the node registers as (--engine-type; default: --engine) */
+    char adv_host[256];   /* host and port of --advertise, sent beside url (seed-2 NodeInfo) */
+    int adv_port;
+    double heartbeat_default_s; /* when the gateway's answer names no interval (seed-2 never does) */
+    int extracting;             /* /extract_voice uploads under way */
 } worker;
 
 /* ---- small helpers ---- */
@@ -136,6 +150,25 @@ static bool may_warn(worker *w)
     return true;
 }
 
+/* The status as the gateway's vocabulary has it: ours is online | standby | stopping; seed-2's WorkerStatus
+ * is ready | standby | offline (also loading, busy, error). */
+static const char *wire_status(const worker *w)
+{
+    if (!w->seed2) return w->status;
+    return strcmp(w->status, "online") == 0    ? "ready"
+           : strcmp(w->status, "standby") == 0 ? "standby"
+                                               : "offline";
+}
+
+/* The engine_type the node registers as: --engine-type, else the engine kind (seed-2 spells gpt-sovits
+ * with a hyphen, and knows only xtts, openvoice and gpt-sovits). */
+static const char *wire_engine(const worker *w)
+{
+    if (w->engine_type[0]) return w->engine_type;
+    if (w->seed2 && strcmp(w->engine, "gpt_sovits") == 0) return "gpt-sovits";
+    return w->engine;
+}
+
 /* ---- the gateway conversation ---- */
 
 static void finish(worker *w);
@@ -182,16 +215,24 @@ static void registered(worker *w, const json_t *reply)
     bool again = w->ever_registered;
     w->ever_registered = true;
     th_strlcpy(w->node_id, id, sizeof w->node_id);
-    double s = json_is_number(hb) ? json_number_value(hb) : 10.0;
+    double s = json_is_number(hb) ? json_number_value(hb) : w->heartbeat_default_s;
     if (!(s >= 0.1)) s = 0.1;
     if (s > 3600) s = 3600;
     w->heartbeat_ms = (uint64_t)(s * 1000.0);
     w->backoff_ms = BACKOFF_MIN_MS;
     w->state = W_RUNNING;
     w->last_warn = 0;
-    TH_LOG(w->hub->log, TH_LOG_INFO, "worker: %s as %s with %s (heartbeat every %llu ms)",
-           again ? "registered again" : "registered", w->node_id, w->gateway,
-           (unsigned long long)w->heartbeat_ms);
+    TH_LOG(w->hub->log, TH_LOG_INFO, "worker: %s as %s (%s, %s) with %s %s(heartbeat every %llu ms)",
+           again ? "registered again" : "registered", w->node_id, wire_engine(w), wire_status(w), w->gateway,
+           w->seed2 ? "[seed-2] " : "", (unsigned long long)w->heartbeat_ms);
+    if (w->seed2 && !again && th_str_startswith(w->advertise, "https://"))
+        TH_LOG(w->hub->log, TH_LOG_WARN,
+               "worker: the seed-2 gateway calls nodes at http://host:port only; this node advertises %s",
+               w->advertise);
+    if (w->reregister) { /* the model was loaded while the registration was under way */
+        send_register(w);
+        return;
+    }
     arm(w, w->heartbeat_ms);
 }
 
@@ -217,20 +258,47 @@ static void on_done(void *ud, th_client_result res, int status, const char *deta
         if (w->closing) finish(w);
         return;
     }
+    /* FastAPI's validation answer: 422 {"detail":[{loc, msg, ...}]}; ttshub never answers 422 */
+    json_t *fdetail = json_object_get(reply, "detail");
+    bool fastapi_422 = res == TH_CLIENT_OK && status == 422 && json_is_array(fdetail);
     if (call == CALL_REGISTER) {
         if (res == TH_CLIENT_OK && status >= 200 && status < 300) {
             registered(w, reply);
+        } else if (fastapi_422 && w->proto == PROTO_AUTO && !w->seed2) {
+            /* a seed-2 gateway refuses ttshub's status words (and engine kinds it does not know) */
+            w->seed2 = true;
+            TH_LOG(w->hub->log, TH_LOG_INFO,
+                   "worker: %s answers like the seed-2 gateway (voice-clone-tts): registering in its shapes",
+                   w->gateway);
+            send_register(w);
         } else {
             const char *m = json_string_value(json_object_get(reply, "message"));
+            char d[400] = "";
+            if (fastapi_422) { /* the first complaint: field and message */
+                json_t *e = json_array_get(fdetail, 0), *loc = json_object_get(e, "loc");
+                const char *msg = json_string_value(json_object_get(e, "msg"));
+                const char *field = json_string_value(json_array_get(loc, json_array_size(loc) - 1));
+                snprintf(d, sizeof d, "%.60s: %.200s%s", field ? field : "?", msg ? msg : "?",
+                         field && strcmp(field, "engine_type") == 0
+                             ? " (a seed-2 gateway knows xtts, openvoice and gpt-sovits: choose one with "
+                               "--engine-type)"
+                             : "");
+                m = d;
+            }
             if (may_warn(w))
                 TH_LOG(w->hub->log, TH_LOG_WARN, "worker: cannot register with %s: %s%s%s", w->gateway, why,
                        m ? ": " : "", m ? m : "");
             retry_register(w);
         }
     } else { /* heartbeat */
-        if (res == TH_CLIENT_OK && status == 404) {
-            TH_LOG(w->hub->log, TH_LOG_INFO, "worker: the gateway does not know %s: registering again",
-                   w->node_id);
+        /* 404 (ttshub) or 200 {"success":false} (the seed-2 gateway forgot the node, e.g. it restarted) */
+        bool unknown = res == TH_CLIENT_OK &&
+                       (status == 404 ||
+                        (status >= 200 && status < 300 && json_is_false(json_object_get(reply, "success"))));
+        if (unknown || w->reregister) {
+            if (unknown)
+                TH_LOG(w->hub->log, TH_LOG_INFO, "worker: the gateway does not know %s: registering again",
+                       w->node_id);
             w->state = W_REGISTER;
             send_register(w);
         } else {
@@ -279,8 +347,20 @@ static void call(worker *w, wcall what, const char *method, const char *path, co
 
 static void send_register(worker *w)
 {
-    json_t *b = json_pack("{s:s,s:s,s:i,s:b,s:s}", "engine_type", w->engine, "url", w->advertise, "capacity",
-                          w->capacity, "model_loaded", 1, "status", w->status);
+    w->reregister = false;
+    if (w->seed2 && !w->no_token) { /* it would send no token to /synthesize: every call would get 401 */
+        if (may_warn(w))
+            TH_LOG(w->hub->log, TH_LOG_ERROR,
+                   "worker: %s is a seed-2 gateway, which sends no credential to its nodes: not registering. "
+                   "Run this node with --no-token, on a network only the gateway reaches",
+                   w->gateway);
+        retry_register(w);
+        return;
+    }
+    /* NodeInfo (seed-2) and ttshub's registration in one body: url and host+port */
+    json_t *b = json_pack("{s:s,s:s,s:s,s:i,s:i,s:b,s:s}", "engine_type", wire_engine(w), "url", w->advertise,
+                          "host", w->adv_host, "port", w->adv_port, "capacity", w->capacity, "model_loaded",
+                          w->model_loaded, "status", wire_status(w));
     if (b && w->node_id[0]) json_object_set_new(b, "node_id", json_string(w->node_id));
     if (b && w->voices) json_object_set(b, "voices", w->voices);
     if (b && w->languages) json_object_set(b, "languages", w->languages);
@@ -302,9 +382,12 @@ static void send_heartbeat(worker *w)
                      : 0.0;
     w->cpu_us = cpu;
     w->cpu_at_us = now;
-    json_t *b = json_pack("{s:s,s:b,s:I,s:I,s:f,s:f}", "status", w->status, "model_loaded", 1,
-                          "current_concurrent", (json_int_t)w->hub->stats.inflight, "queue_size",
-                          (json_int_t)queued(w->hub), "cpu_percent", pct, "memory_percent", memory_percent());
+    /* NodeMetrics (seed-2 needs node_id in the body) and ttshub's heartbeat in one body */
+    json_t *b = json_pack(
+        "{s:s,s:s,s:b,s:I,s:I,s:f,s:f,s:I,s:I}", "node_id", w->node_id, "status", wire_status(w),
+        "model_loaded", w->model_loaded, "current_concurrent", (json_int_t)w->hub->stats.inflight,
+        "queue_size", (json_int_t)queued(w->hub), "cpu_percent", pct, "memory_percent", memory_percent(),
+        "request_count", (json_int_t)w->hub->stats.requests, "error_count", (json_int_t)w->hub->stats.errors);
     char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
     json_decref(b);
     char path[TH_NODE_ID_MAX + 32];
@@ -384,6 +467,10 @@ static void refs_trim(worker *w)
     const th_vlib_meta **all = calloc(n + 1, sizeof *all);
     if (all == NULL) return;
     size_t got = th_vlib_list(l, "", true, all, n + 1);
+    size_t keep = 0; /* voices made by /extract_voice are the client's: only references are dropped */
+    for (size_t i = 0; i < got; i++)
+        if (th_wextract_is_content_id(all[i]->id)) all[keep++] = all[i];
+    got = keep;
     while (got >= (size_t)w->max_refs) {
         size_t oldest = 0;
         for (size_t i = 1; i < got; i++)
@@ -528,26 +615,36 @@ static void h_synthesize(th_http_req *req, void *ud)
     c->shape = TH_SHAPE_CLONE;
     if (node_auth(c, w) != 0) return;
     if (strcmp(w->status, "online") != 0) {
-        char m[64];
-        snprintf(m, sizeof m, "the node is %s", w->status);
+        char m[80];
+        snprintf(m, sizeof m, "the node is %s%s", w->status, w->model_loaded ? "" : " (Model not loaded)");
         c->retry_after_s = 1;
         node_error(c, 503, "unavailable", m);
         return;
     }
     json_t *j = th_api_body_object(c, false, "invalid_request");
     if (j == NULL) return;
+    /* ttshub's fields {voice, format} and seed-2's {voice_id, output_format, engine, pitch} */
     json_t *text = json_object_get(j, "text"), *voice = json_object_get(j, "voice");
     json_t *format = json_object_get(j, "format"), *speed = json_object_get(j, "speed");
-    json_t *lang = json_object_get(j, "language");
+    json_t *lang = json_object_get(j, "language"), *pitch = json_object_get(j, "pitch");
+    json_t *engine = json_object_get(j, "engine");
+    if (voice == NULL || json_is_null(voice)) voice = json_object_get(j, "voice_id");
+    if (format == NULL || json_is_null(format)) format = json_object_get(j, "output_format");
     size_t chars = 0;
     th_fmt fmt = TH_FMT_WAV;
-    double sp = 1.0;
+    double sp = 1.0, pv = 0;
     if (!json_is_string(text) || json_string_length(text) == 0) {
         node_error(c, 400, "invalid_request", "'text' is required");
-    } else if (voice && !json_is_null(voice) && !json_is_string(voice)) {
-        node_error(c, 400, "invalid_request", "'voice' must be a string");
+    } else if (voice && !json_is_null(voice) && (!json_is_string(voice) || json_string_length(voice) > 256)) {
+        node_error(c, 400, "invalid_request", "'voice' ('voice_id') must be a string of at most 256 bytes");
     } else if (format && !json_is_null(format) && !json_is_string(format)) {
-        node_error(c, 400, "invalid_request", "'format' must be a string");
+        node_error(c, 400, "invalid_request", "'format' ('output_format') must be a string");
+    } else if (engine && !json_is_null(engine) && !json_is_string(engine)) {
+        node_error(c, 400, "invalid_request", "'engine' must be a string");
+    } else if (pitch && !json_is_null(pitch) &&
+               (!json_is_number(pitch) || json_number_value(pitch) < 0.5 || json_number_value(pitch) > 2.0)) {
+        node_error(c, 400, "invalid_request",
+                   "'pitch' must be a number from 0.5 to 2.0 (1 = the voice's own)");
     } else if (speed && !json_is_null(speed) &&
                (!json_is_number(speed) || json_number_value(speed) < 0.25 ||
                 json_number_value(speed) > 4.0)) {
@@ -559,6 +656,7 @@ static void h_synthesize(th_http_req *req, void *ud)
                th_api_check_format(c, "format", json_is_string(format) ? json_string_value(format) : "wav",
                                    &fmt) == 0) {
         if (json_is_number(speed)) sp = json_number_value(speed);
+        if (json_is_number(pitch)) pv = json_number_value(pitch);
         json_t *rsha = json_object_get(j, "reference_sha256");
         if (rsha != NULL && !json_is_null(rsha)) {
             th_http_set_header(req, "X-Node-Id", w->node_id[0] ? w->node_id : "unregistered");
@@ -580,6 +678,7 @@ static void h_synthesize(th_http_req *req, void *ud)
             .generation = c->rid,
             .fmt = fmt,
             .speed = sp,
+            .pitch = pv,
         };
         th_api_speak(c, &p);
     }
@@ -588,14 +687,19 @@ static void h_synthesize(th_http_req *req, void *ud)
 
 static json_t *info_doc(const worker *w)
 {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:I,s:I,s:s}", "node_id", w->node_id, "engine_type",
-                          w->engine, "url", w->advertise, "capacity", w->capacity, "status", w->status,
-                          "model_loaded", 1, "current_concurrent", (json_int_t)w->hub->stats.inflight,
-                          "queue_size", (json_int_t)queued(w->hub), "version", TH_VERSION);
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:I,s:I,s:s}", "node_id", w->node_id, "engine_type", w->engine,
+                  "url", w->advertise, "capacity", w->capacity, "status", wire_status(w), "model_loaded",
+                  w->model_loaded, "current_concurrent", (json_int_t)w->hub->stats.inflight, "queue_size",
+                  (json_int_t)queued(w->hub), "version", TH_VERSION);
     if (o && w->voices) json_object_set(o, "voices", w->voices);
     if (o && w->languages) json_object_set(o, "languages", w->languages);
     if (o) json_object_set_new(o, "gateway", json_string(w->gateway));
     if (o) json_object_set_new(o, "registered", json_boolean(w->state == W_RUNNING));
+    if (o) json_object_set_new(o, "gateway_protocol", json_string(w->seed2 ? "seed2" : "ttshub"));
+    if (o) json_object_set_new(o, "host", json_string(w->adv_host));
+    if (o) json_object_set_new(o, "port", json_integer(w->adv_port));
+    if (o) json_object_set_new(o, "registered_as", json_string(wire_engine(w)));
     return o;
 }
 
@@ -613,6 +717,21 @@ static void deferred_shutdown(void *p)
     th_hub_shutdown(p);
 }
 
+/* A seed-2 gateway takes model_loaded from registrations only (its heartbeat has no such field): after a
+ * load, the node registers again so that the gateway routes to it. */
+static void request_register(worker *w)
+{
+    if (!w->seed2 || w->state == W_STOPPING || w->state == W_DONE) return;
+    if (w->req != NULL) { /* after the call in flight */
+        w->reregister = true;
+        return;
+    }
+    if (w->state != W_RUNNING) return; /* waiting to retry: that attempt sends the new state */
+    if (w->timer) uv_timer_stop(w->timer);
+    w->state = W_REGISTER;
+    send_register(w);
+}
+
 static void h_command(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -623,24 +742,66 @@ static void h_command(th_http_req *req, void *ud)
     if (node_auth(c, w) != 0) return;
     json_t *j = th_api_body_object(c, false, "invalid_command");
     if (j == NULL) return;
-    const char *cmd = json_string_value(json_object_get(j, "command"));
-    if (cmd == NULL ||
-        (strcmp(cmd, "activate") != 0 && strcmp(cmd, "standby") != 0 && strcmp(cmd, "stop") != 0)) {
+    json_t *cv = json_object_get(j, "command"), *params = json_object_get(j, "params");
+    char cmd[16] = "";
+    if (json_is_string(cv) && json_string_length(cv) < sizeof cmd) /* seed-2 workers take any case */
+        for (size_t i = 0; i < json_string_length(cv); i++) {
+            char ch = json_string_value(cv)[i];
+            cmd[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+    bool load = strcmp(cmd, "activate") == 0 || strcmp(cmd, "load_model") == 0;
+    bool unload = strcmp(cmd, "standby") == 0 || strcmp(cmd, "unload_model") == 0;
+    bool stop = strcmp(cmd, "stop") == 0;
+    if (!load && !unload && !stop) {
         json_decref(j);
-        node_error(c, 400, "invalid_command", "'command' must be activate, standby or stop");
+        node_error(c, 400, "invalid_command",
+                   "'command' must be activate, load_model, standby, unload_model or stop");
         return;
     }
-    bool stop = strcmp(cmd, "stop") == 0;
-    if (w->state != W_STOPPING && w->state != W_DONE)
-        th_strlcpy(w->status,
-                   stop                          ? "stopping"
-                   : strcmp(cmd, "standby") == 0 ? "standby"
-                                                 : "online",
-                   sizeof w->status);
-    TH_LOG(hub->log, TH_LOG_INFO, "worker: command %s: now %s", cmd, w->status);
+    if (params != NULL && !json_is_null(params) && !json_is_object(params)) {
+        json_decref(j);
+        node_error(c, 400, "invalid_command", "'params' must be an object");
+        return;
+    }
     json_decref(j);
-    th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "status", w->status));
+    bool was_loaded = w->model_loaded;
+    if (w->state != W_STOPPING && w->state != W_DONE && !stop) {
+        /* activate = load_model, standby = unload_model, as on a seed-2 worker: readiness follows the model
+         */
+        w->model_loaded = load;
+        th_strlcpy(w->status, load ? "online" : "standby", sizeof w->status);
+    } else if (stop) {
+        th_strlcpy(w->status, "stopping", sizeof w->status);
+    }
+    TH_LOG(hub->log, TH_LOG_INFO, "worker: command %s: now %s, model %s", cmd, w->status,
+           w->model_loaded ? "loaded" : "unloaded");
+    th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "status", wire_status(w)));
+    if (load && !was_loaded) request_register(w);
     if (stop && th_hub_defer(hub, deferred_shutdown, hub) != 0) th_hub_shutdown(hub);
+}
+
+/* POST /extract_voice (seed-2): a reference into the node's store, spoken later by voice_id */
+static void h_extract(th_http_req *req, void *ud)
+{
+    th_hub *hub = ud;
+    worker *w = hub->ext->ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->route = "/extract_voice";
+    c->shape = TH_SHAPE_CLONE;
+    if (node_auth(c, w) != 0) return;
+    if (!w->model_loaded || strcmp(w->status, "online") != 0) {
+        c->retry_after_s = 1;
+        node_error(c, 503, "model_not_loaded", "Model not loaded");
+        return;
+    }
+    bool can_clone = hub->route.provs && hub->n_providers > 0 && hub->route.provs[0]->p->caps.can_clone;
+    if (!can_clone) {
+        char m[160];
+        snprintf(m, sizeof m, "this node's engine (%s) cannot speak with a reference voice", w->engine);
+        node_error(c, 501, "engine_cannot_clone", m);
+        return;
+    }
+    th_wextract(c, wire_engine(w), (size_t)w->max_refs + 8, &w->extracting, EXTRACT_MAX_BUSY);
 }
 
 /* ---- hub hooks ---- */
@@ -650,6 +811,7 @@ static int x_routes(th_hub *hub, void *ud)
     (void)ud;
     if (th_router_add(hub->router, "POST", "/synthesize", h_synthesize, hub) != 0) return -1;
     if (th_router_add(hub->router, "GET", "/info", h_info, hub) != 0) return -1;
+    if (th_router_add(hub->router, "POST", "/extract_voice", h_extract, hub) != 0) return -1;
     return th_router_add(hub->router, "POST", "/command", h_command, hub);
 }
 
@@ -756,15 +918,23 @@ static void usage(FILE *f)
         "                     [--voices a,b,...] [--languages en,zh,...] [--data-dir DIR] [--log-level L]\n"
         "                     [--ref-dir DIR [--ref-dir-engine DIR]] [--max-references N]\n"
         "                     [--token-env NAME] [--no-token]\n"
+        "                     [--gateway-protocol auto|ttshub|seed2] [--engine-type TYPE]\n"
+        "                     [--heartbeat-interval SECONDS]\n"
         "  ENGINE: espeak (embedded) or an engine kind at --engine-url: openai_fm, openai, gpt_sovits,\n"
         "          xtts, openvoice, cosyvoice, fish, elevenlabs, azure\n"
         "  the cluster token is read from the variable --token-env names (default TTSHUB_CLUSTER_TOKEN);\n"
-        "  it is sent to the gateway and required, as Authorization: Bearer, on /synthesize, /command and "
-        "/info.\n"
+        "  it is sent to the gateway and required, as Authorization: Bearer, on /synthesize, /command,\n"
+        "  /extract_voice and /info.\n"
         "  --no-token serves the node routes to anyone (only behind a gateway that sends no credential)\n"
         "  library voices: references are kept under DATA-DIR (at most N, 256 by default); for xtts and\n"
         "          gpt_sovits, --ref-dir is the engine's speaker folder the node writes them into and\n"
-        "          --ref-dir-engine the path under which the engine sees it\n");
+        "          --ref-dir-engine the path under which the engine sees it\n"
+        "  --gateway-protocol: ttshub's registry, or the seed-2 gateway (voice-clone-tts); auto (default)\n"
+        "          tells them apart from the answer to the first registration. Behind a seed-2 gateway run\n"
+        "          with --no-token (it sends no credential) and --engine-type xtts|openvoice|gpt-sovits\n"
+        "          unless --engine is one of those\n"
+        "  --engine-type: the engine_type the node registers as (default: --engine)\n"
+        "  --heartbeat-interval: when the gateway names none (a seed-2 gateway never does); default 10\n");
 }
 
 /* http(s)://... of printable bytes with no quote or backslash (it goes into generated YAML) */
@@ -777,6 +947,40 @@ static bool url_arg_ok(const char *s)
         if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f || s[i] == '"' || s[i] == '\\')
             return false;
     return true;
+}
+
+/* host and port of --advertise (NodeInfo's host, port): http://h[:p], https://h[:p], [v6] literals */
+static int advertise_host_port(worker *w)
+{
+    const char *s = w->advertise;
+    bool tls = th_str_startswith(s, "https://");
+    s += tls ? 8 : 7;
+    const char *end = s + strcspn(s, "/?#"); /* a path prefix is ttshub's; seed-2 speaks to host:port */
+    const char *colon = NULL;
+    if (*s == '[') {
+        const char *rb = strchr(s, ']');
+        if (rb == NULL || rb > end) return -1;
+        if ((size_t)(rb - s - 1) >= sizeof w->adv_host || rb == s + 1) return -1;
+        memcpy(w->adv_host, s + 1, (size_t)(rb - s - 1));
+        w->adv_host[rb - s - 1] = 0;
+        if (rb[1] == ':')
+            colon = rb + 1;
+        else if (rb + 1 != end)
+            return -1;
+    } else {
+        colon = memchr(s, ':', (size_t)(end - s));
+        size_t hl = colon ? (size_t)(colon - s) : (size_t)(end - s);
+        if (hl == 0 || hl >= sizeof w->adv_host) return -1;
+        memcpy(w->adv_host, s, hl);
+        w->adv_host[hl] = 0;
+    }
+    int64_t port = tls ? 443 : 80;
+    char ps[8] = "";
+    if (colon && ((size_t)(end - colon - 1) >= sizeof ps || end == colon + 1)) return -1;
+    if (colon) memcpy(ps, colon + 1, (size_t)(end - colon - 1));
+    if (colon && th_str_to_i64(ps, 1, 65535, &port) != 0) return -1;
+    w->adv_port = (int)port;
+    return 0;
 }
 
 static json_t *csv_list(const char *s)
@@ -798,6 +1002,8 @@ int th_worker_main(int argc, char **argv)
     if (w == NULL) return 1;
     w->capacity = 4;
     w->max_refs = 256;
+    w->model_loaded = true;
+    w->heartbeat_default_s = 10.0;
     th_strlcpy(w->status, "online", sizeof w->status);
     th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
     th_strlcpy(w->token_env, "TTSHUB_CLUSTER_TOKEN", sizeof w->token_env);
@@ -846,6 +1052,17 @@ int th_worker_main(int argc, char **argv)
             th_strlcpy(w->ref_dir_engine, v, sizeof w->ref_dir_engine);
         else if (strcmp(a, "--max-references") == 0 && th_str_to_i64(v, 1, 100000, &n) == 0)
             w->max_refs = (int)n;
+        else if (strcmp(a, "--engine-type") == 0 && strlen(v) < sizeof w->engine_type && *v &&
+                 strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(v))
+            th_strlcpy(w->engine_type, v, sizeof w->engine_type);
+        else if (strcmp(a, "--heartbeat-interval") == 0 &&
+                 th_str_to_double(v, 0.1, 3600, &w->heartbeat_default_s) == 0)
+            ;
+        else if (strcmp(a, "--gateway-protocol") == 0 &&
+                 (strcmp(v, "auto") == 0 || strcmp(v, "ttshub") == 0 || strcmp(v, "seed2") == 0))
+            w->proto = strcmp(v, "auto") == 0     ? PROTO_AUTO
+                       : strcmp(v, "ttshub") == 0 ? PROTO_TTSHUB
+                                                  : PROTO_SEED2;
         else if (strcmp(a, "--voices") == 0) {
             json_decref(w->voices);
             w->voices = csv_list(v);
@@ -879,6 +1096,8 @@ int th_worker_main(int argc, char **argv)
                 strspn(w->token_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
                     strlen(w->token_env)
             ? "--token-env is the NAME of an environment variable"
+        : w->proto == PROTO_SEED2 && !w->no_token
+            ? "--gateway-protocol seed2 needs --no-token: the seed-2 gateway sends no credential to its nodes"
         : !w->no_token && token(w) == NULL
             ? "the cluster token is not set: put it in the variable --token-env names (default "
               "TTSHUB_CLUSTER_TOKEN), or run with --no-token behind a gateway that sends none"
@@ -898,6 +1117,12 @@ int th_worker_main(int argc, char **argv)
         w->gateway[n - 1] = 0;
     for (size_t n = strlen(w->advertise); n > 0 && w->advertise[n - 1] == '/'; n--)
         w->advertise[n - 1] = 0;
+    if (advertise_host_port(w) != 0) {
+        fprintf(stderr, "ttshub worker: --advertise must be http(s)://HOST[:PORT] (no path: a seed-2 gateway "
+                        "speaks to host:port)\n");
+        goto out;
+    }
+    w->seed2 = w->proto == PROTO_SEED2;
 
     /* the node's own hub: one provider, no cache, no limits (the gateway governs) */
     char yaml[6144];

@@ -117,7 +117,8 @@ def test_registration_protocol(hub_factory, gateway):
     assert reg, "no registration"
     _, _, headers, body, _ = reg[0]
     assert headers["Authorization"] == f"Bearer {TOKEN}"
-    assert body == {"engine_type": "espeak", "url": w.url, "capacity": 3, "model_loaded": True, "status": "online",
+    assert body == {"engine_type": "espeak", "url": w.url, "host": "127.0.0.1", "port": int(w.url.rsplit(":", 1)[1]),
+                    "capacity": 3, "model_loaded": True, "status": "online",
                     "voices": ["alloy", "echo"], "languages": ["en", "de"]}
     # heartbeats at the interval the gateway gave (0.3 s)
     beats = gateway.wait("POST", "/assigned-1/heartbeat", count=4)

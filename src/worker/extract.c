@@ -1,0 +1,310 @@
+/* extract: see extract.h. */
+#include "worker/extract.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audio/decode.h"
+#include "audio/wav.h"
+#include "core/clock.h"
+#include "core/str.h"
+#include "core/uuid.h"
+#include "http/body.h"
+#include "voice/library.h"
+
+#define EXTRACT_AUDIO_MAX (16u * 1024 * 1024) /* bytes of the uploaded file */
+#define MIN_ACTIVE_SECONDS 0.5                /* less audible audio than this is a silent reference */
+
+typedef struct xjob {
+    th_api_ctx *c;
+    uv_work_t work;
+    th_form form;
+    const uint8_t *audio;
+    size_t audio_len;
+    th_dec_opts opts;
+    double min_s, silence_dbfs;
+    size_t cap;
+    char engine[64];
+    th_dec_rc drc;
+    char err[256];
+    uint8_t *wav;
+    size_t wav_len;
+    th_dec_level level;
+    th_vlib_meta m;
+    int *busy; /* the caller's count of uploads under way; ours is one of them */
+} xjob;
+
+static void xerr(th_api_ctx *c, int status, const char *code, const char *msg)
+{
+    c->shape = TH_SHAPE_CLONE;
+    th_api_error(c, status, NULL, code, "%s", msg);
+}
+
+static void xjob_free(xjob *j)
+{
+    if (j->busy) (*j->busy)--;
+    th_form_free(&j->form);
+    free(j->wav);
+    th_vlib_meta_free(&j->m);
+    free(j);
+}
+
+bool th_wextract_is_content_id(const char *id)
+{
+    if (id[0] != 'r' || strlen(id) != 64) return false;
+    return strspn(id + 1, "0123456789abcdef") == 63;
+}
+
+/* printable UTF-8 (no control bytes but tab/newline when multiline) of at most max bytes */
+static bool text_ok(const char *s, size_t len, size_t max, bool multiline)
+{
+    if (len > max || th_utf8_count(s, len) < 0) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == 0x7f || (ch < 0x20 && !(multiline && (ch == '\n' || ch == '\t' || ch == '\r'))))
+            return false;
+    }
+    return true;
+}
+
+static bool lang_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > 35) return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+              ch == '_'))
+            return false;
+    }
+    return true;
+}
+
+static const th_field *form_str(const th_form *f, const char *name)
+{
+    const th_field *fl = th_form_get(f, name);
+    if (fl == NULL || fl->is_null || fl->is_json || fl->filename != NULL) return NULL;
+    return fl;
+}
+
+static void x_work(uv_work_t *w)
+{
+    xjob *j = w->data;
+    th_buf pcm;
+    /* the decoder stops just past max_seconds; the bound leaves room for that last frame */
+    th_buf_init(&pcm, (size_t)((j->opts.max_seconds + 2) * j->opts.out_rate) * 2 + TH_WAV_HEADER_LEN);
+    if (th_buf_append(&pcm, (const uint8_t[TH_WAV_HEADER_LEN]){0}, TH_WAV_HEADER_LEN) != TH_BUF_OK) {
+        j->drc = TH_DEC_NOMEM;
+        return;
+    }
+    j->drc = th_audio_decode(j->audio, j->audio_len, &j->opts, &pcm, j->err, sizeof j->err);
+    if (j->drc != TH_DEC_OK) {
+        th_buf_free(&pcm);
+        return;
+    }
+    size_t samples = (pcm.len - TH_WAV_HEADER_LEN) / 2;
+    pcm.len = TH_WAV_HEADER_LEN + samples * 2;
+    th_audio_level((const int16_t *)(const void *)(pcm.data + TH_WAV_HEADER_LEN), samples, j->opts.out_rate,
+                   j->silence_dbfs, &j->level);
+    th_wav_header(pcm.data, j->opts.out_rate, 1, 16, (uint32_t)(samples * 2));
+    j->m.duration_s = (double)samples / j->opts.out_rate;
+    j->m.rate = j->opts.out_rate;
+    j->wav = th_buf_steal(&pcm, &j->wav_len);
+    j->m.wav_len = j->wav_len;
+    th_vlib_sha256_hex(j->wav, j->wav_len, j->m.sha256);
+}
+
+static void x_created(void *ud, th_vlib_rc rc, const char *err)
+{
+    xjob *j = ud;
+    th_api_ctx *c = j->c;
+    if (rc != TH_VLIB_OK) {
+        TH_LOG(c->hub->log, TH_LOG_WARN, "worker: cannot store voice %s: %s", j->m.id, err ? err : "");
+        int st = rc == TH_VLIB_TAKEN ? 409 : rc == TH_VLIB_FULL ? 507 : 503;
+        const char *code = rc == TH_VLIB_TAKEN  ? "voice_exists"
+                           : rc == TH_VLIB_FULL ? "voice_store_full"
+                                                : "voice_store_error";
+        xjob_free(j);
+        xerr(c, st, code,
+             st == 409   ? "the voice is being stored by another request"
+             : st == 507 ? "the node's voice store is full"
+                         : "the node cannot store the voice");
+        return;
+    }
+    TH_LOG(c->hub->log, TH_LOG_INFO, "worker: voice %s extracted (%.2f s)", j->m.id, j->m.duration_s);
+    json_t *o = json_pack("{s:b,s:s,s:s,s:s,s:s,s:f}", "success", 1, "message", "", "voice_id", j->m.id,
+                          "voice_name", j->m.name, "engine", j->engine, "duration_seconds", j->m.duration_s);
+    xjob_free(j);
+    th_api_json(c, 200, o);
+}
+
+static void x_store(xjob *j)
+{
+    th_api_ctx *c = j->c;
+    th_vlib *l = c->hub->vlib;
+    th_vlib_rc vr = th_vlib_reserve(l, j->m.id, "", j->cap);
+    if (vr != TH_VLIB_OK) {
+        x_created(j, vr, "reserve");
+        return;
+    }
+    uint8_t *wav = j->wav;
+    size_t len = j->wav_len;
+    j->wav = NULL;
+    j->m.created_ms = j->m.updated_ms = (int64_t)th_wall_ms();
+    th_vlib_create(l, &j->m, wav, len, j->cap, x_created, j); /* wav is stolen */
+}
+
+static void x_replaced(void *ud, th_vlib_rc rc, const char *err)
+{
+    xjob *j = ud;
+    if (rc != TH_VLIB_OK && rc != TH_VLIB_MISSING) {
+        x_created(j, rc, err);
+        return;
+    }
+    x_store(j);
+}
+
+static void x_after(uv_work_t *w, int status)
+{
+    xjob *j = w->data;
+    th_api_ctx *c = j->c;
+    const char *code = NULL;
+    int st = 400;
+    char msg[320] = "";
+    if (status != 0) {
+        st = 500, code = "internal_error";
+        snprintf(msg, sizeof msg, "the upload could not be processed");
+    } else if (j->drc == TH_DEC_NOT_AUDIO) {
+        st = 415, code = "unsupported_audio";
+        snprintf(msg, sizeof msg, "'audio' is not an audio file this node reads: %.150s", j->err);
+    } else if (j->drc == TH_DEC_BROKEN) {
+        code = "invalid_audio";
+        snprintf(msg, sizeof msg, "'audio' cannot be decoded: %.200s", j->err);
+    } else if (j->drc == TH_DEC_TOO_LONG) {
+        code = "audio_too_long";
+        snprintf(msg, sizeof msg, "the reference is longer than %g seconds", j->opts.max_seconds);
+    } else if (j->drc != TH_DEC_OK) {
+        st = 500, code = "internal_error";
+        snprintf(msg, sizeof msg, "out of memory");
+    } else if (j->m.duration_s < j->min_s) {
+        code = "audio_too_short";
+        snprintf(msg, sizeof msg, "the reference is %.2f seconds; at least %g are needed", j->m.duration_s,
+                 j->min_s);
+    } else if (j->level.active_seconds < MIN_ACTIVE_SECONDS) {
+        code = "audio_silent";
+        snprintf(msg, sizeof msg, "the reference is silent (peak %.1f dBFS)", j->level.peak_dbfs);
+    } else if (th_http_aborted(c->req)) {
+        st = 499, code = "client_closed";
+        snprintf(msg, sizeof msg, "the client went away");
+    }
+    if (code) {
+        xjob_free(j);
+        xerr(c, st, code, msg);
+        return;
+    }
+    th_vlib *l = c->hub->vlib;
+    if (th_vlib_find(l, j->m.id) != NULL) { /* the same id again: the new reference replaces the old */
+        TH_LOG(c->hub->log, TH_LOG_INFO, "worker: voice %s extracted again: replacing it", j->m.id);
+        th_vlib_delete(l, j->m.id, x_replaced, j);
+        return;
+    }
+    x_store(j);
+}
+
+void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, int max_busy)
+{
+    th_hub *hub = c->hub;
+    if (hub->vlib == NULL) {
+        xerr(c, 503, "voice_store_error", "the node has no voice store");
+        return;
+    }
+    if (*busy >= max_busy) {
+        c->retry_after_s = 1;
+        xerr(c, 503, "busy", "the node is processing other uploads; try again");
+        return;
+    }
+    const char *ct = th_http_header(c->req, "Content-Type");
+    if (ct == NULL || strlen(ct) < 19 || !th_strn_ieq(ct, 19, "multipart/form-data")) {
+        xerr(c, 415, "unsupported_media_type",
+             "send multipart/form-data with the reference in the 'audio' field");
+        return;
+    }
+    xjob *j = calloc(1, sizeof *j);
+    if (j == NULL) {
+        xerr(c, 500, "internal_error", "out of memory");
+        return;
+    }
+    j->c = c;
+    j->cap = cap;
+    j->busy = busy;
+    (*busy)++;
+    th_strlcpy(j->engine, engine_type, sizeof j->engine);
+    th_form_init(&j->form);
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(c->req, &blen);
+    char err[256] = "";
+    int rc = th_form_parse_multipart(&j->form, ct, body, blen, err, sizeof err);
+    if (rc != TH_BODY_OK) {
+        xjob_free(j);
+        if (rc == TH_BODY_NOMEM)
+            xerr(c, 500, "internal_error", "out of memory");
+        else
+            xerr(c, 400, "malformed_body", err[0] ? err : "malformed multipart body");
+        return;
+    }
+    const th_field *audio = th_form_get(&j->form, "audio");
+    if (audio == NULL) audio = th_form_get(&j->form, "file");
+    const th_field *fid = form_str(&j->form, "voice_id"), *fname = form_str(&j->form, "voice_name"),
+                   *ftext = form_str(&j->form, "reference_text"), *flang = form_str(&j->form, "language");
+    const char *bad = NULL, *code = "invalid_request";
+    int st = 400;
+    if (audio == NULL) {
+        bad = "the 'audio' file field is required", code = "missing_audio";
+    } else if (audio->value_len == 0) {
+        bad = "the 'audio' file is empty", code = "empty_audio";
+    } else if (audio->value_len > EXTRACT_AUDIO_MAX) {
+        bad = "the 'audio' file is larger than 16 MiB", code = "audio_too_large", st = 413;
+    } else if (fid && fid->value_len > 0 &&
+               (!th_vlib_id_ok(fid->value, fid->value_len) || th_wextract_is_content_id(fid->value))) {
+        bad = "'voice_id' must be 1-64 letters, digits, '_' or '-' (and not r + 63 hex digits)";
+        code = "invalid_voice_id";
+    } else if (fname && !text_ok(fname->value, fname->value_len, TH_VLIB_NAME_MAX, false)) {
+        bad = "'voice_name' must be printable UTF-8 of at most 256 bytes", code = "invalid_voice_name";
+    } else if (ftext && !text_ok(ftext->value, ftext->value_len, TH_VLIB_TEXT_MAX, true)) {
+        bad = "'reference_text' must be UTF-8 of at most 4096 bytes", code = "invalid_reference_text";
+    } else if (flang && flang->value_len > 0 && !lang_ok(flang->value, flang->value_len)) {
+        bad = "'language' must be a language tag such as en or zh-CN", code = "invalid_language";
+    }
+    if (bad) {
+        xjob_free(j);
+        xerr(c, st, code, bad);
+        return;
+    }
+    if (fid && fid->value_len > 0) {
+        memcpy(j->m.id, fid->value, fid->value_len);
+        j->m.id[fid->value_len] = 0;
+    } else { /* a seed-2 worker makes 8 characters of a uuid; ours are longer, and never a content id */
+        char u[TH_UUID_LEN + 1];
+        th_uuid_gen_next(&hub->ids, u);
+        snprintf(j->m.id, sizeof j->m.id, "v_%.8s%.4s%.4s", u, u + 9, u + 14);
+    }
+    if (th_vlib_meta_set(&j->m.name, fname && fname->value_len ? fname->value : j->m.id) ||
+        th_vlib_meta_set(&j->m.tenant, "") || th_vlib_meta_set(&j->m.engine, engine_type) ||
+        th_vlib_meta_set(&j->m.text, ftext ? ftext->value : "") ||
+        th_vlib_meta_set(&j->m.language, flang ? flang->value : "")) {
+        xjob_free(j);
+        xerr(c, 500, "internal_error", "out of memory");
+        return;
+    }
+    j->audio = (const uint8_t *)audio->value;
+    j->audio_len = audio->value_len;
+    j->opts.out_rate = TH_VLIB_RATE;
+    j->opts.max_seconds = hub->cfg->voice_library.max_seconds;
+    j->min_s = hub->cfg->voice_library.min_seconds;
+    j->silence_dbfs = hub->cfg->voice_library.silence_dbfs;
+    j->work.data = j;
+    if (uv_queue_work(hub->loop, &j->work, x_work, x_after) != 0) {
+        xjob_free(j);
+        xerr(c, 500, "internal_error", "cannot queue the decode");
+    }
+}

@@ -59,6 +59,108 @@ const char *th_client_header_get(const th_client_header *h, size_t n, const char
     return NULL;
 }
 
+/* ---------------------------------------------------------------- request bodies in pieces */
+
+int th_cbody_check(const th_client_opts *o)
+{
+    if (o->body_len > 0 && !o->body) return -1;
+    if (o->segs == NULL) return o->nsegs == 0 ? 0 : -1;
+    if (o->body != NULL || o->nsegs > TH_CLIENT_MAX_SEGS) return -1;
+    for (size_t i = 0; i < o->nsegs; i++)
+        if (o->segs[i].len > 0 && o->segs[i].data == NULL) return -1;
+    return 0;
+}
+
+/* Appends n bytes to own as a piece, extending the last piece when it ends where these begin. */
+static int piece_own(th_cbody *b, th_buf *own, const uint8_t *data, size_t n)
+{
+    size_t at = own->len;
+    if (n > 0 && th_buf_append(own, data, n) != TH_BUF_OK) return -1;
+    th_cbody_piece *last = b->n > 0 ? &b->p[b->n - 1] : NULL;
+    if (last != NULL && last->ext == NULL && last->off + last->len == at)
+        last->len += n;
+    else if (n > 0)
+        b->p[b->n++] = (th_cbody_piece){NULL, at, n};
+    b->total += n;
+    return 0;
+}
+
+int th_cbody_build(th_cbody *b, th_buf *own, const th_client_opts *o)
+{
+    *b = (th_cbody){0};
+    if (own->len > 0) {
+        b->p[b->n++] = (th_cbody_piece){NULL, 0, own->len};
+        b->total = own->len;
+    }
+    if (o->segs == NULL) {
+        if (o->body_len > 0 && piece_own(b, own, o->body, o->body_len) != 0) return -1;
+        return 0;
+    }
+    size_t copy = 0;
+    for (size_t i = 0; i < o->nsegs; i++)
+        if (o->segs[i].len <= TH_CLIENT_SEG_COPY_MAX) copy += o->segs[i].len;
+    if (th_buf_reserve(own, copy) != TH_BUF_OK) return -1;
+    for (size_t i = 0; i < o->nsegs; i++) {
+        const th_client_seg *sg = &o->segs[i];
+        if (sg->len == 0) continue;
+        if (sg->len <= TH_CLIENT_SEG_COPY_MAX) {
+            if (piece_own(b, own, sg->data, sg->len) != 0) return -1;
+        } else {
+            b->p[b->n++] = (th_cbody_piece){sg->data, 0, sg->len};
+            b->total += sg->len;
+        }
+    }
+    b->release = o->segs_release;
+    b->ud = o->segs_ud;
+    return 0;
+}
+
+static const uint8_t *piece_at(const th_cbody_piece *p, const th_buf *own)
+{
+    return p->ext != NULL ? p->ext : own->data + p->off;
+}
+
+size_t th_cbody_bufs(const th_cbody *b, const th_buf *own, uint64_t off, uv_buf_t *out, size_t max)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < b->n && k < max; i++) {
+        const th_cbody_piece *p = &b->p[i];
+        if (off >= p->len) {
+            off -= p->len;
+            continue;
+        }
+        out[k++] = uv_buf_init((char *)(uintptr_t)(piece_at(p, own) + off), (unsigned)(p->len - off));
+        off = 0;
+    }
+    return k;
+}
+
+size_t th_cbody_copy(const th_cbody *b, const th_buf *own, uint64_t off, uint8_t *dst, size_t n)
+{
+    size_t done = 0;
+    for (size_t i = 0; i < b->n && done < n; i++) {
+        const th_cbody_piece *p = &b->p[i];
+        if (off >= p->len) {
+            off -= p->len;
+            continue;
+        }
+        size_t k = p->len - (size_t)off;
+        if (k > n - done) k = n - done;
+        memcpy(dst + done, piece_at(p, own) + off, k);
+        done += k;
+        off = 0;
+    }
+    return done;
+}
+
+void th_cbody_release(th_cbody *b)
+{
+    void (*rel)(void *) = b->release;
+    void *ud = b->ud;
+    *b = (th_cbody){0};
+    if (rel) rel(ud);
+}
+
 static bool env_set(const char *name)
 {
     const char *v = getenv(name);

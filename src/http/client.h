@@ -54,12 +54,33 @@ typedef struct th_client_header {
     const char *value; /* trimmed */
 } th_client_header;
 
+/** One piece of a request body given in pieces (th_client_opts.segs). */
+typedef struct th_client_seg {
+    const uint8_t *data;
+    size_t len;
+} th_client_seg;
+
+/** The most pieces one body may have. */
+#define TH_CLIENT_MAX_SEGS 8
+/** Pieces up to this size are copied at start; larger ones are borrowed (sent from where they are). */
+#define TH_CLIENT_SEG_COPY_MAX 4096
+
 typedef struct th_client_opts {
     const char *method; /* "GET", "POST", ... (default POST when body is set, else GET) */
     const char *url;
     const char *const *headers; /* "Name: value" strings, NULL-terminated; may be NULL */
     const uint8_t *body;        /* copied at start */
     size_t body_len;
+    /* Or the body in pieces, sent in order as one body (body must then be NULL): small pieces are copied
+     * at start, large ones are written straight from the caller's memory (writev on our engine, a read
+     * callback on libcurl), never copied. The borrowed bytes must stay valid and unchanged until
+     * segs_release(segs_ud) runs: exactly once, on the loop thread, when the transfer no longer reads them
+     * (it ended, was cancelled, or its client closed); never inside th_client_start, and not at all when
+     * th_client_start returns NULL (the caller still owns them then). segs_release may be NULL. */
+    const th_client_seg *segs;
+    size_t nsegs; /* at most TH_CLIENT_MAX_SEGS */
+    void (*segs_release)(void *ud);
+    void *segs_ud;
     uint64_t connect_timeout_ms;    /* 0 = 10 s */
     uint64_t first_byte_timeout_ms; /* 0 = total */
     uint64_t total_timeout_ms;      /* 0 = 120 s */

@@ -114,6 +114,9 @@ struct th_curlc_req {
     size_t hdr_raw; /* raw header bytes seen (all responses, 1xx included) */
     size_t hdr_n;   /* stored headers of the current response */
     th_buf hbuf;    /* "name\0value\0" pairs of the current response */
+    th_buf bbuf;    /* the copied pieces of a body given in pieces */
+    th_cbody body;  /* a body given in pieces, read by on_read */
+    uint64_t body_off;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -218,7 +221,9 @@ static void req_destroy(th_curlc_req *r)
 {
     if (r->easy) curl_easy_cleanup(r->easy);
     r->easy = NULL;
+    th_cbody_release(&r->body);
     th_buf_free(&r->hbuf);
+    th_buf_free(&r->bbuf);
     uv_close((uv_handle_t *)&r->fb_timer, on_req_timer_closed);
 }
 
@@ -238,7 +243,10 @@ static void req_release(th_curlc_req *r)
         return;
     }
     curl_easy_reset(r->easy);
+    th_cbody_release(&r->body); /* out of the multi handle: curl reads it no more */
     th_buf_reset(&r->hbuf);
+    if (r->bbuf.cap > 65536) th_buf_free(&r->bbuf);
+    th_buf_reset(&r->bbuf);
     q_push(&c->pool, &r->pool);
     c->npool++;
 }
@@ -272,7 +280,9 @@ static th_curlc_req *req_get(th_curlc *c)
         r->fb_timer.data = r;
         c->nhandles++;
         th_buf_init(&r->hbuf, HDR_MAX_BYTES);
+        th_buf_init(&r->bbuf, 0);
     }
+    r->body_off = 0;
     r->hdrs = NULL;
     r->state = R_POOLED;
     r->added = r->want_add = r->want_resume = r->want_stop = false;
@@ -744,11 +754,29 @@ static bool has_crlf(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
+/* The body given in pieces, as curl asks for it (CURLOPT_READFUNCTION). */
+static size_t on_read(char *buf, size_t size, size_t n, void *ud)
+{
+    th_curlc_req *r = ud;
+    size_t k = th_cbody_copy(&r->body, &r->bbuf, r->body_off, (uint8_t *)buf, size * n);
+    r->body_off += k;
+    return k;
+}
+
+/* curl rewinds the body when it sends the request again (a reused connection the server had closed). */
+static int on_seek(void *ud, curl_off_t off, int origin)
+{
+    th_curlc_req *r = ud;
+    if (origin != SEEK_SET || off < 0 || (uint64_t)off > r->body.total) return CURL_SEEKFUNC_FAIL;
+    r->body_off = (uint64_t)off;
+    return CURL_SEEKFUNC_OK;
+}
+
 th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_client_cb *cb)
 {
     if (!c || !o || !o->url || !cb || c->closing || has_crlf(o->url)) return NULL;
-    if (o->body_len > 0 && !o->body) return NULL;
-    bool has_body = o->body != NULL;
+    if (th_cbody_check(o) != 0) return NULL;
+    bool has_body = o->body != NULL || o->segs != NULL;
     const char *method = o->method ? o->method : (has_body ? "POST" : "GET");
     if (!*method || has_crlf(method) || strchr(method, ' ')) return NULL;
     bool is_head = strcmp(method, "HEAD") == 0, is_get = strcmp(method, "GET") == 0;
@@ -797,7 +825,16 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
     else if ((!is_get && !is_post) || (is_get && has_body))
         SET(CURLOPT_CUSTOMREQUEST, method);
     bool send_body = has_body || is_post;
-    if (send_body) {
+    if (send_body && o->segs != NULL) { /* read from the pieces as curl sends: nothing copied */
+        if (th_cbody_build(&r->body, &r->bbuf, o) != 0) goto fail;
+        SET(CURLOPT_UPLOAD, 0L);
+        SET(CURLOPT_POST, 1L);
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.total);
+        SET(CURLOPT_READFUNCTION, on_read);
+        SET(CURLOPT_READDATA, r);
+        SET(CURLOPT_SEEKFUNCTION, on_seek);
+        SET(CURLOPT_SEEKDATA, r);
+    } else if (send_body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
         SET(CURLOPT_COPYPOSTFIELDS, has_body ? (const char *)o->body : "");
     }
@@ -836,6 +873,7 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
     if (fb && fb < total) uv_timer_start(&r->fb_timer, on_fb_timeout, fb, 0);
     return r;
 fail:
+    r->body.release = NULL; /* not taken: the caller keeps its bytes */
     req_release(r);
     return NULL;
 }

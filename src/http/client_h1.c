@@ -154,8 +154,9 @@ struct th_h1c_req {
     qlink pend; /* c->pending */
     uv_timer_t timer;
     th_client_cb cb;
-    th_buf out; /* request head and body */
-    size_t out_off;
+    th_buf out;    /* request head, and the body's copied pieces */
+    th_cbody body; /* what is sent: the head, then the body (pieces in out or borrowed) */
+    uint64_t out_off;
     uint64_t t_start, t_conn, t_first, t_total;
     uint64_t max_body, body_seen;
     int status;
@@ -292,6 +293,7 @@ static th_h1c_req *req_get(th_h1c *c)
 
 static void req_destroy(th_h1c_req *r)
 {
+    th_cbody_release(&r->body);
     uv_close((uv_handle_t *)&r->timer, on_timer_closed);
 }
 
@@ -305,6 +307,7 @@ static void req_release(th_h1c_req *r)
     uv_timer_stop(&r->timer);
     r->state = R_POOLED;
     r->k = NULL;
+    th_cbody_release(&r->body); /* no connection writes it any more (see conn_feed, TH_RESP_DONE) */
     if (c->closing || c->npool >= REQ_POOL_MAX) {
         req_destroy(r);
         return;
@@ -390,14 +393,15 @@ static void on_write(uv_write_t *w, int status);
 static int conn_send(h1_conn *k)
 {
     th_h1c_req *r = k->r;
-    uv_buf_t b = uv_buf_init((char *)r->out.data + r->out_off, (unsigned)(r->out.len - r->out_off));
-    int n = uv_try_write((uv_stream_t *)&k->tcp, &b, 1);
+    uv_buf_t b[sizeof r->body.p / sizeof r->body.p[0]];
+    size_t nb = th_cbody_bufs(&r->body, &r->out, r->out_off, b, sizeof b / sizeof b[0]);
+    int n = uv_try_write((uv_stream_t *)&k->tcp, b, (unsigned)nb);
     if (n == UV_EAGAIN) n = 0;
     if (n < 0) return n;
-    r->out_off += (size_t)n;
-    if (r->out_off == r->out.len) return 0;
-    b = uv_buf_init((char *)r->out.data + r->out_off, (unsigned)(r->out.len - r->out_off));
-    int rc = uv_write(&k->wreq, (uv_stream_t *)&k->tcp, &b, 1, on_write);
+    r->out_off += (uint64_t)n;
+    if (r->out_off == r->body.total) return 0;
+    nb = th_cbody_bufs(&r->body, &r->out, r->out_off, b, sizeof b / sizeof b[0]);
+    int rc = uv_write(&k->wreq, (uv_stream_t *)&k->tcp, b, (unsigned)nb, on_write);
     if (rc == 0) k->writing = true;
     return rc;
 }
@@ -489,7 +493,9 @@ static void conn_feed(h1_conn *k, const char *data, size_t len)
     switch (rc) {
     case TH_RESP_DONE: {
         /* Anything after the response on this connection is not ours: it cannot be reused. */
-        bool keep = th_resp_keep_alive(&k->rp) && used == len;
+        /* Nor while our request is still being written (an early answer): the write reads the body, which
+         * goes back to its owner with the transfer; closing the handle stops the write. */
+        bool keep = th_resp_keep_alive(&k->rp) && used == len && !k->writing;
         k->served++;
         conn_unbind(k);
         if (keep)
@@ -1056,6 +1062,12 @@ static int append_u64(th_buf *b, uint64_t v)
 static int build_request(th_h1c_req *r, const th_client_opts *o, const char *method, const url_parts *u,
                          bool send_body)
 {
+    uint64_t body_len = o->body_len;
+    if (o->segs != NULL) {
+        body_len = 0;
+        for (size_t i = 0; i < o->nsegs; i++)
+            body_len += o->segs[i].len;
+    }
     bool has_host = false, has_accept = false, has_ctype = false;
     size_t hbytes = 0;
     if (o->headers) {
@@ -1069,7 +1081,8 @@ static int build_request(th_h1c_req *r, const th_client_opts *o, const char *met
         }
     }
     th_buf *b = &r->out;
-    int rc = th_buf_reserve(b, 160 + strlen(method) + u->path_len + u->auth_len + hbytes + o->body_len);
+    size_t copied = o->segs == NULL ? o->body_len : 0;
+    int rc = th_buf_reserve(b, 160 + strlen(method) + u->path_len + u->auth_len + hbytes + copied);
     if (rc != TH_BUF_OK) return -1;
     rc |= th_buf_append_str(b, method);
     rc |= th_buf_append_byte(b, ' ');
@@ -1101,12 +1114,12 @@ static int build_request(th_h1c_req *r, const th_client_opts *o, const char *met
     if (send_body) {
         if (!has_ctype) rc |= th_buf_append_str(b, "Content-Type: application/x-www-form-urlencoded\r\n");
         rc |= th_buf_append(b, "Content-Length: ", 16);
-        rc |= append_u64(b, o->body_len);
+        rc |= append_u64(b, body_len);
         rc |= th_buf_append(b, "\r\n", 2);
     }
     rc |= th_buf_append(b, "\r\n", 2);
-    if (o->body_len) rc |= th_buf_append(b, o->body, o->body_len);
-    return rc == 0 ? 0 : -1;
+    if (rc != 0) return -1;
+    return th_cbody_build(&r->body, b, o);
 }
 
 /* ---------------------------------------------------------------- public */
@@ -1151,8 +1164,8 @@ th_h1c_req *th_h1c_start(th_h1c *c, const th_client_opts *o, const th_client_cb 
         return NULL;
     }
     if (pr != 0) return NULL;
-    if (o->body_len > 0 && !o->body) return NULL;
-    bool has_body = o->body != NULL;
+    if (th_cbody_check(o) != 0) return NULL;
+    bool has_body = o->body != NULL || o->segs != NULL;
     const char *method = o->method ? o->method : (has_body ? "POST" : "GET");
     if (!*method || has_crlf(method) || strchr(method, ' ')) return NULL;
     bool is_head = strcmp(method, "HEAD") == 0;

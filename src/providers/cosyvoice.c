@@ -122,6 +122,8 @@ static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, boo
                         const char *ptext, const uint8_t *wav, size_t wav_len, th_upstream_http *out,
                         th_perr *err)
 {
+    /* A library voice's reference is not copied into the body: the transfer writes it from the library. */
+    const th_voice_ref *borrow = req->ref != NULL && wav == req->ref->wav ? req->ref : NULL;
     char boundary[64], ctype[128];
     const void *parts[3] = {wav, req->text, ptext};
     const size_t lens[3] = {wav_len, req->text_len, strlen(ptext)};
@@ -140,11 +142,16 @@ static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, boo
     if (th_upstream_url(out, pc->base_url, zero_shot ? "/inference_zero_shot" : "/inference_cross_lingual") !=
             0 ||
         th_upstream_header(out, "Content-Type", ctype) != 0 ||
-        th_buf_reserve(&out->body, need) != TH_BUF_OK ||
+        th_buf_reserve(&out->body, borrow != NULL ? need - wav_len : need) != TH_BUF_OK ||
         th_upstream_part(&out->body, boundary, "tts_text", NULL, NULL, req->text, req->text_len) != 0 ||
         (zero_shot &&
          th_upstream_part(&out->body, boundary, "prompt_text", NULL, NULL, ptext, lens[2]) != 0) ||
-        th_upstream_part(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav", wav, wav_len) != 0 ||
+        (borrow != NULL
+             ? th_upstream_part_head(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav") != 0 ||
+                   th_upstream_body_ref(out, borrow) != 0 ||
+                   th_buf_append_str(&out->body, "\r\n") != TH_BUF_OK
+             : th_upstream_part(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav", wav,
+                                wav_len) != 0) ||
         th_upstream_parts_end(&out->body, boundary) != 0) {
         th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
         return -1;

@@ -44,11 +44,13 @@ static int fish_mp_str(msgpack_packer *pk, const char *s, size_t n)
     return msgpack_pack_str(pk, n) != 0 || (n > 0 && msgpack_pack_str_body(pk, s, n) != 0) ? -1 : 0;
 }
 
-/* {text, format, references:[{audio, text}], streaming, normalize, chunk_length} in msgpack. */
-static int fish_msgpack(th_buf *b, const th_synth_req *req, th_fmt f)
+/* {text, format, references:[{audio, text}], streaming, normalize, chunk_length} in msgpack. The audio's
+ * bytes are not copied: the bin header is packed, then the transfer writes the reference from the library
+ * (th_upstream_body_ref), then the rest is packed after it. */
+static int fish_msgpack(th_upstream_http *out, const th_synth_req *req, th_fmt f)
 {
     msgpack_packer pk;
-    msgpack_packer_init(&pk, b, fish_mp_write);
+    msgpack_packer_init(&pk, &out->body, fish_mp_write);
     const th_voice_ref *r = req->ref;
     const char *rt = r->text != NULL ? r->text : "";
     const char *fmt = th_fmt_name(f);
@@ -57,7 +59,7 @@ static int fish_msgpack(th_buf *b, const th_synth_req *req, th_fmt f)
     rc |= fish_mp_str(&pk, "format", 6) | fish_mp_str(&pk, fmt, strlen(fmt));
     rc |= fish_mp_str(&pk, "references", 10) | msgpack_pack_array(&pk, 1) | msgpack_pack_map(&pk, 2);
     rc |= fish_mp_str(&pk, "audio", 5) | msgpack_pack_bin(&pk, r->wav_len);
-    if (r->wav_len > 0) rc |= msgpack_pack_bin_body(&pk, r->wav, r->wav_len);
+    if (rc == 0) rc |= th_upstream_body_ref(out, r);
     rc |= fish_mp_str(&pk, "text", 4) | fish_mp_str(&pk, rt, strlen(rt));
     rc |= fish_mp_str(&pk, "streaming", 9) | msgpack_pack_false(&pk);
     rc |= fish_mp_str(&pk, "normalize", 9) | msgpack_pack_true(&pk);
@@ -93,7 +95,7 @@ static int fish_build(const th_provider_conf *pc, const th_synth_req *req, th_up
             th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request");
             return -1;
         }
-        if (fish_msgpack(&out->body, req, f) != 0) {
+        if (fish_msgpack(out, req, f) != 0) {
             th_perr_set(err, TH_PERR_CLIENT, 0, "the request with the reference is over %zu bytes",
                         out->body.max);
             return -1;

@@ -87,6 +87,8 @@ th_voice_ref *th_voice_ref_copy(const th_voice_ref *r, bool with_audio)
         p += lens[i] + 1;
     }
     c->rate = r->rate;
+    c->hold = NULL; /* the copy owns its bytes */
+    c->drop = NULL;
     c->wav = NULL;
     c->wav_len = 0;
     if (with_audio && r->wav != NULL) {

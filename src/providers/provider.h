@@ -55,6 +55,11 @@ typedef struct th_voice_ref {
     int rate;             /* its sample rate */
     const char *text;     /* what is said in the reference, may be "" */
     const char *language; /* may be "" */
+    /* A counted owner of wav, when it has one (a library voice in use): hold() takes a reference to it and
+     * returns a token, drop(token) gives it back (any thread), so wav may be read after the request that
+     * carried the ref is gone. NULL: wav lives only as long as the ref does (copies, tests). */
+    void *(*hold)(const struct th_voice_ref *r);
+    void (*drop)(void *token);
 } th_voice_ref;
 
 /** A deep copy in one allocation (the audio too when with_audio; else wav is NULL). Free with free(). */

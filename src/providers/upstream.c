@@ -103,6 +103,68 @@ void th_upstream_http_init(th_upstream_http *h)
     th_buf_init(&h->url, 64 * 1024);
     th_buf_init(&h->headers, 64 * 1024);
     th_buf_init(&h->body, UP_REQ_BODY_MAX);
+    h->body_ref = NULL;
+    h->body_ref_at = 0;
+}
+
+int th_upstream_body_ref(th_upstream_http *h, const th_voice_ref *ref)
+{
+    if (h->body_ref != NULL || ref == NULL || (ref->wav == NULL && ref->wav_len > 0)) return -1;
+    if (h->body.max != 0 && (ref->wav_len > h->body.max || h->body.len > h->body.max - ref->wav_len))
+        return -1;
+    h->body_ref = ref;
+    h->body_ref_at = h->body.len;
+    return 0;
+}
+
+int th_upstream_body_flat(const th_upstream_http *h, th_buf *out)
+{
+    size_t at = h->body_ref != NULL ? h->body_ref_at : h->body.len;
+    if (th_buf_append(out, h->body.data, at) != TH_BUF_OK) return -1;
+    if (h->body_ref != NULL && h->body_ref->wav_len > 0 &&
+        th_buf_append(out, h->body_ref->wav, h->body_ref->wav_len) != TH_BUF_OK)
+        return -1;
+    return th_buf_append(out, h->body.data + at, h->body.len - at) == TH_BUF_OK ? 0 : -1;
+}
+
+/* The body of h for th_client_opts: body alone, or in three pieces around the reference's bytes, which the
+ * transfer reads from the library's memory while it holds the voice (dropped by the client when it is done
+ * with them). A reference with nobody to hold it is copied into body first. 0, or -1 (out of memory). */
+static int up_body_opts(th_upstream_http *h, th_client_opts *o, th_client_seg segs[3])
+{
+    const th_voice_ref *r = h->body_ref;
+    if (r != NULL && (r->hold == NULL || r->drop == NULL)) {
+        th_buf flat;
+        th_buf_init(&flat, 0);
+        if (th_upstream_body_flat(h, &flat) != 0) {
+            th_buf_free(&flat);
+            return -1;
+        }
+        th_buf_free(&h->body);
+        h->body = flat;
+        h->body_ref = NULL;
+        r = NULL;
+    }
+    if (r == NULL) {
+        o->body = h->body.len > 0 ? h->body.data : NULL;
+        o->body_len = h->body.len;
+        return 0;
+    }
+    size_t at = h->body_ref_at;
+    segs[0] = (th_client_seg){h->body.data, at};
+    segs[1] = (th_client_seg){r->wav, r->wav_len};
+    segs[2] = (th_client_seg){h->body.data != NULL ? h->body.data + at : NULL, h->body.len - at};
+    o->segs = segs;
+    o->nsegs = 3;
+    o->segs_release = r->drop;
+    o->segs_ud = r->hold(r);
+    return 0;
+}
+
+/* Gives back what up_body_opts held when the transfer did not start. */
+static void up_body_unhold(th_client_opts *o)
+{
+    if (o->segs_release != NULL) o->segs_release(o->segs_ud);
 }
 
 void th_upstream_http_free(th_upstream_http *h)
@@ -914,15 +976,18 @@ static int send_req(th_job *j, th_upstream_http *h, uint64_t connect_ms, uint64_
         .method = h->method,
         .url = url,
         .headers = hdrs,
-        .body = h->body.len > 0 ? h->body.data : NULL,
-        .body_len = h->body.len,
         .connect_timeout_ms = connect_ms,
         .first_byte_timeout_ms = first_ms,
         .total_timeout_ms = total,
     };
+    th_client_seg segs[3];
+    if (up_body_opts(h, &o, segs) != 0) goto out;
     th_client_cb cb = {cb_head, cb_body, cb_done, j};
     j->req = th_client_start(j->p->client, &o, &cb);
-    if (j->req != NULL) rc = 0;
+    if (j->req != NULL)
+        rc = 0;
+    else
+        up_body_unhold(&o);
 out:
     free(hdrs);
     return rc;
@@ -1062,14 +1127,16 @@ static int call_start(up_provider *p, th_upstream_http *h,
         .method = h->method,
         .url = url,
         .headers = hdrs,
-        .body = h->body.len > 0 ? h->body.data : NULL,
-        .body_len = h->body.len,
         .connect_timeout_ms = t < UP_CONNECT_MAX_MS ? t : UP_CONNECT_MAX_MS,
         .first_byte_timeout_ms = t,
         .total_timeout_ms = total_ms(t),
     };
+    th_client_seg segs[3];
     th_client_cb cb = {call_head, call_body, call_done, c};
-    if (url == NULL || url[0] == 0 || (c->req = th_client_start(p->client, &o, &cb)) == NULL) {
+    bool bodied = up_body_opts(h, &o, segs) == 0;
+    if (bodied && url != NULL && url[0] != 0) c->req = th_client_start(p->client, &o, &cb);
+    if (c->req == NULL) {
+        if (bodied) up_body_unhold(&o);
         th_buf_free(&c->body);
         free(c);
         return -1;
@@ -1991,15 +2058,21 @@ int th_upstream_boundary(char *out, size_t n, const void *const *parts, const si
     return -1;
 }
 
-int th_upstream_part(th_buf *b, const char *boundary, const char *name, const char *filename,
-                     const char *ctype, const void *data, size_t len)
+int th_upstream_part_head(th_buf *b, const char *boundary, const char *name, const char *filename,
+                          const char *ctype)
 {
     if (th_buf_appendf(b, "--%s\r\nContent-Disposition: form-data; name=\"%s\"", boundary, name) != TH_BUF_OK)
         return -1;
     if (filename != NULL && th_buf_appendf(b, "; filename=\"%s\"\r\nContent-Type: %s", filename,
                                            ctype != NULL ? ctype : "application/octet-stream") != TH_BUF_OK)
         return -1;
-    if (th_buf_append_str(b, "\r\n\r\n") != TH_BUF_OK ||
+    return th_buf_append_str(b, "\r\n\r\n") == TH_BUF_OK ? 0 : -1;
+}
+
+int th_upstream_part(th_buf *b, const char *boundary, const char *name, const char *filename,
+                     const char *ctype, const void *data, size_t len)
+{
+    if (th_upstream_part_head(b, boundary, name, filename, ctype) != 0 ||
         (len > 0 && th_buf_append(b, data, len) != TH_BUF_OK) || th_buf_append_str(b, "\r\n") != TH_BUF_OK)
         return -1;
     return 0;

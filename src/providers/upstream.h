@@ -27,6 +27,11 @@ typedef struct th_upstream_http {
     th_buf url;           /* full URL, NUL-terminated via th_buf_cstr */
     th_buf headers;       /* "Name: value\n" lines (no CR) */
     th_buf body;
+    /* A library voice's reference sent inside the body without being copied (th_upstream_body_ref): what
+     * goes out is body[0..body_ref_at) + body_ref->wav + body[body_ref_at..). NULL: the body is all in body.
+     */
+    const th_voice_ref *body_ref;
+    size_t body_ref_at;
     /* in, for a library voice (th_synth_req.ref): */
     const char *prepared; /* what ref_make (or the ref_files step) made for the reference (an uploaded
                              label, a remote voice id, the path the engine reads), or NULL */
@@ -160,8 +165,19 @@ int th_upstream_boundary(char *out, size_t n, const void *const *parts, const si
  * filename is not NULL, filename and Content-Type ctype, then the data and CRLF). 0 or -1. */
 int th_upstream_part(th_buf *b, const char *boundary, const char *name, const char *filename,
                      const char *ctype, const void *data, size_t len);
+/** The head of such a part only, up to the blank line: the caller adds the data (th_upstream_body_ref)
+ * and the CRLF that ends it. 0 or -1. */
+int th_upstream_part_head(th_buf *b, const char *boundary, const char *name, const char *filename,
+                          const char *ctype);
 /** Appends the closing "--boundary--" line. */
 int th_upstream_parts_end(th_buf *b, const char *boundary);
+/** Puts ref's WAV bytes at the current end of h->body without copying them: the transfer writes them from
+ * the library's memory, holding the voice (th_voice_ref.hold) while it does; what the kind appends to body
+ * afterwards follows them. One per request. 0, or -1 when h has one already or the whole body would pass
+ * body's limit. */
+int th_upstream_body_ref(th_upstream_http *h, const th_voice_ref *ref);
+/** The whole body of h as one buffer (the reference copied in), appended to out. 0 or -1. */
+int th_upstream_body_flat(const th_upstream_http *h, th_buf *out);
 /** Appends n bytes as standard base64 (with padding). 0 or -1. */
 int th_upstream_base64(th_buf *b, const uint8_t *data, size_t n);
 /** Library-voice counters of a provider, for /metrics. */

@@ -8,6 +8,8 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,6 +248,18 @@ struct th_vlib_use {
     th_voice_ref ref;
 };
 
+/* th_voice_ref.hold/drop of a use's ref: the use (and with it the audio) stays while a transfer reads it. */
+static void *use_hold(const th_voice_ref *r)
+{
+    th_vlib_use *u = (th_vlib_use *)(void *)((char *)(uintptr_t)r - offsetof(th_vlib_use, ref));
+    return th_vlib_use_dup(u);
+}
+
+static void use_drop(void *token)
+{
+    th_vlib_use_release(token);
+}
+
 static th_vlib_use *use_new(const th_vlib_meta *m, th_vlib_blob *audio)
 {
     th_vlib_use *u = calloc(1, sizeof *u);
@@ -263,7 +277,9 @@ static th_vlib_use *use_new(const th_vlib_meta *m, th_vlib_blob *audio)
                             .wav_len = audio->len,
                             .rate = u->m.rate,
                             .text = u->m.text,
-                            .language = u->m.language};
+                            .language = u->m.language,
+                            .hold = use_hold,
+                            .drop = use_drop};
     return u;
 }
 

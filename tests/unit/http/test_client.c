@@ -1421,4 +1421,152 @@ TH_TEST(out_of_descriptors_waits_instead_of_failing)
     TH_CHECK_INT(fx_close(&x), 0);
 }
 
+/* ---- a body in pieces (th_client_opts.segs) ---- */
+
+static bool pred_one_request(void *arg)
+{
+    return atomic_load(&((fx *)arg)->f.requests) >= 1;
+}
+
+static void count_release(void *ud)
+{
+    (*(int *)ud)++;
+}
+
+TH_TEST(body_in_pieces_sent_in_order_large_pieces_borrowed)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    enum { BIG = 600000, MID = 5000 };
+    uint8_t *big = malloc(BIG), *mid = malloc(MID), *want = malloc(BIG + MID + 64);
+    TH_REQUIRE(big != NULL && mid != NULL && want != NULL);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (uint8_t)(i * 13 + 1);
+    for (size_t i = 0; i < MID; i++)
+        mid[i] = (uint8_t)(i * 5);
+    char head[] = "--head part--", tail[] = "--tail--";
+    th_client_seg segs[] = {{(const uint8_t *)head, strlen(head)},
+                            {big, BIG},
+                            {NULL, 0},
+                            {(const uint8_t *)tail, strlen(tail)},
+                            {mid, MID}};
+    int released = 0;
+    tr t;
+    tr_init(&t, &x);
+    th_client_opts o = {.url = fx_url(&x, "/echo"),
+                        .segs = segs,
+                        .nsegs = 5,
+                        .segs_release = count_release,
+                        .segs_ud = &released};
+    TH_REQUIRE(tr_start(&t, &o) != NULL);
+    TH_CHECK_INT(released, 0); /* never inside start */
+    /* A new connection: nothing is sent before the loop runs. The large pieces are read from where they
+     * are when they are written (changes show), the small ones were copied at start (changes do not). */
+    big[0] = 0xAA;
+    big[BIG - 1] = 0xBB;
+    mid[MID / 2] = 0xCC;
+    head[0] = 'X';
+    size_t n = 0;
+    memcpy(want + n, "--head part--", 13), n += 13;
+    memcpy(want + n, big, BIG), n += BIG;
+    memcpy(want + n, tail, strlen(tail)), n += strlen(tail);
+    memcpy(want + n, mid, MID), n += MID;
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 10000));
+    TH_CHECK_INT(t.result, TH_CLIENT_OK);
+    TH_CHECK_INT(t.status, 201);
+    TH_CHECK_INT(t.body.len, n);
+    TH_CHECK(t.body.len == n && memcmp(t.body.data, want, n) == 0);
+    TH_CHECK(fake_last_has(&x.f, "POST /echo HTTP/1.1\r\n"));
+    char cl[64];
+    snprintf(cl, sizeof cl, "\r\nContent-Length: %zu\r\n", n);
+    TH_CHECK(fake_last_has(&x.f, cl));
+    TH_CHECK_INT(released, 1);
+    tr_free(&t);
+
+    /* the same pieces again on the kept connection, and a PUT: copied afresh, so the change shows now */
+    want[0] = 'X';
+    tr_init(&t, &x);
+    o.method = "PUT";
+    TH_REQUIRE(tr_start(&t, &o) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 10000));
+    TH_CHECK_INT(t.result, TH_CLIENT_OK);
+    TH_CHECK(t.body.len == n && memcmp(t.body.data, want, n) == 0);
+    TH_CHECK(fake_last_has(&x.f, "PUT /echo HTTP/1.1\r\n"));
+    TH_CHECK_INT(released, 2);
+    tr_free(&t);
+    TH_CHECK_INT(fx_close(&x), 0);
+    TH_CHECK_INT(released, 2);
+    free(big);
+    free(mid);
+    free(want);
+}
+
+TH_TEST(body_in_pieces_released_once_on_cancel_failure_and_close)
+{
+    fx x;
+    TH_REQUIRE(fx_open(&x, FM_PATH, NULL) == 0);
+    static uint8_t big[100000];
+    th_client_seg segs[] = {{(const uint8_t *)"a=", 2}, {big, sizeof big}};
+    int released = 0;
+    th_client_opts o = {.url = fx_url(&x, "/echo"),
+                        .segs = segs,
+                        .nsegs = 2,
+                        .segs_release = count_release,
+                        .segs_ud = &released};
+    /* cancelled before anything was sent */
+    tr t;
+    tr_init(&t, &x);
+    TH_REQUIRE(tr_start(&t, &o) != NULL);
+    th_client_cancel(t.req);
+    TH_CHECK_INT(released, 1);
+    th_client_cancel(t.req);
+    TH_CHECK_INT(released, 1);
+    tr_free(&t);
+
+    /* bad options: nothing taken, nothing released */
+    th_client_cb cb = {cb_head, cb_body, cb_done, &t};
+    th_client_opts both = o;
+    both.body = (const uint8_t *)"x";
+    both.body_len = 1;
+    TH_CHECK(th_client_start(x.c, &both, &cb) == NULL);
+    th_client_opts many_segs = o;
+    many_segs.nsegs = TH_CLIENT_MAX_SEGS + 1;
+    TH_CHECK(th_client_start(x.c, &many_segs, &cb) == NULL);
+    th_client_seg nul[] = {{NULL, 3}};
+    th_client_opts nul_seg = o;
+    nul_seg.segs = nul;
+    nul_seg.nsegs = 1;
+    TH_CHECK(th_client_start(x.c, &nul_seg, &cb) == NULL);
+    th_client_opts head = o;
+    head.method = "HEAD";
+    TH_CHECK(th_client_start(x.c, &head, &cb) == NULL);
+    TH_CHECK_INT(released, 1);
+
+    /* a transfer that fails (nobody listens) gives the bytes back once, after on_done */
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/echo", unused_port());
+    tr_init(&t, &x);
+    th_client_opts bad = o;
+    bad.url = url;
+    TH_REQUIRE(tr_start(&t, &bad) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_done, &t, 10000));
+    TH_CHECK_INT(t.result, TH_CLIENT_CONNECT);
+    TH_CHECK_INT(released, 2);
+    tr_free(&t);
+
+    /* the client closed with the transfer in flight */
+    tr_init(&t, &x);
+    th_client_opts slow = o;
+    char surl[128];
+    snprintf(surl, sizeof surl, "http://127.0.0.1:%d/delay?n=3000", x.f.port);
+    slow.url = surl;
+    TH_REQUIRE(tr_start(&t, &slow) != NULL);
+    TH_CHECK(run_until(&x.loop, pred_one_request, &x, 5000));
+    TH_CHECK_INT(released, 2);
+    TH_CHECK_INT(fx_close(&x), 0);
+    TH_CHECK_INT(released, 3);
+    TH_CHECK_INT(t.dones, 0);
+    tr_free(&t);
+}
+
 TH_TEST_MAIN()

@@ -179,9 +179,17 @@ TH_TEST(cosyvoice_sends_the_reference_inline_every_time)
     TH_REQUIRE(build(&th_kind_cosyvoice, &t, &req, &h, NULL, 0, &err) == 0);
     TH_CHECK_STR(url_of(&h), "http://h:50000/inference_zero_shot");
     TH_REQUIRE(boundary_of(&h, b, sizeof b));
-    TH_CHECK(part_is(&h.body, b, "tts_text", "Say this.", 9));
-    TH_CHECK(part_is(&h.body, b, "prompt_text", r.r.text, strlen(r.r.text)));
-    TH_CHECK(part_is(&h.body, b, "prompt_wav", r.wav, r.r.wav_len));
+    /* the reference is not copied into the body: it goes from the library's memory */
+    TH_CHECK(h.body_ref == &r.r);
+    TH_CHECK(h.body.len < 1024 && r.r.wav_len > 10000);
+    th_buf flat;
+    th_buf_init(&flat, 0);
+    TH_REQUIRE(th_upstream_body_flat(&h, &flat) == 0);
+    TH_CHECK_INT(flat.len, h.body.len + r.r.wav_len);
+    TH_CHECK(part_is(&flat, b, "tts_text", "Say this.", 9));
+    TH_CHECK(part_is(&flat, b, "prompt_text", r.r.text, strlen(r.r.text)));
+    TH_CHECK(part_is(&flat, b, "prompt_wav", r.wav, r.r.wav_len));
+    th_buf_reset(&flat);
     th_upstream_http_free(&h);
     /* no transcript: cross-lingual (prompt_wav only) */
     r.r.text = "";
@@ -189,8 +197,10 @@ TH_TEST(cosyvoice_sends_the_reference_inline_every_time)
     TH_CHECK_STR(url_of(&h), "http://h:50000/inference_cross_lingual");
     TH_REQUIRE(boundary_of(&h, b, sizeof b));
     size_t n;
-    TH_CHECK(mp_part(&h.body, b, "prompt_text", &n) == NULL);
-    TH_CHECK(part_is(&h.body, b, "prompt_wav", r.wav, r.r.wav_len));
+    TH_REQUIRE(th_upstream_body_flat(&h, &flat) == 0);
+    TH_CHECK(mp_part(&flat, b, "prompt_text", &n) == NULL);
+    TH_CHECK(part_is(&flat, b, "prompt_wav", r.wav, r.r.wav_len));
+    th_buf_free(&flat);
     th_upstream_http_free(&h);
     /* nothing to make on the engine first */
     TH_CHECK(th_kind_cosyvoice.ref_key == NULL && !th_kind_cosyvoice.ref_files);
@@ -228,12 +238,16 @@ TH_TEST(fish_sends_references_in_msgpack)
     TH_REQUIRE(build(&th_kind_fish, &t, &req, &h, NULL, 0, &err) == 0);
     TH_CHECK_STR(url_of(&h), "http://h:8080/v1/tts");
     TH_CHECK(has_header(&h, "Content-Type: application/msgpack"));
+    TH_CHECK(h.body_ref == &r.r); /* the audio is not copied into the body */
+    TH_CHECK(h.body.len < 1024 && r.r.wav_len > 10000);
+    th_buf flat;
+    th_buf_init(&flat, 0);
+    TH_REQUIRE(th_upstream_body_flat(&h, &flat) == 0);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
-    TH_REQUIRE(msgpack_unpack_next(&u, (const char *)h.body.data, h.body.len, &off) ==
-               MSGPACK_UNPACK_SUCCESS);
-    TH_CHECK_INT(off, h.body.len);
+    TH_REQUIRE(msgpack_unpack_next(&u, (const char *)flat.data, flat.len, &off) == MSGPACK_UNPACK_SUCCESS);
+    TH_CHECK_INT(off, flat.len);
     const msgpack_object *root = &u.data;
     TH_CHECK(mp_str_is(mp_get(root, "text"), "Hello fish."));
     TH_CHECK(mp_str_is(mp_get(root, "format"), "wav"));
@@ -245,6 +259,7 @@ TH_TEST(fish_sends_references_in_msgpack)
     TH_CHECK(audio->via.bin.size == r.r.wav_len && memcmp(audio->via.bin.ptr, r.wav, r.r.wav_len) == 0);
     TH_CHECK(mp_str_is(mp_get(&refs->via.array.ptr[0], "text"), "reference transcript"));
     msgpack_unpacked_destroy(&u);
+    th_buf_free(&flat);
     th_upstream_http_free(&h);
     tref_free(&r);
 }
@@ -624,6 +639,21 @@ static bool ref_matches(json_t *row, const tref *r, const char *text)
     return ok;
 }
 
+/* hold/drop of a reference with a counted owner (as a library voice in use has): counts both. */
+static int g_holds, g_drops;
+
+static void *count_hold(const th_voice_ref *r)
+{
+    g_holds++;
+    return (void *)(uintptr_t)r;
+}
+
+static void count_drop(void *token)
+{
+    (void)token;
+    g_drops++;
+}
+
 TH_TEST(e2e_cosyvoice_and_fish_inline)
 {
     tref r;
@@ -637,8 +667,18 @@ TH_TEST(e2e_cosyvoice_and_fish_inline)
         sess s;
         TH_REQUIRE(sess_open(&s, &t));
         th_synth_req req = mkreq("Speak in the cloned voice.", &r.r);
+        /* with an owner to hold: sent from the reference's memory, held while the transfer reads it */
+        g_holds = g_drops = 0;
+        r.r.hold = count_hold;
+        r.r.drop = count_drop;
         TH_CHECK(sess_say(&s, &req));
+        TH_CHECK_INT(g_holds, 1);
+        TH_CHECK_INT(g_drops, 1);
+        /* without one (a copy): copied into the body, the same bytes arrive */
+        r.r.hold = NULL;
+        r.r.drop = NULL;
         TH_CHECK(sess_say(&s, &req));
+        TH_CHECK_INT(g_holds, 1);
         sess_close(&s);
         json_t *refs = fake_refs(&f, NULL, NULL);
         TH_CHECK_INT(json_array_size(refs), 2); /* inline: on every request */

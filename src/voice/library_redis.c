@@ -3,7 +3,9 @@
  * Keys: {prefix}vmeta:{id} record JSON; {prefix}vwav:{id}:{sha256} the wav; {prefix}voices the set of
  * ids; {prefix}tvoices:{tenant} the set of a tenant's ids; {prefix}voices:ver bumped on every change.
  * Each change is one script, so "id taken" and the caps are decided atomically by Redis, whichever hub
- * asks. Every hub polls the counter every SYNC_MS and reads all records back when it moved. */
+ * asks. Every hub polls the counter every SYNC_MS and reads all records back when it moved. The two calls
+ * that carry a wav (the create script and the audio's GET) go on the bulk lane (hub/redis.h); records,
+ * updates, deletes and the sync stay on the policy lane. */
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,7 +178,8 @@ void vl_redis_create(th_vlib *l, const th_vlib_meta *m, th_vlib_blob *wav, size_
     const char *argv[] = {kmeta, kwav, kset, kver, kten, rec, (const char *)wdata, m->id, mt, mx};
     size_t lens[] = {strlen(kmeta), strlen(kwav), strlen(kset),  strlen(kver), strlen(kten),
                      strlen(rec),   wlen,         strlen(m->id), strlen(mt),   strlen(mx)};
-    int rc = th_redis_eval(rs->r, on_create, o, k_create, 5, 10, argv, lens);
+    /* the wav travels on the bulk lane: half a megabyte never sits in front of a limit check */
+    int rc = th_redis_eval_lane(rs->r, TH_REDIS_LANE_BULK, on_create, o, k_create, 5, 10, argv, lens);
     free(rec);
     if (rc != 0) on_create(o, TH_REDIS_ERROR, NULL);
 }
@@ -301,7 +304,8 @@ void vl_redis_load(th_vlib *l, vl_load *ld)
     }
     const char *argv[] = {"GET", k};
     size_t lens[] = {3, strlen(k)};
-    if (th_redis_cmd(l->rs->r, on_load, ld, 2, argv, lens) != 0) vl_load_done(ld, NULL, 0, TH_VLIB_NOMEM);
+    if (th_redis_cmd_lane(l->rs->r, TH_REDIS_LANE_BULK, on_load, ld, 2, argv, lens) != 0)
+        vl_load_done(ld, NULL, 0, TH_VLIB_NOMEM);
 }
 
 /* ---- sync ---- */

@@ -103,7 +103,11 @@ TH_TEST(two_libraries_share_one_redis)
     th_vlib_on_removed(b, on_removed, &removed_b);
     hl_run_until_set(&loop, NULL, 300); /* both connected */
 
+    th_redis_lane_stats bulk0, bulk1;
+    th_redis_lane_get_stats(ra, TH_REDIS_LANE_BULK, &bulk0);
     TH_CHECK_INT(make(&loop, a, "one", "t", 1), TH_VLIB_OK);
+    th_redis_lane_get_stats(ra, TH_REDIS_LANE_BULK, &bulk1);
+    TH_CHECK_INT(bulk1.commands - bulk0.commands, 1); /* the create script, with the wav, on the bulk lane */
     /* b has not read it back yet, but Redis decides: the id is taken, and t's cap (1) is reached */
     TH_CHECK_INT(make(&loop, b, "one", "u", 2), TH_VLIB_TAKEN);
     TH_CHECK_INT(make(&loop, b, "two", "t", 3), TH_VLIB_FULL);
@@ -114,9 +118,13 @@ TH_TEST(two_libraries_share_one_redis)
 
     /* b's copy of the audio comes from Redis and matches */
     res u = {0};
+    th_redis_lane_get_stats(rb, TH_REDIS_LANE_BULK, &bulk0);
     th_vlib_acquire(b, "one", on_use, &u);
     TH_REQUIRE(hl_run_until(&loop, &u.done, 1, 5000));
     TH_REQUIRE(u.u != NULL);
+    th_redis_lane_get_stats(rb, TH_REDIS_LANE_BULK, &bulk1);
+    TH_CHECK_INT(bulk1.commands - bulk0.commands, 1); /* the audio's GET, on the bulk lane */
+
     TH_CHECK_STR(th_vlib_use_ref(u.u)->sha256, th_vlib_find(a, "one")->sha256);
 
     /* renamed through b, seen by a; deleted through a, gone from b (and reported there) */

@@ -124,6 +124,8 @@ struct th_cache {
     uv_timer_t pump;
     bool pump_armed;
     th_cache_stats st;
+    th_buf resp; /* the SET being built (kept between stores: a fresh multi-KiB buffer per store cost a large
+                    malloc per request) */
 };
 
 /* ---- key ---- */
@@ -729,8 +731,8 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
     size_t klen = strlen(rk);
     char px[24];
     int pn = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
-    th_buf b;
-    th_buf_init(&b, 0);
+    th_buf b = c->resp;
+    th_buf_reset(&b);
     uint8_t hdr[2] = {(uint8_t)nct, (uint8_t)npr};
     if (th_buf_reserve(&b, vlen + klen + 128) != TH_BUF_OK ||
         th_buf_appendf(&b, "*5\r\n$3\r\nSET\r\n$%zu\r\n", klen) != TH_BUF_OK ||
@@ -746,7 +748,8 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
     if (th_redis_cmd_lane_resp(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
-    th_buf_free(&b);
+    if (b.cap > (256u << 10)) th_buf_free(&b); /* a large entry's buffer is not kept */
+    c->resp = b;
     free(rk);
 }
 
@@ -758,6 +761,7 @@ th_cache *th_cache_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     if (c == NULL) return NULL;
     c->loop = loop;
     c->log = log;
+    th_buf_init(&c->resp, 0);
     c->enabled = cfg->cache.enabled;
     c->max_bytes = cfg->cache.max_bytes;
     c->ttl_ms = cfg->cache.ttl_ms;
@@ -814,6 +818,7 @@ void th_cache_free(th_cache *c)
     free(c->eb);
     free(c->fb);
     free(c->prefix);
+    th_buf_free(&c->resp);
     uv_close((uv_handle_t *)&c->pump, on_close);
 }
 

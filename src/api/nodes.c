@@ -5,7 +5,9 @@
  *   DELETE /api/nodes/{id}
  *   GET    /api/nodes?engine=&status=   {nodes:[...], count}
  *   GET    /api/nodes/{id}
- *   POST   /api/nodes/{id}/command      {command: activate|standby|stop}: relayed to POST {node}/command
+ *   POST   /api/nodes/{id}/command      {command: activate|load_model|standby|unload_model|stop}: relayed to
+ *                                        POST {node}/command (a ttshub node gets activate/standby for
+ *                                        load_model/unload_model; a seed-2 worker takes all five)
  *   POST   /api/register, /api/heartbeat, /api/unregister: the same, with node_id in the body
  *
  * Auth: the cluster token (Authorization: Bearer, from the env variable registry.token_env names) or the
@@ -25,6 +27,7 @@
 #include <openssl/crypto.h>
 
 #define CMD_TIMEOUT_MS 5000
+#define CMD_LOAD_TIMEOUT_MS 180000 /* a seed-2 worker loads its model inside the command (XTTS: ~30 s) */
 
 bool th_api_cluster_token_ok(th_api_ctx *c)
 {
@@ -423,9 +426,28 @@ static void cmd_done(void *ud, th_client_result res, int status, const char *det
         free(r);
         return;
     }
-    const char *st = strcmp(r->command, "activate") == 0  ? "online"
-                     : strcmp(r->command, "standby") == 0 ? "standby"
-                                                          : "stopping";
+    /* a seed-2 worker answers 200 {"success": false} when it could not (load failed) */
+    json_t *ans = r->blen > 0 ? json_loadb(r->body, r->blen, 0, NULL) : NULL;
+    if (json_is_false(json_object_get(ans, "success"))) {
+        TH_LOG(hub->log, TH_LOG_WARN, "request %s: command %s to node %s refused: %.*s", c->rid, r->command,
+               r->id, (int)r->blen, r->body);
+        json_decref(ans);
+        th_api_error(c, 502, NULL, "node_refused",
+                     "node %s did not take the command; request %s, the details are in the hub's log", r->id,
+                     c->rid);
+        free(r);
+        return;
+    }
+    bool up = strcmp(r->command, "activate") == 0 || strcmp(r->command, "load_model") == 0;
+    bool down = strcmp(r->command, "standby") == 0 || strcmp(r->command, "unload_model") == 0;
+    char st[33];
+    th_strlcpy(st, up ? "online" : down ? "standby" : "stopping", sizeof st);
+    /* the status the node says it is in now (seed-2: ready, standby, error...), when it is a plain word */
+    const char *said = json_string_value(json_object_get(ans, "status"));
+    if (said != NULL && said[0] != 0 && strlen(said) < sizeof st &&
+        strspn(said, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(said))
+        th_strlcpy(st, said, sizeof st);
+    json_decref(ans);
     if (th_registry_set_status(hub->registry, r->id, st) == TH_REG_OK) /* the node may have gone meanwhile */
         th_regsync_publish(hub->regsync, r->id);
     th_api_json(
@@ -446,9 +468,11 @@ void th_api_nodes_command(th_http_req *req, void *ud)
     const char *id = th_http_param(req, "id");
     const char *cmd = json_string_value(json_object_get(body, "command"));
     if (cmd == NULL ||
-        (strcmp(cmd, "activate") != 0 && strcmp(cmd, "standby") != 0 && strcmp(cmd, "stop") != 0)) {
+        (strcmp(cmd, "activate") != 0 && strcmp(cmd, "standby") != 0 && strcmp(cmd, "stop") != 0 &&
+         strcmp(cmd, "load_model") != 0 && strcmp(cmd, "unload_model") != 0)) {
         json_decref(body);
-        th_api_error(c, 400, NULL, "invalid_command", "'command' must be activate, standby or stop");
+        th_api_error(c, 400, NULL, "invalid_command",
+                     "'command' must be activate, load_model, standby, unload_model or stop");
         return;
     }
     const char *url = th_registry_url(hub->registry, id);
@@ -469,7 +493,14 @@ void th_api_nodes_command(th_http_req *req, void *ud)
     th_strlcpy(r->command, cmd, sizeof r->command);
     json_decref(body);
     snprintf(target, sizeof target, "%s/command", url);
-    int pl = snprintf(payload, sizeof payload, "{\"command\":\"%s\"}", r->command);
+    /* what the node understands: a ttshub node knows activate and standby */
+    char nengine[TH_NODE_ENGINE_MAX + 1];
+    th_node_proto proto = TH_NODE_PROTO_TTSHUB;
+    (void)th_registry_node_kind(hub->registry, id, nengine, &proto);
+    const char *sent = r->command;
+    if (proto == TH_NODE_PROTO_TTSHUB && strcmp(sent, "load_model") == 0) sent = "activate";
+    if (proto == TH_NODE_PROTO_TTSHUB && strcmp(sent, "unload_model") == 0) sent = "standby";
+    int pl = snprintf(payload, sizeof payload, "{\"command\":\"%s\"}", sent);
     char bearer[600] = "";
     const char *tenv = hub->cfg->registry.token_env;
     const char *tok = tenv && *tenv ? getenv(tenv) : NULL;
@@ -482,7 +513,9 @@ void th_api_nodes_command(th_http_req *req, void *ud)
                         .body = (const uint8_t *)payload,
                         .body_len = (size_t)pl,
                         .connect_timeout_ms = 2000,
-                        .total_timeout_ms = CMD_TIMEOUT_MS,
+                        .total_timeout_ms = strcmp(sent, "activate") == 0 || strcmp(sent, "load_model") == 0
+                                                ? CMD_LOAD_TIMEOUT_MS
+                                                : CMD_TIMEOUT_MS,
                         .max_body = 64 * 1024};
     th_client_cb cb = {cmd_head, cmd_body, cmd_done, r};
     if (hub->ctl_client == NULL || th_client_start(hub->ctl_client, &o, &cb) == NULL) {

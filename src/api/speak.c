@@ -149,7 +149,9 @@ static void start_response(th_api_ctx *c, const char *provider, const char *cach
     /* the voice-clone route names the engine kind too */
     if (c->route && strcmp(c->route, "/api/synthesize") == 0) {
         const th_provider_conf *pc = th_config_provider(c->hub->cfg, c->provider);
-        if (pc) th_http_set_header(c->req, "X-Engine", pc->type);
+        if (pc) th_http_set_header(c->req, "X-Engine", pc->engine && *pc->engine ? pc->engine : pc->type);
+        const char *node = th_synth_node(c->synth);
+        if (node != NULL) th_http_set_header(c->req, "X-Node-Id", node);
     }
     th_http_set_header(c->req, "X-Cache", cache);
     th_http_set_header(c->req, "X-Audio-Format", th_fmt_name(c->fmt));

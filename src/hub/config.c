@@ -930,6 +930,9 @@ static const key_def k_registry[] = {
     KSIZE(th_config, registry.max_node_bytes, "max_node_bytes", "64KiB", 1 * KiB, 64 * MiB),
     KSIZE(th_config, registry.max_bytes, "max_bytes", "16MiB", 64 * KiB, 4 * GiB),
     KINT(th_config, registry.control_rpm, "control_rpm", "600", 0, 100000000, 0),
+    KINT(th_config, registry.max_node_voices, "max_node_voices", "1000", 1, 100000, 0),
+    KINT(th_config, registry.voice_push_concurrency, "voice_push_concurrency", "2", 1, 64, 0),
+    KDUR(th_config, registry.voice_push_timeout_ms, "voice_push_timeout", "60s", 1 * SEC, 10 * MIN),
 };
 static const section_def s_registry = SECTION(k_registry);
 

@@ -157,10 +157,13 @@ typedef struct th_config {
         size_t n_trusted_networks;
         char **allowed_networks; /* node addresses, after resolution ([] = loopback + private) */
         size_t n_allowed_networks;
-        int max_capacity;        /* a node's capacity is clamped to this */
-        uint64_t max_node_bytes; /* a node's voices + languages, in bytes */
-        uint64_t max_bytes;      /* all nodes' voices + languages */
-        int control_rpm;         /* node and control requests per minute per client IP (0 = no limit) */
+        int max_capacity;           /* a node's capacity is clamped to this */
+        uint64_t max_node_bytes;    /* a node's voices + languages, in bytes */
+        uint64_t max_bytes;         /* all nodes' voices + languages */
+        int control_rpm;            /* node and control requests per minute per client IP (0 = no limit) */
+        int max_node_voices;        /* library voices recorded as held per node (seed-2 workers) */
+        int voice_push_concurrency; /* library voices pushed to seed-2 nodes at the same time */
+        uint64_t voice_push_timeout_ms;
     } registry;
     struct {
         char *otlp_endpoint, *service_name;

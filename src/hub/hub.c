@@ -118,13 +118,21 @@ static int create_providers(th_hub *hub)
 
 /* ---- worker nodes: the registry as the targets of `nodes` providers without a base_url ---- */
 
-static int node_pick(void *ud, const th_provider_conf *pc, char *base_url, size_t len, void **lease,
-                     th_perr *err)
+static int node_pick(void *ud, const th_provider_conf *pc, const th_voice_ref *ref, char *base_url,
+                     size_t len, void **lease, th_perr *err)
 {
     th_hub *hub = ud;
     th_node_pick how = TH_NODE_PICK_ROUND_ROBIN;
     (void)th_node_pick_parse(th_upstream_opt(pc, "strategy", "round_robin"), &how);
-    th_node *n = hub->registry ? th_registry_pick(hub->registry, pc->engine, how, th_mono_ms()) : NULL;
+    /* a provider speaks one protocol (option protocol) and goes only to nodes that registered with it;
+     * nodes holding the library voice go first */
+    th_node_proto proto = TH_NODE_PROTO_TTSHUB;
+    (void)th_node_proto_parse(th_upstream_opt(pc, "protocol", "ttshub"), &proto);
+    bool s2 = proto == TH_NODE_PROTO_SEED2;
+    th_node *n = hub->registry
+                     ? th_registry_pick_for(hub->registry, pc->engine, (int)proto, s2 && ref ? ref->id : NULL,
+                                            s2 && ref ? ref->sha256 : NULL, how, th_mono_ms())
+                     : NULL;
     if (n == NULL) {
         th_perr_set(err, TH_PERR_OVERLOADED, 0, "no online %s node with room",
                     pc->engine && *pc->engine ? pc->engine : "worker");
@@ -142,13 +150,31 @@ static void node_release(void *ud, void *lease, bool ok)
     th_registry_release(hub->registry, lease, ok, th_mono_ms());
 }
 
+static bool node_ref_holds(void *ud, const char *target, const th_voice_ref *ref)
+{
+    th_hub *hub = ud;
+    return th_registry_voice_held(hub->registry, target, ref->id, ref->sha256);
+}
+
+static void node_ref_note(void *ud, const char *target, const th_voice_ref *ref, bool held)
+{
+    th_hub *hub = ud;
+    th_registry_voice_set(hub->registry, target, ref->id, ref->sha256, held);
+}
+
+static const char *node_lease_name(void *ud, void *lease)
+{
+    (void)ud;
+    return th_node_id(lease);
+}
+
 /* A nodes provider: routed over the registry when it has no base_url (once the registry exists), and
  * sending the cluster token to its nodes. */
 static int node_targets(th_hub *hub, th_provider *p, char *err, size_t errlen)
 {
     const th_provider_conf *pc = p->conf;
     if (strcmp(pc->type, "nodes") != 0) return 0;
-    th_upstream_targets t = {node_pick, node_release, hub};
+    th_upstream_targets t = {node_pick, node_release, hub, node_ref_holds, node_ref_note, node_lease_name};
     if (hub->registry != NULL && (pc->base_url == NULL || pc->base_url[0] == 0))
         th_upstream_set_targets(p, &t);
     const char *tenv = hub->cfg->registry.token_env;
@@ -174,7 +200,8 @@ static int create_registry(th_hub *hub)
                            .remove_after_ms = cfg->registry.remove_after_ms,
                            .max_capacity = cfg->registry.max_capacity,
                            .max_node_bytes = cfg->registry.max_node_bytes,
-                           .max_bytes = cfg->registry.max_bytes};
+                           .max_bytes = cfg->registry.max_bytes,
+                           .max_node_voices = cfg->registry.max_node_voices};
     hub->registry = th_registry_new(&rc, hub->log);
     if (hub->registry == NULL) return -1;
     char nerr[160];

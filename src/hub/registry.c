@@ -16,6 +16,14 @@
 #define LIST_ITEM_MAX 128  /* bytes per voice or language name */
 #define BENCH_BASE_MS 1000 /* a failed node is skipped for 1 s, doubling per failure in a row... */
 #define BENCH_MAX_MS 30000 /* ...up to 30 s; a success ends it */
+#define HELD_DEFAULT 1000  /* library voices recorded per node when max_node_voices is 0 */
+#define HELD_SHA 16        /* hex digits of the sha256 kept per record */
+
+/* A library voice the hub pushed to a node (or saw it speak). */
+typedef struct held_voice {
+    char id[65];
+    char sha[HELD_SHA + 1];
+} held_voice;
 
 struct th_node {
     th_node *prev, *next;
@@ -41,6 +49,9 @@ struct th_node {
     char owner[160];          /* the credential that registered it ("" = the operator) */
     char owner_addr[48];      /* and the client address it came from */
     uint64_t bytes;           /* of voices and languages, counted in the registry's bytes */
+    th_node_proto proto;
+    held_voice *held; /* oldest first */
+    size_t n_held;
 };
 
 struct th_registry {
@@ -189,6 +200,23 @@ static bool status_routable(const char *s)
            strcmp(s, "idle") == 0 || strcmp(s, "busy") == 0;
 }
 
+static bool held_find(const th_node *n, const char *id, const char *sha, size_t *at)
+{
+    for (size_t i = 0; i < n->n_held; i++)
+        if (strcmp(n->held[i].id, id) == 0 && (sha == NULL || strncmp(n->held[i].sha, sha, HELD_SHA) == 0)) {
+            if (at) *at = i;
+            return true;
+        }
+    return false;
+}
+
+static void held_clear(th_node *n)
+{
+    free(n->held);
+    n->held = NULL;
+    n->n_held = 0;
+}
+
 static th_node *find(const th_registry *r, const char *id)
 {
     if (id == NULL) return NULL;
@@ -203,6 +231,7 @@ static void node_unref(th_node *n)
     json_decref(n->voices);
     json_decref(n->languages);
     json_decref(n->stats);
+    free(n->held);
     free(n);
 }
 
@@ -403,6 +432,13 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
         if (capacity > maxc) capacity = maxc; /* registry.max_capacity */
     }
     bool model_loaded = true;
+    v = json_object_get(body, "status");
+    if (v != NULL && !json_is_null(v) &&
+        (!json_is_string(v) || !word_copy(json_string_value(v), json_string_length(v), status, STATUS_MAX))) {
+        snprintf(err, errlen, "'status' must be 1 to %d of a-z 0-9 _ -", STATUS_MAX);
+        return TH_REG_INVALID;
+    }
+    if (v != NULL && !json_is_null(v)) model_loaded = status_routable(status); /* until it says otherwise */
     v = json_object_get(body, "model_loaded");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_boolean(v)) {
@@ -411,11 +447,19 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
         }
         model_loaded = json_is_true(v);
     }
-    v = json_object_get(body, "status");
-    if (v != NULL && !json_is_null(v) &&
-        (!json_is_string(v) || !word_copy(json_string_value(v), json_string_length(v), status, STATUS_MAX))) {
-        snprintf(err, errlen, "'status' must be 1 to %d of a-z 0-9 _ -", STATUS_MAX);
-        return TH_REG_INVALID;
+    /* the protocol: said, or told by the shape (a seed-2 NodeInfo has host and port, no url, and its
+     * registered_at / last_heartbeat times) */
+    th_node_proto proto = TH_NODE_PROTO_TTSHUB;
+    v = json_object_get(body, "protocol");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_string(v) || th_node_proto_parse(json_string_value(v), &proto) != 0) {
+            snprintf(err, errlen, "'protocol' must be ttshub or seed2");
+            return TH_REG_INVALID;
+        }
+    } else if ((json_object_get(body, "url") == NULL || json_is_null(json_object_get(body, "url"))) &&
+               (json_is_number(json_object_get(body, "registered_at")) ||
+                json_is_number(json_object_get(body, "last_heartbeat")))) {
+        proto = TH_NODE_PROTO_SEED2;
     }
     const char *id = NULL;
     v = json_object_get(body, "node_id");
@@ -505,6 +549,8 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
     th_strlcpy(n->status, status, sizeof n->status);
     n->capacity = (int)capacity;
     n->model_loaded = model_loaded;
+    n->proto = proto;
+    held_clear(n); /* a registration is a (re)start: what it held is gone */
     set_lists(r, n, voices, languages);
     /* the owner: whoever created it (an admin too: then no token holder may take it over), or its own
      * credential registering again (from its new address, once allowed) */
@@ -553,7 +599,11 @@ th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *bo
     }
     json_t *stats = body ? stats_of(body) : NULL;
     if (body != NULL && stats == NULL) return TH_REG_NOMEM;
-    if (json_is_boolean(v)) n->model_loaded = json_is_true(v);
+    json_t *sv = json_object_get(body, "status");
+    if (json_is_boolean(v))
+        n->model_loaded = json_is_true(v);
+    else if (json_is_string(sv))
+        n->model_loaded = status_routable(status); /* a seed-2 heartbeat: the status says it all */
     if (stats) {
         json_decref(n->stats);
         n->stats = stats;
@@ -591,6 +641,7 @@ th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *sta
     if (n == NULL) return TH_REG_UNKNOWN;
     n->updated_wall = th_wall_ms();
     n->touched = th_mono_ms();
+    n->model_loaded = status_routable(status);
     if (strcmp(n->status, status) == 0) return TH_REG_OK;
     th_strlcpy(n->status, status, sizeof n->status);
     if (n->alive) emit(r, "node_status_changed", n);
@@ -617,6 +668,11 @@ static json_t *node_json(const th_node *n, uint64_t now)
     if (n->voices) json_object_set(o, "voices", n->voices);
     if (n->languages) json_object_set(o, "languages", n->languages);
     if (n->stats) json_object_update(o, n->stats);
+    json_object_set_new(o, "protocol", json_string(th_node_proto_name(n->proto)));
+    json_t *lv = json_array();
+    for (size_t i = 0; lv != NULL && i < n->n_held; i++)
+        json_array_append_new(lv, json_string(n->held[i].id));
+    if (lv != NULL) json_object_set_new(o, "library_voices", lv);
     return o;
 }
 
@@ -709,6 +765,8 @@ json_t *th_registry_record(const th_registry *r, const char *id, uint64_t now, u
     if (n->voices) json_object_set(o, "voices", n->voices);
     if (n->languages) json_object_set(o, "languages", n->languages);
     if (n->stats) json_object_set(o, "stats", n->stats);
+    if (n->proto != TH_NODE_PROTO_TTSHUB)
+        json_object_set_new(o, "protocol", json_string(th_node_proto_name(n->proto)));
     if (n->owner[0]) json_object_set_new(o, "owner", json_string(n->owner));
     if (n->owner_addr[0]) json_object_set_new(o, "owner_addr", json_string(n->owner_addr));
     return o;
@@ -756,6 +814,9 @@ void th_registry_apply(th_registry *r, const json_t *rec, uint64_t now, uint64_t
         if (r->conf.max_capacity > 0 && n->capacity > r->conf.max_capacity)
             n->capacity = r->conf.max_capacity;
         n->model_loaded = !json_is_false(json_object_get(rec, "model_loaded"));
+        th_node_proto pr = TH_NODE_PROTO_TTSHUB;
+        (void)th_node_proto_parse(json_string_value(json_object_get(rec, "protocol")), &pr);
+        n->proto = pr;
         n->updated_wall = (uint64_t)updated;
         n->registered_wall_ms = (uint64_t)json_integer_value(json_object_get(rec, "registered_ms"));
         json_t *v = json_object_get(rec, "voices"), *l = json_object_get(rec, "languages");
@@ -812,6 +873,71 @@ void th_registry_retain(th_registry *r, const char *const *ids, size_t count, ui
 
 /* ---- routing ---- */
 
+static bool eligible(const th_node *n, const char *engine, uint64_t now, uint64_t dead_ms);
+
+bool th_registry_node_ready(const th_registry *r, const char *id, uint64_t now)
+{
+    const th_node *n = find(r, id);
+    if (n == NULL || !n->alive || !n->model_loaded || !status_routable(n->status)) return false;
+    return !(now > n->last_seen && now - n->last_seen > r->conf.dead_threshold_ms);
+}
+
+bool th_registry_node_kind(const th_registry *r, const char *id, char engine[TH_NODE_ENGINE_MAX + 1],
+                           th_node_proto *proto)
+{
+    const th_node *n = find(r, id);
+    if (n == NULL) return false;
+    th_strlcpy(engine, n->engine, TH_NODE_ENGINE_MAX + 1);
+    *proto = n->proto;
+    return true;
+}
+
+bool th_registry_voice_held(const th_registry *r, const char *url, const char *id, const char *sha256)
+{
+    if (url == NULL || id == NULL) return false;
+    for (const th_node *n = r->head; n; n = n->next)
+        if (strcmp(n->url, url) == 0 && held_find(n, id, sha256, NULL)) return true;
+    return false;
+}
+
+void th_registry_voice_set(th_registry *r, const char *url, const char *id, const char *sha256, bool held)
+{
+    if (id == NULL || strlen(id) >= sizeof(((held_voice *)0)->id)) return;
+    size_t cap = r->conf.max_node_voices > 0 ? (size_t)r->conf.max_node_voices : HELD_DEFAULT;
+    for (th_node *n = r->head; n; n = n->next) {
+        if (url != NULL && strcmp(n->url, url) != 0) continue;
+        size_t at;
+        while (held_find(n, id, NULL, &at)) { /* any older copy of the same id goes */
+            memmove(&n->held[at], &n->held[at + 1], (n->n_held - at - 1) * sizeof *n->held);
+            n->n_held--;
+        }
+        if (!held || sha256 == NULL) continue;
+        if (n->n_held >= cap) { /* the oldest record goes: that voice is pushed again if asked for */
+            memmove(&n->held[0], &n->held[1], (n->n_held - 1) * sizeof *n->held);
+            n->n_held--;
+        }
+        if (n->held == NULL) {
+            n->held = calloc(cap, sizeof *n->held);
+            if (n->held == NULL) continue; /* not recorded: it is pushed again when asked for */
+        }
+        held_voice *h = &n->held[n->n_held++];
+        th_strlcpy(h->id, id, sizeof h->id);
+        th_strlcpy(h->sha, sha256, sizeof h->sha);
+    }
+}
+
+void th_registry_each_lacking(const th_registry *r, const char *engine, int proto, const char *id,
+                              const char *sha256, uint64_t now,
+                              void (*fn)(void *ud, const char *node_id, const char *url), void *ud)
+{
+    for (const th_node *n = r->head; n; n = n->next) {
+        if (!th_registry_node_ready(r, n->id, now)) continue;
+        if (engine && *engine && strcmp(engine, n->engine) != 0) continue;
+        if (proto >= 0 && (int)n->proto != proto) continue;
+        if (!held_find(n, id, sha256, NULL)) fn(ud, n->id, n->url);
+    }
+}
+
 static bool eligible(const th_node *n, const char *engine, uint64_t now, uint64_t dead_ms)
 {
     if (!n->alive || !n->model_loaded || !status_routable(n->status)) return false;
@@ -820,9 +946,15 @@ static bool eligible(const th_node *n, const char *engine, uint64_t now, uint64_
     return n->inflight < n->capacity;
 }
 
+typedef struct pick_want {
+    int proto;       /* -1: any */
+    const char *vid; /* NULL: any node; else only the nodes holding it */
+    const char *sha;
+} pick_want;
+
 /* One pass over the nodes by strategy; benched nodes count only when allow_benched. */
-static th_node *pick_pass(th_registry *r, const char *engine, th_node_pick how, uint64_t now,
-                          bool allow_benched)
+static th_node *pick_pass(th_registry *r, const char *engine, const pick_want *w, th_node_pick how,
+                          uint64_t now, bool allow_benched)
 {
     th_node *best = NULL;
     uint64_t dead = r->conf.dead_threshold_ms;
@@ -830,6 +962,8 @@ static th_node *pick_pass(th_registry *r, const char *engine, th_node_pick how, 
     size_t seen = 0;
     for (size_t k = 0; n != NULL && k < r->n; k++, n = n->next ? n->next : r->head) {
         if (!eligible(n, engine, now, dead) || (!allow_benched && n->benched_until > now)) continue;
+        if (w->proto >= 0 && (int)n->proto != w->proto) continue;
+        if (w->vid != NULL && !held_find(n, w->vid, w->sha, NULL)) continue;
         if (how == TH_NODE_PICK_ROUND_ROBIN) {
             best = n;
             break;
@@ -849,9 +983,20 @@ static th_node *pick_pass(th_registry *r, const char *engine, th_node_pick how, 
 
 th_node *th_registry_pick(th_registry *r, const char *engine, th_node_pick how, uint64_t now)
 {
-    /* nodes that failed lately go last: tried only when no other node has room */
-    th_node *best = pick_pass(r, engine, how, now, false);
-    if (best == NULL) best = pick_pass(r, engine, how, now, true);
+    return th_registry_pick_for(r, engine, -1, NULL, NULL, how, now);
+}
+
+th_node *th_registry_pick_for(th_registry *r, const char *engine, int proto, const char *voice_id,
+                              const char *sha256, th_node_pick how, uint64_t now)
+{
+    /* the nodes holding the voice first, then the others; nodes that failed lately go last: tried only
+     * when no other node has room */
+    pick_want held = {proto, voice_id, sha256}, any = {proto, NULL, NULL};
+    th_node *best = NULL;
+    if (voice_id != NULL) best = pick_pass(r, engine, &held, how, now, false);
+    if (best == NULL) best = pick_pass(r, engine, &any, how, now, false);
+    if (best == NULL && voice_id != NULL) best = pick_pass(r, engine, &held, how, now, true);
+    if (best == NULL) best = pick_pass(r, engine, &any, how, now, true);
     if (best) {
         if (how != TH_NODE_PICK_RANDOM) r->cursor = best->next;
         best->inflight++;
@@ -887,6 +1032,28 @@ const char *th_node_id(const th_node *n)
 const char *th_node_url(const th_node *n)
 {
     return n->url;
+}
+
+th_node_proto th_node_protocol(const th_node *n)
+{
+    return n->proto;
+}
+
+const char *th_node_proto_name(th_node_proto p)
+{
+    return p == TH_NODE_PROTO_SEED2 ? "seed2" : "ttshub";
+}
+
+int th_node_proto_parse(const char *s, th_node_proto *p)
+{
+    if (s == NULL) return -1;
+    if (strcmp(s, "ttshub") == 0)
+        *p = TH_NODE_PROTO_TTSHUB;
+    else if (strcmp(s, "seed2") == 0)
+        *p = TH_NODE_PROTO_SEED2;
+    else
+        return -1;
+    return 0;
 }
 
 int th_node_pick_parse(const char *s, th_node_pick *how)

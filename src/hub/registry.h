@@ -26,6 +26,15 @@
 typedef struct th_registry th_registry;
 typedef struct th_node th_node;
 
+/** The protocol a node speaks: ttshub's node contract (API.md "What a node must serve"), or a seed-2
+ * voice-clone-tts worker (NodeInfo registration, {text, voice_id, ...} /synthesize, multipart
+ * /extract_voice). Told by the registration: an explicit `protocol`, else the NodeInfo shape (host + port,
+ * no url, with registered_at or last_heartbeat) is seed2 and anything else ttshub. */
+typedef enum {
+    TH_NODE_PROTO_TTSHUB = 0,
+    TH_NODE_PROTO_SEED2 = 1,
+} th_node_proto;
+
 typedef enum {
     TH_NODE_PICK_ROUND_ROBIN = 0,
     TH_NODE_PICK_LEAST_LOAD,
@@ -40,6 +49,7 @@ typedef struct th_registry_conf {
     int max_capacity;        /* a node's capacity is clamped to this (0: 100000) */
     uint64_t max_node_bytes; /* voices + languages of one node (0: no cap but the list limits) */
     uint64_t max_bytes;      /* voices + languages of every node (0: no cap) */
+    int max_node_voices;     /* library voices recorded as held per node, oldest forgotten first (0: 1000) */
 } th_registry_conf;
 
 /** Who makes a registry change (the control routes): cred names the credential ("token", "trusted",
@@ -88,7 +98,9 @@ bool th_node_url_parse(const char *url, size_t len, char *host, size_t hostlen, 
 th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *body, uint64_t now, char *err,
                                 size_t errlen);
 th_reg_rc th_registry_remove(th_registry *r, const char *id);
-/** Sets the node's status as a command changed it (activate -> online, standby, stop -> stopping). */
+/** Sets the node's status as a command changed it (activate -> online, standby, stop -> stopping). A
+ * status given without model_loaded (here, at registration or in a heartbeat) also sets model_loaded: a
+ * routable status means loaded, any other not (seed-2 heartbeats carry no model_loaded). */
 th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *status);
 
 /** The node's URL (for commands), or NULL. */
@@ -111,11 +123,38 @@ void th_registry_sweep(th_registry *r, uint64_t now);
 /** Picks an online node of that engine (NULL or "" = any) with room (in-flight < capacity), counts one
  * request in flight on it and holds it; NULL when there is none. */
 th_node *th_registry_pick(th_registry *r, const char *engine, th_node_pick how, uint64_t now);
+/** The same among the nodes speaking proto (-1: any); with voice_id (and its sha256) set, the nodes that
+ * hold that library voice go first, then the others (which get it pushed before they speak it). */
+th_node *th_registry_pick_for(th_registry *r, const char *engine, int proto, const char *voice_id,
+                              const char *sha256, th_node_pick how, uint64_t now);
 /** Ends what th_registry_pick began. ok: the node answered; a failure counts against the node and puts it
  * last in line for a while (1 s, doubling per failure in a row, at most 30 s; a success ends it). */
 void th_registry_release(th_registry *r, th_node *n, bool ok, uint64_t now);
 const char *th_node_id(const th_node *n);
 const char *th_node_url(const th_node *n);
+th_node_proto th_node_protocol(const th_node *n);
+/** "ttshub" | "seed2" */
+const char *th_node_proto_name(th_node_proto p);
+/** "ttshub" | "seed2" -> *p; -1 when unknown. */
+int th_node_proto_parse(const char *s, th_node_proto *p);
+
+/* ---- library voices held by nodes (pushed by the hub; hub/nodevoice.h) ---- */
+
+/** Does the node at url (any node with that URL) hold library voice id with that sha256? */
+bool th_registry_voice_held(const th_registry *r, const char *url, const char *id, const char *sha256);
+/** Records that the nodes at url hold (held) or lack the voice; url NULL: every node (a deleted voice). A
+ * node holds at most max_node_voices: the oldest record goes first. */
+void th_registry_voice_set(th_registry *r, const char *url, const char *id, const char *sha256, bool held);
+/** Calls fn for each routable node of that engine ("" or NULL: any) speaking proto (-1: any) that does not
+ * hold the voice. */
+void th_registry_each_lacking(const th_registry *r, const char *engine, int proto, const char *id,
+                              const char *sha256, uint64_t now,
+                              void (*fn)(void *ud, const char *node_id, const char *url), void *ud);
+/** Whether node id takes traffic now (alive, loaded, routable status). */
+bool th_registry_node_ready(const th_registry *r, const char *id, uint64_t now);
+/** The node's engine and protocol (false when unknown). */
+bool th_registry_node_kind(const th_registry *r, const char *id, char engine[TH_NODE_ENGINE_MAX + 1],
+                           th_node_proto *proto);
 
 /* ---- sharing between hubs (hub/regsync.h keeps these records in Redis) ---- */
 

@@ -80,6 +80,7 @@ struct th_synth {
     uint64_t start_us, first_us;
     uint64_t bytes_out;
     const char *provider_name;
+    char node_id[72]; /* the worker node that answered (the winner's), or "" */
     th_trace_ctx trace;
     th_vlib_use *clone; /* a library voice: its reference goes with every attempt */
     bool out_paused;
@@ -208,6 +209,11 @@ void th_synth_free(th_synth *s)
 void th_synth_cancel(th_synth *s)
 {
     if (s) release(s);
+}
+
+const char *th_synth_node(const th_synth *s)
+{
+    return s != NULL && s->node_id[0] != 0 ? s->node_id : NULL;
 }
 
 const char *th_synth_provider(const th_synth *s)
@@ -452,6 +458,9 @@ static int a_chunk(void *ud, const uint8_t *data, size_t len)
         a->first_us = th_mono_us();
         if (s->first_us == 0) s->first_us = a->first_us;
         if (s->provider_name == NULL) s->provider_name = pname(s, a->prov);
+        const th_provider *wp = a->prov->p;
+        const char *nid = wp->ops->job_node != NULL && a->job != NULL ? wp->ops->job_node(a->job) : NULL;
+        if (s->node_id[0] == 0 && nid != NULL) th_strlcpy(s->node_id, nid, sizeof s->node_id);
         stop_hedge(pt);
         for (int k = 0; k < 2; k++) {
             attempt *o = pt->a[k];

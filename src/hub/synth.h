@@ -86,5 +86,7 @@ size_t th_synth_parts(const th_synth *s);
 /** Milliseconds from start to the first audio byte from the provider (-1 if none yet). */
 double th_synth_upstream_ms(const th_synth *s);
 const char *th_synth_provider(const th_synth *s);
+/** The worker node that answered (its id), or NULL when no node did (yet). */
+const char *th_synth_node(const th_synth *s);
 
 #endif

@@ -13,7 +13,15 @@
  * provider's targets), by the provider's `strategy` (round_robin, least_load or random).
  * A library voice (req->ref): voice is its id, with reference_sha256, reference_text and reference_language
  * and no audio; a node that does not hold that reference answers 409 {"code":"reference_missing"}, and the
- * same node gets the request again (pass 1) with reference_audio: the WAV in base64. */
+ * same node gets the request again (pass 1) with reference_audio: the WAV in base64.
+ *
+ * With option `protocol: seed2` the provider speaks to seed-2 voice-clone-tts workers (and routes only to
+ * nodes that registered as such): POST {node}/synthesize JSON {text, voice_id, engine, language,
+ * output_format: "wav", speed (0.5-2), pitch} -> WAV. A library voice is pushed to the node first with
+ * POST {node}/extract_voice (multipart: audio file, voice_id, voice_name, reference_text), per node
+ * (ref_per_target): the hub's registry records which node holds it. Errors are FastAPI's {"detail": ...}:
+ * 503 (model not loaded) -> OVERLOADED, 500 "Voice not found" -> the reference is pushed again and the
+ * same node asked once more, other 5xx -> STATUS, 4xx (422 validation) -> CLIENT. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -46,6 +54,51 @@ static const char *nd_format(const th_synth_req *req)
     return name != NULL ? name : "wav";
 }
 
+static bool nd_seed2(const th_provider_conf *pc)
+{
+    const char *p = th_upstream_opt(pc, "protocol", "ttshub");
+    return p != NULL && strcmp(p, "seed2") == 0;
+}
+
+/* seed-2 /synthesize: {text, voice_id, engine, language, output_format, speed, pitch} */
+static int s2_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+{
+    const char *vid = req->ref != NULL ? req->ref->id : req->voice;
+    if (vid == NULL || vid[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a seed-2 worker needs a voice");
+        return -1;
+    }
+    const char *lang = req->language;
+    if ((lang == NULL || lang[0] == 0) && req->ref != NULL) lang = req->ref->language;
+    double speed = req->speed > 0 ? req->speed : 1.0;
+    if (speed < 0.5) speed = 0.5; /* the worker's SynthesizeRequest takes 0.5 to 2 */
+    if (speed > 2.0) speed = 2.0;
+    json_t *body = json_object();
+    if (body == NULL) goto oom;
+    int e = json_object_set_new(body, "text", json_stringn(req->text, req->text_len));
+    e |= json_object_set_new(body, "voice_id", json_string(vid));
+    if (pc->engine != NULL && pc->engine[0] != 0)
+        e |= json_object_set_new(body, "engine", json_string(pc->engine));
+    if (lang != NULL && lang[0] != 0) e |= json_object_set_new(body, "language", json_string(lang));
+    e |= json_object_set_new(body, "output_format", json_string("wav"));
+    e |= json_object_set_new(body, "speed", json_real(speed));
+    e |= json_object_set_new(body, "pitch", json_real(1.0));
+    char *txt = e == 0 ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(body);
+    if (txt == NULL) goto oom;
+    out->method = "POST";
+    int rc = th_upstream_url(out, out->base_url, "/synthesize") != 0 ||
+                     th_upstream_header(out, "Content-Type", "application/json") != 0 ||
+                     th_buf_append_str(&out->body, txt) != TH_BUF_OK
+                 ? -1
+                 : 0;
+    free(txt);
+    if (rc == 0) return 0;
+oom:
+    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+    return -1;
+}
+
 static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
 {
     int rc = -1, bad = 0, e = 0;
@@ -60,6 +113,7 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
         goto out;
     }
+    if (nd_seed2(pc)) return s2_build(pc, req, out, err);
     if (req->ref == NULL) ref = nd_voice_ref(pc, req->voice, &bad);
     if (bad) {
         th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
@@ -123,7 +177,7 @@ static void nd_body_spec(const th_provider_conf *pc, const th_synth_req *req, co
                          th_audio_spec *spec)
 {
     memset(spec, 0, sizeof *spec);
-    if (req->want_fmt == TH_FMT_PCM) {
+    if (req->want_fmt == TH_FMT_PCM && !nd_seed2(pc)) {
         /* headerless: nothing to sniff; the node's pcm is the API's (s16le mono 24 kHz) */
         spec->fmt = TH_FMT_PCM;
         spec->sample_rate = pc->sample_rate > 0 ? pc->sample_rate : TH_PCM_DEFAULT_RATE;
@@ -139,6 +193,8 @@ static void nd_error(const th_provider_conf *pc, int status, const char *content
 {
     json_t *root = body != NULL && len > 0 ? json_loadb((const char *)body, len, 0, NULL) : NULL;
     const char *m = json_is_object(root) ? json_string_value(json_object_get(root, "message")) : NULL;
+    if (m == NULL && json_is_object(root)) /* FastAPI (seed-2 workers): {"detail": "..."} */
+        m = json_string_value(json_object_get(root, "detail"));
     const char *code = json_is_object(root) ? json_string_value(json_object_get(root, "code")) : NULL;
     char tmp[160] = "", msg[240];
     if (m != NULL)
@@ -154,18 +210,86 @@ static void nd_error(const th_provider_conf *pc, int status, const char *content
         out->kind = TH_PERR_OVERLOADED; /* standby, stopping or busy: try another node */
     else if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 408)
         out->kind = TH_PERR_CLIENT; /* the node refused this request (voice, format, text...) */
+    else if (status >= 500)
+        out->kind = TH_PERR_STATUS; /* seed-2 workers answer 500 for every failure: try another node */
     json_decref(root);
 }
 
 /* 409 {"code":"reference_missing"}: the node does not hold the reference; send it again with the audio. */
 static bool nd_ref_lost(const th_provider_conf *pc, int status, const uint8_t *body, size_t len)
 {
+    if (nd_seed2(pc)) /* 500 {"detail":"Voice not found: <id>"} (xtts, openvoice workers) */
+        return status == 500 && body != NULL && memmem(body, len, "Voice not found", 15) != NULL;
     if (status != 409 || body == NULL || len == 0) return false;
     json_t *root = json_loadb((const char *)body, len, 0, NULL);
     const char *code = json_string_value(json_object_get(root, "code"));
     bool lost = code != NULL && strcmp(code, "reference_missing") == 0;
     json_decref(root);
     return lost;
+}
+
+/* seed-2 workers: the reference is pushed to each node with /extract_voice before it speaks it. */
+static bool nd_per_target(const th_provider_conf *pc)
+{
+    return nd_seed2(pc);
+}
+
+static int nd_ref_key(const th_provider_conf *pc, const th_voice_ref *ref, char *key, size_t n, th_perr *err)
+{
+    if (!nd_seed2(pc)) return 0; /* ttshub nodes get the reference in the request itself */
+    if (th_voice_ref_file_name(ref, key, n) != 0) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "the library voice has a bad id or sha256");
+        return -1;
+    }
+    return 1;
+}
+
+/* step 0: POST {node}/extract_voice multipart (audio, voice_id, voice_name, reference_text); step 1: its
+ * answer: 200 {"success":true,...}, or {"detail"} with 4xx/5xx (503: the model is not loaded). */
+static int nd_ref_make(const th_provider_conf *pc, const th_voice_ref *ref, int step, int status,
+                       const uint8_t *body, size_t len, th_upstream_http *out, char *value, size_t vn,
+                       th_perr *err)
+{
+    if (step == 0) {
+        if (out->base_url == NULL || out->base_url[0] == 0) {
+            th_perr_set(err, TH_PERR_OVERLOADED, 0, "no node to send the reference to");
+            return -1;
+        }
+        if (th_nodes_seed2_extract(out, out->base_url, ref) != 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the reference upload (out of memory)");
+            return -1;
+        }
+        return 1;
+    }
+    if (status < 200 || status >= 300) {
+        nd_error(pc, status, NULL, body, len, err);
+        if (status >= 400 && status < 500) err->kind = TH_PERR_STATUS; /* the node refused our upload */
+        return -1;
+    }
+    snprintf(value, vn, "%s", ref->id);
+    return 0;
+}
+
+int th_nodes_seed2_extract(th_upstream_http *out, const char *base_url, const th_voice_ref *ref)
+{
+    char boundary[64], ctype[128], file[96];
+    const char *name = ref->name != NULL && ref->name[0] != 0 ? ref->name : ref->id;
+    const char *text = ref->text != NULL ? ref->text : "";
+    const void *parts[4] = {ref->wav, ref->id, name, text};
+    const size_t lens[4] = {ref->wav_len, strlen(ref->id), strlen(name), strlen(text)};
+    if (ref->wav == NULL || th_upstream_boundary(boundary, sizeof boundary, parts, lens, 4) != 0) return -1;
+    snprintf(ctype, sizeof ctype, "multipart/form-data; boundary=%s", boundary);
+    snprintf(file, sizeof file, "%s.wav", ref->id);
+    out->method = "POST";
+    if (th_upstream_url(out, base_url, "/extract_voice") != 0 ||
+        th_upstream_header(out, "Content-Type", ctype) != 0 ||
+        th_upstream_part(&out->body, boundary, "audio", file, "audio/wav", ref->wav, ref->wav_len) != 0 ||
+        th_upstream_part(&out->body, boundary, "voice_id", NULL, NULL, ref->id, strlen(ref->id)) != 0 ||
+        th_upstream_part(&out->body, boundary, "voice_name", NULL, NULL, name, strlen(name)) != 0 ||
+        th_upstream_part(&out->body, boundary, "reference_text", NULL, NULL, text, strlen(text)) != 0 ||
+        th_upstream_parts_end(&out->body, boundary) != 0)
+        return -1;
+    return 0;
 }
 
 static int nd_probe(const th_provider_conf *pc, th_upstream_http *out)
@@ -199,4 +323,7 @@ const th_upstream_kind th_kind_nodes = {
     .error = nd_error,
     .probe = nd_probe,
     .ref_lost = nd_ref_lost,
+    .ref_key = nd_ref_key,
+    .ref_make = nd_ref_make,
+    .ref_per_target = nd_per_target,
 };

@@ -127,6 +127,8 @@ typedef struct th_provider_ops {
     /** A library voice was deleted: drop any copy the engine holds (remote voice, shared file...).
      *  Fire and forget; may be NULL (nothing to drop). */
     void (*voice_forget)(th_provider *p, const th_voice_ref *ref);
+    /** Optional: the worker node a job went to (its id), or NULL (not a node, or none yet). */
+    const char *(*job_node)(const th_job *job);
 } th_provider_ops;
 
 /** The base every provider struct begins with. */

@@ -456,9 +456,10 @@ struct th_job {
     uint64_t timeout_ms;
     void (*probe_done)(void *ud, bool healthy, const char *detail);
     void *probe_ud;
-    void *lease;   /* from targets.pick, handed back in job_free */
-    bool lease_ok; /* false once the target failed */
-    char *target;  /* the base URL targets.pick chose (kept for a second pass), or NULL */
+    void *lease;          /* from targets.pick, handed back in job_free */
+    bool lease_ok;        /* false once the target failed */
+    char *target;         /* the base URL targets.pick chose (kept for a second pass), or NULL */
+    char target_name[72]; /* what targets.lease_name called it (a node id), or "" */
     /* library voices */
     int pass;          /* 1 once the engine said it lacked the reference */
     char *prepared;    /* the entry's value this job uses */
@@ -1030,8 +1031,9 @@ struct up_call {
 struct up_entry {
     up_provider *p;
     up_entry *prev, *next;
-    char key[256];
-    char *value; /* once made */
+    char key[800];
+    char *target; /* ref_per_target: the base URL it is made on */
+    char *value;  /* once made */
     bool made;
     bool doomed; /* voice_forget while it was being made: drop once made */
     int step;
@@ -1219,10 +1221,16 @@ static void entry_free(up_entry *en)
         waiter_remove(en->waiters);
     free(en->ref);
     free(en->value);
+    free(en->target);
     free(en);
 }
 
-static up_entry *entry_new(up_provider *p, const char *key, const th_voice_ref *ref)
+static bool per_target(const up_provider *p)
+{
+    return p->kind->ref_per_target != NULL && p->kind->ref_per_target(p->base.conf);
+}
+
+static up_entry *entry_new(up_provider *p, const char *key, const th_voice_ref *ref, const char *target)
 {
     if (p->n_entries >= UP_ENTRIES_MAX) { /* drop the least recently used entry that nobody waits for */
         up_entry *last = p->entries;
@@ -1239,6 +1247,14 @@ static up_entry *entry_new(up_provider *p, const char *key, const th_voice_ref *
     if (en->ref == NULL) {
         free(en);
         return NULL;
+    }
+    if (target != NULL) {
+        en->target = th_strndup(target, strlen(target));
+        if (en->target == NULL) {
+            free(en->ref);
+            free(en);
+            return NULL;
+        }
     }
     en->p = p;
     th_strlcpy(en->key, key, sizeof en->key);
@@ -1264,8 +1280,11 @@ static void entry_finish(up_entry *en, const char *value, const th_perr *e)
         if (en->value != NULL) {
             en->made = true;
             p->ref_stats.made++;
-            TH_LOG(p->log, TH_LOG_INFO, "provider %s: reference of voice %s ready on the engine (%s)",
-                   pname(p), en->ref != NULL ? en->ref->id : "?", en->value);
+            TH_LOG(p->log, TH_LOG_INFO, "provider %s: reference of voice %s ready on %s (%s)", pname(p),
+                   en->ref != NULL ? en->ref->id : "?", en->target != NULL ? en->target : "the engine",
+                   en->value);
+            if (en->target != NULL && en->ref != NULL && !en->doomed && p->targets.ref_note != NULL)
+                p->targets.ref_note(p->targets.ud, en->target, en->ref, true);
         }
     }
     th_perr oom;
@@ -1299,7 +1318,12 @@ static void entry_finish(up_entry *en, const char *value, const th_perr *e)
         }
         job_leave(j);
     }
-    if (p->closing) return;       /* destroy frees the entries */
+    if (p->closing) return; /* destroy frees the entries */
+    if (en->made && en->target != NULL && en->waiters == NULL && p->targets.ref_note != NULL) {
+        /* the targets keep the record */
+        entry_free(en);
+        return;
+    }
     if (en->made && en->doomed) { /* forgotten while it was being made */
         char *v = en->value;
         th_voice_ref *r = en->ref;
@@ -1339,7 +1363,7 @@ static void entry_step(up_entry *en, int status, const uint8_t *body, size_t len
     const th_provider_conf *pc = p->base.conf;
     th_upstream_http h;
     th_upstream_http_init(&h);
-    h.base_url = pc->base_url;
+    h.base_url = en->target != NULL ? en->target : pc->base_url;
     char value[UP_VALUE_MAX] = "";
     th_perr e;
     memset(&e, 0, sizeof e);
@@ -1520,7 +1544,7 @@ static int entry_begin(up_entry *en, th_perr *e)
     const th_provider_conf *pc = p->base.conf;
     th_upstream_http h;
     th_upstream_http_init(&h);
-    h.base_url = pc->base_url;
+    h.base_url = en->target != NULL ? en->target : pc->base_url;
     char value[UP_VALUE_MAX] = "";
     memset(e, 0, sizeof *e);
     int rc = p->kind->ref_make(pc, en->ref, 0, 0, NULL, 0, &h, value, sizeof value, e);
@@ -1554,7 +1578,24 @@ static int entry_begin(up_entry *en, th_perr *e)
 }
 
 /* The key of what must be made for the job's reference: 1 (key set), 0 (nothing to make), -1 (e). */
-static int ref_key_of(up_provider *p, const th_voice_ref *ref, char *key, size_t n, th_perr *e)
+static int ref_key_of1(up_provider *p, const th_voice_ref *ref, char *key, size_t n, th_perr *e);
+
+/* The same, made per target (kind->ref_per_target): "<key>@<target>". */
+static int ref_key_of(up_provider *p, const th_voice_ref *ref, const char *target, char *key, size_t n,
+                      th_perr *e)
+{
+    int rc = ref_key_of1(p, ref, key, n, e);
+    if (rc != 1 || !per_target(p)) return rc;
+    size_t l = strlen(key);
+    int k = snprintf(key + l, n - l, "@%s", target != NULL ? target : "");
+    if (k < 0 || (size_t)k >= n - l) {
+        th_perr_set(e, TH_PERR_INTERNAL, 0, "the reference key is too long");
+        return -1;
+    }
+    return 1;
+}
+
+static int ref_key_of1(up_provider *p, const th_voice_ref *ref, char *key, size_t n, th_perr *e)
 {
     if (ref == NULL) return 0;
     if (p->kind->ref_files) {
@@ -1578,10 +1619,19 @@ static int ref_key_of(up_provider *p, const th_voice_ref *ref, char *key, size_t
 static int ref_ready(th_job *j, th_perr *e)
 {
     up_provider *p = j->p;
-    char key[256];
-    int rc = ref_key_of(p, j->sreq.ref, key, sizeof key, e);
+    char key[800];
+    int rc = ref_key_of(p, j->sreq.ref, j->target, key, sizeof key, e);
     if (rc <= 0) return rc < 0 ? -1 : 1;
     up_entry *en = entry_find(p, key);
+    if (per_target(p)) {
+        /* the targets' record decides: held -> speak; else make it on this target (again) */
+        if (p->targets.ref_holds != NULL && p->targets.ref_holds(p->targets.ud, j->target, j->sreq.ref))
+            return 1;
+        if (en != NULL && en->made && en->waiters == NULL && p->targets.ref_holds != NULL) {
+            entry_free(en);
+            en = NULL;
+        }
+    }
     if (en != NULL && en->made) {
         free(j->prepared);
         j->prepared = th_strndup(en->value, strlen(en->value));
@@ -1592,7 +1642,8 @@ static int ref_ready(th_job *j, th_perr *e)
         return 1;
     }
     if (en == NULL) {
-        en = entry_new(p, key, j->sreq.ref);
+        en = entry_new(p, key, j->sreq.ref,
+                       per_target(p) ? (j->target ? j->target : p->base.conf->base_url) : NULL);
         if (en == NULL) {
             th_perr_set(e, TH_PERR_OVERLOADED, 0, "too many references being made");
             return -1;
@@ -1616,9 +1667,11 @@ static int ref_ready(th_job *j, th_perr *e)
 static void ref_drop_entry(th_job *j)
 {
     up_provider *p = j->p;
-    char key[256];
+    char key[800];
     th_perr e;
-    if (ref_key_of(p, j->sreq.ref, key, sizeof key, &e) != 1) return;
+    if (per_target(p) && p->targets.ref_note != NULL && j->target != NULL)
+        p->targets.ref_note(p->targets.ud, j->target, j->sreq.ref, false);
+    if (ref_key_of(p, j->sreq.ref, j->target, key, sizeof key, &e) != 1) return;
     up_entry *en = entry_find(p, key);
     if (en == NULL || !en->made || en->waiters != NULL) return;
     if (j->prepared != NULL && en->value != NULL && strcmp(en->value, j->prepared) != 0) return;
@@ -1707,9 +1760,23 @@ static void up_voice_forget(th_provider *bp, const th_voice_ref *ref)
 {
     up_provider *p = (up_provider *)bp;
     if (p == NULL || p->closing || ref == NULL) return;
-    char key[256];
+    char key[800];
     th_perr e;
-    int rc = ref_key_of(p, ref, key, sizeof key, &e);
+    if (per_target(p)) { /* every target's entry goes; the targets forget it */
+        if (ref_key_of1(p, ref, key, sizeof key, &e) != 1) return;
+        size_t kl = strlen(key);
+        for (up_entry *en = p->entries, *next; en != NULL; en = next) {
+            next = en->next;
+            if (strncmp(en->key, key, kl) != 0 || en->key[kl] != '@') continue;
+            if (!en->made)
+                en->doomed = true;
+            else
+                entry_free(en);
+        }
+        if (p->targets.ref_note != NULL) p->targets.ref_note(p->targets.ud, NULL, ref, false);
+        return;
+    }
+    int rc = ref_key_of(p, ref, NULL, key, sizeof key, &e);
     if (rc != 1) return; /* nothing was made on the engine for it */
     up_entry *en = entry_find(p, key);
     if (en != NULL && !en->made) { /* being made: drop it once made */
@@ -1877,13 +1944,15 @@ static th_job *up_start(th_provider *bp, const th_synth_req *req, const th_sink 
     j->lease_ok = true;
     if (p->targets.pick != NULL && (pc->base_url == NULL || pc->base_url[0] == 0)) {
         char target[1024];
-        if (p->targets.pick(p->targets.ud, pc, target, sizeof target, &j->lease, &e) != 0) {
+        if (p->targets.pick(p->targets.ud, pc, j->sreq.ref, target, sizeof target, &j->lease, &e) != 0) {
             if (e.kind == TH_PERR_NONE) th_perr_set(&e, TH_PERR_OVERLOADED, 0, "no target to send to");
             prefix_message(p, &e);
             defer_fail(j, &e);
             return j;
         }
         j->target = th_strndup(target, strlen(target));
+        const char *tn = p->targets.lease_name ? p->targets.lease_name(p->targets.ud, j->lease) : NULL;
+        if (tn != NULL) th_strlcpy(j->target_name, tn, sizeof j->target_name);
         if (j->target == NULL) {
             th_perr_set(&e, TH_PERR_INTERNAL, 0, "out of memory");
             prefix_message(p, &e);
@@ -1936,6 +2005,11 @@ static void up_cancel(th_job *j)
     if (j->in_cb == 0) job_free(j);
 }
 
+static const char *up_job_node(const th_job *j)
+{
+    return j != NULL && j->target_name[0] != 0 ? j->target_name : NULL;
+}
+
 static void up_resume(th_job *j)
 {
     if (j == NULL || j->cancelled || j->ended || j->req == NULL) return;
@@ -1951,6 +2025,7 @@ const th_provider_ops th_upstream_ops = {
     .resume = up_resume,
     .voice_ok = NULL, /* engines check voices themselves: an unknown one comes back as a 4xx (CLIENT) */
     .voice_forget = up_voice_forget,
+    .job_node = up_job_node,
 };
 
 int th_upstream_get_ref_stats(const th_provider *bp, th_upstream_ref_stats *out)

@@ -82,6 +82,11 @@ typedef struct th_upstream_kind {
      * not know): 1 with out the next request, 0 done. */
     int (*ref_drop)(const th_provider_conf *pc, const th_voice_ref *ref, const char *value, int step,
                     int status, const uint8_t *body, size_t len, th_upstream_http *out);
+    /** What ref_make makes lives on one target (a worker node), not on the engine as a whole: entries are
+     * kept per target, ref_make gets the job's target as out->base_url, and the targets (when they record
+     * it: ref_holds / ref_note) say which target holds what. ref_per_target(pc) false: not for this
+     * provider (NULL: never). */
+    bool (*ref_per_target)(const th_provider_conf *pc);
 } th_upstream_kind;
 
 /* One per engine kind, each in its own file src/providers/<kind>.c. */
@@ -96,6 +101,10 @@ extern const th_upstream_kind th_kind_openvoice;  /* openvoice.c */
 extern const th_upstream_kind th_kind_cosyvoice;  /* cosyvoice.c */
 extern const th_upstream_kind th_kind_nodes;      /* nodes.c: registered worker nodes (POST /synthesize) */
 
+/** The seed-2 worker's POST {base_url}/extract_voice (multipart: audio, voice_id, voice_name, reference_text)
+ * for ref (with its audio) into out (nodes.c; the hub pushes library voices with it too). 0 or -1. */
+int th_nodes_seed2_extract(th_upstream_http *out, const char *base_url, const th_voice_ref *ref);
+
 /** The kinds, NULL-terminated. */
 extern const th_upstream_kind *const th_upstream_kinds[];
 const th_upstream_kind *th_upstream_find(const char *kind);
@@ -109,9 +118,17 @@ extern const th_provider_ops th_upstream_ops;
  * target failed (no answer, 5xx, garbage), true when it answered (even with a client error) or the
  * client went away. */
 typedef struct th_upstream_targets {
-    int (*pick)(void *ud, const th_provider_conf *pc, char *base_url, size_t len, void **lease, th_perr *err);
+    /* ref: the library voice of the request, or NULL (targets holding it may go first) */
+    int (*pick)(void *ud, const th_provider_conf *pc, const th_voice_ref *ref, char *base_url, size_t len,
+                void **lease, th_perr *err);
     void (*release)(void *ud, void *lease, bool ok);
     void *ud;
+    /* optional, for kinds with ref_per_target: does the target hold the reference; the target now holds
+     * it (held) or lacks it (target NULL: no target any more: the voice was deleted) */
+    bool (*ref_holds)(void *ud, const char *target, const th_voice_ref *ref);
+    void (*ref_note)(void *ud, const char *target, const th_voice_ref *ref, bool held);
+    /* optional: the name of the target a lease is (a node id), for X-Node-Id */
+    const char *(*lease_name)(void *ud, void *lease);
 } th_upstream_targets;
 /** Installs targets on an upstream provider (NULL removes them). -1 when p is not an upstream provider. */
 int th_upstream_set_targets(th_provider *p, const th_upstream_targets *t);

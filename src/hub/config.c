@@ -717,6 +717,7 @@ static const char *const e_mem_redis[] = {"memory", "redis", NULL};
 static const char *const e_strategy[] = {"weighted", "round_robin", "least_load", "random", "priority", NULL};
 static const char *const e_api[] = {"v2", "v1", NULL};
 static const char *const e_node_strategy[] = {"round_robin", "least_load", "random", NULL};
+static const char *const e_node_protocol[] = {"ttshub", "seed2", NULL};
 static const char *const e_media[] = {"wav", "raw", "ogg", "aac", NULL};
 static const char *const e_cosy_mode[] = {"sft", "zero_shot", "cross_lingual", "instruct", NULL};
 static const char *const e_fish_fmt[] = {"wav", "pcm", "mp3", "opus", NULL};
@@ -863,6 +864,8 @@ static const key_def k_provider[] = {
          KB(KD_ELEVENLABS) | KB(KD_AZURE), .check = check_nonempty),
     KOPT("region", K_STR, NULL, KB(KD_AZURE), .check = check_region),
     KOPT("strategy", K_ENUM, "nodes=round_robin", KB(KD_NODES), .enums = e_node_strategy),
+    /* the node protocol a nodes provider speaks (and the registered nodes it routes to) */
+    KOPT("protocol", K_ENUM, "nodes=ttshub", KB(KD_NODES), .enums = e_node_protocol),
     /* library voices on shared storage: the folder the hub writes, and where the engine sees it */
     KOPT("ref_dir", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
     KOPT("ref_dir_engine", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),

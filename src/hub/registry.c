@@ -412,6 +412,10 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
             return TH_REG_INVALID;
         }
         const char *hs = json_string_value(h);
+        /* a seed-2 worker sends its listen address: 0.0.0.0 (its default) means "where I came from" */
+        if ((strcmp(hs, "0.0.0.0") == 0 || strcmp(hs, "::") == 0) && who != NULL && who->addr != NULL &&
+            who->addr[0] != 0)
+            hs = who->addr;
         bool v6 = strchr(hs, ':') != NULL;
         int k =
             snprintf(url, sizeof url, v6 ? "http://[%s]:%d" : "http://%s:%d", hs, (int)json_integer_value(p));

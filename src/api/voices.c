@@ -23,6 +23,7 @@
 #include "core/str.h"
 #include "core/uuid.h"
 #include "http/body.h"
+#include "hub/nodevoice.h"
 #include "voice/library.h"
 
 #define LIST_MAX 10000
@@ -216,6 +217,7 @@ static void created(void *ud, th_vlib_rc rc, const char *err)
     }
     TH_LOG(c->hub->log, TH_LOG_INFO, "voice %s made by tenant '%s' (%.2f s, %s)", j->m.id, j->m.tenant,
            j->m.duration_s, th_vlib_backend(c->hub->vlib));
+    th_nodevoice_voice_added(c->hub->nodevoice, j->m.id); /* seed-2 nodes get it now */
     json_t *o = json_pack("{s:b,s:s,s:s,s:s?,s:f,s:s,s:s}", "success", 1, "voice_id", j->m.id, "voice_name",
                           j->m.name, "engine", j->m.engine[0] ? j->m.engine : NULL, "duration_seconds",
                           j->m.duration_s, "sha256", j->m.sha256, "owner", j->m.tenant);
@@ -589,6 +591,8 @@ static void deleted(void *ud, th_vlib_rc rc, const char *err)
             th_provider *p = hub->providers[i];
             if (p && p->ops->voice_forget) p->ops->voice_forget(p, &ref);
         }
+        /* seed-2 workers have no delete call: the registry forgets which nodes hold it */
+        if (hub->registry) th_registry_voice_set(hub->registry, NULL, d->m.id, NULL, false);
         TH_LOG(hub->log, TH_LOG_INFO, "voice %s deleted", d->m.id);
         json_t *o = json_pack("{s:b,s:s,s:s}", "success", 1, "voice_id", d->m.id, "message", "voice deleted");
         th_api_json(c, 200, o);

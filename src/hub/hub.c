@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "core/sdnotify.h"
 #include "core/str.h"
+#include "hub/nodevoice.h"
 #include "hub/reload.h"
 #include "providers/upstream.h"
 #include "voice/library.h"
@@ -233,6 +234,16 @@ static int create_registry(th_hub *hub)
             return -1;
         }
     }
+    char bearer[560] = "";
+    const char *ctok = cfg->registry.token_env && *cfg->registry.token_env ? getenv(cfg->registry.token_env) : NULL;
+    if (ctok && *ctok) snprintf(bearer, sizeof bearer, "Bearer %s", ctok);
+    th_nodevoice_conf nvc = {.concurrency = cfg->registry.voice_push_concurrency,
+                             .timeout_ms = cfg->registry.voice_push_timeout_ms,
+                             .max_per_node = cfg->registry.max_node_voices,
+                             .bearer = bearer};
+    hub->nodevoice = th_nodevoice_new(hub->registry, hub->vlib, hub->ctl_client, &nvc, hub->log);
+    if (hub->nodevoice == NULL) return -1;
+    th_registry_set_ready_listener(hub->registry, th_nodevoice_node_ready, hub->nodevoice);
     uv_timer_start(&hub->registry_timer, registry_tick, 1000, 1000);
     return 0;
 }
@@ -262,6 +273,9 @@ static void free_governance(th_hub *hub)
     th_api_feed_free(hub);
     th_announce_free(hub->announce);
     hub->announce = NULL;
+    if (hub->registry) th_registry_set_ready_listener(hub->registry, NULL, NULL);
+    th_nodevoice_free(hub->nodevoice); /* before the library it reads */
+    hub->nodevoice = NULL;
     th_vlib_free(hub->vlib); /* before the redis connection it may use */
     hub->vlib = NULL;
     th_regsync_free(hub->regsync); /* before the redis connection it writes to */
@@ -295,6 +309,7 @@ static void voice_removed(void *ud, const th_voice_ref *ref)
         th_provider *p = hub->providers[i];
         if (p && p->ops->voice_forget) p->ops->voice_forget(p, ref);
     }
+    if (hub->registry) th_registry_voice_set(hub->registry, NULL, ref->id, NULL, false);
 }
 
 static int create_governance(th_hub *hub)

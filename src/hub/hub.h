@@ -83,6 +83,7 @@ struct th_hub {
     th_regsync *regsync;   /* registry.backend redis: the registry shared through Redis, else NULL */
     uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
     th_client *ctl_client;     /* node commands (POST {node}/command) */
+    struct th_nodevoice *nodevoice; /* library voices pushed ahead to seed-2 nodes (hub/nodevoice.h) */
     th_announce *announce;     /* operator announcements */
     struct th_feed *feed;      /* /ws subscribers and what is pushed to them */
     th_tracer *tracer;         /* OTLP traces; NULL when tracing.otlp_endpoint is empty */

@@ -64,6 +64,8 @@ struct th_registry {
     th_registry_event_fn on_event;
     void *event_ud;
     uint64_t bytes; /* voices and languages of every linked node */
+    void (*on_ready)(void *ud, const char *node_id);
+    void *ready_ud;
 };
 
 /* ---- helpers ---- */
@@ -334,6 +336,22 @@ void th_registry_free(th_registry *r)
     free(r);
 }
 
+void th_registry_set_ready_listener(th_registry *r, void (*fn)(void *ud, const char *node_id), void *ud)
+{
+    r->on_ready = fn;
+    r->ready_ud = ud;
+}
+
+static bool ready_now(const th_node *n)
+{
+    return n->linked && n->alive && n->model_loaded && status_routable(n->status);
+}
+
+static void ready_check(th_registry *r, const th_node *n, bool was)
+{
+    if (!was && ready_now(n) && r->on_ready) r->on_ready(r->ready_ud, n->id);
+}
+
 void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud)
 {
     r->on_event = fn;
@@ -573,6 +591,7 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
         emit(r, "node_online", n);
     else if (status_changed)
         emit(r, "node_status_changed", n);
+    ready_check(r, n, false); /* its voices were forgotten: a ready node gets them again */
     return TH_REG_OK;
 }
 
@@ -604,6 +623,7 @@ th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *bo
     json_t *stats = body ? stats_of(body) : NULL;
     if (body != NULL && stats == NULL) return TH_REG_NOMEM;
     json_t *sv = json_object_get(body, "status");
+    bool was_ready = ready_now(n);
     if (json_is_boolean(v))
         n->model_loaded = json_is_true(v);
     else if (json_is_string(sv))
@@ -624,6 +644,7 @@ th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *bo
     } else if (changed) {
         emit(r, "node_status_changed", n);
     }
+    ready_check(r, n, was_ready);
     return TH_REG_OK;
 }
 
@@ -645,10 +666,12 @@ th_reg_rc th_registry_set_status(th_registry *r, const char *id, const char *sta
     if (n == NULL) return TH_REG_UNKNOWN;
     n->updated_wall = th_wall_ms();
     n->touched = th_mono_ms();
+    bool was_ready = ready_now(n);
     n->model_loaded = status_routable(status);
     if (strcmp(n->status, status) == 0) return TH_REG_OK;
     th_strlcpy(n->status, status, sizeof n->status);
     if (n->alive) emit(r, "node_status_changed", n);
+    ready_check(r, n, was_ready);
     return TH_REG_OK;
 }
 

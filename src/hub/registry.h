@@ -74,6 +74,9 @@ th_registry *th_registry_new(const th_registry_conf *conf, th_log *log);
 /** Frees the registry; nodes still held by requests are freed at their release. */
 void th_registry_free(th_registry *r);
 void th_registry_set_listener(th_registry *r, th_registry_event_fn fn, void *ud);
+/** A second listener, for the nodes that start taking traffic (registered, back, activated: alive, loaded,
+ * routable status where they were not). */
+void th_registry_set_ready_listener(th_registry *r, void (*fn)(void *ud, const char *node_id), void *ud);
 
 /** POST /api/nodes/register. body: {node_id?, engine_type, url | host+port, capacity, model_loaded, status,
  * voices?, languages?}. A known node_id is updated in place; a registration without one that names the

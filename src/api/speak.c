@@ -284,8 +284,9 @@ static bool provider_allowed(const char *provider, void *ud)
     th_api_ctx *c = ud;
     if (c->only_engine) {
         const th_provider_conf *pc = th_config_provider(c->hub->cfg, provider);
-        if (pc == NULL || (strcmp(pc->name, c->only_engine) != 0 && strcmp(pc->type, c->only_engine) != 0 &&
-                           (pc->engine == NULL || strcmp(pc->engine, c->only_engine) != 0))) /* a nodes engine */
+        if (pc == NULL ||
+            (strcmp(pc->name, c->only_engine) != 0 && strcmp(pc->type, c->only_engine) != 0 &&
+             (pc->engine == NULL || strcmp(pc->engine, c->only_engine) != 0))) /* a nodes engine */
             return false;
     }
     return c->tconf == NULL || th_auth_provider_allowed(c->tconf, provider);

@@ -625,6 +625,8 @@ static bool engine_known(const th_hub *hub, const char *engine)
     for (size_t i = 0; i < hub->cfg->n_providers; i++) {
         const th_provider_conf *pc = &hub->cfg->providers[i];
         if (strcmp(pc->name, engine) == 0 || strcmp(pc->type, engine) == 0) return true;
+        if (pc->engine != NULL && strcmp(pc->engine, engine) == 0)
+            return true; /* a nodes provider's engine */
     }
     return false;
 }

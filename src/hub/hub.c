@@ -235,7 +235,8 @@ static int create_registry(th_hub *hub)
         }
     }
     char bearer[560] = "";
-    const char *ctok = cfg->registry.token_env && *cfg->registry.token_env ? getenv(cfg->registry.token_env) : NULL;
+    const char *ctok =
+        cfg->registry.token_env && *cfg->registry.token_env ? getenv(cfg->registry.token_env) : NULL;
     if (ctok && *ctok) snprintf(bearer, sizeof bearer, "Bearer %s", ctok);
     th_nodevoice_conf nvc = {.concurrency = cfg->registry.voice_push_concurrency,
                              .timeout_ms = cfg->registry.voice_push_timeout_ms,

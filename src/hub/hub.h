@@ -81,15 +81,15 @@ struct th_hub {
     th_policy *policy;     /* limits + quota + cache in one Redis round trip; NULL unless limits use Redis */
     th_registry *registry; /* worker nodes (API.md "Worker registry") */
     th_regsync *regsync;   /* registry.backend redis: the registry shared through Redis, else NULL */
-    uv_timer_t registry_timer; /* marks silent nodes offline, once a second */
-    th_client *ctl_client;     /* node commands (POST {node}/command) */
+    uv_timer_t registry_timer;      /* marks silent nodes offline, once a second */
+    th_client *ctl_client;          /* node commands (POST {node}/command) */
     struct th_nodevoice *nodevoice; /* library voices pushed ahead to seed-2 nodes (hub/nodevoice.h) */
-    th_announce *announce;     /* operator announcements */
-    struct th_feed *feed;      /* /ws subscribers and what is pushed to them */
-    th_tracer *tracer;         /* OTLP traces; NULL when tracing.otlp_endpoint is empty */
-    struct th_vlib *vlib;      /* the voice library (cloned voices) */
-    uv_timer_t housekeeping;   /* limiter sweeps, probes */
-    uint64_t started_ms;       /* wall clock */
+    th_announce *announce;          /* operator announcements */
+    struct th_feed *feed;           /* /ws subscribers and what is pushed to them */
+    th_tracer *tracer;              /* OTLP traces; NULL when tracing.otlp_endpoint is empty */
+    struct th_vlib *vlib;           /* the voice library (cloned voices) */
+    uv_timer_t housekeeping;        /* limiter sweeps, probes */
+    uint64_t started_ms;            /* wall clock */
     uint64_t started_mono_ms;
     th_hub_stats stats;
     struct th_reload *reload; /* live config (hub/reload.h): SIGHUP, file watch, /admin/reload */

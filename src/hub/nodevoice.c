@@ -132,8 +132,8 @@ static void enqueue(th_nodevoice *nv, const char *node, const char *voice)
 {
     if (strlen(node) > TH_NODE_ID_MAX || strlen(voice) > TH_VLIB_ID_MAX || busy_with(nv, node, voice)) return;
     if (nv->queued >= TH_NODEVOICE_QUEUE_MAX) {
-        TH_LOG(nv->log, TH_LOG_WARN, "voice %s for node %s not pushed ahead: %d pushes wait already", voice, node,
-               TH_NODEVOICE_QUEUE_MAX);
+        TH_LOG(nv->log, TH_LOG_WARN, "voice %s for node %s not pushed ahead: %d pushes wait already", voice,
+               node, TH_NODEVOICE_QUEUE_MAX);
         return;
     }
     nv_task *t = calloc(1, sizeof *t);
@@ -154,7 +154,8 @@ static bool engine_match(const char *voice_engine, const char *node_engine)
     if (voice_engine == NULL || voice_engine[0] == 0) return true;
     size_t i = 0;
     for (; voice_engine[i] && node_engine[i]; i++) {
-        char a = voice_engine[i] == '_' ? '-' : voice_engine[i], b = node_engine[i] == '_' ? '-' : node_engine[i];
+        char a = voice_engine[i] == '_' ? '-' : voice_engine[i],
+             b = node_engine[i] == '_' ? '-' : node_engine[i];
         if (a >= 'A' && a <= 'Z') a = (char)(a - 'A' + 'a');
         if (a != b) return false;
     }
@@ -188,7 +189,8 @@ void th_nodevoice_voice_added(th_nodevoice *nv, const char *voice_id)
     const th_vlib_meta *m = th_vlib_find(nv->vlib, voice_id);
     if (m == NULL) return;
     lack_ctx lc = {nv, m};
-    th_registry_each_lacking(nv->reg, NULL, TH_NODE_PROTO_SEED2, m->id, m->sha256, th_mono_ms(), on_lacking, &lc);
+    th_registry_each_lacking(nv->reg, NULL, TH_NODE_PROTO_SEED2, m->id, m->sha256, th_mono_ms(), on_lacking,
+                             &lc);
     pump(nv);
 }
 
@@ -217,7 +219,8 @@ void th_nodevoice_node_ready(void *ud, const char *node_id)
     for (size_t i = 0; i < n && pushed < nv->conf.max_per_node; i++) {
         if (!engine_match(all[i]->engine, engine)) continue;
         pushed++;
-        if (!th_registry_voice_held(nv->reg, url, all[i]->id, all[i]->sha256)) enqueue(nv, node_id, all[i]->id);
+        if (!th_registry_voice_held(nv->reg, url, all[i]->id, all[i]->sha256))
+            enqueue(nv, node_id, all[i]->id);
     }
     free(all);
     if (pushed > 0)
@@ -261,8 +264,8 @@ static void p_done(void *ud, th_client_result res, int status, const char *detai
     } else {
         char ex[200];
         th_upstream_excerpt((const uint8_t *)p->err, p->errlen, ex, sizeof ex);
-        TH_LOG(nv->log, TH_LOG_WARN, "voice %s not pushed to node %s: HTTP %d: %s", p->t.voice, p->t.node, status,
-               ex);
+        TH_LOG(nv->log, TH_LOG_WARN, "voice %s not pushed to node %s: HTTP %d: %s", p->t.voice, p->t.node,
+               status, ex);
     }
     push_unlink(nv, p);
     push_free(p);

@@ -20,8 +20,8 @@
  * output_format: "wav", speed (0.5-2), pitch} -> WAV. A library voice is pushed to the node first with
  * POST {node}/extract_voice (multipart: audio file, voice_id, voice_name, reference_text), per node
  * (ref_per_target): the hub's registry records which node holds it. Errors are FastAPI's {"detail": ...}:
- * 503 (model not loaded) -> OVERLOADED, 500 "Voice not found" -> the reference is pushed again and the
- * same node asked once more, other 5xx -> STATUS, 4xx (422 validation) -> CLIENT. */
+ * 503 (model not loaded, though the registry had it ready) -> STATUS, 500 "Voice not found" -> the reference
+ * is pushed again and the same node asked once more, other 5xx -> STATUS, 4xx (422 validation) -> CLIENT. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -206,7 +206,10 @@ static void nd_error(const th_provider_conf *pc, int status, const char *content
     else
         snprintf(msg, sizeof msg, "%s", tmp);
     th_upstream_error_generic(status, msg, out);
-    if (status == 503 || status == 429)
+    if (status == 503 && nd_seed2(pc))
+        out->kind = TH_PERR_STATUS; /* "Model not loaded" from a node the registry has ready: that node failed
+                                       (it is benched, the retry goes to another, the breaker counts it) */
+    else if (status == 503 || status == 429)
         out->kind = TH_PERR_OVERLOADED; /* standby, stopping or busy: try another node */
     else if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 408)
         out->kind = TH_PERR_CLIENT; /* the node refused this request (voice, format, text...) */

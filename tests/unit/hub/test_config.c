@@ -309,8 +309,9 @@ TH_TEST(test_kind_options_and_defaults)
     TH_CHECK_STR(th_kv_get(g->opts, g->n_opts, "media_type"), "wav");
     const th_provider_conf *n = th_config_provider(c, "n");
     TH_CHECK_STR(n->engine, "xtts");
-    TH_CHECK_INT(n->n_opts, 1);
+    TH_CHECK_INT(n->n_opts, 2);
     TH_CHECK_STR(th_kv_get(n->opts, n->n_opts, "strategy"), "round_robin"); /* the kind's default */
+    TH_CHECK_STR(th_kv_get(n->opts, n->n_opts, "protocol"), "ttshub");      /* the kind's default */
     th_config_unref(c);
     th_config_errors_free(&e);
 }

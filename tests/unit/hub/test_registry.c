@@ -378,4 +378,161 @@ TH_TEST(registry_records_apply_and_retain)
     th_registry_free(b);
 }
 
+/* ---- seed-2 workers ---- */
+
+static const char *S2_INFO =
+    "{\"node_id\":\"s2-a\",\"engine_type\":\"xtts\",\"host\":\"127.0.0.1\",\"port\":8001,"
+    "\"status\":\"standby\",\"model_loaded\":false,\"registered_at\":1.5,"
+    "\"last_heartbeat\":1.5,\"cpu_percent\":0.0,\"request_count\":0}";
+
+static int ready_calls;
+static char ready_last[TH_NODE_ID_MAX + 1];
+
+static void on_ready(void *ud, const char *id)
+{
+    (void)ud;
+    ready_calls++;
+    snprintf(ready_last, sizeof ready_last, "%s", id);
+}
+
+static const char *field(th_registry *r, const char *id, const char *key, char *buf, size_t n)
+{
+    json_t *o = th_registry_node_json(r, id, 0);
+    json_t *v = json_object_get(o, key);
+    if (json_is_string(v))
+        snprintf(buf, n, "%s", json_string_value(v));
+    else if (json_is_boolean(v))
+        snprintf(buf, n, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_array(v)) {
+        buf[0] = 0;
+        size_t i;
+        json_t *it;
+        json_array_foreach(v, i, it)
+        {
+            size_t l = strlen(buf);
+            snprintf(buf + l, n - l, "%s%s", i ? "," : "", json_string_value(it));
+        }
+    } else
+        snprintf(buf, n, "(none)");
+    json_decref(o);
+    return buf;
+}
+
+TH_TEST(registry_seed2_shape_readiness_and_protocol)
+{
+    th_registry *r = th_registry_new(&CONF, NULL);
+    TH_REQUIRE(r);
+    th_registry_set_ready_listener(r, on_ready, NULL);
+    ready_calls = 0;
+    char id[TH_NODE_ID_MAX + 1], b[256];
+    TH_CHECK_INT(reg(r, S2_INFO, 0, id), TH_REG_OK);
+    TH_CHECK_STR(id, "s2-a");
+    TH_CHECK_STR(field(r, id, "protocol", b, sizeof b), "seed2");
+    TH_CHECK_STR(field(r, id, "url", b, sizeof b), "http://127.0.0.1:8001");
+    TH_CHECK_STR(field(r, id, "model_loaded", b, sizeof b), "false");
+    TH_CHECK(th_registry_pick(r, "xtts", TH_NODE_PICK_ROUND_ROBIN, 0) == NULL);
+    TH_CHECK_INT(ready_calls, 0);
+    /* a NodeMetrics heartbeat: status ready, no model_loaded: the status says it is loaded */
+    TH_CHECK_INT(
+        beat(r, id, "{\"node_id\":\"s2-a\",\"timestamp\":2.0,\"status\":\"ready\",\"queue_size\":0}", 100),
+        TH_REG_OK);
+    TH_CHECK_STR(field(r, id, "model_loaded", b, sizeof b), "true");
+    TH_CHECK_INT(ready_calls, 1);
+    TH_CHECK_STR(ready_last, "s2-a");
+    th_node *n =
+        th_registry_pick_for(r, "xtts", TH_NODE_PROTO_SEED2, NULL, NULL, TH_NODE_PICK_ROUND_ROBIN, 100);
+    TH_REQUIRE(n != NULL);
+    TH_CHECK(th_node_protocol(n) == TH_NODE_PROTO_SEED2);
+    th_registry_release(r, n, true, 100);
+    /* a provider speaking ttshub never gets it */
+    TH_CHECK(th_registry_pick_for(r, "xtts", TH_NODE_PROTO_TTSHUB, NULL, NULL, TH_NODE_PICK_ROUND_ROBIN,
+                                  100) == NULL);
+    /* a heartbeat with the same status is no new readiness; standby (a command) takes it away */
+    TH_CHECK_INT(beat(r, id, "{\"status\":\"ready\"}", 200), TH_REG_OK);
+    TH_CHECK_INT(ready_calls, 1);
+    TH_CHECK_INT(th_registry_set_status(r, id, "standby"), TH_REG_OK);
+    TH_CHECK_STR(field(r, id, "model_loaded", b, sizeof b), "false");
+    TH_CHECK_INT(th_registry_set_status(r, id, "ready"), TH_REG_OK);
+    TH_CHECK_INT(ready_calls, 2);
+    /* the explicit protocol wins over the shape; a url is never the seed-2 shape */
+    TH_CHECK_INT(reg(r,
+                     "{\"engine_type\":\"xtts\",\"host\":\"h\",\"port\":1,\"registered_at\":1,\"protocol\":"
+                     "\"ttshub\"}",
+                     0, id),
+                 TH_REG_OK);
+    TH_CHECK_STR(field(r, id, "protocol", b, sizeof b), "ttshub");
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://u:2\",\"registered_at\":1}", 0, id),
+                 TH_REG_OK);
+    TH_CHECK_STR(field(r, id, "protocol", b, sizeof b), "ttshub");
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://u:3\",\"protocol\":\"grpc\"}", 0, id),
+                 TH_REG_INVALID);
+    /* a plain registration with a status and no model_loaded: loaded as before */
+    TH_CHECK_INT(reg(r, "{\"engine_type\":\"xtts\",\"url\":\"http://u:4\",\"status\":\"online\"}", 0, id),
+                 TH_REG_OK);
+    TH_CHECK_STR(field(r, id, "model_loaded", b, sizeof b), "true");
+    th_registry_free(r);
+}
+
+TH_TEST(registry_held_voices_bounded_and_preferred)
+{
+    th_registry_conf c = CONF;
+    c.max_node_voices = 2;
+    th_registry *r = th_registry_new(&c, NULL);
+    TH_REQUIRE(r);
+    char a[TH_NODE_ID_MAX + 1], bid[TH_NODE_ID_MAX + 1], buf[256];
+    const char *sha1 = "1111111111111111111111111111111111111111111111111111111111111111";
+    const char *sha2 = "2222222222222222222222222222222222222222222222222222222222222222";
+    TH_CHECK_INT(
+        reg(r,
+            "{\"node_id\":\"a\",\"engine_type\":\"xtts\",\"url\":\"http://a:1\",\"protocol\":\"seed2\","
+            "\"status\":\"ready\"}",
+            0, a),
+        TH_REG_OK);
+    TH_CHECK_INT(
+        reg(r,
+            "{\"node_id\":\"b\",\"engine_type\":\"xtts\",\"url\":\"http://b:1\",\"protocol\":\"seed2\","
+            "\"status\":\"ready\"}",
+            0, bid),
+        TH_REG_OK);
+    th_registry_voice_set(r, "http://b:1", "v1", sha1, true);
+    TH_CHECK(th_registry_voice_held(r, "http://b:1", "v1", sha1));
+    TH_CHECK(!th_registry_voice_held(r, "http://b:1", "v1", sha2)); /* other content: not held */
+    TH_CHECK(!th_registry_voice_held(r, "http://a:1", "v1", sha1));
+    /* round robin would alternate; the holder goes first every time */
+    for (int i = 0; i < 4; i++) {
+        th_node *n =
+            th_registry_pick_for(r, "xtts", TH_NODE_PROTO_SEED2, "v1", sha1, TH_NODE_PICK_ROUND_ROBIN, 1);
+        TH_REQUIRE(n != NULL);
+        TH_CHECK_STR(th_node_id(n), "b");
+        th_registry_release(r, n, true, 1);
+    }
+    /* without a holder with room, a node without it (it gets the voice pushed first) */
+    th_registry_voice_set(r, "http://b:1", "v1", NULL, false);
+    th_node *n =
+        th_registry_pick_for(r, "xtts", TH_NODE_PROTO_SEED2, "v1", sha1, TH_NODE_PICK_ROUND_ROBIN, 1);
+    TH_REQUIRE(n != NULL);
+    th_registry_release(r, n, true, 1);
+    /* bounded: the oldest record goes */
+    th_registry_voice_set(r, "http://a:1", "v1", sha1, true);
+    th_registry_voice_set(r, "http://a:1", "v2", sha2, true);
+    th_registry_voice_set(r, "http://a:1", "v3", sha2, true);
+    TH_CHECK_STR(field(r, a, "library_voices", buf, sizeof buf), "v2,v3");
+    /* the same id again moves to the newest place; a deleted voice leaves every node */
+    th_registry_voice_set(r, "http://a:1", "v2", sha2, true);
+    TH_CHECK_STR(field(r, a, "library_voices", buf, sizeof buf), "v3,v2");
+    th_registry_voice_set(r, "http://b:1", "v2", sha2, true);
+    th_registry_voice_set(r, NULL, "v2", NULL, false);
+    TH_CHECK_STR(field(r, a, "library_voices", buf, sizeof buf), "v3");
+    TH_CHECK_STR(field(r, bid, "library_voices", buf, sizeof buf), "");
+    /* a registration (a restart) forgets what the node held */
+    TH_CHECK_INT(
+        reg(r,
+            "{\"node_id\":\"a\",\"engine_type\":\"xtts\",\"url\":\"http://a:1\",\"protocol\":\"seed2\","
+            "\"status\":\"standby\"}",
+            5, a),
+        TH_REG_OK);
+    TH_CHECK_STR(field(r, a, "library_voices", buf, sizeof buf), "");
+    th_registry_free(r);
+}
+
 TH_TEST_MAIN()

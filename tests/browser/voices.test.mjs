@@ -207,14 +207,22 @@ test("status chart shows a provider's requests in flight; admin page shows node 
       document.querySelector("#c-inflight polyline[data-series=cosy]").dataset.last === "0", null, { timeout: 15000 });
     assert.deepEqual(problems, []);
 
-    // the admin page: a node's protocol (the engine type, while the registry does not report one) and voices
+    // the admin page: a node's protocol (as the registry says: a url registration speaks ttshub) and voices
     const r = await fetch(hub.url + "/api/nodes/register", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ node_id: "gpu-7", engine_type: "xtts", url: "http://127.0.0.1:9", capacity: 1,
         voices: ["anna", "ben"] }) });
     assert.equal(r.status, 200);
+    // and a seed-2 worker, registered in its NodeInfo shape (host and port, no url)
+    const s2 = await fetch(hub.url + "/api/nodes/register", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ node_id: "xtts-5e2", engine_type: "xtts", host: "127.0.0.1", port: 9, status: "standby",
+        model_loaded: false, registered_at: 1765000000.5, last_heartbeat: 1765000000.5 }) });
+    assert.equal(s2.status, 200);
     await page.goto(hub.url + "/admin");
     await page.waitForSelector("tr[data-node=gpu-7]");
-    assert.equal(await page.textContent("tr[data-node=gpu-7] td.protocol"), "xtts");
+    await page.waitForSelector("tr[data-node=xtts-5e2]");
+    assert.equal(await page.textContent("tr[data-node=xtts-5e2] td.protocol"), "seed2");
+    assert.equal(await page.textContent("tr[data-node=xtts-5e2] .voices"), "–");
+    assert.equal(await page.textContent("tr[data-node=gpu-7] td.protocol"), "ttshub");
     assert.equal(await page.textContent("tr[data-node=gpu-7] .voices"), "anna, ben");
     assert.deepEqual(problems, []);
     await ctx.close();

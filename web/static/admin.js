@@ -25,15 +25,19 @@
       catch (e) { say(e.message, true); }
       nodes().catch(() => {});
     };
-    // the protocol a node speaks, when the registry says; otherwise its engine type (muted)
-    const protocol = (n) => n.protocol ? TH.el("span", {}, n.protocol)
-      : TH.el("span", { class: "muted", title: "the hub does not report the protocol: engine type shown" }, n.engine_type);
-    // the library voices a node holds (when the registry records them), else the voices it announced
+    // the protocol the node speaks (ttshub or seed2, as the registry told it from the registration)
+    const protocol = (n) => TH.el("span", {}, n.protocol || "–");
+    // the voices the node announced, and the library voices the hub pushed to it (library_voices)
+    const cut = (l) => l.length > 6 ? l.slice(0, 6).join(", ") + " … (" + l.length + ")" : l.join(", ");
     const voices = (n) => {
-      const held = n.library_voices || n.voices_held || n.held_voices;
-      const list = Array.isArray(held) ? held : Array.isArray(n.voices) ? n.voices : [];
-      const text = list.length > 6 ? list.slice(0, 6).join(", ") + " … (" + list.length + ")" : list.join(", ");
-      return TH.el("span", { class: "voices", title: list.join(", ") }, text || "–");
+      const own = Array.isArray(n.voices) ? n.voices : [];
+      const lib = Array.isArray(n.library_voices) ? n.library_voices : [];
+      const parts = [];
+      if (own.length) parts.push(TH.el("span", { class: "own", title: own.join(", ") }, cut(own)));
+      if (own.length && lib.length) parts.push(TH.el("br", {}));
+      if (lib.length) parts.push(TH.el("span", { class: "library", title: "library voices it holds: " + lib.join(", ") },
+        "library: " + cut(lib)));
+      return TH.el("span", { class: "voices" }, ...(parts.length ? parts : ["–"]));
     };
     $("nodes").replaceChildren(...d.nodes.map((n) => TH.el("tr", { "data-node": n.node_id },
       TH.el("td", {}, n.node_id), TH.el("td", {}, n.engine_type), TH.el("td", { class: "protocol" }, protocol(n)),

@@ -388,6 +388,7 @@ typedef struct cmd_relay {
     th_api_ctx *c;
     char id[TH_NODE_ID_MAX + 1];
     char command[16];
+    bool seed2;     /* a seed-2 worker: its answer's status is taken */
     char body[512]; /* the node's answer, cut */
     size_t blen;
 } cmd_relay;
@@ -446,8 +447,8 @@ static void cmd_done(void *ud, th_client_result res, int status, const char *det
     bool down = strcmp(r->command, "standby") == 0 || strcmp(r->command, "unload_model") == 0;
     char st[33];
     th_strlcpy(st, up ? "online" : down ? "standby" : "stopping", sizeof st);
-    /* the status the node says it is in now (seed-2: ready, standby, error...), when it is a plain word */
-    const char *said = json_string_value(json_object_get(ans, "status"));
+    /* the status a seed-2 worker says it is in now (ready, standby, error...), when it is a plain word */
+    const char *said = r->seed2 ? json_string_value(json_object_get(ans, "status")) : NULL;
     if (said != NULL && said[0] != 0 && strlen(said) < sizeof st &&
         strspn(said, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(said))
         th_strlcpy(st, said, sizeof st);
@@ -502,6 +503,7 @@ void th_api_nodes_command(th_http_req *req, void *ud)
     th_node_proto proto = TH_NODE_PROTO_TTSHUB;
     (void)th_registry_node_kind(hub->registry, id, nengine, &proto);
     const char *sent = r->command;
+    r->seed2 = proto == TH_NODE_PROTO_SEED2;
     if (proto == TH_NODE_PROTO_TTSHUB && strcmp(sent, "load_model") == 0) sent = "activate";
     if (proto == TH_NODE_PROTO_TTSHUB && strcmp(sent, "unload_model") == 0) sent = "standby";
     int pl = snprintf(payload, sizeof payload, "{\"command\":\"%s\"}", sent);

@@ -4,15 +4,18 @@
  *   0: register; 1: heartbeat of node "n1"; 2: apply as a shared record; 3: register, then read the node
  *   back as a record and apply it to a second registry.
  * Then the registry is listed, picked from, swept. Nothing may crash or leak; every node listed must have
- * the fields the API promises. */
+ * the fields the API promises (a protocol, library_voices within max_node_voices). Bit 6 of the first byte
+ * records a library voice as held by every listed node (seed-2 pushes), and picks prefer its holders. */
 #include "http/body.h"
 #include "hub/registry.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static th_registry *reg_a, *reg_b; /* built once; the fuzzer's inputs accumulate in them */
+static const char SHA[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -22,7 +25,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                           .remove_after_ms = 10000,
                           .max_capacity = 64,
                           .max_node_bytes = 4096,
-                          .max_bytes = 65536};
+                          .max_bytes = 65536,
+                          .max_node_voices = 8};
     reg_a = th_registry_new(&c, NULL);
     reg_b = th_registry_new(&c, NULL);
     return reg_a && reg_b ? 0 : 1;
@@ -71,6 +75,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_array_foreach(json_object_get(l, "nodes"), i, n)
         {
             json_t *url = json_object_get(n, "url");
+            const char *proto = json_string_value(json_object_get(n, "protocol"));
+            json_t *held = json_object_get(n, "library_voices");
+            if (proto == NULL || (strcmp(proto, "ttshub") != 0 && strcmp(proto, "seed2") != 0) ||
+                !json_is_array(held) || json_array_size(held) > 8)
+                abort();
+            if ((data[0] & 64) && json_is_string(url)) {
+                char vid[16];
+                snprintf(vid, sizeof vid, "v%u", (unsigned)(now % 11));
+                th_registry_voice_set(regs[k], json_string_value(url), vid, SHA, true);
+            }
             if (!json_is_string(json_object_get(n, "node_id")) || !json_is_string(url) ||
                 !json_is_integer(json_object_get(n, "capacity")))
                 abort();
@@ -83,7 +97,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
         }
         json_decref(l);
-        th_node *p = th_registry_pick(regs[k], NULL, (th_node_pick)(data[0] % 3), now);
+        th_node *p = (data[0] & 64) ? th_registry_pick_for(regs[k], NULL, (data[0] & 128) ? 1 : -1, "v3", SHA,
+                                                           (th_node_pick)(data[0] % 3), now)
+                                    : th_registry_pick(regs[k], NULL, (th_node_pick)(data[0] % 3), now);
         th_registry_release(regs[k], p, (data[0] & 8) != 0, now);
         th_registry_sweep(regs[k], now);
         if (th_registry_bytes(regs[k]) > 65536) abort(); /* registry.max_bytes holds */

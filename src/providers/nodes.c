@@ -68,6 +68,11 @@ static int s2_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "a seed-2 worker needs a voice");
         return -1;
     }
+    /* the worker joins voice_id to its voices folder (and loads what it finds there): only plain ids pass */
+    if (!th_voice_id_ok(vid)) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a seed-2 voice id is 1 to 64 of A-Z a-z 0-9 _ -");
+        return -1;
+    }
     const char *lang = req->language;
     if ((lang == NULL || lang[0] == 0) && req->ref != NULL) lang = req->ref->language;
     double speed = req->speed > 0 ? req->speed : 1.0;

@@ -300,6 +300,13 @@ def test_delete_voice_forgets_it_on_nodes_and_status_shapes(hub_factory, workers
     for w in (a, b):
         assert held(h, w.node_id) == ["gina"]
     assert h.get("/api/voices/fred").status_code == 404
+    # a plain voice name goes to the workers as voice_id (voices made on them keep working), but only a plain id:
+    # the worker joins it to its voices folder
+    sent = len(a.calls("/synthesize")) + len(b.calls("/synthesize"))
+    for bad in ("../../etc/passwd", "a/b", "x.pt", "v" * 65):
+        r = speak(h, bad)
+        assert r.status_code == 400, (bad, r.text)
+    assert len(a.calls("/synthesize")) + len(b.calls("/synthesize")) == sent
     # seed-2 workers have no call to delete a voice: the workers keep their copies, the hub no longer pushes it
     assert "fred" in a.voices and "fred" in b.voices
     assert speak(h, "gina").status_code == 200

@@ -484,6 +484,90 @@ TH_TEST(nodes_send_the_sha_then_the_bytes)
     tref_free(&r);
 }
 
+TH_TEST(nodes_seed2_body_push_and_errors)
+{
+    tref r;
+    tref_init(&r, "v1", "said", 0.5, 24000);
+    tconf t;
+    tconf_init(&t, "nodes", "http://n:9000");
+    t.pc.engine = (char *)"xtts";
+    tconf_opt(&t, "protocol", "seed2");
+    TH_CHECK(th_kind_nodes.ref_per_target(&t.pc));
+    th_synth_req req = mkreq("Hello node.", &r.r);
+    req.speed = 3.0; /* seed-2 takes 0.5 to 2 */
+    th_upstream_http h;
+    th_perr err;
+    TH_REQUIRE(build(&th_kind_nodes, &t, &req, &h, NULL, 0, &err) == 0);
+    TH_CHECK_STR(url_of(&h), "http://n:9000/synthesize");
+    json_t *b = json_loadb((const char *)h.body.data, h.body.len, 0, NULL);
+    TH_REQUIRE(b != NULL);
+    TH_CHECK_INT((long long)json_object_size(b), 7); /* text, voice_id, engine, language, output_format,
+                                                        speed, pitch: no reference, no ttshub fields */
+    TH_CHECK_STR(json_string_value(json_object_get(b, "voice_id")), "v1");
+    TH_CHECK_STR(json_string_value(json_object_get(b, "engine")), "xtts");
+    TH_CHECK_STR(json_string_value(json_object_get(b, "language")), "en"); /* the reference's */
+    TH_CHECK_STR(json_string_value(json_object_get(b, "output_format")), "wav");
+    TH_CHECK(json_real_value(json_object_get(b, "speed")) == 2.0);
+    TH_CHECK(json_real_value(json_object_get(b, "pitch")) == 1.0);
+    json_decref(b);
+    th_upstream_http_free(&h);
+    /* a plain voice passes as voice_id only when it cannot be a path */
+    th_synth_req plain = mkreq("Hi.", NULL);
+    plain.voice = "../../etc/passwd";
+    TH_CHECK(build(&th_kind_nodes, &t, &plain, &h, NULL, 0, &err) == -1 && err.kind == TH_PERR_CLIENT);
+    th_upstream_http_free(&h);
+    plain.voice = "spk_1";
+    TH_CHECK(build(&th_kind_nodes, &t, &plain, &h, NULL, 0, &err) == 0);
+    th_upstream_http_free(&h);
+    /* the push: multipart audio, voice_id, voice_name, reference_text to the picked node */
+    char key[128];
+    TH_CHECK(th_kind_nodes.ref_key(&t.pc, &r.r, key, sizeof key, &err) == 1);
+    th_upstream_http_init(&h);
+    h.base_url = "http://node-b:8001";
+    char value[64] = "";
+    TH_REQUIRE(th_kind_nodes.ref_make(&t.pc, &r.r, 0, 0, NULL, 0, &h, value, sizeof value, &err) == 1);
+    TH_CHECK_STR(url_of(&h), "http://node-b:8001/extract_voice");
+    char bd[80];
+    TH_REQUIRE(boundary_of(&h, bd, sizeof bd));
+    TH_CHECK(part_is(&h.body, bd, "audio", r.wav, r.r.wav_len));
+    TH_CHECK(part_is(&h.body, bd, "voice_id", "v1", 2));
+    TH_CHECK(part_is(&h.body, bd, "voice_name", "Test voice", 10));
+    TH_CHECK(part_is(&h.body, bd, "reference_text", "said", 4));
+    th_upstream_http_free(&h);
+    const char *ok = "{\"success\":true,\"voice_id\":\"v1\"}";
+    th_upstream_http_init(&h);
+    TH_CHECK(th_kind_nodes.ref_make(&t.pc, &r.r, 1, 200, (const uint8_t *)ok, strlen(ok), &h, value,
+                                    sizeof value, &err) == 0);
+    TH_CHECK_STR(value, "v1");
+    const char *nl = "{\"detail\":\"Model not loaded\"}";
+    TH_CHECK(th_kind_nodes.ref_make(&t.pc, &r.r, 1, 503, (const uint8_t *)nl, strlen(nl), &h, value,
+                                    sizeof value, &err) == -1);
+    th_upstream_http_free(&h);
+    /* errors: {"detail"} */
+    const char *nf = "{\"detail\":\"Voice not found: v1\"}";
+    TH_CHECK(th_kind_nodes.ref_lost(&t.pc, 500, (const uint8_t *)nf, strlen(nf)));
+    TH_CHECK(!th_kind_nodes.ref_lost(&t.pc, 500, (const uint8_t *)nl, strlen(nl)));
+    th_perr e;
+    memset(&e, 0, sizeof e);
+    th_kind_nodes.error(&t.pc, 500, "application/json", (const uint8_t *)"{\"detail\":\"CUDA oom\"}", 20, &e);
+    TH_CHECK(e.kind == TH_PERR_STATUS && strstr(e.message, "CUDA oom") != NULL);
+    memset(&e, 0, sizeof e);
+    th_kind_nodes.error(&t.pc, 503, "application/json", (const uint8_t *)nl, strlen(nl), &e);
+    TH_CHECK(e.kind == TH_PERR_STATUS); /* the node was ready as far as the hub knew: a node failure */
+    memset(&e, 0, sizeof e);
+    th_kind_nodes.error(&t.pc, 422, "application/json", (const uint8_t *)"{\"detail\":[]}", 13, &e);
+    TH_CHECK(e.kind == TH_PERR_CLIENT);
+    /* the ttshub protocol keeps its own: 503 is overload, the reference goes inline */
+    tconf t2;
+    tconf_init(&t2, "nodes", "http://n:9000");
+    TH_CHECK(!th_kind_nodes.ref_per_target(&t2.pc));
+    TH_CHECK(th_kind_nodes.ref_key(&t2.pc, &r.r, key, sizeof key, &err) == 0);
+    memset(&e, 0, sizeof e);
+    th_kind_nodes.error(&t2.pc, 503, "application/json", (const uint8_t *)"{}", 2, &e);
+    TH_CHECK(e.kind == TH_PERR_OVERLOADED);
+    tref_free(&r);
+}
+
 /* ---- end to end against the fakes ------------------------------------------------------------ */
 
 #define E2E_WAIT_MS 20000

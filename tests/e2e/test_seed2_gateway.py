@@ -257,7 +257,9 @@ def test_engine_type_a_seed2_gateway_does_not_know(hub_factory, gw):
 def test_two_workers_share_the_gateway_round_robin(hub_factory, gw):
     a = start_worker(hub_factory, gw.url, "--node-id", "rr-a")
     b = start_worker(hub_factory, gw.url, "--node-id", "rr-b")
-    assert wait_until(lambda: {"rr-a", "rr-b"} <= set(gw.nodes))
+    # both registered and available (status ready, model loaded), as the gateway's pick requires
+    assert wait_until(lambda: all(n in gw.nodes and gw.node(n)["status"] == "ready" and gw.node(n)["model_loaded"]
+                                  for n in ("rr-a", "rr-b")))
     ids = []
     for i in range(4):
         r = gsynth(gw, text=f"Round robin, request {i}.", voice_id="en-us")

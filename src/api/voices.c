@@ -667,9 +667,10 @@ int th_api_clone_fields(th_api_ctx *c, const th_form *f, th_synth_params *p)
     const th_field *sp = form_str(f, "speed");
     if (th_api_check_speed(c, "speed", sp ? sp->value : NULL, &speed) != 0) return -1;
     const th_field *pitch = form_str(f, "pitch");
-    double pv;
-    if (pitch && pitch->value_len && th_str_to_double(pitch->value, -24.0, 24.0, &pv) != 0) {
-        th_api_error(c, 400, NULL, "invalid_pitch", "'pitch' must be a number from -24 to 24 (semitones)");
+    double pv = 0.0; /* seed-2's SynthesizeRequest: a ratio 0.5..2.0, 1.0 = the voice's own */
+    if (pitch && pitch->value_len && th_str_to_double(pitch->value, 0.5, 2.0, &pv) != 0) {
+        th_api_error(c, 400, NULL, "invalid_pitch",
+                     "'pitch' must be a number from 0.5 to 2.0 (1 = the voice's own)");
         return -1;
     }
     const th_field *lang = form_str(f, "language");
@@ -682,6 +683,7 @@ int th_api_clone_fields(th_api_ctx *c, const th_form *f, th_synth_params *p)
     p->language = lang && lang->value_len ? lang->value : NULL;
     p->fmt = fmt;
     p->speed = speed;
+    p->pitch = pv; /* engines without a pitch control ignore it */
     p->generation = c->rid;
     return 0;
 }

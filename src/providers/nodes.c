@@ -1,6 +1,6 @@
 /* nodes: worker nodes (`ttshub worker` or a third-party node), API.md "What a node must serve".
  *
- * POST {base_url}/synthesize JSON {text, voice, format, speed, language?, reference?} -> audio in the
+ * POST {base_url}/synthesize JSON {text, voice, format, speed, pitch?, language?, reference?} -> audio in the
  * format asked for (the client's own format, so the hub passes it through), under a Content-Type the
  * hub does not need: the bytes are sniffed, except pcm (headerless s16le mono, 24 kHz unless the
  * provider's sample_rate says otherwise). The voice is passed as is; when it is a mapping of the
@@ -147,6 +147,7 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     }
     e |= json_object_set_new(body, "format", json_string(nd_format(req)));
     e |= json_object_set_new(body, "speed", json_real(req->speed > 0 ? req->speed : 1.0));
+    if (req->pitch > 0 && req->pitch != 1.0) e |= json_object_set_new(body, "pitch", json_real(req->pitch));
     if (req->language != NULL && req->language[0] != 0)
         e |= json_object_set_new(body, "language", json_string(req->language));
     if (e != 0) goto oom;

@@ -1,8 +1,12 @@
 """The voice-clone gateway's client shapes: what its scripts read, field by field, beside ttshub's own."""
+import array
 import hashlib
+import statistics
+import subprocess
 import time
 
-from conftest import wait_until
+from audio import probe
+from conftest import free_port, wait_until
 
 ADMIN_KEY = "adm-" + "e" * 28
 
@@ -95,3 +99,69 @@ def test_other_errors_carry_no_gateway_code(hub_factory):
     h = hub_factory()
     r = h.post(data={"input": "x", "voice": "no-such-voice"})
     assert r.status_code == 400 and "code" not in r.json() and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---- pitch: SynthesizeRequest.pitch is a ratio 0.5..2.0 (1.0 = the voice's own) ----
+
+def median_f0(wav_bytes):
+    """The median fundamental frequency (Hz) of the loud 40 ms frames, by autocorrelation at 8 kHz."""
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "s16le", "-ac", "1", "-ar", "8000", "-"],
+                         input=wav_bytes, capture_output=True, check=True).stdout
+    s, rate, n = array.array("h", pcm), 8000, 320
+    est = []
+    for i in range(0, len(s) - n, n):
+        fr = s[i:i + n]
+        if sum(x * x for x in fr) / n < 1000 ** 2:
+            continue
+        lag = max(range(16, 160), key=lambda k: sum(fr[j] * fr[j + k] for j in range(n - k)))
+        est.append(rate / lag)
+    return statistics.median(est)
+
+
+PITCH_TEXT = "Pitch goes through the hub to the engine."
+
+
+def test_pitch_reaches_espeak(hub_factory):
+    h = hub_factory()
+    say = lambda **kw: h.post("/api/synthesize", json={"text": PITCH_TEXT, "voice_id": "alloy", **kw})  # noqa: E731
+    low, same, high = say(pitch=0.5), say(pitch=1.0), say(pitch=2.0)
+    for r in (low, same, high):
+        assert r.status_code == 200 and r.headers["Content-Type"] == "audio/wav", r.text
+        assert probe(r.content, "wav")[0]["codec_name"] == "pcm_s16le"
+    f_low, f_same, f_high = median_f0(low.content), median_f0(same.content), median_f0(high.content)
+    assert f_high > 1.5 * f_low and f_low < f_same < f_high, (f_low, f_same, f_high)
+    # the default (no pitch) is the voice's own, and the cached copy of it carries no pitch
+    plain = say()
+    assert plain.status_code == 200 and abs(median_f0(plain.content) - f_same) < 0.1 * f_same
+    again = say(pitch=2.0)  # a pitched request is not answered from the plain one's cache entry
+    assert abs(median_f0(again.content) - f_high) < 0.1 * f_high
+    # a form post carries it the same way
+    r = h.post("/api/synthesize", data={"text": PITCH_TEXT, "voice_id": "alloy", "pitch": "2"})
+    assert r.status_code == 200 and abs(median_f0(r.content) - f_high) < 0.1 * f_high
+    # outside 0.5..2.0 (FastAPI's 422 there) is our 400 with a message; null is the default
+    for bad in (0.4, 2.1, 0, -3, 12, "high", "nan", True):
+        r = say(pitch=bad)
+        assert r.status_code == 400, (bad, r.text)
+        body = r.json()
+        assert body["success"] is False and body["code"] == "invalid_pitch" and "0.5" in body["message"], body
+    assert say(pitch=None).status_code == 200
+
+
+def test_pitch_reaches_a_worker_node(hub_factory):
+    token = "pitch-cluster-token-42"
+    env = {"TTSHUB_CLUSTER_TOKEN": token}
+    hub = hub_factory("providers:\n  - { name: pool, type: nodes, engine: espeak }\n"
+                      "registry: { heartbeat_interval: 1s, dead_threshold: 5s, remove_after: 10s }\n", env=env)
+    port = free_port()
+    hub_factory(None, command="worker", env=env, port=port,
+                extra_args=["--engine", "espeak", "--gateway", hub.url, "--advertise", f"http://127.0.0.1:{port}",
+                            "--node-id", "pw0"])
+    auth = {"Authorization": f"Bearer {token}"}
+    assert wait_until(lambda: hub.get("/api/nodes", headers=auth).json()["count"] == 1, timeout=15)
+    say = lambda p: hub.post("/api/synthesize", json={"text": PITCH_TEXT, "voice_id": "alloy", "pitch": p})  # noqa
+    low, high = say(0.5), say(2.0)
+    for r in (low, high):
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Provider"] == "pool"
+    assert hub.get("/api/nodes", headers=auth).json()["nodes"][0]["requests"] == 2
+    assert median_f0(high.content) > 1.5 * median_f0(low.content)

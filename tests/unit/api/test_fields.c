@@ -77,9 +77,9 @@ static void handler(th_http_req *req, void *ud)
             th_form_free(&f);
             return;
         }
-        snprintf(out, sizeof out, "voice=%s fmt=%s speed=%.2f lang=%s engine=%s gen=%s", p.voice,
+        snprintf(out, sizeof out, "voice=%s fmt=%s speed=%.2f lang=%s engine=%s gen=%s pitch=%.2f", p.voice,
                  th_fmt_name(p.fmt), p.speed, p.language ? p.language : "-",
-                 c->only_engine ? c->only_engine : "-", p.generation ? p.generation : "-");
+                 c->only_engine ? c->only_engine : "-", p.generation ? p.generation : "-", p.pitch);
         th_form_free(&f);
     } else {
         th_api_error(c, 404, NULL, "not_found", "no");
@@ -188,10 +188,19 @@ CASES(clone_cases, {"/clone", "{}", 400, "\"missing_voice_id\""},
       {"/clone", "{\"voice_id\":\"v\",\"speed\":\"4\"}", 200, "speed=4.00 "},
       {"/clone", "{\"voice_id\":\"v\",\"speed\":0.25}", 200, "speed=0.25 "},
       {"/clone", "{\"voice_id\":\"v\",\"speed\":\"4.5\"}", 400, "\"invalid_speed\""},
-      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"-24\"}", 200, "voice=v "},
-      {"/clone", "{\"voice_id\":\"v\",\"pitch\":24}", 200, "voice=v "},
-      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"24.5\"}", 400, "\"invalid_pitch\""},
-      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"-24.01\"}", 400, "\"invalid_pitch\""},
+      /* pitch: seed-2's ratio 0.5..2.0; unset is 0 (the voice's own) */
+      {"/clone", "{\"voice_id\":\"v1\"}", 200, "gen=rid-1 pitch=0.00"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":null}", 200, "pitch=0.00"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"\"}", 200, "pitch=0.00"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":0.5}", 200, "pitch=0.50"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":1}", 200, "pitch=1.00"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"2\"}", 200, "pitch=2.00"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":1.25e0}", 200, "pitch=1.25"},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":0.49}", 400, "\"invalid_pitch\""},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":2.01}", 400, "\"invalid_pitch\""},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":0}", 400, "\"invalid_pitch\""},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"-24\"}", 400, "\"invalid_pitch\""},
+      {"/clone", "{\"voice_id\":\"v\",\"pitch\":24}", 400, "\"invalid_pitch\""},
       {"/clone", "{\"voice_id\":\"v\",\"pitch\":\"up\"}", 400, "\"invalid_pitch\""},
       {"/clone", "{\"voice_id\":\"v\",\"language\":\"zh-CN\"}", 200, "lang=zh-CN "},
       {"/clone", "{\"voice_id\":\"v\",\"language\":\"\"}", 200, "lang=- "},

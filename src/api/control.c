@@ -73,6 +73,15 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
                                       (json_int_t)th_vlib_count(hub->vlib), "cached_bytes",
                                       (json_int_t)th_vlib_cached_bytes(hub->vlib)));
     if (o) json_object_set_new(o, "config", th_reload_version(hub)); /* the version of the config in force */
+    /* the voice-clone gateway's HealthCheck also has a wall-clock timestamp and these registry counts
+     * (its ready = serving, which is our online; a node in standby is in neither) */
+    if (o && (json_object_set_new(o, "timestamp", json_real((double)th_wall_ms() / 1000.0)) != 0 ||
+              json_object_set_new(registry, "total_nodes", json_integer((json_int_t)reg_total)) != 0 ||
+              json_object_set_new(registry, "online_nodes", json_integer((json_int_t)reg_online)) != 0 ||
+              json_object_set_new(registry, "ready_nodes", json_integer((json_int_t)reg_online)) != 0)) {
+        json_decref(o);
+        o = NULL;
+    }
     *status_out = status;
     return o;
 }

@@ -351,6 +351,35 @@ void th_api_nodes_delete(th_http_req *req, void *ud)
     json_decref(body);
 }
 
+/* The voice-clone gateway's NodeInfo keys its pages and scripts read, beside ours; a key already there (the
+ * last heartbeat's cpu_percent, memory_percent, current_concurrent) is kept. Added: host and port (from the
+ * URL), cpu_percent and memory_percent 0 when never reported (NodeInfo's defaults), current_concurrent as the
+ * hub's in-flight to the node when it reports none, request_count and error_count (the hub's counts). */
+static void seed2_node_keys(json_t *n)
+{
+    if (!json_is_object(n)) return;
+    const char *url = json_string_value(json_object_get(n, "url"));
+    char host[256];
+    int port = 0;
+    if (url && json_object_get(n, "host") == NULL &&
+        th_node_url_parse(url, strlen(url), host, sizeof host, &port)) {
+        json_object_set_new(n, "host", json_string(host));
+        json_object_set_new(n, "port", json_integer(port));
+    }
+    if (json_object_get(n, "cpu_percent") == NULL) json_object_set_new(n, "cpu_percent", json_real(0.0));
+    if (json_object_get(n, "memory_percent") == NULL)
+        json_object_set_new(n, "memory_percent", json_real(0.0));
+    if (json_object_get(n, "current_concurrent") == NULL)
+        json_object_set_new(n, "current_concurrent",
+                            json_integer(json_integer_value(json_object_get(n, "in_flight"))));
+    if (json_object_get(n, "request_count") == NULL)
+        json_object_set_new(n, "request_count",
+                            json_integer(json_integer_value(json_object_get(n, "requests"))));
+    if (json_object_get(n, "error_count") == NULL)
+        json_object_set_new(n, "error_count",
+                            json_integer(json_integer_value(json_object_get(n, "failures"))));
+}
+
 void th_api_nodes_list(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -363,6 +392,9 @@ void th_api_nodes_list(th_http_req *req, void *ud)
     json_t *o = th_registry_list_json(hub->registry, engine, status, th_mono_ms());
     free(engine);
     free(status);
+    size_t i;
+    json_t *n;
+    json_array_foreach(json_object_get(o, "nodes"), i, n) seed2_node_keys(n);
     th_api_json(c, 200, o);
 }
 
@@ -379,6 +411,7 @@ void th_api_nodes_get(th_http_req *req, void *ud)
         th_api_error(c, 404, NULL, "unknown_node", "unknown node '%s'", id ? id : "");
         return;
     }
+    seed2_node_keys(o);
     th_api_json(c, 200, o);
 }
 

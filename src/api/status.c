@@ -106,11 +106,36 @@ static json_t *status_doc(th_hub *hub)
         if (e) {
             json_object_set_new(e, "providers",
                                 json_integer(json_integer_value(json_object_get(e, "providers")) + 1));
-            if (strcmp(pc->type, "nodes") != 0)
+            if (strcmp(pc->type, "nodes") != 0) {
                 json_object_set_new(e, "in_flight",
                                     json_integer(json_integer_value(json_object_get(e, "in_flight")) +
                                                  (json_int_t)(rp ? rp->inflight : 0)));
+                /* an in-process or upstream provider is one serving unit for the counts below */
+                json_object_set_new(e, "local",
+                                    json_integer(json_integer_value(json_object_get(e, "local")) + 1));
+                if (rp == NULL || th_breaker_get(&rp->breaker, now) != TH_BREAKER_OPEN)
+                    json_object_set_new(
+                        e, "local_ready",
+                        json_integer(json_integer_value(json_object_get(e, "local_ready")) + 1));
+            }
         }
+    }
+    /* the voice-clone gateway's per-engine {total, online, ready}, which its status page reads: total counts
+     * the nodes and the providers that are not node pools, ready those that take traffic now (a node
+     * online, a provider whose breaker is not open). Our "online" keeps its meaning (nodes taking
+     * traffic), so a node in standby shows as offline there, not as standby. */
+    const char *kname;
+    json_t *ke;
+    json_object_foreach(engines, kname, ke)
+    {
+        json_int_t nodes = json_integer_value(json_object_get(ke, "nodes"));
+        json_int_t on = json_integer_value(json_object_get(ke, "online"));
+        json_int_t loc = json_integer_value(json_object_get(ke, "local"));
+        json_int_t loc_ready = json_integer_value(json_object_get(ke, "local_ready"));
+        json_object_del(ke, "local");
+        json_object_del(ke, "local_ready");
+        json_object_set_new(ke, "total", json_integer(nodes + loc));
+        json_object_set_new(ke, "ready", json_integer(on + loc_ready));
     }
     json_t *ann = hub->announce ? th_announce_list(hub->announce, th_wall_ms()) : json_array();
     double avg_ms = 0;

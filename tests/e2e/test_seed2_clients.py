@@ -5,6 +5,8 @@ import statistics
 import subprocess
 import time
 
+import requests
+
 from audio import probe
 from conftest import free_port, wait_until
 
@@ -165,3 +167,126 @@ def test_pitch_reaches_a_worker_node(hub_factory):
         assert r.headers["X-Provider"] == "pool"
     assert hub.get("/api/nodes", headers=auth).json()["nodes"][0]["requests"] == 2
     assert median_f0(high.content) > 1.5 * median_f0(low.content)
+
+
+# ---- what the gateway's pages and README read, endpoint by endpoint ----
+
+def test_health_carries_the_health_check_fields(hub_factory):
+    h = hub_factory()
+    before = time.time()
+    for path in ("/health", "/api/health"):
+        d = h.get(path).json()
+        # HealthCheck: status, version, uptime_seconds, timestamp, components.registry.{total,online,ready}_nodes
+        assert d["status"] in ("healthy", "degraded", "unhealthy") and isinstance(d["version"], str)
+        assert isinstance(d["uptime_seconds"], (int, float))
+        assert isinstance(d["timestamp"], float) and before - 1 <= d["timestamp"] <= time.time() + 1
+        reg = d["components"]["registry"]
+        assert reg["total_nodes"] == reg["online_nodes"] == reg["ready_nodes"] == 0
+        assert reg["nodes"] == 0 and reg["online"] == 0  # ours beside them
+        assert "limiter" in d["components"]
+
+
+def test_status_engines_carry_total_online_ready(hub_factory):
+    token = "s2c-cluster-token-42"
+    env = {"TTSHUB_CLUSTER_TOKEN": token}
+    h = hub_factory("providers:\n  - { name: local, type: espeak }\n"
+                    "  - { name: pool, type: nodes, engine: xtts }\n"
+                    "registry: { heartbeat_interval: 1s, dead_threshold: 5s, remove_after: 10s }\n", env=env)
+    auth = {"Authorization": f"Bearer {token}"}
+    eng = h.get("/api/status").json()["engines"]
+    # the status page: info.ready > 0 -> ready; info.online > 0 -> standby; else offline
+    assert eng["espeak"]["total"] == 1 and eng["espeak"]["ready"] == 1  # the in-process engine serves
+    assert eng["xtts"] == {"nodes": 0, "online": 0, "in_flight": 0, "providers": 1, "total": 0, "ready": 0}
+    for i, st in enumerate(("online", "standby")):
+        r = h.post("/api/nodes/register", headers=auth,
+                   json={"node_id": f"x{i}", "engine_type": "xtts", "url": f"http://127.0.0.1:{free_port()}",
+                         "model_loaded": True, "status": st})
+        assert r.status_code in (200, 201), r.text
+    eng = h.get("/api/status").json()["engines"]["xtts"]
+    assert eng["nodes"] == eng["total"] == 2 and eng["online"] == eng["ready"] == 1, eng
+    s = h.get("/api/status").json()
+    assert s["total_nodes"] == 2 and s["online_nodes"] == 1
+
+
+def test_node_list_carries_the_node_info_keys(hub_factory):
+    token = "s2c-cluster-token-42"
+    h = hub_factory("providers:\n  - { name: pool, type: nodes, engine: xtts }\n"
+                    "registry: { heartbeat_interval: 1s, dead_threshold: 5s, remove_after: 10s }\n",
+                    env={"TTSHUB_CLUSTER_TOKEN": token})
+    auth = {"Authorization": f"Bearer {token}"}
+    port = free_port()
+    for nid, url in (("n1", f"http://127.0.0.1:{port}/base"), ("n6", f"http://[::1]:{port}")):
+        r = h.post("/api/nodes/register", headers=auth,
+                   json={"node_id": nid, "engine_type": "xtts", "url": url, "model_loaded": True, "status": "online"})
+        assert r.status_code in (200, 201), r.text
+    r = h.post("/api/nodes/n1/heartbeat", headers=auth,
+               json={"status": "online", "model_loaded": True, "cpu_percent": 12.5, "memory_percent": 40.25,
+                     "current_concurrent": 3})
+    assert r.status_code == 200, r.text
+    # the status and admin pages: node_id, engine_type, host + ':' + port, status, cpu_percent.toFixed,
+    # memory_percent.toFixed, request_count, current_concurrent, model_loaded
+    nodes = {n["node_id"]: n for n in h.get("/api/nodes", headers=auth).json()["nodes"]}
+    n1, n6 = nodes["n1"], nodes["n6"]
+    assert n1["engine_type"] == "xtts" and n1["host"] == "127.0.0.1" and n1["port"] == port
+    assert n1["status"] == "online" and n1["model_loaded"] is True
+    assert n1["cpu_percent"] == 12.5 and n1["memory_percent"] == 40.25 and n1["current_concurrent"] == 3
+    assert n1["request_count"] == n1["requests"] == 0 and n1["error_count"] == n1["failures"] == 0
+    assert n6["host"] == "::1" and n6["port"] == port
+    assert isinstance(n6["cpu_percent"], float) and n6["cpu_percent"] == 0.0 and n6["memory_percent"] == 0.0
+    assert n6["current_concurrent"] == n6["in_flight"] == 0
+    one = h.get("/api/nodes/n1", headers=auth).json()
+    assert {k: one[k] for k in ("host", "port", "cpu_percent", "request_count", "current_concurrent")} == \
+        {"host": "127.0.0.1", "port": port, "cpu_percent": 12.5, "request_count": 0, "current_concurrent": 3}
+    # the gateway's filters ?engine=&status=
+    ids = lambda q: sorted(n["node_id"] for n in h.get("/api/nodes" + q, headers=auth).json()["nodes"])  # noqa
+    assert ids("?engine=xtts&status=online") == ["n1", "n6"]
+    assert ids("?engine=openvoice") == [] and ids("?status=standby") == []
+
+
+def test_ws_system_status_is_the_system_status_document(hub_factory):
+    import asyncio
+    import json
+    import websockets
+
+    h = hub_factory()
+
+    async def first_status():
+        async with websockets.connect(h.url.replace("http://", "ws://") + "/ws") as ws:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                m = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.time()))
+                if m["type"] == "system_status":
+                    return m
+            raise AssertionError("no system_status")
+
+    m = asyncio.run(first_status())
+    # the status page: this.status = msg.data; msg.data.announcements
+    d = m["data"]
+    for k in ("online_nodes", "total_nodes", "total_requests", "current_concurrent", "avg_response_time_ms",
+              "engines", "announcements"):
+        assert k in d, k
+    assert isinstance(m["timestamp"], (int, float, str))
+    assert d["engines"]["espeak"]["ready"] == 1 and d["engines"]["espeak"]["total"] == 1
+
+
+def test_admin_and_playground_reads(hub_factory):
+    h = hub_factory(admin_cfg())
+    # admin page: GET /api/nodes -> .nodes; GET /api/announcements -> .announcements; DELETE -> {success}
+    assert h.get("/api/nodes", headers=ADMIN).json()["nodes"] == []
+    a = h.post("/api/announcements", headers=ADMIN, json={"type": "info", "title": "", "message": "m"}).json()
+    r = requests.delete(h.url + f"/api/announcements/{a['id']}", headers=ADMIN, timeout=10)
+    assert r.status_code == 200 and r.json()["success"] is True
+    assert h.get("/api/announcements").json()["announcements"] == []
+    # an unknown one: the gateway said 200 {success:true}; ours is a real 404 with our error body
+    r = requests.delete(h.url + "/api/announcements/nope", headers=ADMIN, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_announcement"
+
+    # playground (synthesis open): its default body; the failure text is data.message; success is audio/*
+    h = hub_factory()
+    body = {"text": "你好，这是一个语音克隆测试。", "voice_id": "default", "engine": "", "language": "zh", "speed": 1.0}
+    r = h.post("/api/synthesize", json=body)
+    assert r.status_code == 400 and r.json()["success"] is False and "default" in r.json()["message"]
+    r = h.post("/api/synthesize", json={**body, "voice_id": "alloy", "speed": "1.5"})
+    assert r.status_code == 200 and "audio" in r.headers["Content-Type"] and r.headers["X-Engine"]
+    r = h.post("/api/synthesize", json={**body, "voice_id": "alloy", "engine": "xtts"})
+    assert r.status_code == 400 and r.json()["success"] is False and r.json()["message"]

@@ -140,6 +140,12 @@ static void answer(batch *b)
     json_t *o = json_pack("{s:b,s:I,s:I,s:I,s:o,s:s}", "success", ok == b->n, "total", (json_int_t)b->n,
                           "succeeded", (json_int_t)ok, "failed", (json_int_t)(b->n - ok), "results",
                           results ? results : json_array(), "format", th_fmt_name(c->fmt));
+    char msg[64]; /* BatchSynthesizeResponse.message, in the voice-clone gateway's words */
+    snprintf(msg, sizeof msg, "Batch completed: %zu/%zu", ok, b->n);
+    if (o != NULL && json_object_set_new(o, "message", json_string(msg)) != 0) {
+        json_decref(o);
+        o = NULL;
+    }
     batch_free(b);
     th_api_json(c, 200, o);
 }

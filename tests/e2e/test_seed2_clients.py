@@ -1,5 +1,6 @@
 """The voice-clone gateway's client shapes: what its scripts read, field by field, beside ttshub's own."""
 import array
+import base64
 import hashlib
 import statistics
 import subprocess
@@ -290,3 +291,41 @@ def test_admin_and_playground_reads(hub_factory):
     assert r.status_code == 200 and "audio" in r.headers["Content-Type"] and r.headers["X-Engine"]
     r = h.post("/api/synthesize", json={**body, "voice_id": "alloy", "engine": "xtts"})
     assert r.status_code == 400 and r.json()["success"] is False and r.json()["message"]
+
+
+def test_batch_carries_the_batch_response_fields(hub_factory):
+    h = hub_factory()
+    # BatchSynthesizeRequest as the README's scripts send it: texts, voice_id, language
+    r = h.post("/api/batch_synthesize", json={"texts": ["One.", "Two, longer."], "voice_id": "alloy", "language": "zh"})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    # BatchSynthesizeResponse: success, message, results[{index, success, size}], total, succeeded, failed
+    assert b["success"] is True and b["message"] == "Batch completed: 2/2"
+    assert b["total"] == 2 and b["succeeded"] == 2 and b["failed"] == 0
+    assert [(x["index"], x["success"]) for x in b["results"]] == [(0, True), (1, True)]
+    assert all(x["size"] == len(base64.b64decode(x["audio_base64"])) > 0 for x in b["results"])
+
+
+def test_extract_voice_carries_the_extract_response_fields(hub_factory):
+    from fakes.engines import COSY_SPEAKERS, FakeEngine
+    from test_voices import config, extract, make_audio
+
+    cosy = FakeEngine("cosyvoice", speakers=list(COSY_SPEAKERS) + ["s2v"]).start()
+    try:
+        h = hub_factory(config(cosy))
+        # the playground's form: audio, voice_id (optional), voice_name; it reads success, voice_id, message
+        r = extract(h, make_audio("wav", 3.0), voice_id="s2v", voice_name="我的音色")
+        assert r.status_code == 201, r.text
+        d = r.json()
+        assert d["success"] is True and d["voice_id"] == "s2v" and d["voice_name"] == "我的音色"
+        assert "engine" in d
+        r = extract(h, make_audio("wav", 3.0), voice_name="auto id")
+        assert r.status_code == 201 and r.json()["success"] is True and r.json()["voice_id"]
+        r = extract(h, make_audio("wav", 3.0, silent=True), voice_name="silent")
+        assert r.status_code == 400 and r.json()["success"] is False and r.json()["message"]
+        # and the voice speaks through /api/synthesize with the playground's body
+        r = h.post("/api/synthesize", json={"text": "你好", "voice_id": "s2v", "engine": "", "language": "zh",
+                                            "speed": 1.0})
+        assert r.status_code == 200 and "audio" in r.headers["Content-Type"], r.text
+    finally:
+        cosy.stop()

@@ -87,7 +87,10 @@ static int s2_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     if (lang != NULL && lang[0] != 0) e |= json_object_set_new(body, "language", json_string(lang));
     e |= json_object_set_new(body, "output_format", json_string("wav"));
     e |= json_object_set_new(body, "speed", json_real(speed));
-    e |= json_object_set_new(body, "pitch", json_real(1.0));
+    double pitch = req->pitch > 0 ? req->pitch : 1.0; /* a ratio there too, 0.5 to 2 */
+    if (pitch < 0.5) pitch = 0.5;
+    if (pitch > 2.0) pitch = 2.0;
+    e |= json_object_set_new(body, "pitch", json_real(pitch));
     char *txt = e == 0 ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(body);
     if (txt == NULL) goto oom;

@@ -329,3 +329,25 @@ def test_extract_voice_carries_the_extract_response_fields(hub_factory):
         assert r.status_code == 200 and "audio" in r.headers["Content-Type"], r.text
     finally:
         cosy.stop()
+
+
+def test_pitch_reaches_a_seed2_worker(hub_factory):
+    from fakes.seed2_worker import Seed2Worker
+    from test_seed2_workers import activate, config, node, upload
+
+    h = hub_factory(config())
+    w = Seed2Worker(h.url, engine="xtts", heartbeat_interval=0.2).start()
+    try:
+        assert wait_until(lambda: node(h, w.node_id) is not None)
+        activate(h, w)
+        upload(h, "pv")
+        assert wait_until(lambda: "pv" in w.voices)
+        for sent, seen in ((1.5, 1.5), (None, 1.0), (0.5, 0.5)):
+            body = {"text": PITCH_TEXT, "voice_id": "pv"}
+            if sent is not None:
+                body["pitch"] = sent
+            r = h.post("/api/synthesize", json=body)
+            assert r.status_code == 200, r.text
+            assert w.calls("/synthesize")[-1][2]["pitch"] == seen
+    finally:
+        w.kill()

@@ -511,6 +511,18 @@ TH_TEST(nodes_seed2_body_push_and_errors)
     TH_CHECK(json_real_value(json_object_get(b, "pitch")) == 1.0);
     json_decref(b);
     th_upstream_http_free(&h);
+    /* the client's pitch ratio goes as it is, bounded to the worker's 0.5 to 2 */
+    const double pin[] = {1.5, 3.0, 0.25}, pout[] = {1.5, 2.0, 0.5};
+    for (size_t i = 0; i < 3; i++) {
+        req.pitch = pin[i];
+        TH_REQUIRE(build(&th_kind_nodes, &t, &req, &h, NULL, 0, &err) == 0);
+        b = json_loadb((const char *)h.body.data, h.body.len, 0, NULL);
+        TH_REQUIRE(b != NULL);
+        TH_CHECK(json_real_value(json_object_get(b, "pitch")) == pout[i]);
+        json_decref(b);
+        th_upstream_http_free(&h);
+    }
+    req.pitch = 0;
     /* a plain voice passes as voice_id only when it cannot be a path */
     th_synth_req plain = mkreq("Hi.", NULL);
     plain.voice = "../../etc/passwd";

@@ -78,6 +78,7 @@ format-check:
 
 lint:
 	@! grep -rnE '\b(sprintf|vsprintf|strcpy|strcat|atoi|atol|strtok|gets)\s*\(' src --include='*.[ch]'
+	@$(PY) scripts/check-layers.py
 
 # Deployment (README "Deployment"): the Debian package, the container image, and their tests (package,
 # image, compose cluster, Kubernetes manifests, Prometheus rules). The tools come from Debian

@@ -4,7 +4,7 @@
 
 #include "cli/cli.h"
 #include "cli/say.h"
-#include "hub/hub.h"
+#include "serve/serve.h"
 #include "worker/worker.h"
 
 static void usage(FILE *f)
@@ -47,7 +47,7 @@ static int cmd_serve(int argc, char **argv)
             return 2;
         }
     }
-    return th_hub_serve(&o);
+    return th_serve(&o);
 }
 
 int main(int argc, char **argv)

@@ -276,7 +276,8 @@ int th_api_feed_new(th_hub *hub)
 
 size_t th_api_feed_clients(const th_hub *hub)
 {
-    return hub->feed ? hub->feed->n : 0;
+    const struct th_feed *f = hub->feed;
+    return f ? f->n : 0;
 }
 
 void th_api_feed_shutdown(th_hub *hub)

@@ -21,7 +21,7 @@
 
 #include "core/log.h"
 #include "hub/config.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 
 typedef struct th_cache th_cache;
 typedef struct th_cache_flight th_cache_flight;

@@ -615,7 +615,7 @@ typedef struct key_def {
     size_t off, off2, width, name_off;
     int64_t min, max;
     double dmin, dmax;
-    const char *def; /* as written in YAML; K_OPT: "kind=value kind=value" */
+    const char *def; /* as written in YAML; K_OPT: none (providers/conf.c has the kinds' defaults) */
     const char *const *enums;
     const struct section_def *sub;
     const char *(*check)(const char *s); /* strings, list items and K_MAP names */
@@ -687,10 +687,10 @@ typedef struct section_def {
         .width = sizeof(*((T *)0)->f), .sub = &s, .name_off = offsetof(__typeof__(*((T *)0)->f), namef),     \
         .check = chk                                                                                         \
     }
-#define KOPT(nm, vt, d, kb, ...)                                                                             \
+#define KOPT(nm, vt, kb, ...)                                                                                \
     {                                                                                                        \
         .name = nm, .type = K_OPT, .vtype = vt, .off = offsetof(th_provider_conf, opts),                     \
-        .off2 = offsetof(th_provider_conf, n_opts), .def = d, .kinds = kb, __VA_ARGS__                       \
+        .off2 = offsetof(th_provider_conf, n_opts), .kinds = kb, __VA_ARGS__                                 \
     }
 #define SECTION(arr, ...)                                                                                    \
     {                                                                                                        \
@@ -848,27 +848,26 @@ static const key_def k_provider[] = {
     KSTR(th_provider_conf, api_key_env, "api_key_env", "", check_env, 0, KB_UPSTREAM),
     KINT(th_provider_conf, sample_rate, "sample_rate", "0", 0, 384000, KB_ALL & ~KB(KD_ESPEAK)),
     KSTR(th_provider_conf, engine, "engine", "", NULL, 0, KB(KD_NODES)),
-    KOPT("model", K_STR, "openai=tts-1", KB(KD_OPENAI), .check = check_nonempty),
-    KOPT("api", K_ENUM, "gpt_sovits=v2", KB(KD_GPT_SOVITS), .enums = e_api),
-    KOPT("text_lang", K_STR, "gpt_sovits=auto", KB(KD_GPT_SOVITS), .check = check_nonempty),
-    KOPT("media_type", K_ENUM, "gpt_sovits=wav", KB(KD_GPT_SOVITS), .enums = e_media),
-    KOPT("streaming_mode", K_INT, "gpt_sovits=1", KB(KD_GPT_SOVITS), .min = 0, .max = 3),
-    KOPT("language", K_STR, "xtts=en", KB(KD_XTTS), .check = check_nonempty),
-    KOPT("stream", K_BOOL, "openai=true xtts=false", KB(KD_OPENAI) | KB(KD_XTTS)),
-    KOPT("accent", K_STR, "openvoice=en-newest", KB(KD_OPENVOICE), .check = check_nonempty),
-    KOPT("mode", K_ENUM, "cosyvoice=sft", KB(KD_COSYVOICE), .enums = e_cosy_mode),
-    KOPT("format", K_ENUM, "fish=wav", KB(KD_FISH), .enums = e_fish_fmt),
-    KOPT("reference_id", K_STR, NULL, KB(KD_FISH)),
-    KOPT("model_id", K_STR, "elevenlabs=eleven_multilingual_v2", KB(KD_ELEVENLABS), .check = check_nonempty),
-    KOPT("output_format", K_STR, "elevenlabs=mp3_44100_128 azure=riff-24khz-16bit-mono-pcm",
-         KB(KD_ELEVENLABS) | KB(KD_AZURE), .check = check_nonempty),
-    KOPT("region", K_STR, NULL, KB(KD_AZURE), .check = check_region),
-    KOPT("strategy", K_ENUM, "nodes=round_robin", KB(KD_NODES), .enums = e_node_strategy),
+    KOPT("model", K_STR, KB(KD_OPENAI), .check = check_nonempty),
+    KOPT("api", K_ENUM, KB(KD_GPT_SOVITS), .enums = e_api),
+    KOPT("text_lang", K_STR, KB(KD_GPT_SOVITS), .check = check_nonempty),
+    KOPT("media_type", K_ENUM, KB(KD_GPT_SOVITS), .enums = e_media),
+    KOPT("streaming_mode", K_INT, KB(KD_GPT_SOVITS), .min = 0, .max = 3),
+    KOPT("language", K_STR, KB(KD_XTTS), .check = check_nonempty),
+    KOPT("stream", K_BOOL, KB(KD_OPENAI) | KB(KD_XTTS)),
+    KOPT("accent", K_STR, KB(KD_OPENVOICE), .check = check_nonempty),
+    KOPT("mode", K_ENUM, KB(KD_COSYVOICE), .enums = e_cosy_mode),
+    KOPT("format", K_ENUM, KB(KD_FISH), .enums = e_fish_fmt),
+    KOPT("reference_id", K_STR, KB(KD_FISH)),
+    KOPT("model_id", K_STR, KB(KD_ELEVENLABS), .check = check_nonempty),
+    KOPT("output_format", K_STR, KB(KD_ELEVENLABS) | KB(KD_AZURE), .check = check_nonempty),
+    KOPT("region", K_STR, KB(KD_AZURE), .check = check_region),
+    KOPT("strategy", K_ENUM, KB(KD_NODES), .enums = e_node_strategy),
     /* the node protocol a nodes provider speaks (and the registered nodes it routes to) */
-    KOPT("protocol", K_ENUM, "nodes=ttshub", KB(KD_NODES), .enums = e_node_protocol),
+    KOPT("protocol", K_ENUM, KB(KD_NODES), .enums = e_node_protocol),
     /* library voices on shared storage: the folder the hub writes, and where the engine sees it */
-    KOPT("ref_dir", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
-    KOPT("ref_dir_engine", K_STR, NULL, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
+    KOPT("ref_dir", K_STR, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
+    KOPT("ref_dir_engine", K_STR, KB(KD_GPT_SOVITS) | KB(KD_XTTS)),
 };
 static const section_def s_provider =
     SECTION(k_provider, .by_kind = true, .post = provider_post, .fini = provider_fini);
@@ -1676,26 +1675,6 @@ static void provider_fini(void *base)
     pc->n_opts = 0;
 }
 
-/* The default of a K_OPT for a kind, from "kind=value kind=value". */
-static bool opt_default(const char *def, const char *kind, char *out, size_t cap)
-{
-    size_t kl = strlen(kind);
-    for (const char *p = def; p && *p;) {
-        size_t wl = strcspn(p, " ");
-        if (wl > kl && strncmp(p, kind, kl) == 0 && p[kl] == '=') {
-            size_t vl = wl - kl - 1;
-            if (vl >= cap) return false;
-            memcpy(out, p + kl + 1, vl);
-            out[vl] = 0;
-            return true;
-        }
-        p += wl;
-        while (*p == ' ')
-            p++;
-    }
-    return false;
-}
-
 static void provider_post(ctx *c, const ynode *n, void *base, const char *path, size_t index)
 {
     th_provider_conf *pc = base;
@@ -1725,12 +1704,12 @@ static void provider_post(ctx *c, const ynode *n, void *base, const char *path, 
             err(c, n->line, p, "required for type %s", kinds[kind]);
         }
     }
-    /* the kind's documented defaults for its own keys */
+    /* the kind's documented defaults for its own keys (providers/conf.c) */
     for (size_t i = 0; i < s_provider.n; i++) {
         const key_def *kd = &s_provider.keys[i];
-        char dv[64];
-        if (kd->type != K_OPT || !kd->def || th_kv_get(pc->opts, pc->n_opts, kd->name)) continue;
-        if (!opt_default(kd->def, kinds[kind], dv, sizeof dv)) continue;
+        if (kd->type != K_OPT || th_kv_get(pc->opts, pc->n_opts, kd->name)) continue;
+        const char *dv = th_provider_opt_default(kinds[kind], kd->name);
+        if (dv == NULL) continue;
         if (kv_append(&pc->opts, &pc->n_opts, kd->name, dv, false) != 0) oom(c);
     }
 }
@@ -1991,13 +1970,6 @@ const th_tenant_conf *th_config_tenant(const th_config *c, const char *name)
 {
     for (size_t i = 0; c && name && i < c->n_tenants; i++)
         if (c->tenants[i].name && strcmp(c->tenants[i].name, name) == 0) return &c->tenants[i];
-    return NULL;
-}
-
-const char *th_kv_get(const th_kv *kv, size_t n, const char *key)
-{
-    for (size_t i = 0; kv && key && i < n; i++)
-        if (strcmp(kv[i].key, key) == 0) return kv[i].value;
     return NULL;
 }
 

@@ -14,35 +14,7 @@
 #include <stdint.h>
 
 #include "core/log.h"
-
-typedef struct th_kv {
-    char *key;
-    char *value; /* a string, or compact JSON text when is_map */
-    bool is_map; /* the YAML value was a mapping (cloning engines' voice references) */
-} th_kv;
-
-typedef struct th_provider_conf {
-    char *name;
-    char *type; /* espeak | openai_fm | openai | gpt_sovits | xtts | openvoice | cosyvoice | fish | elevenlabs
-                   | azure | nodes */
-    int weight; /* default 1 */
-    int priority;           /* default 0 */
-    int concurrency;        /* default 4 (0 = unlimited) */
-    int queue;              /* default 64 */
-    uint64_t timeout_ms;    /* default 30s */
-    size_t max_input_chars; /* 0 = the kind's own default */
-    th_kv *voices;          /* public voice -> engine voice */
-    size_t n_voices;
-    uint32_t formats; /* bitmask of 1u << th_fmt; 0 = the kind's default */
-    char *base_url;   /* upstream kinds */
-    char *api_key_env;
-    int sample_rate; /* 0 = the kind's default */
-    char *engine;    /* nodes */
-    th_kv *opts;     /* the kind's own keys (model, api, text_lang, media_type, streaming_mode, language,
-                        stream, accent, mode, format, reference_id, model_id, output_format, region,
-                        ref_dir, ref_dir_engine) */
-    size_t n_opts;
-} th_provider_conf;
+#include "providers/conf.h"
 
 typedef struct th_tenant_conf {
     char *name;
@@ -220,6 +192,5 @@ char *th_config_to_json(const th_config *c);
 /** Lookups. */
 const th_provider_conf *th_config_provider(const th_config *c, const char *name);
 const th_tenant_conf *th_config_tenant(const th_config *c, const char *name);
-const char *th_kv_get(const th_kv *kv, size_t n, const char *key);
 
 #endif

@@ -1,4 +1,4 @@
-/* hub: the gateway's context and its lifetime (serve, drain, stop).
+/* hub: the gateway's context and its lifetime (build, start, stop; serve/ runs it).
  *
  * Everything the gateway knows hangs off one th_hub, passed down
  * explicitly; there are no globals. One hub runs one uv loop. */
@@ -22,7 +22,7 @@
 #include "hub/config.h"
 #include "hub/limit.h"
 #include "hub/quota.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "hub/registry.h"
 #include "hub/regsync.h"
 #include "hub/metrics.h"
@@ -33,7 +33,6 @@
 
 #define TH_HUB_LAT_RING 1024
 
-struct th_feed; /* api/status.c: the /ws live feed */
 struct th_vlib; /* voice/library.h: the voice library */
 
 typedef struct th_hub_stats {
@@ -52,7 +51,7 @@ typedef struct th_hub th_hub;
 typedef struct th_hub_ext {
     int (*routes)(th_hub *hub, void *ud); /* after the hub's own routes: add more; 0 or -1 */
     int (*start)(th_hub *hub, void *ud);  /* listening: start background work; 0 or -1 */
-    void (*stop)(th_hub *hub, void *ud);  /* SIGTERM/SIGINT or th_hub_shutdown, before the drain */
+    void (*stop)(th_hub *hub, void *ud);  /* SIGTERM/SIGINT or th_serve_shutdown, before the drain */
     void (*free)(th_hub *hub, void *ud);  /* all stopped; async work may still end on the loop */
     void *ud;
     void (*reload)(th_hub *hub, void *ud); /* SIGHUP, instead of a config reload; NULL: reload the config */
@@ -85,7 +84,7 @@ struct th_hub {
     th_client *ctl_client;          /* node commands (POST {node}/command) */
     struct th_nodevoice *nodevoice; /* library voices pushed ahead to seed-2 nodes (hub/nodevoice.h) */
     th_announce *announce;          /* operator announcements */
-    struct th_feed *feed;           /* /ws subscribers and what is pushed to them */
+    void *feed;                     /* the front end's /ws live feed (api/status.c); the hub never looks in */
     th_tracer *tracer;              /* OTLP traces; NULL when tracing.otlp_endpoint is empty */
     struct th_vlib *vlib;           /* the voice library (cloned voices) */
     uv_timer_t housekeeping;        /* limiter sweeps, probes */
@@ -108,24 +107,28 @@ struct th_hub {
     int exit_code;
 };
 
-typedef struct th_serve_opts {
-    const char *config_text; /* YAML to use instead of a file (ttshub worker), or NULL */
-    const th_hub_ext *ext;   /* or NULL */
-    const char *config_path; /* NULL: TTSHUB_CONFIG, else the embedded default */
-    const char *listen;      /* overrides the config */
-    const char *log_level;   /* overrides the config */
-    bool reuse_port;         /* --reuse-port: SO_REUSEPORT on the listeners (also reload.reuse_port) */
-} th_serve_opts;
+/** Builds the hub's parts from hub->cfg (loop, log, cfg and router set): providers, metrics, route,
+ * governance, registry, tracer, announcements. 0, or -1 with what it made freed again. */
+int th_hub_build(th_hub *hub);
 
-/** `ttshub serve`: runs until SIGTERM/SIGINT has drained in-flight requests. Returns the exit code. */
-int th_hub_serve(const th_serve_opts *opts);
+/** Frees what th_hub_build made (a start that failed after it). */
+void th_hub_unbuild(th_hub *hub);
+
+/** Listening: starts the deferred-free reaper, housekeeping and the provider probes. */
+void th_hub_start(th_hub *hub);
+
+/** Drained: stops what th_hub_start started and frees the parts (the loop then runs out). */
+void th_hub_stop(th_hub *hub);
+
+/** After the loop: runs what is still deferred. */
+void th_hub_run_deferred(th_hub *hub);
+
+/** After the loop and the servers are freed: the route and the metrics. */
+void th_hub_finish(th_hub *hub);
 
 /** Frees ptr with fn on the next loop turn, outside any callback that may still use it.
  * Returns 0, or -1 on ENOMEM (then fn(ptr) is called now). */
 int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr);
-
-/** Stops the hub as SIGTERM does: drain in-flight requests, then exit 0. */
-void th_hub_shutdown(th_hub *hub);
 
 /** Makes the provider of one config section (registry targets set for a `nodes` kind without base_url).
  * NULL with err set. */

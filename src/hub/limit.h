@@ -21,7 +21,7 @@
 
 #include "core/log.h"
 #include "hub/config.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 
 typedef struct th_limiter th_limiter;
 typedef struct th_limit_slot th_limit_slot;

@@ -23,7 +23,7 @@
 #include "hub/limit.h"
 #include "hub/metrics.h"
 #include "hub/quota.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 
 typedef struct th_policy th_policy;
 

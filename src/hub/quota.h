@@ -21,7 +21,7 @@
 
 #include "core/log.h"
 #include "hub/config.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 
 typedef struct th_quota th_quota;
 typedef struct th_quota_resv th_quota_resv;

@@ -15,7 +15,7 @@
 #include <uv.h>
 
 #include "core/log.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "hub/registry.h"
 
 typedef struct th_regsync th_regsync;

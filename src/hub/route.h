@@ -26,6 +26,7 @@
 
 #include "hub/balance.h"
 #include "hub/breaker.h"
+#include "hub/config.h"
 #include "providers/provider.h"
 
 struct th_hub;

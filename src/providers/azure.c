@@ -24,7 +24,6 @@
 #include "core/str.h"
 #include "providers/upstream.h"
 
-#define AZ_DEFAULT_FORMAT "riff-24khz-16bit-mono-pcm"
 #define AZ_DEFAULT_LANG "en-US"
 
 /* "24khz" -> 24000, "22050hz" -> 22050 (n bytes); 0 when not a rate. */
@@ -44,6 +43,7 @@ static int az_rate(const char *s, size_t n)
 
 static int az_format(const char *name, th_audio_spec *spec)
 {
+    if (name == NULL) return -1; /* a conf without its kind's defaults */
     spec->channels = 1;
     spec->sample = TH_SAMPLE_S16;
     const char *dash = strchr(name, '-');
@@ -96,7 +96,7 @@ static int az_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the text is empty");
         return -1;
     }
-    const char *ofmt = th_upstream_opt(pc, "output_format", AZ_DEFAULT_FORMAT);
+    const char *ofmt = th_upstream_opt(pc, "output_format", NULL);
     th_audio_spec spec;
     if (az_format(ofmt, &spec) != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0,
@@ -156,7 +156,7 @@ static void az_body_spec(const th_provider_conf *pc, const th_synth_req *req, co
                          th_audio_spec *spec)
 {
     th_audio_spec s;
-    if (az_format(th_upstream_opt(pc, "output_format", AZ_DEFAULT_FORMAT), &s) != 0) return;
+    if (az_format(th_upstream_opt(pc, "output_format", NULL), &s) != 0) return;
     if (s.fmt == TH_FMT_PCM && pc->sample_rate > 0) s.sample_rate = pc->sample_rate;
     *spec = s;
 }

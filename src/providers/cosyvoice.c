@@ -165,7 +165,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     json_t *ref = NULL;
     th_buf wav;
     char t1[64], t2[64];
-    const char *mode = th_upstream_opt(pc, "mode", "sft");
+    const char *mode = th_upstream_opt(pc, "mode", NULL);
     const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
     const int instruct = strcmp(mode, "instruct") == 0;
 

@@ -32,8 +32,6 @@
 #include "providers/upstream.h"
 
 #define EL_DEFAULT_BASE "https://api.elevenlabs.io"
-#define EL_DEFAULT_FORMAT "mp3_44100_128"
-#define EL_DEFAULT_MODEL "eleven_multilingual_v2"
 
 static const char *el_base(const th_provider_conf *pc)
 {
@@ -43,6 +41,7 @@ static const char *el_base(const th_provider_conf *pc)
 /* output_format -> spec; -1 when the hub cannot take it. */
 static int el_format(const char *name, th_audio_spec *spec)
 {
+    if (name == NULL) return -1; /* a conf without its kind's defaults */
     int64_t rate = 0;
     spec->channels = 1;
     spec->sample = TH_SAMPLE_S16;
@@ -78,7 +77,7 @@ static int el_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "the text is empty");
         return -1;
     }
-    const char *ofmt = th_upstream_opt(pc, "output_format", EL_DEFAULT_FORMAT);
+    const char *ofmt = th_upstream_opt(pc, "output_format", NULL);
     th_audio_spec spec;
     if (el_format(ofmt, &spec) != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0, "output_format %s is not supported (use mp3_*, pcm_* or opus_*)",
@@ -102,7 +101,7 @@ static int el_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     th_buf *b = &out->body;
     rc |= th_buf_append_byte(b, '{') != TH_BUF_OK;
     rc |= th_upstream_json_str(b, "text", req->text);
-    rc |= th_upstream_json_str(b, "model_id", th_upstream_opt(pc, "model_id", EL_DEFAULT_MODEL));
+    rc |= th_upstream_json_str(b, "model_id", th_upstream_opt(pc, "model_id", NULL));
     if (req->speed > 0 && req->speed != 1.0) {
         char vs[48];
         snprintf(vs, sizeof vs, "{\"speed\":%.4g}", req->speed);
@@ -120,7 +119,7 @@ static void el_body_spec(const th_provider_conf *pc, const th_synth_req *req, co
                          th_audio_spec *spec)
 {
     th_audio_spec s;
-    if (el_format(th_upstream_opt(pc, "output_format", EL_DEFAULT_FORMAT), &s) != 0) return;
+    if (el_format(th_upstream_opt(pc, "output_format", NULL), &s) != 0) return;
     if (s.fmt == TH_FMT_PCM && pc->sample_rate > 0) s.sample_rate = pc->sample_rate;
     *spec = s;
 }

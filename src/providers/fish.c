@@ -30,7 +30,7 @@ static th_fmt fish_pick(const th_provider_conf *pc, const th_synth_req *req)
 {
     uint32_t allowed = th_upstream_formats(pc, FISH_NATIVE) & FISH_NATIVE;
     if (req->want_fmt != TH_FMT_NONE && (allowed & (1u << req->want_fmt))) return req->want_fmt;
-    th_fmt f = th_fmt_from_name(th_upstream_opt(pc, "format", "wav"));
+    th_fmt f = th_fmt_from_name(th_upstream_opt(pc, "format", NULL));
     return (FISH_NATIVE & (1u << f)) ? f : TH_FMT_NONE;
 }
 
@@ -77,7 +77,7 @@ static int fish_build(const th_provider_conf *pc, const th_synth_req *req, th_up
     th_fmt f = fish_pick(pc, req);
     if (f == TH_FMT_NONE) {
         th_perr_set(err, TH_PERR_STATUS, 0, "format %s is not one of wav, pcm, mp3, opus",
-                    th_upstream_opt(pc, "format", "wav"));
+                    th_upstream_opt(pc, "format", NULL));
         return -1;
     }
     if (pc->base_url == NULL || pc->base_url[0] == '\0') {

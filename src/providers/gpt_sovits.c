@@ -82,7 +82,7 @@ static bool gs_configured(const th_provider_conf *pc, const char *voice)
 
 static int gs_is_v1(const th_provider_conf *pc)
 {
-    return strcmp(th_upstream_opt(pc, "api", "v2"), "v1") == 0;
+    return strcmp(th_upstream_opt(pc, "api", NULL), "v1") == 0;
 }
 
 static int gs_set_str(json_t *o, const char *key, const char *v)
@@ -98,9 +98,9 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     int bad = 0, e = 0;
     char t1[64], t2[64], t3[64];
     const int v1 = gs_is_v1(pc);
-    const char *text_lang = th_upstream_opt(pc, "text_lang", "auto");
-    const char *media = th_upstream_opt(pc, "media_type", "wav");
-    const char *sm_txt = th_upstream_opt(pc, "streaming_mode", "1");
+    const char *text_lang = th_upstream_opt(pc, "text_lang", NULL);
+    const char *media = th_upstream_opt(pc, "media_type", NULL);
+    const char *sm_txt = th_upstream_opt(pc, "streaming_mode", NULL);
     const char *ref_path = NULL, *prompt_text = "", *prompt_lang = text_lang;
     double speed = req->speed > 0 ? req->speed : 1.0;
     int64_t sm = 1;
@@ -207,7 +207,7 @@ static void gs_body_spec(const th_provider_conf *pc, const th_synth_req *req, co
                          th_audio_spec *spec)
 {
     memset(spec, 0, sizeof *spec);
-    const char *media = gs_is_v1(pc) ? "wav" : th_upstream_opt(pc, "media_type", "wav");
+    const char *media = gs_is_v1(pc) ? "wav" : th_upstream_opt(pc, "media_type", NULL);
     if (strcmp(media, "raw") == 0) {
         spec->fmt = TH_FMT_PCM;
         spec->sample_rate = pc->sample_rate > 0 ? pc->sample_rate : GS_DEFAULT_RATE;

@@ -56,7 +56,7 @@ static const char *nd_format(const th_synth_req *req)
 
 static bool nd_seed2(const th_provider_conf *pc)
 {
-    const char *p = th_upstream_opt(pc, "protocol", "ttshub");
+    const char *p = th_upstream_opt(pc, "protocol", NULL);
     return p != NULL && strcmp(p, "seed2") == 0;
 }
 

@@ -25,7 +25,6 @@
 #include "providers/upstream.h"
 
 #define OAI_DEFAULT_BASE "https://api.openai.com"
-#define OAI_DEFAULT_MODEL "tts-1"
 #define OAI_RATE 24000
 #define OAI_NATIVE                                                                                           \
     ((1u << TH_FMT_MP3) | (1u << TH_FMT_OPUS) | (1u << TH_FMT_AAC) | (1u << TH_FMT_FLAC) |                   \
@@ -69,7 +68,7 @@ static int oai_build(const th_provider_conf *pc, const th_synth_req *req, th_ups
     }
     out->method = "POST";
     if (oai_auth(pc, out, err) != 0) return -1;
-    const char *model = th_upstream_opt(pc, "model", OAI_DEFAULT_MODEL);
+    const char *model = th_upstream_opt(pc, "model", NULL);
     th_buf *b = &out->body;
     int rc = th_upstream_url(out, oai_base(pc), "/v1/audio/speech");
     rc |= th_upstream_header(out, "Content-Type", "application/json");

@@ -49,7 +49,7 @@ static int ov_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_buf_append_str(&out->url, "?text=") != TH_BUF_OK ||
         th_upstream_urlencode(&out->url, req->text, req->text_len) != 0 ||
         th_upstream_query(out, "voice", voice) != 0 ||
-        th_upstream_query(out, "accent", th_upstream_opt(pc, "accent", "en-newest")) != 0 ||
+        th_upstream_query(out, "accent", th_upstream_opt(pc, "accent", NULL)) != 0 ||
         th_upstream_query(out, "speed", speed) != 0)
         goto oom;
     rc = 0;

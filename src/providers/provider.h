@@ -16,7 +16,7 @@
 
 #include "audio/format.h"
 #include "core/log.h"
-#include "hub/config.h"
+#include "providers/conf.h"
 
 typedef enum {
     TH_PERR_NONE = 0,

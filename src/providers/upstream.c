@@ -348,8 +348,9 @@ const char *th_upstream_secret(const th_provider_conf *pc)
 
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def)
 {
-    if (pc == NULL || pc->opts == NULL) return def;
+    if (pc == NULL) return def;
     const char *v = th_kv_get(pc->opts, pc->n_opts, key);
+    if (v == NULL) v = th_provider_opt_default(pc->type, key);
     return v != NULL ? v : def;
 }
 

@@ -146,7 +146,7 @@ int th_upstream_query(th_upstream_http *h, const char *name, const char *value);
 int th_upstream_header(th_upstream_http *h, const char *name, const char *value);
 /** The secret named by api_key_env (NULL when unset or empty). Never logged. */
 const char *th_upstream_secret(const th_provider_conf *pc);
-/** A kind option from conf->opts, or def. */
+/** A kind option from conf->opts, else the kind's default (th_provider_opt_default), else def. */
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def);
 /** Generic error mapping by status: 400/404/413/415/422 -> CLIENT, 401/403 -> STATUS (our config is at
  * fault, not the client's), 429 -> OVERLOADED (+Retry-After), 408/504 -> TIMEOUT, other -> STATUS. */

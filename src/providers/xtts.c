@@ -26,7 +26,7 @@
 static const char *xt_language(const th_provider_conf *pc, const th_synth_req *req)
 {
     if (req->language != NULL && req->language[0] != 0) return req->language;
-    return th_upstream_opt(pc, "language", "en");
+    return th_upstream_opt(pc, "language", NULL);
 }
 
 /* Is voice the value of one of the provider's voices (what the operator configured)? */

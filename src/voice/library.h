@@ -31,7 +31,7 @@
 #include <uv.h>
 
 #include "core/log.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "providers/provider.h"
 
 #define TH_VLIB_ID_MAX 64

@@ -4,7 +4,7 @@
  * ids; {prefix}tvoices:{tenant} the set of a tenant's ids; {prefix}voices:ver bumped on every change.
  * Each change is one script, so "id taken" and the caps are decided atomically by Redis, whichever hub
  * asks. Every hub polls the counter every SYNC_MS and reads all records back when it moved. The two calls
- * that carry a wav (the create script and the audio's GET) go on the bulk lane (hub/redis.h); records,
+ * that carry a wav (the create script and the audio's GET) go on the bulk lane (store/redis.h); records,
  * updates, deletes and the sync stay on the policy lane. */
 #include <hiredis/hiredis.h>
 #include <stdio.h>

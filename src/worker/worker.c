@@ -20,6 +20,7 @@
 #include "http/body.h"
 #include "http/client.h"
 #include "hub/hub.h"
+#include "serve/serve.h"
 #include "voice/library.h"
 #include "worker/extract.h"
 #include "worker/refs.h"
@@ -714,7 +715,7 @@ static void h_info(th_http_req *req, void *ud)
 
 static void deferred_shutdown(void *p)
 {
-    th_hub_shutdown(p);
+    th_serve_shutdown(p);
 }
 
 /* A seed-2 gateway takes model_loaded from registrations only (its heartbeat has no such field): after a
@@ -777,7 +778,7 @@ static void h_command(th_http_req *req, void *ud)
            w->model_loaded ? "loaded" : "unloaded");
     th_api_json(c, 200, json_pack("{s:b,s:s}", "success", 1, "status", wire_status(w)));
     if (load && !was_loaded) request_register(w);
-    if (stop && th_hub_defer(hub, deferred_shutdown, hub) != 0) th_hub_shutdown(hub);
+    if (stop && th_hub_defer(hub, deferred_shutdown, hub) != 0) th_serve_shutdown(hub);
 }
 
 /* POST /extract_voice (seed-2): a reference into the node's store, spoken later by voice_id */
@@ -1156,7 +1157,7 @@ int th_worker_main(int argc, char **argv)
                        .ext = &ext,
                        .listen = w->listen,
                        .log_level = w->log_level[0] ? w->log_level : NULL};
-    rc = th_hub_serve(&o);
+    rc = th_serve(&o);
 out:
     json_decref(w->voices);
     json_decref(w->languages);

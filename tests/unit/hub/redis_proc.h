@@ -11,7 +11,7 @@
 #define TH_TEST_REDIS_PROC_H
 
 #include "core/clock.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "hub_loop.h"
 
 #include <arpa/inet.h>

@@ -6,7 +6,7 @@
 
 #include "hub/cache.h"
 #include "hub/config.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "redis_proc.h"
 
 #include <stdbool.h>

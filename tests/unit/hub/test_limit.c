@@ -10,7 +10,7 @@
 #include "core/clock.h"
 #include "hub/config.h"
 #include "hub/limit.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "redis_proc.h"
 
 #include <hiredis/hiredis.h>

@@ -19,7 +19,7 @@
 #include "hub/limit.h"
 #include "hub/policy.h"
 #include "hub/quota.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "redis_proc.h"
 #include "th_test.h"
 

@@ -5,7 +5,7 @@
 
 #include "hub/config.h"
 #include "hub/quota.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "redis_proc.h"
 
 #include <errno.h>

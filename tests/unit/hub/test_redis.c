@@ -7,7 +7,7 @@
 #include "th_test.h"
 
 #include "core/clock.h"
-#include "hub/redis.h"
+#include "store/redis.h"
 #include "redis_proc.h"
 
 #include <hiredis/hiredis.h>

@@ -1014,6 +1014,7 @@ TH_TEST(test_requests)
     th_upstream_http h;
     th_perr e;
     th_upstream_http_init(&h);
+    pc.type = "azure"; /* the kind's defaults (providers/conf.c) */
     TH_REQUIRE(th_kind_azure.build(&pc, &r, &h, &e) == 0);
     TH_CHECK_STR(th_buf_cstr(&h.url), "https://westeurope.tts.speech.microsoft.com/cognitiveservices/v1");
     TH_CHECK_STR(
@@ -1030,6 +1031,7 @@ TH_TEST(test_requests)
     r = make_req("hi", "alloy", TH_FMT_FLAC);
     r.prompt = "whisper";
     th_upstream_http_init(&h);
+    pc.type = "openai"; /* the kind's defaults (providers/conf.c) */
     TH_REQUIRE(th_kind_openai.build(&pc, &r, &h, &e) == 0);
     TH_CHECK_STR(th_buf_cstr(&h.url), "https://api.openai.com/v1/audio/speech");
     TH_CHECK_STR(th_buf_cstr(&h.body),
@@ -1041,6 +1043,7 @@ TH_TEST(test_requests)
     r = make_req("hi", "a/b?c", TH_FMT_MP3);
     r.speed = 0.8;
     th_upstream_http_init(&h);
+    pc.type = "elevenlabs"; /* the kind's defaults (providers/conf.c) */
     TH_REQUIRE(th_kind_elevenlabs.build(&pc, &r, &h, &e) == 0);
     TH_CHECK_STR(th_buf_cstr(&h.url),
                  "https://api.elevenlabs.io/v1/text-to-speech/a%2Fb%3Fc/stream?output_format=mp3_44100_128");

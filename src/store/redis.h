@@ -20,8 +20,8 @@
  * reconnects by itself with exponential backoff (100 ms .. 5 s) after any
  * error; while it is down, commands fail at once with TH_REDIS_DOWN, so
  * callers can fail open or closed as configured. Loop thread only. */
-#ifndef TH_HUB_REDIS_H
-#define TH_HUB_REDIS_H
+#ifndef TH_STORE_REDIS_H
+#define TH_STORE_REDIS_H
 
 #include <stdbool.h>
 #include <stddef.h>

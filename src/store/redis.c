@@ -19,7 +19,7 @@
  *    uv timer armed for the head's deadline times them all out.
  *  - th_redis_free fails what is pending, parks the context, and the drop timer frees it and closes the
  *    three timers; the struct is freed in the last close callback. */
-#include "hub/redis.h"
+#include "store/redis.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>

@@ -79,6 +79,8 @@ format-check:
 lint:
 	@! grep -rnE '\b(sprintf|vsprintf|strcpy|strcat|atoi|atol|strtok|gets)\s*\(' src --include='*.[ch]'
 	@$(PY) scripts/check-layers.py
+	@# a buffer with no maximum: say on the line why nothing outside can grow it
+	@! grep -rnE 'th_buf_init\([^;]*,[[:space:]]*0\);' src --include='*.c' | grep -v '/\*'
 
 # Deployment (README "Deployment"): the Debian package, the container image, and their tests (package,
 # image, compose cluster, Kubernetes manifests, Prometheus rules). The tools come from Debian

@@ -184,7 +184,7 @@ void th_api_metrics(th_http_req *req, void *ud)
     c->route = "/metrics";
     th_metrics_set(hub->metrics, TH_M_INFLIGHT, NULL, (double)hub->stats.inflight);
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* our own metrics */
     if (th_metrics_render(hub->metrics, &b) != 0) {
         th_buf_free(&b);
         th_api_error(c, 500, NULL, "internal_error", "out of memory");

@@ -175,7 +175,7 @@ static int write_out(th_api_ctx *c, const void *data, size_t len)
 static int write_sse_delta(th_api_ctx *c, const uint8_t *data, size_t len)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* one delta of bounded audio */
     size_t b64 = 4 * ((len + 2) / 3);
     if (th_buf_reserve(&b, b64 + 64) != TH_BUF_OK) return 0;
     th_buf_append_str(&b, "data: {\"type\":\"speech.audio.delta\",\"audio\":\"");

@@ -163,9 +163,12 @@ th_audio_stream *th_audio_stream_new(uv_loop_t *loop, const th_audio_spec *in, c
     }
     s->loop = loop;
     s->cb = *cb;
-    th_buf_init(&s->queued, 0);
-    th_buf_init(&s->batch_in, 0);
-    th_buf_init(&s->out, 0);
+    /* input held at once: what arrives between batches (the caller keeps it small through
+     * th_audio_stream_pending), plus one part held whole before its turn (hub/synth.c) */
+    size_t in_max = 2 * (size_t)(out->max_buffered ? out->max_buffered : TH_AUDIO_MAX_BUFFERED);
+    th_buf_init(&s->queued, in_max);
+    th_buf_init(&s->batch_in, in_max);
+    th_buf_init(&s->out, 0); /* the converter's output of one bounded batch */
     s->conv = th_audio_conv_new(in, out, err, errlen);
     if (s->conv == NULL) {
         stream_free(s);

@@ -26,7 +26,7 @@ typedef struct th_audio_stream_cb {
 
 th_audio_stream *th_audio_stream_new(uv_loop_t *loop, const th_audio_spec *in, const th_audio_target *out,
                                      const th_audio_stream_cb *cb, char *err, size_t errlen);
-/** Copies len bytes of input. Returns 0 or -1 (ENOMEM). */
+/** Copies len bytes of input. Returns 0 or -1 (ENOMEM, or more than twice out->max_buffered held). */
 int th_audio_stream_push(th_audio_stream *s, const uint8_t *data, size_t len);
 /** No more input: flush, deliver the rest, then on_done. */
 void th_audio_stream_finish(th_audio_stream *s);

@@ -308,7 +308,7 @@ int th_cli_say(int argc, char **argv)
     int rc = 1;
     say_out o = {.path = out};
     th_buf_init(&o.err, 65536);
-    th_buf_init(&o.enc, 0);
+    th_buf_init(&o.enc, 0); /* the converter's output of one response chunk */
     say_progress pg = {.t0_ms = th_mono_ms()};
     th_split_chunk *parts = NULL;
     size_t nparts = 0;
@@ -316,7 +316,7 @@ int th_cli_say(int argc, char **argv)
     struct curl_slist *hdrs = NULL;
     CURL *h = NULL;
     th_buf form;
-    th_buf_init(&form, 0);
+    th_buf_init(&form, 0); /* built from the text, itself bounded (SAY_MAX_TEXT) */
     int64_t cps = th_utf8_count((const char *)text.data, text.len);
     if (text.len > SAY_LONG_BYTES && cps > 0) {
         parts = th_split_text((const char *)text.data, text.len, SAY_PART_CHARS, &nparts);
@@ -347,7 +347,7 @@ int th_cli_say(int argc, char **argv)
     if (h == NULL) goto out;
     size_t ulen = strlen(url);
     th_buf ep;
-    th_buf_init(&ep, 0);
+    th_buf_init(&ep, 0); /* the URL given on the command line */
     th_buf_append(&ep, url, ulen && url[ulen - 1] == '/' ? ulen - 1 : ulen);
     th_buf_append_str(&ep, "/api/generate");
     endpoint = th_buf_cstr(&ep);

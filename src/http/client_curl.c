@@ -280,7 +280,7 @@ static th_curlc_req *req_get(th_curlc *c)
         r->fb_timer.data = r;
         c->nhandles++;
         th_buf_init(&r->hbuf, HDR_MAX_BYTES);
-        th_buf_init(&r->bbuf, 0);
+        th_buf_init(&r->bbuf, 0); /* copies of our own request body */
     }
     r->body_off = 0;
     r->hdrs = NULL;

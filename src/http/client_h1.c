@@ -276,7 +276,7 @@ static th_h1c_req *req_get(th_h1c *c)
         }
         r->timer.data = r;
         c->nhandles++;
-        th_buf_init(&r->out, 0);
+        th_buf_init(&r->out, 0); /* the request we write: built here, not read */
     }
     r->h = NULL;
     r->k = NULL;
@@ -643,7 +643,7 @@ static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai, int *
     k->c = c;
     k->h = h;
     k->addr_i = ai;
-    th_buf_init(&k->pend, 0);
+    th_buf_init(&k->pend, READ_BUF_SIZE); /* the rest of one read */
     c->nhandles++;
     c->nconns++;
     h->nconns++;
@@ -944,7 +944,7 @@ static void run_pending(th_h1c *c)
             if (!r->paused || !k) continue;
             r->paused = false;
             th_buf tmp = k->pend; /* maybe empty: the response may have ended with the paused bytes */
-            th_buf_init(&k->pend, 0);
+            th_buf_init(&k->pend, READ_BUF_SIZE);
             conn_feed(k, (const char *)tmp.data, tmp.len);
             th_buf_free(&tmp);
             if (k->state == K_OPEN && k->r == r && r->state == R_ACTIVE && !r->paused && !k->reading &&

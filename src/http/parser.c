@@ -295,7 +295,7 @@ void th_http_parser_init(th_http_parser *p, size_t max_header, const th_http_par
     p->max_headers = MAX_HEADERS_DEFAULT;
     /* the head also holds NULs, path and query: room for them past the counted bytes */
     th_buf_init(&p->msg.head, p->max_header * 2 + 64);
-    th_buf_init(&p->msg.body, 0);
+    th_buf_init(&p->msg.body, 0); /* max set per request from body_limit (on_headers_complete) */
     p->msg.method_id = -1;
 }
 

@@ -772,7 +772,7 @@ th_cache *th_cache_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     if (c == NULL) return NULL;
     c->loop = loop;
     c->log = log;
-    th_buf_init(&c->resp, 0);
+    th_buf_init(&c->resp, 0); /* SET commands we build from entries held whole */
     c->enabled = cfg->cache.enabled;
     c->max_bytes = cfg->cache.max_bytes;
     c->ttl_ms = cfg->cache.ttl_ms;

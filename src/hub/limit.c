@@ -720,7 +720,7 @@ static void redis_release(th_limiter *l, th_limit_slot *s)
 {
     if (l->redis == NULL || (!s->redis_global && s->redis_tenant_key == NULL)) return;
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* keys of bounded parts */
     size_t off[2], len[2];
     int nkeys = 0;
     if (s->redis_global) {
@@ -782,7 +782,7 @@ static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_red
         bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
         if (slot != NULL && tconc) {
             th_buf b;
-            th_buf_init(&b, 0);
+            th_buf_init(&b, 0); /* a key of bounded parts */
             size_t off, len;
             if (key_add(&b, l->prefix, "rl:ct:", p->a.tenant, &off, &len) == 0)
                 tkey = (char *)th_buf_steal(&b, &len);
@@ -872,7 +872,7 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
         return NULL;
     }
     k->p = p;
-    th_buf_init(&k->b, 0);
+    th_buf_init(&k->b, 0); /* keys of bounded parts */
     p->l = l;
     p->cb = cb;
     p->ud = ud;
@@ -1101,7 +1101,7 @@ int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens
         if (slot->redis && owner->redis != NULL) {
             if (slot->redis_global) {
                 th_buf b;
-                th_buf_init(&b, 0);
+                th_buf_init(&b, 0); /* a key of bounded parts */
                 size_t off, len;
                 if (key_add(&b, owner->prefix, "rl:cg", "", &off, &len) == 0) {
                     keys[n] = (const char *)th_buf_steal(&b, &len);

@@ -85,7 +85,7 @@ static const char FINISH_MAIN[] =
 static char *compose(const char *n1, const char *b1, const char *n2, const char *b2, const char *main)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* our own Lua source */
     const char *names[2] = {n1, n2}, *bodies[2] = {b1, b2};
     for (int i = 0; i < 2; i++) {
         if (names[i] == NULL) continue;

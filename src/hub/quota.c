@@ -330,7 +330,7 @@ static int field_u64(const char *s, size_t n, uint64_t *out)
 static char *path_join(const char *dir, const char *name)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* a path from the config */
     if (th_buf_appendf(&b, "%s/%s", dir, name) != TH_BUF_OK || th_buf_cstr(&b) == NULL) {
         th_buf_free(&b);
         return NULL;
@@ -393,7 +393,7 @@ out:
 static int load_snapshot(th_quota *q, char *err, size_t errlen)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* the hub's own snapshot file in data_dir */
     int rc = -1, lineno = 0;
     char *name = NULL;
     int r = read_file(q->snap_path, &b);
@@ -465,7 +465,7 @@ out:
 static int replay_log(th_quota *q, char *err, size_t errlen)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, MAX_LINE + 65536); /* one line and one read */
     int rc = -1;
     size_t lineno = 0;
     char *name = NULL;
@@ -548,7 +548,7 @@ int th_quota_snapshot(th_quota *q)
 {
     if (q == NULL || q->log_fd < 0) return -1;
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* the snapshot we write */
     int rc = -1, fd = -1;
     size_t count = 0;
     if (th_buf_appendf(&b, "ttshub-usage-snapshot 1 %llu\n", (unsigned long long)q->seq) != TH_BUF_OK)
@@ -731,7 +731,7 @@ static const char USAGE_LUA[] = "local r = {}\n"
 static char *redis_key(const th_quota *q, const char *tenant, bool day, uint32_t id)
 {
     th_buf b;
-    th_buf_init(&b, 0);
+    th_buf_init(&b, 0); /* a key of bounded parts */
     if (th_buf_appendf(&b, "%squota:%s:%s:%u", q->prefix, tenant, day ? "d" : "m", (unsigned)id) !=
             TH_BUF_OK ||
         th_buf_cstr(&b) == NULL) {

@@ -356,7 +356,10 @@ static void cv_data(void *ud, const uint8_t *data, size_t len)
         }
     } else if (th_buf_append(&a->pt->out, data, len) != TH_BUF_OK) {
         th_perr e;
-        th_perr_set(&e, TH_PERR_INTERNAL, 0, "out of memory");
+        if (a->pt->out.len + len > a->pt->out.max) /* held until its turn: limits.max_buffered_audio */
+            th_perr_set(&e, TH_PERR_PROTOCOL, 0, "a part's audio is larger than limits.max_buffered_audio");
+        else
+            th_perr_set(&e, TH_PERR_INTERNAL, 0, "out of memory");
         fail(s, &e);
         return;
     }
@@ -822,7 +825,7 @@ static int split_parts(th_synth *s)
         if (s->parts == NULL) return -1;
         s->nparts = 1;
         s->parts[0] = (part){.s = s, .index = 0, .text = s->text, .len = s->text_len, .chars = s->chars};
-        th_buf_init(&s->parts[0].out, 0);
+        th_buf_init(&s->parts[0].out, s->hub->cfg->limits.max_buffered_audio);
         return 0;
     }
     size_t n = 0;
@@ -841,7 +844,7 @@ static int split_parts(th_synth *s)
     for (size_t i = 0; i < n; i++) {
         s->parts[i] =
             (part){.s = s, .index = i, .text = s->text + ch[i].off, .len = ch[i].len, .chars = ch[i].chars};
-        th_buf_init(&s->parts[i].out, 0);
+        th_buf_init(&s->parts[i].out, s->hub->cfg->limits.max_buffered_audio);
     }
     free(ch);
     return 0;

@@ -135,7 +135,7 @@ static int up_body_opts(th_upstream_http *h, th_client_opts *o, th_client_seg se
     const th_voice_ref *r = h->body_ref;
     if (r != NULL && (r->hold == NULL || r->drop == NULL)) {
         th_buf flat;
-        th_buf_init(&flat, 0);
+        th_buf_init(&flat, 0); /* our own request body, built already */
         if (th_upstream_body_flat(h, &flat) != 0) {
             th_buf_free(&flat);
             return -1;

@@ -38,6 +38,7 @@
 #include <strings.h>
 
 #include "core/buf.h"
+#include "core/list.h"
 #include "core/str.h"
 
 #define HDR_MAX_COUNT 100
@@ -50,39 +51,6 @@
 #define DEF_CONNECT_MS 10000
 #define DEF_TOTAL_MS 120000
 
-typedef struct qlink {
-    struct qlink *prev, *next;
-} qlink;
-
-#define Q_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
-static void q_init(qlink *h)
-{
-    h->prev = h->next = h;
-}
-static bool q_empty(const qlink *h)
-{
-    return h->next == h;
-}
-static bool q_linked(const qlink *l)
-{
-    return l->next != NULL;
-}
-static void q_push(qlink *h, qlink *l)
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
-static void q_unlink(qlink *l)
-{
-    if (!q_linked(l)) return;
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = NULL;
-}
-
 typedef enum { R_POOLED = 0, R_ACTIVE, R_DONE } req_state;
 
 struct th_curlc_req {
@@ -90,9 +58,9 @@ struct th_curlc_req {
     th_curlc *c;
     CURL *easy;
     uv_timer_t fb_timer; /* first-byte timer; initialised once, lives as long as the struct */
-    qlink live;          /* c->live while not pooled */
-    qlink pend;          /* c->pending while deferred work is queued */
-    qlink pool;          /* c->pool while pooled */
+    th_qlink live;       /* c->live while not pooled */
+    th_qlink pend;       /* c->pending while deferred work is queued */
+    th_qlink pool;       /* c->pool while pooled */
     th_client_cb cb;
     struct curl_slist *hdrs;
     req_state state;
@@ -124,8 +92,8 @@ typedef struct poll_ctx {
     uv_poll_t poll;
     th_curlc *c;
     curl_socket_t fd;
-    int events; /* UV_READABLE | UV_WRITABLE as last asked by curl */
-    qlink link; /* c->polls */
+    int events;    /* UV_READABLE | UV_WRITABLE as last asked by curl */
+    th_qlink link; /* c->polls */
 } poll_ctx;
 
 struct th_curlc {
@@ -133,10 +101,10 @@ struct th_curlc {
     CURLM *multi;
     uv_timer_t timer; /* curl's timer */
     uv_idle_t idle;   /* runs drain() for work queued outside curl calls */
-    qlink live;
-    qlink pending;
-    qlink pool;
-    qlink polls;
+    th_qlink live;
+    th_qlink pending;
+    th_qlink pool;
+    th_qlink polls;
     size_t npool;
     size_t inflight;
     size_t nhandles; /* uv handles initialised and not yet through their close callback */
@@ -211,7 +179,7 @@ static void on_idle(uv_idle_t *h)
 static void pend(th_curlc_req *r)
 {
     th_curlc *c = r->c;
-    if (!q_linked(&r->pend)) q_push(&c->pending, &r->pend);
+    if (!th_q_linked(&r->pend)) th_q_push(&c->pending, &r->pend);
     if (!c->torn_down && !c->draining) uv_idle_start(&c->idle, on_idle);
 }
 
@@ -232,8 +200,8 @@ static void req_destroy(th_curlc_req *r)
 static void req_release(th_curlc_req *r)
 {
     th_curlc *c = r->c;
-    q_unlink(&r->live);
-    q_unlink(&r->pend);
+    th_q_unlink(&r->live);
+    th_q_unlink(&r->pend);
     uv_timer_stop(&r->fb_timer);
     curl_slist_free_all(r->hdrs);
     r->hdrs = NULL;
@@ -247,7 +215,7 @@ static void req_release(th_curlc_req *r)
     th_buf_reset(&r->hbuf);
     if (r->bbuf.cap > 65536) th_buf_free(&r->bbuf);
     th_buf_reset(&r->bbuf);
-    q_push(&c->pool, &r->pool);
+    th_q_push(&c->pool, &r->pool);
     c->npool++;
 }
 
@@ -261,11 +229,11 @@ static void req_remove_release(th_curlc_req *r)
 static th_curlc_req *req_get(th_curlc *c)
 {
     th_curlc_req *r;
-    if (!q_empty(&c->pool)) {
-        qlink *l = c->pool.next;
-        q_unlink(l);
+    if (!th_q_empty(&c->pool)) {
+        th_qlink *l = c->pool.next;
+        th_q_unlink(l);
         c->npool--;
-        r = Q_OF(l, th_curlc_req, pool);
+        r = TH_Q_OF(l, th_curlc_req, pool);
     } else {
         r = calloc(1, sizeof *r);
         if (!r) return NULL;
@@ -307,7 +275,7 @@ static void finish(th_curlc_req *r, th_client_result res, const char *detail)
     r->state = R_DONE;
     c->inflight--;
     uv_timer_stop(&r->fb_timer);
-    q_unlink(&r->pend);
+    th_q_unlink(&r->pend);
     if (r->added) curl_multi_remove_handle(c->multi, r->easy);
     r->added = false;
     if (!r->cancelled && r->cb.on_done) r->cb.on_done(r->cb.ud, res, r->status, detail ? detail : "");
@@ -431,16 +399,16 @@ static void drain(th_curlc *c)
             if (priv) complete((th_curlc_req *)(void *)priv, code);
             progress = true;
         }
-        if (!q_empty(&c->pending)) {
-            qlink *l = c->pending.next;
-            q_unlink(l);
-            process_pending(c, Q_OF(l, th_curlc_req, pend));
+        if (!th_q_empty(&c->pending)) {
+            th_qlink *l = c->pending.next;
+            th_q_unlink(l);
+            process_pending(c, TH_Q_OF(l, th_curlc_req, pend));
             progress = true;
         }
         if (!progress) break;
     }
     c->draining = false;
-    if (q_empty(&c->pending)) uv_idle_stop(&c->idle);
+    if (th_q_empty(&c->pending)) uv_idle_stop(&c->idle);
     if (c->closing) teardown(c);
 }
 
@@ -630,7 +598,7 @@ static int on_curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void 
     poll_ctx *ps = socketp;
     if (what == CURL_POLL_REMOVE) {
         if (ps) {
-            q_unlink(&ps->link);
+            th_q_unlink(&ps->link);
             uv_poll_stop(&ps->poll);
             uv_close((uv_handle_t *)&ps->poll, on_poll_closed);
             if (!c->in_multi_cleanup) curl_multi_assign(c->multi, s, NULL);
@@ -648,7 +616,7 @@ static int on_curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void 
         ps->c = c;
         ps->fd = s;
         c->nhandles++;
-        q_push(&c->polls, &ps->link);
+        th_q_push(&c->polls, &ps->link);
         curl_multi_assign(c->multi, s, ps);
     }
     int events = 0;
@@ -709,10 +677,10 @@ th_curlc *th_curlc_new(uv_loop_t *loop, const th_client_conf *conf)
     th_curlc *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->loop = loop;
-    q_init(&c->live);
-    q_init(&c->pending);
-    q_init(&c->pool);
-    q_init(&c->polls);
+    th_q_init(&c->live);
+    th_q_init(&c->pending);
+    th_q_init(&c->pool);
+    th_q_init(&c->polls);
     long max_host = conf && conf->max_host_connections > 0 ? conf->max_host_connections : DEF_MAX_HOST;
     long max_total = conf && conf->max_total_connections > 0 ? conf->max_total_connections : DEF_MAX_TOTAL;
     long max_conn = conf && conf->max_connects_cache > 0 ? conf->max_connects_cache : DEF_MAX_CONNECTS;
@@ -857,7 +825,7 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
     r->cb = *cb;
     r->max_body = o->max_body;
     r->state = R_ACTIVE;
-    q_push(&c->live, &r->live);
+    th_q_push(&c->live, &r->live);
     c->inflight++;
     if (c->in_curl) { /* inside a curl callback: the multi handle cannot take it now */
         r->want_add = true;
@@ -904,16 +872,16 @@ static void teardown(th_curlc *c)
 {
     c->torn_down = true;
     uv_idle_stop(&c->idle);
-    while (!q_empty(&c->live)) {
-        th_curlc_req *r = Q_OF(c->live.next, th_curlc_req, live);
+    while (!th_q_empty(&c->live)) {
+        th_curlc_req *r = TH_Q_OF(c->live.next, th_curlc_req, live);
         if (r->state == R_ACTIVE) c->inflight--;
         r->state = R_DONE;
         r->cancelled = true;
         req_remove_release(r); /* closing: destroys */
     }
-    while (!q_empty(&c->pool)) {
-        th_curlc_req *r = Q_OF(c->pool.next, th_curlc_req, pool);
-        q_unlink(&r->pool);
+    while (!th_q_empty(&c->pool)) {
+        th_curlc_req *r = TH_Q_OF(c->pool.next, th_curlc_req, pool);
+        th_q_unlink(&r->pool);
         c->npool--;
         req_destroy(r);
     }
@@ -921,9 +889,9 @@ static void teardown(th_curlc *c)
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
     c->in_multi_cleanup = false;
-    while (!q_empty(&c->polls)) {
-        poll_ctx *ps = Q_OF(c->polls.next, poll_ctx, link);
-        q_unlink(&ps->link);
+    while (!th_q_empty(&c->polls)) {
+        poll_ctx *ps = TH_Q_OF(c->polls.next, poll_ctx, link);
+        th_q_unlink(&ps->link);
         uv_poll_stop(&ps->poll);
         uv_close((uv_handle_t *)&ps->poll, on_poll_closed);
     }
@@ -938,8 +906,8 @@ void th_curlc_close(th_curlc *c, void (*done)(void *ud), void *ud)
     c->closing = true;
     c->done = done;
     c->done_ud = ud;
-    for (qlink *l = c->live.next; l != &c->live; l = l->next) {
-        th_curlc_req *r = Q_OF(l, th_curlc_req, live);
+    for (th_qlink *l = c->live.next; l != &c->live; l = l->next) {
+        th_curlc_req *r = TH_Q_OF(l, th_curlc_req, live);
         if (r->state != R_ACTIVE) continue;
         r->state = R_DONE;
         r->cancelled = true;

@@ -37,6 +37,7 @@
 #include <strings.h>
 
 #include "core/buf.h"
+#include "core/list.h"
 #include "core/str.h"
 #include "http/client_eng.h"
 #include "http/resp.h"
@@ -55,52 +56,12 @@
 #define DEF_CONNECT_MS 10000
 #define DEF_TOTAL_MS 120000
 
-typedef struct qlink {
-    struct qlink *prev, *next;
-} qlink;
-
-#define Q_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
-static void q_init(qlink *h)
-{
-    h->prev = h->next = h;
-}
-static bool q_empty(const qlink *h)
-{
-    return h->next == h;
-}
-static bool q_linked(const qlink *l)
-{
-    return l->next != NULL;
-}
-static void q_push(qlink *h, qlink *l) /* at the tail */
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
-static void q_push_head(qlink *h, qlink *l)
-{
-    l->next = h->next;
-    l->prev = h;
-    h->next->prev = l;
-    h->next = l;
-}
-static void q_unlink(qlink *l)
-{
-    if (!q_linked(l)) return;
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = NULL;
-}
-
 typedef struct h1_host h1_host;
 typedef struct h1_conn h1_conn;
 typedef struct h1_gai h1_gai;
 
 struct h1_host {
-    qlink link; /* c->hosts */
+    th_qlink link; /* c->hosts */
     th_h1c *c;
     char *name; /* without brackets */
     int port;
@@ -110,9 +71,9 @@ struct h1_host {
     size_t naddrs;
     uint64_t resolved_at; /* loop ms; 0 = not resolved */
     char resolve_err[96];
-    qlink idle; /* h1_conn.link, most recent first */
+    th_qlink idle; /* h1_conn.link, most recent first */
     size_t nconns;
-    qlink waiting; /* th_h1c_req.wait */
+    th_qlink waiting; /* th_h1c_req.wait */
 };
 
 struct h1_gai {
@@ -130,8 +91,8 @@ struct h1_conn {
     th_h1c *c;
     h1_host *h;
     th_h1c_req *r; /* bound transfer */
-    qlink link;    /* h->idle */
-    qlink all;     /* c->conns */
+    th_qlink link; /* h->idle */
+    th_qlink all;  /* c->conns */
     th_resp rp;
     th_buf pend; /* bytes read but not parsed while the transfer is paused */
     uint64_t idle_since;
@@ -149,9 +110,9 @@ struct th_h1c_req {
     th_h1c *c;
     h1_host *h;
     h1_conn *k;
-    qlink live; /* c->live while not pooled; c->pool while pooled */
-    qlink wait; /* h->waiting */
-    qlink pend; /* c->pending */
+    th_qlink live; /* c->live while not pooled; c->pool while pooled */
+    th_qlink wait; /* h->waiting */
+    th_qlink pend; /* c->pending */
     uv_timer_t timer;
     th_client_cb cb;
     th_buf out;    /* request head, and the body's copied pieces */
@@ -179,11 +140,11 @@ struct th_h1c {
     uv_loop_t *loop;
     uv_idle_t idle;
     uv_timer_t starve; /* re-pumps waiters after EMFILE */
-    qlink hosts;
-    qlink conns;
-    qlink live;
-    qlink pool;
-    qlink pending;
+    th_qlink hosts;
+    th_qlink conns;
+    th_qlink live;
+    th_qlink pool;
+    th_qlink pending;
     size_t npool;
     size_t nconns;
     size_t nidle;
@@ -251,7 +212,7 @@ static void on_idle(uv_idle_t *hd);
 static void pend(th_h1c_req *r)
 {
     th_h1c *c = r->c;
-    if (!q_linked(&r->pend)) q_push(&c->pending, &r->pend);
+    if (!th_q_linked(&r->pend)) th_q_push(&c->pending, &r->pend);
     uv_idle_start(&c->idle, on_idle);
 }
 
@@ -260,11 +221,11 @@ static void pend(th_h1c_req *r)
 static th_h1c_req *req_get(th_h1c *c)
 {
     th_h1c_req *r;
-    if (!q_empty(&c->pool)) {
-        qlink *l = c->pool.next;
-        q_unlink(l);
+    if (!th_q_empty(&c->pool)) {
+        th_qlink *l = c->pool.next;
+        th_q_unlink(l);
         c->npool--;
-        r = Q_OF(l, th_h1c_req, live);
+        r = TH_Q_OF(l, th_h1c_req, live);
     } else {
         r = calloc(1, sizeof *r);
         if (!r) return NULL;
@@ -301,9 +262,9 @@ static void req_destroy(th_h1c_req *r)
 static void req_release(th_h1c_req *r)
 {
     th_h1c *c = r->c;
-    q_unlink(&r->live);
-    q_unlink(&r->wait);
-    q_unlink(&r->pend);
+    th_q_unlink(&r->live);
+    th_q_unlink(&r->wait);
+    th_q_unlink(&r->pend);
     uv_timer_stop(&r->timer);
     r->state = R_POOLED;
     r->k = NULL;
@@ -314,7 +275,7 @@ static void req_release(th_h1c_req *r)
     }
     if (r->out.cap > KEEPBUF_MAX) th_buf_free(&r->out);
     th_buf_reset(&r->out);
-    q_push(&c->pool, &r->live);
+    th_q_push(&c->pool, &r->live);
     c->npool++;
 }
 
@@ -330,8 +291,8 @@ static void finish(th_h1c_req *r, th_client_result res, const char *detail)
     r->state = R_DONE;
     c->inflight--;
     uv_timer_stop(&r->timer);
-    q_unlink(&r->wait);
-    q_unlink(&r->pend);
+    th_q_unlink(&r->wait);
+    th_q_unlink(&r->pend);
     r->k = NULL;
     if (detail && detail != r->detail) snprintf(r->detail, sizeof r->detail, "%s", detail);
     if (r->cb.on_done) {
@@ -374,11 +335,11 @@ static void conn_close_ex(h1_conn *k, bool pump)
     if (k->state == K_CLOSING) return;
     th_h1c *c = k->c;
     conn_unbind(k);
-    if (q_linked(&k->link)) {
-        q_unlink(&k->link);
+    if (th_q_linked(&k->link)) {
+        th_q_unlink(&k->link);
         c->nidle--;
     }
-    q_unlink(&k->all);
+    th_q_unlink(&k->all);
     k->state = K_CLOSING;
     c->nconns--;
     h1_host *h = k->h;
@@ -579,17 +540,17 @@ static void conn_idle(h1_conn *k)
         }
         k->reading = true;
     }
-    if (!q_empty(&h->waiting) && h->naddrs > 0) { /* a waiter takes it at once */
-        th_h1c_req *w = Q_OF(h->waiting.next, th_h1c_req, wait);
-        q_unlink(&w->wait);
+    if (!th_q_empty(&h->waiting) && h->naddrs > 0) { /* a waiter takes it at once */
+        th_h1c_req *w = TH_Q_OF(h->waiting.next, th_h1c_req, wait);
+        th_q_unlink(&w->wait);
         if (!conn_bind_send(k, w)) req_dispatch(w, true); /* the send failed at once: it is gone */
         return;
     }
     k->idle_since = uv_now(c->loop);
-    q_push_head(&h->idle, &k->link);
+    th_q_push_head(&h->idle, &k->link);
     c->nidle++;
     if ((long)c->nidle > c->max_idle) { /* the oldest idle connection of this host goes */
-        h1_conn *old = Q_OF(h->idle.prev, h1_conn, link);
+        h1_conn *old = TH_Q_OF(h->idle.prev, h1_conn, link);
         conn_close(old);
     }
 }
@@ -647,7 +608,7 @@ static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai, int *
     c->nhandles++;
     c->nconns++;
     h->nconns++;
-    q_push(&c->conns, &k->all);
+    th_q_push(&c->conns, &k->all);
     uv_tcp_nodelay(&k->tcp, 1);
     int rc = uv_tcp_connect(&k->creq, &k->tcp, (const struct sockaddr *)&h->addrs[ai], on_connect);
     if (rc != 0) {
@@ -667,9 +628,9 @@ static h1_conn *conn_open(th_h1c *c, h1_host *h, th_h1c_req *r, size_t ai, int *
 
 static void host_fail_waiters(h1_host *h, const char *why)
 {
-    while (!q_empty(&h->waiting)) {
-        th_h1c_req *r = Q_OF(h->waiting.next, th_h1c_req, wait);
-        q_unlink(&r->wait);
+    while (!th_q_empty(&h->waiting)) {
+        th_h1c_req *r = TH_Q_OF(h->waiting.next, th_h1c_req, wait);
+        th_q_unlink(&r->wait);
         snprintf(r->detail, sizeof r->detail, "%s", why);
         finish(r, TH_CLIENT_CONNECT, r->detail);
     }
@@ -741,17 +702,18 @@ static void host_resolve(th_h1c *c, h1_host *h)
 /* Gives waiting transfers connections while there are idle ones or room for new ones. */
 static void host_pump(h1_host *h)
 {
-    if (q_empty(&h->waiting)) return;
+    if (th_q_empty(&h->waiting)) return;
     th_h1c *c = h->c;
     if (c->closing) return;
     if (!host_resolved(h, uv_now(c->loop))) {
         host_resolve(c, h);
         return;
     }
-    while (!q_empty(&h->waiting)) {
-        th_h1c_req *r = Q_OF(h->waiting.next, th_h1c_req, wait);
-        if (q_empty(&h->idle) && ((long)h->nconns >= c->max_host || (long)c->nconns >= c->max_total)) return;
-        q_unlink(&r->wait);
+    while (!th_q_empty(&h->waiting)) {
+        th_h1c_req *r = TH_Q_OF(h->waiting.next, th_h1c_req, wait);
+        if (th_q_empty(&h->idle) && ((long)h->nconns >= c->max_host || (long)c->nconns >= c->max_total))
+            return;
+        th_q_unlink(&r->wait);
         if (req_dispatch(r, false) == 1) return; /* out of descriptors: the starve timer comes back */
     }
 }
@@ -761,8 +723,8 @@ static void host_pump(h1_host *h)
 static void on_starve_timer(uv_timer_t *t)
 {
     th_h1c *c = t->data;
-    for (qlink *l = c->hosts.next; l != &c->hosts; l = l->next)
-        host_pump(Q_OF(l, h1_host, link));
+    for (th_qlink *l = c->hosts.next; l != &c->hosts; l = l->next)
+        host_pump(TH_Q_OF(l, h1_host, link));
 }
 
 static bool starved_err(int err)
@@ -772,8 +734,8 @@ static bool starved_err(int err)
 
 static h1_host *host_get(th_h1c *c, const char *name, size_t nlen, int port)
 {
-    for (qlink *l = c->hosts.next; l != &c->hosts; l = l->next) {
-        h1_host *h = Q_OF(l, h1_host, link);
+    for (th_qlink *l = c->hosts.next; l != &c->hosts; l = l->next) {
+        h1_host *h = TH_Q_OF(l, h1_host, link);
         if (h->port == port && strlen(h->name) == nlen && strncasecmp(h->name, name, nlen) == 0) return h;
     }
     h1_host *h = calloc(1, sizeof *h);
@@ -787,15 +749,15 @@ static h1_host *host_get(th_h1c *c, const char *name, size_t nlen, int port)
     h->name[nlen] = 0;
     h->port = port;
     h->c = c;
-    q_init(&h->idle);
-    q_init(&h->waiting);
+    th_q_init(&h->idle);
+    th_q_init(&h->waiting);
     struct sockaddr_in *a4 = (struct sockaddr_in *)&h->addrs[0];
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&h->addrs[0];
     if (uv_ip4_addr(h->name, port, a4) == 0 || uv_ip6_addr(h->name, port, a6) == 0) {
         h->numeric = true;
         h->naddrs = 1;
     }
-    q_push(&c->hosts, &h->link);
+    th_q_push(&c->hosts, &h->link);
     return h;
 }
 
@@ -809,13 +771,13 @@ static int req_dispatch(th_h1c_req *r, bool fresh)
     h1_host *h = r->h;
     uint64_t now = uv_now(c->loop);
     if (!host_resolved(h, now)) {
-        q_push(&h->waiting, &r->wait);
+        th_q_push(&h->waiting, &r->wait);
         host_resolve(c, h);
         return 0;
     }
-    while (!fresh && !q_empty(&h->idle)) {
-        h1_conn *k = Q_OF(h->idle.next, h1_conn, link);
-        q_unlink(&k->link);
+    while (!fresh && !th_q_empty(&h->idle)) {
+        h1_conn *k = TH_Q_OF(h->idle.next, h1_conn, link);
+        th_q_unlink(&k->link);
         c->nidle--;
         if (now - k->idle_since > IDLE_MAX_AGE_MS) {
             conn_close(k);
@@ -828,7 +790,7 @@ static int req_dispatch(th_h1c_req *r, bool fresh)
         int err = 0;
         if (conn_open(c, h, r, 0, &err)) return 0;
         if (starved_err(err)) {
-            q_push_head(&h->waiting, &r->wait);
+            th_q_push_head(&h->waiting, &r->wait);
             if (!uv_is_active((uv_handle_t *)&c->starve)) uv_timer_start(&c->starve, on_starve_timer, 100, 0);
             return 1;
         }
@@ -837,7 +799,7 @@ static int req_dispatch(th_h1c_req *r, bool fresh)
         pend(r);
         return 0;
     }
-    q_push(&h->waiting, &r->wait);
+    th_q_push(&h->waiting, &r->wait);
     return 0;
 }
 
@@ -927,9 +889,9 @@ static void on_req_timer(uv_timer_t *t)
 
 static void run_pending(th_h1c *c)
 {
-    while (!q_empty(&c->pending)) {
-        th_h1c_req *r = Q_OF(c->pending.next, th_h1c_req, pend);
-        q_unlink(&r->pend);
+    while (!th_q_empty(&c->pending)) {
+        th_h1c_req *r = TH_Q_OF(c->pending.next, th_h1c_req, pend);
+        th_q_unlink(&r->pend);
         if (r->state != R_ACTIVE) continue;
         if (r->want_fail) {
             r->want_fail = false;
@@ -958,7 +920,7 @@ static void on_idle(uv_idle_t *hd)
 {
     th_h1c *c = hd->data;
     run_pending(c);
-    if (q_empty(&c->pending)) uv_idle_stop(&c->idle);
+    if (th_q_empty(&c->pending)) uv_idle_stop(&c->idle);
     if (c->closing && !c->torn_down && c->depth == 0) teardown(c);
 }
 
@@ -1130,11 +1092,11 @@ th_h1c *th_h1c_new(uv_loop_t *loop, const th_client_conf *conf)
     th_h1c *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->loop = loop;
-    q_init(&c->hosts);
-    q_init(&c->conns);
-    q_init(&c->live);
-    q_init(&c->pool);
-    q_init(&c->pending);
+    th_q_init(&c->hosts);
+    th_q_init(&c->conns);
+    th_q_init(&c->live);
+    th_q_init(&c->pool);
+    th_q_init(&c->pending);
     c->max_host = conf && conf->max_host_connections > 0 ? conf->max_host_connections : DEF_MAX_HOST;
     c->max_total = conf && conf->max_total_connections > 0 ? conf->max_total_connections : DEF_MAX_TOTAL;
     c->max_idle = conf && conf->max_connects_cache > 0 ? conf->max_connects_cache : DEF_MAX_IDLE;
@@ -1198,7 +1160,7 @@ th_h1c_req *th_h1c_start(th_h1c *c, const th_client_opts *o, const th_client_cb 
     r->t_first = now + first;
     r->t_total = now + total;
     r->state = R_ACTIVE;
-    q_push(&c->live, &r->live);
+    th_q_push(&c->live, &r->live);
     c->inflight++;
     req_arm(r);
     req_dispatch(r, false);
@@ -1213,8 +1175,8 @@ void th_h1c_cancel(th_h1c_req *r)
     r->cancelled = true;
     c->inflight--;
     uv_timer_stop(&r->timer);
-    q_unlink(&r->wait);
-    q_unlink(&r->pend);
+    th_q_unlink(&r->wait);
+    th_q_unlink(&r->pend);
     if (r->in_cb) return; /* inside its own callback: the parse loop finishes the job */
     h1_conn *k = r->k;
     if (k) {
@@ -1242,28 +1204,28 @@ static void teardown(th_h1c *c)
 {
     c->torn_down = true;
     uv_idle_stop(&c->idle);
-    while (!q_empty(&c->live)) {
-        th_h1c_req *r = Q_OF(c->live.next, th_h1c_req, live);
-        q_unlink(&r->live);
-        q_unlink(&r->wait);
-        q_unlink(&r->pend);
+    while (!th_q_empty(&c->live)) {
+        th_h1c_req *r = TH_Q_OF(c->live.next, th_h1c_req, live);
+        th_q_unlink(&r->live);
+        th_q_unlink(&r->wait);
+        th_q_unlink(&r->pend);
         r->k = NULL;
         req_destroy(r);
     }
-    while (!q_empty(&c->pool)) {
-        th_h1c_req *r = Q_OF(c->pool.next, th_h1c_req, live);
-        q_unlink(&r->live);
+    while (!th_q_empty(&c->pool)) {
+        th_h1c_req *r = TH_Q_OF(c->pool.next, th_h1c_req, live);
+        th_q_unlink(&r->live);
         req_destroy(r);
     }
     c->npool = 0;
-    while (!q_empty(&c->conns)) {
-        h1_conn *k = Q_OF(c->conns.next, h1_conn, all);
+    while (!th_q_empty(&c->conns)) {
+        h1_conn *k = TH_Q_OF(c->conns.next, h1_conn, all);
         k->r = NULL;
         conn_close(k);
     }
-    while (!q_empty(&c->hosts)) {
-        h1_host *h = Q_OF(c->hosts.next, h1_host, link);
-        q_unlink(&h->link);
+    while (!th_q_empty(&c->hosts)) {
+        h1_host *h = TH_Q_OF(c->hosts.next, h1_host, link);
+        th_q_unlink(&h->link);
         if (h->gai) {
             h->gai->h = NULL;
             uv_cancel((uv_req_t *)&h->gai->req);
@@ -1282,8 +1244,8 @@ void th_h1c_close(th_h1c *c, void (*done)(void *ud), void *ud)
     c->closing = true;
     c->done = done;
     c->done_ud = ud;
-    for (qlink *l = c->live.next; l != &c->live; l = l->next) {
-        th_h1c_req *r = Q_OF(l, th_h1c_req, live);
+    for (th_qlink *l = c->live.next; l != &c->live; l = l->next) {
+        th_h1c_req *r = TH_Q_OF(l, th_h1c_req, live);
         if (r->state != R_ACTIVE) continue;
         r->state = R_DONE;
         r->cancelled = true;

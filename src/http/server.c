@@ -152,8 +152,7 @@ struct th_http_server {
     void *done_ud;
     uint64_t date_sec;
     char date[40];
-    uint64_t id_seed[2];
-    uint64_t id_ctr;
+    th_uuid_gen ids; /* request ids (core/uuid.h) */
     char rbuf[READ_BUF_SIZE];
 };
 
@@ -203,43 +202,6 @@ static int put_hex(char *out, size_t v)
     for (int i = 0; i < n; i++)
         out[i] = tmp[n - 1 - i];
     return n;
-}
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-/* A v4-shaped UUID without a syscall: 64 bits that are a bijection of a per-server counter (so unique
- * within the server) in bytes 0-5 and 10-11, and seed-derived noise elsewhere. Server-generated
- * errors use th_uuid_v4 instead. */
-static void fast_id(th_http_server *s, char out[TH_UUID_LEN + 1])
-{
-    uint64_t ctr = ++s->id_ctr;
-    uint64_t x = splitmix64(s->id_seed[0] + ctr);
-    uint64_t y = splitmix64(s->id_seed[1] ^ (ctr * 0xD6E8FEB86659FD93ull));
-    uint8_t r[16];
-    for (int i = 0; i < 6; i++)
-        r[i] = (uint8_t)(x >> (8 * i));
-    r[10] = (uint8_t)(x >> 48);
-    r[11] = (uint8_t)(x >> 56);
-    for (int i = 0; i < 4; i++)
-        r[6 + i] = (uint8_t)(y >> (8 * i));
-    for (int i = 0; i < 4; i++)
-        r[12 + i] = (uint8_t)(y >> (32 + 8 * i));
-    r[6] = (uint8_t)((r[6] & 0x0F) | 0x40);
-    r[8] = (uint8_t)((r[8] & 0x3F) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
-        out[o++] = hex[r[i] >> 4];
-        out[o++] = hex[r[i] & 15];
-    }
-    out[o] = 0;
 }
 
 static const char *cached_date(th_http_server *s)
@@ -529,7 +491,7 @@ static int build_resp_head(conn *c, int status, const char *ctype, int64_t clen,
 {
     th_http_req *r = &c->req;
     char id[TH_UUID_LEN + 1];
-    if (!r->has_reqid) fast_id(c->s, id);
+    if (!r->has_reqid) th_uuid_gen_next(&c->s->ids, id);
     th_buf_reset(&c->out);
     return build_head(c, &c->out, status, ctype, clen, close, r->has_reqid ? NULL : id, r->rh.data,
                       r->rh.len);
@@ -1018,12 +980,7 @@ th_http_server *th_http_server_new(uv_loop_t *loop, const th_http_limits *lim, t
     s->ud = ud;
     s->log = log;
     s->port = -1;
-    char seed[TH_UUID_LEN + 1];
-    th_uuid_v4(seed);
-    for (int i = 0; i < TH_UUID_LEN; i++) {
-        s->id_seed[i & 1] = s->id_seed[i & 1] * 131 + (uint8_t)seed[i];
-    }
-    s->id_seed[1] ^= th_mono_us();
+    th_uuid_gen_init(&s->ids);
     return s;
 }
 

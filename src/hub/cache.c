@@ -51,13 +51,15 @@
 
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/hash.h"
+#include "core/list.h"
 #include "core/str.h"
 
 #define KEY_TAG "ttshub-cache-1"
 #define VALUE_MAGIC "THC1"
 
 typedef struct entry {
-    struct entry *hnext;       /* hash chain */
+    th_hnode hn;               /* in the entry map */
     struct entry *prev, *next; /* LRU, head = most recently used */
     char *key, *ct, *prov;
     uint8_t *data;
@@ -79,7 +81,7 @@ struct th_cache_follower {
 
 struct th_cache_flight {
     th_cache *c;
-    th_cache_flight *hnext;         /* flight map chain, while joinable */
+    th_hnode hn;                    /* in the flight map, while joinable */
     th_cache_flight *aprev, *anext; /* every live flight */
     char *key;
     bool joinable, storable, leading;
@@ -120,11 +122,9 @@ struct th_cache {
     uint64_t (*now)(void *ud);
     void *now_ud;
 
-    entry **eb;
-    size_t neb;
+    th_htab entries;
     entry *lru_head, *lru_tail;
-    th_cache_flight **fb;
-    size_t nfb;
+    th_htab flight_map;       /* joinable flights by key */
     th_cache_flight *flights; /* every live flight (joinable or not) */
     lookup *lookups;
     uv_timer_t pump;
@@ -254,16 +254,6 @@ void th_cache_key(const th_cache_key_parts *p, char out[TH_CACHE_KEY_LEN + 1])
     th_hex(md, 32, out);
 }
 
-/* ---- small hash maps ---- */
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
 static uint64_t now_ms(const th_cache *c)
 {
     return c->now ? c->now(c->now_ud) : th_mono_ms();
@@ -271,31 +261,18 @@ static uint64_t now_ms(const th_cache *c)
 
 static entry *entry_find(const th_cache *c, const char *key)
 {
-    for (entry *e = c->eb[hash_str(key) % c->neb]; e; e = e->hnext)
-        if (strcmp(e->key, key) == 0) return e;
-    return NULL;
+    th_hnode *n = th_htab_find(&c->entries, key);
+    return n ? TH_HT_OF(n, entry, hn) : NULL;
 }
 
 static void lru_unlink(th_cache *c, entry *e)
 {
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        c->lru_head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        c->lru_tail = e->prev;
-    e->prev = e->next = NULL;
+    TH_DL_UNLINK_T(c->lru_head, c->lru_tail, e, prev, next);
 }
 
 static void lru_push(th_cache *c, entry *e)
 {
-    e->prev = NULL;
-    e->next = c->lru_head;
-    if (c->lru_head) c->lru_head->prev = e;
-    c->lru_head = e;
-    if (c->lru_tail == NULL) c->lru_tail = e;
+    TH_DL_PUSH_FRONT_T(c->lru_head, c->lru_tail, e, prev, next);
 }
 
 static void entry_free(entry *e)
@@ -309,35 +286,12 @@ static void entry_free(entry *e)
 
 static void entry_remove(th_cache *c, entry *e)
 {
-    entry **pp = &c->eb[hash_str(e->key) % c->neb];
-    while (*pp != e)
-        pp = &(*pp)->hnext;
-    *pp = e->hnext;
+    th_htab_del(&c->entries, &e->hn);
     lru_unlink(c, e);
     c->st.bytes -= e->cost;
     c->st.entries--;
     c->st.evictions++;
     entry_free(e);
-}
-
-static void entries_grow(th_cache *c)
-{
-    size_t nb = c->neb * 2;
-    entry **b = calloc(nb, sizeof *b);
-    if (b == NULL) return; /* longer chains, still correct */
-    for (size_t i = 0; i < c->neb; i++) {
-        entry *e = c->eb[i];
-        while (e) {
-            entry *next = e->hnext;
-            size_t k = hash_str(e->key) % nb;
-            e->hnext = b[k];
-            b[k] = e;
-            e = next;
-        }
-    }
-    free(c->eb);
-    c->eb = b;
-    c->neb = nb;
 }
 
 static char *dup_str(const char *s)
@@ -372,10 +326,7 @@ static int store(th_cache *c, const char *key, uint8_t *data, size_t len, bool o
     }
     while (c->lru_tail && c->st.bytes + cost > c->max_bytes)
         entry_remove(c, c->lru_tail);
-    if (c->st.entries >= c->neb) entries_grow(c);
-    size_t k = hash_str(key) % c->neb;
-    e->hnext = c->eb[k];
-    c->eb[k] = e;
+    th_htab_add(&c->entries, &e->hn, e->key);
     lru_push(c, e);
     c->st.bytes += cost;
     c->st.entries++;
@@ -403,19 +354,14 @@ static entry *lookup_entry(th_cache *c, const char *key)
 
 static th_cache_flight *flight_find(const th_cache *c, const char *key)
 {
-    for (th_cache_flight *f = c->fb[hash_str(key) % c->nfb]; f; f = f->hnext)
-        if (strcmp(f->key, key) == 0) return f;
-    return NULL;
+    th_hnode *n = th_htab_find(&c->flight_map, key);
+    return n ? TH_HT_OF(n, th_cache_flight, hn) : NULL;
 }
 
 static void flight_unjoin(th_cache_flight *f)
 {
     if (!f->joinable) return;
-    th_cache_flight **pp = &f->c->fb[hash_str(f->key) % f->c->nfb];
-    while (*pp != f)
-        pp = &(*pp)->hnext;
-    *pp = f->hnext;
-    f->hnext = NULL;
+    th_htab_del(&f->c->flight_map, &f->hn);
     f->joinable = false;
 }
 
@@ -426,13 +372,7 @@ static void flight_maybe_free(th_cache_flight *f)
     if (f->leading || f->fhead || f->busy > 0 || f->pins > 0) return;
     th_cache *c = f->c;
     flight_unjoin(f);
-    if (c) {
-        if (f->aprev)
-            f->aprev->anext = f->anext;
-        else
-            c->flights = f->anext;
-        if (f->anext) f->anext->aprev = f->aprev;
-    }
+    if (c) TH_DL_UNLINK(c->flights, f, aprev, anext);
     free(f->key);
     free(f->ct);
     free(f->prov);
@@ -447,14 +387,7 @@ static void flight_maybe_free(th_cache_flight *f)
 static void follower_unlink(th_cache_follower *fl)
 {
     th_cache_flight *f = fl->f;
-    if (fl->prev)
-        fl->prev->next = fl->next;
-    else
-        f->fhead = fl->next;
-    if (fl->next)
-        fl->next->prev = fl->prev;
-    else
-        f->ftail = fl->prev;
+    TH_DL_UNLINK_T(f->fhead, f->ftail, fl, prev, next);
     free(fl);
 }
 
@@ -557,13 +490,9 @@ static th_cache_flight *flight_new(th_cache *c, const char *key)
     f->c = c;
     f->leading = true;
     f->storable = true;
-    f->anext = c->flights;
-    if (c->flights) c->flights->aprev = f;
-    c->flights = f;
+    TH_DL_PUSH_FRONT(c->flights, f, aprev, anext);
     if (key[0] != '\0') { /* the "" key (no hash) never coalesces */
-        size_t k = hash_str(key) % c->nfb;
-        f->hnext = c->fb[k];
-        c->fb[k] = f;
+        th_htab_add(&c->flight_map, &f->hn, f->key);
         f->joinable = true;
     }
     return f;
@@ -587,12 +516,7 @@ static void finish_get(th_cache *c, const char *key, const th_cache_follower_cb 
     if (fl) {
         fl->f = f;
         fl->cb = *fcb;
-        fl->prev = f->ftail;
-        if (f->ftail)
-            f->ftail->next = fl;
-        else
-            f->fhead = fl;
-        f->ftail = fl;
+        TH_DL_PUSH_BACK_T(f->fhead, f->ftail, fl, prev, next);
         c->st.coalesced++;
         res.outcome = TH_CACHE_JOINED;
         res.follower = fl;
@@ -618,11 +542,7 @@ static void finish_get(th_cache *c, const char *key, const th_cache_follower_cb 
 static void lookup_unlink(lookup *l)
 {
     if (l->c == NULL) return;
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        l->c->lookups = l->next;
-    if (l->next) l->next->prev = l->prev;
+    TH_DL_UNLINK(l->c->lookups, l, prev, next);
     l->c = NULL;
 }
 
@@ -703,9 +623,7 @@ static bool ask_redis(th_cache *c, const char *key, const th_cache_follower_cb *
     l->cb = cb;
     l->ud = ud;
     l->c = c;
-    l->next = c->lookups;
-    if (c->lookups) c->lookups->prev = l;
-    c->lookups = l;
+    TH_DL_PUSH_FRONT(c->lookups, l, prev, next);
     const char *argv[2] = {"GET", rk};
     size_t argvlen[2] = {3, strlen(rk)};
     /* the bulk lane: a value of megabytes must not sit in front of limit checks */
@@ -783,14 +701,12 @@ th_cache *th_cache_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
         if (c->flight_cap < TH_CACHE_REDIS_MAX_ENTRY) c->flight_cap = TH_CACHE_REDIS_MAX_ENTRY;
     }
     c->prefix = dup_str(cfg->redis.prefix);
-    c->neb = 256;
-    c->nfb = 256;
-    c->eb = calloc(c->neb, sizeof *c->eb);
-    c->fb = calloc(c->nfb, sizeof *c->fb);
-    if (c->prefix == NULL || c->eb == NULL || c->fb == NULL) {
+    int hrc = th_htab_init(&c->entries, 256);
+    hrc |= th_htab_init(&c->flight_map, 256);
+    if (c->prefix == NULL || hrc != 0) {
         free(c->prefix);
-        free(c->eb);
-        free(c->fb);
+        th_htab_free(&c->entries);
+        th_htab_free(&c->flight_map);
         free(c);
         return NULL;
     }
@@ -828,8 +744,8 @@ void th_cache_free(th_cache *c)
         c->lru_head = e->next;
         entry_free(e);
     }
-    free(c->eb);
-    free(c->fb);
+    th_htab_free(&c->entries);
+    th_htab_free(&c->flight_map);
     free(c->prefix);
     th_buf_free(&c->resp);
     uv_close((uv_handle_t *)&c->pump, on_close);

@@ -48,6 +48,7 @@
 #include <time.h>
 
 #include "core/buf.h"
+#include "core/list.h"
 #include "core/str.h"
 
 #define LIM_WINDOW_MS 60000
@@ -449,10 +450,7 @@ static void res_backend(th_limit_result *res)
 static void slot_link(th_limiter *l, th_limit_slot *s)
 {
     s->l = l;
-    s->prev = NULL;
-    s->next = l->slots;
-    if (l->slots) l->slots->prev = s;
-    l->slots = s;
+    TH_DL_PUSH_FRONT(l->slots, s, prev, next);
     l->inflight++;
 }
 
@@ -690,12 +688,7 @@ void th_limiter_set_config(th_limiter *l, const th_config *cfg)
 
 static void pending_unlink(th_limiter *l, lim_pending *p)
 {
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        l->pending = p->next;
-    if (p->next) p->next->prev = p->prev;
-    p->prev = p->next = NULL;
+    TH_DL_UNLINK(l->pending, p, prev, next);
 }
 
 /* Appends prefix + part + id and records the offset; the pointers are resolved once the buffer is done. */
@@ -942,9 +935,7 @@ static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_li
     if (k == NULL) goto nomem;
     lim_pending *p = k->p;
     /* Linked before the call: the callback may run before th_redis_eval returns. */
-    p->next = l->pending;
-    if (l->pending) l->pending->prev = p;
-    l->pending = p;
+    TH_DL_PUSH_FRONT(l->pending, p, prev, next);
     if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 18, k->argv, k->lens) != 0) {
         pending_unlink(l, p);
         free(p);
@@ -980,11 +971,7 @@ void th_limit_release(th_limiter *l, th_limit_slot *slot)
     if (slot == NULL) return;
     th_limiter *owner = slot->l;
     if (owner != NULL) {
-        if (slot->prev)
-            slot->prev->next = slot->next;
-        else
-            owner->slots = slot->next;
-        if (slot->next) slot->next->prev = slot->prev;
+        TH_DL_UNLINK(owner->slots, slot, prev, next);
         owner->inflight--;
         if (slot->tenant != NULL) slot->tenant->inflight--;
         if (slot->redis) redis_release(owner, slot);
@@ -1089,11 +1076,7 @@ int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens
     th_limiter *owner = slot->l;
     int n = 0;
     if (owner != NULL) {
-        if (slot->prev)
-            slot->prev->next = slot->next;
-        else
-            owner->slots = slot->next;
-        if (slot->next) slot->next->prev = slot->prev;
+        TH_DL_UNLINK(owner->slots, slot, prev, next);
         owner->inflight--;
         if (slot->tenant != NULL) slot->tenant->inflight--;
         slot->l = NULL;

@@ -53,6 +53,7 @@
 
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/hash.h"
 #include "core/str.h"
 
 #define DAY_MS 86400000ULL
@@ -61,7 +62,7 @@
 #define REDIS_EXTRA_TTL_S 86400 /* keys live a day past the end of their window */
 
 typedef struct tenant_rec {
-    struct tenant_rec *next; /* hash chain */
+    th_hnode hn; /* in the tenant map */
     char *name;
     uint32_t day, month; /* window ids, 0 = none yet */
     uint64_t d_used, d_resv, d_req;
@@ -91,9 +92,8 @@ struct th_quota {
     uint64_t snap_seq; /* the seq the snapshot on disk covers */
     uint64_t since_snap;
     uint64_t snap_mono_ms; /* when the last snapshot was written (or the quota was made) */
-    tenant_rec **buckets;
-    size_t nbuckets, ntenants;
-    uv_timer_t timer; /* one-shot: the batched fdatasync */
+    th_htab tenants;       /* tenant_rec by name */
+    uv_timer_t timer;      /* one-shot: the batched fdatasync */
     uv_timer_t
         snap_timer; /* repeating, unref'd: a snapshot when commits are older than TH_QUOTA_SNAPSHOT_MS */
     int handles;    /* open uv handles; q is freed when the last one is closed */
@@ -162,40 +162,10 @@ static win window_of(uint64_t now_ms)
 
 /* ---- tenant records ---- */
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
 static tenant_rec *tenant_find(const th_quota *q, const char *name)
 {
-    for (tenant_rec *t = q->buckets[hash_str(name) % q->nbuckets]; t; t = t->next)
-        if (strcmp(t->name, name) == 0) return t;
-    return NULL;
-}
-
-static int grow(th_quota *q)
-{
-    size_t nb = q->nbuckets * 2;
-    tenant_rec **b = calloc(nb, sizeof *b);
-    if (b == NULL) return -1;
-    for (size_t i = 0; i < q->nbuckets; i++) {
-        tenant_rec *t = q->buckets[i];
-        while (t) {
-            tenant_rec *next = t->next;
-            size_t k = hash_str(t->name) % nb;
-            t->next = b[k];
-            b[k] = t;
-            t = next;
-        }
-    }
-    free(q->buckets);
-    q->buckets = b;
-    q->nbuckets = nb;
-    return 0;
+    th_hnode *n = th_htab_find(&q->tenants, name);
+    return n ? TH_HT_OF(n, tenant_rec, hn) : NULL;
 }
 
 /* Finds or creates; NULL on ENOMEM. */
@@ -203,7 +173,6 @@ static tenant_rec *tenant_get(th_quota *q, const char *name)
 {
     tenant_rec *t = tenant_find(q, name);
     if (t) return t;
-    if (q->ntenants >= q->nbuckets && grow(q) != 0) return NULL;
     t = calloc(1, sizeof *t);
     if (t == NULL) return NULL;
     t->name = th_strndup(name, strlen(name));
@@ -211,10 +180,7 @@ static tenant_rec *tenant_get(th_quota *q, const char *name)
         free(t);
         return NULL;
     }
-    size_t k = hash_str(name) % q->nbuckets;
-    t->next = q->buckets[k];
-    q->buckets[k] = t;
-    q->ntenants++;
+    th_htab_add(&q->tenants, &t->hn, t->name);
     return t;
 }
 
@@ -553,16 +519,16 @@ int th_quota_snapshot(th_quota *q)
     size_t count = 0;
     if (th_buf_appendf(&b, "ttshub-usage-snapshot 1 %llu\n", (unsigned long long)q->seq) != TH_BUF_OK)
         goto out;
-    for (size_t i = 0; i < q->nbuckets; i++)
-        for (tenant_rec *t = q->buckets[i]; t; t = t->next) {
-            if (append_escaped(&b, t->name) != TH_BUF_OK ||
-                th_buf_appendf(&b, " %u %llu %llu %u %llu %llu\n", (unsigned)t->day,
-                               (unsigned long long)t->d_used, (unsigned long long)t->d_req,
-                               (unsigned)t->month, (unsigned long long)t->m_used,
-                               (unsigned long long)t->m_req) != TH_BUF_OK)
-                goto out;
-            count++;
-        }
+    TH_HTAB_EACH(&q->tenants, h)
+    {
+        const tenant_rec *t = TH_HT_OF(h, tenant_rec, hn);
+        if (append_escaped(&b, t->name) != TH_BUF_OK ||
+            th_buf_appendf(&b, " %u %llu %llu %u %llu %llu\n", (unsigned)t->day,
+                           (unsigned long long)t->d_used, (unsigned long long)t->d_req, (unsigned)t->month,
+                           (unsigned long long)t->m_used, (unsigned long long)t->m_req) != TH_BUF_OK)
+            goto out;
+        count++;
+    }
     if (th_buf_appendf(&b, "end %zu\n", count) != TH_BUF_OK) goto out;
     fd = open(q->snap_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0 || write_all(fd, b.data, b.len) != 0 || fdatasync(fd) != 0) goto out;
@@ -883,11 +849,10 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     q->cfg = th_config_ref((th_config *)cfg);
     q->fail_open =
         cfg->rate_limit.on_backend_error == NULL || strcmp(cfg->rate_limit.on_backend_error, "closed") != 0;
-    q->nbuckets = 64;
-    q->buckets = calloc(q->nbuckets, sizeof *q->buckets);
+    int hrc = th_htab_init(&q->tenants, 64);
     const char *prefix = cfg->redis.prefix ? cfg->redis.prefix : "";
     q->prefix = th_strndup(prefix, strlen(prefix));
-    if (q->buckets == NULL || q->prefix == NULL) {
+    if (hrc != 0 || q->prefix == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -947,16 +912,17 @@ void th_quota_free(th_quota *q)
     if (q->syncing) q->syncing->q = NULL; /* it finishes on the threadpool and frees itself */
     while (q->pend)
         pend_unlink(q->pend); /* Redis replies still to come free their own state */
-    for (size_t i = 0; q->buckets && i < q->nbuckets; i++) {
-        tenant_rec *t = q->buckets[i];
-        while (t) {
-            tenant_rec *next = t->next;
+    for (size_t i = 0; q->tenants.b && i < q->tenants.nb; i++) {
+        th_hnode *h = q->tenants.b[i];
+        while (h) {
+            th_hnode *next = h->next;
+            tenant_rec *t = TH_HT_OF(h, tenant_rec, hn);
             free(t->name);
             free(t);
-            t = next;
+            h = next;
         }
     }
-    free(q->buckets);
+    th_htab_free(&q->tenants);
     free(q->prefix);
     free(q->dir);
     free(q->log_path);
@@ -1097,10 +1063,11 @@ th_usage_row *th_quota_usage(th_quota *q, const char *window, const char *tenant
         *n = 1;
         return rows;
     }
-    th_usage_row *rows = calloc(q->ntenants ? q->ntenants : 1, sizeof *rows);
+    th_usage_row *rows = calloc(q->tenants.n ? q->tenants.n : 1, sizeof *rows);
     if (rows == NULL) return NULL;
-    for (size_t i = 0; !q->redis && i < q->nbuckets; i++)
-        for (tenant_rec *t = q->buckets[i]; t; t = t->next) {
+    if (!q->redis) TH_HTAB_EACH(&q->tenants, h)
+        {
+            const tenant_rec *t = TH_HT_OF(h, tenant_rec, hn);
             fill_row(&rows[*n], t, t->name, day, w);
             if (rows[*n].requests > 0) (*n)++;
         }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/str.h"
 
 #define STATUS_MAX 32
@@ -256,15 +257,7 @@ static void unlink_node(th_registry *r, th_node *n)
 {
     if (!n->linked) return;
     if (r->cursor == n) r->cursor = n->next;
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        r->head = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    else
-        r->tail = n->prev;
-    n->prev = n->next = NULL;
+    TH_DL_UNLINK_T(r->head, r->tail, n, prev, next);
     n->linked = false;
     r->bytes -= n->bytes;
     r->n--;

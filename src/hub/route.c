@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/str.h"
 #include "hub/hub.h"
 #include "hub/metrics.h"
@@ -264,15 +265,7 @@ th_slot_rc th_route_acquire(th_route_prov *rp, th_route_waiter *w)
 
 void th_route_unwait(th_route_prov *rp, th_route_waiter *w)
 {
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        rp->wait_head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        rp->wait_tail = w->prev;
-    w->next = w->prev = NULL;
+    TH_DL_UNLINK_T(rp->wait_head, rp->wait_tail, w, prev, next);
     rp->waiting--;
     publish(rp);
 }

@@ -29,39 +29,6 @@
  * provider bounds request bodies at 16 MiB: 15 MiB leaves room for the text and the part headers. */
 #define CV_MAX_PROMPT (15u * 1024 * 1024)
 
-/* The configured reference mapping that voice is, parsed; NULL with *bad = 0 when it is a plain voice
- * name, NULL with *bad = 1 when the configured text does not parse (or no memory). */
-static json_t *cv_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
-{
-    *bad = 0;
-    for (size_t i = 0; i < pc->n_voices; i++) {
-        const th_kv *kv = &pc->voices[i];
-        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
-        json_t *o = json_loads(kv->value, 0, NULL);
-        if (json_is_object(o)) return o;
-        json_decref(o);
-        *bad = 1;
-        return NULL;
-    }
-    return NULL;
-}
-
-/* A string from a reference mapping (numbers are written out into tmp), or NULL. */
-static const char *cv_ref_str(const json_t *ref, const char *key, char *tmp, size_t n)
-{
-    const json_t *v = json_object_get(ref, key);
-    if (json_is_string(v)) return json_string_value(v);
-    if (json_is_integer(v)) {
-        snprintf(tmp, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return tmp;
-    }
-    if (json_is_real(v)) {
-        snprintf(tmp, n, "%g", json_real_value(v));
-        return tmp;
-    }
-    return NULL;
-}
-
 /* Appends name=value to an application/x-www-form-urlencoded body ('&' first unless it is empty). */
 static int cv_form_field(th_buf *b, const char *name, const char *v, size_t len)
 {
@@ -192,7 +159,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "a voice is required");
         goto out;
     }
-    ref = cv_voice_ref(pc, req->voice, &bad);
+    ref = th_upstream_voice_ref(pc, req->voice, &bad);
     if (bad) {
         th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
         goto out;
@@ -202,7 +169,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         /* sft / instruct: a speaker id; a mapping may name it as spk_id */
         const char *spk = req->voice;
         if (ref != NULL) {
-            spk = cv_ref_str(ref, "spk_id", t1, sizeof t1);
+            spk = th_upstream_ref_str(ref, "spk_id", t1, sizeof t1);
             if (spk == NULL || spk[0] == 0) {
                 th_perr_set(err, TH_PERR_CLIENT, 0, "mode %s needs a speaker id (spk_id)", mode);
                 goto out;
@@ -221,8 +188,8 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     }
 
     /* zero_shot / cross_lingual: the reference wav's bytes as a file part */
-    const char *path = ref != NULL ? cv_ref_str(ref, "prompt_wav", t1, sizeof t1) : NULL;
-    const char *ptext = ref != NULL ? cv_ref_str(ref, "prompt_text", t2, sizeof t2) : NULL;
+    const char *path = ref != NULL ? th_upstream_ref_str(ref, "prompt_wav", t1, sizeof t1) : NULL;
+    const char *ptext = ref != NULL ? th_upstream_ref_str(ref, "prompt_text", t2, sizeof t2) : NULL;
     if (path == NULL || path[0] == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 0,
                     "mode %s needs a voice mapped to {prompt_wav, prompt_text} in the provider's voices",

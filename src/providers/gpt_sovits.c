@@ -39,39 +39,6 @@ static const char *gs_json_str(const uint8_t *body, size_t len, const char *key,
     return json_is_object(*root) ? json_string_value(json_object_get(*root, key)) : NULL;
 }
 
-/* A string from a reference mapping (numbers are written out into tmp), or NULL. */
-static const char *gs_ref_str(const json_t *ref, const char *key, char *tmp, size_t n)
-{
-    const json_t *v = json_object_get(ref, key);
-    if (json_is_string(v)) return json_string_value(v);
-    if (json_is_integer(v)) {
-        snprintf(tmp, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        return tmp;
-    }
-    if (json_is_real(v)) {
-        snprintf(tmp, n, "%g", json_real_value(v));
-        return tmp;
-    }
-    return NULL;
-}
-
-/* The configured reference mapping that voice is, parsed; NULL with *bad = 0 when it is a plain voice
- * name, NULL with *bad = 1 when the configured text does not parse (or no memory). */
-static json_t *gs_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
-{
-    *bad = 0;
-    for (size_t i = 0; i < pc->n_voices; i++) {
-        const th_kv *kv = &pc->voices[i];
-        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
-        json_t *o = json_loads(kv->value, 0, NULL);
-        if (json_is_object(o)) return o;
-        json_decref(o);
-        *bad = 1;
-        return NULL;
-    }
-    return NULL;
-}
-
 /* Is voice the value of one of the provider's voices (what the operator configured, never a client's)? */
 static bool gs_configured(const th_provider_conf *pc, const char *voice)
 {
@@ -134,7 +101,7 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
         goto out;
     } else {
-        ref = gs_voice_ref(pc, req->voice, &bad);
+        ref = th_upstream_voice_ref(pc, req->voice, &bad);
         if (bad) {
             th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
             goto out;
@@ -148,10 +115,10 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         ref_path = req->voice;
     }
     if (ref != NULL) {
-        ref_path = gs_ref_str(ref, "ref_audio_path", t1, sizeof t1);
-        const char *s = gs_ref_str(ref, "prompt_text", t2, sizeof t2);
+        ref_path = th_upstream_ref_str(ref, "ref_audio_path", t1, sizeof t1);
+        const char *s = th_upstream_ref_str(ref, "prompt_text", t2, sizeof t2);
         if (s != NULL) prompt_text = s;
-        s = gs_ref_str(ref, "prompt_lang", t3, sizeof t3);
+        s = th_upstream_ref_str(ref, "prompt_lang", t3, sizeof t3);
         if (s != NULL && s[0] != 0) prompt_lang = s;
         if (ref_path == NULL || ref_path[0] == 0) {
             th_perr_set(err, TH_PERR_CLIENT, 0, "the voice mapping has no ref_audio_path");

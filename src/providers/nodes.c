@@ -30,23 +30,6 @@
 
 #include "providers/upstream.h"
 
-/* The configured reference mapping that voice is, parsed; NULL with *bad = 0 when it is a plain voice
- * name, NULL with *bad = 1 when the configured text does not parse (or no memory). */
-static json_t *nd_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
-{
-    *bad = 0;
-    for (size_t i = 0; voice != NULL && i < pc->n_voices; i++) {
-        const th_kv *kv = &pc->voices[i];
-        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
-        json_t *o = json_loads(kv->value, 0, NULL);
-        if (json_is_object(o)) return o;
-        json_decref(o);
-        *bad = 1;
-        return NULL;
-    }
-    return NULL;
-}
-
 /* The format name to ask the node for: the client's, or wav when it has none. */
 static const char *nd_format(const th_synth_req *req)
 {
@@ -122,7 +105,7 @@ static int nd_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         goto out;
     }
     if (nd_seed2(pc)) return s2_build(pc, req, out, err);
-    if (req->ref == NULL) ref = nd_voice_ref(pc, req->voice, &bad);
+    if (req->ref == NULL) ref = th_upstream_voice_ref(pc, req->voice, &bad);
     if (bad) {
         th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
         goto out;

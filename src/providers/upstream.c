@@ -346,6 +346,36 @@ const char *th_upstream_secret(const th_provider_conf *pc)
     return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
+json_t *th_upstream_voice_ref(const th_provider_conf *pc, const char *voice, int *bad)
+{
+    *bad = 0;
+    for (size_t i = 0; voice != NULL && i < pc->n_voices; i++) {
+        const th_kv *kv = &pc->voices[i];
+        if (!kv->is_map || kv->value == NULL || strcmp(kv->value, voice) != 0) continue;
+        json_t *o = json_loads(kv->value, 0, NULL);
+        if (json_is_object(o)) return o;
+        json_decref(o);
+        *bad = 1;
+        return NULL;
+    }
+    return NULL;
+}
+
+const char *th_upstream_ref_str(const json_t *ref, const char *key, char *tmp, size_t n)
+{
+    const json_t *v = json_object_get(ref, key);
+    if (json_is_string(v)) return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(tmp, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return tmp;
+    }
+    if (json_is_real(v)) {
+        snprintf(tmp, n, "%g", json_real_value(v));
+        return tmp;
+    }
+    return NULL;
+}
+
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def)
 {
     if (pc == NULL) return def;

@@ -12,6 +12,7 @@
 #ifndef TH_PROVIDERS_UPSTREAM_H
 #define TH_PROVIDERS_UPSTREAM_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -146,6 +147,12 @@ int th_upstream_query(th_upstream_http *h, const char *name, const char *value);
 int th_upstream_header(th_upstream_http *h, const char *name, const char *value);
 /** The secret named by api_key_env (NULL when unset or empty). Never logged. */
 const char *th_upstream_secret(const th_provider_conf *pc);
+/** The configured reference mapping (a cloning kind's voices entry) that voice is, parsed; NULL with
+ * *bad = 0 when it is a plain voice name, NULL with *bad = 1 when the configured text does not parse
+ * (or no memory). The caller json_decref()s it. */
+json_t *th_upstream_voice_ref(const th_provider_conf *pc, const char *voice, int *bad);
+/** A string from a reference mapping (numbers are written out into tmp), or NULL. */
+const char *th_upstream_ref_str(const json_t *ref, const char *key, char *tmp, size_t n);
 /** A kind option from conf->opts, else the kind's default (th_provider_opt_default), else def. */
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def);
 /** Generic error mapping by status: 400/404/413/415/422 -> CLIENT, 401/403 -> STATUS (our config is at

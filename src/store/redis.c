@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 
 #include "core/clock.h"
+#include "core/list.h"
 #include "core/str.h"
 
 #define RD_BACKOFF_MIN_MS 100
@@ -270,15 +271,7 @@ static void rd_set_text(rd_conn *r, const char *fmt, ...)
 static void rd_unqueue(rd_conn *r, rd_cmd *c)
 {
     if (!c->queued) return;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        r->head = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        r->tail = c->prev;
-    c->prev = c->next = NULL;
+    TH_DL_UNLINK_T(r->head, r->tail, c, prev, next);
     c->queued = false;
     if (r->stats.inflight > 0) r->stats.inflight--;
 }

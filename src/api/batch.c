@@ -132,7 +132,6 @@ static void answer(batch *b)
         json_array_append_new(results, r);
     }
     c->chars = chars;
-    hub->stats.chars += (uint64_t)chars;
     if (hub->metrics && chars > 0) {
         const char *lbl[] = {c->tenant ? c->tenant : "", NULL};
         th_metrics_add(hub->metrics, TH_M_CHARS, lbl, (double)chars);

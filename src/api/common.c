@@ -86,8 +86,6 @@ void th_api_ctx_free(th_api_ctx *c)
 void th_api_log(th_api_ctx *c, int status)
 {
     th_hub *hub = c->hub;
-    hub->stats.requests++;
-    if (status >= 400) hub->stats.errors++;
     double dur = (double)(th_mono_us() - th_http_start_us(c->req)) / 1000.0;
     th_access a = {
         .generation = c->rid,

@@ -65,7 +65,7 @@ json_t *th_api_health_doc(th_hub *hub, const char **status_out)
         "{s:s,s:s,s:I,s:{s:o,s:o,s:o,s:o},s:{s:I,s:I}}", "status", status, "version", TH_VERSION,
         "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000), "components",
         "providers", providers, "registry", registry, "redis", redis, "limiter", limiter, "requests", "total",
-        (json_int_t)hub->stats.requests, "in_flight", (json_int_t)hub->stats.inflight);
+        (json_int_t)th_hub_requests(hub), "in_flight", (json_int_t)hub->stats.inflight);
     json_t *comp = o ? json_object_get(o, "components") : NULL;
     if (comp && hub->vlib)
         json_object_set_new(comp, "voice_library",

@@ -245,7 +245,6 @@ static int sy_data(void *ud, const uint8_t *data, size_t len)
 static void sy_done(void *ud)
 {
     th_api_ctx *c = ud;
-    c->hub->stats.chars += (uint64_t)(c->chars > 0 ? c->chars : 0);
     if (!c->started) start_response(c, th_synth_provider(c->synth), "MISS", -1);
     send_sse_done(c);
     finish(c, 200, true, false);

@@ -144,15 +144,15 @@ static json_t *status_doc(th_hub *hub)
         "{s:s,s:s,s:I,s:{s:I,s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I},s:o*,s:o*,s:o*,s:o*}", "status", status,
         "version", TH_VERSION, "uptime_seconds", (json_int_t)((th_mono_ms() - hub->started_mono_ms) / 1000),
         "nodes", "total", (json_int_t)total, "online", (json_int_t)online, "offline",
-        (json_int_t)(total - online), "requests", "total", (json_int_t)hub->stats.requests, "errors",
-        (json_int_t)hub->stats.errors, "in_flight", (json_int_t)hub->stats.inflight, "characters",
-        (json_int_t)hub->stats.chars, "audio_bytes", (json_int_t)hub->stats.audio_bytes, "latency_ms",
+        (json_int_t)(total - online), "requests", "total", (json_int_t)th_hub_requests(hub), "errors",
+        (json_int_t)th_hub_errors(hub), "in_flight", (json_int_t)hub->stats.inflight, "characters",
+        (json_int_t)th_hub_chars(hub), "audio_bytes", (json_int_t)hub->stats.audio_bytes, "latency_ms",
         latency, "engines", engines, "providers", providers, "announcements", ann);
     /* the voice-clone gateway's flat SystemStatus keys, which its scripts read */
     if (o != NULL &&
         (json_object_set_new(o, "online_nodes", json_integer((json_int_t)online)) != 0 ||
          json_object_set_new(o, "total_nodes", json_integer((json_int_t)total)) != 0 ||
-         json_object_set_new(o, "total_requests", json_integer((json_int_t)hub->stats.requests)) != 0 ||
+         json_object_set_new(o, "total_requests", json_integer((json_int_t)th_hub_requests(hub))) != 0 ||
          json_object_set_new(o, "current_concurrent", json_integer((json_int_t)hub->stats.inflight)) != 0 ||
          json_object_set_new(o, "avg_response_time_ms", json_real(avg_ms)) != 0)) {
         json_decref(o);

@@ -60,6 +60,21 @@ int th_hub_defer(th_hub *hub, void (*fn)(void *), void *ptr)
     return 0;
 }
 
+uint64_t th_hub_requests(const th_hub *hub)
+{
+    return (uint64_t)th_metrics_sum(hub->metrics, TH_M_REQUESTS, 0, NULL);
+}
+
+uint64_t th_hub_errors(const th_hub *hub)
+{
+    return (uint64_t)th_metrics_sum(hub->metrics, TH_M_REQUESTS, 1, "400");
+}
+
+uint64_t th_hub_chars(const th_hub *hub)
+{
+    return (uint64_t)th_metrics_sum(hub->metrics, TH_M_CHARS, 0, NULL);
+}
+
 int th_hub_provider_index(const th_hub *hub, const char *name)
 {
     for (size_t i = 0; i < hub->n_providers; i++)

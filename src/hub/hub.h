@@ -36,10 +36,8 @@
 struct th_vlib; /* voice/library.h: the voice library */
 
 typedef struct th_hub_stats {
-    uint64_t requests; /* client requests answered */
-    uint64_t errors;   /* of which status >= 400 */
-    uint64_t inflight; /* synthesis requests under way */
-    uint64_t chars;    /* code points synthesised */
+    /* requests, errors and characters are counted once, in metrics (th_hub_requests...) */
+    uint64_t inflight; /* synthesis requests under way (the ttshub_inflight_requests gauge at scrape) */
     uint64_t audio_bytes;
     float lat_ms[TH_HUB_LAT_RING]; /* durations of the last synthesis requests, for /api/status */
     uint32_t lat_n, lat_pos;
@@ -136,6 +134,12 @@ th_provider *th_hub_provider_new(th_hub *hub, const th_provider_conf *pc, char *
 
 /** The HTTP server limits of a config (at start and on each reload). */
 void th_hub_http_limits(const th_config *cfg, th_http_limits *lim);
+
+/** What /api/status and the status page show, read from the metrics (the one set of counters): client
+ * requests answered, of which errors (status >= 400), and code points synthesised. */
+uint64_t th_hub_requests(const th_hub *hub);
+uint64_t th_hub_errors(const th_hub *hub);
+uint64_t th_hub_chars(const th_hub *hub);
 
 /** Index of a provider by name, or -1. */
 int th_hub_provider_index(const th_hub *hub, const char *name);

@@ -391,6 +391,20 @@ double th_metrics_get(const th_metrics *m, th_metric_id id, const char *const *l
     return d->type == TH_MT_HISTOGRAM ? (double)s->count : s->value;
 }
 
+double th_metrics_sum(const th_metrics *m, th_metric_id id, size_t label, const char *min)
+{
+    if (m == NULL || (unsigned)id >= TH_M_COUNT) return 0;
+    const th_metric_desc *d = &th_metric_descs[id];
+    const family *f = &m->fam[id];
+    double sum = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const series *se = &f->s[i];
+        if (min != NULL && (label >= nlabels(d) || strcmp(se->val[label], min) < 0)) continue;
+        sum += d->type == TH_MT_HISTOGRAM ? (double)se->count : se->value;
+    }
+    return sum;
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Rendering */
 

@@ -67,6 +67,9 @@ void th_metrics_set(th_metrics *m, th_metric_id id, const char *const *labels, d
 void th_metrics_observe(th_metrics *m, th_metric_id id, const char *const *labels, double v);
 /** Reads one series' value (counter/gauge) or count (histogram); 0 when absent. */
 double th_metrics_get(const th_metrics *m, th_metric_id id, const char *const *labels);
+/** The sum over the series of id (counts for histograms); with min, only the series whose label number
+ * label is at least min in byte order ("400": the 4xx and 5xx statuses). */
+double th_metrics_sum(const th_metrics *m, th_metric_id id, size_t label, const char *min);
 /** Prometheus text exposition format 0.0.4 into out. */
 int th_metrics_render(const th_metrics *m, th_buf *out);
 

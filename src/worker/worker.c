@@ -384,11 +384,12 @@ static void send_heartbeat(worker *w)
     w->cpu_us = cpu;
     w->cpu_at_us = now;
     /* NodeMetrics (seed-2 needs node_id in the body) and ttshub's heartbeat in one body */
-    json_t *b = json_pack(
-        "{s:s,s:s,s:b,s:I,s:I,s:f,s:f,s:I,s:I}", "node_id", w->node_id, "status", wire_status(w),
-        "model_loaded", w->model_loaded, "current_concurrent", (json_int_t)w->hub->stats.inflight,
-        "queue_size", (json_int_t)queued(w->hub), "cpu_percent", pct, "memory_percent", memory_percent(),
-        "request_count", (json_int_t)w->hub->stats.requests, "error_count", (json_int_t)w->hub->stats.errors);
+    json_t *b =
+        json_pack("{s:s,s:s,s:b,s:I,s:I,s:f,s:f,s:I,s:I}", "node_id", w->node_id, "status", wire_status(w),
+                  "model_loaded", w->model_loaded, "current_concurrent", (json_int_t)w->hub->stats.inflight,
+                  "queue_size", (json_int_t)queued(w->hub), "cpu_percent", pct, "memory_percent",
+                  memory_percent(), "request_count", (json_int_t)th_hub_requests(w->hub), "error_count",
+                  (json_int_t)th_hub_errors(w->hub));
     char *text = b ? json_dumps(b, JSON_COMPACT) : NULL;
     json_decref(b);
     char path[TH_NODE_ID_MAX + 32];

@@ -91,6 +91,86 @@ static th_config *load_config(const th_serve_opts *opts, FILE *err)
     return cfg;
 }
 
+/* The log, at the config's level or --log-level's. 0 or -1 (said on stderr). */
+static int open_log(th_hub *hub, const th_serve_opts *opts)
+{
+    th_log_level level = hub->cfg->log.level;
+    if (opts->log_level && th_log_level_parse(opts->log_level, &level) != 0) {
+        fprintf(stderr, "ttshub: --log-level must be debug, info, warn or error\n");
+        return -1;
+    }
+    hub->log = th_log_new(level, hub->cfg->log.format, hub->cfg->log.file);
+    if (hub->log == NULL) {
+        fprintf(stderr, "ttshub: cannot open log file %s: %s\n", hub->cfg->log.file, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The client listener, and the metrics one when metrics_listen is set. 0 or -1 (logged). */
+static int listen_all(th_hub *hub, const char *listen, const th_http_limits *lim, bool reuse_port)
+{
+    char err[256] = "";
+    th_http_server_set_reuse_port(hub->http, reuse_port);
+    if (th_http_server_listen(hub->http, listen, err, sizeof err) != 0) {
+        TH_LOG(hub->log, TH_LOG_ERROR, "cannot listen on %s: %s", listen, err);
+        fprintf(stderr, "ttshub: cannot listen on %s: %s\n", listen, err);
+        return -1;
+    }
+    if (hub->metrics_router) {
+        hub->metrics_http = th_http_server_new(hub->loop, lim, th_api_handle_metrics, hub, hub->log);
+        if (hub->metrics_http) th_http_server_set_reuse_port(hub->metrics_http, reuse_port);
+        if (hub->metrics_http == NULL ||
+            th_http_server_listen(hub->metrics_http, hub->cfg->metrics_listen, err, sizeof err) != 0) {
+            TH_LOG(hub->log, TH_LOG_ERROR, "cannot listen on %s: %s", hub->cfg->metrics_listen, err);
+            fprintf(stderr, "ttshub: cannot listen on %s (metrics_listen): %s\n", hub->cfg->metrics_listen,
+                    err);
+            return -1;
+        }
+        TH_LOG(hub->log, TH_LOG_INFO, "metrics on %s (port %d)", hub->cfg->metrics_listen,
+               th_http_server_port(hub->metrics_http));
+    }
+    return 0;
+}
+
+/* auth.mode none on an address others can reach: say so, and close the admin routes (protected mode). */
+static void check_open_mode(th_hub *hub, const char *listen)
+{
+    if (strcmp(hub->cfg->auth.mode, "none") != 0 || is_loopback(listen) || (hub->ext && hub->ext->node_only))
+        return;
+    TH_LOG(hub->log, TH_LOG_WARN,
+           "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
+    hub->safe.protected_mode = !hub->cfg->auth.allow_open_admin;
+    if (hub->safe.protected_mode)
+        TH_LOG(hub->log, TH_LOG_WARN,
+               "protected mode: /admin/*, announcements and the node routes are refused until API keys "
+               "are configured (auth.mode), the cluster token is set (registry.token_env) or "
+               "auth.allow_open_admin is true");
+}
+
+/* SIGTERM and SIGINT drain (on_signal). */
+static void start_signals(th_hub *hub)
+{
+    uv_signal_init(hub->loop, &hub->sig_term);
+    uv_signal_init(hub->loop, &hub->sig_int);
+    hub->sig_term.data = hub->sig_int.data = hub;
+    uv_signal_start(&hub->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&hub->sig_int, on_signal, SIGINT);
+}
+
+/* After the loop: the servers and their routers. */
+static void free_servers(th_hub *hub)
+{
+    th_http_server_free(hub->http);
+    hub->http = NULL;
+    th_http_server_free(hub->metrics_http);
+    hub->metrics_http = NULL;
+    th_router_free(hub->router);
+    hub->router = NULL;
+    th_router_free(hub->metrics_router);
+    hub->metrics_router = NULL;
+}
+
 int th_serve(const th_serve_opts *opts)
 {
     int rc = 1;
@@ -103,16 +183,7 @@ int th_serve(const th_serve_opts *opts)
 
     hub.cfg = load_config(opts, stderr);
     if (hub.cfg == NULL) goto out_loop;
-    th_log_level level = hub.cfg->log.level;
-    if (opts->log_level && th_log_level_parse(opts->log_level, &level) != 0) {
-        fprintf(stderr, "ttshub: --log-level must be debug, info, warn or error\n");
-        goto out_cfg;
-    }
-    hub.log = th_log_new(level, hub.cfg->log.format, hub.cfg->log.file);
-    if (hub.log == NULL) {
-        fprintf(stderr, "ttshub: cannot open log file %s: %s\n", hub.cfg->log.file, strerror(errno));
-        goto out_cfg;
-    }
+    if (open_log(&hub, opts) != 0) goto out_cfg;
     hub.started_ms = th_wall_ms();
     th_uuid_gen_init(&hub.ids);
     hub.started_mono_ms = th_mono_ms();
@@ -130,46 +201,14 @@ int th_serve(const th_serve_opts *opts)
     if (th_hub_build(&hub) != 0) goto out_router;
     if (th_api_feed_new(&hub) != 0) goto out_governance;
 
-    char err[256] = "";
-    bool reuse_port = opts->reuse_port || hub.cfg->reload.reuse_port;
-    th_http_server_set_reuse_port(hub.http, reuse_port);
-    if (th_http_server_listen(hub.http, listen, err, sizeof err) != 0) {
-        TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", listen, err);
-        fprintf(stderr, "ttshub: cannot listen on %s: %s\n", listen, err);
+    if (listen_all(&hub, listen, &lim, opts->reuse_port || hub.cfg->reload.reuse_port) != 0)
         goto out_governance;
-    }
-    if (hub.metrics_router) {
-        hub.metrics_http = th_http_server_new(&loop, &lim, th_api_handle_metrics, &hub, hub.log);
-        if (hub.metrics_http) th_http_server_set_reuse_port(hub.metrics_http, reuse_port);
-        if (hub.metrics_http == NULL ||
-            th_http_server_listen(hub.metrics_http, hub.cfg->metrics_listen, err, sizeof err) != 0) {
-            TH_LOG(hub.log, TH_LOG_ERROR, "cannot listen on %s: %s", hub.cfg->metrics_listen, err);
-            fprintf(stderr, "ttshub: cannot listen on %s (metrics_listen): %s\n", hub.cfg->metrics_listen,
-                    err);
-            goto out_governance;
-        }
-        TH_LOG(hub.log, TH_LOG_INFO, "metrics on %s (port %d)", hub.cfg->metrics_listen,
-               th_http_server_port(hub.metrics_http));
-    }
-    if (strcmp(hub.cfg->auth.mode, "none") == 0 && !is_loopback(listen) && !(hub.ext && hub.ext->node_only)) {
-        TH_LOG(hub.log, TH_LOG_WARN,
-               "auth.mode is none and ttshub listens on %s: anyone who can reach it can use it", listen);
-        hub.safe.protected_mode = !hub.cfg->auth.allow_open_admin;
-        if (hub.safe.protected_mode)
-            TH_LOG(hub.log, TH_LOG_WARN,
-                   "protected mode: /admin/*, announcements and the node routes are refused until API keys "
-                   "are configured (auth.mode), the cluster token is set (registry.token_env) or "
-                   "auth.allow_open_admin is true");
-    }
+    check_open_mode(&hub, listen);
     TH_LOG(hub.log, TH_LOG_INFO, "ttshub %s listening on %s (port %d) with %zu provider(s)%s%s", TH_VERSION,
            listen, th_http_server_port(hub.http), hub.n_providers,
            hub.cfg->path ? ", config " : ", embedded default", hub.cfg->path ? hub.cfg->path : "");
 
-    uv_signal_init(&loop, &hub.sig_term);
-    uv_signal_init(&loop, &hub.sig_int);
-    hub.sig_term.data = hub.sig_int.data = &hub;
-    uv_signal_start(&hub.sig_term, on_signal, SIGTERM);
-    uv_signal_start(&hub.sig_int, on_signal, SIGINT);
+    start_signals(&hub);
     th_hub_start(&hub);
     const char *cfg_path = opts->config_text ? NULL : opts->config_path;
     if (opts->config_text == NULL && (cfg_path == NULL || *cfg_path == 0)) cfg_path = getenv("TTSHUB_CONFIG");
@@ -187,14 +226,7 @@ int th_serve(const th_serve_opts *opts)
 
     uv_run(&loop, UV_RUN_DEFAULT);
     th_hub_run_deferred(&hub);
-    th_http_server_free(hub.http);
-    hub.http = NULL;
-    th_http_server_free(hub.metrics_http);
-    hub.metrics_http = NULL;
-    th_router_free(hub.router);
-    hub.router = NULL;
-    th_router_free(hub.metrics_router);
-    hub.metrics_router = NULL;
+    free_servers(&hub);
     th_hub_finish(&hub);
     rc = hub.exit_code;
     TH_LOG(hub.log, TH_LOG_INFO, "stopped");

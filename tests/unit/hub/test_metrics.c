@@ -385,4 +385,29 @@ TH_TEST(metrics_render_respects_buffer_limit)
     th_metrics_free(NULL);
 }
 
+/* The sums that /api/status and the status page read (one set of counters). */
+TH_TEST(metrics_sum)
+{
+    th_metrics *m = th_metrics_new();
+    TH_REQUIRE(m != NULL);
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUESTS, 0, NULL) == 0);
+    th_metrics_add(m, TH_M_REQUESTS, L("speech", "200"), 3);
+    th_metrics_add(m, TH_M_REQUESTS, L("generate", "200"), 2);
+    th_metrics_add(m, TH_M_REQUESTS, L("speech", "404"), 1);
+    th_metrics_add(m, TH_M_REQUESTS, L("generate", "503"), 4);
+    th_metrics_add(m, TH_M_REQUESTS, L("speech", "302"), 5);
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUESTS, 0, NULL) == 15);
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUESTS, 1, "400") == 5); /* 404 and 503 */
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUESTS, 0, "speech") == 9);
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUESTS, 7, "x") == 0); /* no such label: nothing matches */
+    th_metrics_add(m, TH_M_CHARS, L("acme"), 10);
+    th_metrics_add(m, TH_M_CHARS, L(""), 7);
+    TH_CHECK(th_metrics_sum(m, TH_M_CHARS, 0, NULL) == 17);
+    th_metrics_observe(m, TH_M_REQUEST_SECONDS, L("speech"), 0.1);
+    th_metrics_observe(m, TH_M_REQUEST_SECONDS, L("speech"), 0.2);
+    TH_CHECK(th_metrics_sum(m, TH_M_REQUEST_SECONDS, 0, NULL) == 2); /* histograms: counts */
+    TH_CHECK(th_metrics_sum(NULL, TH_M_CHARS, 0, NULL) == 0);
+    th_metrics_free(m);
+}
+
 TH_TEST_MAIN()

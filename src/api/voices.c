@@ -181,28 +181,8 @@ static void job_free(extract_job *j)
 static void extract_work(uv_work_t *w)
 {
     extract_job *j = w->data;
-    th_buf pcm;
-    /* the decoder stops just past max_seconds; the bound leaves room for that last frame */
-    th_buf_init(&pcm, (size_t)((j->opts.max_seconds + 2) * j->opts.out_rate) * 2 + TH_WAV_HEADER_LEN);
-    if (th_buf_append(&pcm, (const uint8_t[TH_WAV_HEADER_LEN]){0}, TH_WAV_HEADER_LEN) != TH_BUF_OK) {
-        j->drc = TH_DEC_NOMEM;
-        return;
-    }
-    j->drc = th_audio_decode(j->audio, j->audio_len, &j->opts, &pcm, j->err, sizeof j->err);
-    if (j->drc != TH_DEC_OK) {
-        th_buf_free(&pcm);
-        return;
-    }
-    size_t samples = (pcm.len - TH_WAV_HEADER_LEN) / 2;
-    pcm.len = TH_WAV_HEADER_LEN + samples * 2;
-    th_audio_level((const int16_t *)(const void *)(pcm.data + TH_WAV_HEADER_LEN), samples, j->opts.out_rate,
-                   j->silence_dbfs, &j->level);
-    th_wav_header(pcm.data, j->opts.out_rate, 1, 16, (uint32_t)(samples * 2));
-    j->m.duration_s = (double)samples / j->opts.out_rate;
-    j->m.rate = j->opts.out_rate;
-    j->wav = th_buf_steal(&pcm, &j->wav_len);
-    j->m.wav_len = j->wav_len;
-    th_vlib_sha256_hex(j->wav, j->wav_len, j->m.sha256);
+    j->drc = th_vlib_normalise(j->audio, j->audio_len, &j->opts, j->silence_dbfs, &j->m, &j->level, &j->wav,
+                               &j->wav_len, j->err, sizeof j->err);
 }
 
 static void created(void *ud, th_vlib_rc rc, const char *err)

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "audio/wav.h"
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/str.h"
 #include "voice/library_int.h"
@@ -1147,4 +1149,31 @@ void th_vlib_free(th_vlib *l)
     l->closing = true;
     if (l->redis_mode) vl_redis_stop(l);
     vl_maybe_free(l);
+}
+
+th_dec_rc th_vlib_normalise(const uint8_t *audio, size_t len, const th_dec_opts *opts, double silence_dbfs,
+                            th_vlib_meta *m, th_dec_level *level, uint8_t **wav, size_t *wav_len, char *err,
+                            size_t errlen)
+{
+    th_buf pcm;
+    /* the decoder stops just past max_seconds; the bound leaves room for that last frame */
+    th_buf_init(&pcm, (size_t)((opts->max_seconds + 2) * opts->out_rate) * 2 + TH_WAV_HEADER_LEN);
+    if (th_buf_append(&pcm, (const uint8_t[TH_WAV_HEADER_LEN]){0}, TH_WAV_HEADER_LEN) != TH_BUF_OK)
+        return TH_DEC_NOMEM;
+    th_dec_rc rc = th_audio_decode(audio, len, opts, &pcm, err, errlen);
+    if (rc != TH_DEC_OK) {
+        th_buf_free(&pcm);
+        return rc;
+    }
+    size_t samples = (pcm.len - TH_WAV_HEADER_LEN) / 2;
+    pcm.len = TH_WAV_HEADER_LEN + samples * 2;
+    th_audio_level((const int16_t *)(const void *)(pcm.data + TH_WAV_HEADER_LEN), samples, opts->out_rate,
+                   silence_dbfs, level);
+    th_wav_header(pcm.data, opts->out_rate, 1, 16, (uint32_t)(samples * 2));
+    m->duration_s = (double)samples / opts->out_rate;
+    m->rate = opts->out_rate;
+    *wav = th_buf_steal(&pcm, wav_len);
+    m->wav_len = *wav_len;
+    th_vlib_sha256_hex(*wav, *wav_len, m->sha256);
+    return TH_DEC_OK;
 }

@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "audio/decode.h"
 #include "core/log.h"
 #include "store/redis.h"
 #include "providers/provider.h"
@@ -59,6 +60,14 @@ int th_vlib_meta_parse(const char *data, size_t len, th_vlib_meta *m, char *err,
 char *th_vlib_meta_dump(const th_vlib_meta *m);
 /** Lowercase hex sha256 of p[0..n). */
 void th_vlib_sha256_hex(const uint8_t *p, size_t n, char out[65]);
+
+/** An uploaded file (any container th_audio_decode takes) to the library's normalised reference: a mono
+ * s16 WAV at opts->out_rate. Fills m's duration_s, rate, wav_len and sha256, and *level (silence_dbfs is
+ * the level that counts as sound). On TH_DEC_OK *wav (malloc'd, *wav_len bytes) is the caller's; on any
+ * other result nothing is left to free and err says why. Blocking: run it on the thread pool. */
+th_dec_rc th_vlib_normalise(const uint8_t *audio, size_t len, const th_dec_opts *opts, double silence_dbfs,
+                            th_vlib_meta *m, th_dec_level *level, uint8_t **wav, size_t *wav_len, char *err,
+                            size_t errlen);
 /** Deep copy; 0 or -1 (ENOMEM). */
 int th_vlib_meta_copy(th_vlib_meta *dst, const th_vlib_meta *src);
 void th_vlib_meta_free(th_vlib_meta *m);

@@ -14,11 +14,11 @@
 
 #include "audio/format.h"
 #include "http/http.h"
-#include "hub/auth.h"
-#include "hub/cache.h"
+#include "governance/auth.h"
+#include "governance/cache.h"
 #include "hub/hub.h"
-#include "hub/limit.h"
-#include "hub/quota.h"
+#include "governance/limit.h"
+#include "governance/quota.h"
 #include "hub/synth.h"
 #include "providers/provider.h"
 

@@ -5,7 +5,7 @@
  * released exactly once, a quota reservation is committed (success) or
  * refunded (failure) exactly once, and a cache flight is finished or failed
  * exactly once. With the limits in Redis (hub->policy), the first three
- * steps are one round trip (hub/policy.h) whose answers run through the
+ * steps are one round trip (governance/policy.h) whose answers run through the
  * same handlers, and the release and settle go out after the response has
  * ended. */
 #include "api/api.h"

@@ -23,7 +23,7 @@
 #include "core/str.h"
 #include "core/uuid.h"
 #include "http/body.h"
-#include "hub/nodevoice.h"
+#include "cluster/nodevoice.h"
 #include "voice/library.h"
 
 #define LIST_MAX 10000

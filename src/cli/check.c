@@ -1,7 +1,7 @@
 /* check: `ttshub check -c FILE` validates a config file and prints every error with its YAML path. */
 #include "cli/cli.h"
 
-#include "hub/config.h"
+#include "config/config.h"
 
 #include <stdio.h>
 #include <stdlib.h>

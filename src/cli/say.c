@@ -23,7 +23,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/str.h"
-#include "hub/split.h"
+#include "routing/split.h"
 
 #define SAY_MAX_TEXT (8u * 1024u * 1024u)
 #define SAY_LONG_BYTES 2000u /* longer text goes in parts */

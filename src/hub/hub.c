@@ -10,7 +10,7 @@
 #include "core/clock.h"
 #include "core/sdnotify.h"
 #include "core/str.h"
-#include "hub/nodevoice.h"
+#include "cluster/nodevoice.h"
 #include "hub/reload.h"
 #include "providers/upstream.h"
 #include "voice/library.h"

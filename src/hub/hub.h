@@ -16,19 +16,19 @@
 #include "http/client.h"
 #include "http/http.h"
 #include "http/router.h"
-#include "hub/announce.h"
-#include "hub/auth.h"
-#include "hub/cache.h"
-#include "hub/config.h"
-#include "hub/limit.h"
-#include "hub/quota.h"
+#include "governance/announce.h"
+#include "governance/auth.h"
+#include "governance/cache.h"
+#include "config/config.h"
+#include "governance/limit.h"
+#include "governance/quota.h"
 #include "store/redis.h"
-#include "hub/registry.h"
-#include "hub/regsync.h"
-#include "hub/metrics.h"
-#include "hub/policy.h"
+#include "cluster/registry.h"
+#include "cluster/regsync.h"
+#include "observability/metrics.h"
+#include "governance/policy.h"
 #include "hub/route.h"
-#include "hub/trace.h"
+#include "observability/trace.h"
 #include "providers/provider.h"
 
 #define TH_HUB_LAT_RING 1024
@@ -80,7 +80,7 @@ struct th_hub {
     th_regsync *regsync;   /* registry.backend redis: the registry shared through Redis, else NULL */
     uv_timer_t registry_timer;      /* marks silent nodes offline, once a second */
     th_client *ctl_client;          /* node commands (POST {node}/command) */
-    struct th_nodevoice *nodevoice; /* library voices pushed ahead to seed-2 nodes (hub/nodevoice.h) */
+    struct th_nodevoice *nodevoice; /* library voices pushed ahead to seed-2 nodes (cluster/nodevoice.h) */
     th_announce *announce;          /* operator announcements */
     void *feed;                     /* the front end's /ws live feed (api/status.c); the hub never looks in */
     th_tracer *tracer;              /* OTLP traces; NULL when tracing.otlp_endpoint is empty */

@@ -20,7 +20,7 @@
 
 #include <jansson.h>
 
-#include "hub/config.h"
+#include "config/config.h"
 
 struct th_hub;
 typedef struct th_reload th_reload;

@@ -8,7 +8,7 @@
 #include "core/list.h"
 #include "core/str.h"
 #include "hub/hub.h"
-#include "hub/metrics.h"
+#include "observability/metrics.h"
 #include "hub/reload.h"
 #include "providers/upstream.h"
 

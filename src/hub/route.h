@@ -24,9 +24,9 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "hub/balance.h"
-#include "hub/breaker.h"
-#include "hub/config.h"
+#include "routing/balance.h"
+#include "routing/breaker.h"
+#include "config/config.h"
 #include "providers/provider.h"
 
 struct th_hub;

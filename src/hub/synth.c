@@ -8,8 +8,8 @@
 #include "audio/stream.h"
 #include "core/clock.h"
 #include "core/str.h"
-#include "hub/metrics.h"
-#include "hub/split.h"
+#include "observability/metrics.h"
+#include "routing/split.h"
 #include "voice/library.h"
 
 /* Unconverted input past this pauses the provider; below the low mark it resumes. */

@@ -15,7 +15,7 @@
  * started when the first is slower than that; the first to send audio wins.
  *
  * Long text: when the input is longer than the smallest max_input_chars of
- * the candidates, it is split at sentence boundaries (hub/split.h), the
+ * the candidates, it is split at sentence boundaries (routing/split.h), the
  * parts are synthesised in parallel (a window of TH_SYNTH_PARALLEL), each
  * decoded to PCM, and concatenated in order into one encoder; the first
  * part streams while later parts are still being made. */
@@ -28,7 +28,7 @@
 
 #include "audio/format.h"
 #include "hub/hub.h"
-#include "hub/trace.h"
+#include "observability/trace.h"
 #include "providers/provider.h"
 
 typedef struct th_synth th_synth;

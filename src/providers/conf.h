@@ -1,7 +1,7 @@
 /* providers/conf: the types of a provider's config section (th_provider_conf) and each kind's own
  * option defaults, in one place.
  *
- * Types only, with no dependency above core: the config parser (hub/config.c) fills these structures,
+ * Types only, with no dependency above core: the config parser (config/config.c) fills these structures,
  * and the providers read them. A kind's own keys (model, api, text_lang...) are stored as text in
  * opts; th_provider_opt_default() gives the documented default of one for a kind, which the parser
  * writes into opts when the key is absent and th_upstream_opt() falls back to. */

@@ -9,7 +9,7 @@
  * our own setup is at fault), 503 (node in standby, busy) -> OVERLOADED, others -> STATUS.
  * Probe: GET /health (only with a fixed base_url).
  * With base_url set the provider talks to that one node; without it, each request goes to a node of the
- * provider's `engine` picked from the hub's registry (hub/registry.h, installed by the hub as the
+ * provider's `engine` picked from the hub's registry (cluster/registry.h, installed by the hub as the
  * provider's targets), by the provider's `strategy` (round_robin, least_load or random).
  * A library voice (req->ref): voice is its id, with reference_sha256, reference_text and reference_language
  * and no audio; a node that does not hold that reference answers 409 {"code":"reference_missing"}, and the

@@ -1,6 +1,6 @@
 /* fuzz_config: th_config_parse on arbitrary bytes. Every path must free everything (LSan), and a
  * config that loads must also dump to JSON. */
-#include "hub/config.h"
+#include "config/config.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,8 +6,8 @@
  *      that the claim checks behind the signature are reached too;
  *   3: "Bearer " + the rest.
  * Nothing may crash or leak, and an OK result must carry a well-formed identity. */
-#include "hub/auth.h"
-#include "hub/config.h"
+#include "governance/auth.h"
+#include "config/config.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

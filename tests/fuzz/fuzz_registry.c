@@ -7,7 +7,7 @@
  * the fields the API promises (a protocol, library_voices within max_node_voices). Bit 6 of the first byte
  * records a library voice as held by every listed node (seed-2 pushes), and picks prefer its holders. */
 #include "http/body.h"
-#include "hub/registry.h"
+#include "cluster/registry.h"
 
 #include <stdint.h>
 #include <stdio.h>

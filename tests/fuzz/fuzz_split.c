@@ -5,7 +5,7 @@
  * For valid UTF-8 also: chunk edges on code point boundaries, `chars` equal to the code point count,
  * and chunks trimmed. The whitespace set is spelled out here on its own, not taken from split.c. */
 #include "core/str.h"
-#include "hub/split.h"
+#include "routing/split.h"
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* fuzz_traceparent: th_trace_parse_parent on any header value. A context it accepts must format back to
  * a version-00 header that parses to the same context. */
-#include "hub/trace.h"
+#include "observability/trace.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
 #include "th_test.h"
 
 #include "hub/fake_hub.h"
-#include "hub/hub_loop.h"
+#include "hub_loop.h"
 #include "hub/synth.h"
 
 #include <stdio.h>

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../hub/hub_loop.h"
+#include "hub_loop.h"
 #include "audio/wav.h"
 #include "core/clock.h"
 #include "th_test.h"

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../hub/redis_proc.h"
+#include "redis_proc.h"
 #include "audio/wav.h"
 #include "th_test.h"
 #include "voice/library.h"

@@ -1,0 +1,1109 @@
+/* limit: rate limits and concurrency slots, in memory or shared through Redis.
+ *
+ * Local backend
+ *  - Sliding-window RPM is an exact log: a ring of the timestamps (ms) of the hits of the last 60 s, one
+ *    ring per limited thing (global, each IP, tenant, key). A hit at t counts while now < t + 60 s. A
+ *    request is refused when the ring already holds `limit` hits; reset/retry-after is the time until the
+ *    oldest hit leaves (rounded up to whole seconds, at least 1). Rings grow on demand up to the limit, so
+ *    memory follows the real traffic rather than the configured number.
+ *  - Token bucket per tenant: `rate` tokens/s up to `burst` (burst 0 = rate); starts full; one token per
+ *    request.
+ *  - Concurrency: a global counter and one per tenant; th_limit_slot remembers what it incremented and is
+ *    freed by th_limit_release, so nothing is decremented twice.
+ *  - Check all, then charge: phase 1 only reads (no entry is created), phase 2 creates entries and
+ *    reserves ring space (the only steps that can fail, before anything is charged), phase 3 charges.
+ *  - Per-IP, tenant and key entries live in bounded hash tables (65,536 entries each) with an LRU list:
+ *    entries untouched for more than 2 minutes are dropped (a few per check, all of them in
+ *    th_limiter_sweep), and the least recently used entry is evicted when a table is full. A tenant entry
+ *    that holds slots, or whose bucket is not yet full again, is never dropped.
+ *  - now_ms is clamped so it never goes backwards within one limiter.
+ *
+ * Redis backend
+ *  - One Lua script (CHECK_LUA below) does every RPM and bucket check and the concurrency ceilings, then
+ *    charges, atomically. now_ms comes from the caller (hubs keep their clocks in sync with NTP; tests can
+ *    drive time) rather than from the server's TIME.
+ *  - Windows: a ZSET per limit whose members are unique per request (hub id + sequence) scored by now_ms;
+ *    ZREMRANGEBYSCORE drops what is 60 s old, ZCARD counts, ZADD charges, PEXPIRE 61 s.
+ *  - Bucket: a HASH {tokens, ts}, refilled from the elapsed time, PEXPIRE the time to refill + 1 s (an
+ *    absent bucket is a full one).
+ *  - Concurrency: a ZSET of slot holders per limit scored with an expiry time (now + slot TTL). Acquire
+ *    removes expired holders, compares ZCARD with the ceiling, ZADDs the member; release ZREMs it (a tiny
+ *    second script). The key itself expires after the TTL. The slot TTL is limits.request_timeout + 60 s
+ *    (10 min when there is no request timeout): a request cannot legitimately hold a slot longer, and a
+ *    hub that crashed leaks its slots for at most that long. This is the "INCR with a ceiling + DECR" idea
+ *    with a per-slot TTL, which also expires leaked slots while other hubs keep the key busy.
+ *  - When Redis is down or times out (or the script fails): on_backend_error closed -> refused, 503,
+ *    "backend_unavailable", retry-after 1; open -> this hub's local limiter decides for that request and
+ *    the result is marked degraded. Each hub still protects itself, but the cluster-wide limits become
+ *    per-hub limits while Redis is away. A command that timed out may still have been charged in Redis.
+ *    Releasing a Redis slot while Redis is down does nothing: the holder expires with its TTL. */
+#include "governance/limit.h"
+
+#include <hiredis/read.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "core/buf.h"
+#include "core/list.h"
+#include "core/str.h"
+
+#define LIM_WINDOW_MS 60000
+#define LIM_IDLE_MS 120000
+#define LIM_TABLE_MAX 65536
+#define LIM_EXPIRE_STEPS 4 /* idle entries dropped per check */
+#define LIM_SLOT_TTL_DEFAULT_MS 600000
+#define LIM_SLOT_TTL_EXTRA_MS 60000
+
+enum { L_GLOBAL = 1, L_IP, L_TENANT, L_RATE, L_KEY, L_CONC, L_TCONC, L_N = L_TCONC };
+
+static const char *const lim_reason[L_N + 1] = {
+    NULL, "global_rpm", "ip_rpm", "tenant_rpm", "tenant_rate", "key_rpm", "concurrency", "tenant_concurrency",
+};
+static const char *const REASON_BACKEND = "backend_unavailable";
+
+/* KEYS: 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
+ *       6 global concurrency holders, 7 tenant concurrency holders.
+ * ARGV: 1 now_ms, 2 member, 3 global_rpm, 4 ip_rpm, 5 tenant_rpm, 6 key_rpm, 7 concurrency,
+ *       8 tenant_concurrency, 9 rate, 10 burst, 11 slot_ttl_ms. A limit of 0 is not checked and its key
+ *       is not touched.
+ * Returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the first limit
+ * that said no; allowed -> the rate limit closest to refusing (0 when none applies). */
+static const char CHECK_LUA[] =
+    "local now = tonumber(ARGV[1])\n"
+    "local member = ARGV[2]\n"
+    "local W = 60000\n"
+    "local rate, burst, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])\n"
+    "if burst <= 0 then burst = rate end\n"
+    "local lim = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), 0,\n"
+    "             tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}\n"
+    "if rate > 0 then lim[4] = burst end\n"
+    "local best, bl, brem, breset = 0, 0, 0, 0\n"
+    "local tokens, bts = 0, now\n"
+    "local function note(i, l, rem, reset)\n"
+    "  if best == 0 or rem < brem then best, bl, brem, breset = i, l, rem, reset end\n"
+    "end\n"
+    "for i = 1, 7 do\n"
+    "  local l = lim[i]\n"
+    "  if l > 0 then\n"
+    "    local k = KEYS[i]\n"
+    "    if i == 4 then\n"
+    "      local h = redis.call('HMGET', k, 'tokens', 'ts')\n"
+    "      local t, ts = tonumber(h[1]), tonumber(h[2])\n"
+    "      if t == nil or ts == nil then t, ts = burst, now end\n"
+    "      local el = now - ts\n"
+    "      if el < 0 then el = 0 end\n"
+    "      t = math.min(burst, t + el * rate / 1000)\n"
+    "      if t < 1 then\n"
+    "        local wait = math.ceil((1 - t) * 1000 / rate)\n"
+    "        return {0, 4, burst, 0, wait, wait}\n"
+    "      end\n"
+    "      tokens, bts = t, math.max(ts, now)\n"
+    "      note(4, burst, math.floor(t - 1), math.ceil((burst - t + 1) * 1000 / rate))\n"
+    "    elseif i >= 6 then\n"
+    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', now)\n"
+    "      if redis.call('ZCARD', k) >= l then return {0, i, l, 0, 1000, 1000} end\n"
+    "    else\n"
+    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', now - W)\n"
+    "      local n = redis.call('ZCARD', k)\n"
+    "      local reset = W\n"
+    "      if n > 0 then\n"
+    "        local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
+    "        reset = tonumber(o[2]) + W - now\n"
+    "      end\n"
+    "      if n >= l then return {0, i, l, 0, reset, reset} end\n"
+    "      note(i, l, l - n - 1, reset)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, 7 do\n"
+    "  if lim[i] > 0 then\n"
+    "    local k = KEYS[i]\n"
+    "    if i == 4 then\n"
+    "      redis.call('HSET', k, 'tokens', tostring(tokens - 1), 'ts', tostring(bts))\n"
+    "      redis.call('PEXPIRE', k, math.ceil(burst * 1000 / rate) + 1000)\n"
+    "    elseif i >= 6 then\n"
+    "      redis.call('ZADD', k, now + ttl, member)\n"
+    "      redis.call('PEXPIRE', k, ttl)\n"
+    "    else\n"
+    "      redis.call('ZADD', k, now, member)\n"
+    "      redis.call('PEXPIRE', k, W + 1000)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {1, best, bl, brem, breset, 0}\n";
+
+/* KEYS: the concurrency holder sets of the slot. ARGV: 1 member. */
+static const char RELEASE_LUA[] = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end\n"
+                                  "return 0\n";
+
+/* ---- sliding window: a ring of hit timestamps ----------------------------------------------------- */
+
+typedef struct lim_win {
+    int64_t *ts;
+    uint32_t cap, head, n;
+} lim_win;
+
+static void win_prune(lim_win *w, int64_t now)
+{
+    while (w->n > 0 && w->ts[w->head] <= now - LIM_WINDOW_MS) {
+        w->head = (w->head + 1) % w->cap;
+        w->n--;
+    }
+}
+
+/* ms until the oldest hit leaves; a full window when empty. */
+static int64_t win_reset_ms(const lim_win *w, int64_t now)
+{
+    return w->n > 0 ? w->ts[w->head] + LIM_WINDOW_MS - now : LIM_WINDOW_MS;
+}
+
+/* Makes room for one more hit (n < limit). */
+static int win_reserve(lim_win *w, int64_t limit)
+{
+    if (w->n < w->cap) return 0;
+    uint64_t ncap = w->cap ? (uint64_t)w->cap * 2 : 4;
+    if ((int64_t)ncap > limit) ncap = (uint64_t)limit;
+    if (ncap <= w->n) ncap = (uint64_t)w->n + 1;
+    if (ncap > UINT32_MAX) return -1;
+    int64_t *ts = malloc(ncap * sizeof *ts);
+    if (ts == NULL) return -1;
+    for (uint32_t i = 0; i < w->n; i++)
+        ts[i] = w->ts[(w->head + i) % w->cap];
+    free(w->ts);
+    w->ts = ts;
+    w->cap = (uint32_t)ncap;
+    w->head = 0;
+    return 0;
+}
+
+static void win_push(lim_win *w, int64_t now)
+{
+    w->ts[(w->head + w->n) % w->cap] = now;
+    w->n++;
+}
+
+static void win_free(lim_win *w)
+{
+    free(w->ts);
+    memset(w, 0, sizeof *w);
+}
+
+/* ---- bounded hash tables with LRU and idle expiry ------------------------------------------------- */
+
+typedef struct lim_entry lim_entry;
+struct lim_entry {
+    lim_entry *hnext;     /* hash chain */
+    lim_entry *mru, *lru; /* neighbours towards the most / least recently used end */
+    uint64_t hash;
+    int64_t last_ms;
+    lim_win win;
+    bool bucket;
+    double tokens;
+    int64_t tok_ms;
+    int64_t rate, burst;
+    int64_t inflight; /* tenant slots held: pins the entry */
+    size_t keylen;
+    char key[];
+};
+
+typedef struct lim_table {
+    lim_entry **slots;
+    size_t nslots, n, max;
+    lim_entry *mru_end, *lru_end;
+    uint64_t seed;
+} lim_table;
+
+static uint64_t lim_hash(uint64_t seed, const char *s, size_t n)
+{
+    uint64_t h = seed ^ 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static lim_entry *table_find(const lim_table *t, const char *key)
+{
+    if (t->nslots == 0) return NULL;
+    size_t n = strlen(key);
+    uint64_t h = lim_hash(t->seed, key, n);
+    for (lim_entry *e = t->slots[h & (t->nslots - 1)]; e != NULL; e = e->hnext)
+        if (e->hash == h && e->keylen == n && memcmp(e->key, key, n) == 0) return e;
+    return NULL;
+}
+
+static void lru_unlink(lim_table *t, lim_entry *e)
+{
+    if (e->mru)
+        e->mru->lru = e->lru;
+    else
+        t->mru_end = e->lru;
+    if (e->lru)
+        e->lru->mru = e->mru;
+    else
+        t->lru_end = e->mru;
+    e->mru = e->lru = NULL;
+}
+
+static void lru_push_mru(lim_table *t, lim_entry *e)
+{
+    e->mru = NULL;
+    e->lru = t->mru_end;
+    if (t->mru_end)
+        t->mru_end->mru = e;
+    else
+        t->lru_end = e;
+    t->mru_end = e;
+}
+
+static void table_touch(lim_table *t, lim_entry *e, int64_t now)
+{
+    e->last_ms = now;
+    if (t->mru_end == e) return;
+    lru_unlink(t, e);
+    lru_push_mru(t, e);
+}
+
+static void table_remove(lim_table *t, lim_entry *e)
+{
+    lim_entry **pp = &t->slots[e->hash & (t->nslots - 1)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    lru_unlink(t, e);
+    t->n--;
+    win_free(&e->win);
+    free(e);
+}
+
+/* Nothing would be lost by dropping e: no slots held, no hits in the window, bucket full again. */
+static bool entry_idle(const lim_entry *e, int64_t now)
+{
+    if (e->inflight > 0) return false;
+    if (e->win.n > 0 && e->win.ts[(e->win.head + e->win.n - 1) % e->win.cap] > now - LIM_WINDOW_MS)
+        return false;
+    if (e->bucket && e->rate > 0 &&
+        e->tokens + (double)(now - e->tok_ms) * (double)e->rate / 1000.0 < (double)e->burst)
+        return false;
+    return true;
+}
+
+/* Drops up to steps entries untouched for more than LIM_IDLE_MS. An old entry that must stay (pinned, or
+ * its bucket still refilling) moves to the recent end, so it does not block the others. */
+static void table_expire(lim_table *t, int64_t now, size_t steps)
+{
+    for (size_t i = 0; i < steps && t->lru_end != NULL; i++) {
+        lim_entry *e = t->lru_end;
+        if (now - e->last_ms <= LIM_IDLE_MS) break;
+        if (entry_idle(e, now)) {
+            table_remove(t, e);
+        } else {
+            lru_unlink(t, e);
+            lru_push_mru(t, e);
+        }
+    }
+}
+
+static int table_grow(lim_table *t)
+{
+    size_t ns = t->nslots ? t->nslots * 2 : 16;
+    lim_entry **slots = calloc(ns, sizeof *slots);
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < t->nslots; i++) {
+        lim_entry *e = t->slots[i];
+        while (e != NULL) {
+            lim_entry *next = e->hnext;
+            e->hnext = slots[e->hash & (ns - 1)];
+            slots[e->hash & (ns - 1)] = e;
+            e = next;
+        }
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->nslots = ns;
+    return 0;
+}
+
+/* The entry for key, created (as most recently used) when missing. NULL on ENOMEM. When the table is
+ * full the least recently used entry that holds no slot is evicted; if every entry tried holds slots the
+ * table goes over its bound (slots are bounded by the requests in flight). */
+static lim_entry *table_get(lim_table *t, const char *key, int64_t now)
+{
+    lim_entry *e = table_find(t, key);
+    if (e != NULL) {
+        table_touch(t, e, now);
+        return e;
+    }
+    for (size_t tries = 0; t->n >= t->max && t->lru_end != NULL && tries < 64; tries++) {
+        lim_entry *old = t->lru_end;
+        if (old->inflight == 0) {
+            table_remove(t, old);
+        } else {
+            lru_unlink(t, old);
+            lru_push_mru(t, old);
+        }
+    }
+    if (t->n + 1 > t->nslots && table_grow(t) != 0) return NULL;
+    size_t n = strlen(key);
+    e = calloc(1, sizeof *e + n + 1);
+    if (e == NULL) return NULL;
+    memcpy(e->key, key, n + 1);
+    e->keylen = n;
+    e->hash = lim_hash(t->seed, key, n);
+    e->last_ms = now;
+    lim_entry **head = &t->slots[e->hash & (t->nslots - 1)];
+    e->hnext = *head;
+    *head = e;
+    lru_push_mru(t, e);
+    t->n++;
+    return e;
+}
+
+static void table_free(lim_table *t)
+{
+    while (t->lru_end != NULL)
+        table_remove(t, t->lru_end);
+    free(t->slots);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- the limiter ---------------------------------------------------------------------------------- */
+
+typedef struct lim_pending lim_pending;
+
+struct th_limit_slot {
+    th_limiter *l; /* NULL once the limiter is gone */
+    th_limit_slot *prev, *next;
+    lim_entry *tenant; /* local: the tenant entry whose inflight this slot holds */
+    bool redis;        /* Redis holders to remove on release */
+    bool redis_global;
+    char *redis_tenant_key; /* tenant concurrency holder set, or NULL */
+    char member[48];
+};
+
+struct th_limiter {
+    uv_loop_t *loop;
+    th_log *log;
+    th_redis *redis;
+    bool use_redis, fail_closed;
+    int64_t global_rpm, ip_rpm, conc, slot_ttl_ms;
+    char *prefix;
+    char hub_id[17];
+    uint64_t seq;
+    int64_t last_now;
+    lim_win gwin;
+    lim_table ips, tenants, keys;
+    int64_t inflight;
+    th_limit_slot *slots;
+    lim_pending *pending;
+};
+
+/* One request's limits, resolved from th_limit_req. */
+typedef struct lim_args {
+    const char *ip, *tenant, *key_id;
+    int64_t t_rpm, t_rate, t_burst, t_conc, key_rpm;
+} lim_args;
+
+struct lim_pending {
+    th_limiter *l; /* NULL once the limiter is gone: the reply only frees this */
+    lim_pending *prev, *next;
+    th_limit_cb cb;
+    void *ud;
+    int64_t now;
+    lim_args a;
+    char member[48];
+    char strs[]; /* ip, tenant, key_id (NUL-separated), a.* point here */
+};
+
+static int64_t ceil_s(int64_t ms)
+{
+    return ms <= 1000 ? 1 : (ms + 999) / 1000;
+}
+
+static void res_refuse(th_limit_result *res, int status, const char *reason, int64_t limit, int64_t wait_ms)
+{
+    memset(res, 0, sizeof *res);
+    res->allowed = false;
+    res->status = status;
+    res->reason = reason;
+    res->limit = limit;
+    res->remaining = 0;
+    res->reset_s = ceil_s(wait_ms);
+    res->retry_after_s = res->reset_s;
+}
+
+static void res_backend(th_limit_result *res)
+{
+    res_refuse(res, 503, REASON_BACKEND, 0, 1000);
+}
+
+static void slot_link(th_limiter *l, th_limit_slot *s)
+{
+    s->l = l;
+    TH_DL_PUSH_FRONT(l->slots, s, prev, next);
+    l->inflight++;
+}
+
+static int64_t lim_now(th_limiter *l, uint64_t now_ms)
+{
+    int64_t now = now_ms > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)now_ms;
+    if (now < l->last_now) return l->last_now;
+    l->last_now = now;
+    return now;
+}
+
+static double bucket_tokens(const lim_entry *e, int64_t burst, int64_t rate, int64_t now)
+{
+    if (e == NULL || !e->bucket) return (double)burst;
+    int64_t el = now - e->tok_ms;
+    if (el < 0) el = 0;
+    double t = e->tokens + (double)el * (double)rate / 1000.0;
+    return t > (double)burst ? (double)burst : t;
+}
+
+/* The X-RateLimit-* candidate closest to refusing. */
+typedef struct lim_hdr {
+    int idx;
+    int64_t limit, remaining, reset_ms;
+} lim_hdr;
+
+static void hdr_note(lim_hdr *h, int idx, int64_t limit, int64_t remaining, int64_t reset_ms)
+{
+    if (h->idx == 0 || remaining < h->remaining) *h = (lim_hdr){idx, limit, remaining, reset_ms};
+}
+
+static void local_check(th_limiter *l, const lim_args *a, int64_t now, th_limit_result *res)
+{
+    lim_hdr hdr = {0};
+    table_expire(&l->ips, now, LIM_EXPIRE_STEPS);
+    table_expire(&l->tenants, now, LIM_EXPIRE_STEPS);
+    table_expire(&l->keys, now, LIM_EXPIRE_STEPS);
+    bool use_ip = l->ip_rpm > 0 && a->ip[0] != '\0';
+    bool has_tenant = a->tenant[0] != '\0';
+    bool use_trpm = has_tenant && a->t_rpm > 0;
+    bool use_rate = has_tenant && a->t_rate > 0;
+    bool use_tconc = has_tenant && a->t_conc > 0;
+    bool use_key = a->key_rpm > 0 && a->key_id[0] != '\0';
+    int64_t burst = a->t_burst > 0 ? a->t_burst : a->t_rate;
+
+    /* Phase 1: check, in order, without creating or charging anything. */
+    if (l->global_rpm > 0) {
+        win_prune(&l->gwin, now);
+        int64_t reset = win_reset_ms(&l->gwin, now);
+        if ((int64_t)l->gwin.n >= l->global_rpm) {
+            res_refuse(res, 429, lim_reason[L_GLOBAL], l->global_rpm, reset);
+            return;
+        }
+        hdr_note(&hdr, L_GLOBAL, l->global_rpm, l->global_rpm - l->gwin.n - 1, reset);
+    }
+    lim_entry *ipe = use_ip ? table_find(&l->ips, a->ip) : NULL;
+    if (use_ip) {
+        int64_t n = 0, reset = LIM_WINDOW_MS;
+        if (ipe) {
+            win_prune(&ipe->win, now);
+            n = ipe->win.n;
+            reset = win_reset_ms(&ipe->win, now);
+        }
+        if (n >= l->ip_rpm) {
+            res_refuse(res, 429, lim_reason[L_IP], l->ip_rpm, reset);
+            return;
+        }
+        hdr_note(&hdr, L_IP, l->ip_rpm, l->ip_rpm - n - 1, reset);
+    }
+    lim_entry *te = has_tenant ? table_find(&l->tenants, a->tenant) : NULL;
+    if (use_trpm) {
+        int64_t n = 0, reset = LIM_WINDOW_MS;
+        if (te) {
+            win_prune(&te->win, now);
+            n = te->win.n;
+            reset = win_reset_ms(&te->win, now);
+        }
+        if (n >= a->t_rpm) {
+            res_refuse(res, 429, lim_reason[L_TENANT], a->t_rpm, reset);
+            return;
+        }
+        hdr_note(&hdr, L_TENANT, a->t_rpm, a->t_rpm - n - 1, reset);
+    }
+    double tokens = 0;
+    if (use_rate) {
+        tokens = bucket_tokens(te, burst, a->t_rate, now);
+        if (tokens < 1.0) {
+            int64_t wait = (int64_t)ceil((1.0 - tokens) * 1000.0 / (double)a->t_rate);
+            res_refuse(res, 429, lim_reason[L_RATE], burst, wait);
+            return;
+        }
+        hdr_note(&hdr, L_RATE, burst, (int64_t)floor(tokens - 1.0),
+                 (int64_t)ceil(((double)burst - tokens + 1.0) * 1000.0 / (double)a->t_rate));
+    }
+    lim_entry *ke = use_key ? table_find(&l->keys, a->key_id) : NULL;
+    if (use_key) {
+        int64_t n = 0, reset = LIM_WINDOW_MS;
+        if (ke) {
+            win_prune(&ke->win, now);
+            n = ke->win.n;
+            reset = win_reset_ms(&ke->win, now);
+        }
+        if (n >= a->key_rpm) {
+            res_refuse(res, 429, lim_reason[L_KEY], a->key_rpm, reset);
+            return;
+        }
+        hdr_note(&hdr, L_KEY, a->key_rpm, a->key_rpm - n - 1, reset);
+    }
+    if (l->conc > 0 && l->inflight >= l->conc) {
+        res_refuse(res, 429, lim_reason[L_CONC], l->conc, 1000);
+        return;
+    }
+    if (use_tconc && te && te->inflight >= a->t_conc) {
+        res_refuse(res, 429, lim_reason[L_TCONC], a->t_conc, 1000);
+        return;
+    }
+
+    /* Phase 2: everything that can fail (allocations), before anything is charged. */
+    th_limit_slot *slot = calloc(1, sizeof *slot);
+    if (slot == NULL) goto nomem;
+    if (l->global_rpm > 0 && win_reserve(&l->gwin, l->global_rpm) != 0) goto nomem;
+    if (use_ip) {
+        ipe = table_get(&l->ips, a->ip, now);
+        if (ipe == NULL || win_reserve(&ipe->win, l->ip_rpm) != 0) goto nomem;
+    }
+    if (use_trpm || use_rate || use_tconc) {
+        te = table_get(&l->tenants, a->tenant, now);
+        if (te == NULL || (use_trpm && win_reserve(&te->win, a->t_rpm) != 0)) goto nomem;
+    }
+    if (use_key) {
+        ke = table_get(&l->keys, a->key_id, now);
+        if (ke == NULL || win_reserve(&ke->win, a->key_rpm) != 0) goto nomem;
+    }
+
+    /* Phase 3: charge. */
+    if (l->global_rpm > 0) win_push(&l->gwin, now);
+    if (use_ip) win_push(&ipe->win, now);
+    if (use_trpm) win_push(&te->win, now);
+    if (use_rate) {
+        te->bucket = true;
+        te->tokens = tokens - 1.0;
+        te->tok_ms = now > te->tok_ms ? now : te->tok_ms;
+        te->rate = a->t_rate;
+        te->burst = burst;
+    }
+    if (use_key) win_push(&ke->win, now);
+    if (use_tconc) {
+        te->inflight++;
+        slot->tenant = te;
+    }
+    slot_link(l, slot);
+    memset(res, 0, sizeof *res);
+    res->allowed = true;
+    res->slot = slot;
+    if (hdr.idx != 0) {
+        res->limit = hdr.limit;
+        res->remaining = hdr.remaining < 0 ? 0 : hdr.remaining;
+        res->reset_s = ceil_s(hdr.reset_ms);
+    }
+    return;
+nomem:
+    free(slot);
+    TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory");
+    res_backend(res);
+}
+
+static void args_from_req(const th_limit_req *req, lim_args *a)
+{
+    const th_tenant_conf *tc = req->tconf;
+    memset(a, 0, sizeof *a);
+    a->ip = req->ip ? req->ip : "";
+    a->tenant = req->tenant && req->tenant[0] ? req->tenant : (tc && tc->name ? tc->name : "");
+    a->key_id = req->key_id ? req->key_id : "";
+    if (tc != NULL) {
+        a->t_rpm = tc->rpm > 0 ? tc->rpm : 0;
+        a->t_rate = tc->rate > 0 ? tc->rate : 0;
+        a->t_burst = tc->burst > 0 ? tc->burst : 0;
+        a->t_conc = tc->concurrency > 0 ? tc->concurrency : 0;
+    }
+    a->key_rpm = req->key_rpm > 0 ? req->key_rpm : 0;
+}
+
+static void apply_config(th_limiter *l, const th_config *cfg)
+{
+    l->global_rpm = cfg->rate_limit.global_rpm > 0 ? cfg->rate_limit.global_rpm : 0;
+    l->ip_rpm = cfg->rate_limit.ip_rpm > 0 ? cfg->rate_limit.ip_rpm : 0;
+    l->conc = cfg->rate_limit.concurrency > 0 ? cfg->rate_limit.concurrency : 0;
+    l->fail_closed =
+        cfg->rate_limit.on_backend_error && strcmp(cfg->rate_limit.on_backend_error, "closed") == 0;
+    uint64_t rt = cfg->limits.request_timeout_ms;
+    l->slot_ttl_ms = rt > 0 && rt < (uint64_t)INT64_MAX / 2 ? (int64_t)rt + LIM_SLOT_TTL_EXTRA_MS
+                                                            : LIM_SLOT_TTL_DEFAULT_MS;
+}
+
+th_limiter *th_limiter_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, th_log *log)
+{
+    if (cfg == NULL) return NULL;
+    th_limiter *l = calloc(1, sizeof *l);
+    if (l == NULL) return NULL;
+    l->loop = loop;
+    l->log = log;
+    l->redis = redis;
+    l->use_redis = cfg->rate_limit.backend && strcmp(cfg->rate_limit.backend, "redis") == 0;
+    apply_config(l, cfg);
+    l->prefix = th_strndup(cfg->redis.prefix ? cfg->redis.prefix : "",
+                           cfg->redis.prefix ? strlen(cfg->redis.prefix) : 0);
+    if (l->prefix == NULL) {
+        free(l);
+        return NULL;
+    }
+    uint64_t rnd[2] = {0, 0};
+    if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        rnd[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)l;
+        rnd[1] = lim_hash(rnd[0], (const char *)&l, sizeof l);
+    }
+    th_hex((const uint8_t *)&rnd[0], 8, l->hub_id);
+    l->ips.max = l->tenants.max = l->keys.max = LIM_TABLE_MAX;
+    l->ips.seed = rnd[1];
+    l->tenants.seed = rnd[1] ^ 0x9e3779b97f4a7c15ULL;
+    l->keys.seed = rnd[1] ^ 0x6a09e667f3bcc909ULL;
+    if (l->use_redis && redis == NULL)
+        TH_LOG(log, TH_LOG_WARN,
+               "limiter: backend redis without a Redis client: every check is a backend error");
+    return l;
+}
+
+void th_limiter_set_config(th_limiter *l, const th_config *cfg)
+{
+    if (l != NULL && cfg != NULL) apply_config(l, cfg);
+}
+
+/* ---- Redis backend -------------------------------------------------------------------------------- */
+
+static void pending_unlink(th_limiter *l, lim_pending *p)
+{
+    TH_DL_UNLINK(l->pending, p, prev, next);
+}
+
+/* Appends prefix + part + id and records the offset; the pointers are resolved once the buffer is done. */
+static int key_add(th_buf *b, const char *prefix, const char *part, const char *id, size_t *off, size_t *len)
+{
+    *off = b->len;
+    if (th_buf_append_str(b, prefix) != TH_BUF_OK || th_buf_append_str(b, part) != TH_BUF_OK ||
+        th_buf_append_str(b, id) != TH_BUF_OK)
+        return -1;
+    *len = b->len - *off;
+    return th_buf_append_byte(b, 0) == TH_BUF_OK ? 0 : -1;
+}
+
+static void on_release_reply(void *ud, th_redis_status st, const th_redis_reply *reply)
+{
+    (void)ud;
+    (void)st;
+    (void)reply;
+}
+
+static void redis_release(th_limiter *l, th_limit_slot *s)
+{
+    if (l->redis == NULL || (!s->redis_global && s->redis_tenant_key == NULL)) return;
+    th_buf b;
+    th_buf_init(&b, 0); /* keys of bounded parts */
+    size_t off[2], len[2];
+    int nkeys = 0;
+    if (s->redis_global) {
+        if (key_add(&b, l->prefix, "rl:cg", "", &off[nkeys], &len[nkeys]) != 0) goto out;
+        nkeys++;
+    }
+    const char *argv[3];
+    size_t lens[3];
+    for (int i = 0; i < nkeys; i++) {
+        argv[i] = (const char *)b.data + off[i];
+        lens[i] = len[i];
+    }
+    if (s->redis_tenant_key != NULL) {
+        argv[nkeys] = s->redis_tenant_key;
+        lens[nkeys] = strlen(s->redis_tenant_key);
+        nkeys++;
+    }
+    argv[nkeys] = s->member;
+    lens[nkeys] = strlen(s->member);
+    if (th_redis_eval(l->redis, on_release_reply, NULL, RELEASE_LUA, nkeys, nkeys + 1, argv, lens) != 0)
+        TH_LOG(l->log, TH_LOG_WARN,
+               "limiter: cannot release a Redis slot (out of memory); it expires in %lld ms",
+               (long long)l->slot_ttl_ms);
+out:
+    th_buf_free(&b);
+}
+
+static bool parse_check_reply(const th_redis_reply *r, int64_t v[6])
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 6) return false;
+    for (size_t i = 0; i < 6; i++) {
+        if (r->element[i].type != REDIS_REPLY_INTEGER) return false;
+        v[i] = r->element[i].integer;
+    }
+    return v[1] >= 0 && v[1] <= L_N;
+}
+
+/* The answer to a check: v = the six integers of CHECK_LUA, or NULL when Redis failed (st, reply say how).
+ * slots_given_back: the combined script gave the concurrency slots back already (the quota refused). */
+static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_redis_status st,
+                         const th_redis_reply *reply, bool slots_given_back, th_limit_result *res)
+{
+    if (v != NULL) {
+        int idx = (int)v[1];
+        if (v[0] == 0) {
+            res_refuse(res, 429, idx > 0 ? lim_reason[idx] : REASON_BACKEND, v[2], v[5] > v[4] ? v[5] : v[4]);
+            return;
+        }
+        memset(res, 0, sizeof *res);
+        res->allowed = true;
+        if (idx > 0) {
+            res->limit = v[2];
+            res->remaining = v[3] < 0 ? 0 : v[3];
+            res->reset_s = ceil_s(v[4]);
+        }
+        if (slots_given_back) return;
+        th_limit_slot *slot = calloc(1, sizeof *slot);
+        char *tkey = NULL;
+        bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
+        if (slot != NULL && tconc) {
+            th_buf b;
+            th_buf_init(&b, 0); /* a key of bounded parts */
+            size_t off, len;
+            if (key_add(&b, l->prefix, "rl:ct:", p->a.tenant, &off, &len) == 0)
+                tkey = (char *)th_buf_steal(&b, &len);
+            th_buf_free(&b);
+        }
+        if (slot == NULL || (tconc && tkey == NULL)) {
+            /* charged in Redis but no memory to hold the slot: give it back and refuse */
+            th_limit_slot tmp = {.redis = true, .redis_global = l->conc > 0, .redis_tenant_key = tkey};
+            th_strlcpy(tmp.member, p->member, sizeof tmp.member);
+            redis_release(l, &tmp);
+            free(tkey);
+            free(slot);
+            res_backend(res);
+            return;
+        }
+        slot->redis = true;
+        slot->redis_global = l->conc > 0;
+        slot->redis_tenant_key = tkey;
+        th_strlcpy(slot->member, p->member, sizeof slot->member);
+        slot_link(l, slot);
+        res->slot = slot;
+        return;
+    }
+    if (st == TH_REDIS_ERROR || st == TH_REDIS_OK)
+        TH_LOG(l->log, TH_LOG_ERROR, "limiter: the Redis check script failed: %.*s",
+               reply && reply->str ? (int)(reply->len < 200 ? reply->len : 200) : 14,
+               reply && reply->str ? reply->str : "unexpected reply");
+    if (l->fail_closed) {
+        res_backend(res);
+    } else {
+        local_check(l, &p->a, lim_now(l, (uint64_t)p->now), res);
+        res->degraded = true;
+    }
+}
+
+static void on_check_reply(void *ud, th_redis_status st, const th_redis_reply *reply)
+{
+    lim_pending *p = ud;
+    th_limiter *l = p->l;
+    if (l == NULL) { /* the limiter is gone and the caller was answered then */
+        free(p);
+        return;
+    }
+    pending_unlink(l, p);
+    th_limit_result res;
+    int64_t v[6];
+    bool ok = st == TH_REDIS_OK && parse_check_reply(reply, v);
+    check_finish(l, p, ok ? v : NULL, st, reply, false, &res);
+    th_limit_cb cb = p->cb;
+    void *cud = p->ud;
+    free(p);
+    cb(cud, &res);
+}
+
+static void backend_error_now(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    th_limit_result res;
+    if (l->fail_closed) {
+        res_backend(&res);
+    } else {
+        local_check(l, a, lim_now(l, now_ms), &res);
+        res.degraded = true;
+    }
+    cb(ud, &res);
+}
+
+/* The keys and arguments of CHECK_LUA for one request (they point into b, nums and p). */
+struct th_limit_call {
+    lim_pending *p;
+    th_buf b;
+    size_t off[7], len[7];
+    char nums[9][24];
+    char ttl[24];
+    const char *argv[7 + 11];
+    size_t lens[7 + 11];
+};
+
+/* NULL on ENOMEM. */
+static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    size_t ipn = strlen(a->ip), tn = strlen(a->tenant), kn = strlen(a->key_id);
+    th_limit_call *k = calloc(1, sizeof *k);
+    lim_pending *p = calloc(1, sizeof *p + ipn + tn + kn + 3);
+    if (k == NULL || p == NULL) {
+        free(k);
+        free(p);
+        return NULL;
+    }
+    k->p = p;
+    th_buf_init(&k->b, 0); /* keys of bounded parts */
+    p->l = l;
+    p->cb = cb;
+    p->ud = ud;
+    p->now = now_ms > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)now_ms;
+    p->a = *a;
+    memcpy(p->strs, a->ip, ipn + 1);
+    memcpy(p->strs + ipn + 1, a->tenant, tn + 1);
+    memcpy(p->strs + ipn + tn + 2, a->key_id, kn + 1);
+    p->a.ip = p->strs;
+    p->a.tenant = p->strs + ipn + 1;
+    p->a.key_id = p->strs + ipn + tn + 2;
+    snprintf(p->member, sizeof p->member, "%s:%llu", l->hub_id, (unsigned long long)++l->seq);
+
+    const lim_args *q = &p->a;
+    bool has_tenant = q->tenant[0] != '\0';
+    int64_t burst = q->t_burst > 0 ? q->t_burst : q->t_rate;
+    int64_t lims[7] = {
+        l->global_rpm,
+        q->ip[0] ? l->ip_rpm : 0,
+        has_tenant ? q->t_rpm : 0,
+        has_tenant ? q->t_rate : 0,
+        q->key_id[0] ? q->key_rpm : 0,
+        l->conc,
+        has_tenant ? q->t_conc : 0,
+    };
+    p->a.t_rpm = lims[2];
+    p->a.t_rate = lims[3];
+    p->a.t_conc = lims[6];
+    p->a.key_rpm = lims[4];
+    static const char *const parts[7] = {"rl:g", "rl:ip:", "rl:t:", "rl:tb:", "rl:k:", "rl:cg", "rl:ct:"};
+    const char *ids[7] = {"", q->ip, q->tenant, q->tenant, q->key_id, "", q->tenant};
+    for (int i = 0; i < 7; i++) {
+        bool used = lims[i] > 0;
+        if (key_add(&k->b, l->prefix, used ? parts[i] : "rl:unused", used ? ids[i] : "", &k->off[i],
+                    &k->len[i]) != 0) {
+            th_buf_free(&k->b);
+            free(p);
+            free(k);
+            return NULL;
+        }
+    }
+    int64_t numv[9] = {p->now, lims[0], lims[1], lims[2], lims[4], lims[5], lims[6], lims[3], burst};
+    for (int i = 0; i < 7; i++) {
+        k->argv[i] = (const char *)k->b.data + k->off[i];
+        k->lens[i] = k->len[i];
+    }
+    /* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl */
+    for (int i = 0; i < 9; i++)
+        snprintf(k->nums[i], sizeof k->nums[i], "%lld", (long long)numv[i]);
+    snprintf(k->ttl, sizeof k->ttl, "%lld", (long long)l->slot_ttl_ms);
+    const char *args[11] = {k->nums[0], p->member,  k->nums[1], k->nums[2], k->nums[3], k->nums[4],
+                            k->nums[5], k->nums[6], k->nums[7], k->nums[8], k->ttl};
+    for (int i = 0; i < 11; i++) {
+        k->argv[7 + i] = args[i];
+        k->lens[7 + i] = strlen(args[i]);
+    }
+    return k;
+}
+
+static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    if (l->redis == NULL) {
+        backend_error_now(l, a, now_ms, cb, ud);
+        return;
+    }
+    th_limit_call *k = call_build(l, a, now_ms, cb, ud);
+    if (k == NULL) goto nomem;
+    lim_pending *p = k->p;
+    /* Linked before the call: the callback may run before th_redis_eval returns. */
+    TH_DL_PUSH_FRONT(l->pending, p, prev, next);
+    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 18, k->argv, k->lens) != 0) {
+        pending_unlink(l, p);
+        free(p);
+        th_buf_free(&k->b);
+        free(k);
+        goto nomem;
+    }
+    th_buf_free(&k->b);
+    free(k);
+    return;
+nomem:
+    TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory for a Redis check");
+    backend_error_now(l, a, now_ms, cb, ud);
+}
+
+/* ---- API ------------------------------------------------------------------------------------------ */
+
+void th_limit_check(th_limiter *l, const th_limit_req *req, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    lim_args a;
+    args_from_req(req, &a);
+    if (l->use_redis) {
+        redis_check(l, &a, now_ms, cb, ud);
+        return;
+    }
+    th_limit_result res;
+    local_check(l, &a, lim_now(l, now_ms), &res);
+    cb(ud, &res);
+}
+
+void th_limit_release(th_limiter *l, th_limit_slot *slot)
+{
+    if (slot == NULL) return;
+    th_limiter *owner = slot->l;
+    if (owner != NULL) {
+        TH_DL_UNLINK(owner->slots, slot, prev, next);
+        owner->inflight--;
+        if (slot->tenant != NULL) slot->tenant->inflight--;
+        if (slot->redis) redis_release(owner, slot);
+    }
+    free(slot->redis_tenant_key);
+    free(slot);
+}
+
+size_t th_limiter_ip_entries(const th_limiter *l)
+{
+    return l ? l->ips.n : 0;
+}
+
+const char *th_limiter_backend(const th_limiter *l)
+{
+    return l && l->use_redis ? "redis" : "local";
+}
+
+size_t th_limiter_inflight(const th_limiter *l)
+{
+    return l && l->inflight > 0 ? (size_t)l->inflight : 0;
+}
+
+void th_limiter_sweep(th_limiter *l, uint64_t now_ms)
+{
+    if (l == NULL) return;
+    int64_t now = lim_now(l, now_ms);
+    table_expire(&l->ips, now, l->ips.n + 1);
+    table_expire(&l->tenants, now, l->tenants.n + 1);
+    table_expire(&l->keys, now, l->keys.n + 1);
+}
+
+void th_limiter_free(th_limiter *l)
+{
+    if (l == NULL) return;
+    /* Checks still waiting for Redis are answered now; their replies only free the record. */
+    while (l->pending != NULL) {
+        lim_pending *p = l->pending;
+        pending_unlink(l, p);
+        p->l = NULL;
+        th_limit_result res;
+        res_backend(&res);
+        p->cb(p->ud, &res);
+    }
+    /* Slots still held stay valid: releasing them later only frees them. */
+    for (th_limit_slot *s = l->slots; s != NULL;) {
+        th_limit_slot *next = s->next;
+        s->l = NULL;
+        s->tenant = NULL;
+        s->prev = s->next = NULL;
+        s = next;
+    }
+    win_free(&l->gwin);
+    table_free(&l->ips);
+    table_free(&l->tenants);
+    table_free(&l->keys);
+    free(l->prefix);
+    free(l);
+}
+
+/* ---- one round trip (governance/policy.c) ----------------------------------------------------------------
+ */
+
+const char *th_limit_lua_check(void)
+{
+    return CHECK_LUA;
+}
+
+th_limit_call *th_limit_call_new(th_limiter *l, const th_limit_req *req, uint64_t now_ms)
+{
+    if (l == NULL || !l->use_redis || l->redis == NULL) return NULL;
+    lim_args a;
+    args_from_req(req, &a);
+    return call_build(l, &a, now_ms, NULL, NULL);
+}
+
+void th_limit_call_args(const th_limit_call *k, const char *const **argv, const size_t **lens)
+{
+    *argv = k->argv;
+    *lens = k->lens;
+}
+
+void th_limit_call_finish(th_limiter *l, th_limit_call *k, th_redis_status st, const th_redis_reply *reply,
+                          bool slots_given_back, th_limit_result *res)
+{
+    int64_t v[6];
+    bool ok = st == TH_REDIS_OK && parse_check_reply(reply, v);
+    check_finish(l, k->p, ok ? v : NULL, st, ok ? NULL : reply, slots_given_back, res);
+    th_limit_call_free(k);
+}
+
+void th_limit_call_free(th_limit_call *k)
+{
+    if (k == NULL) return;
+    free(k->p);
+    th_buf_free(&k->b);
+    free(k);
+}
+
+int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, char *member, size_t memlen)
+{
+    if (slot == NULL) return 0;
+    th_limiter *owner = slot->l;
+    int n = 0;
+    if (owner != NULL) {
+        TH_DL_UNLINK(owner->slots, slot, prev, next);
+        owner->inflight--;
+        if (slot->tenant != NULL) slot->tenant->inflight--;
+        slot->l = NULL;
+        slot->tenant = NULL;
+        if (slot->redis && owner->redis != NULL) {
+            if (slot->redis_global) {
+                th_buf b;
+                th_buf_init(&b, 0); /* a key of bounded parts */
+                size_t off, len;
+                if (key_add(&b, owner->prefix, "rl:cg", "", &off, &len) == 0) {
+                    keys[n] = (const char *)th_buf_steal(&b, &len);
+                    keylens[n] = strlen(keys[n]);
+                    n++;
+                }
+                th_buf_free(&b);
+            }
+            if (slot->redis_tenant_key != NULL) {
+                keys[n] = slot->redis_tenant_key; /* ownership moves to the caller */
+                keylens[n] = strlen(keys[n]);
+                slot->redis_tenant_key = NULL;
+                n++;
+            }
+            th_strlcpy(member, slot->member, memlen);
+        }
+    }
+    free(slot->redis_tenant_key);
+    free(slot);
+    return n;
+}

@@ -1,0 +1,509 @@
+/* test_policy: the governance chain in one Redis round trip (governance/policy.c), against a real
+ * redis-server on a free loopback port (redis_proc.h).
+ *
+ * What is checked: the admission's answer reaches each module's hook in order and as that module would
+ * give it (limits, then quota, then cache or admitted); a limit refusal charges nothing; a quota refusal
+ * keeps the RPM windows charged and gives the concurrency holders back inside the script; the settle
+ * script after the response releases the slot and commits the reservation; the cache answer comes inline
+ * when small and over the bulk lane when large, across two hubs; a server whose scripts were flushed
+ * (NOSCRIPT) gets the script again and the answer is the same; Redis down follows on_backend_error, and
+ * Redis back is used again; a policy freed with admissions in flight refuses them at once, exactly once. */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "governance/cache.h"
+#include "config/config.h"
+#include "governance/limit.h"
+#include "governance/policy.h"
+#include "governance/quota.h"
+#include "store/redis.h"
+#include "redis_proc.h"
+#include "th_test.h"
+
+/* ---- a hub's governance objects on one Redis ---------------------------------------------------- */
+
+typedef struct hub {
+    th_redis *r;
+    th_limiter *l;
+    th_quota *q;
+    th_cache *c;
+    th_policy *p;
+} hub;
+
+typedef struct env {
+    uv_loop_t loop;
+    rp_server s;
+    th_config *cfg;
+    char dir[64];
+    hub h[2];
+} env;
+
+static th_config *cfg_from(const char *yaml)
+{
+    th_config_errors errs = {0};
+    th_config *c = th_config_parse(yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "    config: %s: %s\n", errs.items[i].path, errs.items[i].message);
+    th_config_errors_free(&errs);
+    return c;
+}
+
+static int hub_open(env *e, hub *h)
+{
+    char err[256] = "";
+    h->r =
+        th_redis_new_pool(&e->loop, e->cfg->redis.url, e->cfg->redis.timeout_ms, NULL, NULL, err, sizeof err);
+    if (h->r == NULL) return -1;
+    h->l = th_limiter_new(&e->loop, e->cfg, h->r, NULL);
+    h->q = th_quota_new(&e->loop, e->cfg, h->r, NULL, err, sizeof err);
+    h->c = th_cache_new(&e->loop, e->cfg, h->r, NULL);
+    if (h->l == NULL || h->q == NULL || h->c == NULL) return -1;
+    h->p = th_policy_new(h->r, h->l, h->q, h->c, NULL, NULL);
+    if (h->p == NULL) return -1;
+    uint64_t deadline = th_mono_ms() + 3000;
+    while (!th_redis_connected(h->r) && th_mono_ms() < deadline)
+        hl_run_until_set(&e->loop, NULL, 10);
+    return th_redis_connected(h->r) ? 0 : -1;
+}
+
+static void hub_close(hub *h)
+{
+    th_policy_free(h->p);
+    th_cache_free(h->c);
+    th_quota_free(h->q);
+    th_limiter_free(h->l);
+    th_redis_free(h->r);
+}
+
+/* Two hubs on one new redis-server. on_error: open | closed. -1 when there is no redis-server. */
+static int env_start(env *e, const char *on_error)
+{
+    memset(e, 0, sizeof *e);
+    if (rp_start(&e->s) != 0) return -1;
+    uv_loop_init(&e->loop);
+    snprintf(e->dir, sizeof e->dir, "/tmp/th_policy_XXXXXX");
+    if (mkdtemp(e->dir) == NULL) return -1;
+    char yaml[1024];
+    snprintf(
+        yaml, sizeof yaml,
+        "data_dir: \"%s\"\n"
+        "rate_limit: { global_rpm: 6, ip_rpm: 0, concurrency: 1, backend: redis, on_backend_error: %s }\n"
+        "redis: { url: \"redis://127.0.0.1:%d/0\", prefix: \"pt:\", timeout: 1000ms }\n"
+        "cache: { enabled: true, backend: redis, max_bytes: 4MiB, ttl: 10m }\n"
+        "tenants:\n  acme:\n    quota: { chars_per_day: 100 }\n",
+        e->dir, on_error, e->s.port);
+    e->cfg = cfg_from(yaml);
+    if (e->cfg == NULL) return -1;
+    for (int i = 0; i < 2; i++)
+        if (hub_open(e, &e->h[i]) != 0) return -1;
+    return 0;
+}
+
+static void env_stop(env *e)
+{
+    for (int i = 0; i < 2; i++)
+        hub_close(&e->h[i]);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&e->loop);
+    rp_kill(&e->s);
+    th_config_unref(e->cfg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", e->dir);
+    if (system(cmd) != 0) fprintf(stderr, "    (could not remove %s)\n", e->dir);
+}
+
+/* ---- one admission, recorded ---------------------------------------------------------------------- */
+
+typedef struct rec {
+    int limits, quotas, caches, admitted, hooks; /* hooks: any of them, in order */
+    int order[4];
+    th_limit_result lres;
+    th_quota_result qres;
+    th_cache_outcome outcome;
+    th_cache_flight *flight;
+    uint8_t *hit;
+    size_t hit_len;
+} rec;
+
+static void rec_note(rec *r, int which)
+{
+    if (r->hooks < 4) r->order[r->hooks] = which;
+    r->hooks++;
+}
+
+static bool h_limit(void *ud, const th_limit_result *res)
+{
+    rec *r = ud;
+    r->limits++;
+    r->lres = *res;
+    rec_note(r, 1);
+    return res->allowed;
+}
+
+static bool h_quota(void *ud, const th_quota_result *res)
+{
+    rec *r = ud;
+    r->quotas++;
+    r->qres = *res;
+    rec_note(r, 2);
+    return res->allowed;
+}
+
+static void h_cache(void *ud, const th_cache_lookup *res)
+{
+    rec *r = ud;
+    r->caches++;
+    r->outcome = res->outcome;
+    r->flight = res->flight;
+    if (res->outcome == TH_CACHE_HIT) {
+        r->hit = malloc(res->entry.len + 1);
+        if (r->hit != NULL) memcpy(r->hit, res->entry.data, res->entry.len);
+        r->hit_len = res->entry.len;
+    }
+    rec_note(r, 3);
+}
+
+static void h_admitted(void *ud)
+{
+    rec *r = ud;
+    r->admitted++;
+    rec_note(r, 4);
+}
+
+static const th_policy_hooks hooks = {h_limit, h_quota, h_cache, h_admitted};
+
+/* Admits through h and waits until the chain has ended (a refusal, the cache's answer, or admitted). */
+static void admit(env *e, hub *h, const char *tenant, uint64_t chars, const char *ckey, rec *r)
+{
+    memset(r, 0, sizeof *r);
+    const th_tenant_conf *tc = tenant != NULL ? th_config_tenant(e->cfg, tenant) : NULL;
+    th_limit_req lr = {.ip = "10.1.2.3", .tenant = tenant != NULL ? tenant : "", .key_id = "", .tconf = tc};
+    th_policy_req pr = {.limit = &lr,
+                        .tenant = tenant != NULL ? tenant : "",
+                        .tconf = tc,
+                        .chars = chars,
+                        .cache_key = ckey,
+                        .now_ms = th_wall_ms()};
+    th_policy_admit(h->p, &pr, &hooks, r);
+    uint64_t deadline = th_mono_ms() + 5000;
+    for (;;) {
+        bool ended =
+            (r->limits && !r->lres.allowed) || (r->quotas && !r->qres.allowed) || r->caches || r->admitted;
+        if (ended || th_mono_ms() > deadline) break;
+        hl_run_until_set(&e->loop, NULL, 5);
+    }
+}
+
+static void on_pong(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    (void)st;
+    (void)rep;
+    (*(int *)ud)++;
+}
+
+/* A PING behind what h sent on its first policy connection (the settle script): that has run. */
+static void sync_hub(env *e, hub *h)
+{
+    int n = 0;
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    th_redis_cmd(h->r, on_pong, &n, 1, argv, lens);
+    hl_run_until(&e->loop, &n, 1, 3000);
+}
+
+/* A number from INFO commandstats (calls of cmd), through a plain connection; -1 when absent. */
+static long long calls_of(const env *e, const char *cmd)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", e->s.port, tv);
+    long long v = 0;
+    if (c == NULL || c->err) {
+        if (c) redisFree(c);
+        return -1;
+    }
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    char want[64];
+    snprintf(want, sizeof want, "cmdstat_%s:calls=", cmd);
+    const char *p = r != NULL && r->type == REDIS_REPLY_STRING ? strstr(r->str, want) : NULL;
+    if (p != NULL) v = strtoll(p + strlen(want), NULL, 10);
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+static void redis_do(const env *e, const char *cmd)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", e->s.port, tv);
+    if (c == NULL) return;
+    if (!c->err) {
+        redisReply *r = redisCommand(c, cmd);
+        if (r) freeReplyObject(r);
+    }
+    redisFree(c);
+}
+
+static void key_of(const char *text, char out[TH_CACHE_KEY_LEN + 1])
+{
+    th_cache_key_parts kp = {
+        .route = "p", .voice = "v", .format = "mp3", .input = text, .input_len = strlen(text)};
+    th_cache_key(&kp, out);
+}
+
+/* ---- tests ---------------------------------------------------------------------------------------- */
+
+TH_TEST(limits_quota_and_settle_in_one_script)
+{
+    env e;
+    if (env_start(&e, "closed") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0], *b = &e.h[1];
+    rec r1, r2, r3, r4;
+    /* allowed: limits, then quota (40 of 100 reserved), then admitted (no cache step) */
+    admit(&e, a, "acme", 40, NULL, &r1);
+    TH_CHECK_INT(r1.limits, 1);
+    TH_CHECK(r1.lres.allowed && !r1.lres.degraded && r1.lres.slot != NULL);
+    TH_CHECK_INT(r1.quotas, 1);
+    TH_CHECK(r1.qres.allowed && r1.qres.resv != NULL);
+    TH_CHECK_INT(r1.admitted, 1);
+    TH_CHECK(r1.hooks == 3 && r1.order[0] == 1 && r1.order[1] == 2 && r1.order[2] == 4);
+
+    /* the other hub, while the slot is held: concurrency 1 refuses, the quota is not asked */
+    admit(&e, b, "acme", 10, NULL, &r2);
+    TH_CHECK(!r2.lres.allowed);
+    TH_CHECK_INT(r2.lres.status, 429);
+    TH_CHECK_STR(r2.lres.reason, "concurrency");
+    TH_CHECK_INT(r2.quotas, 0);
+    TH_CHECK_INT(r2.admitted, 0);
+
+    /* settle: slot released, 40 committed */
+    th_policy_after(a->p, r1.lres.slot, r1.qres.resv, true);
+    sync_hub(&e, a);
+
+    /* 40 + 70 > 100: the quota refuses inside the script; the limits had said yes */
+    admit(&e, b, "acme", 70, NULL, &r3);
+    TH_CHECK(r3.lres.allowed);
+    TH_CHECK(r3.lres.slot == NULL); /* the script gave the concurrency holder back itself */
+    TH_CHECK_INT(r3.quotas, 1);
+    TH_CHECK(!r3.qres.allowed);
+    TH_CHECK_STR(r3.qres.window, "day");
+    TH_CHECK_INT(r3.qres.limit, 100);
+    TH_CHECK_INT(r3.qres.used, 40);
+    TH_CHECK_INT(r3.admitted, 0);
+
+    /* so the slot is free: a request without a tenant gets it at once */
+    admit(&e, a, NULL, 5, NULL, &r4);
+    TH_CHECK(r4.lres.allowed && r4.lres.slot != NULL);
+    TH_CHECK_INT(r4.quotas, 0); /* no tenant, no quota step */
+    TH_CHECK_INT(r4.admitted, 1);
+    th_policy_after(a->p, r4.lres.slot, NULL, true);
+    sync_hub(&e, a);
+
+    /* global_rpm 6 counts across both hubs: r1, r3 (a quota refusal keeps the RPM charge) and r4 so far;
+     * r2 (refused by a limit) charged nothing. Three more are allowed, then global_rpm refuses. */
+    for (int i = 0; i < 3; i++) {
+        rec r;
+        admit(&e, i % 2 ? a : b, NULL, 1, NULL, &r);
+        TH_CHECK(r.lres.allowed);
+        TH_CHECK_INT(r.lres.remaining, 2 - i);
+        th_policy_after((i % 2 ? a : b)->p, r.lres.slot, NULL, true);
+        sync_hub(&e, i % 2 ? a : b);
+    }
+    rec r5;
+    admit(&e, a, NULL, 1, NULL, &r5);
+    TH_CHECK(!r5.lres.allowed);
+    TH_CHECK_STR(r5.lres.reason, "global_rpm");
+    TH_CHECK_INT(r5.lres.limit, 6);
+
+    th_policy_after(a->p, NULL, NULL, true); /* nothing to send: a no-op */
+    env_stop(&e);
+}
+
+TH_TEST(cache_answer_inline_when_small_bulk_lane_when_large)
+{
+    env e;
+    if (env_start(&e, "closed") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    redis_do(&e, "CONFIG SET maxmemory-policy noeviction");
+    hub *a = &e.h[0], *b = &e.h[1];
+    size_t sizes[2] = {5000, 200000}; /* under and over TH_CACHE_INLINE_MAX */
+    for (int k = 0; k < 2; k++) {
+        char key[TH_CACHE_KEY_LEN + 1];
+        key_of(k == 0 ? "small entry" : "large entry", key);
+        uint8_t *audio = malloc(sizes[k]);
+        TH_REQUIRE(audio != NULL);
+        for (size_t i = 0; i < sizes[k]; i++)
+            audio[i] = (uint8_t)(i * 7 + (size_t)k);
+        /* hub a: a miss; it leads and stores */
+        rec r1;
+        admit(&e, a, NULL, 1, key, &r1);
+        TH_CHECK(r1.lres.allowed);
+        TH_CHECK_INT(r1.caches, 1);
+        TH_CHECK_INT(r1.outcome, TH_CACHE_LEAD);
+        TH_CHECK_INT(r1.admitted, 0); /* the cache's answer replaces on_admitted */
+        TH_REQUIRE(r1.flight != NULL);
+        th_cache_flight_data(r1.flight, audio, sizes[k]);
+        th_cache_flight_done(r1.flight, "audio/mpeg", "engine-x");
+        th_policy_after(a->p, r1.lres.slot, NULL, true);
+        hl_run_until_set(&e.loop, NULL, 200); /* the store is not awaited */
+        sync_hub(&e, a);
+
+        /* hub b: not in its memory, so the script asks Redis; a hit with the same bytes */
+        th_redis_lane_stats before, after;
+        th_redis_lane_get_stats(b->r, TH_REDIS_LANE_BULK, &before);
+        rec r2;
+        admit(&e, b, NULL, 1, key, &r2);
+        TH_CHECK(r2.lres.allowed);
+        TH_CHECK_INT(r2.caches, 1);
+        TH_CHECK_INT(r2.outcome, TH_CACHE_HIT);
+        TH_CHECK(r2.hit_len == sizes[k] && r2.hit != NULL && memcmp(r2.hit, audio, sizes[k]) == 0);
+        th_redis_lane_get_stats(b->r, TH_REDIS_LANE_BULK, &after);
+        /* small: inside the admission's answer; large: fetched on the bulk lane */
+        if (k == 0)
+            TH_CHECK_INT(after.commands - before.commands, 0);
+        else
+            TH_CHECK(after.commands - before.commands >= 1);
+        th_policy_after(b->p, r2.lres.slot, NULL, true);
+        sync_hub(&e, b);
+        free(r2.hit);
+        free(audio);
+    }
+    env_stop(&e);
+}
+
+TH_TEST(flushed_scripts_are_sent_again)
+{
+    env e;
+    if (env_start(&e, "closed") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0];
+    rec r;
+    admit(&e, a, NULL, 1, NULL, &r); /* the first on the connection goes with EVAL, which loads it */
+    TH_CHECK(r.admitted == 1);
+    th_policy_after(a->p, r.lres.slot, NULL, true);
+    sync_hub(&e, a);
+    long long eval0 = calls_of(&e, "eval"), sha0 = calls_of(&e, "evalsha");
+    admit(&e, a, NULL, 1, NULL, &r);
+    TH_CHECK(r.admitted == 1);
+    th_policy_after(a->p, r.lres.slot, NULL, true);
+    sync_hub(&e, a);
+    /* loaded now: the admission and the settle both went as EVALSHA */
+    TH_CHECK_INT(calls_of(&e, "eval") - eval0, 0);
+    TH_CHECK_INT(calls_of(&e, "evalsha") - sha0, 2);
+
+    redis_do(&e, "SCRIPT FLUSH");
+    long long eval1 = calls_of(&e, "eval");
+    admit(&e, a, NULL, 1, NULL, &r); /* NOSCRIPT, then EVAL: the same answer */
+    TH_CHECK_INT(r.limits, 1);
+    TH_CHECK(r.lres.allowed && !r.lres.degraded);
+    TH_CHECK_INT(r.lres.remaining, 3); /* 6 - 3 */
+    TH_CHECK_INT(r.admitted, 1);
+    TH_CHECK_INT(calls_of(&e, "eval") - eval1, 1);
+    th_policy_after(a->p, r.lres.slot, NULL, true);
+    sync_hub(&e, a);
+    env_stop(&e);
+}
+
+TH_TEST(redis_down_follows_on_backend_error_and_recovers)
+{
+    const char *modes[2] = {"closed", "open"};
+    for (int m = 0; m < 2; m++) {
+        env e;
+        if (env_start(&e, modes[m]) != 0) {
+            fprintf(stderr, "    (no redis-server: skipped)\n");
+            return;
+        }
+        hub *a = &e.h[0];
+        rp_kill(&e.s);
+        uint64_t deadline = th_mono_ms() + 3000;
+        while (th_redis_connected(a->r) && th_mono_ms() < deadline)
+            hl_run_until_set(&e.loop, NULL, 10);
+        TH_CHECK(!th_redis_connected(a->r));
+        rec r;
+        admit(&e, a, "acme", 10, NULL, &r);
+        TH_CHECK_INT(r.limits, 1);
+        if (m == 0) { /* closed: 503, nothing else asked */
+            TH_CHECK(!r.lres.allowed);
+            TH_CHECK_INT(r.lres.status, 503);
+            TH_CHECK_STR(r.lres.reason, "backend_unavailable");
+            TH_CHECK_INT(r.quotas, 0);
+        } else { /* open: allowed, degraded, on to the quota and the request */
+            TH_CHECK(r.lres.allowed && r.lres.degraded);
+            TH_CHECK_INT(r.quotas, 1);
+            TH_CHECK(r.qres.allowed && r.qres.degraded);
+            TH_CHECK_INT(r.admitted, 1);
+            th_policy_after(a->p, r.lres.slot, r.qres.resv, true);
+        }
+        /* Redis back on the same port: the pool reconnects and the script runs again */
+        TH_REQUIRE(rp_start(&e.s) == 0);
+        deadline = th_mono_ms() + 10000;
+        while (!th_redis_connected(a->r) && th_mono_ms() < deadline)
+            hl_run_until_set(&e.loop, NULL, 20);
+        TH_CHECK(th_redis_connected(a->r));
+        admit(&e, a, "acme", 10, NULL, &r);
+        TH_CHECK(r.lres.allowed && !r.lres.degraded);
+        TH_CHECK(r.qres.allowed && !r.qres.degraded);
+        TH_CHECK_INT(r.qres.used, 0);
+        TH_CHECK_INT(r.admitted, 1);
+        th_policy_after(a->p, r.lres.slot, r.qres.resv, false);
+        sync_hub(&e, a);
+        env_stop(&e);
+    }
+}
+
+TH_TEST(free_refuses_admissions_in_flight_once)
+{
+    env e;
+    if (env_start(&e, "closed") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0];
+    rec r[3];
+    memset(r, 0, sizeof r);
+    th_limit_req lr = {.ip = "10.9.9.9", .tenant = "", .key_id = ""};
+    th_policy_req pr = {.limit = &lr, .tenant = "", .now_ms = th_wall_ms()};
+    for (int i = 0; i < 3; i++)
+        th_policy_admit(a->p, &pr, &hooks, &r[i]);
+    for (int i = 0; i < 3; i++)
+        TH_CHECK_INT(r[i].limits, 0); /* sent, not answered yet */
+    th_policy_free(a->p);
+    a->p = NULL;
+    for (int i = 0; i < 3; i++) {
+        TH_CHECK_INT(r[i].limits, 1);
+        TH_CHECK(!r[i].lres.allowed);
+        TH_CHECK_INT(r[i].lres.status, 503);
+    }
+    sync_hub(&e, a); /* the replies arrive: they only free their records */
+    hl_run_until_set(&e.loop, NULL, 50);
+    for (int i = 0; i < 3; i++)
+        TH_CHECK(r[i].limits == 1 && r[i].admitted == 0 && r[i].hooks == 1);
+    env_stop(&e);
+}
+
+TH_TEST(new_needs_a_redis_limiter)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_config *cfg = cfg_from("rate_limit: { global_rpm: 5, backend: local }\n");
+    TH_REQUIRE(cfg != NULL);
+    th_limiter *l = th_limiter_new(&loop, cfg, NULL, NULL);
+    TH_REQUIRE(l != NULL);
+    TH_CHECK(th_policy_new(NULL, l, NULL, NULL, NULL, NULL) == NULL);
+    th_policy_free(NULL);
+    th_limiter_free(l);
+    th_config_unref(cfg);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    TH_CHECK(uv_loop_close(&loop) == 0);
+}
+
+TH_TEST_MAIN()

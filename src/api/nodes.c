@@ -265,9 +265,11 @@ void th_api_nodes_register(th_http_req *req, void *ud)
     th_strlcpy(w->cred, cred, sizeof w->cred);
     th_strlcpy(w->addr, who.addr ? who.addr : "", sizeof w->addr);
     reg_host(body, w->host, sizeof w->host);
-    /* an unspecified listen address (a seed-2 worker's default 0.0.0.0) stands for the caller's address,
-     * as the registry takes it */
-    if ((strcmp(w->host, "0.0.0.0") == 0 || strcmp(w->host, "::") == 0) && w->addr[0] != 0)
+    /* an unspecified listen address in a host + port registration (a seed-2 worker's default 0.0.0.0)
+     * stands for the caller's address, as the registry takes it; in a url it stays what it is, refused */
+    json_t *url = json_object_get(body, "url");
+    if ((url == NULL || json_is_null(url)) &&
+        (strcmp(w->host, "0.0.0.0") == 0 || strcmp(w->host, "::") == 0) && w->addr[0] != 0)
         th_strlcpy(w->host, w->addr, sizeof w->host);
     uint8_t ip[16];
     char err[256] = "", id[TH_NODE_ID_MAX + 1];

@@ -161,6 +161,19 @@ NODE_CFG = ("providers:\n  - name: workers\n    type: nodes\n    engine: xtts\n 
             "  trusted_networks: [\"127.0.0.2/32\"]\n  max_capacity: 8\n  max_node_bytes: 2KiB\n")
 
 
+def test_unspecified_listen_host_is_the_callers_address_but_never_a_url(hub_factory):
+    """A seed-2 worker reports its listen address, 0.0.0.0 by default: as host + port it stands for the
+    address the registration came from; as a url (which would reach the hub's own machine) it is refused."""
+    h = hub_factory(NODE_CFG, env={"TTSHUB_CLUSTER_TOKEN": TOKEN})
+    port = free_port()
+    st, b = post_from(h, "127.0.0.2", "/api/nodes/register", {"engine_type": "xtts", "url": f"http://0.0.0.0:{port}"})
+    assert st == 400, b
+    st, b = post_from(h, "127.0.0.2", "/api/nodes/register", {"engine_type": "xtts", "host": "0.0.0.0", "port": port})
+    assert st == 200, b
+    node = requests.get(h.url + f"/api/nodes/{b['node_id']}", headers=bearer(TOKEN), timeout=10).json()
+    assert node["url"] == f"http://127.0.0.2:{port}", node
+
+
 def test_node_hijack_attempts_are_refused(hub_factory):
     h = hub_factory(NODE_CFG, env={"TTSHUB_CLUSTER_TOKEN": TOKEN})
     good = FakeEngine("node", engine="xtts", node_id="good").start()

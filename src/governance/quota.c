@@ -14,11 +14,31 @@
  *   usage.snapshot  "ttshub-usage-snapshot 1 {seq}\n", then per tenant
  *                   "{tenant} {day} {day_chars} {day_requests} {month} {month_chars} {month_requests}\n",
  *                   then "end {n_tenants}\n". Written to usage.snapshot.tmp, fdatasync'd, renamed over the
- *                   old one and the directory fsync'd; only then is usage.log truncated. A crash between the
- *                   rename and the truncation is harmless: replay skips lines whose seq <= the snapshot's.
+ *                   old one and the directory fsync'd; only then is usage.log replaced by an empty one
+ *                   (usage.log.tmp renamed over it: the log is rotated, never truncated in place). A crash
+ *                   between the two renames is harmless: replay skips lines whose seq <= the snapshot's.
+ *   usage.lock      an empty file whose flock orders the writers (see "Several processes");
+ *   usage.members   each process holds a shared flock on it for its lifetime;
+ *   usage.knock     touched by a process that waits for usage.lock.
  * Start: load the snapshot, replay the log. A last line without its '\n' (torn by a crash during a write)
  * is ignored and cut off, so the next append starts on a line of its own; any other malformed line is
- * corruption and th_quota_new fails. An exclusive flock on usage.log keeps a second process out.
+ * corruption and th_quota_new fails.
+ *
+ * Several processes on one data_dir (a blue/green restart with --reuse-port, or an upgrade of the binary)
+ * share the log. Appends, snapshots and rotations happen under an exclusive flock of usage.lock. A process
+ * alone on data_dir ("solo", the usual case) holds that lock for as long as it stays alone, so its requests
+ * cost no extra system call. A second process joins usage.members, then touches usage.knock; the solo one
+ * sees the knock through the loop (inotify), lets the lock go, and both go "shared": each append takes the
+ * lock for one write, first reads what the others appended since it last looked (so seq stays one
+ * sequence, in file order), then appends. A once-a-second tick returns a process to solo when it finds
+ * itself the only member again. A rotation by another process shows as our log fd's file having no name
+ * left (st_nlink == 0): then the snapshot is reloaded (it holds every line of the rotated log) and the new
+ * log read from its start. In shared mode reservations read the others' new lines too (an fstat, and a read
+ * only when the log grew), so committed usage is shared exactly; in-flight reservations are each process's
+ * own, so while two processes overlap a tenant can pass its limit by at most what the other process has in
+ * flight at that moment. Start needs no lock: the log is opened before the snapshot is read, so a rotation
+ * in between only means lines the snapshot already holds. A process of an older version, which holds an
+ * exclusive flock on usage.log itself, is detected at start and refused.
  *
  * Durability. th_quota_commit write(2)s the whole line before it returns (the API layer finishes the
  * response after commit), so once a client can have seen success the line is in the kernel's page cache:
@@ -47,6 +67,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
@@ -60,6 +81,9 @@
 #define SYNC_DELAY_MS 100
 #define MAX_LINE 4096
 #define REDIS_EXTRA_TTL_S 86400 /* keys live a day past the end of their window */
+#define LOCK_WAIT_MS 2000       /* another process holds usage.lock for one write or one snapshot */
+#define MEMBER_WAIT_MS 2000 /* a member's "am I alone" test holds usage.members exclusively for a moment */
+#define SOLO_TICK_MS 1000   /* how often a shared process checks whether it is alone again */
 
 typedef struct tenant_rec {
     th_hnode hn; /* in the tenant map */
@@ -86,10 +110,15 @@ struct th_quota {
     bool fail_open;
 
     /* local backend */
-    char *log_path, *snap_path, *snap_tmp, *dir;
-    int log_fd;
-    uint64_t seq;      /* the last commit's seq */
-    uint64_t snap_seq; /* the seq the snapshot on disk covers */
+    char *log_path, *snap_path, *snap_tmp, *dir, *lock_path, *log_tmp, *members_path, *knock_path;
+    int log_fd, lock_fd, members_fd, knock_fd;
+    bool solo;            /* alone on data_dir: holds usage.lock until another process knocks */
+    uv_fs_event_t knock;  /* usage.knock changed: another process waits for the lock */
+    uv_timer_t solo_tick; /* repeating, unref'd: back to solo when alone again */
+    off_t log_off;        /* the end of the last complete line of usage.log counted here */
+    uint64_t log_lines;   /* lines of usage.log before log_off (for error messages) */
+    uint64_t seq;         /* the last commit's seq */
+    uint64_t snap_seq;    /* the seq the snapshot on disk covers */
     uint64_t since_snap;
     uint64_t snap_mono_ms; /* when the last snapshot was written (or the quota was made) */
     th_htab tenants;       /* tenant_rec by name */
@@ -405,12 +434,17 @@ static int load_snapshot(th_quota *q, char *err, size_t errlen)
                 snprintf(err, errlen, "out of memory");
                 goto out;
             }
-            t->day = (uint32_t)v[0];
-            t->d_used = v[1];
-            t->d_req = v[2];
-            t->month = (uint32_t)v[3];
-            t->m_used = v[4];
-            t->m_req = v[5];
+            /* Committed counts come from the snapshot; reservations of this process stay where their
+             * window is still the record's (on a reload after another process rotated the log). */
+            advance(t, (uint32_t)v[0], (uint32_t)v[3]);
+            if (t->day == v[0]) {
+                t->d_used = v[1];
+                t->d_req = v[2];
+            }
+            if (t->month == v[3]) {
+                t->m_used = v[4];
+                t->m_req = v[5];
+            }
             count++;
         }
         p = nl + 1;
@@ -427,69 +461,88 @@ out:
     return rc;
 }
 
-/* Replays usage.log from fd; cuts off a torn last line. */
-static int replay_log(th_quota *q, char *err, size_t errlen)
+/* Counts one line of usage.log (unless the snapshot already holds it). 0, -1 malformed, -2 out of memory. */
+static int apply_line(th_quota *q, const char *p, size_t len, char *name)
 {
+    const char *f[4];
+    size_t fl[4];
+    uint64_t seq, ts, chars;
+    if (split(p, len, f, fl, 4) != 0 || field_u64(f[0], fl[0], &seq) != 0 ||
+        field_u64(f[1], fl[1], &ts) != 0 || unescape(f[2], fl[2], name) != 0 ||
+        field_u64(f[3], fl[3], &chars) != 0)
+        return -1;
+    if (seq > q->snap_seq) {
+        tenant_rec *t = tenant_get(q, name);
+        if (t == NULL) return -2;
+        win w = window_of(ts);
+        account(t, w.day, w.month, chars, false);
+    }
+    if (seq > q->seq) q->seq = seq;
+    return 0;
+}
+
+/* Counts the complete lines of usage.log past log_off (all of it at start). With usage.lock held no writer
+ * can be in the middle of a line, so an unfinished last line was torn by a crash: it is cut off, and the
+ * next append starts on a line of its own. Without the lock it is left for the next look. */
+static int read_log(th_quota *q, bool locked, char *err, size_t errlen)
+{
+    struct stat st;
+    if (fstat(q->log_fd, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
+        return -1;
+    }
+    if (st.st_size <= q->log_off) {
+        q->log_off = st.st_size; /* shorter only if a starting process cut a torn line */
+        return 0;
+    }
     th_buf b;
     th_buf_init(&b, MAX_LINE + 65536); /* one line and one read */
     int rc = -1;
-    size_t lineno = 0;
-    char *name = NULL;
+    char *name = malloc(MAX_LINE + 1);
     uint8_t chunk[65536];
-    off_t good = 0; /* the end of the last complete line */
-    for (;;) {
-        ssize_t r = read(q->log_fd, chunk, sizeof chunk);
+    off_t pos = q->log_off;
+    if (name == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    while (pos < st.st_size) {
+        ssize_t r = pread(q->log_fd, chunk, sizeof chunk, pos);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
             goto out;
         }
         if (r == 0) break;
+        pos += r;
         if (th_buf_append(&b, chunk, (size_t)r) != TH_BUF_OK) {
             snprintf(err, errlen, "out of memory");
             goto out;
         }
-        for (;;) {
-            uint8_t *nl = memchr(b.data, '\n', b.len);
-            if (nl == NULL) break;
+        uint8_t *nl;
+        while ((nl = memchr(b.data, '\n', b.len)) != NULL) {
             size_t len = (size_t)(nl - b.data);
-            const char *f[4];
-            size_t fl[4];
-            uint64_t seq, ts, chars;
-            lineno++;
-            free(name);
-            name = malloc(len + 1);
-            if (name == NULL) {
-                snprintf(err, errlen, "out of memory");
-                goto out;
-            }
-            if (split((const char *)b.data, len, f, fl, 4) != 0 || field_u64(f[0], fl[0], &seq) != 0 ||
-                field_u64(f[1], fl[1], &ts) != 0 || unescape(f[2], fl[2], name) != 0 ||
-                field_u64(f[3], fl[3], &chars) != 0) {
-                snprintf(err, errlen, "%s: corrupt at line %zu", q->log_path, lineno);
-                goto out;
-            }
-            if (seq > q->snap_seq) {
-                tenant_rec *t = tenant_get(q, name);
-                if (t == NULL) {
+            int ar = len > MAX_LINE ? -1 : apply_line(q, (const char *)b.data, len, name);
+            if (ar != 0) {
+                if (ar == -2)
                     snprintf(err, errlen, "out of memory");
-                    goto out;
-                }
-                win w = window_of(ts);
-                account(t, w.day, w.month, chars, false);
+                else
+                    snprintf(err, errlen, "%s: corrupt at line %llu", q->log_path,
+                             (unsigned long long)q->log_lines + 1);
+                goto out;
             }
-            if (seq > q->seq) q->seq = seq;
-            good += (off_t)len + 1;
+            q->log_off += (off_t)len + 1;
+            q->log_lines++;
             th_buf_consume(&b, len + 1);
         }
         if (b.len > MAX_LINE) {
-            snprintf(err, errlen, "%s: line %zu is too long", q->log_path, lineno + 1);
+            snprintf(err, errlen, "%s: line %llu is too long", q->log_path,
+                     (unsigned long long)q->log_lines + 1);
             goto out;
         }
     }
-    if (b.len > 0) {
+    if (b.len > 0 && locked) {
         TH_LOG(q->log, TH_LOG_WARN, "quota: %s: ignoring a torn last line (%zu bytes)", q->log_path, b.len);
-        if (ftruncate(q->log_fd, good) != 0) {
+        if (ftruncate(q->log_fd, q->log_off) != 0) {
             snprintf(err, errlen, "%s: truncate: %s", q->log_path, strerror(errno));
             goto out;
         }
@@ -498,6 +551,89 @@ static int replay_log(th_quota *q, char *err, size_t errlen)
 out:
     free(name);
     th_buf_free(&b);
+    return rc;
+}
+
+/* flock with a deadline: try at once, then poll (the holder keeps it for one write or one snapshot). A
+ * first failure on usage.lock knocks, so a solo holder lets it go. */
+static int flock_wait(th_quota *q, int fd, int op, uint64_t wait_ms)
+{
+    uint64_t deadline = th_mono_ms() + wait_ms;
+    bool knocked = fd != q->lock_fd;
+    for (;;) {
+        if (flock(fd, op | LOCK_NB) == 0) return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR) return -1;
+        if (!knocked) {
+            knocked = true;
+            if (futimens(q->knock_fd, NULL) != 0)
+                TH_LOG(q->log, TH_LOG_WARN, "quota: touching %s: %s", q->knock_path, strerror(errno));
+        }
+        if (th_mono_ms() >= deadline) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct timespec ts = {0, 200 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* usage.lock for one operation (a solo process holds it already). */
+static int lock_wait(th_quota *q, uint64_t wait_ms)
+{
+    return q->solo ? 0 : flock_wait(q, q->lock_fd, LOCK_EX, wait_ms);
+}
+
+static void unlock(th_quota *q)
+{
+    if (!q->solo && flock(q->lock_fd, LOCK_UN) != 0)
+        TH_LOG(q->log, TH_LOG_ERROR, "quota: unlock %s: %s", q->lock_path, strerror(errno));
+}
+
+/* After another process rotated the log: its snapshot holds every line we had not read yet, so committed
+ * counts come from it, then the new log is read from its start. */
+static int reload(th_quota *q, char *err, size_t errlen)
+{
+    int fd = open(q->log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
+        return -1;
+    }
+    close(q->log_fd);
+    q->log_fd = fd;
+    q->log_off = 0;
+    q->log_lines = 0;
+    q->dirty = false; /* what we wrote to the old log is in the snapshot, synced */
+    TH_HTAB_EACH(&q->tenants, h)
+    {
+        tenant_rec *t = TH_HT_OF(h, tenant_rec, hn);
+        t->d_used = t->d_req = t->m_used = t->m_req = 0;
+    }
+    if (load_snapshot(q, err, errlen) != 0) return -1;
+    return read_log(q, true, err, errlen);
+}
+
+/* Catches up with the other processes on this data_dir: reloads after a rotation, reads new lines. */
+static int sync_log(th_quota *q, bool locked)
+{
+    char err[256];
+    struct stat st;
+    int rc = -1;
+    if (q->solo) return 0; /* nobody else can have written */
+    if (fstat(q->log_fd, &st) != 0) {
+        snprintf(err, sizeof err, "%s: %s", q->log_path, strerror(errno));
+    } else if (st.st_nlink > 0 && st.st_size <= q->log_off) {
+        return 0; /* the common case: nothing new */
+    } else if (st.st_nlink > 0) {
+        rc = read_log(q, locked, err, sizeof err);
+    } else if (locked) {
+        rc = reload(q, err, sizeof err);
+    } else if (lock_wait(q, LOCK_WAIT_MS) != 0) {
+        snprintf(err, sizeof err, "%s: %s", q->lock_path, strerror(errno));
+    } else {
+        rc = reload(q, err, sizeof err);
+        unlock(q);
+    }
+    if (rc != 0) TH_LOG(q->log, TH_LOG_ERROR, "quota: reading the usage log: %s", err);
     return rc;
 }
 
@@ -510,13 +646,108 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+/* ---- solo and shared ---- */
+
+/* True if no other process is a member. Converting the shared flock to exclusive and back is not atomic:
+ * a failed conversion holds nothing for a moment, and another process's test may then see itself alone
+ * and go solo; our next append then knocks, and it shares again. */
+static bool alone(th_quota *q)
+{
+    bool one = flock(q->members_fd, LOCK_EX | LOCK_NB) == 0;
+    if (flock_wait(q, q->members_fd, LOCK_SH, MEMBER_WAIT_MS) != 0)
+        TH_LOG(q->log, TH_LOG_ERROR, "quota: %s: %s", q->members_path, strerror(errno));
+    return one;
+}
+
+/* Takes usage.lock for good when alone and it is free. */
+static void try_solo(th_quota *q)
+{
+    if (q->solo || !alone(q) || flock(q->lock_fd, LOCK_EX | LOCK_NB) != 0) return;
+    if (sync_log(q, true) != 0) {
+        flock(q->lock_fd, LOCK_UN);
+        return;
+    }
+    q->solo = true;
+    TH_LOG(q->log, TH_LOG_INFO, "quota: alone on %s: usage.log is this process's", q->dir);
+}
+
+static void on_knock(uv_fs_event_t *h, const char *name, int events, int status)
+{
+    (void)name;
+    (void)events;
+    th_quota *q = h->data;
+    if (status < 0 || !q->solo) return;
+    q->solo = false;
+    if (flock(q->lock_fd, LOCK_UN) != 0)
+        TH_LOG(q->log, TH_LOG_ERROR, "quota: unlock %s: %s", q->lock_path, strerror(errno));
+    TH_LOG(q->log, TH_LOG_INFO, "quota: another process uses %s: usage.log is shared", q->dir);
+}
+
+static void on_solo_tick(uv_timer_t *t)
+{
+    try_solo(t->data);
+}
+
+/* Joins the processes on data_dir and watches for knocks. */
+static int join(th_quota *q, char *err, size_t errlen)
+{
+    q->members_fd = open(q->members_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    q->knock_fd = open(q->knock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (q->members_fd < 0 || q->knock_fd < 0 || flock_wait(q, q->members_fd, LOCK_SH, MEMBER_WAIT_MS) != 0) {
+        snprintf(err, errlen, "%s: %s", q->members_fd < 0 ? q->members_path : q->knock_path, strerror(errno));
+        return -1;
+    }
+    if (futimens(q->knock_fd, NULL) != 0) { /* a solo process lets usage.lock go */
+        snprintf(err, errlen, "%s: %s", q->knock_path, strerror(errno));
+        return -1;
+    }
+    if (uv_fs_event_init(q->loop, &q->knock) != 0) {
+        snprintf(err, errlen, "cannot watch %s", q->knock_path);
+        return -1;
+    }
+    q->knock.data = q;
+    q->handles++;
+    int rc = uv_fs_event_start(&q->knock, on_knock, q->knock_path, 0);
+    if (rc != 0) {
+        snprintf(err, errlen, "watching %s: %s", q->knock_path, uv_strerror(rc));
+        return -1;
+    }
+    uv_unref((uv_handle_t *)&q->knock);
+    uv_timer_start(&q->solo_tick, on_solo_tick, SOLO_TICK_MS, SOLO_TICK_MS);
+    uv_unref((uv_handle_t *)&q->solo_tick);
+    return 0;
+}
+
+/* A new empty log replaces the one the snapshot covers. Others see their fd's file lose its name. */
+static void rotate(th_quota *q)
+{
+    int fd = open(q->log_tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0 || rename(q->log_tmp, q->log_path) != 0) {
+        /* The old log stays: every line in it is <= the snapshot's seq and skipped on replay. */
+        TH_LOG(q->log, TH_LOG_WARN, "quota: rotating %s: %s", q->log_path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return;
+    }
+    if (fsync_dir(q->dir) != 0) TH_LOG(q->log, TH_LOG_WARN, "quota: fsync %s: %s", q->dir, strerror(errno));
+    close(q->log_fd);
+    q->log_fd = fd;
+    q->log_off = 0;
+    q->log_lines = 0;
+    q->dirty = false;
+}
+
 int th_quota_snapshot(th_quota *q)
 {
     if (q == NULL || q->log_fd < 0) return -1;
+    if (lock_wait(q, LOCK_WAIT_MS) != 0) {
+        TH_LOG(q->log, TH_LOG_ERROR, "quota: snapshot: locking %s: %s", q->lock_path, strerror(errno));
+        return -1;
+    }
     th_buf b;
     th_buf_init(&b, 0); /* the snapshot we write */
     int rc = -1, fd = -1;
     size_t count = 0;
+    if (sync_log(q, true) != 0) goto out;
     if (th_buf_appendf(&b, "ttshub-usage-snapshot 1 %llu\n", (unsigned long long)q->seq) != TH_BUF_OK)
         goto out;
     TH_HTAB_EACH(&q->tenants, h)
@@ -541,13 +772,13 @@ int th_quota_snapshot(th_quota *q)
     q->snap_seq = q->seq;
     q->since_snap = 0;
     q->snap_mono_ms = th_mono_ms();
-    /* The snapshot holds every line now: the log starts again (a crash before this line is harmless). */
-    if (ftruncate(q->log_fd, 0) != 0)
-        TH_LOG(q->log, TH_LOG_WARN, "quota: truncate %s: %s", q->log_path, strerror(errno));
+    /* The snapshot holds every line now: the log starts again (a crash before this is harmless). */
+    rotate(q);
     rc = 0;
 out:
     if (rc != 0) TH_LOG(q->log, TH_LOG_ERROR, "quota: snapshot %s failed: %s", q->snap_path, strerror(errno));
     if (fd >= 0) close(fd);
+    unlock(q);
     th_buf_free(&b);
     return rc;
 }
@@ -846,6 +1077,7 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     q->log = log;
     q->redis = redis;
     q->log_fd = -1;
+    q->lock_fd = q->members_fd = q->knock_fd = -1;
     q->cfg = th_config_ref((th_config *)cfg);
     q->fail_open =
         cfg->rate_limit.on_backend_error == NULL || strcmp(cfg->rate_limit.on_backend_error, "closed") != 0;
@@ -860,7 +1092,9 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     q->timer.data = q;
     uv_timer_init(loop, &q->snap_timer);
     q->snap_timer.data = q;
-    q->handles = 2;
+    uv_timer_init(loop, &q->solo_tick);
+    q->solo_tick.data = q;
+    q->handles = 3;
     q->snap_mono_ms = th_mono_ms();
     if (redis) return q; /* the Redis backend keeps nothing on disk */
     uv_timer_start(&q->snap_timer, on_snap_timer, TH_QUOTA_SNAPSHOT_MS / 4, TH_QUOTA_SNAPSHOT_MS / 4);
@@ -871,7 +1105,12 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
     q->log_path = path_join(dir, "usage.log");
     q->snap_path = path_join(dir, "usage.snapshot");
     q->snap_tmp = path_join(dir, "usage.snapshot.tmp");
-    if (q->dir == NULL || q->log_path == NULL || q->snap_path == NULL || q->snap_tmp == NULL) {
+    q->lock_path = path_join(dir, "usage.lock");
+    q->log_tmp = path_join(dir, "usage.log.tmp");
+    q->members_path = path_join(dir, "usage.members");
+    q->knock_path = path_join(dir, "usage.knock");
+    if (q->dir == NULL || q->log_path == NULL || q->snap_path == NULL || q->snap_tmp == NULL ||
+        q->lock_path == NULL || q->log_tmp == NULL || q->members_path == NULL || q->knock_path == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -884,11 +1123,22 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
         snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
         goto fail;
     }
-    if (flock(q->log_fd, LOCK_EX | LOCK_NB) != 0) {
-        snprintf(err, errlen, "%s: in use by another process (%s)", q->log_path, strerror(errno));
+    /* An older ttshub holds usage.log itself for its lifetime and would not see our lines. */
+    if (flock(q->log_fd, LOCK_SH | LOCK_NB) != 0) {
+        snprintf(err, errlen, "%s: in use by a process that does not share it (%s)", q->log_path,
+                 strerror(errno));
         goto fail;
     }
-    if (load_snapshot(q, err, errlen) != 0 || replay_log(q, err, errlen) != 0) goto fail;
+    flock(q->log_fd, LOCK_UN);
+    q->lock_fd = open(q->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (q->lock_fd < 0) {
+        snprintf(err, errlen, "%s: %s", q->lock_path, strerror(errno));
+        goto fail;
+    }
+    if (join(q, err, errlen) != 0) goto fail;
+    /* usage.log is open before the snapshot is read: see "Several processes" */
+    if (load_snapshot(q, err, errlen) != 0 || read_log(q, false, err, errlen) != 0) goto fail;
+    try_solo(q); /* then a torn last line is cut off at once */
     return q;
 fail:
     th_quota_free(q);
@@ -909,6 +1159,9 @@ void th_quota_free(th_quota *q)
             TH_LOG(q->log, TH_LOG_ERROR, "quota: fdatasync %s: %s", q->log_path, strerror(errno));
         close(q->log_fd);
     }
+    if (q->lock_fd >= 0) close(q->lock_fd); /* lets usage.lock go if solo */
+    if (q->members_fd >= 0) close(q->members_fd);
+    if (q->knock_fd >= 0) close(q->knock_fd);
     if (q->syncing) q->syncing->q = NULL; /* it finishes on the threadpool and frees itself */
     while (q->pend)
         pend_unlink(q->pend); /* Redis replies still to come free their own state */
@@ -928,10 +1181,16 @@ void th_quota_free(th_quota *q)
     free(q->log_path);
     free(q->snap_path);
     free(q->snap_tmp);
+    free(q->lock_path);
+    free(q->log_tmp);
+    free(q->members_path);
+    free(q->knock_path);
     th_config_unref(q->cfg);
-    if (q->handles > 0) { /* q is freed when both timers are closed */
+    if (q->handles > 0) { /* q is freed when its handles are closed */
         uv_close((uv_handle_t *)&q->timer, on_close);
         uv_close((uv_handle_t *)&q->snap_timer, on_close);
+        uv_close((uv_handle_t *)&q->solo_tick, on_close);
+        if (q->handles > 3) uv_close((uv_handle_t *)&q->knock, on_close);
     } else {
         free(q);
     }
@@ -951,6 +1210,7 @@ void th_quota_reserve(th_quota *q, const char *tenant, const th_tenant_conf *tco
         redis_reserve(q, tenant, tconf, chars, w, now_ms, cb, ud);
         return;
     }
+    sync_log(q, false); /* what other processes on this data_dir committed (logged on failure) */
     tenant_rec *t = tenant_get(q, tenant);
     th_quota_resv *r = t ? calloc(1, sizeof *r) : NULL;
     if (r == NULL) {
@@ -998,21 +1258,28 @@ void th_quota_commit(th_quota *q, th_quota_resv *r)
     }
     th_buf b;
     th_buf_init(&b, MAX_LINE);
+    bool locked = lock_wait(q, LOCK_WAIT_MS) == 0;
+    if (locked) sync_log(q, true); /* our seq follows every line already in the log */
     uint64_t seq = q->seq + 1;
-    if (th_buf_appendf(&b, "%llu %llu ", (unsigned long long)seq, (unsigned long long)r->ts_ms) !=
-            TH_BUF_OK ||
-        append_escaped(&b, r->rec->name) != TH_BUF_OK ||
-        th_buf_appendf(&b, " %llu\n", (unsigned long long)r->chars) != TH_BUF_OK) {
+    if (!locked) {
+        /* Counted in memory anyway; only this line is not durable. */
+        TH_LOG(q->log, TH_LOG_ERROR, "quota: locking %s: %s", q->lock_path, strerror(errno));
+    } else if (th_buf_appendf(&b, "%llu %llu ", (unsigned long long)seq, (unsigned long long)r->ts_ms) !=
+                   TH_BUF_OK ||
+               append_escaped(&b, r->rec->name) != TH_BUF_OK ||
+               th_buf_appendf(&b, " %llu\n", (unsigned long long)r->chars) != TH_BUF_OK) {
         TH_LOG(q->log, TH_LOG_ERROR, "quota: cannot format the usage line of %s", r->rec->name);
     } else if (write_all(q->log_fd, b.data, b.len) != 0) {
-        /* Counted in memory anyway; only this line is not durable. */
         TH_LOG(q->log, TH_LOG_ERROR, "quota: write %s: %s", q->log_path, strerror(errno));
     } else {
         q->seq = seq;
+        q->log_off += (off_t)b.len;
+        q->log_lines++;
         q->dirty = true;
         q->since_snap++;
         arm_timer(q);
     }
+    if (locked) unlock(q);
     th_buf_free(&b);
     account(r->rec, r->day, r->month, r->chars, true);
     resv_free(r);
@@ -1056,6 +1323,7 @@ th_usage_row *th_quota_usage(th_quota *q, const char *window, const char *tenant
     *n = 0;
     bool day = is_day(window);
     win w = window_of(now_ms);
+    if (!q->redis && q->log_fd >= 0) sync_log(q, false);
     if (tenant) {
         th_usage_row *rows = malloc(sizeof *rows);
         if (rows == NULL) return NULL;

@@ -65,7 +65,7 @@ th_usage_row *th_quota_usage(th_quota *q, const char *window, const char *tenant
 /** ...or when unsnapshotted commits are older than this (checked every quarter of it). */
 #define TH_QUOTA_SNAPSHOT_MS (5 * 60 * 1000)
 
-/** Local backend: writes usage.snapshot now (atomically) and truncates usage.log. 0 or -1 (logged). */
+/** Local backend: writes usage.snapshot now (atomically) and rotates usage.log. 0 or -1 (logged). */
 int th_quota_snapshot(th_quota *q);
 
 /** rows NULL and ok false when the backend failed; rows valid during the callback only. */

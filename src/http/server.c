@@ -37,12 +37,13 @@
 #include "core/uuid.h"
 #include "http/parser.h"
 
-#define WRITE_HIGH (256 * 1024)       /* th_http_write returns 1 above this many queued bytes */
-#define WRITE_LOW (64 * 1024)         /* on_drain fires at or below this */
-#define WRITE_HARD (32 * 1024 * 1024) /* a streaming handler that ignores back-pressure is cut here */
-#define READ_BUF_SIZE (64 * 1024)     /* one per server: reads are consumed or copied at once */
-#define PENDING_PAUSE (64 * 1024)     /* pipelined bytes held while a response is in progress */
-#define LINGER_MS 2000                /* after a closing response: read and drop, then close */
+#define WRITE_HIGH (256 * 1024)        /* th_http_write returns 1 above this many queued bytes */
+#define WRITE_LOW (64 * 1024)          /* on_drain fires at or below this */
+#define SHUTDOWN_FIRST_REQUEST_MS 2000 /* at shutdown, a fresh connection's first request may still come */
+#define WRITE_HARD (32 * 1024 * 1024)  /* a streaming handler that ignores back-pressure is cut here */
+#define READ_BUF_SIZE (64 * 1024)      /* one per server: reads are consumed or copied at once */
+#define PENDING_PAUSE (64 * 1024)      /* pipelined bytes held while a response is in progress */
+#define LINGER_MS 2000                 /* after a closing response: read and drop, then close */
 #define REJECT_LINGER_MS 500
 #define MAX_PARAMS 16
 #define MAX_RESP_HEADERS (16 * 1024)
@@ -106,6 +107,7 @@ struct conn {
     bool reading;
     bool rejected;
     bool from_backlog;      /* taken off the listen queue at shutdown: its request has not been read yet */
+    bool served;            /* has finished a request: idle now means idle between requests */
     bool counted;           /* in s->nactive */
     bool ip_counted;        /* holds one of its IP's slots in s->per_ip */
     uint64_t body_reserved; /* of s->body_bytes, for the current request */
@@ -759,6 +761,7 @@ static void exchange_done(conn *c, bool close)
     r->ended = true;
     r->held = false;
     s->ninflight--;
+    c->served = true;
     close = close || will_close(c);
     th_http_parser_next(&c->p);
     if (!c->closing) {
@@ -1172,8 +1175,16 @@ void th_http_server_shutdown(th_http_server *s, uint64_t grace_ms, void (*done)(
             s->idle = NULL;
         }
     }
+    /* Idle keep-alive connections close now (their clients must expect that). One that has not sent its
+     * first request yet was just accepted, and its request is on the way: it gets a short while to arrive
+     * and is served (then closed), like the ones taken off the listen queue. */
     for (conn *c = s->conns; c != NULL; c = c->next) {
-        if (c->state == C_IDLE && !c->p.msg.started && !c->from_backlog) conn_close(c);
+        if (c->state != C_IDLE || c->p.msg.started) continue;
+        if (c->served)
+            conn_close(c);
+        else if (!c->from_backlog &&
+                 (c->deadline == 0 || c->deadline > uv_now(s->loop) + SHUTDOWN_FIRST_REQUEST_MS))
+            set_deadline_in(c, SHUTDOWN_FIRST_REQUEST_MS);
     }
     s->grace = malloc(sizeof *s->grace);
     if (s->grace != NULL && uv_timer_init(s->loop, s->grace) == 0) {

@@ -432,6 +432,64 @@ def test_reuse_port_restart_under_load(hub_factory, fakes):
     assert "drained; stopping" in old.output()
 
 
+def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path):
+    """Blue/green on one data_dir with local quotas: both processes append to one usage log, the new one
+    counts what the old one commits while they overlap, and nothing is lost or counted twice."""
+    a = fakes()
+    data = str(tmp_path / "shared")
+    text = cfg(prov("a", a.url), extra=auth_block(tenants=()).replace(
+        "tenants:\n", "tenants:\n  t1: { rpm: 0, quota: { chars_per_day: 100000000 } }\n"),
+        watch=False).replace("@DATA@", data)
+    phrase = "Shared quota, twenty9."  # 22 code points, charged per request
+    old = hub_factory(text, extra_args=["--reuse-port"])
+    ok, failures, lock, stop = [0], [], threading.Lock(), threading.Event()
+
+    def run():
+        while not stop.is_set():
+            try:
+                r = requests.post(old.url + "/api/generate", timeout=30,
+                                  headers={**bearer(USER_KEY), "Connection": "close"},
+                                  data={"input": phrase, "voice": "alloy", "response_format": "mp3"})
+                with lock:
+                    if r.status_code == 200 and r.content:
+                        ok[0] += 1
+                    else:
+                        failures.append((r.status_code, r.text[:200]))
+            except requests.RequestException as e:
+                with lock:
+                    failures.append(("exception", repr(e), phase[0]))
+
+    phase = ["old"]
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: ok[0] >= 10, what="the load to get going")
+        phase[0] = "starting"
+        new = hub_factory(text, extra_args=["--reuse-port"], port=old.port)
+        wait_for(lambda: "listening on" in new.output(), what="the new process to listen")
+        phase[0] = "both"
+        wait_for(lambda: "usage.log is shared" in old.output(), what="the old process to share the log")
+        n0 = ok[0]
+        wait_for(lambda: ok[0] >= n0 + 60, what="answers while both processes listen")
+        phase[0] = "term"
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.proc.wait(60) == 0
+        phase[0] = "new"
+        n1 = ok[0]
+        wait_for(lambda: ok[0] >= n1 + 20, what="answers after the old process left")
+        wait_for(lambda: "usage.log is this process's" in new.output(), what="the new process to be alone")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert failures == [], failures[:5]
+    u = requests.get(new.url + "/admin/usage?window=day&tenant=t1", headers=bearer(ADMIN_KEY), timeout=10)
+    assert u.status_code == 200, u.text
+    row = [r for r in u.json()["usage"] if r["tenant"] == "t1"][0]
+    assert (row["requests"], row["characters"]) == (ok[0], ok[0] * len(phrase)), (row, ok[0])
+
+
 def unit_exec_reload():
     with open(os.path.join(ROOT, "config", "ttshub.service")) as f:
         for line in f:

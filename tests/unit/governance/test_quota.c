@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,7 +49,8 @@ static void mkdir_tmp(char *dir, size_t n)
 
 static void rm_dir(const char *dir)
 {
-    const char *names[] = {"usage.log", "usage.snapshot", "usage.snapshot.tmp"};
+    const char *names[] = {"usage.log", "usage.snapshot", "usage.snapshot.tmp", "usage.lock",
+                           "usage.log.tmp"};
     char p[512];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, names[i]);
@@ -226,11 +228,16 @@ TH_TEST(test_commit_persists)
     th_quota_result open_resv = reserve(q, "acme", &tc, 100, T0); /* never committed */
     TH_CHECK(open_resv.allowed);
     th_quota_refund(q, open_resv.resv);
-    /* a second quota on the same data_dir is refused while the first holds it */
-    char err[256] = "";
+    /* a process of an older version holds usage.log itself: a new one refuses to start beside it */
+    char p[256], err[256] = "";
+    snprintf(p, sizeof p, "%s/usage.log", dir);
+    int old = open(p, O_RDWR | O_APPEND);
+    TH_REQUIRE(old >= 0);
+    TH_REQUIRE(flock(old, LOCK_EX | LOCK_NB) == 0);
     th_quota *q2 = th_quota_new(&loop, cfg, NULL, NULL, err, sizeof err);
     TH_CHECK(q2 == NULL);
-    TH_CHECK(strstr(err, "in use") != NULL);
+    TH_CHECK(strstr(err, "does not share it") != NULL);
+    close(old);
     close_q(&loop, q);
 
     q = open_q(&loop, cfg, NULL);
@@ -480,6 +487,169 @@ TH_TEST(test_snapshot_and_replay)
 static int row_cmp(const void *a, const void *b)
 {
     return strcmp(((const th_usage_row *)a)->tenant, ((const th_usage_row *)b)->tenant);
+}
+
+/* 1 if the seqs of usage.log's lines (its first field) strictly increase and there are at least min lines. */
+static int seqs_increase(const char *dir, size_t min)
+{
+    char p[256], line[512];
+    snprintf(p, sizeof p, "%s/usage.log", dir);
+    FILE *f = fopen(p, "r");
+    if (f == NULL) return 0;
+    unsigned long long prev = 0, seq;
+    size_t n = 0;
+    int ok = 1;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%llu ", &seq) != 1 || seq <= prev) ok = 0;
+        prev = seq;
+        n++;
+    }
+    fclose(f);
+    return ok && n >= min;
+}
+
+static void on_step(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* One turn of the loop, after `ms` (the quota's own handles do not keep a loop alive). */
+static void turn(uv_loop_t *loop, uint64_t ms)
+{
+    uv_timer_t step;
+    uv_timer_init(loop, &step);
+    uv_timer_start(&step, on_step, ms, 0);
+    uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&step, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+/* Two quotas on one data_dir (two processes during a blue/green restart) share committed usage: each
+ * sees the other's commits, through the other's snapshots and log rotations, and a restart counts all. */
+TH_TEST(test_shared_data_dir)
+{
+    char dir[64];
+    mkdir_tmp(dir, sizeof dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_config *cfg = cfg_for(dir, NULL);
+    th_quota *a = open_q(&loop, cfg, NULL);
+    TH_REQUIRE(a != NULL);
+    th_tenant_conf tc = {.name = "acme", .chars_per_day = 100};
+    th_quota_commit(a, reserve(a, "acme", &tc, 2, T0).resv); /* alone: a holds the log */
+    th_quota *b = open_q(&loop, cfg, NULL);
+    TH_REQUIRE(b != NULL);
+    TH_CHECK_INT(usage_of(b, "day", "acme", T0, NULL), 2);
+    turn(&loop, 0); /* a sees b's knock and shares the log */
+    th_quota_commit(a, reserve(a, "acme", &tc, 8, T0).resv);
+    TH_CHECK_INT(usage_of(b, "day", "acme", T0, NULL), 10);
+    th_quota_commit(b, reserve(b, "acme", &tc, 5, T0).resv);
+    TH_CHECK_INT(usage_of(a, "day", "acme", T0, NULL), 15);
+    /* a rotates the log; b's next commit lands in the new log after reloading a's snapshot */
+    TH_CHECK(th_quota_snapshot(a) == 0);
+    th_quota_commit(b, reserve(b, "acme", &tc, 7, T0).resv);
+    TH_CHECK_INT(usage_of(a, "day", "acme", T0, NULL), 22);
+    TH_CHECK_INT(usage_of(b, "day", "acme", T0, NULL), 22);
+    /* b rotates while a holds an open reservation: a keeps it, and learns the committed count */
+    th_quota_result open_a = reserve(a, "acme", &tc, 70, T0);
+    TH_CHECK(open_a.allowed);
+    TH_CHECK(th_quota_snapshot(b) == 0);
+    th_quota_commit(b, reserve(b, "acme", &tc, 1, T0).resv);
+    /* 23 committed + a's 70 in flight: 8 more is too much for a, and 7 fits */
+    TH_CHECK(!reserve(a, "acme", &tc, 8, T0).allowed);
+    th_quota_result r7 = reserve(a, "acme", &tc, 7, T0);
+    TH_CHECK(r7.allowed);
+    th_quota_refund(a, r7.resv);
+    th_quota_commit(a, open_a.resv);
+    TH_CHECK_INT(usage_of(b, "day", "acme", T0, NULL), 93);
+    uint64_t req = 0;
+    TH_CHECK_INT(usage_of(a, "day", "acme", T0, &req), 93);
+    TH_CHECK_INT(req, 6);
+    /* b leaves: within a tick a is alone again and holds usage.lock for good */
+    close_q(&loop, b);
+    char lp[256];
+    snprintf(lp, sizeof lp, "%s/usage.lock", dir);
+    int probe = open(lp, O_RDWR);
+    TH_REQUIRE(probe >= 0);
+    bool held = false;
+    for (int i = 0; i < 400 && !held; i++) { /* up to 4 s */
+        turn(&loop, 10);
+        if (flock(probe, LOCK_EX | LOCK_NB) == 0)
+            flock(probe, LOCK_UN);
+        else
+            held = true;
+    }
+    close(probe);
+    TH_CHECK(held);
+    th_quota_commit(a, reserve(a, "acme", &tc, 1, T0).resv);
+    close_q(&loop, a);
+    TH_CHECK(seqs_increase(dir, 3)); /* since b's rotation: b's 1, a's 70 */
+    /* a restart reads it all */
+    th_quota *c = open_q(&loop, cfg, NULL);
+    TH_REQUIRE(c != NULL);
+    TH_CHECK_INT(usage_of(c, "day", "acme", T0, &req), 94);
+    TH_CHECK_INT(req, 7);
+    close_q(&loop, c);
+    th_config_unref(cfg);
+    TH_CHECK(uv_loop_close(&loop) == 0);
+    rm_dir(dir);
+}
+
+/* Child of test_shared_processes: n commits of `chars`, a snapshot (a rotation) every `every`. */
+static void child_commit_shared(const char *dir, int n, uint64_t chars, int every)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_config *cfg = cfg_for(dir, NULL);
+    th_quota *q = cfg ? open_q(&loop, cfg, NULL) : NULL;
+    if (q == NULL) _exit(3);
+    th_tenant_conf tc = {.name = "acme", .chars_per_day = 1000000000};
+    for (int i = 1; i <= n; i++) {
+        th_quota_result r = reserve(q, "acme", &tc, chars, T0);
+        if (!r.allowed) _exit(4);
+        th_quota_commit(q, r.resv);
+        if (i % every == 0 && th_quota_snapshot(q) != 0) _exit(5);
+        if (i % 16 == 0) uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    close_q(&loop, q);
+    th_config_unref(cfg);
+    _exit(0);
+}
+
+/* Three processes commit at once on one data_dir, each rotating the log now and then: not one commit is
+ * lost or counted twice. */
+TH_TEST(test_shared_processes)
+{
+    char dir[64];
+    mkdir_tmp(dir, sizeof dir);
+    const int n = 3000;
+    const uint64_t chars[3] = {1, 10, 100};
+    const int every[3] = {97, 389, 1201};
+    pid_t pids[3];
+    fflush(NULL);
+    for (int i = 0; i < 3; i++) {
+        pids[i] = fork();
+        TH_REQUIRE(pids[i] >= 0);
+        if (pids[i] == 0) child_commit_shared(dir, n, chars[i], every[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        int status = 0;
+        TH_REQUIRE(waitpid(pids[i], &status, 0) == pids[i]);
+        TH_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    TH_CHECK(seqs_increase(dir, 1)); /* one sequence across the writers, in file order */
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_config *cfg = cfg_for(dir, NULL);
+    th_quota *q = open_q(&loop, cfg, NULL);
+    TH_REQUIRE(q != NULL);
+    uint64_t req = 0;
+    TH_CHECK_INT(usage_of(q, "day", "acme", T0, &req), (uint64_t)n * 111);
+    TH_CHECK_INT(req, (uint64_t)n * 3);
+    close_q(&loop, q);
+    th_config_unref(cfg);
+    TH_CHECK(uv_loop_close(&loop) == 0);
+    rm_dir(dir);
 }
 
 TH_TEST(test_usage_report)

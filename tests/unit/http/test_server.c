@@ -703,11 +703,21 @@ static void c_shutdown(harness *h, int *th__failed)
     cl_sends(&idle, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
     TH_REQUIRE(cl_response(&idle, &r) == 0);
     resp_free(&r);
+    clbuf fresh; /* connected, its first request not sent yet */
+    TH_REQUIRE(cl_connect(h->port, 0, &fresh) == 0);
     TH_REQUIRE(cl_connect(h->port, 0, &busy) == 0);
     cl_sends(&busy, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
     ms_sleep(50);
     uv_async_send(&h->async);      /* shutdown while /slow is in flight */
     TH_CHECK(cl_eof(&idle, 1000)); /* idle keep-alive: closed at once */
+    /* a fresh connection's first request, sent after the shutdown began, is still served */
+    cl_sends(&fresh, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+    TH_REQUIRE(cl_response(&fresh, &r) == 0);
+    TH_CHECK_INT(r.status, 200);
+    TH_CHECK(has(r.head, "Connection: close"));
+    TH_CHECK(cl_eof(&fresh, 2000));
+    resp_free(&r);
+    cl_close(&fresh);
     TH_REQUIRE(cl_response(&busy, &r) == 0);
     TH_CHECK_INT(r.status, 200);
     TH_CHECK_STR(r.body, "slow");

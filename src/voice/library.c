@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "audio/wav.h"
@@ -732,7 +733,7 @@ static void fs_load_after(uv_work_t *w, int status)
     vl_load_done(ld, ld->data, ld->len, ld->rc);
 }
 
-enum { OP_CREATE, OP_UPDATE, OP_DELETE };
+enum { OP_CREATE, OP_UPDATE, OP_DELETE, OP_REFRESH };
 
 typedef struct fs_op {
     uv_work_t work;
@@ -746,10 +747,58 @@ typedef struct fs_op {
     int rc;
     unsigned long seq; /* names its temp files */
     char err[300];
+    th_vlib_meta disk; /* refresh: the record on disk, when present */
+    bool present;
     struct fs_op *next;
 } fs_op;
 
 static void fs_next(th_vlib *l);
+
+/* Another process on this data_dir may have made, changed or deleted op->m.id: reads its record. A record
+ * whose audio is missing or does not match counts as absent (its maker writes the audio first). */
+static void fs_refresh_work(th_vlib *l, fs_op *op, const char *mpath)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    char perr[200] = "", wpath[1200];
+    struct stat st;
+    op->present = false;
+    if (read_file(mpath, TH_VLIB_RECORD_MAX, &data, &len) != 0) return; /* gone (or unreadable) */
+    if (th_vlib_meta_parse((const char *)data, len, &op->disk, perr, sizeof perr) != 0) {
+        free(data);
+        return;
+    }
+    free(data);
+    op->present = strcmp(op->disk.id, op->m.id) == 0 &&
+                  path_of(l, wpath, sizeof wpath, op->disk.id, op->disk.sha256, "wav") == 0 &&
+                  stat(wpath, &st) == 0 && (uint64_t)st.st_size == op->disk.wav_len;
+}
+
+/* Applies a refresh: adds a voice made elsewhere, takes a changed record, forgets a deleted one. A voice
+ * with an operation of this process under way is left to that operation. */
+static void fs_refresh_after(th_vlib *l, fs_op *op, vl_entry *e)
+{
+    if (op->rc != TH_VLIB_OK) return;
+    if (op->present && e == NULL) {
+        e = vl_add(l, op->disk.id, VL_LIVE);
+        if (e == NULL) return;
+        e->m = op->disk;
+        memset(&op->disk, 0, sizeof op->disk);
+        TH_LOG(l->log, TH_LOG_INFO, "voice library: %s was made by another process", e->m.id);
+    } else if (op->present && e->state == VL_LIVE) {
+        if (strcmp(e->m.sha256, op->disk.sha256) != 0) vl_drop_audio(l, e); /* deleted and made again */
+        th_vlib_meta_free(&e->m);
+        e->m = op->disk;
+        memset(&op->disk, 0, sizeof op->disk);
+    } else if (!op->present && e != NULL && e->state == VL_LIVE) {
+        TH_LOG(l->log, TH_LOG_INFO, "voice library: %s was deleted by another process", e->m.id);
+        if (l->on_removed) {
+            th_voice_ref ref = th_vlib_forget_ref(&e->m);
+            l->on_removed(l->on_removed_ud, &ref);
+        }
+        vl_remove(l, e);
+    }
+}
 
 static void fs_op_work(uv_work_t *w)
 {
@@ -775,6 +824,9 @@ static void fs_op_work(uv_work_t *w)
         if (write_atomic(l->dir, mpath, op->seq * 2, op->record, strlen(op->record), op->err,
                          sizeof op->err) != 0)
             op->rc = TH_VLIB_IO;
+        break;
+    case OP_REFRESH:
+        fs_refresh_work(l, op, mpath);
         break;
     case OP_DELETE:
         /* the record first: from then on the voice is gone; the wav is an orphan until unlinked */
@@ -834,9 +886,13 @@ static void fs_op_after(uv_work_t *w, int status)
                 e->state = VL_LIVE; /* still on disk: still there */
         }
         break;
+    case OP_REFRESH:
+        fs_refresh_after(l, op, e);
+        break;
     }
     if (op->cb) op->cb(op->ud, (th_vlib_rc)op->rc, op->rc == TH_VLIB_OK ? NULL : "the voice store failed");
     th_vlib_meta_free(&op->m);
+    th_vlib_meta_free(&op->disk);
     th_vlib_blob_release(op->wav);
     free(op->record);
     l->fs_busy = false;
@@ -1002,6 +1058,61 @@ static int mkdirs(const char *path)
     return mkdir(tmp, 0750) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* A leftover file is removed only when old: another process on this data_dir may be writing it now (it
+ * writes a voice's audio, then its record, within a moment). */
+static bool stale(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && time(NULL) - st.st_mtime > TH_VLIB_STALE_S;
+}
+
+/* Another process on this data_dir changed a record: re-read it, in order with this process's writes. */
+static void on_dir_event(uv_fs_event_t *h, const char *name, int events, int status)
+{
+    (void)events;
+    th_vlib *l = h->data;
+    if (status < 0 || l->closing || name == NULL || !has_suffix(name, ".json")) return;
+    size_t idlen = strlen(name) - 5;
+    if (!th_vlib_id_ok(name, idlen)) return; /* temporary files and strangers */
+    th_vlib_meta m;
+    memset(&m, 0, sizeof m);
+    memcpy(m.id, name, idlen);
+    m.id[idlen] = '\0';
+    fs_op *op = fs_op_new(l, OP_REFRESH, &m, NULL, NULL);
+    if (op == NULL) {
+        TH_LOG(l->log, TH_LOG_ERROR, "voice library: out of memory re-reading %s", m.id);
+        return;
+    }
+    fs_push(l, op);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    th_vlib *l = h->data;
+    free(h);
+    l->pending--;
+    vl_maybe_free(l);
+}
+
+/* Watches the directory (inotify), so voices made or deleted by another process (a blue/green restart on
+ * one data_dir) are seen. Without it (no inotify) a restart sees them. */
+static void fs_watch(th_vlib *l)
+{
+    l->watch = malloc(sizeof *l->watch);
+    if (l->watch == NULL || uv_fs_event_init(l->loop, l->watch) != 0) {
+        free(l->watch);
+        l->watch = NULL;
+        TH_LOG(l->log, TH_LOG_WARN, "voice library: cannot watch %s", l->dir);
+        return;
+    }
+    l->watch->data = l;
+    int rc = uv_fs_event_start(l->watch, on_dir_event, l->dir, 0);
+    if (rc != 0)
+        TH_LOG(l->log, TH_LOG_WARN, "voice library: cannot watch %s: %s", l->dir, uv_strerror(rc));
+    else
+        uv_unref((uv_handle_t *)l->watch);
+}
+
 static int fs_scan(th_vlib *l, char *err, size_t errlen)
 {
     if (mkdirs(l->dir) != 0) {
@@ -1019,8 +1130,8 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         const char *nm = de->d_name;
         char path[1200];
         if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) >= (int)sizeof path) continue;
-        if (strncmp(nm, ".tmp-", 5) == 0) { /* an interrupted write */
-            (void)unlink(path);
+        if (strncmp(nm, ".tmp-", 5) == 0) { /* an interrupted write, or one under way in another process */
+            if (stale(path)) (void)unlink(path);
             continue;
         }
         if (!has_suffix(nm, ".json")) continue;
@@ -1073,7 +1184,8 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         vl_entry *e = vl_find_any(l, id);
         if (e && strlen(dot + 1) == 64 + 4 && strncmp(dot + 1, e->m.sha256, 64) == 0) continue;
         char path[1200];
-        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path) (void)unlink(path);
+        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path && stale(path))
+            (void)unlink(path);
     }
     closedir(d);
     TH_LOG(l->log, TH_LOG_INFO, "voice library: %zu voice(s) in %s%s", loaded, l->dir,
@@ -1122,6 +1234,7 @@ th_vlib *th_vlib_new(uv_loop_t *loop, const th_vlib_conf *conf, th_log *log, cha
         return NULL;
     }
     l->timer_closed = true; /* fs has no timer */
+    fs_watch(l);
     return l;
 }
 
@@ -1148,6 +1261,11 @@ void th_vlib_free(th_vlib *l)
     if (l == NULL) return;
     l->closing = true;
     if (l->redis_mode) vl_redis_stop(l);
+    if (l->watch != NULL) {
+        l->pending++;
+        uv_close((uv_handle_t *)l->watch, on_watch_closed);
+        l->watch = NULL;
+    }
     vl_maybe_free(l);
 }
 

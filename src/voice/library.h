@@ -40,6 +40,7 @@
 #define TH_VLIB_TEXT_MAX 4096    /* bytes of reference text */
 #define TH_VLIB_NAME_MAX 256     /* bytes of a display name, engine hint, language, tenant */
 #define TH_VLIB_RECORD_MAX 65536 /* bytes of one metadata record */
+#define TH_VLIB_STALE_S 600      /* fs: a leftover temporary or orphaned file this old is removed at start */
 
 /** A voice's metadata record. Strings are owned (never NULL once parsed or made). */
 typedef struct th_vlib_meta {

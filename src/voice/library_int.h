@@ -56,7 +56,8 @@ struct th_vlib {
     bool fs_busy;
     unsigned long fs_seq; /* fs operations queued so far */
     struct vl_redis *rs;
-    uint64_t gen; /* bumped by every change applied here */
+    uv_fs_event_t *watch; /* fs: the directory, for changes made by another process */
+    uint64_t gen;         /* bumped by every change applied here */
     void (*on_removed)(void *ud, const th_voice_ref *ref);
     void *on_removed_ud;
 };

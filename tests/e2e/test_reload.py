@@ -433,8 +433,9 @@ def test_reuse_port_restart_under_load(hub_factory, fakes):
 
 
 def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path):
-    """Blue/green on one data_dir with local quotas: both processes append to one usage log, the new one
-    counts what the old one commits while they overlap, and nothing is lost or counted twice."""
+    """Blue/green on one data_dir with local quotas and the fs voice library: both processes append to one
+    usage log, the new one counts what the old one commits while they overlap, and nothing is lost or
+    counted twice; voices made on either process during the overlap are all there afterwards."""
     a = fakes()
     data = str(tmp_path / "shared")
     text = cfg(prov("a", a.url), extra=auth_block(tenants=()).replace(
@@ -470,6 +471,13 @@ def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path)
         wait_for(lambda: "listening on" in new.output(), what="the new process to listen")
         phase[0] = "both"
         wait_for(lambda: "usage.log is shared" in old.output(), what="the old process to share the log")
+        ref = subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=220:duration=3",
+                              "-c:a", "pcm_s16le", "-f", "wav", "-"], check=True, capture_output=True).stdout
+        for i in range(6):  # each on a new connection: the kernel spreads them over both processes
+            v = requests.post(old.url + "/api/extract_voice", timeout=30,
+                              headers={**bearer(USER_KEY), "Connection": "close"},
+                              files={"audio": ("ref.wav", ref, "audio/wav")}, data={"voice_id": f"bg{i}"})
+            assert v.status_code == 201, v.text
         n0 = ok[0]
         wait_for(lambda: ok[0] >= n0 + 60, what="answers while both processes listen")
         phase[0] = "term"
@@ -488,6 +496,8 @@ def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path)
     assert u.status_code == 200, u.text
     row = [r for r in u.json()["usage"] if r["tenant"] == "t1"][0]
     assert (row["requests"], row["characters"]) == (ok[0], ok[0] * len(phrase)), (row, ok[0])
+    voices = requests.get(new.url + "/api/voices", headers=bearer(USER_KEY), timeout=10).json()["voices"]
+    assert sorted(v["voice_id"] for v in voices if v["type"] == "cloned") == [f"bg{i}" for i in range(6)]
 
 
 def unit_exec_reload():

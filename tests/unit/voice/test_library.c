@@ -1,5 +1,7 @@
 /* test_library: voice records, the fs backend (atomic files, start-up scan), the audio cache and uses. */
 #include <dirent.h>
+#include <fcntl.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +130,16 @@ static size_t count_files(const char *dir, const char *prefix)
     return n;
 }
 
+/* Sets a file's times an hour back. */
+static void make_old(const char *path)
+{
+    struct timespec ts[2];
+    clock_gettime(CLOCK_REALTIME, &ts[0]);
+    ts[0].tv_sec -= 3600;
+    ts[1] = ts[0];
+    utimensat(AT_FDCWD, path, ts, 0);
+}
+
 TH_TEST(fs_store_cache_and_uses)
 {
     char tmpl[] = "/tmp/th-vlib-XXXXXX";
@@ -205,17 +217,28 @@ TH_TEST(fs_store_cache_and_uses)
     th_vlib_free(l);
     hl_run_until_set(&loop, NULL, 50);
 
-    /* a crash's leftovers: a temp file and an orphaned wav are cleaned up; beta is back */
+    /* a crash's leftovers (old): a temp file and an orphaned wav are cleaned up; beta is back. Fresh ones
+     * may be another process's writes under way, and stay. */
     char path[512];
     snprintf(path, sizeof path, "%s/voices/.tmp-1-1", tmpl);
     FILE *f = fopen(path, "w");
     TH_REQUIRE(f != NULL);
     fputs("half", f);
     fclose(f);
+    make_old(path);
     snprintf(path, sizeof path, "%s/voices/orphan.%s.wav", tmpl, ma.sha256);
     f = fopen(path, "w");
     TH_REQUIRE(f != NULL);
     fputs("x", f);
+    fclose(f);
+    make_old(path);
+    snprintf(path, sizeof path, "%s/voices/.tmp-2-1", tmpl);
+    f = fopen(path, "w");
+    TH_REQUIRE(f != NULL);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/voices/fresh.%s.wav", tmpl, ma.sha256);
+    f = fopen(path, "w");
+    TH_REQUIRE(f != NULL);
     fclose(f);
     snprintf(path, sizeof path, "%s/voices/broken.json", tmpl);
     f = fopen(path, "w");
@@ -227,8 +250,10 @@ TH_TEST(fs_store_cache_and_uses)
     TH_CHECK_INT(th_vlib_count(l), 1);
     TH_CHECK(th_vlib_find(l, "beta") != NULL);
     snprintf(path, sizeof path, "%s/voices", tmpl);
-    TH_CHECK_INT(count_files(path, ".tmp-"), 0);
+    TH_CHECK_INT(count_files(path, ".tmp-1-"), 0);
     TH_CHECK_INT(count_files(path, "orphan"), 0);
+    TH_CHECK_INT(count_files(path, ".tmp-2-"), 1);
+    TH_CHECK_INT(count_files(path, "fresh."), 1);
     TH_CHECK_INT(count_files(path, "alpha"), 0);
     res u2 = {0};
     th_vlib_acquire(l, "beta", on_use, &u2);
@@ -245,6 +270,100 @@ TH_TEST(fs_store_cache_and_uses)
     free(wb);
     th_log_free(log);
     uv_loop_close(&loop);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    TH_CHECK(system(cmd) == 0);
+}
+
+static void on_removed(void *ud, const th_voice_ref *ref)
+{
+    (void)ref;
+    (*(int *)ud)++;
+}
+
+/* Two processes on one data_dir (a blue/green restart): each sees the voices the other makes, renames and
+ * deletes, through the directory watch. */
+TH_TEST(fs_shared_data_dir)
+{
+    char tmpl[] = "/tmp/th-vlib-XXXXXX";
+    TH_REQUIRE(mkdtemp(tmpl) != NULL);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    th_log *log = th_log_new(TH_LOG_ERROR, TH_LOG_TEXT, "");
+    th_vlib_conf conf = {.backend = "fs", .data_dir = tmpl, .cache_bytes = 1 << 20, .max_voices = 100};
+    char err[256] = "";
+    th_vlib *a = th_vlib_new(&loop, &conf, log, err, sizeof err);
+    th_vlib *b = th_vlib_new(&loop, &conf, log, err, sizeof err);
+    TH_REQUIRE(a != NULL && b != NULL);
+    int removed = 0;
+    th_vlib_on_removed(b, on_removed, &removed);
+    size_t len;
+    uint8_t *w = make_wav(800, 3, &len);
+    th_vlib_meta m;
+    fill_meta(&m, "shared", "t1", w, len);
+    TH_CHECK_INT(th_vlib_reserve(a, "shared", "t1", 5), TH_VLIB_OK);
+    res r = {0};
+    uint8_t *copy = malloc(len);
+    memcpy(copy, w, len);
+    th_vlib_create(a, &m, copy, len, 5, on_done, &r);
+    TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
+    TH_CHECK_INT(r.rc, TH_VLIB_OK);
+    /* b learns of it, and can use its audio */
+    uint64_t deadline = th_mono_ms() + 5000;
+    while (th_vlib_find(b, "shared") == NULL && th_mono_ms() < deadline)
+        hl_run_until_set(&loop, NULL, 10);
+    TH_REQUIRE(th_vlib_find(b, "shared") != NULL);
+    TH_CHECK_STR(th_vlib_find(b, "shared")->tenant, "t1");
+    res u = {0};
+    th_vlib_acquire(b, "shared", on_use, &u);
+    TH_REQUIRE(hl_run_until(&loop, &u.done, 1, 5000));
+    TH_REQUIRE(u.u != NULL);
+    TH_CHECK(memcmp(th_vlib_use_ref(u.u)->wav, w, len) == 0);
+    th_vlib_use_release(u.u);
+    /* a renames it: b sees the new name */
+    r = (res){0};
+    th_vlib_update(a, "shared", "Renamed", NULL, on_done, &r);
+    TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
+    deadline = th_mono_ms() + 5000;
+    while (strcmp(th_vlib_find(b, "shared")->name, "Renamed") != 0 && th_mono_ms() < deadline)
+        hl_run_until_set(&loop, NULL, 10);
+    TH_CHECK_STR(th_vlib_find(b, "shared")->name, "Renamed");
+    /* b deletes it: a forgets it; b's own delete is not "removed by another" */
+    r = (res){0};
+    th_vlib_delete(b, "shared", on_done, &r);
+    TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
+    TH_CHECK_INT(r.rc, TH_VLIB_OK);
+    deadline = th_mono_ms() + 5000;
+    while (th_vlib_find(a, "shared") != NULL && th_mono_ms() < deadline)
+        hl_run_until_set(&loop, NULL, 10);
+    TH_CHECK(th_vlib_find(a, "shared") == NULL);
+    TH_CHECK_INT(removed, 0);
+    /* a makes it again, then deletes it: b gets it and then is told it was removed */
+    TH_CHECK_INT(th_vlib_reserve(a, "shared", "t1", 5), TH_VLIB_OK);
+    r = (res){0};
+    copy = malloc(len);
+    memcpy(copy, w, len);
+    th_vlib_create(a, &m, copy, len, 5, on_done, &r);
+    TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
+    deadline = th_mono_ms() + 5000;
+    while (th_vlib_find(b, "shared") == NULL && th_mono_ms() < deadline)
+        hl_run_until_set(&loop, NULL, 10);
+    TH_CHECK(th_vlib_find(b, "shared") != NULL);
+    r = (res){0};
+    th_vlib_delete(a, "shared", on_done, &r);
+    TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
+    deadline = th_mono_ms() + 5000;
+    while (th_vlib_find(b, "shared") != NULL && th_mono_ms() < deadline)
+        hl_run_until_set(&loop, NULL, 10);
+    TH_CHECK(th_vlib_find(b, "shared") == NULL);
+    TH_CHECK_INT(removed, 1);
+    th_vlib_free(a);
+    th_vlib_free(b);
+    hl_run_until_set(&loop, NULL, 50);
+    th_vlib_meta_free(&m);
+    free(w);
+    th_log_free(log);
+    TH_CHECK_INT(uv_loop_close(&loop), 0);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
     TH_CHECK(system(cmd) == 0);

@@ -598,6 +598,7 @@ static int reload(th_quota *q, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
         return -1;
     }
+    (void)flock(fd, LOCK_SH | LOCK_NB); /* see th_quota_new */
     close(q->log_fd);
     q->log_fd = fd;
     q->log_off = 0;
@@ -729,6 +730,7 @@ static void rotate(th_quota *q)
         return;
     }
     if (fsync_dir(q->dir) != 0) TH_LOG(q->log, TH_LOG_WARN, "quota: fsync %s: %s", q->dir, strerror(errno));
+    (void)flock(fd, LOCK_SH | LOCK_NB); /* see th_quota_new */
     close(q->log_fd);
     q->log_fd = fd;
     q->log_off = 0;
@@ -1123,13 +1125,13 @@ th_quota *th_quota_new(uv_loop_t *loop, const th_config *cfg, th_redis *redis, t
         snprintf(err, errlen, "%s: %s", q->log_path, strerror(errno));
         goto fail;
     }
-    /* An older ttshub holds usage.log itself for its lifetime and would not see our lines. */
+    /* An older ttshub holds usage.log exclusively for its lifetime and would not see our lines; our shared
+     * flock, kept, makes an older one refuse to start beside us in turn. */
     if (flock(q->log_fd, LOCK_SH | LOCK_NB) != 0) {
         snprintf(err, errlen, "%s: in use by a process that does not share it (%s)", q->log_path,
                  strerror(errno));
         goto fail;
     }
-    flock(q->log_fd, LOCK_UN);
     q->lock_fd = open(q->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (q->lock_fd < 0) {
         snprintf(err, errlen, "%s: %s", q->lock_path, strerror(errno));

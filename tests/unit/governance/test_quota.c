@@ -228,17 +228,20 @@ TH_TEST(test_commit_persists)
     th_quota_result open_resv = reserve(q, "acme", &tc, 100, T0); /* never committed */
     TH_CHECK(open_resv.allowed);
     th_quota_refund(q, open_resv.resv);
-    /* a process of an older version holds usage.log itself: a new one refuses to start beside it */
+    /* an older version takes usage.log exclusively: it cannot start beside a new one, and the other way
+     * round a new one refuses to start beside it */
     char p[256], err[256] = "";
     snprintf(p, sizeof p, "%s/usage.log", dir);
     int old = open(p, O_RDWR | O_APPEND);
     TH_REQUIRE(old >= 0);
+    TH_CHECK(flock(old, LOCK_EX | LOCK_NB) != 0);
+    close_q(&loop, q);
     TH_REQUIRE(flock(old, LOCK_EX | LOCK_NB) == 0);
     th_quota *q2 = th_quota_new(&loop, cfg, NULL, NULL, err, sizeof err);
     TH_CHECK(q2 == NULL);
     TH_CHECK(strstr(err, "does not share it") != NULL);
     close(old);
-    close_q(&loop, q);
+    uv_run(&loop, UV_RUN_DEFAULT);
 
     q = open_q(&loop, cfg, NULL);
     TH_REQUIRE(q != NULL);

@@ -9,8 +9,11 @@
  * {prompt_wav: a local file, prompt_text}; build() reads the file (at most CV_MAX_PROMPT bytes) and
  * sends its bytes. Only a configured mapping is read: a client's voice string never names a file to read.
  * A library voice (req->ref) goes inline on every request, whatever the mode: POST /inference_zero_shot
- * with its transcript as prompt_text and its WAV as prompt_wav; /inference_cross_lingual (prompt_wav only)
- * when it has no transcript or the mode is cross_lingual. The engine keeps nothing between requests.
+ * with its transcript as prompt_text and its reference as prompt_wav; /inference_cross_lingual (prompt_wav
+ * only) when it has no transcript or the mode is cross_lingual. The engine keeps nothing between requests.
+ * The reference goes in its compact form when the library made one (ref->flac16k: 16 kHz FLAC, a file
+ * prompt.flac of type audio/flac): the server reads prompt_wav with torchaudio (libsndfile: WAV or FLAC,
+ * told apart by content) and resamples it to 16 kHz, so 16 kHz loses nothing and FLAC is lossless.
  * Success: a stream with no Content-Type of headerless int16 LE mono PCM at the model rate (sample_rate;
  * 22050 for CosyVoice-300M, 24000 for CosyVoice2/3). Errors: 422 FastAPI lists (the request), plain-text
  * 500 (the engine). An unknown spk_id crashes inside the stream: a 200 that ends early. */
@@ -84,13 +87,17 @@ out:
     return rc;
 }
 
-/* The multipart body of a cloning request: tts_text, prompt_text (zero_shot only), prompt_wav. */
+/* The multipart body of a cloning request: tts_text, prompt_text (zero_shot only), prompt_wav (a WAV file,
+ * or FLAC when flac). */
 static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, bool zero_shot,
-                        const char *ptext, const uint8_t *wav, size_t wav_len, th_upstream_http *out,
-                        th_perr *err)
+                        const char *ptext, const uint8_t *wav, size_t wav_len, bool flac,
+                        th_upstream_http *out, th_perr *err)
 {
     /* A library voice's reference is not copied into the body: the transfer writes it from the library. */
-    const th_voice_ref *borrow = req->ref != NULL && wav == req->ref->wav ? req->ref : NULL;
+    const th_voice_ref *borrow =
+        req->ref != NULL && (wav == req->ref->wav || (wav != NULL && wav == req->ref->flac16k)) ? req->ref
+                                                                                                : NULL;
+    const char *fname = flac ? "prompt.flac" : "prompt.wav", *ftype = flac ? "audio/flac" : "audio/wav";
     char boundary[64], ctype[128];
     const void *parts[3] = {wav, req->text, ptext};
     const size_t lens[3] = {wav_len, req->text_len, strlen(ptext)};
@@ -114,11 +121,10 @@ static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, boo
         (zero_shot &&
          th_upstream_part(&out->body, boundary, "prompt_text", NULL, NULL, ptext, lens[2]) != 0) ||
         (borrow != NULL
-             ? th_upstream_part_head(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav") != 0 ||
-                   th_upstream_body_ref(out, borrow) != 0 ||
+             ? th_upstream_part_head(&out->body, boundary, "prompt_wav", fname, ftype) != 0 ||
+                   th_upstream_body_ref_bytes(out, borrow, wav, wav_len) != 0 ||
                    th_buf_append_str(&out->body, "\r\n") != TH_BUF_OK
-             : th_upstream_part(&out->body, boundary, "prompt_wav", "prompt.wav", "audio/wav", wav,
-                                wav_len) != 0) ||
+             : th_upstream_part(&out->body, boundary, "prompt_wav", fname, ftype, wav, wav_len) != 0) ||
         th_upstream_parts_end(&out->body, boundary) != 0) {
         th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
         return -1;
@@ -150,9 +156,14 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         goto out;
     }
     if (req->ref != NULL) { /* a library voice: inline, on every request */
-        const char *rt = req->ref->text != NULL ? req->ref->text : "";
+        const th_voice_ref *r = req->ref;
+        const char *rt = r->text != NULL ? r->text : "";
         bool zs = rt[0] != 0 && strcmp(mode, "cross_lingual") != 0;
-        rc = cv_multipart(pc, req, zs, zs ? rt : "", req->ref->wav, req->ref->wav_len, out, err);
+        /* the server resamples prompt_wav to 16 kHz (load_wav(prompt_wav.file, 16000)): the compact form
+         * (16 kHz FLAC) is all of what it uses, in about a third of the bytes */
+        bool flac = r->flac16k != NULL && r->flac16k_len > 0;
+        rc = cv_multipart(pc, req, zs, zs ? rt : "", flac ? r->flac16k : r->wav,
+                          flac ? r->flac16k_len : r->wav_len, flac, out, err);
         goto out;
     }
     if (req->voice == NULL || req->voice[0] == 0) {
@@ -199,7 +210,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     if (ptext == NULL) ptext = "";
     if (cv_read_file(path, &wav, CV_MAX_PROMPT, err) != 0) goto out;
 
-    rc = cv_multipart(pc, req, strcmp(mode, "zero_shot") == 0, ptext, wav.data, wav.len, out, err);
+    rc = cv_multipart(pc, req, strcmp(mode, "zero_shot") == 0, ptext, wav.data, wav.len, false, out, err);
     goto out;
 oom:
     th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");

@@ -91,6 +91,8 @@ th_voice_ref *th_voice_ref_copy(const th_voice_ref *r, bool with_audio)
     c->drop = NULL;
     c->wav = NULL;
     c->wav_len = 0;
+    c->flac16k = NULL;
+    c->flac16k_len = 0;
     if (with_audio && r->wav != NULL) {
         if (wl > 0) memcpy(p, r->wav, wl);
         c->wav = (const uint8_t *)p;

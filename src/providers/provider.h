@@ -46,6 +46,8 @@ void th_perr_set(th_perr *e, th_perr_kind kind, int status, const char *fmt, ...
  * Owned by the library; valid for the whole job (the job holds a reference to the library entry).
  * Each cloning kind hands it to its engine in the engine's own way (inline bytes, an upload once per
  * sha256, a file in a shared folder...). Kinds that cannot clone never get one. */
+#define TH_VOICE_REF_FLAC_RATE 16000
+
 typedef struct th_voice_ref {
     const char *id;     /* library id, [A-Za-z0-9_-]{1,64} */
     const char *name;   /* display name, may be "" */
@@ -55,6 +57,12 @@ typedef struct th_voice_ref {
     int rate;             /* its sample rate */
     const char *text;     /* what is said in the reference, may be "" */
     const char *language; /* may be "" */
+    /* The compact form, for engines that resample their prompt to 16 kHz (CosyVoice): the same audio
+     * resampled to TH_VOICE_REF_FLAC_RATE and packed as FLAC, lossless at that rate. Prepared once per voice
+     * by the library and kept (and held) with wav. NULL, flac16k_len 0: not made (copies, tests, an encode
+     * that failed): such engines get wav. */
+    const uint8_t *flac16k;
+    size_t flac16k_len;
     /* A counted owner of wav, when it has one (a library voice in use): hold() takes a reference to it and
      * returns a token, drop(token) gives it back (any thread), so wav may be read after the request that
      * carried the ref is gone. NULL: wav lives only as long as the ref does (copies, tests). */
@@ -62,7 +70,8 @@ typedef struct th_voice_ref {
     void (*drop)(void *token);
 } th_voice_ref;
 
-/** A deep copy in one allocation (the audio too when with_audio; else wav is NULL). Free with free(). */
+/** A deep copy in one allocation (the audio too when with_audio; else wav is NULL; never the compact form:
+ * flac16k is NULL). Free with free(). */
 th_voice_ref *th_voice_ref_copy(const th_voice_ref *r, bool with_audio);
 /** "<id>-<first 16 hex of sha256>.wav" into out: the name under which a reference is stored on an engine's
  * disk. -1 when out is too small or id/sha256 are not what they should be (so the name is never a path). */

@@ -104,25 +104,33 @@ void th_upstream_http_init(th_upstream_http *h)
     th_buf_init(&h->headers, 64 * 1024);
     th_buf_init(&h->body, UP_REQ_BODY_MAX);
     h->body_ref = NULL;
+    h->body_ref_data = NULL;
+    h->body_ref_len = 0;
     h->body_ref_at = 0;
+}
+
+int th_upstream_body_ref_bytes(th_upstream_http *h, const th_voice_ref *ref, const uint8_t *data, size_t len)
+{
+    if (h->body_ref != NULL || ref == NULL || (data == NULL && len > 0)) return -1;
+    if (h->body.max != 0 && (len > h->body.max || h->body.len > h->body.max - len)) return -1;
+    h->body_ref = ref;
+    h->body_ref_data = data;
+    h->body_ref_len = len;
+    h->body_ref_at = h->body.len;
+    return 0;
 }
 
 int th_upstream_body_ref(th_upstream_http *h, const th_voice_ref *ref)
 {
-    if (h->body_ref != NULL || ref == NULL || (ref->wav == NULL && ref->wav_len > 0)) return -1;
-    if (h->body.max != 0 && (ref->wav_len > h->body.max || h->body.len > h->body.max - ref->wav_len))
-        return -1;
-    h->body_ref = ref;
-    h->body_ref_at = h->body.len;
-    return 0;
+    return ref != NULL ? th_upstream_body_ref_bytes(h, ref, ref->wav, ref->wav_len) : -1;
 }
 
 int th_upstream_body_flat(const th_upstream_http *h, th_buf *out)
 {
     size_t at = h->body_ref != NULL ? h->body_ref_at : h->body.len;
     if (th_buf_append(out, h->body.data, at) != TH_BUF_OK) return -1;
-    if (h->body_ref != NULL && h->body_ref->wav_len > 0 &&
-        th_buf_append(out, h->body_ref->wav, h->body_ref->wav_len) != TH_BUF_OK)
+    if (h->body_ref != NULL && h->body_ref_len > 0 &&
+        th_buf_append(out, h->body_ref_data, h->body_ref_len) != TH_BUF_OK)
         return -1;
     return th_buf_append(out, h->body.data + at, h->body.len - at) == TH_BUF_OK ? 0 : -1;
 }
@@ -152,7 +160,7 @@ static int up_body_opts(th_upstream_http *h, th_client_opts *o, th_client_seg se
     }
     size_t at = h->body_ref_at;
     segs[0] = (th_client_seg){h->body.data, at};
-    segs[1] = (th_client_seg){r->wav, r->wav_len};
+    segs[1] = (th_client_seg){h->body_ref_data, h->body_ref_len};
     segs[2] = (th_client_seg){h->body.data != NULL ? h->body.data + at : NULL, h->body.len - at};
     o->segs = segs;
     o->nsegs = 3;

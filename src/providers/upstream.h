@@ -29,9 +29,11 @@ typedef struct th_upstream_http {
     th_buf headers;       /* "Name: value\n" lines (no CR) */
     th_buf body;
     /* A library voice's reference sent inside the body without being copied (th_upstream_body_ref): what
-     * goes out is body[0..body_ref_at) + body_ref->wav + body[body_ref_at..). NULL: the body is all in body.
-     */
+     * goes out is body[0..body_ref_at) + body_ref_data[0..body_ref_len) (the reference's wav, or its compact
+     * form) + body[body_ref_at..). body_ref NULL: the body is all in body. */
     const th_voice_ref *body_ref;
+    const uint8_t *body_ref_data;
+    size_t body_ref_len;
     size_t body_ref_at;
     /* in, for a library voice (th_synth_req.ref): */
     const char *prepared; /* what ref_make (or the ref_files step) made for the reference (an uploaded
@@ -200,6 +202,8 @@ int th_upstream_parts_end(th_buf *b, const char *boundary);
  * afterwards follows them. One per request. 0, or -1 when h has one already or the whole body would pass
  * body's limit. */
 int th_upstream_body_ref(th_upstream_http *h, const th_voice_ref *ref);
+/** The same with other bytes that ref holds (its compact form: ref->flac16k). 0 or -1. */
+int th_upstream_body_ref_bytes(th_upstream_http *h, const th_voice_ref *ref, const uint8_t *data, size_t len);
 /** The whole body of h as one buffer (the reference copied in), appended to out. 0 or -1. */
 int th_upstream_body_flat(const th_upstream_http *h, th_buf *out);
 /** Appends n bytes as standard base64 (with padding). 0 or -1. */

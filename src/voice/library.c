@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "audio/flac.h"
 #include "audio/wav.h"
 #include "core/buf.h"
 #include "core/clock.h"
@@ -212,6 +213,10 @@ struct th_vlib_blob {
     atomic_int refs;
     size_t len;
     uint8_t *data;
+    /* the compact form (TH_VOICE_REF_FLAC_RATE, FLAC), made on the thread pool before the blob is shared
+     * (vl_prepare), or NULL */
+    uint8_t *flac;
+    size_t flac_len;
 };
 
 th_vlib_blob *th_vlib_blob_new(uint8_t *data, size_t len)
@@ -221,7 +226,15 @@ th_vlib_blob *th_vlib_blob_new(uint8_t *data, size_t len)
     atomic_init(&b->refs, 1);
     b->len = len;
     b->data = data;
+    b->flac = NULL;
+    b->flac_len = 0;
     return b;
+}
+
+/* Bytes a blob keeps resident: the WAV and its compact form. */
+static size_t blob_bytes(const th_vlib_blob *b)
+{
+    return b->len + b->flac_len;
 }
 
 const uint8_t *th_vlib_blob_data(const th_vlib_blob *b, size_t *len)
@@ -240,6 +253,7 @@ void th_vlib_blob_release(th_vlib_blob *b)
 {
     if (b && atomic_fetch_sub(&b->refs, 1) == 1) {
         free(b->data);
+        free(b->flac);
         free(b);
     }
 }
@@ -281,6 +295,8 @@ static th_vlib_use *use_new(const th_vlib_meta *m, th_vlib_blob *audio)
                             .rate = u->m.rate,
                             .text = u->m.text,
                             .language = u->m.language,
+                            .flac16k = audio->flac,
+                            .flac16k_len = audio->flac_len,
                             .hold = use_hold,
                             .drop = use_drop};
     return u;
@@ -403,7 +419,7 @@ void vl_drop_audio(th_vlib *l, vl_entry *e)
 {
     if (e->audio == NULL) return;
     lru_unlink(l, e);
-    l->cached -= e->audio->len;
+    l->cached -= blob_bytes(e->audio);
     th_vlib_blob_release(e->audio);
     e->audio = NULL;
 }
@@ -413,7 +429,7 @@ void vl_set_audio(th_vlib *l, vl_entry *e, th_vlib_blob *b)
 {
     vl_drop_audio(l, e);
     e->audio = blob_dup(b);
-    l->cached += b->len;
+    l->cached += blob_bytes(b);
     lru_front(l, e);
     while (l->cached > l->cache_cap && l->lru_tail && l->lru_tail != e)
         vl_drop_audio(l, l->lru_tail);
@@ -517,6 +533,58 @@ void th_vlib_unreserve(th_vlib *l, const char *id)
     if (e && e->state == VL_MAKING) vl_remove(l, e);
 }
 
+/* ---- the compact form of a reference (made once per blob, before the blob is shared) ---- */
+
+typedef struct vl_prep {
+    uv_work_t work;
+    th_vlib *l;
+    th_vlib_blob *b;
+    void (*then)(void *arg);
+    void *arg;
+    int rc;
+    char err[160];
+} vl_prep;
+
+static void prep_work(uv_work_t *w)
+{
+    vl_prep *p = w->data;
+    th_buf out;
+    th_buf_init(&out, 0); /* the compact form of a stored WAV: smaller than the WAV */
+    p->rc = th_flac_from_wav(p->b->data, p->b->len, TH_VOICE_REF_FLAC_RATE, &out, p->err, sizeof p->err);
+    if (p->rc == 0) p->b->flac = th_buf_steal(&out, &p->b->flac_len);
+    th_buf_free(&out);
+}
+
+static void prep_after(uv_work_t *w, int status)
+{
+    vl_prep *p = w->data;
+    th_vlib *l = p->l;
+    void (*then)(void *) = p->then;
+    void *arg = p->arg;
+    if (status != 0 || p->rc != 0)
+        TH_LOG(l->log, TH_LOG_WARN, "voice library: no compact form of a reference (%s); engines get the WAV",
+               status != 0 ? "cancelled" : p->err);
+    free(p);
+    l->pending--;
+    then(arg); /* ends with vl_maybe_free */
+}
+
+/* Makes b's compact form on the thread pool, then calls then(arg) on the loop (also when it cannot: the
+ * blob then has none). b must not be shared until then. then() must end with vl_maybe_free(l). */
+static void vl_prepare(th_vlib *l, th_vlib_blob *b, void (*then)(void *), void *arg)
+{
+    vl_prep *p = calloc(1, sizeof *p);
+    if (p != NULL) {
+        *p = (vl_prep){.l = l, .b = b, .then = then, .arg = arg};
+        p->work.data = p;
+        l->pending++;
+        if (uv_queue_work(l->loop, &p->work, prep_work, prep_after) == 0) return;
+        l->pending--;
+        free(p);
+    }
+    then(arg);
+}
+
 /* ---- loading audio (cache misses) ---- */
 
 static void load_finish(vl_load *ld)
@@ -549,7 +617,12 @@ static void load_finish(vl_load *ld)
     vl_maybe_free(l);
 }
 
-/* Checks loaded bytes against the record. */
+static void load_prepared(void *arg)
+{
+    load_finish(arg);
+}
+
+/* Checks loaded bytes against the record, then makes the compact form. */
 void vl_load_done(vl_load *ld, uint8_t *data, size_t len, th_vlib_rc rc)
 {
     if (rc == TH_VLIB_OK && data) {
@@ -565,6 +638,10 @@ void vl_load_done(vl_load *ld, uint8_t *data, size_t len, th_vlib_rc rc)
             if (ld->audio == NULL) {
                 free(data);
                 rc = TH_VLIB_NOMEM;
+            } else {
+                ld->rc = rc;
+                vl_prepare(ld->l, ld->audio, load_prepared, ld);
+                return;
             }
         }
     } else {
@@ -946,22 +1023,71 @@ static void fs_push(th_vlib *l, fs_op *op)
 
 /* ---- changes ---- */
 
+typedef struct vl_create {
+    th_vlib *l;
+    th_vlib_meta m;
+    th_vlib_blob *b;
+    size_t max_per_tenant;
+    th_vlib_done_cb cb;
+    void *ud;
+} vl_create;
+
+static void create_store(th_vlib *l, const th_vlib_meta *m, th_vlib_blob *b, size_t max_per_tenant,
+                         th_vlib_done_cb cb, void *ud);
+
+/* The compact form is made: store the voice (unless the reservation went away meanwhile). */
+static void create_prepared(void *arg)
+{
+    vl_create *c = arg;
+    th_vlib *l = c->l;
+    vl_entry *e = vl_find_any(l, c->m.id);
+    if (e == NULL || e->state != VL_MAKING || l->closing) {
+        th_vlib_blob_release(c->b);
+        if (e && e->state == VL_MAKING) vl_remove(l, e);
+        c->cb(c->ud, TH_VLIB_IO, "the voice was not reserved");
+    } else {
+        create_store(l, &c->m, c->b, c->max_per_tenant, c->cb, c->ud);
+    }
+    th_vlib_meta_free(&c->m);
+    free(c);
+    vl_maybe_free(l);
+}
+
 void th_vlib_create(th_vlib *l, const th_vlib_meta *m, uint8_t *wav, size_t wav_len, size_t max_per_tenant,
                     th_vlib_done_cb cb, void *ud)
 {
     vl_entry *e = vl_find_any(l, m->id);
     th_vlib_blob *b = th_vlib_blob_new(wav, wav_len);
-    if (b == NULL) {
-        free(wav);
+    vl_create *c = b != NULL ? calloc(1, sizeof *c) : NULL;
+    if (c == NULL || th_vlib_meta_copy(&c->m, m) != 0) {
+        free(c);
+        if (b != NULL)
+            th_vlib_blob_release(b);
+        else
+            free(wav);
         if (e && e->state == VL_MAKING) vl_remove(l, e);
         cb(ud, TH_VLIB_NOMEM, "out of memory");
         return;
     }
     if (e == NULL || e->state != VL_MAKING || l->closing) {
+        th_vlib_meta_free(&c->m);
+        free(c);
         th_vlib_blob_release(b);
         cb(ud, TH_VLIB_IO, "the voice was not reserved");
         return;
     }
+    c->l = l;
+    c->b = b;
+    c->max_per_tenant = max_per_tenant;
+    c->cb = cb;
+    c->ud = ud;
+    vl_prepare(l, b, create_prepared, c);
+}
+
+static void create_store(th_vlib *l, const th_vlib_meta *m, th_vlib_blob *b, size_t max_per_tenant,
+                         th_vlib_done_cb cb, void *ud)
+{
+    vl_entry *e = vl_find_any(l, m->id);
     if (l->redis_mode) {
         vl_redis_create(l, m, b, max_per_tenant, cb, ud);
         return;

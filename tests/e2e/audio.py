@@ -33,3 +33,16 @@ def decoded_seconds(data, fmt, rate=24000):
         pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", f.name, "-f", "s16le", "-ac", "1", "-ar", "24000", "-"],
                              capture_output=True, check=True).stdout
     return len(pcm) / 2.0 / 24000
+
+
+def resampled_pcm(data, rate):
+    """Any audio file decoded to s16le mono at rate by FFmpeg (its default resampler, the one the hub uses)."""
+    return subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar",
+                           str(rate), "pipe:1"], input=data, capture_output=True, check=True).stdout
+
+
+def cosyvoice_got(rec, stored):
+    """A reference the CosyVoice fake decoded (load_wav) is the stored WAV as the engine uses it: the compact form
+    (16 kHz FLAC, a complete STREAMINFO) holds exactly the stored audio resampled to 16 kHz."""
+    return (rec.get("format") == "flac" and rec["rate"] == 16000 and rec["streaminfo_samples"] == rec["frames"]
+            and rec["pcm"] == resampled_pcm(stored, 16000))

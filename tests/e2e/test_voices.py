@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from audio import probe, decoded_seconds
+from audio import cosyvoice_got, probe, decoded_seconds
 from conftest import Hub
 from fakes.engines import FakeEngine, COSY_SPEAKERS
 
@@ -71,13 +71,14 @@ def cosy():
 
 
 def cosy_got_reference(fake, voice_id, wav):
-    """The last synthesis the fake saw was for this library voice: either the reference itself
-    (zero-shot prompt_wav) or, where the kind still names voices, the id."""
+    """The last synthesis the fake saw was a zero-shot one for this library voice: its prompt_wav decoded to
+    the stored reference as CosyVoice uses it (16 kHz)."""
     for method, path, headers, body in reversed(fake.requests):
         if "/inference_zero_shot" in path:
-            return wav in body
+            refs = fake.references
+            return bool(refs) and cosyvoice_got(refs[-1], wav)
         if "/inference_sft" in path:
-            return voice_id.encode() in body
+            return False
     return False
 
 
@@ -139,6 +140,7 @@ def test_extract_list_get_patch_speak_delete(hub_factory, cosy):
         assert s.headers["Content-Type"] == "audio/wav"
         assert decoded_seconds(s.content, "wav") > 0.3
     assert cosy_got_reference(cosy, "mine", wav)
+    assert cosy.references[-1]["text"] == "new words"   # the update reached the engine; the audio is unchanged
     # the other two protocols look the library id up before the configured voices
     o = h.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hello there.", "voice": "mine",
                                           "response_format": "mp3"})
@@ -164,6 +166,7 @@ def test_cache_key_follows_the_reference(hub_factory, cosy):
     """A voice deleted and made again with other audio never gets the first one's cached audio."""
     h = hub_factory(config(cosy))
     assert extract(h, make_audio("wav", 3.0, freq=200), "wav", voice_id="spk").status_code == 201
+    first = h.get("/api/voices/spk/audio").content
     body = {"text": "Cache me if you can.", "voice_id": "spk"}
     r1 = h.post("/api/synthesize", json=body)
     r2 = h.post("/api/synthesize", json=body)
@@ -173,6 +176,10 @@ def test_cache_key_follows_the_reference(hub_factory, cosy):
     assert extract(h, make_audio("wav", 3.0, freq=600), "wav", voice_id="spk").status_code == 201
     r3 = h.post("/api/synthesize", json=body)
     assert r3.status_code == 200 and r3.headers["X-Cache"] == "MISS"
+    # the engine got the new voice's compact form, not the deleted one's
+    second = h.get("/api/voices/spk/audio").content
+    assert second != first
+    assert cosyvoice_got(cosy.references[0], first) and cosyvoice_got(cosy.references[-1], second)
 
 
 def test_no_clone_provider_is_a_clear_400(hub_factory):
@@ -364,6 +371,8 @@ def test_two_hubs_share_the_library_through_redis(hub_factory, redis_server, cos
     assert wav.status_code == 200 and hashlib.sha256(wav.content).hexdigest() == digest
     s = b.post("/api/synthesize", json={"text": "Spoken through B.", "voice_id": "shared"})
     assert s.status_code == 200 and s.headers["X-Provider"] == "cosy", s.text
+    # B read the reference from Redis and made the compact form itself
+    assert cosyvoice_got(cosy.references[-1], wav.content) and cosy.references[-1]["text"] == "made on A"
     # one id across hubs: B cannot take it
     assert extract(b, make_audio("wav", 3.0), voice_id="shared").status_code == 409
     # a rename through B reaches A

@@ -23,6 +23,7 @@ prints ``READY <port>`` once listening and serves until SIGINT/SIGTERM.
 import argparse
 import base64
 import collections
+import hashlib
 import json
 import math
 import os
@@ -275,6 +276,41 @@ def wav_info(b):
                     "pcm_sha256": hashlib.sha256(pcm).hexdigest()}
     except (wave.Error, EOFError, ValueError):
         return None
+
+
+def soundfile_load(b):
+    """What CosyVoice's load_wav gets from torchaudio.load(f, backend='soundfile') for uploaded bytes: libsndfile
+    tells the container by its content (WAV or FLAC here; not M4A or WebM). Returns {format, rate, channels,
+    frames, pcm (s16le mono bytes)} and for FLAC the sample count its STREAMINFO gives; raises ValueError where
+    libsndfile fails ("Format not recognised": garbage, a truncated file, a header that contradicts the frames)."""
+    import io
+    import subprocess
+    import wave
+    if b[:4] == b"RIFF" and b[8:12] == b"WAVE":
+        info = wav_info(b)
+        if info is None:
+            raise ValueError("Error opening <file>: Format not recognised.")
+        with wave.open(io.BytesIO(b)) as w:
+            pcm = w.readframes(w.getnframes())
+        if info["bits"] != 16 or info["channels"] != 1:
+            raise ValueError("this fake reads mono 16-bit WAV only")
+        return {"format": "wav", "rate": info["rate"], "channels": 1, "frames": info["frames"], "pcm": pcm}
+    if b[:4] == b"fLaC" and len(b) >= 42 and (b[4] & 0x7F) == 0:
+        si = b[8:42]
+        rate = (si[10] << 12) | (si[11] << 4) | (si[12] >> 4)
+        channels = ((si[12] >> 1) & 7) + 1
+        bits = (((si[12] & 1) << 4) | (si[13] >> 4)) + 1
+        total = ((si[13] & 0x0F) << 32) | int.from_bytes(si[14:18], "big")
+        out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "flac", "-i", "pipe:0", "-f", "s16le",
+                              "-ac", "1", "pipe:1"], input=b, capture_output=True)
+        if out.returncode != 0 or channels != 1 or bits != 16:
+            raise ValueError("Error opening <file>: Format not recognised.")
+        frames = len(out.stdout) // 2
+        if total not in (0, frames):   # 0: unknown (a FLAC written without seeking back)
+            raise ValueError(f"STREAMINFO says {total} samples, the frames hold {frames}")
+        return {"format": "flac", "rate": rate, "channels": 1, "frames": frames, "pcm": out.stdout,
+                "streaminfo_samples": total}
+    raise ValueError("Error opening <file>: Format not recognised.")
 
 
 def map_engine_path(opts, path):
@@ -1050,8 +1086,20 @@ class CosyVoice(Proto):
                 # the KeyError is raised inside the generator: 200 headers, then the stream just ends
                 return Resp(200, chunks=[], abort=True)
         else:
-            voice = "ref:" + str(len(form["prompt_wav"].data)) + ":" + form.get("prompt_text", "")
-            self.eng.record_ref("inline", form["prompt_wav"].data, form.get("prompt_text"), route=req.path)
+            # load_wav(prompt_wav.file, 16000): torchaudio (libsndfile) decodes it, a rate under 16 kHz fails
+            # its assert, and any exception before the stream starts is uvicorn's plain 500
+            data = form["prompt_wav"].data
+            try:
+                got = soundfile_load(data)
+            except ValueError:
+                return uvicorn_500()
+            if got["rate"] < 16000:
+                return uvicorn_500()
+            voice = "ref:" + str(len(data)) + ":" + form.get("prompt_text", "")
+            self.eng.record_ref("inline", data, form.get("prompt_text"), route=req.path, format=got["format"],
+                                rate=got["rate"], frames=got["frames"], pcm=got["pcm"],
+                                streaminfo_samples=got.get("streaminfo_samples"),
+                                filename=form["prompt_wav"].filename)
         if "instruct_text" in form:
             voice += "|" + form["instruct_text"]
         pcm = self.audio(text, voice, "pcm")
@@ -1962,8 +2010,10 @@ class FakeEngine:
         if p == "/__fake/references" and req.method == "GET":
             rows = []
             for r in self.references:
-                row = {k: v for k, v in r.items() if k != "audio"}
+                row = {k: v for k, v in r.items() if k not in ("audio", "pcm")}
                 row["bytes"] = len(r["audio"])
+                if "pcm" in r:
+                    row["pcm_sha256"] = hashlib.sha256(r["pcm"]).hexdigest()
                 row["wav"] = wav_info(r["audio"])
                 rows.append(row)
             return jresp(200, {"references": rows, "uses": self.reference_uses, "drops": self.drops})

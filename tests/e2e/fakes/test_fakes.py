@@ -340,6 +340,12 @@ def test_cosyvoice(fake):
     assert r.status_code == 422
     r = requests.post(f.url + "/inference_zero_shot", data={"tts_text": TEXT, "prompt_text": "r", "prompt_wav": "p"})
     assert r.status_code == 422
+    # prompt_wav goes through load_wav(f, 16000): garbage, a truncated FLAC or a rate under 16 kHz is a plain 500
+    for bad in (b"not audio at all" * 10, ag.encode(ag.pcm("ref", "x", 16000), 16000, "flac")[:100],
+                ag.synth("ref", "x", "wav", 8000)):
+        r = requests.post(f.url + "/inference_zero_shot", data={"tts_text": TEXT, "prompt_text": "r"},
+                          files={"prompt_wav": ("p.wav", bad)})
+        assert r.status_code == 500 and r.text == "Internal Server Error", r.text
     with pytest.raises(requests.exceptions.ChunkedEncodingError):   # unknown speaker: 200, then the stream dies
         requests.post(f.url + "/inference_sft", data={"tts_text": TEXT, "spk_id": "nobody"}, timeout=5)
 
@@ -651,6 +657,15 @@ def test_cosyvoice_and_fish_record_inline_references(fake):
     assert r.status_code == 200 and len(r.content) == pcm_len(TEXT, 22050)
     (got,) = f.references
     assert got["via"] == "inline" and got["text"] == "what the reference says" and _same_audio(got["audio"], ref)
+    assert got["format"] == "wav" and got["rate"] == 24000 and got["pcm"] == ref[44:]
+    # FLAC (what the hub sends when it has the compact form): decoded, sized by STREAMINFO
+    pcm16 = ag.pcm("the reference", "x", 16000)
+    flac = ag.encode(pcm16, 16000, "flac")
+    body, ct = _multipart({"tts_text": TEXT}, {"prompt_wav": ("p.flac", flac)})
+    r = requests.post(f.url + "/inference_cross_lingual", data=body, headers={"Content-Type": ct})
+    assert r.status_code == 200
+    got = f.references[1]
+    assert got["format"] == "flac" and got["rate"] == 16000 and got["pcm"] == pcm16
     g = fake("fish")
     body = _msgpack({"text": TEXT, "format": "wav", "references": [{"audio": ref, "text": "said"}]})
     r = requests.post(g.url + "/v1/tts", data=body, headers={"Content-Type": "application/msgpack"})

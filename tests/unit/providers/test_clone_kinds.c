@@ -19,6 +19,7 @@
 
 #include <uv.h>
 
+#include "audio/flac.h"
 #include "audio/wav.h"
 #include "core/clock.h"
 #include "core/str.h"
@@ -157,6 +158,14 @@ static const uint8_t *mp_part(const th_buf *body, const char *boundary, const ch
     return s;
 }
 
+static bool tu_find(const th_buf *b, const char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i + n <= b->len; i++)
+        if (memcmp(b->data + i, s, n) == 0) return true;
+    return false;
+}
+
 static bool part_is(const th_buf *body, const char *boundary, const char *name, const void *want, size_t wl)
 {
     size_t n = 0;
@@ -204,6 +213,41 @@ TH_TEST(cosyvoice_sends_the_reference_inline_every_time)
     th_upstream_http_free(&h);
     /* nothing to make on the engine first */
     TH_CHECK(th_kind_cosyvoice.ref_key == NULL && !th_kind_cosyvoice.ref_files);
+    tref_free(&r);
+}
+
+TH_TEST(cosyvoice_sends_the_compact_form_when_there_is_one)
+{
+    tref r;
+    tref_init(&r, "v1", "what the reference says", 0.5, 24000);
+    th_buf flac;
+    th_buf_init(&flac, 0);
+    char e[256];
+    TH_REQUIRE(th_flac_from_wav(r.wav, r.r.wav_len, TH_VOICE_REF_FLAC_RATE, &flac, e, sizeof e) == 0);
+    r.r.flac16k = flac.data;
+    r.r.flac16k_len = flac.len;
+    tconf t;
+    tconf_init(&t, "cosyvoice", "http://h:50000");
+    th_synth_req req = mkreq("Say this.", &r.r);
+    th_upstream_http h;
+    th_perr err;
+    char b[128];
+    TH_REQUIRE(build(&th_kind_cosyvoice, &t, &req, &h, NULL, 0, &err) == 0);
+    TH_CHECK_STR(url_of(&h), "http://h:50000/inference_zero_shot");
+    TH_REQUIRE(boundary_of(&h, b, sizeof b));
+    /* borrowed, not copied: the piece is the compact form */
+    TH_CHECK(h.body_ref == &r.r && h.body_ref_data == flac.data && h.body_ref_len == flac.len);
+    TH_CHECK(h.body.len < 1024);
+    th_buf flat;
+    th_buf_init(&flat, 0);
+    TH_REQUIRE(th_upstream_body_flat(&h, &flat) == 0);
+    TH_CHECK_INT(flat.len, h.body.len + flac.len);
+    TH_CHECK(part_is(&flat, b, "prompt_wav", flac.data, flac.len));
+    TH_CHECK(part_is(&flat, b, "prompt_text", r.r.text, strlen(r.r.text)));
+    TH_CHECK(tu_find(&flat, "filename=\"prompt.flac\"") && tu_find(&flat, "Content-Type: audio/flac"));
+    th_buf_free(&flat);
+    th_upstream_http_free(&h);
+    th_buf_free(&flac);
     tref_free(&r);
 }
 

@@ -1202,9 +1202,12 @@ TH_TEST(e2e_cosyvoice)
     TH_CHECK(duration_ok(&c, text, 1.0));
     col_free(&c);
 
-    /* zero_shot and cross_lingual: the prompt wav's bytes as a multipart file */
-    uint8_t wav[2000];
-    memset(wav, 0x11, sizeof wav);
+    /* zero_shot and cross_lingual: the prompt wav's bytes as a multipart file (a WAV the engine's load_wav
+     * reads: 1 s at 16 kHz) */
+    uint8_t wav[TH_WAV_HEADER_LEN + 32000];
+    th_wav_header(wav, 16000, 1, 16, 32000);
+    for (size_t i = TH_WAV_HEADER_LEN; i < sizeof wav; i++)
+        wav[i] = (uint8_t)(i * 7);
     char path[128], ref[512];
     TH_REQUIRE(write_tmp(path, sizeof path, wav, sizeof wav) == 0);
     snprintf(ref, sizeof ref, "{\"prompt_wav\":\"%s\",\"prompt_text\":\"希望你以后能够做的比我还好呦。\"}",
@@ -1219,6 +1222,9 @@ TH_TEST(e2e_cosyvoice)
     TH_CHECK(synth(&t, &req, &c) == 0);
     TH_CHECK(duration_ok(&c, text, 1.0));
     col_free(&c);
+    /* a prompt file that is not audio: the engine's load_wav fails, a plain 500 */
+    TH_REQUIRE(write_tmp(path, sizeof path, (const uint8_t *)"not a wav file at all", 21) == 0);
+    TH_CHECK(fails_with(&t, &req, TH_PERR_STATUS));
     /* the prompt file is gone: CLIENT before anything is sent */
     unlink(path);
     TH_CHECK(fails_with(&t, &req, TH_PERR_CLIENT));

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "hub_loop.h"
+#include "audio/flac.h"
 #include "audio/wav.h"
+#include "core/buf.h"
 #include "core/clock.h"
 #include "th_test.h"
 #include "voice/library.h"
@@ -147,12 +149,12 @@ TH_TEST(fs_store_cache_and_uses)
     uv_loop_t loop;
     uv_loop_init(&loop);
     th_log *log = th_log_new(TH_LOG_ERROR, TH_LOG_TEXT, "");
-    th_vlib_conf conf = {.backend = "fs", .data_dir = tmpl, .cache_bytes = 3000, .max_voices = 100};
+    th_vlib_conf conf = {.backend = "fs", .data_dir = tmpl, .cache_bytes = 4500, .max_voices = 100};
     char err[256] = "";
     th_vlib *l = th_vlib_new(&loop, &conf, log, err, sizeof err);
     TH_REQUIRE(l != NULL);
 
-    /* two voices of 2044 bytes: the cache (3000 bytes) holds one */
+    /* two voices of 2044 bytes and their compact forms: the cache (4500 bytes) holds one */
     size_t la, lb;
     uint8_t *wa = make_wav(1000, 1, &la), *wb = make_wav(1000, 2, &lb);
     th_vlib_meta ma, mb;
@@ -176,7 +178,7 @@ TH_TEST(fs_store_cache_and_uses)
     th_vlib_create(l, &mb, copy, lb, 1, on_done, &r);
     TH_REQUIRE(hl_run_until(&loop, &r.done, 1, 5000));
     TH_CHECK_INT(th_vlib_count(l), 2);
-    TH_CHECK(th_vlib_cached_bytes(l) <= 3000); /* alpha was evicted */
+    TH_CHECK(th_vlib_cached_bytes(l) <= 4500); /* alpha was evicted */
 
     /* visibility */
     const th_vlib_meta *list[4];
@@ -196,6 +198,17 @@ TH_TEST(fs_store_cache_and_uses)
     TH_CHECK(ra->wav_len == la && memcmp(ra->wav, wa, la) == 0);
     TH_CHECK_STR(ra->sha256, ma.sha256);
     TH_CHECK_STR(ra->text, "words \"quoted\"\n");
+    /* both the voice loaded from disk (alpha) and the one made here (beta) carry the compact form: the
+     * WAV at 16 kHz as FLAC, made once, counted in the cache */
+    th_buf want;
+    th_buf_init(&want, 0);
+    TH_CHECK(th_flac_from_wav(wa, la, TH_VOICE_REF_FLAC_RATE, &want, err, sizeof err) == 0);
+    TH_CHECK(ra->flac16k != NULL && ra->flac16k_len == want.len &&
+             memcmp(ra->flac16k, want.data, want.len) == 0);
+    const th_voice_ref *rb = th_vlib_use_ref(ub.u);
+    TH_CHECK(rb->flac16k != NULL && rb->flac16k_len > 4 && memcmp(rb->flac16k, "fLaC", 4) == 0);
+    TH_CHECK(th_vlib_cached_bytes(l) == la + ra->flac16k_len); /* alpha alone: beta was evicted for it */
+    th_buf_free(&want);
 
     /* rename, then delete while the use is held: the job's copy stays whole */
     r = (res){0};

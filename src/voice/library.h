@@ -7,9 +7,9 @@
  * Every voice's metadata is in memory. Reference audio is cached in memory under a byte cap (LRU) and
  * loaded from the backend on a miss. With it goes its compact form (th_voice_ref.flac16k: 16 kHz FLAC, for
  * engines that resample their prompt to 16 kHz), made on the thread pool when the voice is created and when
- * its audio is loaded, before anyone uses it, and counted in the same cap. A request speaking a voice holds a th_vlib_use: its own copy of the
- * metadata plus a counted reference to the audio, so a voice deleted or evicted during a job stays whole
- * for that job.
+ * its audio is loaded, before anyone uses it, and counted in the same cap. A request speaking a voice holds a
+ * th_vlib_use: its own copy of the metadata plus a counted reference to the audio, so a voice deleted or
+ * evicted during a job stays whole for that job.
  *
  * Backends:
  *  - fs: under {data_dir}/voices. A voice is {id}.json (the metadata record) and {id}.{sha256}.wav. A new

@@ -12,7 +12,7 @@ import requests
 
 from audio import decoded_seconds, probe
 from conftest import free_port, wait_until
-from fakes.engines import FakeEngine, wav_info
+from fakes.engines import FakeEngine
 from fakes.seed2_gateway import Seed2Gateway
 from test_voices import make_audio
 
@@ -178,19 +178,20 @@ def test_extract_voice_then_synthesize_with_it(hub_factory, gw):
         r = gsynth(gw, text="Speak in Amy's voice.", voice_id="amy", language="en")
         assert r.status_code == 200, r.text
         assert decoded_seconds(r.content, "wav") > 0.3
-        # the engine got the stored reference: the upload decoded and normalised to 24 kHz mono
+        # the engine got the stored reference (the upload decoded and normalised to mono) in the form it uses:
+        # 16 kHz FLAC
         assert cosy.references and cosy.references[-1]["via"] == "inline"
-        got = wav_info(cosy.references[-1]["audio"])
-        assert got["rate"] == 24000 and got["channels"] == 1 and abs(got["frames"] / 24000 - 3.0) < 0.1
-        first = got["pcm_sha256"]
+        got = cosy.references[-1]
+        assert got["format"] == "flac" and got["rate"] == 16000 and abs(got["frames"] / 16000 - 3.0) < 0.1
+        first = got["pcm"]
         # the same id again replaces the voice (a seed-2 worker overwrites voices/{id}/)
         other = make_audio("wav", 2.0, freq=500)
         r = requests.post(gw.url + "/api/extract_voice", files={"audio": ("amy.wav", other, "audio/wav")},
                           data={"voice_id": "amy"}, timeout=30)
         assert r.json()["success"] is True, r.text
         assert gsynth(gw, text="Amy again.", voice_id="amy").status_code == 200
-        again = wav_info(cosy.references[-1]["audio"])
-        assert again["pcm_sha256"] != first and abs(again["frames"] / 24000 - 2.0) < 0.1
+        again = cosy.references[-1]
+        assert again["pcm"] != first and abs(again["frames"] / 16000 - 2.0) < 0.1
         # no voice_id: the node makes one; the gateway passes it back
         r = requests.post(gw.url + "/api/extract_voice", files={"audio": ("x.wav", other, "audio/wav")}, timeout=30)
         made = r.json()["voice_id"]

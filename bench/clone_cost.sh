@@ -85,8 +85,8 @@ done
 {
   echo "Clone cost: POST /api/generate (response_format=$FORMAT), cosyvoice provider, engine = nginx answering 1 s of"
   echo "   22050 Hz PCM; clone requests carry a ${REF_SECONDS}-second library reference of speech inline"
-  echo "   (stored: $refbytes-byte WAV; each request to /inference_zero_shot: $sent bytes, multipart${REF_NOISE_DB:+,"
-  echo "   noise floor at $REF_NOISE_DB dBFS}); wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds A/B, medians;"
+  echo "   (stored: $refbytes-byte WAV${REF_NOISE_DB:+, a noise floor at $REF_NOISE_DB dBFS}; each request to"
+  echo "   /inference_zero_shot: $sent bytes, multipart); wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds A/B, medians;"
   echo "   hub pinned to CPU 0, nginx and wrk on CPU 1"
   printf "%-28s %10s %10s %12s %8s\n" "" RPS "p99 ms" "CPU us/req" non2xx
   for k in plain clone; do

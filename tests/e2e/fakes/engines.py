@@ -286,29 +286,36 @@ def soundfile_load(b):
     import io
     import subprocess
     import wave
+
+    def ffmpeg_s16(fmt):
+        out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", fmt, "-i", "pipe:0", "-f", "s16le", "-ac", "1",
+                              "pipe:1"], input=b, capture_output=True)
+        if out.returncode != 0 or not out.stdout:
+            raise ValueError("Error opening <file>: Format not recognised.")
+        return out.stdout
+
     if b[:4] == b"RIFF" and b[8:12] == b"WAVE":
         info = wav_info(b)
-        if info is None:
+        if info is not None and info["bits"] == 16 and info["channels"] == 1:
+            with wave.open(io.BytesIO(b)) as w:
+                pcm = w.readframes(w.getnframes())
+            return {"format": "wav", "rate": info["rate"], "channels": 1, "frames": info["frames"], "pcm": pcm}
+        probe = subprocess.run(["ffprobe", "-v", "error", "-f", "wav", "-show_entries", "stream=sample_rate", "-of",
+                                "csv=p=0", "pipe:0"], input=b, capture_output=True)
+        if probe.returncode != 0 or not probe.stdout.strip().isdigit():
             raise ValueError("Error opening <file>: Format not recognised.")
-        with wave.open(io.BytesIO(b)) as w:
-            pcm = w.readframes(w.getnframes())
-        if info["bits"] != 16 or info["channels"] != 1:
-            raise ValueError("this fake reads mono 16-bit WAV only")
-        return {"format": "wav", "rate": info["rate"], "channels": 1, "frames": info["frames"], "pcm": pcm}
+        pcm = ffmpeg_s16("wav")   # float, 24-bit, stereo...: libsndfile reads them all; mono as load_wav's mean
+        return {"format": "wav", "rate": int(probe.stdout.strip()), "channels": 1, "frames": len(pcm) // 2,
+                "pcm": pcm}
     if b[:4] == b"fLaC" and len(b) >= 42 and (b[4] & 0x7F) == 0:
         si = b[8:42]
         rate = (si[10] << 12) | (si[11] << 4) | (si[12] >> 4)
-        channels = ((si[12] >> 1) & 7) + 1
-        bits = (((si[12] & 1) << 4) | (si[13] >> 4)) + 1
         total = ((si[13] & 0x0F) << 32) | int.from_bytes(si[14:18], "big")
-        out = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "flac", "-i", "pipe:0", "-f", "s16le",
-                              "-ac", "1", "pipe:1"], input=b, capture_output=True)
-        if out.returncode != 0 or channels != 1 or bits != 16:
-            raise ValueError("Error opening <file>: Format not recognised.")
-        frames = len(out.stdout) // 2
+        pcm = ffmpeg_s16("flac")   # any channels and depth, as libsndfile; mono as load_wav's mean
+        frames = len(pcm) // 2
         if total not in (0, frames):   # 0: unknown (a FLAC written without seeking back)
             raise ValueError(f"STREAMINFO says {total} samples, the frames hold {frames}")
-        return {"format": "flac", "rate": rate, "channels": 1, "frames": frames, "pcm": out.stdout,
+        return {"format": "flac", "rate": rate, "channels": 1, "frames": frames, "pcm": pcm,
                 "streaminfo_samples": total}
     raise ValueError("Error opening <file>: Format not recognised.")
 

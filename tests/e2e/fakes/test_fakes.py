@@ -666,6 +666,14 @@ def test_cosyvoice_and_fish_record_inline_references(fake):
     assert r.status_code == 200
     got = f.references[1]
     assert got["format"] == "flac" and got["rate"] == 16000 and got["pcm"] == pcm16
+    # libsndfile reads any WAV (float, stereo...) too
+    stereo = subprocess.run(["ffmpeg", "-v", "error", "-f", "s16le", "-ar", "24000", "-ac", "1", "-i", "pipe:0",
+                             "-ac", "2", "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"], input=ref[44:],
+                            capture_output=True, check=True).stdout
+    body, ct = _multipart({"tts_text": TEXT}, {"prompt_wav": ("p.wav", stereo)})
+    assert requests.post(f.url + "/inference_cross_lingual", data=body, headers={"Content-Type": ct}).status_code == 200
+    got = f.references[2]
+    assert got["format"] == "wav" and got["rate"] == 24000 and got["frames"] == (len(ref) - 44) // 2
     g = fake("fish")
     body = _msgpack({"text": TEXT, "format": "wav", "references": [{"audio": ref, "text": "said"}]})
     r = requests.post(g.url + "/v1/tts", data=body, headers={"Content-Type": "application/msgpack"})

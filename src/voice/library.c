@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1184,12 +1185,46 @@ static int mkdirs(const char *path)
     return mkdir(tmp, 0750) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* A leftover file is removed only when old: another process on this data_dir may be writing it now (it
- * writes a voice's audio, then its record, within a moment). */
-static bool stale(const char *path)
+/* A leftover file (a temporary file, a wav with no record) is a crashed write when this process is alone
+ * on data_dir; otherwise it may be another process's write under way (its audio, then its record, within a
+ * moment), and it is removed only when old. */
+static bool stale(const th_vlib *l, const char *path)
 {
     struct stat st;
-    return stat(path, &st) == 0 && time(NULL) - st.st_mtime > TH_VLIB_STALE_S;
+    return l->alone_at_start || (stat(path, &st) == 0 && time(NULL) - st.st_mtime > TH_VLIB_STALE_S);
+}
+
+/* Joins the processes using this directory: a shared flock on voices/.members for the process's lifetime.
+ * An exclusive one taken first tells whether it is alone. */
+static int fs_join(th_vlib *l, char *err, size_t errlen)
+{
+    char path[1200];
+    if (snprintf(path, sizeof path, "%s/.members", l->dir) >= (int)sizeof path) {
+        snprintf(err, errlen, "data_dir is too long");
+        return -1;
+    }
+    l->members_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (l->members_fd < 0) {
+        snprintf(err, errlen, "cannot open %.200s: %s", path, strerror(errno));
+        return -1;
+    }
+    l->alone_at_start = flock(l->members_fd, LOCK_EX | LOCK_NB) == 0;
+    return 0;
+}
+
+/* After the scan: from exclusive (alone) or nothing to shared, waiting out another process's scan. */
+static int fs_member(th_vlib *l, char *err, size_t errlen)
+{
+    uint64_t deadline = th_mono_ms() + TH_VLIB_JOIN_WAIT_MS;
+    while (flock(l->members_fd, LOCK_SH | LOCK_NB) != 0) {
+        if ((errno != EWOULDBLOCK && errno != EINTR) || th_mono_ms() >= deadline) {
+            snprintf(err, errlen, "voices/.members: %s", strerror(errno == EWOULDBLOCK ? ETIMEDOUT : errno));
+            return -1;
+        }
+        struct timespec ts = {0, 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
 }
 
 /* Another process on this data_dir changed a record: re-read it, in order with this process's writes. */
@@ -1245,6 +1280,7 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         snprintf(err, errlen, "cannot create %.200s: %s", l->dir, strerror(errno));
         return -1;
     }
+    if (fs_join(l, err, errlen) != 0) return -1;
     DIR *d = opendir(l->dir);
     if (d == NULL) {
         snprintf(err, errlen, "cannot open %.200s: %s", l->dir, strerror(errno));
@@ -1257,7 +1293,7 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         char path[1200];
         if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) >= (int)sizeof path) continue;
         if (strncmp(nm, ".tmp-", 5) == 0) { /* an interrupted write, or one under way in another process */
-            if (stale(path)) (void)unlink(path);
+            if (stale(l, path)) (void)unlink(path);
             continue;
         }
         if (!has_suffix(nm, ".json")) continue;
@@ -1310,10 +1346,11 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         vl_entry *e = vl_find_any(l, id);
         if (e && strlen(dot + 1) == 64 + 4 && strncmp(dot + 1, e->m.sha256, 64) == 0) continue;
         char path[1200];
-        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path && stale(path))
+        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path && stale(l, path))
             (void)unlink(path);
     }
     closedir(d);
+    if (fs_member(l, err, errlen) != 0) return -1;
     TH_LOG(l->log, TH_LOG_INFO, "voice library: %zu voice(s) in %s%s", loaded, l->dir,
            bad ? " (some records skipped, see above)" : "");
     return 0;
@@ -1328,6 +1365,7 @@ th_vlib *th_vlib_new(uv_loop_t *loop, const th_vlib_conf *conf, th_log *log, cha
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    l->members_fd = -1;
     l->loop = loop;
     l->log = log;
     l->cache_cap = conf->cache_bytes;
@@ -1379,6 +1417,7 @@ void vl_maybe_free(th_vlib *l)
     }
     free(l->buckets);
     free(l->rs);
+    if (l->members_fd >= 0) close(l->members_fd);
     free(l);
 }
 

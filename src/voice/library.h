@@ -42,7 +42,8 @@
 #define TH_VLIB_TEXT_MAX 4096    /* bytes of reference text */
 #define TH_VLIB_NAME_MAX 256     /* bytes of a display name, engine hint, language, tenant */
 #define TH_VLIB_RECORD_MAX 65536 /* bytes of one metadata record */
-#define TH_VLIB_STALE_S 600      /* fs: a leftover temporary or orphaned file this old is removed at start */
+#define TH_VLIB_STALE_S 600 /* fs: with another process on the directory, leftovers this old are removed */
+#define TH_VLIB_JOIN_WAIT_MS 10000 /* fs: at most this long for another process's start-up scan */
 
 /** A voice's metadata record. Strings are owned (never NULL once parsed or made). */
 typedef struct th_vlib_meta {

@@ -57,6 +57,8 @@ struct th_vlib {
     unsigned long fs_seq; /* fs operations queued so far */
     struct vl_redis *rs;
     uv_fs_event_t *watch; /* fs: the directory, for changes made by another process */
+    int members_fd;       /* fs: voices/.members, flocked shared while this process uses the directory */
+    bool alone_at_start;  /* fs: no other process used the directory when this one scanned it */
     uint64_t gen;         /* bumped by every change applied here */
     void (*on_removed)(void *ud, const th_voice_ref *ref);
     void *on_removed_ud;

@@ -1,6 +1,7 @@
 /* test_library: voice records, the fs backend (atomic files, start-up scan), the audio cache and uses. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,10 @@ TH_TEST(fs_store_cache_and_uses)
     TH_REQUIRE(f != NULL);
     fputs("{\"format\":1,", f);
     fclose(f);
+    /* another process uses the directory: only the old leftovers are surely crashed writes */
+    snprintf(path, sizeof path, "%s/voices/.members", tmpl);
+    int other = open(path, O_RDWR);
+    TH_REQUIRE(other >= 0 && flock(other, LOCK_SH) == 0);
     l = th_vlib_new(&loop, &conf, log, err, sizeof err);
     TH_REQUIRE(l != NULL);
     TH_CHECK_INT(th_vlib_count(l), 1);
@@ -274,6 +279,15 @@ TH_TEST(fs_store_cache_and_uses)
     TH_REQUIRE(u2.u != NULL);
     TH_CHECK(memcmp(th_vlib_use_ref(u2.u)->wav, wb, lb) == 0);
     th_vlib_use_release(u2.u);
+    th_vlib_free(l);
+    hl_run_until_set(&loop, NULL, 50);
+    /* alone, a start removes every leftover (no other process can be writing) */
+    close(other);
+    l = th_vlib_new(&loop, &conf, log, err, sizeof err);
+    TH_REQUIRE(l != NULL);
+    TH_CHECK_INT(count_files(path, ".tmp-"), 0);
+    TH_CHECK_INT(count_files(path, "fresh."), 0);
+    TH_CHECK_INT(th_vlib_count(l), 1);
     th_vlib_free(l);
     hl_run_until_set(&loop, NULL, 50);
 

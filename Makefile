@@ -79,6 +79,7 @@ format-check:
 lint:
 	@! grep -rnE '\b(sprintf|vsprintf|strcpy|strcat|atoi|atol|strtok|gets)\s*\(' src --include='*.[ch]'
 	@$(PY) scripts/check-layers.py
+	@$(PY) scripts/check-func-length.py
 	@# a buffer with no maximum: say on the line why nothing outside can grow it
 	@! grep -rnE 'th_buf_init\([^;]*,[[:space:]]*0\);' src --include='*.c' | grep -v '/\*'
 

@@ -367,46 +367,40 @@ static void clone_ready(void *ud, th_vlib_use *u, th_vlib_rc rc)
     go(b);
 }
 
-void th_api_clone_batch(th_http_req *req, void *ud)
+/* The body: a JSON object (also read as a form, for the clone fields) with 'texts', 1 to BATCH_MAX of
+ * them. The texts, or NULL when an error was sent. */
+static json_t *read_body(th_api_ctx *c, json_t **doc, th_form *form)
 {
-    (void)ud;
-    th_api_ctx *c = th_http_get_data(req);
-    c->shape = TH_SHAPE_CLONE;
-    c->route = "/api/batch_synthesize";
-    if (th_api_auth(c, false) != 0) return;
-    th_hub *hub = c->hub;
     size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
-    th_form form;
-    th_form_init(&form);
-    batch *b = NULL;
+    const uint8_t *body = th_http_body(c->req, &blen);
     char err[256] = "";
-    json_t *doc = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
-    if (!json_is_object(doc)) {
+    *doc = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    if (!json_is_object(*doc)) {
         th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "the body must be a JSON object");
-        goto out;
+        return NULL;
     }
-    if (th_form_parse_json(&form, body, blen, TH_JSON_MAX_DEPTH, err, sizeof err) != TH_BODY_OK) {
+    if (th_form_parse_json(form, body, blen, TH_JSON_MAX_DEPTH, err, sizeof err) != TH_BODY_OK) {
         th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed JSON");
-        goto out;
+        return NULL;
     }
-    json_t *texts = json_object_get(doc, "texts");
+    json_t *texts = json_object_get(*doc, "texts");
     if (!json_is_array(texts) || json_array_size(texts) == 0) {
         th_api_error(c, 400, NULL, "missing_texts", "'texts' must be a non-empty array of strings");
-        goto out;
+        return NULL;
     }
     if (json_array_size(texts) > BATCH_MAX) {
         th_api_error(c, 400, NULL, "too_many_texts", "'texts' holds %zu texts; at most %d are allowed",
                      json_array_size(texts), BATCH_MAX);
-        goto out;
+        return NULL;
     }
-    b = calloc(1, sizeof *b);
-    if (b == NULL) {
-        th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        goto out;
-    }
-    b->c = c;
-    uint64_t max_chars = hub->cfg->limits.max_input_chars;
+    return texts;
+}
+
+/* The texts into b's items, each a non-empty string within limits.max_input_chars. 0, or -1 when an error
+ * was sent. */
+static int read_texts(th_api_ctx *c, batch *b, const json_t *texts)
+{
+    uint64_t max_chars = c->hub->cfg->limits.max_input_chars;
     for (size_t i = 0; i < json_array_size(texts); i++) {
         json_t *t = json_array_get(texts, i);
         item *it = &b->items[i];
@@ -424,25 +418,29 @@ void th_api_clone_batch(th_http_req *req, void *ud)
             th_api_error(c, 400, NULL, "invalid_text",
                          "texts[%zu] must be a non-empty string of at most %llu characters", i,
                          (unsigned long long)max_chars);
-            goto out;
+            return -1;
         }
         it->text = th_strndup(s, len);
         if (it->text == NULL) {
             th_api_error(c, 500, NULL, "internal_error", "out of memory");
-            goto out;
+            return -1;
         }
         it->len = len;
         it->chars = (size_t)n;
     }
+    return 0;
+}
+
+/* The parameters every item shares, from the clone fields. 0, or -1 when an error was sent. */
+static int set_base(th_api_ctx *c, batch *b, const th_form *form)
+{
     th_synth_params p = {0};
-    if (th_api_clone_fields(c, &form, &p) != 0) goto out;
-    bool nomem = false;
+    if (th_api_clone_fields(c, form, &p) != 0) return -1;
     b->voice = th_strndup(p.voice, strlen(p.voice));
     b->language = p.language ? th_strndup(p.language, strlen(p.language)) : NULL;
-    if (b->voice == NULL || (p.language && b->language == NULL)) nomem = true;
-    if (nomem) {
+    if (b->voice == NULL || (p.language && b->language == NULL)) {
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        goto out;
+        return -1;
     }
     b->base = (th_synth_params){
         .voice = b->voice,
@@ -454,6 +452,30 @@ void th_api_clone_batch(th_http_req *req, void *ud)
         .provider_allowed = (c->tconf || c->only_engine) ? allowed : NULL,
         .allowed_ud = c,
     };
+    return 0;
+}
+
+void th_api_clone_batch(th_http_req *req, void *ud)
+{
+    (void)ud;
+    th_api_ctx *c = th_http_get_data(req);
+    c->shape = TH_SHAPE_CLONE;
+    c->route = "/api/batch_synthesize";
+    if (th_api_auth(c, false) != 0) return;
+    th_hub *hub = c->hub;
+    th_form form;
+    th_form_init(&form);
+    batch *b = NULL;
+    json_t *doc = NULL;
+    json_t *texts = read_body(c, &doc, &form);
+    if (texts == NULL) goto out;
+    b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        goto out;
+    }
+    b->c = c;
+    if (read_texts(c, b, texts) != 0 || set_base(c, b, &form) != 0) goto out;
     const th_vlib_meta *m = hub->vlib ? th_vlib_find(hub->vlib, b->voice) : NULL;
     if (m && !th_vlib_visible(m, c->id.tenant, th_auth_is_admin(&c->id))) m = NULL;
     if (m == NULL && c->tconf && !th_auth_voice_allowed(c->tconf, b->voice)) {

@@ -177,6 +177,75 @@ static void metrics_quota(th_hub *hub, th_buf *b)
     free(rows[1]);
 }
 
+/* Library voices on engines: references made (by result) and requests sent again, one family at a time. */
+static void metrics_references(const th_hub *hub, th_buf *b)
+{
+    for (int fam = 0; fam < 2; fam++) {
+        bool head = false;
+        for (size_t i = 0; i < hub->n_providers; i++) {
+            th_upstream_ref_stats rs;
+            const th_provider *p = hub->providers[i];
+            if (p == NULL || !p->caps.can_clone || th_upstream_get_ref_stats(p, &rs) != 0) continue;
+            const char *n = p->conf->name;
+            if (fam == 0) {
+                if (!head)
+                    th_buf_append_str(b,
+                                      "# HELP ttshub_reference_uploads_total References of library voices "
+                                      "made on engines (uploads, remote voices, shared files), by result.\n"
+                                      "# TYPE ttshub_reference_uploads_total counter\n");
+                th_buf_appendf(b,
+                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"ok\"} %llu\n"
+                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"failed\"} %llu\n",
+                               n, (unsigned long long)rs.made, n, (unsigned long long)rs.failed);
+            } else {
+                if (!head)
+                    th_buf_append_str(b,
+                                      "# HELP ttshub_reference_resends_total Requests sent again because the "
+                                      "engine or node lacked the reference.\n"
+                                      "# TYPE ttshub_reference_resends_total counter\n");
+                th_buf_appendf(b, "ttshub_reference_resends_total{provider=\"%s\"} %llu\n", n,
+                               (unsigned long long)rs.resends);
+            }
+            head = true;
+        }
+    }
+}
+
+/* The gauges kept outside the metrics table: uptime, nodes, feed clients, dropped spans, stored voices. */
+static void metrics_gauges(th_hub *hub, th_buf *b)
+{
+    th_buf_appendf(b,
+                   "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
+                   "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
+                   (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
+    if (hub->registry) {
+        size_t total = 0, online = 0;
+        th_registry_counts(hub->registry, NULL, &total, &online);
+        th_buf_appendf(b,
+                       "# HELP ttshub_nodes Registered worker nodes by state.\n# TYPE ttshub_nodes gauge\n"
+                       "ttshub_nodes{state=\"online\"} %zu\nttshub_nodes{state=\"not_routable\"} %zu\n",
+                       online, total - online);
+    }
+    th_buf_appendf(b,
+                   "# HELP ttshub_feed_clients Live-feed (/ws) clients connected.\n"
+                   "# TYPE ttshub_feed_clients gauge\nttshub_feed_clients %zu\n",
+                   th_api_feed_clients(hub));
+    if (hub->tracer)
+        th_buf_appendf(
+            b,
+            "# HELP ttshub_trace_spans_dropped_total Spans dropped because too many were waiting.\n"
+            "# TYPE ttshub_trace_spans_dropped_total counter\nttshub_trace_spans_dropped_total %llu\n",
+            (unsigned long long)th_tracer_dropped(hub->tracer));
+    if (hub->vlib)
+        th_buf_appendf(b,
+                       "# HELP ttshub_voices_stored Voices in the voice library, by backend.\n"
+                       "# TYPE ttshub_voices_stored gauge\nttshub_voices_stored{backend=\"%s\"} %zu\n"
+                       "# HELP ttshub_voice_cache_bytes Reference audio held in memory.\n"
+                       "# TYPE ttshub_voice_cache_bytes gauge\nttshub_voice_cache_bytes %llu\n",
+                       th_vlib_backend(hub->vlib), th_vlib_count(hub->vlib),
+                       (unsigned long long)th_vlib_cached_bytes(hub->vlib));
+}
+
 void th_api_metrics(th_http_req *req, void *ud)
 {
     th_hub *hub = ud;
@@ -190,66 +259,8 @@ void th_api_metrics(th_http_req *req, void *ud)
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
-    th_buf_appendf(&b,
-                   "# HELP ttshub_uptime_seconds Seconds since the hub started.\n"
-                   "# TYPE ttshub_uptime_seconds gauge\nttshub_uptime_seconds %llu\n",
-                   (unsigned long long)((th_mono_ms() - hub->started_mono_ms) / 1000));
-    if (hub->registry) {
-        size_t total = 0, online = 0;
-        th_registry_counts(hub->registry, NULL, &total, &online);
-        th_buf_appendf(&b,
-                       "# HELP ttshub_nodes Registered worker nodes by state.\n# TYPE ttshub_nodes gauge\n"
-                       "ttshub_nodes{state=\"online\"} %zu\nttshub_nodes{state=\"not_routable\"} %zu\n",
-                       online, total - online);
-    }
-    th_buf_appendf(&b,
-                   "# HELP ttshub_feed_clients Live-feed (/ws) clients connected.\n"
-                   "# TYPE ttshub_feed_clients gauge\nttshub_feed_clients %zu\n",
-                   th_api_feed_clients(hub));
-    if (hub->tracer)
-        th_buf_appendf(
-            &b,
-            "# HELP ttshub_trace_spans_dropped_total Spans dropped because too many were waiting.\n"
-            "# TYPE ttshub_trace_spans_dropped_total counter\nttshub_trace_spans_dropped_total %llu\n",
-            (unsigned long long)th_tracer_dropped(hub->tracer));
-    if (hub->vlib)
-        th_buf_appendf(&b,
-                       "# HELP ttshub_voices_stored Voices in the voice library, by backend.\n"
-                       "# TYPE ttshub_voices_stored gauge\nttshub_voices_stored{backend=\"%s\"} %zu\n"
-                       "# HELP ttshub_voice_cache_bytes Reference audio held in memory.\n"
-                       "# TYPE ttshub_voice_cache_bytes gauge\nttshub_voice_cache_bytes %llu\n",
-                       th_vlib_backend(hub->vlib), th_vlib_count(hub->vlib),
-                       (unsigned long long)th_vlib_cached_bytes(hub->vlib));
-    /* library voices on engines: references made (by result) and requests sent again, one family at a time */
-    for (int fam = 0; fam < 2; fam++) {
-        bool head = false;
-        for (size_t i = 0; i < hub->n_providers; i++) {
-            th_upstream_ref_stats rs;
-            const th_provider *p = hub->providers[i];
-            if (p == NULL || !p->caps.can_clone || th_upstream_get_ref_stats(p, &rs) != 0) continue;
-            const char *n = p->conf->name;
-            if (fam == 0) {
-                if (!head)
-                    th_buf_append_str(&b,
-                                      "# HELP ttshub_reference_uploads_total References of library voices "
-                                      "made on engines (uploads, remote voices, shared files), by result.\n"
-                                      "# TYPE ttshub_reference_uploads_total counter\n");
-                th_buf_appendf(&b,
-                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"ok\"} %llu\n"
-                               "ttshub_reference_uploads_total{provider=\"%s\",result=\"failed\"} %llu\n",
-                               n, (unsigned long long)rs.made, n, (unsigned long long)rs.failed);
-            } else {
-                if (!head)
-                    th_buf_append_str(&b,
-                                      "# HELP ttshub_reference_resends_total Requests sent again because the "
-                                      "engine or node lacked the reference.\n"
-                                      "# TYPE ttshub_reference_resends_total counter\n");
-                th_buf_appendf(&b, "ttshub_reference_resends_total{provider=\"%s\"} %llu\n", n,
-                               (unsigned long long)rs.resends);
-            }
-            head = true;
-        }
-    }
+    metrics_gauges(hub, &b);
+    metrics_references(hub, &b);
     if (hub->redis)
         th_buf_appendf(&b,
                        "# HELP ttshub_redis_connected 1 while the shared Redis backend is reachable.\n"

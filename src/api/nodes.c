@@ -440,10 +440,7 @@ static int cmd_head(void *ud, int status, const th_client_header *h, size_t n)
 static int cmd_body(void *ud, const uint8_t *d, size_t len)
 {
     cmd_relay *r = ud;
-    size_t room = sizeof r->body - 1 - r->blen;
-    if (len > room) len = room;
-    memcpy(r->body + r->blen, d, len);
-    r->blen += len;
+    th_str_append_cut(r->body, sizeof r->body, &r->blen, d, len);
     return 0;
 }
 

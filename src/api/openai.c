@@ -23,6 +23,94 @@ static bool is_json_type(const char *ct)
     return n > 5 && th_strn_ieq(ct + n - 5, 5, "+json");
 }
 
+/* The JSON body, an object; NULL when an error was sent. */
+static json_t *read_body(th_api_ctx *c)
+{
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(c->req, &blen);
+    char err[256] = "";
+    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
+    if (j == NULL) {
+        th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed JSON");
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        th_api_error(c, 400, NULL, "malformed_body", "the body must be a JSON object");
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* input, voice (a name or {"id": ...}), model and instructions into p. 0, or -1 when an error was sent. */
+static int read_what(th_api_ctx *c, json_t *j, th_synth_params *p)
+{
+    json_t *jin = json_object_get(j, "input");
+    if (jin && !json_is_string(jin)) {
+        th_api_error(c, 400, NULL, "invalid_input", "'input' must be a string");
+        return -1;
+    }
+    p->text = jin ? json_string_value(jin) : NULL;
+    p->text_len = jin ? json_string_length(jin) : 0;
+    if (th_api_check_input(c, "input", p->text, p->text_len, &p->chars) != 0) return -1;
+    json_t *jv = json_object_get(j, "voice");
+    const char *voice = NULL;
+    if (json_is_string(jv))
+        voice = json_string_value(jv);
+    else if (json_is_object(jv) && json_is_string(json_object_get(jv, "id")))
+        voice = json_string_value(json_object_get(jv, "id"));
+    if (voice == NULL || *voice == 0) {
+        th_api_error(c, 400, NULL, "missing_voice", "'voice' is required: a voice name or {\"id\": \"...\"}");
+        return -1;
+    }
+    c->voice = th_strndup(voice, strlen(voice));
+    p->voice = voice;
+    return 0;
+}
+
+/* response_format, speed, stream_format and sample_rate into p and c->mode. 0, or -1 when an error was
+ * sent. */
+static int read_how(th_api_ctx *c, json_t *j, th_synth_params *p)
+{
+    json_t *jf = json_object_get(j, "response_format");
+    if (jf && !json_is_string(jf) && !json_is_null(jf)) {
+        th_api_error(c, 400, NULL, "invalid_response_format", "'response_format' must be a string");
+        return -1;
+    }
+    if (th_api_check_format(c, "response_format", json_is_string(jf) ? json_string_value(jf) : NULL,
+                            &p->fmt) != 0)
+        return -1;
+    json_t *js = json_object_get(j, "speed");
+    if (js && !json_is_null(js)) {
+        if (!json_is_number(js) || json_number_value(js) < 0.25 || json_number_value(js) > 4.0) {
+            th_api_error(c, 400, NULL, "invalid_speed", "'speed' must be a number from 0.25 to 4.0");
+            return -1;
+        }
+        p->speed = json_number_value(js);
+    }
+    json_t *jsf = json_object_get(j, "stream_format");
+    c->mode = TH_STREAM_AUDIO;
+    if (jsf && !json_is_null(jsf)) {
+        const char *sf = json_is_string(jsf) ? json_string_value(jsf) : "";
+        if (strcmp(sf, "sse") == 0)
+            c->mode = TH_STREAM_SSE;
+        else if (strcmp(sf, "audio") != 0) {
+            th_api_error(c, 400, NULL, "invalid_stream_format", "'stream_format' must be 'audio' or 'sse'");
+            return -1;
+        }
+    }
+    json_t *jsr = json_object_get(j, "sample_rate");
+    if (jsr && !json_is_null(jsr)) {
+        if (!json_is_integer(jsr) || json_integer_value(jsr) < 8000 || json_integer_value(jsr) > 48000) {
+            th_api_error(c, 400, NULL, "invalid_sample_rate",
+                         "'sample_rate' must be an integer from 8000 to 48000");
+            return -1;
+        }
+        p->sample_rate = (int)json_integer_value(jsr);
+    }
+    return 0;
+}
+
 void th_api_openai_speech(th_http_req *req, void *ud)
 {
     (void)ud;
@@ -35,95 +123,15 @@ void th_api_openai_speech(th_http_req *req, void *ud)
                      "this endpoint takes application/json");
         return;
     }
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
-    char err[256] = "";
-    json_t *j = th_json_parse_bounded(body, blen, TH_JSON_MAX_DEPTH, err, sizeof err);
-    if (j == NULL) {
-        th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed JSON");
-        return;
+    json_t *j = read_body(c);
+    if (j == NULL) return;
+    th_synth_params p = {.generation = c->rid, .speed = 1.0};
+    if (read_what(c, j, &p) == 0) {
+        json_t *jm = json_object_get(j, "model"), *ji = json_object_get(j, "instructions");
+        p.model = json_is_string(jm) ? json_string_value(jm) : NULL;
+        p.prompt = json_is_string(ji) ? json_string_value(ji) : NULL;
+        if (read_how(c, j, &p) == 0) th_api_speak(c, &p);
     }
-    if (!json_is_object(j)) {
-        th_api_error(c, 400, NULL, "malformed_body", "the body must be a JSON object");
-        goto out;
-    }
-    json_t *jin = json_object_get(j, "input");
-    if (jin && !json_is_string(jin)) {
-        th_api_error(c, 400, NULL, "invalid_input", "'input' must be a string");
-        goto out;
-    }
-    const char *input = jin ? json_string_value(jin) : NULL;
-    size_t ilen = jin ? json_string_length(jin) : 0;
-    size_t chars = 0;
-    if (th_api_check_input(c, "input", input, ilen, &chars) != 0) goto out;
-    json_t *jv = json_object_get(j, "voice");
-    const char *voice = NULL;
-    if (json_is_string(jv))
-        voice = json_string_value(jv);
-    else if (json_is_object(jv) && json_is_string(json_object_get(jv, "id")))
-        voice = json_string_value(json_object_get(jv, "id"));
-    if (voice == NULL || *voice == 0) {
-        th_api_error(c, 400, NULL, "missing_voice", "'voice' is required: a voice name or {\"id\": \"...\"}");
-        goto out;
-    }
-    c->voice = th_strndup(voice, strlen(voice));
-    json_t *jf = json_object_get(j, "response_format");
-    if (jf && !json_is_string(jf) && !json_is_null(jf)) {
-        th_api_error(c, 400, NULL, "invalid_response_format", "'response_format' must be a string");
-        goto out;
-    }
-    th_fmt fmt;
-    if (th_api_check_format(c, "response_format", json_is_string(jf) ? json_string_value(jf) : NULL, &fmt) !=
-        0)
-        goto out;
-    double speed = 1.0;
-    json_t *js = json_object_get(j, "speed");
-    if (js && !json_is_null(js)) {
-        if (!json_is_number(js) || json_number_value(js) < 0.25 || json_number_value(js) > 4.0) {
-            th_api_error(c, 400, NULL, "invalid_speed", "'speed' must be a number from 0.25 to 4.0");
-            goto out;
-        }
-        speed = json_number_value(js);
-    }
-    json_t *jm = json_object_get(j, "model");
-    const char *model = json_is_string(jm) ? json_string_value(jm) : NULL;
-    json_t *ji = json_object_get(j, "instructions");
-    const char *instr = json_is_string(ji) ? json_string_value(ji) : NULL;
-    json_t *jsf = json_object_get(j, "stream_format");
-    c->mode = TH_STREAM_AUDIO;
-    if (jsf && !json_is_null(jsf)) {
-        const char *sf = json_is_string(jsf) ? json_string_value(jsf) : "";
-        if (strcmp(sf, "sse") == 0)
-            c->mode = TH_STREAM_SSE;
-        else if (strcmp(sf, "audio") != 0) {
-            th_api_error(c, 400, NULL, "invalid_stream_format", "'stream_format' must be 'audio' or 'sse'");
-            goto out;
-        }
-    }
-    json_t *jsr = json_object_get(j, "sample_rate");
-    int rate = 0;
-    if (jsr && !json_is_null(jsr)) {
-        if (!json_is_integer(jsr) || json_integer_value(jsr) < 8000 || json_integer_value(jsr) > 48000) {
-            th_api_error(c, 400, NULL, "invalid_sample_rate",
-                         "'sample_rate' must be an integer from 8000 to 48000");
-            goto out;
-        }
-        rate = (int)json_integer_value(jsr);
-    }
-    th_synth_params p = {
-        .text = input,
-        .text_len = ilen,
-        .chars = chars,
-        .voice = voice,
-        .prompt = instr,
-        .model = model,
-        .generation = c->rid,
-        .fmt = fmt,
-        .sample_rate = rate,
-        .speed = speed,
-    };
-    th_api_speak(c, &p);
-out:
     json_decref(j);
 }
 

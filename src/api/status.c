@@ -77,53 +77,43 @@ static json_t *latency_json(const th_hub *hub, double *avg_ms)
     return o;
 }
 
-/* The /api/status document (new reference). */
-static json_t *status_doc(th_hub *hub)
+/* json[key] += by (an integer; absent counts as 0) */
+static void add_int(json_t *o, const char *key, json_int_t by)
 {
-    const char *status = "unhealthy";
-    json_t *health = th_api_health_doc(hub, &status);
-    size_t total = 0, online = 0;
-    if (hub->registry) th_registry_counts(hub->registry, NULL, &total, &online);
-    json_t *engines = hub->registry ? th_registry_engines_json(hub->registry) : json_object();
-    json_t *providers = json_object();
-    uint64_t now = th_mono_ms();
-    for (size_t i = 0; providers && engines && i < hub->n_providers; i++) {
-        const th_provider_conf *pc = hub->providers[i]->conf;
-        const th_route_prov *rp = hub->route.provs ? hub->route.provs[i] : NULL;
-        json_t *p =
-            json_pack("{s:s,s:s,s:I,s:I}", "type", pc->type, "breaker",
-                      rp ? th_breaker_state_name(th_breaker_get(&rp->breaker, now)) : "closed", "in_flight",
-                      (json_int_t)(rp ? rp->inflight : 0), "queued", (json_int_t)(rp ? rp->waiting : 0));
-        json_object_set_new(providers, pc->name, p);
-        /* per engine type: the providers of that kind too (a nodes provider counts under its engine) */
-        const char *kind =
-            strcmp(pc->type, "nodes") == 0 && pc->engine && *pc->engine ? pc->engine : pc->type;
-        json_t *e = json_object_get(engines, kind);
-        if (e == NULL) {
-            e = json_pack("{s:i,s:i,s:i}", "nodes", 0, "online", 0, "in_flight", 0);
-            json_object_set_new(engines, kind, e);
-        }
-        if (e) {
-            json_object_set_new(e, "providers",
-                                json_integer(json_integer_value(json_object_get(e, "providers")) + 1));
-            if (strcmp(pc->type, "nodes") != 0) {
-                json_object_set_new(e, "in_flight",
-                                    json_integer(json_integer_value(json_object_get(e, "in_flight")) +
-                                                 (json_int_t)(rp ? rp->inflight : 0)));
-                /* an in-process or upstream provider is one serving unit for the counts below */
-                json_object_set_new(e, "local",
-                                    json_integer(json_integer_value(json_object_get(e, "local")) + 1));
-                if (rp == NULL || th_breaker_get(&rp->breaker, now) != TH_BREAKER_OPEN)
-                    json_object_set_new(
-                        e, "local_ready",
-                        json_integer(json_integer_value(json_object_get(e, "local_ready")) + 1));
-            }
-        }
+    json_object_set_new(o, key, json_integer(json_integer_value(json_object_get(o, key)) + by));
+}
+
+/* One provider into providers (its breaker and load) and into engines (per engine type: the providers of
+ * that kind too; a nodes provider counts under its engine). */
+static void add_provider(json_t *providers, json_t *engines, const th_provider_conf *pc,
+                         const th_route_prov *rp, uint64_t now)
+{
+    json_t *p =
+        json_pack("{s:s,s:s,s:I,s:I}", "type", pc->type, "breaker",
+                  rp ? th_breaker_state_name(th_breaker_get(&rp->breaker, now)) : "closed", "in_flight",
+                  (json_int_t)(rp ? rp->inflight : 0), "queued", (json_int_t)(rp ? rp->waiting : 0));
+    json_object_set_new(providers, pc->name, p);
+    const char *kind = strcmp(pc->type, "nodes") == 0 && pc->engine && *pc->engine ? pc->engine : pc->type;
+    json_t *e = json_object_get(engines, kind);
+    if (e == NULL) {
+        e = json_pack("{s:i,s:i,s:i}", "nodes", 0, "online", 0, "in_flight", 0);
+        json_object_set_new(engines, kind, e);
     }
-    /* the voice-clone gateway's per-engine {total, online, ready}, which its status page reads: total counts
-     * the nodes and the providers that are not node pools, ready those that take traffic now (a node
-     * online, a provider whose breaker is not open). Our "online" keeps its meaning (nodes taking
-     * traffic), so a node in standby shows as offline there, not as standby. */
+    if (e == NULL) return;
+    add_int(e, "providers", 1);
+    if (strcmp(pc->type, "nodes") == 0) return;
+    add_int(e, "in_flight", (json_int_t)(rp ? rp->inflight : 0));
+    /* an in-process or upstream provider is one serving unit for the counts below */
+    add_int(e, "local", 1);
+    if (rp == NULL || th_breaker_get(&rp->breaker, now) != TH_BREAKER_OPEN) add_int(e, "local_ready", 1);
+}
+
+/* The voice-clone gateway's per-engine {total, online, ready}, which its status page reads: total counts
+ * the nodes and the providers that are not node pools, ready those that take traffic now (a node online, a
+ * provider whose breaker is not open). Our "online" keeps its meaning (nodes taking traffic), so a node in
+ * standby shows as offline there, not as standby. */
+static void engine_totals(json_t *engines)
+{
     const char *kname;
     json_t *ke;
     json_object_foreach(engines, kname, ke)
@@ -137,6 +127,22 @@ static json_t *status_doc(th_hub *hub)
         json_object_set_new(ke, "total", json_integer(nodes + loc));
         json_object_set_new(ke, "ready", json_integer(on + loc_ready));
     }
+}
+
+/* The /api/status document (new reference). */
+static json_t *status_doc(th_hub *hub)
+{
+    const char *status = "unhealthy";
+    json_t *health = th_api_health_doc(hub, &status);
+    size_t total = 0, online = 0;
+    if (hub->registry) th_registry_counts(hub->registry, NULL, &total, &online);
+    json_t *engines = hub->registry ? th_registry_engines_json(hub->registry) : json_object();
+    json_t *providers = json_object();
+    uint64_t now = th_mono_ms();
+    for (size_t i = 0; providers && engines && i < hub->n_providers; i++)
+        add_provider(providers, engines, hub->providers[i]->conf,
+                     hub->route.provs ? hub->route.provs[i] : NULL, now);
+    engine_totals(engines);
     json_t *ann = hub->announce ? th_announce_list(hub->announce, th_wall_ms()) : json_array();
     double avg_ms = 0;
     json_t *latency = latency_json(hub, &avg_ms);

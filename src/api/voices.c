@@ -304,6 +304,103 @@ static void extract_limited(void *ud, const th_limit_result *res)
     extract_reserve(j);
 }
 
+/* The form fields of an extraction. */
+typedef struct ex_fields {
+    const th_field *audio, *id, *name, *engine, *text, *lang;
+} ex_fields;
+
+/* What is wrong with the optional fields (with its code), or NULL. */
+static const char *bad_fields(const ex_fields *f, const char **code)
+{
+    if (f->id && f->id->value_len > 0 && !th_vlib_id_ok(f->id->value, f->id->value_len)) {
+        *code = "invalid_voice_id";
+        return "'voice_id' must be 1-64 letters, digits, '_' or '-'";
+    }
+    if (f->name && !text_ok(f->name->value, f->name->value_len, TH_VLIB_NAME_MAX, false)) {
+        *code = "invalid_voice_name";
+        return "'voice_name' must be printable UTF-8 of at most 256 bytes";
+    }
+    if (f->engine && (!word_ok(f->engine->value, 64) || memchr(f->engine->value, 0, f->engine->value_len))) {
+        *code = "invalid_engine";
+        return "'engine' must be a provider name or kind";
+    }
+    if (f->text && !text_ok(f->text->value, f->text->value_len, TH_VLIB_TEXT_MAX, true)) {
+        *code = "invalid_reference_text";
+        return "'reference_text' must be UTF-8 of at most 4096 bytes";
+    }
+    if (f->lang && (!word_ok(f->lang->value, 35) || memchr(f->lang->value, 0, f->lang->value_len))) {
+        *code = "invalid_language";
+        return "'language' must be a language tag such as en or zh-CN";
+    }
+    return NULL;
+}
+
+/* The multipart body into j->form and f, checked. 0, or -1 when an error was sent (j is freed). */
+static int read_form(extract_job *j, const char *ct, ex_fields *f)
+{
+    th_api_ctx *c = j->c;
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(c->req, &blen);
+    char err[256] = "";
+    int rc = th_form_parse_multipart(&j->form, ct, body, blen, err, sizeof err);
+    if (rc != TH_BODY_OK) {
+        job_free(j);
+        if (rc == TH_BODY_NOMEM)
+            th_api_error(c, 500, NULL, "internal_error", "out of memory");
+        else
+            th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed multipart body");
+        return -1;
+    }
+    f->audio = th_form_get(&j->form, "audio");
+    if (f->audio == NULL) f->audio = th_form_get(&j->form, "file");
+    if (f->audio == NULL || f->audio->value_len == 0) {
+        job_free(j);
+        if (f->audio == NULL)
+            th_api_error(c, 400, NULL, "missing_audio", "the 'audio' file field is required");
+        else
+            th_api_error(c, 400, NULL, "empty_audio", "the 'audio' file is empty");
+        return -1;
+    }
+    f->id = form_str(&j->form, "voice_id");
+    f->name = form_str(&j->form, "voice_name");
+    f->engine = form_str(&j->form, "engine");
+    f->text = form_str(&j->form, "reference_text");
+    f->lang = form_str(&j->form, "language");
+    if (f->name == NULL) f->name = form_str(&j->form, "name");
+    if (f->text == NULL) f->text = form_str(&j->form, "text");
+    const char *code = NULL, *bad = bad_fields(f, &code);
+    if (bad) {
+        job_free(j);
+        th_api_error(c, 400, NULL, code, "%s", bad);
+        return -1;
+    }
+    return 0;
+}
+
+/* The voice's id (given, or v_ + 16 characters of a uuid) and record. 0, or -1 on ENOMEM. */
+static int set_meta(extract_job *j, const ex_fields *f)
+{
+    th_api_ctx *c = j->c;
+    if (f->id && f->id->value_len > 0) {
+        memcpy(j->m.id, f->id->value, f->id->value_len);
+        j->m.id[f->id->value_len] = 0;
+    } else {
+        char u[TH_UUID_LEN + 1];
+        th_uuid_gen_next(&c->hub->ids, u);
+        snprintf(j->m.id, sizeof j->m.id, "v_%.8s%.4s%.4s", u, u + 9, u + 14);
+    }
+    free(c->voice);
+    c->voice = th_strndup(j->m.id, strlen(j->m.id));
+    c->library_voice = true;
+    if (th_vlib_meta_set(&j->m.name, f->name && f->name->value_len ? f->name->value : j->m.id) ||
+        th_vlib_meta_set(&j->m.tenant, c->id.tenant) ||
+        th_vlib_meta_set(&j->m.engine, f->engine ? f->engine->value : "") ||
+        th_vlib_meta_set(&j->m.text, f->text ? f->text->value : "") ||
+        th_vlib_meta_set(&j->m.language, f->lang ? f->lang->value : ""))
+        return -1;
+    return 0;
+}
+
 void th_api_voices_extract(th_http_req *req, void *ud)
 {
     (void)ud;
@@ -323,79 +420,15 @@ void th_api_voices_extract(th_http_req *req, void *ud)
     }
     j->c = c;
     th_form_init(&j->form);
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(req, &blen);
-    char err[256] = "";
-    int rc = th_form_parse_multipart(&j->form, ct, body, blen, err, sizeof err);
-    if (rc != TH_BODY_OK) {
-        job_free(j);
-        if (rc == TH_BODY_NOMEM)
-            th_api_error(c, 500, NULL, "internal_error", "out of memory");
-        else
-            th_api_error(c, 400, NULL, "malformed_body", "%s", err[0] ? err : "malformed multipart body");
-        return;
-    }
-    const th_field *audio = th_form_get(&j->form, "audio");
-    if (audio == NULL) audio = th_form_get(&j->form, "file");
-    if (audio == NULL) {
-        job_free(j);
-        th_api_error(c, 400, NULL, "missing_audio", "the 'audio' file field is required");
-        return;
-    }
-    if (audio->value_len == 0) {
-        job_free(j);
-        th_api_error(c, 400, NULL, "empty_audio", "the 'audio' file is empty");
-        return;
-    }
-    const th_field *fid = form_str(&j->form, "voice_id"), *fname = form_str(&j->form, "voice_name"),
-                   *feng = form_str(&j->form, "engine"), *ftext = form_str(&j->form, "reference_text"),
-                   *flang = form_str(&j->form, "language");
-    if (fname == NULL) fname = form_str(&j->form, "name");
-    if (ftext == NULL) ftext = form_str(&j->form, "text");
-    const char *bad = NULL, *bad_code = NULL;
-    if (fid && fid->value_len > 0 && !th_vlib_id_ok(fid->value, fid->value_len)) {
-        bad = "'voice_id' must be 1-64 letters, digits, '_' or '-'";
-        bad_code = "invalid_voice_id";
-    } else if (fname && !text_ok(fname->value, fname->value_len, TH_VLIB_NAME_MAX, false)) {
-        bad = "'voice_name' must be printable UTF-8 of at most 256 bytes";
-        bad_code = "invalid_voice_name";
-    } else if (feng && (!word_ok(feng->value, 64) || memchr(feng->value, 0, feng->value_len))) {
-        bad = "'engine' must be a provider name or kind";
-        bad_code = "invalid_engine";
-    } else if (ftext && !text_ok(ftext->value, ftext->value_len, TH_VLIB_TEXT_MAX, true)) {
-        bad = "'reference_text' must be UTF-8 of at most 4096 bytes";
-        bad_code = "invalid_reference_text";
-    } else if (flang && (!word_ok(flang->value, 35) || memchr(flang->value, 0, flang->value_len))) {
-        bad = "'language' must be a language tag such as en or zh-CN";
-        bad_code = "invalid_language";
-    }
-    if (bad) {
-        job_free(j);
-        th_api_error(c, 400, NULL, bad_code, "%s", bad);
-        return;
-    }
-    if (fid && fid->value_len > 0) {
-        memcpy(j->m.id, fid->value, fid->value_len);
-        j->m.id[fid->value_len] = 0;
-    } else {
-        char u[TH_UUID_LEN + 1];
-        th_uuid_gen_next(&hub->ids, u);
-        snprintf(j->m.id, sizeof j->m.id, "v_%.8s%.4s%.4s", u, u + 9, u + 14);
-    }
-    free(c->voice);
-    c->voice = th_strndup(j->m.id, strlen(j->m.id));
-    c->library_voice = true;
-    if (th_vlib_meta_set(&j->m.name, fname && fname->value_len ? fname->value : j->m.id) ||
-        th_vlib_meta_set(&j->m.tenant, c->id.tenant) ||
-        th_vlib_meta_set(&j->m.engine, feng ? feng->value : "") ||
-        th_vlib_meta_set(&j->m.text, ftext ? ftext->value : "") ||
-        th_vlib_meta_set(&j->m.language, flang ? flang->value : "")) {
+    ex_fields f;
+    if (read_form(j, ct, &f) != 0) return;
+    if (set_meta(j, &f) != 0) {
         job_free(j);
         th_api_error(c, 500, NULL, "internal_error", "out of memory");
         return;
     }
-    j->audio = (const uint8_t *)audio->value;
-    j->audio_len = audio->value_len;
+    j->audio = (const uint8_t *)f.audio->value;
+    j->audio_len = f.audio->value_len;
     j->opts.out_rate = TH_VLIB_RATE;
     j->opts.max_seconds = hub->cfg->voice_library.max_seconds;
     j->min_s = hub->cfg->voice_library.min_seconds;

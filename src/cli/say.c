@@ -218,264 +218,332 @@ static const char *ext_format(const char *path)
     return NULL;
 }
 
-int th_cli_say(int argc, char **argv)
+/* The command line. */
+typedef struct say_args {
+    const char *text, *voice, *format, *out, *speed, *url, *key;
+    long timeout_s;
+    char default_out[32];
+} say_args;
+
+/* One run: the text, its parts, the transfer and the output. */
+typedef struct say_job {
+    const say_args *a;
+    th_buf text;
+    say_out o;
+    say_progress pg;
+    th_split_chunk *parts; /* NULL: one request */
+    size_t nparts;
+    char *endpoint;
+    struct curl_slist *hdrs;
+    CURL *h;
+    char *e_voice;
+    th_buf form;
+} say_job;
+
+/* The options into a; -1 to go on, else the exit code. */
+static int parse_options(int argc, char **argv, say_args *a)
 {
-    const char *text_arg = NULL, *voice = "alloy", *format = NULL, *out = NULL, *speed = NULL;
-    const char *url = getenv("TTSHUB_URL");
-    const char *key = getenv("TTSHUB_API_KEY");
-    long timeout_s = 600;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if ((strcmp(a, "-v") == 0 || strcmp(a, "--voice") == 0) && v) {
-            voice = v;
+        const char **slot = NULL;
+        if (strcmp(o, "-v") == 0 || strcmp(o, "--voice") == 0)
+            slot = &a->voice;
+        else if (strcmp(o, "-f") == 0 || strcmp(o, "--format") == 0)
+            slot = &a->format;
+        else if (strcmp(o, "-o") == 0 || strcmp(o, "--output") == 0)
+            slot = &a->out;
+        else if (strcmp(o, "--url") == 0)
+            slot = &a->url;
+        else if (strcmp(o, "--speed") == 0)
+            slot = &a->speed;
+        else if (strcmp(o, "--api-key") == 0)
+            slot = &a->key;
+        if (slot && v) {
+            *slot = v;
             i++;
-        } else if ((strcmp(a, "-f") == 0 || strcmp(a, "--format") == 0) && v) {
-            format = v;
-            i++;
-        } else if ((strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0) && v) {
-            out = v;
-            i++;
-        } else if (strcmp(a, "--url") == 0 && v) {
-            url = v;
-            i++;
-        } else if (strcmp(a, "--speed") == 0 && v) {
-            speed = v;
-            i++;
-        } else if (strcmp(a, "--api-key") == 0 && v) {
-            key = v;
-            i++;
-        } else if (strcmp(a, "--timeout") == 0 && v) {
+        } else if (strcmp(o, "--timeout") == 0 && v) {
             int64_t t;
             if (th_str_to_i64(v, 1, 86400, &t) != 0) {
                 fprintf(stderr, "ttshub say: --timeout takes whole seconds (1..86400)\n");
                 return 2;
             }
-            timeout_s = (long)t;
+            a->timeout_s = (long)t;
             i++;
-        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+        } else if (strcmp(o, "-h") == 0 || strcmp(o, "--help") == 0) {
             usage(stdout);
             return 0;
-        } else if (a[0] == '-' && a[1] != 0) {
-            fprintf(stderr, "ttshub say: unknown or incomplete option %s\n", a);
+        } else if (o[0] == '-' && o[1] != 0) {
+            fprintf(stderr, "ttshub say: unknown or incomplete option %s\n", o);
             usage(stderr);
             return 2;
-        } else if (text_arg == NULL) {
-            text_arg = a;
+        } else if (a->text == NULL) {
+            a->text = o;
         } else {
             fprintf(stderr, "ttshub say: give the text as one argument (quote it)\n");
             return 2;
         }
     }
-    if (url == NULL || *url == 0) url = "http://127.0.0.1:8080";
-    if (format == NULL) format = ext_format(out);
-    if (format == NULL) format = "mp3";
-    if (th_fmt_from_name(format) == TH_FMT_NONE) {
+    return -1;
+}
+
+/* The defaults of what was not given, and the checks of what was; -1 to go on, else the exit code. */
+static int finish_args(say_args *a)
+{
+    if (a->url == NULL || *a->url == 0) a->url = "http://127.0.0.1:8080";
+    if (a->format == NULL) a->format = ext_format(a->out);
+    if (a->format == NULL) a->format = "mp3";
+    if (th_fmt_from_name(a->format) == TH_FMT_NONE) {
         fprintf(stderr, "ttshub say: -f must be mp3, opus, aac, flac, wav or pcm\n");
         return 2;
     }
-    if (speed) {
+    if (a->speed) {
         double d;
-        if (th_str_to_double(speed, 0.25, 4.0, &d) != 0) {
+        if (th_str_to_double(a->speed, 0.25, 4.0, &d) != 0) {
             fprintf(stderr, "ttshub say: --speed must be from 0.25 to 4.0\n");
             return 2;
         }
     }
-    char default_out[32];
-    if (out == NULL && isatty(STDOUT_FILENO)) {
-        snprintf(default_out, sizeof default_out, "speech.%s", format);
-        out = default_out;
+    if (a->out == NULL && isatty(STDOUT_FILENO)) {
+        snprintf(a->default_out, sizeof a->default_out, "speech.%s", a->format);
+        a->out = a->default_out;
     }
+    return -1;
+}
 
-    th_buf text;
-    th_buf_init(&text, SAY_MAX_TEXT);
-    if (text_arg == NULL || strcmp(text_arg, "-") == 0) {
-        if (read_all(stdin, &text) != 0) {
+/* The text from the argument or standard input; -1 to go on, else the exit code. */
+static int read_text(const say_args *a, th_buf *text)
+{
+    if (a->text == NULL || strcmp(a->text, "-") == 0) {
+        if (read_all(stdin, text) != 0) {
             fprintf(stderr, "ttshub say: cannot read standard input (at most %u bytes)\n", SAY_MAX_TEXT);
-            th_buf_free(&text);
             return 1;
         }
-    } else if (th_buf_append_str(&text, text_arg) != TH_BUF_OK) {
-        th_buf_free(&text);
+    } else if (th_buf_append_str(text, a->text) != TH_BUF_OK) {
         return 1;
     }
-    if (text.len == 0) {
+    if (text->len == 0) {
         fprintf(stderr, "ttshub say: no text\n");
-        th_buf_free(&text);
         return 2;
     }
+    return -1;
+}
 
-    int rc = 1;
-    say_out o = {.path = out};
-    th_buf_init(&o.err, 65536);
-    th_buf_init(&o.enc, 0); /* the converter's output of one response chunk */
-    say_progress pg = {.t0_ms = th_mono_ms()};
-    th_split_chunk *parts = NULL;
-    size_t nparts = 0;
-    char *endpoint = NULL;
-    struct curl_slist *hdrs = NULL;
-    CURL *h = NULL;
-    th_buf form;
-    th_buf_init(&form, 0); /* built from the text, itself bounded (SAY_MAX_TEXT) */
-    int64_t cps = th_utf8_count((const char *)text.data, text.len);
-    if (text.len > SAY_LONG_BYTES && cps > 0) {
-        parts = th_split_text((const char *)text.data, text.len, SAY_PART_CHARS, &nparts);
-        if (parts == NULL) goto out;
-        if (nparts == 0) {
-            fprintf(stderr, "ttshub say: no text\n");
-            rc = 2;
-            goto out;
-        }
-        char err[256];
-        th_audio_spec in = {
-            .fmt = TH_FMT_PCM, .sample_rate = TH_PCM_DEFAULT_RATE, .channels = 1, .sample = TH_SAMPLE_S16};
-        th_audio_target tgt = {
-            .fmt = th_fmt_from_name(format), .tempo = 1.0, .wav_data_len = TH_WAV_SIZE_UNKNOWN};
-        o.conv = th_audio_conv_new(&in, &tgt, err, sizeof err);
-        if (o.conv == NULL) {
-            fprintf(stderr, "ttshub say: cannot encode %s: %s\n", format, err);
-            goto out;
-        }
-        o.pg = &pg;
-        pg.on = isatty(STDERR_FILENO) != 0;
-        pg.parts = nparts;
-        for (size_t i = 0; i < nparts; i++)
-            pg.chars_total += parts[i].chars;
+/* Long text: the parts, the encoder they feed and the progress bar. -1 to go on, else the exit code. */
+static int plan_parts(say_job *j)
+{
+    int64_t cps = th_utf8_count((const char *)j->text.data, j->text.len);
+    if (j->text.len <= SAY_LONG_BYTES || cps <= 0) return -1;
+    j->parts = th_split_text((const char *)j->text.data, j->text.len, SAY_PART_CHARS, &j->nparts);
+    if (j->parts == NULL) return 1;
+    if (j->nparts == 0) {
+        fprintf(stderr, "ttshub say: no text\n");
+        return 2;
     }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) goto out;
-    h = curl_easy_init();
-    if (h == NULL) goto out;
-    size_t ulen = strlen(url);
+    char err[256];
+    th_audio_spec in = {
+        .fmt = TH_FMT_PCM, .sample_rate = TH_PCM_DEFAULT_RATE, .channels = 1, .sample = TH_SAMPLE_S16};
+    th_audio_target tgt = {
+        .fmt = th_fmt_from_name(j->a->format), .tempo = 1.0, .wav_data_len = TH_WAV_SIZE_UNKNOWN};
+    j->o.conv = th_audio_conv_new(&in, &tgt, err, sizeof err);
+    if (j->o.conv == NULL) {
+        fprintf(stderr, "ttshub say: cannot encode %s: %s\n", j->a->format, err);
+        return 1;
+    }
+    j->o.pg = &j->pg;
+    j->pg.on = isatty(STDERR_FILENO) != 0;
+    j->pg.parts = j->nparts;
+    for (size_t i = 0; i < j->nparts; i++)
+        j->pg.chars_total += j->parts[i].chars;
+    return -1;
+}
+
+/* The curl handle for POST {url}/api/generate. 0, or -1. */
+static int open_transfer(say_job *j)
+{
+    const say_args *a = j->a;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) return -1;
+    j->h = curl_easy_init();
+    if (j->h == NULL) return -1;
+    CURL *h = j->h;
+    size_t ulen = strlen(a->url);
     th_buf ep;
     th_buf_init(&ep, 0); /* the URL given on the command line */
-    th_buf_append(&ep, url, ulen && url[ulen - 1] == '/' ? ulen - 1 : ulen);
+    th_buf_append(&ep, a->url, ulen && a->url[ulen - 1] == '/' ? ulen - 1 : ulen);
     th_buf_append_str(&ep, "/api/generate");
-    endpoint = th_buf_cstr(&ep);
-    if (endpoint == NULL) goto out;
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
+    j->endpoint = th_buf_cstr(&ep);
+    if (j->endpoint == NULL) return -1;
+    j->hdrs = curl_slist_append(j->hdrs, "Content-Type: application/x-www-form-urlencoded");
     char auth[600];
-    if (key && *key) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
-        hdrs = curl_slist_append(hdrs, auth);
+    if (a->key && *a->key) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", a->key);
+        j->hdrs = curl_slist_append(j->hdrs, auth);
     }
-    curl_easy_setopt(h, CURLOPT_URL, endpoint);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_URL, j->endpoint);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, j->hdrs);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "ttshub-say/" TH_VERSION);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &o);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &j->o);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &o);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &j->o);
     curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &o);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &j->o);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, timeout_s);
-    char *e_voice = curl_easy_escape(h, voice, 0);
-    if (e_voice == NULL) goto out;
-    size_t n_req = parts ? nparts : 1;
-    draw(&pg, false);
-    for (size_t i = 0; i < n_req; i++) {
-        const char *ptext = parts ? (const char *)text.data + parts[i].off : (const char *)text.data;
-        size_t plen = parts ? parts[i].len : text.len;
-        char *e_text = curl_easy_escape(h, ptext, (int)plen);
-        if (e_text == NULL) {
-            curl_free(e_voice);
-            goto out;
-        }
-        th_buf_reset(&form);
-        int brc = th_buf_appendf(&form, "input=%s&voice=%s&response_format=%s", e_text, e_voice,
-                                 parts ? "pcm" : format);
-        if (brc == TH_BUF_OK && speed) brc = th_buf_appendf(&form, "&speed=%s", speed);
-        curl_free(e_text);
-        char *body = brc == TH_BUF_OK ? th_buf_cstr(&form) : NULL;
-        if (body == NULL) {
-            curl_free(e_voice);
-            goto out;
-        }
-        o.status = 0;
-        th_buf_reset(&o.err);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)form.len);
-        CURLcode cc = curl_easy_perform(h);
-        if (o.failed || cc != CURLE_OK) {
-            if (pg.on) fputc('\n', stderr);
-            if (!o.failed) fprintf(stderr, "ttshub say: %s: %s\n", endpoint, curl_easy_strerror(cc));
-            curl_free(e_voice);
-            goto out;
-        }
-        long status = 0;
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-        if (status != 200) {
-            if (pg.on) fputc('\n', stderr);
-            const char *msg = NULL;
-            json_t *j = o.err.len ? json_loadb((const char *)o.err.data, o.err.len, 0, NULL) : NULL;
-            json_t *m = j ? json_object_get(json_object_get(j, "error"), "message") : NULL;
-            if (m == NULL && j) m = json_object_get(j, "message");
-            if (json_is_string(m)) msg = json_string_value(m);
-            if (parts)
-                fprintf(stderr, "ttshub say: the hub answered %ld for part %zu of %zu: %s\n", status, i + 1,
-                        nparts, msg ? msg : "(no message)");
-            else
-                fprintf(stderr, "ttshub say: the hub answered %ld: %s\n", status, msg ? msg : "(no message)");
-            json_decref(j);
-            curl_free(e_voice);
-            goto out;
-        }
-        if (parts) {
-            pg.done++;
-            pg.chars_done += parts[i].chars;
-            draw(&pg, false);
-        }
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, a->timeout_s);
+    j->e_voice = curl_easy_escape(h, a->voice, 0);
+    return j->e_voice ? 0 : -1;
+}
+
+/* The hub's error answer to request i, with its message when the body has one. */
+static void report_status(const say_job *j, long status, size_t i)
+{
+    if (j->pg.on) fputc('\n', stderr);
+    const char *msg = NULL;
+    json_t *js = j->o.err.len ? json_loadb((const char *)j->o.err.data, j->o.err.len, 0, NULL) : NULL;
+    json_t *m = js ? json_object_get(json_object_get(js, "error"), "message") : NULL;
+    if (m == NULL && js) m = json_object_get(js, "message");
+    if (json_is_string(m)) msg = json_string_value(m);
+    if (j->parts)
+        fprintf(stderr, "ttshub say: the hub answered %ld for part %zu of %zu: %s\n", status, i + 1,
+                j->nparts, msg ? msg : "(no message)");
+    else
+        fprintf(stderr, "ttshub say: the hub answered %ld: %s\n", status, msg ? msg : "(no message)");
+    json_decref(js);
+}
+
+/* Request i (the whole text, or part i as PCM), its audio to the output. 0, or -1. */
+static int request_part(say_job *j, size_t i)
+{
+    const char *ptext = j->parts ? (const char *)j->text.data + j->parts[i].off : (const char *)j->text.data;
+    size_t plen = j->parts ? j->parts[i].len : j->text.len;
+    char *e_text = curl_easy_escape(j->h, ptext, (int)plen);
+    if (e_text == NULL) return -1;
+    th_buf_reset(&j->form);
+    int brc = th_buf_appendf(&j->form, "input=%s&voice=%s&response_format=%s", e_text, j->e_voice,
+                             j->parts ? "pcm" : j->a->format);
+    if (brc == TH_BUF_OK && j->a->speed) brc = th_buf_appendf(&j->form, "&speed=%s", j->a->speed);
+    curl_free(e_text);
+    char *body = brc == TH_BUF_OK ? th_buf_cstr(&j->form) : NULL;
+    if (body == NULL) return -1;
+    j->o.status = 0;
+    th_buf_reset(&j->o.err);
+    curl_easy_setopt(j->h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(j->h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)j->form.len);
+    CURLcode cc = curl_easy_perform(j->h);
+    if (j->o.failed || cc != CURLE_OK) {
+        if (j->pg.on) fputc('\n', stderr);
+        if (!j->o.failed) fprintf(stderr, "ttshub say: %s: %s\n", j->endpoint, curl_easy_strerror(cc));
+        return -1;
     }
-    curl_free(e_voice);
-    if (o.conv) {
-        char err[256];
-        th_buf_reset(&o.enc);
-        if (th_audio_conv_finish(o.conv, &o.enc, err, sizeof err) != 0) {
-            fprintf(stderr, "ttshub say: encoding failed: %s\n", err);
-            goto out;
-        }
-        if (!write_out(&o, o.enc.data, o.enc.len)) goto out;
-        draw(&pg, true);
-        /* a WAV file streamed with unknown sizes gets its exact sizes when the file can be rewritten */
-        struct stat st;
-        if (th_fmt_from_name(format) == TH_FMT_WAV && o.fp && o.fp != stdout && fflush(o.fp) == 0 &&
-            fstat(fileno(o.fp), &st) == 0 && S_ISREG(st.st_mode) && o.bytes >= 44 &&
-            o.bytes - 8 <= UINT32_MAX) {
-            uint32_t riff = (uint32_t)(o.bytes - 8), data = (uint32_t)(o.bytes - 44);
-            uint8_t le[2][4] = {{riff, riff >> 8, riff >> 16, riff >> 24},
-                                {data, data >> 8, data >> 16, data >> 24}};
-            if (fseek(o.fp, 4, SEEK_SET) != 0 || fwrite(le[0], 1, 4, o.fp) != 4 ||
-                fseek(o.fp, 40, SEEK_SET) != 0 || fwrite(le[1], 1, 4, o.fp) != 4) {
-                fprintf(stderr, "ttshub say: cannot finish the WAV header of %s\n", out);
-                goto out;
-            }
-        }
+    long status = 0;
+    curl_easy_getinfo(j->h, CURLINFO_RESPONSE_CODE, &status);
+    if (status != 200) {
+        report_status(j, status, i);
+        return -1;
     }
-    if (o.fp == NULL) {
+    if (j->parts) {
+        j->pg.done++;
+        j->pg.chars_done += j->parts[i].chars;
+        draw(&j->pg, false);
+    }
+    return 0;
+}
+
+/* A WAV file streamed with unknown sizes gets its exact sizes when the file can be rewritten. 0, or -1. */
+static int fix_wav_sizes(say_out *o)
+{
+    struct stat st;
+    if (o->fp == NULL || o->fp == stdout || fflush(o->fp) != 0 || fstat(fileno(o->fp), &st) != 0 ||
+        !S_ISREG(st.st_mode) || o->bytes < 44 || o->bytes - 8 > UINT32_MAX)
+        return 0;
+    uint32_t riff = (uint32_t)(o->bytes - 8), data = (uint32_t)(o->bytes - 44);
+    uint8_t le[2][4] = {{riff, riff >> 8, riff >> 16, riff >> 24}, {data, data >> 8, data >> 16, data >> 24}};
+    if (fseek(o->fp, 4, SEEK_SET) != 0 || fwrite(le[0], 1, 4, o->fp) != 4 ||
+        fseek(o->fp, 40, SEEK_SET) != 0 || fwrite(le[1], 1, 4, o->fp) != 4) {
+        fprintf(stderr, "ttshub say: cannot finish the WAV header of %s\n", o->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parts path: the encoder's last bytes, the final progress line, the WAV sizes. 0, or -1. */
+static int finish_parts(say_job *j)
+{
+    char err[256];
+    th_buf_reset(&j->o.enc);
+    if (th_audio_conv_finish(j->o.conv, &j->o.enc, err, sizeof err) != 0) {
+        fprintf(stderr, "ttshub say: encoding failed: %s\n", err);
+        return -1;
+    }
+    if (!write_out(&j->o, j->o.enc.data, j->o.enc.len)) return -1;
+    draw(&j->pg, true);
+    if (th_fmt_from_name(j->a->format) == TH_FMT_WAV) return fix_wav_sizes(&j->o);
+    return 0;
+}
+
+/* Every request in order, then the end of the output. The exit code. */
+static int say_run(say_job *j)
+{
+    int rc = plan_parts(j);
+    if (rc >= 0) return rc;
+    if (open_transfer(j) != 0) return 1;
+    size_t n_req = j->parts ? j->nparts : 1;
+    draw(&j->pg, false);
+    for (size_t i = 0; i < n_req; i++)
+        if (request_part(j, i) != 0) return 1;
+    if (j->o.conv && finish_parts(j) != 0) return 1;
+    if (j->o.fp == NULL) {
         fprintf(stderr, "ttshub say: the hub sent no audio\n");
-        goto out;
+        return 1;
     }
-    if (o.fp != stdout && out)
-        fprintf(stderr, "ttshub say: wrote %llu bytes of %s to %s\n", (unsigned long long)o.bytes, format,
-                out);
-    rc = 0;
-out:
-    if (o.fp && o.fp != stdout) {
-        if (fclose(o.fp) != 0) rc = 1;
-        if (rc != 0 && out) unlink(out);
-    } else if (o.fp == stdout) {
+    if (j->o.fp != stdout && j->a->out)
+        fprintf(stderr, "ttshub say: wrote %llu bytes of %s to %s\n", (unsigned long long)j->o.bytes,
+                j->a->format, j->a->out);
+    return 0;
+}
+
+/* Closes the output (a failed run removes its file) and frees the job. The exit code. */
+static int say_close(say_job *j, int rc)
+{
+    say_out *o = &j->o;
+    if (o->fp && o->fp != stdout) {
+        if (fclose(o->fp) != 0) rc = 1;
+        if (rc != 0 && j->a->out) unlink(j->a->out);
+    } else if (o->fp == stdout) {
         fflush(stdout);
     }
-    curl_slist_free_all(hdrs);
-    if (h) curl_easy_cleanup(h);
+    curl_free(j->e_voice);
+    curl_slist_free_all(j->hdrs);
+    if (j->h) curl_easy_cleanup(j->h);
     curl_global_cleanup();
-    th_audio_conv_free(o.conv);
-    free(parts);
-    free(endpoint);
-    th_buf_free(&form);
-    th_buf_free(&o.err);
-    th_buf_free(&o.enc);
-    th_buf_free(&text);
+    th_audio_conv_free(o->conv);
+    free(j->parts);
+    free(j->endpoint);
+    th_buf_free(&j->form);
+    th_buf_free(&o->err);
+    th_buf_free(&o->enc);
+    th_buf_free(&j->text);
     return rc;
+}
+
+int th_cli_say(int argc, char **argv)
+{
+    say_args a = {
+        .voice = "alloy", .url = getenv("TTSHUB_URL"), .key = getenv("TTSHUB_API_KEY"), .timeout_s = 600};
+    int rc = parse_options(argc, argv, &a);
+    if (rc < 0) rc = finish_args(&a);
+    if (rc >= 0) return rc;
+
+    say_job j = {.a = &a, .o = {.path = a.out}, .pg = {.t0_ms = th_mono_ms()}};
+    th_buf_init(&j.text, SAY_MAX_TEXT);
+    rc = read_text(&a, &j.text);
+    if (rc >= 0) {
+        th_buf_free(&j.text);
+        return rc;
+    }
+    th_buf_init(&j.o.err, 65536);
+    th_buf_init(&j.o.enc, 0); /* the converter's output of one response chunk */
+    th_buf_init(&j.form, 0);  /* built from the text, itself bounded (SAY_MAX_TEXT) */
+    return say_close(&j, say_run(&j));
 }

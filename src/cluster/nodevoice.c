@@ -243,10 +243,7 @@ static int p_head(void *ud, int status, const th_client_header *h, size_t n)
 static int p_body(void *ud, const uint8_t *d, size_t len)
 {
     nv_push *p = ud;
-    size_t room = sizeof p->err - 1 - p->errlen;
-    if (len > room) len = room;
-    memcpy(p->err + p->errlen, d, len);
-    p->errlen += len;
+    th_str_append_cut(p->err, sizeof p->err, &p->errlen, d, len);
     return 0;
 }
 

@@ -387,186 +387,206 @@ uint64_t th_registry_bytes(const th_registry *r)
     return r->bytes;
 }
 
-th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_reg_caller *who, uint64_t now,
-                                  char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen)
+/* A registration, read and checked. */
+typedef struct reg_req {
+    char engine[TH_NODE_ENGINE_MAX + 1], url[TH_NODE_URL_MAX + 1], status[STATUS_MAX + 1];
+    json_int_t capacity;
+    bool model_loaded;
+    th_node_proto proto;
+    const char *id; /* NULL: none given */
+    json_t *voices, *languages;
+} reg_req;
+
+static bool given(const json_t *v)
 {
-    if (!json_is_object(body)) {
-        snprintf(err, errlen, "the body must be a JSON object");
-        return TH_REG_INVALID;
-    }
-    char engine[TH_NODE_ENGINE_MAX + 1], url[TH_NODE_URL_MAX + 1], status[STATUS_MAX + 1] = "online";
-    json_t *v = json_object_get(body, "engine_type");
-    if (!json_is_string(v) ||
-        !word_copy(json_string_value(v), json_string_length(v), engine, TH_NODE_ENGINE_MAX)) {
-        snprintf(err, errlen, "'engine_type' is required: 1 to %d of a-z 0-9 _ -", TH_NODE_ENGINE_MAX);
-        return TH_REG_INVALID;
-    }
-    v = json_object_get(body, "url");
-    if (v != NULL && !json_is_null(v)) {
+    return v != NULL && !json_is_null(v);
+}
+
+/* Where the node is: 'url', or 'host' and 'port' (0.0.0.0 from a seed-2 worker: the caller's address). */
+static bool read_where(const json_t *body, const th_reg_caller *who, char *url, size_t cap, char *err,
+                       size_t errlen)
+{
+    json_t *v = json_object_get(body, "url");
+    if (given(v)) {
         if (!json_is_string(v) || !url_ok(json_string_value(v), json_string_length(v))) {
             snprintf(err, errlen,
                      "'url' must be http(s)://host[:port] with at most a plain path prefix (no userinfo, "
                      "query, fragment, escapes or dot segments), at most %d bytes",
                      TH_NODE_URL_MAX);
-            return TH_REG_INVALID;
+            return false;
         }
         size_t l = json_string_length(v);
         memcpy(url, json_string_value(v), l);
         while (l > 0 && url[l - 1] == '/')
             l--;
         url[l] = 0;
-    } else {
-        json_t *h = json_object_get(body, "host"), *p = json_object_get(body, "port");
-        if (!json_is_string(h) || !json_is_integer(p) || json_integer_value(p) < 1 ||
-            json_integer_value(p) > 65535 || json_string_length(h) == 0 || json_string_length(h) > 255) {
-            snprintf(err, errlen, "'url', or 'host' and 'port' (1-65535), is required");
-            return TH_REG_INVALID;
-        }
-        const char *hs = json_string_value(h);
-        /* a seed-2 worker sends its listen address: 0.0.0.0 (its default) means "where I came from" */
-        if ((strcmp(hs, "0.0.0.0") == 0 || strcmp(hs, "::") == 0) && who != NULL && who->addr != NULL &&
-            who->addr[0] != 0)
-            hs = who->addr;
-        bool v6 = strchr(hs, ':') != NULL;
-        int k =
-            snprintf(url, sizeof url, v6 ? "http://[%s]:%d" : "http://%s:%d", hs, (int)json_integer_value(p));
-        if (k < 0 || (size_t)k >= sizeof url || !url_ok(url, (size_t)k)) {
-            snprintf(err, errlen, "'host' is not a valid host name");
-            return TH_REG_INVALID;
-        }
+        return true;
     }
-    json_int_t capacity = 1;
-    v = json_object_get(body, "capacity");
-    if (v != NULL && !json_is_null(v)) {
+    json_t *h = json_object_get(body, "host"), *p = json_object_get(body, "port");
+    if (!json_is_string(h) || !json_is_integer(p) || json_integer_value(p) < 1 ||
+        json_integer_value(p) > 65535 || json_string_length(h) == 0 || json_string_length(h) > 255) {
+        snprintf(err, errlen, "'url', or 'host' and 'port' (1-65535), is required");
+        return false;
+    }
+    const char *hs = json_string_value(h);
+    /* a seed-2 worker sends its listen address: 0.0.0.0 (its default) means "where I came from" */
+    if ((strcmp(hs, "0.0.0.0") == 0 || strcmp(hs, "::") == 0) && who != NULL && who->addr != NULL &&
+        who->addr[0] != 0)
+        hs = who->addr;
+    bool v6 = strchr(hs, ':') != NULL;
+    int k = snprintf(url, cap, v6 ? "http://[%s]:%d" : "http://%s:%d", hs, (int)json_integer_value(p));
+    if (k < 0 || (size_t)k >= cap || !url_ok(url, (size_t)k)) {
+        snprintf(err, errlen, "'host' is not a valid host name");
+        return false;
+    }
+    return true;
+}
+
+/* capacity (cut to registry.max_capacity), status and model_loaded */
+static bool read_state(const th_registry *r, const json_t *body, reg_req *q, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(body, "capacity");
+    if (given(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100000) {
             snprintf(err, errlen, "'capacity' must be an integer from 1 to 100000");
-            return TH_REG_INVALID;
+            return false;
         }
-        capacity = json_integer_value(v);
+        q->capacity = json_integer_value(v);
         int maxc = r->conf.max_capacity > 0 ? r->conf.max_capacity : 100000;
-        if (capacity > maxc) capacity = maxc; /* registry.max_capacity */
+        if (q->capacity > maxc) q->capacity = maxc; /* registry.max_capacity */
     }
-    bool model_loaded = true;
     v = json_object_get(body, "status");
-    if (v != NULL && !json_is_null(v) &&
-        (!json_is_string(v) || !word_copy(json_string_value(v), json_string_length(v), status, STATUS_MAX))) {
+    if (given(v) && (!json_is_string(v) ||
+                     !word_copy(json_string_value(v), json_string_length(v), q->status, STATUS_MAX))) {
         snprintf(err, errlen, "'status' must be 1 to %d of a-z 0-9 _ -", STATUS_MAX);
-        return TH_REG_INVALID;
+        return false;
     }
-    if (v != NULL && !json_is_null(v)) model_loaded = status_routable(status); /* until it says otherwise */
+    if (given(v)) q->model_loaded = status_routable(q->status); /* until it says otherwise */
     v = json_object_get(body, "model_loaded");
-    if (v != NULL && !json_is_null(v)) {
+    if (given(v)) {
         if (!json_is_boolean(v)) {
             snprintf(err, errlen, "'model_loaded' must be true or false");
-            return TH_REG_INVALID;
+            return false;
         }
-        model_loaded = json_is_true(v);
+        q->model_loaded = json_is_true(v);
     }
-    /* the protocol: said, or told by the shape (a seed-2 NodeInfo has host and port, no url, and its
-     * registered_at / last_heartbeat times) */
-    th_node_proto proto = TH_NODE_PROTO_TTSHUB;
-    v = json_object_get(body, "protocol");
-    if (v != NULL && !json_is_null(v)) {
-        if (!json_is_string(v) || th_node_proto_parse(json_string_value(v), &proto) != 0) {
+    return true;
+}
+
+/* the protocol: said, or told by the shape (a seed-2 NodeInfo has host and port, no url, and its
+ * registered_at / last_heartbeat times) */
+static bool read_proto(const json_t *body, th_node_proto *proto, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(body, "protocol");
+    if (given(v)) {
+        if (!json_is_string(v) || th_node_proto_parse(json_string_value(v), proto) != 0) {
             snprintf(err, errlen, "'protocol' must be ttshub or seed2");
-            return TH_REG_INVALID;
+            return false;
         }
-    } else if ((json_object_get(body, "url") == NULL || json_is_null(json_object_get(body, "url"))) &&
+    } else if (!given(json_object_get(body, "url")) &&
                (json_is_number(json_object_get(body, "registered_at")) ||
                 json_is_number(json_object_get(body, "last_heartbeat")))) {
-        proto = TH_NODE_PROTO_SEED2;
+        *proto = TH_NODE_PROTO_SEED2;
     }
-    const char *id = NULL;
+    return true;
+}
+
+/* The whole body into q, checked in the order of the API's error messages. On false, q holds no lists. */
+static bool read_request(const th_registry *r, const json_t *body, const th_reg_caller *who, reg_req *q,
+                         char *err, size_t errlen)
+{
+    if (!json_is_object(body)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        return false;
+    }
+    json_t *v = json_object_get(body, "engine_type");
+    if (!json_is_string(v) ||
+        !word_copy(json_string_value(v), json_string_length(v), q->engine, TH_NODE_ENGINE_MAX)) {
+        snprintf(err, errlen, "'engine_type' is required: 1 to %d of a-z 0-9 _ -", TH_NODE_ENGINE_MAX);
+        return false;
+    }
+    if (!read_where(body, who, q->url, sizeof q->url, err, errlen) || !read_state(r, body, q, err, errlen) ||
+        !read_proto(body, &q->proto, err, errlen))
+        return false;
     v = json_object_get(body, "node_id");
-    if (v != NULL && !json_is_null(v)) {
+    if (given(v)) {
         if (!json_is_string(v) || !id_ok(json_string_value(v), json_string_length(v))) {
             snprintf(err, errlen, "'node_id' must be 1 to %d of A-Z a-z 0-9 _ - .", TH_NODE_ID_MAX);
-            return TH_REG_INVALID;
+            return false;
         }
-        id = json_string_value(v);
+        q->id = json_string_value(v);
     }
-    json_t *voices = NULL, *languages = NULL;
-    if (string_list(json_object_get(body, "voices"), &voices, "voices", err, errlen) != 0)
-        return TH_REG_INVALID;
-    if (string_list(json_object_get(body, "languages"), &languages, "languages", err, errlen) != 0) {
-        json_decref(voices);
-        return TH_REG_INVALID;
+    if (string_list(json_object_get(body, "voices"), &q->voices, "voices", err, errlen) != 0) return false;
+    if (string_list(json_object_get(body, "languages"), &q->languages, "languages", err, errlen) != 0) {
+        json_decref(q->voices);
+        q->voices = NULL;
+        return false;
     }
+    return true;
+}
 
-    th_node *n = find(r, id);
-    if (n == NULL && id == NULL) {
-        /* the same node again without its id (it restarted): take its place */
+/* The node a registration is for: by its id, or, with none, the same engine at the same url (it
+ * restarted: it takes its place). NULL: a new node. */
+static th_node *reg_target(const th_registry *r, const reg_req *q)
+{
+    th_node *n = find(r, q->id);
+    if (n == NULL && q->id == NULL) {
         for (th_node *o = r->head; o; o = o->next)
-            if (strcmp(o->url, url) == 0 && strcmp(o->engine, engine) == 0) {
-                n = o;
-                break;
-            }
+            if (strcmp(o->url, q->url) == 0 && strcmp(o->engine, q->engine) == 0) return o;
     }
-    if (n != NULL && !may_change(n, who, now, r->conf.dead_threshold_ms)) {
-        json_decref(voices);
-        json_decref(languages);
-        snprintf(err, errlen, "node '%s' belongs to another credential or address", n->id);
-        return TH_REG_FORBIDDEN;
-    }
-    uint64_t nb = list_bytes(voices) + list_bytes(languages);
-    if ((r->conf.max_node_bytes && nb > r->conf.max_node_bytes) ||
-        (r->conf.max_bytes && r->bytes - (n ? n->bytes : 0) + nb > r->conf.max_bytes)) {
-        json_decref(voices);
-        json_decref(languages);
-        bool one = r->conf.max_node_bytes && nb > r->conf.max_node_bytes;
-        snprintf(err, errlen,
-                 one ? "'voices' and 'languages' hold more than registry.max_node_bytes (%llu)"
-                     : "the registry holds registry.max_bytes (%llu) of voices and languages",
-                 (unsigned long long)(one ? r->conf.max_node_bytes : r->conf.max_bytes));
-        return one ? TH_REG_INVALID : TH_REG_FULL;
-    }
-    bool fresh = n == NULL;
-    if (who != NULL && who->dry_run) {
-        json_decref(voices);
-        json_decref(languages);
-        if (fresh && r->n >= TH_REGISTRY_MAX_NODES) {
-            snprintf(err, errlen, "the registry is full (%d nodes)", TH_REGISTRY_MAX_NODES);
-            return TH_REG_FULL;
-        }
+    return n;
+}
+
+/* registry.max_node_bytes and registry.max_bytes against the lists of q replacing those of n */
+static th_reg_rc reg_room(const th_registry *r, const th_node *n, const reg_req *q, char *err, size_t errlen)
+{
+    uint64_t nb = list_bytes(q->voices) + list_bytes(q->languages);
+    bool one = r->conf.max_node_bytes && nb > r->conf.max_node_bytes;
+    if (!one && !(r->conf.max_bytes && r->bytes - (n ? n->bytes : 0) + nb > r->conf.max_bytes))
         return TH_REG_OK;
+    snprintf(err, errlen,
+             one ? "'voices' and 'languages' hold more than registry.max_node_bytes (%llu)"
+                 : "the registry holds registry.max_bytes (%llu) of voices and languages",
+             (unsigned long long)(one ? r->conf.max_node_bytes : r->conf.max_bytes));
+    return one ? TH_REG_INVALID : TH_REG_FULL;
+}
+
+/* A new node, linked, with the given id or ENGINE-<12 hex>. NULL on ENOMEM. */
+static th_node *reg_new(th_registry *r, const reg_req *q)
+{
+    th_node *n = calloc(1, sizeof *n);
+    if (n == NULL) return NULL;
+    if (q->id != NULL) {
+        th_strlcpy(n->id, q->id, sizeof n->id);
+    } else {
+        uint64_t x = rng_next(r);
+        uint8_t raw[6];
+        for (size_t i = 0; i < sizeof raw; i++)
+            raw[i] = (uint8_t)(x >> (8 * i));
+        char hex[13];
+        th_hex(raw, sizeof raw, hex);
+        snprintf(n->id, sizeof n->id, "%s-%s", q->engine, hex);
     }
-    if (fresh) {
-        if (r->n >= TH_REGISTRY_MAX_NODES) {
-            json_decref(voices);
-            json_decref(languages);
-            snprintf(err, errlen, "the registry is full (%d nodes)", TH_REGISTRY_MAX_NODES);
-            return TH_REG_FULL;
-        }
-        n = calloc(1, sizeof *n);
-        if (n == NULL) {
-            json_decref(voices);
-            json_decref(languages);
-            return TH_REG_NOMEM;
-        }
-        if (id != NULL) {
-            th_strlcpy(n->id, id, sizeof n->id);
-        } else {
-            uint64_t x = rng_next(r);
-            uint8_t raw[6];
-            for (size_t i = 0; i < sizeof raw; i++)
-                raw[i] = (uint8_t)(x >> (8 * i));
-            char hex[13];
-            th_hex(raw, sizeof raw, hex);
-            snprintf(n->id, sizeof n->id, "%s-%s", engine, hex);
-        }
-        link_node(r, n);
-        n->registered_wall_ms = th_wall_ms();
-    }
+    link_node(r, n);
+    n->registered_wall_ms = th_wall_ms();
+    return n;
+}
+
+/* q into n (which takes its lists), its owner, and the events it makes. */
+static void reg_apply(th_registry *r, th_node *n, reg_req *q, const th_reg_caller *who, uint64_t now,
+                      bool fresh)
+{
     bool was_alive = !fresh && n->alive;
-    bool status_changed = !fresh && strcmp(n->status, status) != 0;
-    th_strlcpy(n->engine, engine, sizeof n->engine);
-    th_strlcpy(n->url, url, sizeof n->url);
-    th_strlcpy(n->status, status, sizeof n->status);
-    n->capacity = (int)capacity;
-    n->model_loaded = model_loaded;
-    n->proto = proto;
+    bool status_changed = !fresh && strcmp(n->status, q->status) != 0;
+    th_strlcpy(n->engine, q->engine, sizeof n->engine);
+    th_strlcpy(n->url, q->url, sizeof n->url);
+    th_strlcpy(n->status, q->status, sizeof n->status);
+    n->capacity = (int)q->capacity;
+    n->model_loaded = q->model_loaded;
+    n->proto = q->proto;
     held_clear(n); /* a registration is a (re)start: what it held is gone */
-    set_lists(r, n, voices, languages);
+    set_lists(r, n, q->voices, q->languages);
+    q->voices = q->languages = NULL;
     /* the owner: whoever created it (an admin too: then no token holder may take it over), or its own
      * credential registering again (from its new address, once allowed) */
     if (who != NULL && (fresh || (!who->admin && (n->owner[0] == 0 || strcmp(n->owner, who->cred) == 0)))) {
@@ -577,7 +597,6 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
     n->last_seen = now;
     n->touched = now;
     n->updated_wall = th_wall_ms();
-    th_strlcpy(id_out, n->id, TH_NODE_ID_MAX + 1);
     TH_LOG(r->log, TH_LOG_INFO, "node %s (%s) %s at %s, capacity %d, %s", n->id, n->engine,
            fresh ? "registered" : "registered again", n->url, n->capacity, n->status);
     if (!was_alive)
@@ -585,7 +604,45 @@ th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_r
     else if (status_changed)
         emit(r, "node_status_changed", n);
     ready_check(r, n, false); /* its voices were forgotten: a ready node gets them again */
+}
+
+/* Whether the registration q may go ahead on n (NULL: a new node); a dry run stops after this. */
+static th_reg_rc reg_admit(const th_registry *r, const th_node *n, const reg_req *q, const th_reg_caller *who,
+                           uint64_t now, char *err, size_t errlen)
+{
+    if (n != NULL && !may_change(n, who, now, r->conf.dead_threshold_ms)) {
+        snprintf(err, errlen, "node '%s' belongs to another credential or address", n->id);
+        return TH_REG_FORBIDDEN;
+    }
+    th_reg_rc rc = reg_room(r, n, q, err, errlen);
+    if (rc != TH_REG_OK) return rc;
+    if (n == NULL && r->n >= TH_REGISTRY_MAX_NODES) {
+        snprintf(err, errlen, "the registry is full (%d nodes)", TH_REGISTRY_MAX_NODES);
+        return TH_REG_FULL;
+    }
     return TH_REG_OK;
+}
+
+th_reg_rc th_registry_register_as(th_registry *r, const json_t *body, const th_reg_caller *who, uint64_t now,
+                                  char id_out[TH_NODE_ID_MAX + 1], char *err, size_t errlen)
+{
+    reg_req q = {.status = "online", .capacity = 1, .model_loaded = true, .proto = TH_NODE_PROTO_TTSHUB};
+    if (!read_request(r, body, who, &q, err, errlen)) return TH_REG_INVALID;
+    th_node *n = reg_target(r, &q);
+    bool fresh = n == NULL;
+    th_reg_rc rc = reg_admit(r, n, &q, who, now, err, errlen);
+    if (rc == TH_REG_OK && (who == NULL || !who->dry_run)) {
+        if (fresh) n = reg_new(r, &q);
+        if (n == NULL) {
+            rc = TH_REG_NOMEM;
+        } else {
+            reg_apply(r, n, &q, who, now, fresh);
+            th_strlcpy(id_out, n->id, TH_NODE_ID_MAX + 1);
+        }
+    }
+    json_decref(q.voices);
+    json_decref(q.languages);
+    return rc;
 }
 
 th_reg_rc th_registry_heartbeat(th_registry *r, const char *id, const json_t *body, uint64_t now, char *err,

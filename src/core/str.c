@@ -192,6 +192,16 @@ size_t th_strlcpy(char *dst, const char *src, size_t dstlen)
     return n;
 }
 
+void th_str_append_cut(char *dst, size_t cap, size_t *len, const void *src, size_t n)
+{
+    if (cap == 0 || *len >= cap) return;
+    size_t room = cap - 1 - *len;
+    if (n > room) n = room;
+    memcpy(dst + *len, src, n);
+    *len += n;
+    dst[*len] = 0;
+}
+
 char *th_strndup(const char *s, size_t n)
 {
     char *p = malloc(n + 1);

@@ -28,6 +28,9 @@ int th_utf8_decode(const char *s, size_t n, uint32_t *cp);
 
 /** Copies at most dstlen-1 bytes and always NUL-terminates (dstlen > 0). Returns strlen(src). */
 size_t th_strlcpy(char *dst, const char *src, size_t dstlen);
+/** Appends n bytes of src to the text in dst (cap bytes, *len used) as far as they fit with a NUL after
+ * them; the rest is dropped (a peer's error body, kept short for the log). */
+void th_str_append_cut(char *dst, size_t cap, size_t *len, const void *src, size_t n);
 /** malloc'd copy of n bytes plus NUL; NULL on ENOMEM. */
 char *th_strndup(const char *s, size_t n);
 /** ASCII case-insensitive compare of a counted string against a C string. */

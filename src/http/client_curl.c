@@ -740,33 +740,33 @@ static int on_seek(void *ud, curl_off_t off, int origin)
     return CURL_SEEKFUNC_OK;
 }
 
-th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_client_cb *cb)
+/* The request's method when the options are fine (no CR/LF anywhere, a body only where one goes), else
+ * NULL. */
+static const char *check_opts(const th_curlc *c, const th_client_opts *o, const th_client_cb *cb)
 {
     if (!c || !o || !o->url || !cb || c->closing || has_crlf(o->url)) return NULL;
     if (th_cbody_check(o) != 0) return NULL;
     bool has_body = o->body != NULL || o->segs != NULL;
     const char *method = o->method ? o->method : (has_body ? "POST" : "GET");
     if (!*method || has_crlf(method) || strchr(method, ' ')) return NULL;
-    bool is_head = strcmp(method, "HEAD") == 0, is_get = strcmp(method, "GET") == 0;
-    bool is_post = strcmp(method, "POST") == 0;
-    if (is_head && has_body) return NULL;
+    if (strcmp(method, "HEAD") == 0 && has_body) return NULL;
     if (o->body_len > (uint64_t)INT64_MAX) return NULL;
     if (o->headers)
         for (size_t i = 0; o->headers[i]; i++)
             if (has_crlf(o->headers[i])) return NULL;
-    uint64_t total = o->total_timeout_ms ? o->total_timeout_ms : DEF_TOTAL_MS;
-    uint64_t conn = o->connect_timeout_ms ? o->connect_timeout_ms : DEF_CONNECT_MS;
-    if (total > LONG_MAX) total = LONG_MAX;
-    if (conn > LONG_MAX) conn = LONG_MAX;
+    return method;
+}
 
-    th_curlc_req *r = req_get(c);
-    if (!r) return NULL;
-    CURL *e = r->easy;
-    CURLcode rc = CURLE_OK;
 #define SET(opt, val)                                                                                        \
     do {                                                                                                     \
         if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, val);                                              \
     } while (0)
+
+/* What every transfer sets: the URL, callbacks, buffers and timeouts. */
+static CURLcode set_common(th_curlc_req *r, const th_client_opts *o, uint64_t conn, uint64_t total)
+{
+    CURL *e = r->easy;
+    CURLcode rc = CURLE_OK;
     SET(CURLOPT_URL, o->url);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_PRIVATE, r);
@@ -788,13 +788,24 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
     if (strncasecmp(o->url, "http://", 7) == 0) SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     if (o->max_body && o->max_body <= (uint64_t)INT64_MAX)
         SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)o->max_body); /* early TOO_LARGE from Content-Length */
+    return rc;
+}
+
+/* The method and the body (read from the pieces as curl sends, or copied). 0, or -1. */
+static int set_method_body(th_curlc_req *r, const th_client_opts *o, const char *method, bool *send_body)
+{
+    CURL *e = r->easy;
+    CURLcode rc = CURLE_OK;
+    bool has_body = o->body != NULL || o->segs != NULL;
+    bool is_head = strcmp(method, "HEAD") == 0, is_get = strcmp(method, "GET") == 0;
+    bool is_post = strcmp(method, "POST") == 0;
     if (is_head)
         SET(CURLOPT_NOBODY, 1L);
     else if ((!is_get && !is_post) || (is_get && has_body))
         SET(CURLOPT_CUSTOMREQUEST, method);
-    bool send_body = has_body || is_post;
-    if (send_body && o->segs != NULL) { /* read from the pieces as curl sends: nothing copied */
-        if (th_cbody_build(&r->body, &r->bbuf, o) != 0) goto fail;
+    *send_body = has_body || is_post;
+    if (*send_body && o->segs != NULL) { /* read from the pieces as curl sends: nothing copied */
+        if (th_cbody_build(&r->body, &r->bbuf, o) != 0) return -1;
         SET(CURLOPT_UPLOAD, 0L);
         SET(CURLOPT_POST, 1L);
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.total);
@@ -802,26 +813,34 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
         SET(CURLOPT_READDATA, r);
         SET(CURLOPT_SEEKFUNCTION, on_seek);
         SET(CURLOPT_SEEKDATA, r);
-    } else if (send_body) {
+    } else if (*send_body) {
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
         SET(CURLOPT_COPYPOSTFIELDS, has_body ? (const char *)o->body : "");
     }
+    return rc == CURLE_OK ? 0 : -1;
+}
 #undef SET
-    if (rc != CURLE_OK) goto fail;
-    if (o->headers) {
-        for (size_t i = 0; o->headers[i]; i++) {
-            struct curl_slist *t = curl_slist_append(r->hdrs, o->headers[i]);
-            if (!t) goto fail;
-            r->hdrs = t;
-        }
-    }
-    if (send_body) { /* no Expect: 100-continue round trip */
-        struct curl_slist *t = curl_slist_append(r->hdrs, "Expect:");
-        if (!t) goto fail;
+
+/* The caller's headers, and an empty Expect: with a body (no 100-continue round trip). 0, or -1. */
+static int set_headers(th_curlc_req *r, const th_client_opts *o, bool send_body)
+{
+    for (size_t i = 0; o->headers && o->headers[i]; i++) {
+        struct curl_slist *t = curl_slist_append(r->hdrs, o->headers[i]);
+        if (!t) return -1;
         r->hdrs = t;
     }
-    if (r->hdrs && curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs) != CURLE_OK) goto fail;
+    if (send_body) {
+        struct curl_slist *t = curl_slist_append(r->hdrs, "Expect:");
+        if (!t) return -1;
+        r->hdrs = t;
+    }
+    if (r->hdrs && curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->hdrs) != CURLE_OK) return -1;
+    return 0;
+}
 
+/* The transfer joins the multi handle (later, from inside a curl callback). 0, or -1. */
+static int go_live(th_curlc *c, th_curlc_req *r, const th_client_opts *o, const th_client_cb *cb)
+{
     r->cb = *cb;
     r->max_body = o->max_body;
     r->state = R_ACTIVE;
@@ -830,20 +849,37 @@ th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_clie
     if (c->in_curl) { /* inside a curl callback: the multi handle cannot take it now */
         r->want_add = true;
         pend(r);
-    } else {
-        if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
-            c->inflight--;
-            goto fail;
-        }
-        r->added = true;
+        return 0;
+    }
+    if (curl_multi_add_handle(c->multi, r->easy) != CURLM_OK) {
+        c->inflight--;
+        return -1;
+    }
+    r->added = true;
+    return 0;
+}
+
+th_curlc_req *th_curlc_start(th_curlc *c, const th_client_opts *o, const th_client_cb *cb)
+{
+    const char *method = check_opts(c, o, cb);
+    if (method == NULL) return NULL;
+    uint64_t total = o->total_timeout_ms ? o->total_timeout_ms : DEF_TOTAL_MS;
+    uint64_t conn = o->connect_timeout_ms ? o->connect_timeout_ms : DEF_CONNECT_MS;
+    if (total > LONG_MAX) total = LONG_MAX;
+    if (conn > LONG_MAX) conn = LONG_MAX;
+
+    th_curlc_req *r = req_get(c);
+    if (!r) return NULL;
+    bool send_body = false;
+    if (set_common(r, o, conn, total) != CURLE_OK || set_method_body(r, o, method, &send_body) != 0 ||
+        set_headers(r, o, send_body) != 0 || go_live(c, r, o, cb) != 0) {
+        r->body.release = NULL; /* not taken: the caller keeps its bytes */
+        req_release(r);
+        return NULL;
     }
     uint64_t fb = o->first_byte_timeout_ms;
     if (fb && fb < total) uv_timer_start(&r->fb_timer, on_fb_timeout, fb, 0);
     return r;
-fail:
-    r->body.release = NULL; /* not taken: the caller keeps its bytes */
-    req_release(r);
-    return NULL;
 }
 
 void th_curlc_cancel(th_curlc_req *r)

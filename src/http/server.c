@@ -1025,53 +1025,55 @@ static int split_addr(const char *addr, char *host, size_t hostlen, int *port)
     return 0;
 }
 
-int th_http_server_listen(th_http_server *s, const char *addr, char *err, size_t errlen)
+/* host:port into ss: a literal address, or a name resolved now. 0, or -1 with err. */
+static int resolve(const char *addr, struct sockaddr_storage *ss, char *err, size_t errlen)
 {
     char host[256];
     int port = 0;
-    if (s->listener != NULL || s->shutting_down) {
-        snprintf(err, errlen, "already listening");
-        return -1;
-    }
     if (addr == NULL || split_addr(addr, host, sizeof host, &port) != 0) {
         snprintf(err, errlen, "bad listen address \"%s\" (want host:port, [v6]:port or :port)",
                  addr ? addr : "");
         return -1;
     }
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
-        struct addrinfo hints, *res = NULL;
-        memset(&hints, 0, sizeof hints);
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_PASSIVE;
-        int gai = getaddrinfo(host, NULL, &hints, &res);
-        if (gai != 0 || res == NULL) {
-            snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(gai));
-            if (res) freeaddrinfo(res);
-            return -1;
-        }
-        memcpy(&ss, res->ai_addr, res->ai_addrlen);
-        freeaddrinfo(res);
-        if (ss.ss_family == AF_INET)
-            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
-        else
-            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+    memset(ss, 0, sizeof *ss);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0 ||
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    int gai = getaddrinfo(host, NULL, &hints, &res);
+    if (gai != 0 || res == NULL) {
+        snprintf(err, errlen, "cannot resolve \"%s\": %s", host, gai_strerror(gai));
+        if (res) freeaddrinfo(res);
+        return -1;
     }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+    return 0;
+}
+
+/* A TCP handle for ss's family, with SO_REUSEPORT when the server shares its port. NULL with err. */
+static uv_tcp_t *new_listener(th_http_server *s, const struct sockaddr_storage *ss, char *err, size_t errlen)
+{
     uv_tcp_t *l = malloc(sizeof *l);
     if (l == NULL) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
     /* with reuse_port the socket is made now (init_ex), so SO_REUSEPORT can be set before the bind:
      * libuv 1.44 has no UV_TCP_REUSEPORT */
-    int rc = s->reuse_port ? uv_tcp_init_ex(s->loop, l, ss.ss_family) : uv_tcp_init(s->loop, l);
+    int rc = s->reuse_port ? uv_tcp_init_ex(s->loop, l, ss->ss_family) : uv_tcp_init(s->loop, l);
     if (rc != 0) {
         free(l);
         snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
-        return -1;
+        return NULL;
     }
     l->data = s;
     if (s->reuse_port) {
@@ -1082,11 +1084,24 @@ int th_http_server_listen(th_http_server *s, const char *addr, char *err, size_t
         if (rc != 0) {
             snprintf(err, errlen, "SO_REUSEPORT: %s", uv_strerror(rc));
             uv_close((uv_handle_t *)l, free_handle_cb);
-            return -1;
+            return NULL;
         }
     }
+    return l;
+}
+
+int th_http_server_listen(th_http_server *s, const char *addr, char *err, size_t errlen)
+{
+    if (s->listener != NULL || s->shutting_down) {
+        snprintf(err, errlen, "already listening");
+        return -1;
+    }
+    struct sockaddr_storage ss;
+    if (resolve(addr, &ss, err, errlen) != 0) return -1;
+    uv_tcp_t *l = new_listener(s, &ss, err, errlen);
+    if (l == NULL) return -1;
     /* libuv sets SO_REUSEADDR when it binds a TCP handle on Unix */
-    rc = uv_tcp_bind(l, (const struct sockaddr *)&ss, 0);
+    int rc = uv_tcp_bind(l, (const struct sockaddr *)&ss, 0);
     if (rc == 0) rc = uv_listen((uv_stream_t *)l, LISTEN_BACKLOG, on_connection);
     if (rc != 0) {
         snprintf(err, errlen, "listen on %s: %s", addr, uv_strerror(rc));

@@ -403,98 +403,140 @@ static th_reload_rc refuse(th_reload *r, const char *sha)
     return TH_RELOAD_REFUSED;
 }
 
-th_reload_rc th_reload_run(th_hub *hub, th_reload_trigger why, th_config_errors *errs, json_t **summary)
+/* A reload under way: the new config and what is built from it before the swap. */
+typedef struct swap {
+    th_hub *hub;
+    th_reload *r;
+    char sha[65];
+    uint64_t t0;
+    th_config *neu;
+    json_t *oj, *nj, *changed;
+    th_auth *auth;
+    th_route_prov **provs;
+    th_provider **plist;
+    size_t np, made;
+} swap;
+
+/* The file, read and parsed into s->neu. false when the reload ends here, with *rc. */
+static bool read_new(swap *s, th_reload_trigger why, th_config_errors *errs, json_t **summary,
+                     th_reload_rc *rc)
 {
-    th_reload *r = hub->reload;
-    if (summary) *summary = NULL;
+    th_reload *r = s->r;
     if (r == NULL || r->path == NULL) {
         add_err(errs, "",
                 "ttshub runs without a config file (the embedded default): there is nothing to reload");
-        if (r) return refuse(r, NULL);
-        return TH_RELOAD_REFUSED;
+        *rc = r ? refuse(r, NULL) : TH_RELOAD_REFUSED;
+        return false;
     }
-    if (hub->stopping) {
+    if (s->hub->stopping) {
         add_err(errs, "", "ttshub is shutting down");
-        return refuse(r, NULL);
+        *rc = refuse(r, NULL);
+        return false;
     }
     char *buf = NULL;
     size_t n = 0;
-    if (read_file(r->path, &buf, &n, errs) != 0) return refuse(r, NULL);
-    char sha[65];
-    sha256_hex(buf, n, sha);
-    if (strcmp(sha, r->sha256) == 0) {
+    if (read_file(r->path, &buf, &n, errs) != 0) {
+        *rc = refuse(r, NULL);
+        return false;
+    }
+    sha256_hex(buf, n, s->sha);
+    if (strcmp(s->sha, r->sha256) == 0) {
         free(buf);
         r->unchanged++;
         count(r, "unchanged");
         if (summary) *summary = answer(r, NULL, false);
-        return TH_RELOAD_UNCHANGED;
+        *rc = TH_RELOAD_UNCHANGED;
+        return false;
     }
-    if (why == TH_RELOAD_FILE && strcmp(sha, r->refused_sha256) == 0) {
+    if (why == TH_RELOAD_FILE && strcmp(s->sha, r->refused_sha256) == 0) {
         free(buf); /* the same bytes were refused already: their errors are in the log */
-        return TH_RELOAD_REFUSED;
+        *rc = TH_RELOAD_REFUSED;
+        return false;
     }
-    uint64_t t0 = th_mono_us();
-    th_config *neu = th_config_parse_file(buf, n, r->path, errs);
+    s->t0 = th_mono_us();
+    s->neu = th_config_parse_file(buf, n, r->path, errs);
     free(buf);
-    if (neu == NULL) return refuse(r, sha);
-    json_t *oj = cfg_json(hub->cfg), *nj = cfg_json(neu);
-    th_auth *auth = NULL;
-    th_route_prov **provs = NULL;
-    th_provider **plist = NULL;
-    size_t made = 0;
-    json_t *changed = NULL;
-    if (check_restart(hub->cfg, oj, neu, nj, errs) > 0) goto fail;
+    if (s->neu == NULL) {
+        *rc = refuse(r, s->sha);
+        return false;
+    }
+    return true;
+}
+
+/* The providers of the new config: an unchanged one keeps its state; a new or changed one starts fresh.
+ * 0, or -1 (s->made of them are held). */
+static int build_providers(swap *s, th_config_errors *errs)
+{
+    th_hub *hub = s->hub;
     char err[256] = "";
-    auth = th_auth_new(neu, err, sizeof err);
-    if (auth == NULL) {
-        add_err(errs, "auth", "%s", err);
-        goto fail;
-    }
-    size_t np = neu->n_providers;
-    provs = calloc(np ? np : 1, sizeof *provs);
-    plist = calloc(np ? np : 1, sizeof *plist);
-    changed = diff(hub->cfg, oj, neu, nj);
-    if (provs == NULL || plist == NULL || changed == NULL) {
-        add_err(errs, "", "out of memory");
-        goto fail;
-    }
-    /* an unchanged provider keeps its state; a new or changed one starts fresh */
-    for (size_t i = 0; i < np; i++) {
-        const th_provider_conf *pc = &neu->providers[i];
+    for (size_t i = 0; i < s->np; i++) {
+        const th_provider_conf *pc = &s->neu->providers[i];
         int k = prov_index(hub->cfg, pc->name);
         th_route_prov *keep = NULL;
-        if (k >= 0 && same_prov(prov_json(oj, (size_t)k), &hub->cfg->providers[k], prov_json(nj, i), pc))
+        if (k >= 0 &&
+            same_prov(prov_json(s->oj, (size_t)k), &hub->cfg->providers[k], prov_json(s->nj, i), pc))
             for (size_t j = 0; j < hub->route.n && keep == NULL; j++)
                 if (strcmp(hub->route.provs[j]->p->conf->name, pc->name) == 0) keep = hub->route.provs[j];
         if (keep) {
-            provs[i] = th_route_prov_ref(keep);
+            s->provs[i] = th_route_prov_ref(keep);
         } else {
             th_provider *p = th_hub_provider_new(hub, pc, err, sizeof err);
             if (p == NULL) {
                 char path[64];
                 snprintf(path, sizeof path, "providers[%zu]", i);
                 add_err(errs, path, "%s", err);
-                goto fail;
+                return -1;
             }
-            provs[i] = th_route_prov_new(&hub->route, p, neu);
-            if (provs[i] == NULL) {
+            s->provs[i] = th_route_prov_new(&hub->route, p, s->neu);
+            if (s->provs[i] == NULL) {
                 p->ops->destroy(p);
                 add_err(errs, "", "out of memory");
-                goto fail;
+                return -1;
             }
         }
-        made = i + 1;
-        plist[i] = provs[i]->p;
+        s->made = i + 1;
+        s->plist[i] = s->provs[i]->p;
     }
+    return 0;
+}
 
-    /* the swap: nothing below can fail */
+/* Everything the new config needs, built beside the running one. 0, or -1 with errs. */
+static int build_new(swap *s, th_config_errors *errs)
+{
+    th_hub *hub = s->hub;
+    s->oj = cfg_json(hub->cfg);
+    s->nj = cfg_json(s->neu);
+    if (check_restart(hub->cfg, s->oj, s->neu, s->nj, errs) > 0) return -1;
+    char err[256] = "";
+    s->auth = th_auth_new(s->neu, err, sizeof err);
+    if (s->auth == NULL) {
+        add_err(errs, "auth", "%s", err);
+        return -1;
+    }
+    s->np = s->neu->n_providers;
+    s->provs = calloc(s->np ? s->np : 1, sizeof *s->provs);
+    s->plist = calloc(s->np ? s->np : 1, sizeof *s->plist);
+    s->changed = diff(hub->cfg, s->oj, s->neu, s->nj);
+    if (s->provs == NULL || s->plist == NULL || s->changed == NULL) {
+        add_err(errs, "", "out of memory");
+        return -1;
+    }
+    return build_providers(s, errs);
+}
+
+/* The swap: nothing here can fail. */
+static void swap_in(swap *s)
+{
+    th_hub *hub = s->hub;
+    th_reload *r = s->r;
+    th_config *neu = s->neu;
     th_route_stop_probes(&hub->route);
-    th_route_replace(&hub->route, provs, np, neu);
+    th_route_replace(&hub->route, s->provs, s->np, neu);
     free(hub->providers);
-    hub->providers = plist;
-    hub->n_providers = np;
+    hub->providers = s->plist;
+    hub->n_providers = s->np;
     th_auth_free(hub->auth);
-    hub->auth = auth;
+    hub->auth = s->auth;
     if (hub->limiter) th_limiter_set_config(hub->limiter, neu);
     if (hub->quota) th_quota_set_config(hub->quota, neu);
     th_http_limits lim;
@@ -507,7 +549,7 @@ th_reload_rc th_reload_run(th_hub *hub, th_reload_trigger why, th_config_errors 
     th_config_unref(old);
     hub->cfg_generation++;
     th_route_start_probes(&hub->route);
-    th_strlcpy(r->sha256, sha, sizeof r->sha256);
+    th_strlcpy(r->sha256, s->sha, sizeof r->sha256);
     r->refused_sha256[0] = 0;
     r->loaded_at_ms = th_wall_ms();
     r->ok++;
@@ -519,32 +561,52 @@ th_reload_rc th_reload_run(th_hub *hub, th_reload_trigger why, th_config_errors 
         r->debounce_ms = neu->reload.debounce_ms;
         if (neu->reload.watch) start_watch(r);
     }
-    json_decref(oj);
-    json_decref(nj);
-    char *summary_text = json_dumps(changed, JSON_COMPACT);
+}
+
+/* After the swap: the log line, the live feed's event and the answer. */
+static void announce(swap *s, th_reload_trigger why, json_t **summary)
+{
+    th_reload *r = s->r;
+    json_decref(s->oj);
+    json_decref(s->nj);
+    char *summary_text = json_dumps(s->changed, JSON_COMPACT);
     static const char *const whys[] = {"signal", "file change", "admin api"};
-    TH_LOG(hub->log, TH_LOG_INFO, "config reloaded (%s): %s, version %.12s, %.1f ms; %s", whys[why], r->path,
-           r->sha256, (double)(th_mono_us() - t0) / 1000.0, summary_text ? summary_text : "");
+    TH_LOG(s->hub->log, TH_LOG_INFO, "config reloaded (%s): %s, version %.12s, %.1f ms; %s", whys[why],
+           r->path, r->sha256, (double)(th_mono_us() - s->t0) / 1000.0, summary_text ? summary_text : "");
     free(summary_text);
-    json_t *ans = answer(r, changed, true);
-    if (r->notify && ans) r->notify(hub, "config_reloaded", json_deep_copy(ans));
+    json_t *ans = answer(r, s->changed, true);
+    if (r->notify && ans) r->notify(s->hub, "config_reloaded", json_deep_copy(ans));
     if (summary)
         *summary = ans;
     else
         json_decref(ans);
-    return TH_RELOAD_SWAPPED;
+}
 
-fail:
-    for (size_t i = 0; provs && i < made; i++)
-        th_route_prov_unref(provs[i]); /* kept ones lose the extra reference; new ones are destroyed */
-    free(provs);
-    free(plist);
-    th_auth_free(auth);
-    json_decref(changed);
-    json_decref(oj);
-    json_decref(nj);
-    th_config_unref(neu);
-    return refuse(r, sha);
+/* A refused reload: what was built is dropped, the config in force stays. */
+static th_reload_rc drop(swap *s)
+{
+    for (size_t i = 0; s->provs && i < s->made; i++)
+        th_route_prov_unref(s->provs[i]); /* kept ones lose the extra reference; new ones are destroyed */
+    free(s->provs);
+    free(s->plist);
+    th_auth_free(s->auth);
+    json_decref(s->changed);
+    json_decref(s->oj);
+    json_decref(s->nj);
+    th_config_unref(s->neu);
+    return refuse(s->r, s->sha);
+}
+
+th_reload_rc th_reload_run(th_hub *hub, th_reload_trigger why, th_config_errors *errs, json_t **summary)
+{
+    swap s = {.hub = hub, .r = hub->reload};
+    th_reload_rc rc;
+    if (summary) *summary = NULL;
+    if (!read_new(&s, why, errs, summary, &rc)) return rc;
+    if (build_new(&s, errs) != 0) return drop(&s);
+    swap_in(&s);
+    announce(&s, why, summary);
+    return TH_RELOAD_SWAPPED;
 }
 
 /* ---- triggers ---- */

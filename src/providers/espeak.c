@@ -702,6 +702,95 @@ oom:
     return -1;
 }
 
+/* The next job with work to do, in round-robin order, or NULL. Cancelled jobs lose the thread's
+ * reference on the way (the lock is let go to free one). Called and returns with p->mu held. */
+static th_job *next_job_locked(th_espeak *p)
+{
+    th_job *it = p->run_head;
+    while (it != NULL) {
+        th_job *next = it->run_next;
+        if (it->cancelled) { /* drop the thread's reference */
+            run_remove_locked(p, it);
+            if (job_unref_locked(it)) {
+                pthread_mutex_unlock(&p->mu);
+                job_free(it);
+                pthread_mutex_lock(&p->mu);
+                it = p->run_head; /* the list may have changed while unlocked */
+                continue;
+            }
+        } else if (job_runnable_locked(it)) {
+            return it;
+        }
+        it = next;
+    }
+    return NULL;
+}
+
+/* Marks j failed with msg (the first error wins). */
+static void job_fail(th_espeak *p, th_job *j, th_perr_kind kind, const char *msg)
+{
+    pthread_mutex_lock(&p->mu);
+    if (!j->failed) {
+        j->failed = true;
+        th_perr_set(&j->err, kind, 0, "%s", msg);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Speaks j->text[start, end) (the lock is not held): the audio arrives through the synth callback. */
+static void speak_segment(th_espeak *p, th_job *j, size_t start, size_t end, bool sentence_end)
+{
+    char seg[TH_ESPEAK_SEGMENT_MAX_CP * 4 + 1];
+    size_t n = end - start;
+    if (n == 0 || !has_content(j->text + start, n)) return;
+    if (n >= sizeof seg) n = sizeof seg - 1; /* cannot happen: 4 bytes per code point at most */
+    memcpy(seg, j->text + start, n);
+    seg[n] = '\0';
+    if (set_voice_and_rate(p, j->voice, j->rate, j->pitch) != 0) {
+        char msg[sizeof j->err.message];
+        snprintf(msg, sizeof msg, "espeak: cannot select voice '%s'", j->voice);
+        job_fail(p, j, TH_PERR_CLIENT, msg);
+        return;
+    }
+    unsigned flags = espeakCHARS_UTF8 | (sentence_end ? espeakENDPAUSE : 0); /* no SSML, no [[ ]] */
+    espeak_ERROR e = espeak_Synth(seg, n + 1, 0, POS_CHARACTER, 0, flags, NULL, j);
+    if (e != EE_OK) {
+        char msg[64];
+        snprintf(msg, sizeof msg, "espeak: synthesis failed (%d)", (int)e);
+        job_fail(p, j, TH_PERR_INTERNAL, msg);
+    }
+}
+
+/* After a segment (p->mu held): a job that failed or is whole goes to the loop thread. */
+static void segment_done_locked(th_espeak *p, th_job *j)
+{
+    if (j->cancelled) return; /* dropped at the next scan */
+    if (!j->failed && j->pos < j->len) return;
+    j->produced = true;
+    run_remove_locked(p, j);
+    if (j->failed) chunks_clear_locked(j); /* an error ends the stream: no half audio */
+    bool wake = deliver_add_locked(p, j);
+    bool last = job_unref_locked(j);
+    pthread_mutex_unlock(&p->mu);
+    if (wake) wake_loop(p);
+    if (last) job_free(j);
+    pthread_mutex_lock(&p->mu);
+}
+
+/* stopping: drop the thread's references (p->mu held) */
+static void drop_all_locked(th_espeak *p)
+{
+    while (p->run_head != NULL) {
+        th_job *j = p->run_head;
+        run_remove_locked(p, j);
+        if (job_unref_locked(j)) {
+            pthread_mutex_unlock(&p->mu);
+            job_free(j);
+            pthread_mutex_lock(&p->mu);
+        }
+    }
+}
+
 static void *owner_main(void *arg)
 {
     th_espeak *p = arg;
@@ -714,27 +803,8 @@ static void *owner_main(void *arg)
         pthread_mutex_unlock(&p->mu);
         return NULL;
     }
-    char seg[TH_ESPEAK_SEGMENT_MAX_CP * 4 + 1];
     while (!p->stopping) {
-        th_job *j = NULL;
-        th_job *it = p->run_head;
-        while (it != NULL) {
-            th_job *next = it->run_next;
-            if (it->cancelled) { /* drop the thread's reference */
-                run_remove_locked(p, it);
-                if (job_unref_locked(it)) {
-                    pthread_mutex_unlock(&p->mu);
-                    job_free(it);
-                    pthread_mutex_lock(&p->mu);
-                    it = p->run_head; /* the list may have changed while unlocked */
-                    continue;
-                }
-            } else if (job_runnable_locked(it)) {
-                j = it;
-                break;
-            }
-            it = next;
-        }
+        th_job *j = next_job_locked(p);
         if (j == NULL) {
             pthread_cond_wait(&p->cv, &p->mu);
             continue;
@@ -747,58 +817,11 @@ static void *owner_main(void *arg)
         size_t end = th_espeak_segment(j->text, j->len, start, TH_ESPEAK_SEGMENT_MAX_CP, &sentence_end);
         j->pos = end;
         pthread_mutex_unlock(&p->mu);
-
-        size_t n = end - start;
-        if (n > 0 && has_content(j->text + start, n)) {
-            if (n >= sizeof seg) n = sizeof seg - 1; /* cannot happen: 4 bytes per code point at most */
-            memcpy(seg, j->text + start, n);
-            seg[n] = '\0';
-            if (set_voice_and_rate(p, j->voice, j->rate, j->pitch) != 0) {
-                pthread_mutex_lock(&p->mu);
-                if (!j->failed) {
-                    j->failed = true;
-                    th_perr_set(&j->err, TH_PERR_CLIENT, 0, "espeak: cannot select voice '%s'", j->voice);
-                }
-                pthread_mutex_unlock(&p->mu);
-            } else {
-                unsigned flags =
-                    espeakCHARS_UTF8 | (sentence_end ? espeakENDPAUSE : 0); /* no SSML, no [[ ]] */
-                espeak_ERROR e = espeak_Synth(seg, n + 1, 0, POS_CHARACTER, 0, flags, NULL, j);
-                if (e != EE_OK) {
-                    pthread_mutex_lock(&p->mu);
-                    if (!j->failed) {
-                        j->failed = true;
-                        th_perr_set(&j->err, TH_PERR_INTERNAL, 0, "espeak: synthesis failed (%d)", (int)e);
-                    }
-                    pthread_mutex_unlock(&p->mu);
-                }
-            }
-        }
-
+        speak_segment(p, j, start, end, sentence_end);
         pthread_mutex_lock(&p->mu);
-        if (j->cancelled) continue; /* dropped at the next scan */
-        if (j->failed || j->pos >= j->len) {
-            j->produced = true;
-            run_remove_locked(p, j);
-            if (j->failed) chunks_clear_locked(j); /* an error ends the stream: no half audio */
-            bool wake = deliver_add_locked(p, j);
-            bool last = job_unref_locked(j);
-            pthread_mutex_unlock(&p->mu);
-            if (wake) wake_loop(p);
-            if (last) job_free(j);
-            pthread_mutex_lock(&p->mu);
-        }
+        segment_done_locked(p, j);
     }
-    /* stopping: drop the thread's references */
-    while (p->run_head != NULL) {
-        th_job *j = p->run_head;
-        run_remove_locked(p, j);
-        if (job_unref_locked(j)) {
-            pthread_mutex_unlock(&p->mu);
-            job_free(j);
-            pthread_mutex_lock(&p->mu);
-        }
-    }
+    drop_all_locked(p);
     pthread_mutex_unlock(&p->mu);
     free(p->cur_voice);
     p->cur_voice = NULL;

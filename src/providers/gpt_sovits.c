@@ -57,19 +57,109 @@ static int gs_set_str(json_t *o, const char *key, const char *v)
     return json_object_set_new(o, key, json_string(v != NULL ? v : ""));
 }
 
+/* The reference a request speaks with: the audio's path on the engine, its text and language. */
+typedef struct gs_ref {
+    json_t *map; /* the voice's mapping in the config, or NULL */
+    const char *path, *text, *lang;
+    char t1[64], t2[64], t3[64]; /* the mapping's values as text */
+} gs_ref;
+
+/* The reference of req: a library voice's file in the shared folder, or a configured voice (a mapping,
+ * or a plain path the operator configured). 0, or -1 with err. */
+static int gs_reference(const th_provider_conf *pc, const th_synth_req *req, const th_upstream_http *out,
+                        int v1, gs_ref *r, th_perr *err)
+{
+    int bad = 0;
+    if (req->ref != NULL) { /* a library voice: the file in the shared folder */
+        r->path = out->prepared;
+        if (r->path == NULL || r->path[0] == 0) {
+            th_perr_set(err, TH_PERR_INTERNAL, 0, "the reference file was not written");
+            return -1;
+        }
+        if (req->ref->text != NULL) r->text = req->ref->text;
+        if (req->ref->language != NULL && req->ref->language[0] != 0) r->lang = req->ref->language;
+        if (v1 && r->text[0] == 0) { /* api.py would silently use its default reference instead */
+            th_perr_set(err, TH_PERR_CLIENT, 0,
+                        "GPT-SoVITS api v1 needs the voice's reference text (set it on the library voice)");
+            return -1;
+        }
+        return 0;
+    }
+    if (req->voice == NULL || req->voice[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
+        return -1;
+    }
+    r->map = th_upstream_voice_ref(pc, req->voice, &bad);
+    if (bad) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+        return -1;
+    }
+    /* a plain string is a path on the engine: only one the operator configured */
+    if (r->map == NULL && !gs_configured(pc, req->voice)) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "voice '%.64s' is not a reference configured for this provider",
+                    req->voice);
+        return -1;
+    }
+    r->path = req->voice;
+    if (r->map == NULL) return 0;
+    r->path = th_upstream_ref_str(r->map, "ref_audio_path", r->t1, sizeof r->t1);
+    const char *s = th_upstream_ref_str(r->map, "prompt_text", r->t2, sizeof r->t2);
+    if (s != NULL) r->text = s;
+    s = th_upstream_ref_str(r->map, "prompt_lang", r->t3, sizeof r->t3);
+    if (s != NULL && s[0] != 0) r->lang = s;
+    if (r->path == NULL || r->path[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the voice mapping has no ref_audio_path");
+        return -1;
+    }
+    return 0;
+}
+
+/* The JSON body of api v1 (/) or v2 (/tts). NULL on ENOMEM. */
+static json_t *gs_json(const th_provider_conf *pc, const th_synth_req *req, int v1, const gs_ref *r,
+                       int64_t sm)
+{
+    const char *text_lang = th_upstream_opt(pc, "text_lang", NULL);
+    double speed = req->speed > 0 ? req->speed : 1.0;
+    json_t *body = json_object();
+    json_t *text = json_stringn(req->text, req->text_len);
+    if (body == NULL || text == NULL) {
+        json_decref(text);
+        json_decref(body);
+        return NULL;
+    }
+    int e = json_object_set_new(body, "text", text);
+    if (v1) {
+        e |= gs_set_str(body, "text_language", text_lang);
+        e |= gs_set_str(body, "refer_wav_path", r->path);
+        e |= gs_set_str(body, "prompt_text", r->text);
+        e |= gs_set_str(body, "prompt_language", r->lang);
+        e |= json_object_set_new(body, "speed", json_real(speed));
+    } else {
+        e |= gs_set_str(body, "text_lang", text_lang);
+        e |= gs_set_str(body, "ref_audio_path", r->path);
+        e |= gs_set_str(body, "prompt_text", r->text);
+        e |= gs_set_str(body, "prompt_lang", r->lang);
+        e |= gs_set_str(body, "media_type", th_upstream_opt(pc, "media_type", NULL));
+        e |= json_object_set_new(body, "streaming_mode", json_integer(sm));
+        e |= json_object_set_new(body, "speed_factor", json_real(speed));
+        e |= gs_set_str(body, "text_split_method", "cut5");
+        e |= json_object_set_new(body, "batch_size", json_integer(1));
+    }
+    if (e != 0) {
+        json_decref(body);
+        return NULL;
+    }
+    return body;
+}
+
 static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
 {
     int rc = -1;
-    json_t *ref = NULL, *body = NULL, *text = NULL;
+    json_t *body = NULL;
     char *txt = NULL;
-    int bad = 0, e = 0;
-    char t1[64], t2[64], t3[64];
     const int v1 = gs_is_v1(pc);
-    const char *text_lang = th_upstream_opt(pc, "text_lang", NULL);
-    const char *media = th_upstream_opt(pc, "media_type", NULL);
     const char *sm_txt = th_upstream_opt(pc, "streaming_mode", NULL);
-    const char *ref_path = NULL, *prompt_text = "", *prompt_lang = text_lang;
-    double speed = req->speed > 0 ? req->speed : 1.0;
+    gs_ref r = {.text = "", .lang = th_upstream_opt(pc, "text_lang", NULL)};
     int64_t sm = 1;
 
     if (pc->base_url == NULL || pc->base_url[0] == 0) {
@@ -84,76 +174,10 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
         th_perr_set(err, TH_PERR_STATUS, 0, "streaming_mode '%s' is not 0..3", sm_txt);
         goto out;
     }
-    if (req->ref != NULL) { /* a library voice: the file in the shared folder */
-        ref_path = out->prepared;
-        if (ref_path == NULL || ref_path[0] == 0) {
-            th_perr_set(err, TH_PERR_INTERNAL, 0, "the reference file was not written");
-            goto out;
-        }
-        if (req->ref->text != NULL) prompt_text = req->ref->text;
-        if (req->ref->language != NULL && req->ref->language[0] != 0) prompt_lang = req->ref->language;
-        if (v1 && prompt_text[0] == 0) { /* api.py would silently use its default reference instead */
-            th_perr_set(err, TH_PERR_CLIENT, 0,
-                        "GPT-SoVITS api v1 needs the voice's reference text (set it on the library voice)");
-            goto out;
-        }
-    } else if (req->voice == NULL || req->voice[0] == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "a reference voice is required");
-        goto out;
-    } else {
-        ref = th_upstream_voice_ref(pc, req->voice, &bad);
-        if (bad) {
-            th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
-            goto out;
-        }
-        /* a plain string is a path on the engine: only one the operator configured */
-        if (ref == NULL && !gs_configured(pc, req->voice)) {
-            th_perr_set(err, TH_PERR_CLIENT, 0,
-                        "voice '%.64s' is not a reference configured for this provider", req->voice);
-            goto out;
-        }
-        ref_path = req->voice;
-    }
-    if (ref != NULL) {
-        ref_path = th_upstream_ref_str(ref, "ref_audio_path", t1, sizeof t1);
-        const char *s = th_upstream_ref_str(ref, "prompt_text", t2, sizeof t2);
-        if (s != NULL) prompt_text = s;
-        s = th_upstream_ref_str(ref, "prompt_lang", t3, sizeof t3);
-        if (s != NULL && s[0] != 0) prompt_lang = s;
-        if (ref_path == NULL || ref_path[0] == 0) {
-            th_perr_set(err, TH_PERR_CLIENT, 0, "the voice mapping has no ref_audio_path");
-            goto out;
-        }
-    }
-
-    body = json_object();
-    text = json_stringn(req->text, req->text_len);
-    if (body == NULL || text == NULL) {
-        json_decref(text);
-        goto oom;
-    }
-    e = json_object_set_new(body, "text", text);
-    if (v1) {
-        e |= gs_set_str(body, "text_language", text_lang);
-        e |= gs_set_str(body, "refer_wav_path", ref_path);
-        e |= gs_set_str(body, "prompt_text", prompt_text);
-        e |= gs_set_str(body, "prompt_language", prompt_lang);
-        e |= json_object_set_new(body, "speed", json_real(speed));
-    } else {
-        e |= gs_set_str(body, "text_lang", text_lang);
-        e |= gs_set_str(body, "ref_audio_path", ref_path);
-        e |= gs_set_str(body, "prompt_text", prompt_text);
-        e |= gs_set_str(body, "prompt_lang", prompt_lang);
-        e |= gs_set_str(body, "media_type", media);
-        e |= json_object_set_new(body, "streaming_mode", json_integer(sm));
-        e |= json_object_set_new(body, "speed_factor", json_real(speed));
-        e |= gs_set_str(body, "text_split_method", "cut5");
-        e |= json_object_set_new(body, "batch_size", json_integer(1));
-    }
-    if (e != 0) goto oom;
-    txt = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (gs_reference(pc, req, out, v1, &r, err) != 0) goto out;
+    body = gs_json(pc, req, v1, &r, sm);
+    txt = body ? json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     if (txt == NULL) goto oom;
-
     out->method = "POST";
     if (th_upstream_url(out, pc->base_url, v1 ? "/" : "/tts") != 0 ||
         th_upstream_header(out, "Content-Type", "application/json") != 0 ||
@@ -166,7 +190,7 @@ oom:
 out:
     free(txt);
     json_decref(body);
-    json_decref(ref);
+    json_decref(r.map);
     return rc;
 }
 

@@ -191,24 +191,125 @@ static void x_after(uv_work_t *w, int status)
     x_store(j);
 }
 
-void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, int max_busy)
+/* The form fields of an extraction. */
+typedef struct x_fields {
+    const th_field *audio, *id, *name, *text, *lang;
+} x_fields;
+
+/* What is wrong with the fields (with its code and status), or NULL. */
+static const char *x_bad_fields(const x_fields *f, const char **code, int *st)
 {
-    th_hub *hub = c->hub;
-    if (hub->vlib == NULL) {
+    *st = 400;
+    if (f->audio == NULL) {
+        *code = "missing_audio";
+        return "the 'audio' file field is required";
+    }
+    if (f->audio->value_len == 0) {
+        *code = "empty_audio";
+        return "the 'audio' file is empty";
+    }
+    if (f->audio->value_len > EXTRACT_AUDIO_MAX) {
+        *code = "audio_too_large", *st = 413;
+        return "the 'audio' file is larger than 16 MiB";
+    }
+    if (f->id && f->id->value_len > 0 &&
+        (!th_vlib_id_ok(f->id->value, f->id->value_len) || th_wextract_is_content_id(f->id->value))) {
+        *code = "invalid_voice_id";
+        return "'voice_id' must be 1-64 letters, digits, '_' or '-' (and not r + 63 hex digits)";
+    }
+    if (f->name && !text_ok(f->name->value, f->name->value_len, TH_VLIB_NAME_MAX, false)) {
+        *code = "invalid_voice_name";
+        return "'voice_name' must be printable UTF-8 of at most 256 bytes";
+    }
+    if (f->text && !text_ok(f->text->value, f->text->value_len, TH_VLIB_TEXT_MAX, true)) {
+        *code = "invalid_reference_text";
+        return "'reference_text' must be UTF-8 of at most 4096 bytes";
+    }
+    if (f->lang && f->lang->value_len > 0 && !lang_ok(f->lang->value, f->lang->value_len)) {
+        *code = "invalid_language";
+        return "'language' must be a language tag such as en or zh-CN";
+    }
+    return NULL;
+}
+
+/* The multipart body into j->form and f, checked. 0, or -1 when an error was sent (j is freed). */
+static int x_read_form(xjob *j, const char *ct, x_fields *f)
+{
+    th_api_ctx *c = j->c;
+    size_t blen = 0;
+    const uint8_t *body = th_http_body(c->req, &blen);
+    char err[256] = "";
+    int rc = th_form_parse_multipart(&j->form, ct, body, blen, err, sizeof err);
+    if (rc != TH_BODY_OK) {
+        xjob_free(j);
+        if (rc == TH_BODY_NOMEM)
+            xerr(c, 500, "internal_error", "out of memory");
+        else
+            xerr(c, 400, "malformed_body", err[0] ? err : "malformed multipart body");
+        return -1;
+    }
+    f->audio = th_form_get(&j->form, "audio");
+    if (f->audio == NULL) f->audio = th_form_get(&j->form, "file");
+    f->id = form_str(&j->form, "voice_id");
+    f->name = form_str(&j->form, "voice_name");
+    f->text = form_str(&j->form, "reference_text");
+    f->lang = form_str(&j->form, "language");
+    const char *code;
+    int st;
+    const char *bad = x_bad_fields(f, &code, &st);
+    if (bad) {
+        xjob_free(j);
+        xerr(c, st, code, bad);
+        return -1;
+    }
+    return 0;
+}
+
+/* The voice's id (given, or v_ + 16 characters of a uuid) and record. 0, or -1 on ENOMEM. */
+static int x_set_meta(xjob *j, th_hub *hub, const x_fields *f, const char *engine_type)
+{
+    if (f->id && f->id->value_len > 0) {
+        memcpy(j->m.id, f->id->value, f->id->value_len);
+        j->m.id[f->id->value_len] = 0;
+    } else { /* a seed-2 worker makes 8 characters of a uuid; ours are longer, and never a content id */
+        char u[TH_UUID_LEN + 1];
+        th_uuid_gen_next(&hub->ids, u);
+        snprintf(j->m.id, sizeof j->m.id, "v_%.8s%.4s%.4s", u, u + 9, u + 14);
+    }
+    if (th_vlib_meta_set(&j->m.name, f->name && f->name->value_len ? f->name->value : j->m.id) ||
+        th_vlib_meta_set(&j->m.tenant, "") || th_vlib_meta_set(&j->m.engine, engine_type) ||
+        th_vlib_meta_set(&j->m.text, f->text ? f->text->value : "") ||
+        th_vlib_meta_set(&j->m.language, f->lang ? f->lang->value : ""))
+        return -1;
+    return 0;
+}
+
+/* The request's Content-Type when the node can take an upload now, else NULL (an error was sent). */
+static const char *x_admit(th_api_ctx *c, const int *busy, int max_busy)
+{
+    if (c->hub->vlib == NULL) {
         xerr(c, 503, "voice_store_error", "the node has no voice store");
-        return;
+        return NULL;
     }
     if (*busy >= max_busy) {
         c->retry_after_s = 1;
         xerr(c, 503, "busy", "the node is processing other uploads; try again");
-        return;
+        return NULL;
     }
     const char *ct = th_http_header(c->req, "Content-Type");
     if (ct == NULL || strlen(ct) < 19 || !th_strn_ieq(ct, 19, "multipart/form-data")) {
         xerr(c, 415, "unsupported_media_type",
              "send multipart/form-data with the reference in the 'audio' field");
-        return;
+        return NULL;
     }
+    return ct;
+}
+
+void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, int max_busy)
+{
+    th_hub *hub = c->hub;
+    const char *ct = x_admit(c, busy, max_busy);
+    if (ct == NULL) return;
     xjob *j = calloc(1, sizeof *j);
     if (j == NULL) {
         xerr(c, 500, "internal_error", "out of memory");
@@ -220,64 +321,15 @@ void th_wextract(th_api_ctx *c, const char *engine_type, size_t cap, int *busy, 
     (*busy)++;
     th_strlcpy(j->engine, engine_type, sizeof j->engine);
     th_form_init(&j->form);
-    size_t blen = 0;
-    const uint8_t *body = th_http_body(c->req, &blen);
-    char err[256] = "";
-    int rc = th_form_parse_multipart(&j->form, ct, body, blen, err, sizeof err);
-    if (rc != TH_BODY_OK) {
-        xjob_free(j);
-        if (rc == TH_BODY_NOMEM)
-            xerr(c, 500, "internal_error", "out of memory");
-        else
-            xerr(c, 400, "malformed_body", err[0] ? err : "malformed multipart body");
-        return;
-    }
-    const th_field *audio = th_form_get(&j->form, "audio");
-    if (audio == NULL) audio = th_form_get(&j->form, "file");
-    const th_field *fid = form_str(&j->form, "voice_id"), *fname = form_str(&j->form, "voice_name"),
-                   *ftext = form_str(&j->form, "reference_text"), *flang = form_str(&j->form, "language");
-    const char *bad = NULL, *code = "invalid_request";
-    int st = 400;
-    if (audio == NULL) {
-        bad = "the 'audio' file field is required", code = "missing_audio";
-    } else if (audio->value_len == 0) {
-        bad = "the 'audio' file is empty", code = "empty_audio";
-    } else if (audio->value_len > EXTRACT_AUDIO_MAX) {
-        bad = "the 'audio' file is larger than 16 MiB", code = "audio_too_large", st = 413;
-    } else if (fid && fid->value_len > 0 &&
-               (!th_vlib_id_ok(fid->value, fid->value_len) || th_wextract_is_content_id(fid->value))) {
-        bad = "'voice_id' must be 1-64 letters, digits, '_' or '-' (and not r + 63 hex digits)";
-        code = "invalid_voice_id";
-    } else if (fname && !text_ok(fname->value, fname->value_len, TH_VLIB_NAME_MAX, false)) {
-        bad = "'voice_name' must be printable UTF-8 of at most 256 bytes", code = "invalid_voice_name";
-    } else if (ftext && !text_ok(ftext->value, ftext->value_len, TH_VLIB_TEXT_MAX, true)) {
-        bad = "'reference_text' must be UTF-8 of at most 4096 bytes", code = "invalid_reference_text";
-    } else if (flang && flang->value_len > 0 && !lang_ok(flang->value, flang->value_len)) {
-        bad = "'language' must be a language tag such as en or zh-CN", code = "invalid_language";
-    }
-    if (bad) {
-        xjob_free(j);
-        xerr(c, st, code, bad);
-        return;
-    }
-    if (fid && fid->value_len > 0) {
-        memcpy(j->m.id, fid->value, fid->value_len);
-        j->m.id[fid->value_len] = 0;
-    } else { /* a seed-2 worker makes 8 characters of a uuid; ours are longer, and never a content id */
-        char u[TH_UUID_LEN + 1];
-        th_uuid_gen_next(&hub->ids, u);
-        snprintf(j->m.id, sizeof j->m.id, "v_%.8s%.4s%.4s", u, u + 9, u + 14);
-    }
-    if (th_vlib_meta_set(&j->m.name, fname && fname->value_len ? fname->value : j->m.id) ||
-        th_vlib_meta_set(&j->m.tenant, "") || th_vlib_meta_set(&j->m.engine, engine_type) ||
-        th_vlib_meta_set(&j->m.text, ftext ? ftext->value : "") ||
-        th_vlib_meta_set(&j->m.language, flang ? flang->value : "")) {
+    x_fields f;
+    if (x_read_form(j, ct, &f) != 0) return;
+    if (x_set_meta(j, hub, &f, engine_type) != 0) {
         xjob_free(j);
         xerr(c, 500, "internal_error", "out of memory");
         return;
     }
-    j->audio = (const uint8_t *)audio->value;
-    j->audio_len = audio->value_len;
+    j->audio = (const uint8_t *)f.audio->value;
+    j->audio_len = f.audio->value_len;
     j->opts.out_rate = TH_VLIB_RATE;
     j->opts.max_seconds = hub->cfg->voice_library.max_seconds;
     j->min_s = hub->cfg->voice_library.min_seconds;

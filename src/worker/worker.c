@@ -502,36 +502,137 @@ static void ref_stored(void *ud, th_vlib_rc rc, const char *err)
 }
 
 /* /synthesize with reference_sha256: speak from the store, store what came, or ask for the bytes. */
-static void synthesize_ref(th_api_ctx *c, worker *w, json_t *j, const char *text, size_t chars,
-                           const char *lang, th_fmt fmt, double speed)
+/* A synthesis with a reference voice: what to say, and the reference. */
+typedef struct ref_req {
+    const char *text, *lang;
+    size_t chars;
+    th_fmt fmt;
+    double speed;
+    const char *sha, *rtext, *rlang, *voice;
+    char id[65];
+} ref_req;
+
+/* The reference fields of j into q (and its id); false when an error was sent. */
+static bool read_ref_fields(th_api_ctx *c, json_t *j, ref_req *q)
 {
     json_t *sha = json_object_get(j, "reference_sha256"), *rt = json_object_get(j, "reference_text");
     json_t *rl = json_object_get(j, "reference_language"), *audio = json_object_get(j, "reference_audio");
-    const char *sh = json_string_value(sha);
-    if (!json_is_string(sha) || !th_sha256_hex_ok(sh)) {
+    q->sha = json_string_value(sha);
+    if (!json_is_string(sha) || !th_sha256_hex_ok(q->sha)) {
         node_error(c, 400, "invalid_request", "'reference_sha256' must be 64 lowercase hex digits");
-        return;
+        return false;
     }
     if ((rt && !json_is_null(rt) && (!json_is_string(rt) || json_string_length(rt) > TH_VLIB_TEXT_MAX)) ||
         (rl && !json_is_null(rl) && (!json_is_string(rl) || json_string_length(rl) > 64)) ||
         (audio && !json_is_null(audio) && !json_is_string(audio))) {
         node_error(c, 400, "invalid_request",
                    "'reference_text', 'reference_language' and 'reference_audio' must be strings");
+        return false;
+    }
+    q->rtext = json_is_string(rt) ? json_string_value(rt) : "";
+    q->rlang = json_is_string(rl) ? json_string_value(rl) : "";
+    q->voice = json_string_value(json_object_get(j, "voice"));
+    if (th_wref_id(q->sha, q->rtext, q->rlang, q->id) != 0) {
+        node_error(c, 500, "internal_error", "out of memory");
+        return false;
+    }
+    return true;
+}
+
+/* The reference audio: base64 of a WAV whose sha256 is q->sha. 0, or -1 when an error was sent. */
+static int read_ref_audio(th_api_ctx *c, const json_t *audio, const ref_req *q, uint8_t **wav, size_t *wl,
+                          int *rate, double *secs)
+{
+    char err[160], got[65];
+    if (th_wref_base64(json_string_value(audio), json_string_length(audio), REF_AUDIO_MAX, wav, wl) != 0) {
+        node_error(c, 400, "invalid_request", "'reference_audio' is not base64 of at most 16 MiB");
+        return -1;
+    }
+    th_vlib_sha256_hex(*wav, *wl, got);
+    if (strcmp(got, q->sha) != 0) {
+        free(*wav);
+        node_error(c, 400, "invalid_request", "'reference_audio' does not match 'reference_sha256'");
+        return -1;
+    }
+    if (th_wref_check_wav(*wav, *wl, rate, secs, err, sizeof err) != 0) {
+        free(*wav);
+        node_error(c, 400, "invalid_request", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The job that speaks once the reference is stored, and the reference's record. NULL on ENOMEM. */
+static ref_job *new_ref_job(th_api_ctx *c, const worker *w, const ref_req *q, th_vlib_meta *meta)
+{
+    memset(meta, 0, sizeof *meta);
+    th_strlcpy(meta->id, q->id, sizeof meta->id);
+    th_strlcpy(meta->sha256, q->sha, sizeof meta->sha256);
+    ref_job *rj = calloc(1, sizeof *rj);
+    bool ok = rj != NULL && th_vlib_meta_set(&meta->name, q->voice ? q->voice : q->id) == 0 &&
+              th_vlib_meta_set(&meta->tenant, "") == 0 && th_vlib_meta_set(&meta->engine, w->engine) == 0 &&
+              th_vlib_meta_set(&meta->text, q->rtext) == 0 &&
+              th_vlib_meta_set(&meta->language, q->rlang) == 0;
+    if (ok) {
+        rj->c = c;
+        th_strlcpy(rj->id, q->id, sizeof rj->id);
+        rj->text = th_strndup(q->text, strlen(q->text));
+        rj->lang = q->lang != NULL ? th_strndup(q->lang, strlen(q->lang)) : NULL;
+        ok = rj->text != NULL && (q->lang == NULL || rj->lang != NULL);
+    }
+    if (!ok) {
+        if (rj) ref_job_free(rj);
+        th_vlib_meta_free(meta);
+        return NULL;
+    }
+    rj->fmt = q->fmt;
+    rj->speed = q->speed;
+    rj->chars = q->chars;
+    return rj;
+}
+
+/* Stores the reference (wav is taken), then speaks with it (ref_stored). */
+static void store_ref(th_api_ctx *c, worker *w, th_vlib *l, const ref_req *q, uint8_t *wav, size_t wl,
+                      int rate, double secs)
+{
+    refs_trim(w);
+    th_vlib_rc rc = th_vlib_reserve(l, q->id, "", (size_t)w->max_refs + 8);
+    if (rc != TH_VLIB_OK) { /* being stored by a concurrent request, or the store is full for a moment */
+        free(wav);
+        c->retry_after_s = 1;
+        node_error(c, 503, "reference_busy", "the reference is being stored; try again");
         return;
     }
-    const char *rtext = json_is_string(rt) ? json_string_value(rt) : "";
-    const char *rlang = json_is_string(rl) ? json_string_value(rl) : "";
-    char id[65];
-    if (th_wref_id(sh, rtext, rlang, id) != 0) {
+    th_vlib_meta meta;
+    ref_job *rj = new_ref_job(c, w, q, &meta);
+    if (rj == NULL) {
+        free(wav);
+        th_vlib_unreserve(l, q->id);
         node_error(c, 500, "internal_error", "out of memory");
         return;
     }
+    meta.duration_s = secs;
+    meta.rate = rate;
+    meta.wav_len = wl;
+    meta.created_ms = meta.updated_ms = (int64_t)th_wall_ms();
+    TH_LOG(c->hub->log, TH_LOG_INFO, "worker: storing reference %s (%.2f s) for voice %s", q->id, secs,
+           meta.name);
+    th_vlib_create(l, &meta, wav, wl, (size_t)w->max_refs + 8, ref_stored, rj); /* wav is stolen */
+    th_vlib_meta_free(&meta);
+}
+
+static void synthesize_ref(th_api_ctx *c, worker *w, json_t *j, const char *text, size_t chars,
+                           const char *lang, th_fmt fmt, double speed)
+{
+    ref_req q = {.text = text, .lang = lang, .chars = chars, .fmt = fmt, .speed = speed};
+    if (!read_ref_fields(c, j, &q)) return;
     th_vlib *l = c->hub->vlib;
-    const th_vlib_meta *m = l != NULL ? th_vlib_find(l, id) : NULL;
-    if (m != NULL && strcmp(m->sha256, sh) == 0) { /* held already */
-        speak_ref(c, id, text, chars, lang, fmt, speed);
+    const th_vlib_meta *m = l != NULL ? th_vlib_find(l, q.id) : NULL;
+    if (m != NULL && strcmp(m->sha256, q.sha) == 0) { /* held already */
+        speak_ref(c, q.id, text, chars, lang, fmt, speed);
         return;
     }
+    json_t *audio = json_object_get(j, "reference_audio");
     if (!json_is_string(audio)) {
         node_error(c, 409, "reference_missing",
                    "the node does not hold this reference: send reference_audio");
@@ -543,69 +644,10 @@ static void synthesize_ref(th_api_ctx *c, worker *w, json_t *j, const char *text
     }
     uint8_t *wav = NULL;
     size_t wl = 0;
-    char err[160], got[65];
     int rate = 0;
     double secs = 0;
-    if (th_wref_base64(json_string_value(audio), json_string_length(audio), REF_AUDIO_MAX, &wav, &wl) != 0) {
-        node_error(c, 400, "invalid_request", "'reference_audio' is not base64 of at most 16 MiB");
-        return;
-    }
-    th_vlib_sha256_hex(wav, wl, got);
-    if (strcmp(got, sh) != 0) {
-        free(wav);
-        node_error(c, 400, "invalid_request", "'reference_audio' does not match 'reference_sha256'");
-        return;
-    }
-    if (th_wref_check_wav(wav, wl, &rate, &secs, err, sizeof err) != 0) {
-        free(wav);
-        node_error(c, 400, "invalid_request", err);
-        return;
-    }
-    refs_trim(w);
-    th_vlib_rc rc = th_vlib_reserve(l, id, "", (size_t)w->max_refs + 8);
-    if (rc != TH_VLIB_OK) { /* being stored by a concurrent request, or the store is full for a moment */
-        free(wav);
-        c->retry_after_s = 1;
-        node_error(c, 503, "reference_busy", "the reference is being stored; try again");
-        return;
-    }
-    th_vlib_meta meta;
-    memset(&meta, 0, sizeof meta);
-    th_strlcpy(meta.id, id, sizeof meta.id);
-    th_strlcpy(meta.sha256, sh, sizeof meta.sha256);
-    ref_job *rj = calloc(1, sizeof *rj);
-    bool ok = rj != NULL &&
-              th_vlib_meta_set(&meta.name, json_string_value(json_object_get(j, "voice"))
-                                               ? json_string_value(json_object_get(j, "voice"))
-                                               : id) == 0 &&
-              th_vlib_meta_set(&meta.tenant, "") == 0 && th_vlib_meta_set(&meta.engine, w->engine) == 0 &&
-              th_vlib_meta_set(&meta.text, rtext) == 0 && th_vlib_meta_set(&meta.language, rlang) == 0;
-    if (ok) {
-        rj->c = c;
-        th_strlcpy(rj->id, id, sizeof rj->id);
-        rj->text = th_strndup(text, strlen(text));
-        rj->lang = lang != NULL ? th_strndup(lang, strlen(lang)) : NULL;
-        ok = rj->text != NULL && (lang == NULL || rj->lang != NULL);
-    }
-    if (!ok) {
-        if (rj) ref_job_free(rj);
-        th_vlib_meta_free(&meta);
-        free(wav);
-        th_vlib_unreserve(l, id);
-        node_error(c, 500, "internal_error", "out of memory");
-        return;
-    }
-    rj->fmt = fmt;
-    rj->speed = speed;
-    rj->chars = chars;
-    meta.duration_s = secs;
-    meta.rate = rate;
-    meta.wav_len = wl;
-    meta.created_ms = meta.updated_ms = (int64_t)th_wall_ms();
-    TH_LOG(c->hub->log, TH_LOG_INFO, "worker: storing reference %s (%.2f s) for voice %s", id, secs,
-           meta.name);
-    th_vlib_create(l, &meta, wav, wl, (size_t)w->max_refs + 8, ref_stored, rj); /* wav is stolen */
-    th_vlib_meta_free(&meta);
+    if (read_ref_audio(c, audio, &q, &wav, &wl, &rate, &secs) != 0) return;
+    store_ref(c, w, l, &q, wav, wl, rate, secs);
 }
 
 static void h_synthesize(th_http_req *req, void *ud)
@@ -998,25 +1040,68 @@ static json_t *csv_list(const char *s)
     return a;
 }
 
-int th_worker_main(int argc, char **argv)
+/* One option with its value; false when it is unknown or its value is bad. */
+static bool set_option(worker *w, const char *a, const char *v)
 {
-    worker *w = calloc(1, sizeof *w);
-    if (w == NULL) return 1;
-    w->capacity = 4;
-    w->max_refs = 256;
-    w->model_loaded = true;
-    w->heartbeat_default_s = 10.0;
-    th_strlcpy(w->status, "online", sizeof w->status);
-    th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
-    th_strlcpy(w->token_env, "TTSHUB_CLUSTER_TOKEN", sizeof w->token_env);
-    th_buf_init(&w->reply, REPLY_MAX);
-    int rc = 2;
+    int64_t n;
+    if (strcmp(a, "--engine") == 0)
+        th_strlcpy(w->engine, v, sizeof w->engine);
+    else if (strcmp(a, "--gateway") == 0)
+        th_strlcpy(w->gateway, v, sizeof w->gateway);
+    else if (strcmp(a, "--listen") == 0)
+        th_strlcpy(w->listen, v, sizeof w->listen);
+    else if (strcmp(a, "--advertise") == 0)
+        th_strlcpy(w->advertise, v, sizeof w->advertise);
+    else if (strcmp(a, "--engine-url") == 0)
+        th_strlcpy(w->engine_url, v, sizeof w->engine_url);
+    else if (strcmp(a, "--engine-key-env") == 0)
+        th_strlcpy(w->key_env, v, sizeof w->key_env);
+    else if (strcmp(a, "--node-id") == 0)
+        th_strlcpy(w->node_id, v, sizeof w->node_id);
+    else if (strcmp(a, "--token-env") == 0)
+        th_strlcpy(w->token_env, v, sizeof w->token_env);
+    else if (strcmp(a, "--data-dir") == 0)
+        th_strlcpy(w->data_dir, v, sizeof w->data_dir);
+    else if (strcmp(a, "--log-level") == 0)
+        th_strlcpy(w->log_level, v, sizeof w->log_level);
+    else if (strcmp(a, "--ref-dir") == 0)
+        th_strlcpy(w->ref_dir, v, sizeof w->ref_dir);
+    else if (strcmp(a, "--ref-dir-engine") == 0)
+        th_strlcpy(w->ref_dir_engine, v, sizeof w->ref_dir_engine);
+    else if (strcmp(a, "--max-references") == 0 && th_str_to_i64(v, 1, 100000, &n) == 0)
+        w->max_refs = (int)n;
+    else if (strcmp(a, "--engine-type") == 0 && strlen(v) < sizeof w->engine_type && *v &&
+             strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(v))
+        th_strlcpy(w->engine_type, v, sizeof w->engine_type);
+    else if (strcmp(a, "--heartbeat-interval") == 0 &&
+             th_str_to_double(v, 0.1, 3600, &w->heartbeat_default_s) == 0)
+        ;
+    else if (strcmp(a, "--gateway-protocol") == 0 &&
+             (strcmp(v, "auto") == 0 || strcmp(v, "ttshub") == 0 || strcmp(v, "seed2") == 0))
+        w->proto = strcmp(v, "auto") == 0     ? PROTO_AUTO
+                   : strcmp(v, "ttshub") == 0 ? PROTO_TTSHUB
+                                              : PROTO_SEED2;
+    else if (strcmp(a, "--voices") == 0) {
+        json_decref(w->voices);
+        w->voices = csv_list(v);
+    } else if (strcmp(a, "--languages") == 0) {
+        json_decref(w->languages);
+        w->languages = csv_list(v);
+    } else if (strcmp(a, "--capacity") == 0 && th_str_to_i64(v, 1, 10000, &n) == 0)
+        w->capacity = (int)n;
+    else
+        return false;
+    return true;
+}
+
+/* The options into w; -1 to go on, else the exit code. */
+static int parse_options(worker *w, int argc, char **argv)
+{
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
-            rc = 0;
-            goto out;
+            return 0;
         }
         if (strcmp(a, "--no-token") == 0) {
             w->no_token = true;
@@ -1024,95 +1109,54 @@ int th_worker_main(int argc, char **argv)
         }
         if (v == NULL) {
             fprintf(stderr, "ttshub worker: %s needs a value\n", a);
-            goto out;
+            return 2;
         }
         i++;
-        int64_t n;
-        if (strcmp(a, "--engine") == 0)
-            th_strlcpy(w->engine, v, sizeof w->engine);
-        else if (strcmp(a, "--gateway") == 0)
-            th_strlcpy(w->gateway, v, sizeof w->gateway);
-        else if (strcmp(a, "--listen") == 0)
-            th_strlcpy(w->listen, v, sizeof w->listen);
-        else if (strcmp(a, "--advertise") == 0)
-            th_strlcpy(w->advertise, v, sizeof w->advertise);
-        else if (strcmp(a, "--engine-url") == 0)
-            th_strlcpy(w->engine_url, v, sizeof w->engine_url);
-        else if (strcmp(a, "--engine-key-env") == 0)
-            th_strlcpy(w->key_env, v, sizeof w->key_env);
-        else if (strcmp(a, "--node-id") == 0)
-            th_strlcpy(w->node_id, v, sizeof w->node_id);
-        else if (strcmp(a, "--token-env") == 0)
-            th_strlcpy(w->token_env, v, sizeof w->token_env);
-        else if (strcmp(a, "--data-dir") == 0)
-            th_strlcpy(w->data_dir, v, sizeof w->data_dir);
-        else if (strcmp(a, "--log-level") == 0)
-            th_strlcpy(w->log_level, v, sizeof w->log_level);
-        else if (strcmp(a, "--ref-dir") == 0)
-            th_strlcpy(w->ref_dir, v, sizeof w->ref_dir);
-        else if (strcmp(a, "--ref-dir-engine") == 0)
-            th_strlcpy(w->ref_dir_engine, v, sizeof w->ref_dir_engine);
-        else if (strcmp(a, "--max-references") == 0 && th_str_to_i64(v, 1, 100000, &n) == 0)
-            w->max_refs = (int)n;
-        else if (strcmp(a, "--engine-type") == 0 && strlen(v) < sizeof w->engine_type && *v &&
-                 strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(v))
-            th_strlcpy(w->engine_type, v, sizeof w->engine_type);
-        else if (strcmp(a, "--heartbeat-interval") == 0 &&
-                 th_str_to_double(v, 0.1, 3600, &w->heartbeat_default_s) == 0)
-            ;
-        else if (strcmp(a, "--gateway-protocol") == 0 &&
-                 (strcmp(v, "auto") == 0 || strcmp(v, "ttshub") == 0 || strcmp(v, "seed2") == 0))
-            w->proto = strcmp(v, "auto") == 0     ? PROTO_AUTO
-                       : strcmp(v, "ttshub") == 0 ? PROTO_TTSHUB
-                                                  : PROTO_SEED2;
-        else if (strcmp(a, "--voices") == 0) {
-            json_decref(w->voices);
-            w->voices = csv_list(v);
-        } else if (strcmp(a, "--languages") == 0) {
-            json_decref(w->languages);
-            w->languages = csv_list(v);
-        } else if (strcmp(a, "--capacity") == 0 && th_str_to_i64(v, 1, 10000, &n) == 0)
-            w->capacity = (int)n;
-        else {
+        if (!set_option(w, a, v)) {
             fprintf(stderr, "ttshub worker: unknown or bad option %s %s\n", a, v);
             usage(stderr);
-            goto out;
+            return 2;
         }
     }
+    return -1;
+}
+
+/* What is wrong with the options as a whole, or NULL. */
+static const char *check_options(worker *w)
+{
     bool known = false;
     for (size_t i = 0; ENGINES[i]; i++)
         known |= strcmp(ENGINES[i], w->engine) == 0;
-    const char *bad =
-        !known                      ? "--engine must be one of the engine kinds"
-        : !url_arg_ok(w->gateway)   ? "--gateway must be an http:// or https:// URL"
-        : !url_arg_ok(w->advertise) ? "--advertise must be the http(s):// URL the gateway reaches"
-        : w->listen[0] == 0         ? "--listen ADDR is required (e.g. 0.0.0.0:9000)"
-        : strcmp(w->engine, "espeak") != 0 && !url_arg_ok(w->engine_url)
-            ? "--engine-url must be the engine's http(s):// URL"
-        : w->node_id[0] && strspn(w->node_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                              "0123456789_-.") != strlen(w->node_id)
-            ? "--node-id may only hold A-Z a-z 0-9 _ - ."
-        : strspn(w->key_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(w->key_env)
-            ? "--engine-key-env is the NAME of an environment variable"
-        : w->token_env[0] == 0 ||
-                strspn(w->token_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
-                    strlen(w->token_env)
-            ? "--token-env is the NAME of an environment variable"
-        : w->proto == PROTO_SEED2 && !w->no_token
-            ? "--gateway-protocol seed2 needs --no-token: the seed-2 gateway sends no credential to its nodes"
-        : !w->no_token && token(w) == NULL
-            ? "the cluster token is not set: put it in the variable --token-env names (default "
-              "TTSHUB_CLUSTER_TOKEN), or run with --no-token behind a gateway that sends none"
-        : strpbrk(w->data_dir, "\"\\\n") != NULL ? "--data-dir may not hold quotes or backslashes"
-        : strpbrk(w->ref_dir, "\"\\\n") != NULL || strpbrk(w->ref_dir_engine, "\"\\\n") != NULL
-            ? "--ref-dir and --ref-dir-engine may not hold quotes or backslashes"
-        : w->ref_dir_engine[0] && !w->ref_dir[0] ? "--ref-dir-engine needs --ref-dir"
-                                                 : NULL;
-    if (bad) {
-        fprintf(stderr, "ttshub worker: %s\n", bad);
-        usage(stderr);
-        goto out;
-    }
+    return !known                      ? "--engine must be one of the engine kinds"
+           : !url_arg_ok(w->gateway)   ? "--gateway must be an http:// or https:// URL"
+           : !url_arg_ok(w->advertise) ? "--advertise must be the http(s):// URL the gateway reaches"
+           : w->listen[0] == 0         ? "--listen ADDR is required (e.g. 0.0.0.0:9000)"
+           : strcmp(w->engine, "espeak") != 0 && !url_arg_ok(w->engine_url)
+               ? "--engine-url must be the engine's http(s):// URL"
+           : w->node_id[0] && strspn(w->node_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                 "0123456789_-.") != strlen(w->node_id)
+               ? "--node-id may only hold A-Z a-z 0-9 _ - ."
+           : strspn(w->key_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(w->key_env)
+               ? "--engine-key-env is the NAME of an environment variable"
+           : w->token_env[0] == 0 ||
+                   strspn(w->token_env, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+                       strlen(w->token_env)
+               ? "--token-env is the NAME of an environment variable"
+           : w->proto == PROTO_SEED2 && !w->no_token ? "--gateway-protocol seed2 needs --no-token: the "
+                                                       "seed-2 gateway sends no credential to its nodes"
+           : !w->no_token && token(w) == NULL
+               ? "the cluster token is not set: put it in the variable --token-env names (default "
+                 "TTSHUB_CLUSTER_TOKEN), or run with --no-token behind a gateway that sends none"
+           : strpbrk(w->data_dir, "\"\\\n") != NULL ? "--data-dir may not hold quotes or backslashes"
+           : strpbrk(w->ref_dir, "\"\\\n") != NULL || strpbrk(w->ref_dir_engine, "\"\\\n") != NULL
+               ? "--ref-dir and --ref-dir-engine may not hold quotes or backslashes"
+           : w->ref_dir_engine[0] && !w->ref_dir[0] ? "--ref-dir-engine needs --ref-dir"
+                                                    : NULL;
+}
+
+/* The token's hash, URLs without trailing slashes, the advertised host and port. 0, or -1. */
+static int prepare(worker *w)
+{
     if (!w->no_token) th_auth_hash_key(token(w), strlen(token(w)), w->token_hash);
     /* trailing slashes would double in the paths */
     for (size_t n = strlen(w->gateway); n > 0 && w->gateway[n - 1] == '/'; n--)
@@ -1122,12 +1166,16 @@ int th_worker_main(int argc, char **argv)
     if (advertise_host_port(w) != 0) {
         fprintf(stderr, "ttshub worker: --advertise must be http(s)://HOST[:PORT] (no path: a seed-2 gateway "
                         "speaks to host:port)\n");
-        goto out;
+        return -1;
     }
     w->seed2 = w->proto == PROTO_SEED2;
+    return 0;
+}
 
-    /* the node's own hub: one provider, no cache, no limits (the gateway governs) */
-    char yaml[6144];
+/* The node's own hub: one provider, no cache, no limits (the gateway governs). 0, or -1 when it does not
+ * fit in yaml. */
+static int node_config(const worker *w, char *yaml, size_t cap)
+{
     char url_line[600] = "", key_line[100] = "", ref_lines[1100] = "";
     if (strcmp(w->engine, "espeak") != 0)
         snprintf(url_line, sizeof url_line, "    base_url: \"%s\"\n", w->engine_url);
@@ -1137,7 +1185,7 @@ int th_worker_main(int argc, char **argv)
     else if (w->ref_dir[0])
         snprintf(ref_lines, sizeof ref_lines, "    ref_dir: \"%s\"\n", w->ref_dir);
     if (w->key_env[0]) snprintf(key_line, sizeof key_line, "    api_key_env: %s\n", w->key_env);
-    int yl = snprintf(yaml, sizeof yaml,
+    int yl = snprintf(yaml, cap,
                       "data_dir: \"%s\"\n"
                       "providers:\n"
                       "  - name: engine\n"
@@ -1152,7 +1200,32 @@ int th_worker_main(int argc, char **argv)
                       "max_seconds: 600 }\n",
                       w->data_dir, w->engine, url_line, key_line, ref_lines, w->capacity, w->capacity * 4,
                       w->max_refs + 16, w->max_refs + 8);
-    if (yl < 0 || (size_t)yl >= sizeof yaml) goto out;
+    return yl < 0 || (size_t)yl >= cap ? -1 : 0;
+}
+
+int th_worker_main(int argc, char **argv)
+{
+    worker *w = calloc(1, sizeof *w);
+    if (w == NULL) return 1;
+    w->capacity = 4;
+    w->max_refs = 256;
+    w->model_loaded = true;
+    w->heartbeat_default_s = 10.0;
+    th_strlcpy(w->status, "online", sizeof w->status);
+    th_strlcpy(w->data_dir, "./data", sizeof w->data_dir);
+    th_strlcpy(w->token_env, "TTSHUB_CLUSTER_TOKEN", sizeof w->token_env);
+    th_buf_init(&w->reply, REPLY_MAX);
+    int rc = parse_options(w, argc, argv);
+    if (rc >= 0) goto out;
+    rc = 2;
+    const char *bad = check_options(w);
+    if (bad) {
+        fprintf(stderr, "ttshub worker: %s\n", bad);
+        usage(stderr);
+        goto out;
+    }
+    char yaml[6144];
+    if (prepare(w) != 0 || node_config(w, yaml, sizeof yaml) != 0) goto out;
     th_hub_ext ext = {x_routes, x_start, x_stop, x_free, w, x_reload, .node_only = true};
     th_serve_opts o = {.config_text = yaml,
                        .ext = &ext,

@@ -79,6 +79,23 @@ TH_TEST(utf8_count)
     TH_CHECK_INT(th_utf8_prefix("\xe4\xbd\xa0\xe5\xa5\xbd", 6, 1), 3);
 }
 
+TH_TEST(str_append_cut)
+{
+    char b[8] = "";
+    size_t n = 0;
+    th_str_append_cut(b, sizeof b, &n, "abc", 3);
+    TH_CHECK_INT(n, 3);
+    TH_CHECK_STR(b, "abc");
+    th_str_append_cut(b, sizeof b, &n, "defghij", 7); /* 4 more fit, then the NUL */
+    TH_CHECK_INT(n, 7);
+    TH_CHECK_STR(b, "abcdefg");
+    th_str_append_cut(b, sizeof b, &n, "x", 1); /* full: dropped */
+    TH_CHECK_INT(n, 7);
+    TH_CHECK_STR(b, "abcdefg");
+    th_str_append_cut(b, 0, &n, "x", 1); /* no room at all */
+    TH_CHECK_INT(n, 7);
+}
+
 TH_TEST(glob_and_uuid)
 {
     TH_CHECK(th_glob_match("*", "anything"));

@@ -57,15 +57,17 @@ struct rd_cmd {
     uint64_t sent_us;  /* th_mono_us when sent: the latency histogram */
     uint64_t deadline; /* loop time */
     rd_cmd *prev, *next;
-    int held;       /* hiredis callbacks still to come for this record */
-    bool done;      /* the caller has its answer (or the record is internal) */
-    bool queued;    /* in r's pending list */
-    bool internal;  /* AUTH/SELECT of the handshake */
-    bool optional;  /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
-    bool fell_back; /* EVAL was sent after NOSCRIPT */
-    int eval_argc;  /* > 0: an EVAL copy for the NOSCRIPT fallback */
-    const char **eval_argv;
-    size_t *eval_argvlen;
+    int held;           /* hiredis callbacks still to come for this record */
+    bool done;          /* the caller has its answer (or the record is internal) */
+    bool queued;        /* in r's pending list */
+    bool internal;      /* AUTH/SELECT of the handshake */
+    bool optional;      /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
+    bool fell_back;     /* EVAL was sent after NOSCRIPT */
+    int eval_n;         /* > 0: an EVAL(SHA)'s number of arguments, command name included */
+    const char *script; /* the script text (the pool's copy, or in this block) */
+    size_t slen;
+    const char *tail; /* RESP of nkeys and the arguments, kept for the NOSCRIPT fallback (in this block) */
+    size_t tail_len;
     char sha[41];
 };
 
@@ -119,6 +121,7 @@ struct rd_conn {
 };
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static int rd_send_eval(redisAsyncContext *ac, rd_cmd *c);
 static void on_reconnect_timer(uv_timer_t *t);
 static bool rd_usable(const rd_conn *r);
 
@@ -536,10 +539,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rd_cmd_release(c);
         return;
     }
-    if (rep->type == REDIS_REPLY_ERROR && c->eval_argc > 0 && !c->fell_back && rep->len >= 8 &&
+    if (rep->type == REDIS_REPLY_ERROR && c->eval_n > 0 && !c->fell_back && rep->len >= 8 &&
         memcmp(rep->str, "NOSCRIPT", 8) == 0 && ac == r->ac) {
         c->fell_back = true;
-        if (redisAsyncCommandArgv(ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) == REDIS_OK) {
+        if (rd_send_eval(ac, c) == REDIS_OK) {
             c->held++;
             return;
         }
@@ -935,6 +938,91 @@ static const rd_script *rd_script_get(th_redis *p, const char *script, size_t sl
     return s;
 }
 
+/* ---- EVAL / EVALSHA in RESP, formatted here ---------------------------------------------------------
+ * An EVALSHA is "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n" followed by the tail: nkeys and the arguments as
+ * bulk strings. The tail is written once, into the command's record, right after room for the head, so
+ * head and tail go to hiredis as one formatted command (hiredis only copies it into its output buffer);
+ * the NOSCRIPT fallback sends "EVAL <script>" with the same tail. */
+
+#define RD_HEAD_ROOM 96 /* "*N\r\n" + EVALSHA + "$40\r\n<sha>\r\n" */
+
+/* Decimal digits of v into out (no NUL); returns the count. */
+static size_t rd_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static size_t rd_dec_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* "$<n>\r\n<bytes>\r\n" at p; returns the end. */
+static char *rd_bulk(char *p, const char *s, size_t n)
+{
+    *p++ = '$';
+    p += rd_dec(p, n);
+    *p++ = '\r';
+    *p++ = '\n';
+    if (n > 0) memcpy(p, s, n);
+    p += n;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* "*<n>\r\n" at p; returns the end. */
+static char *rd_count_hdr(char *p, size_t n)
+{
+    *p++ = '*';
+    p += rd_dec(p, n);
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* EVAL <script> and the kept tail (the first send on a connection, and the NOSCRIPT fallback). */
+static int rd_send_eval(redisAsyncContext *ac, rd_cmd *c)
+{
+    size_t len = 24 + 10 + 32 + c->slen + c->tail_len;
+    char *buf = malloc(len);
+    if (buf == NULL) return REDIS_ERR;
+    char *p = rd_count_hdr(buf, (size_t)c->eval_n);
+    p = rd_bulk(p, "EVAL", 4);
+    p = rd_bulk(p, c->script, c->slen);
+    memcpy(p, c->tail, c->tail_len);
+    p += c->tail_len;
+    int rc = redisAsyncFormattedCommand(ac, on_reply, c, buf, (size_t)(p - buf));
+    free(buf);
+    return rc;
+}
+
+/* EVALSHA <sha> and the tail, from the record's head room. */
+static int rd_send_evalsha(redisAsyncContext *ac, rd_cmd *c)
+{
+    char head[RD_HEAD_ROOM];
+    char *p = rd_count_hdr(head, (size_t)c->eval_n);
+    p = rd_bulk(p, "EVALSHA", 7);
+    p = rd_bulk(p, c->sha, 40);
+    size_t hlen = (size_t)(p - head);
+    char *start = (char *)c->tail - hlen;
+    memcpy(start, head, hlen);
+    return redisAsyncFormattedCommand(ac, on_reply, c, start, hlen + c->tail_len);
+}
+
 static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
                         const char **argv, const size_t *argvlen)
 {
@@ -947,84 +1035,53 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
         cb(ud, TH_REDIS_ERROR, &e);
         return 0;
     }
-    /* One block: argv pointers, lengths, then the bytes of script, nkeys and args (NUL-terminated). */
-    char nk[16];
-    int nklen = snprintf(nk, sizeof nk, "%d", nkeys);
-    size_t n = (size_t)argc + 3;
     size_t slen = strlen(script);
     /* A script the pool has seen before is not copied nor hashed again: its copy and SHA live in the pool
      * (hashing a 3 KB script per request cost more than the rest of the call). */
     const rd_script *known = rd_script_get(r->pool, script, slen);
-    size_t bytes = (known ? 0 : slen + 1) + (size_t)nklen + 1;
-    for (int i = 0; i < argc; i++)
-        bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
-    /* the record and the copy of the arguments (kept for the NOSCRIPT fallback) in one block */
-    size_t head =
-        (sizeof(rd_cmd) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t);
-    char *mem = malloc(head + n * sizeof(char *) + n * sizeof(size_t) + bytes);
-    if (mem == NULL) return -1;
-    rd_cmd *c = (rd_cmd *)(void *)mem;
-    *c = (rd_cmd){.r = r, .cb = cb, .ud = ud};
-    char *blk = mem + head;
-    c->eval_argv = (const char **)(void *)blk;
-    c->eval_argvlen = (size_t *)(void *)(blk + n * sizeof(char *));
-    char *p = blk + n * sizeof(char *) + n * sizeof(size_t);
-    c->eval_argc = (int)n;
-    c->eval_argv[0] = "EVAL";
-    c->eval_argvlen[0] = 4;
-    if (known != NULL) {
-        c->eval_argv[1] = known->text;
-    } else {
-        memcpy(p, script, slen + 1);
-        c->eval_argv[1] = p;
-        p += slen + 1;
-    }
-    c->eval_argvlen[1] = slen;
-    memcpy(p, nk, (size_t)nklen + 1);
-    c->eval_argv[2] = p;
-    c->eval_argvlen[2] = (size_t)nklen;
-    p += nklen + 1;
+    char nk[24];
+    size_t nklen = rd_dec(nk, (uint64_t)nkeys);
+    size_t tail = 1 + rd_dec_len(nklen) + 2 + nklen + 2;
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
-        if (len > 0) memcpy(p, argv[i], len);
-        p[len] = '\0';
-        c->eval_argv[3 + i] = p;
-        c->eval_argvlen[3 + i] = len;
-        p += len + 1;
+        tail += 1 + rd_dec_len(len) + 2 + len + 2;
     }
-    if (known != NULL)
+    /* one block: the record, the head room, the tail, then the script when the pool has no copy */
+    size_t head =
+        (sizeof(rd_cmd) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t);
+    char *mem = malloc(head + RD_HEAD_ROOM + tail + (known ? 0 : slen + 1));
+    if (mem == NULL) return -1;
+    rd_cmd *c = (rd_cmd *)(void *)mem;
+    *c = (rd_cmd){.r = r, .cb = cb, .ud = ud, .eval_n = argc + 3, .slen = slen, .tail_len = tail};
+    char *t = mem + head + RD_HEAD_ROOM;
+    c->tail = t;
+    char *p = rd_bulk(t, nk, nklen);
+    for (int i = 0; i < argc; i++)
+        p = rd_bulk(p, argv[i], argvlen ? argvlen[i] : strlen(argv[i]));
+    if (known != NULL) {
+        c->script = known->text;
         memcpy(c->sha, known->sha, sizeof c->sha);
-    else
+    } else {
+        memcpy(p, script, slen + 1);
+        c->script = p;
         sha1_hex(script, slen, c->sha);
+    }
     /* The first time on a connection the script goes with EVAL, which loads it; later calls use EVALSHA.
      * Commands stay in order that way (a NOSCRIPT fallback would run after what was sent meanwhile); the
      * fallback remains for a server whose scripts were flushed. */
     bool loaded = false;
     for (int i = 0; i < r->nloaded && !loaded; i++)
         loaded = memcmp(r->loaded[i], c->sha, 41) == 0;
+    int rc;
     if (!loaded) {
-        if (redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) !=
-            REDIS_OK) {
-            rd_cmd_free(c);
-            cb(ud, TH_REDIS_DOWN, NULL);
-            return 0;
+        rc = rd_send_eval(r->ac, c);
+        if (rc == REDIS_OK) {
+            c->fell_back = true;
+            if (r->nloaded < RD_SCRIPTS_MAX) memcpy(r->loaded[r->nloaded++], c->sha, 41);
         }
-        c->fell_back = true;
-        if (r->nloaded < RD_SCRIPTS_MAX) memcpy(r->loaded[r->nloaded++], c->sha, 41);
-        rd_enqueue(r, c);
-        return 0;
+    } else {
+        rc = rd_send_evalsha(r->ac, c);
     }
-    /* EVALSHA: swap the first two arguments for the send (hiredis formats a copy at once). */
-    c->eval_argv[0] = "EVALSHA";
-    c->eval_argvlen[0] = 7;
-    const char *script_copy = c->eval_argv[1];
-    c->eval_argv[1] = c->sha;
-    c->eval_argvlen[1] = 40;
-    int rc = redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen);
-    c->eval_argv[0] = "EVAL";
-    c->eval_argvlen[0] = 4;
-    c->eval_argv[1] = script_copy;
-    c->eval_argvlen[1] = slen;
     if (rc != REDIS_OK) {
         rd_cmd_free(c);
         cb(ud, TH_REDIS_DOWN, NULL);

@@ -946,20 +946,6 @@ static const rd_script *rd_script_get(th_redis *p, const char *script, size_t sl
 
 #define RD_HEAD_ROOM 96 /* "*N\r\n" + EVALSHA + "$40\r\n<sha>\r\n" */
 
-/* Decimal digits of v into out (no NUL); returns the count. */
-static size_t rd_dec(char *out, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    return n;
-}
-
 static size_t rd_dec_len(uint64_t v)
 {
     size_t n = 1;
@@ -974,7 +960,7 @@ static size_t rd_dec_len(uint64_t v)
 static char *rd_bulk(char *p, const char *s, size_t n)
 {
     *p++ = '$';
-    p += rd_dec(p, n);
+    p += th_u64_dec(p, n);
     *p++ = '\r';
     *p++ = '\n';
     if (n > 0) memcpy(p, s, n);
@@ -988,7 +974,7 @@ static char *rd_bulk(char *p, const char *s, size_t n)
 static char *rd_count_hdr(char *p, size_t n)
 {
     *p++ = '*';
-    p += rd_dec(p, n);
+    p += th_u64_dec(p, n);
     *p++ = '\r';
     *p++ = '\n';
     return p;
@@ -1040,7 +1026,7 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
      * (hashing a 3 KB script per request cost more than the rest of the call). */
     const rd_script *known = rd_script_get(r->pool, script, slen);
     char nk[24];
-    size_t nklen = rd_dec(nk, (uint64_t)nkeys);
+    size_t nklen = th_u64_dec(nk, (uint64_t)nkeys);
     size_t tail = 1 + rd_dec_len(nklen) + 2 + nklen + 2;
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);

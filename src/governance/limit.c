@@ -884,7 +884,10 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
     p->a.ip = p->strs;
     p->a.tenant = p->strs + ipn + 1;
     p->a.key_id = p->strs + ipn + tn + 2;
-    snprintf(p->member, sizeof p->member, "%s:%llu", l->hub_id, (unsigned long long)++l->seq);
+    /* "<hub id>:<sequence>" (16 + 1 + at most 20 bytes of the 48) */
+    size_t hl = th_strlcpy(p->member, l->hub_id, sizeof l->hub_id);
+    p->member[hl] = ':';
+    th_u64_dec(p->member + hl + 1, (uint64_t)++l->seq);
 
     const lim_args *q = &p->a;
     bool has_tenant = q->tenant[0] != '\0';

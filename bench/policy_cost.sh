@@ -81,16 +81,38 @@ for _ in $(seq 1 "$ROUNDS"); do
       '{ q = $6 > 0 ? $6 : 1; printf "cpu1-%s %.2f %.2f\n", $1, r / hz * 1e6 / q, n / hz * 1e6 / q }' >>"$WORK/results"
   done
 done
+# what the redis hub itself sent during the wrk runs (commands inside scripts not counted), and its round trips
+# before the first byte
+hubm=$(curl -s "http://127.0.0.1:${HPORT[redis]}/metrics")
+hcmds=$(echo "$hubm" | awk '/^ttshub_redis_commands_total/ {t+=$2} END {print t+0}')
+rtsum=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_sum\{when="before_first_byte"\}/ {print $2}')
+rtcnt=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_count\{when="before_first_byte"\}/ {print $2}')
+# Equal load: the closed-loop runs above compare hubs at different rates (each runs as fast as its slowest
+# CPU lets it), and a hub's CPU per request falls as its rate rises (more requests share each loop turn). Here
+# bench/loadgen (open loop) sends the same fixed rate to the three hubs at once (interleaved schedules), 40 % of
+# the redis hub's median RPS above unless EQ_RATE says otherwise, so the hubs' CPU per request and p99 are
+# compared at one operating point. EQ_RATE=0 skips it.
+LOADGEN=${LOADGEN:-$(dirname "$BIN")/loadgen}
+EQ_RATE=${EQ_RATE:-$(awk -v r="$(med 2 redis)" 'BEGIN {printf "%d", r * 0.4}')}
+if [ "$EQ_RATE" -gt 0 ] && [ -x "$LOADGEN" ]; then
+  for _ in $(seq 1 "$ROUNDS"); do
+    declare -A T0; for h in none local redis; do T0[$h]=$(cpu_ticks "${HUB_PID[$h]}"); done
+    out=$(LOADGEN_AUTH="Bearer $KEY" taskset -c 1 "$LOADGEN" 127.0.0.1 "$EQ_RATE" 16 "$DUR" \
+      "${HPORT[none]}/api/generate" "${HPORT[local]}/api/generate" "${HPORT[redis]}/api/generate")
+    for h in none local redis; do
+      t1=$(cpu_ticks "${HUB_PID[$h]}")
+      awk -v p="target=${HPORT[$h]}/api/generate" -v h="$h" -v d=$((t1 - T0[$h])) -v hz="$(clk_tck)" '$1 == p {
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        n = v["ok"] + v["bad"]; printf "eq-%s %.2f %s %d\n", h, (n > 0 ? d / hz * 1e6 / n : 0), v["p99_ms"], v["bad"] }' \
+        <<<"$out" >>"$WORK/results"
+    done
+  done
+fi
 rkeys1=$(redis-cli -p "$rport" dbsize)
 declare -A HWM
 for h in none local redis; do HWM[$h]=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${HUB_PID[$h]}/status"); done
 rclients=$(redis-cli -p "$rport" info clients | awk -F: '/^connected_clients/ {print $2}' | tr -d '\r')
 rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r')
-# what the redis hub itself sent (commands inside scripts not counted), and its round trips before the first byte
-hubm=$(curl -s "http://127.0.0.1:${HPORT[redis]}/metrics")
-hcmds=$(echo "$hubm" | awk '/^ttshub_redis_commands_total/ {t+=$2} END {print t+0}')
-rtsum=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_sum\{when="before_first_byte"\}/ {print $2}')
-rtcnt=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_count\{when="before_first_byte"\}/ {print $2}')
 
 {
   echo "Policy chain cost: POST /api/generate, every request a cache miss, wrk -t1 c$CONNS, ${DUR}s x $ROUNDS rounds, medians"
@@ -106,6 +128,14 @@ rtcnt=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_count\{when="before_first
       "$(sum_col 5 $h)" "${HWM[$h]}" "$(med 2 cpu1-$h)" "$(med 3 cpu1-$h)"
   done
   echo "   (redis and upstream: CPU of redis-server and of the upstream nginx worker per request, both on CPU 1 with wrk)"
+  if [ "$EQ_RATE" -gt 0 ] && [ -x "$LOADGEN" ]; then
+    echo "equal load: loadgen (open loop) at $EQ_RATE req/s to each hub at once, 16 connections each, ${DUR}s x $ROUNDS, medians"
+    for h in none local redis; do
+      printf "   %-8s CPU %7.2f us/req   p99 %8.3f ms   non2xx %d\n" "$h" "$(med 2 eq-$h)" "$(med 3 eq-$h)" "$(sum_col 4 eq-$h)"
+    done
+    awk -v l="$(med 2 eq-local)" -v r="$(med 2 eq-redis)" -v lp="$(med 3 eq-local)" -v rp="$(med 3 eq-redis)" 'BEGIN {
+      printf "   redis vs local at equal load: CPU/req %.2fx (%+.1f us), p99 %.2fx\n", r / l, r - l, rp / lp }'
+  fi
   awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" 'BEGIN {
     printf "redis hub: %.2f Redis commands sent per request; %.2f blocking round trips before the first byte\n",
       (req > 0 ? c / req : 0), (n > 0 ? s / n : 0) }'

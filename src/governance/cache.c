@@ -680,7 +680,7 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
         goto out;
     }
     th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
-    if (th_redis_cmd_lane_resp(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
+    if (th_redis_cmd_lane_resp_quiet(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
     if (b.cap > (256u << 10)) th_buf_free(&b); /* a large entry's buffer is not kept */

@@ -363,8 +363,8 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
             lens[n] = strlen(qargs[i]);
         }
     observe(p, "after", 1);
-    if (th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_finish, p->log, p->finish_lua, nkeys, n, argv,
-                           lens) != 0)
+    if (th_redis_eval_lane_quiet(p->redis, TH_REDIS_LANE_POLICY, on_finish, p->log, p->finish_lua, nkeys, n,
+                                 argv, lens) != 0)
         TH_LOG(p->log, TH_LOG_ERROR, "policy: out of memory settling a request");
     for (int i = 0; i < nh; i++)
         free((char *)keys[i]);

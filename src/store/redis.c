@@ -44,6 +44,7 @@
 #define RD_SPILL 64            /* in flight on a connection before the next one of its lane is used */
 #define RD_CONNS_MAX 9         /* policy lane (up to 8) + bulk lane */
 #define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
+#define RD_LAZY_MS 20 /* a parked connection reads its quiet replies after this (at most timeout / 4) */
 
 typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
 
@@ -63,6 +64,7 @@ struct rd_cmd {
     bool internal;      /* AUTH/SELECT of the handshake */
     bool optional;      /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
     bool fell_back;     /* EVAL was sent after NOSCRIPT */
+    bool quiet;         /* nothing waits for the answer (see th_redis_eval_lane_quiet) */
     int eval_n;         /* > 0: an EVAL(SHA)'s number of arguments, command name included */
     const char *script; /* the script text (the pool's copy, or in this block) */
     size_t slen;
@@ -114,6 +116,12 @@ struct rd_conn {
     uv_check_t flush;      /* writes what the loop turn queued, once, after its I/O callbacks */
     uv_idle_t nudge;       /* while a flush is armed: the loop does not block before it runs */
     bool flush_armed, in_flush;
+    /* Parked: only quiet commands are in flight, so the socket's read interest is off and their replies
+     * wait in the socket until the next awaited command (or lazy_timer) turns it on again. */
+    uint64_t awaited; /* queued commands that are not quiet */
+    bool read_wanted; /* hiredis asked for read interest on the current context */
+    bool parked;
+    uv_timer_t lazy_timer; /* while parked: reads the quiet replies after at most RD_LAZY_MS */
     rd_cmd *head, *tail;
     char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
     int nloaded;
@@ -277,6 +285,7 @@ static void rd_unqueue(rd_conn *r, rd_cmd *c)
     TH_DL_UNLINK_T(r->head, r->tail, c, prev, next);
     c->queued = false;
     if (r->stats.inflight > 0) r->stats.inflight--;
+    if (!c->quiet && r->awaited > 0) r->awaited--;
 }
 
 static void rd_cmd_free(rd_cmd *c)
@@ -471,7 +480,7 @@ static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
 {
     rd_conn *r = c->r;
     rd_unqueue(r, c);
-    rd_observe(r, c->sent_us);
+    rd_observe(r, c->sent_us); /* a quiet command's includes the time its reply waited in the socket */
     c->done = true;
     th_redis_cb cb = c->cb;
     void *ud = c->ud;
@@ -584,16 +593,60 @@ static void rd_poll_set(redisLibuvEvents *p, int events)
         uv_poll_stop(&p->handle);
 }
 
+/* The read interest of the current context: hiredis' wish, unless the connection is parked. */
+static void rd_apply_read(rd_conn *r)
+{
+    if (r->ac == NULL || r->ac->ev.data == NULL) return;
+    redisLibuvEvents *p = r->ac->ev.data;
+    int rd = r->read_wanted && !r->parked ? UV_READABLE : 0;
+    rd_poll_set(p, (p->events & ~UV_READABLE) | rd);
+}
+
 static void rd_add_read(void *priv)
 {
     redisLibuvEvents *p = priv;
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac) {
+        r->read_wanted = true;
+        rd_apply_read(r);
+        return;
+    }
     rd_poll_set(p, p->events | UV_READABLE);
 }
 
 static void rd_del_read(void *priv)
 {
     redisLibuvEvents *p = priv;
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac) r->read_wanted = false;
     rd_poll_set(p, p->events & ~UV_READABLE);
+}
+
+static void rd_unpark(rd_conn *r)
+{
+    if (!r->parked) return;
+    r->parked = false;
+    uv_timer_stop(&r->lazy_timer);
+    rd_apply_read(r);
+}
+
+static void on_lazy_timer(uv_timer_t *t)
+{
+    rd_unpark(t->data);
+}
+
+/* After a write: with only quiet commands in flight nothing waits for a reply, so the loop is not woken
+ * for them (a wake-up and a read per request at low rates); the next awaited command, or lazy_timer,
+ * turns reading on again and the replies are read together. */
+static void rd_maybe_park(rd_conn *r)
+{
+    if (r->parked || r->st != RS_READY || r->ac == NULL || r->awaited > 0 || r->stats.inflight == 0) return;
+    r->parked = true;
+    rd_apply_read(r);
+    uint64_t lazy = r->timeout_ms / 4 < RD_LAZY_MS ? r->timeout_ms / 4 : RD_LAZY_MS;
+    uv_timer_start(&r->lazy_timer, on_lazy_timer, lazy > 0 ? lazy : 1, 0);
 }
 
 /* Pipelining without a poll per batch: on a connected context, a command queued by hiredis arms the flush
@@ -644,6 +697,7 @@ static void on_flush(uv_check_t *h)
         redisAsyncHandleWrite(
             r->ac); /* calls rd_add_write (in_flush: real interest) when it could not finish */
     r->in_flush = false;
+    if (r->ac != NULL) rd_maybe_park(r);
 }
 
 static void on_nudge(uv_idle_t *h)
@@ -710,6 +764,9 @@ static void rd_connect(rd_conn *r)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
     r->nloaded = 0; /* a new connection may reach a new (or flushed) server */
+    r->read_wanted = false;
+    r->parked = false;
+    uv_timer_stop(&r->lazy_timer);
     r->st = RS_CONNECTING;
     r->stall_since = 0;
     /* the text stays "connecting" before the first attempt ends, and "down: <why>" while retrying */
@@ -793,6 +850,7 @@ static void on_drop_timer(uv_timer_t *t)
         uv_close((uv_handle_t *)&r->drop_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->flush, on_handle_closed);
         uv_close((uv_handle_t *)&r->nudge, on_handle_closed);
+        uv_close((uv_handle_t *)&r->lazy_timer, on_handle_closed);
     }
 }
 
@@ -821,7 +879,9 @@ static rd_conn *rd_conn_new(th_redis *pool, int lane, uint32_t max_inflight, uv_
     uv_check_init(loop, &r->flush);
     uv_idle_init(loop, &r->nudge);
     r->flush.data = r->nudge.data = r;
-    r->open_handles = 5;
+    uv_timer_init(loop, &r->lazy_timer);
+    r->lazy_timer.data = r;
+    r->open_handles = 6;
     rd_set_text(r, "connecting");
     rd_connect(r);
     return r;
@@ -854,6 +914,10 @@ static void rd_enqueue(rd_conn *r, rd_cmd *c)
     c->queued = true;
     r->stats.inflight++;
     r->stats.commands++;
+    if (!c->quiet) {
+        r->awaited++;
+        rd_unpark(r);
+    }
     c->prev = r->tail;
     c->next = NULL;
     if (r->tail)
@@ -889,7 +953,7 @@ static int rd_conn_cmd(rd_conn *r, th_redis_cb cb, void *ud, int argc, const cha
 }
 
 /* A command already in RESP form (argc, then each argument as a bulk string). */
-static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len)
+static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len, bool quiet)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -902,6 +966,7 @@ static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *re
         cb(ud, TH_REDIS_DOWN, NULL);
         return 0;
     }
+    c->quiet = quiet;
     rd_enqueue(r, c);
     return 0;
 }
@@ -1010,7 +1075,7 @@ static int rd_send_evalsha(redisAsyncContext *ac, rd_cmd *c)
 }
 
 static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
-                        const char **argv, const size_t *argvlen)
+                        const char **argv, const size_t *argvlen, bool quiet)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -1038,7 +1103,8 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
     char *mem = malloc(head + RD_HEAD_ROOM + tail + (known ? 0 : slen + 1));
     if (mem == NULL) return -1;
     rd_cmd *c = (rd_cmd *)(void *)mem;
-    *c = (rd_cmd){.r = r, .cb = cb, .ud = ud, .eval_n = argc + 3, .slen = slen, .tail_len = tail};
+    *c = (rd_cmd){
+        .r = r, .cb = cb, .ud = ud, .eval_n = argc + 3, .slen = slen, .tail_len = tail, .quiet = quiet};
     char *t = mem + head + RD_HEAD_ROOM;
     c->tail = t;
     char *p = rd_bulk(t, nk, nklen);
@@ -1191,7 +1257,20 @@ int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_cmd_resp(c, cb, ud, resp, len);
+    return rd_conn_cmd_resp(c, cb, ud, resp, len, false);
+}
+
+int th_redis_cmd_lane_resp_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                                 size_t len)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd_resp(c, cb, ud, resp, len, true);
 }
 
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
@@ -1204,7 +1283,20 @@ int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, false);
+}
+
+int th_redis_eval_lane_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
+                             int nkeys, int argc, const char **argv, const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, true);
 }
 
 /* The first policy connection, so that commands sent through th_redis_cmd / th_redis_eval stay in order
@@ -1244,7 +1336,7 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, false);
 }
 
 /* Connected when the first policy connection is: it carries th_redis_cmd / th_redis_eval, and the lanes

@@ -10,7 +10,8 @@
  * no two inputs are the same.
  *
  * usage: loadgen HOST RATE CONNS SECONDS PORT/PATH[@RATE] [PORT/PATH[@RATE] ...]
- *        (RATE and CONNS per target; a target's own @RATE overrides the common one)
+ *        (RATE and CONNS per target; a target's own @RATE overrides the common one); LOADGEN_AUTH in the
+ *        environment adds an Authorization header with that value
  * prints, per target: target=PORT/PATH late_p50_ms=.. late_p99_ms=.. due_p50_ms=.. due_p99_ms=.. sent=N
  *         ok=N bad=N rate=R p50_ms=.. p90_ms=.. p99_ms=.. max_ms=.. */
 #include <arpa/inet.h>
@@ -112,13 +113,17 @@ static int connect_to(const char *host, int port)
 static int send_req(lg *g, target *tg, lconn *c, uint64_t due)
 {
     char body[256], req[1024];
+    /* LOADGEN_AUTH: an Authorization header value (e.g. "Bearer KEY"), for hubs with auth on */
+    const char *auth = getenv("LOADGEN_AUTH");
+    bool has_auth = auth != NULL && auth[0] != '\0' && strlen(auth) < 256 && strpbrk(auth, "\r\n") == NULL;
     int bl = snprintf(body, sizeof body,
                       "input=Hello+from+the+ttshub+benchmark.+%lu-%lu&voice=alloy&response_format=mp3",
                       g->seed, ++g->seq);
     int rl = snprintf(req, sizeof req,
                       "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                      "Content-Length: %d\r\n\r\n%s",
-                      tg->path, tg->host, bl, body);
+                      "%s%s%sContent-Length: %d\r\n\r\n%s",
+                      tg->path, tg->host, has_auth ? "Authorization: " : "", has_auth ? auth : "",
+                      has_auth ? "\r\n" : "", bl, body);
     if (rl <= 0 || (size_t)rl >= sizeof req) return -1;
     if (send(c->fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) return -1;
     c->busy = true;

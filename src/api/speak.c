@@ -84,9 +84,6 @@ static void finish(th_api_ctx *c, int status, bool ok, bool cut)
 {
     th_http_req *req = c->req;
     held h = take_held(c);
-    /* a miss stores its audio: that SET and the settle leave together right after the response, not at the
-     * end of the loop turn, so another hub asked the same thing next finds the entry */
-    th_redis *flush = h.policy != NULL && c->flight != NULL && ok ? c->hub->redis : NULL;
     settle(c, ok);
     if (c->flight) {
         if (ok)
@@ -107,7 +104,6 @@ static void finish(th_api_ctx *c, int status, bool ok, bool cut)
     th_http_set_data(req, NULL);
     th_http_end(req, cut);
     settle_after(&h, ok);
-    if (flush != NULL) th_redis_flush(flush);
 }
 
 /* An error before any byte went out, in the caller's shape. */

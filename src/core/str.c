@@ -260,3 +260,24 @@ void th_hex(const uint8_t *in, size_t n, char *out)
     }
     out[2 * n] = 0;
 }
+
+size_t th_u64_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}
+
+size_t th_i64_dec(char *out, int64_t v)
+{
+    if (v >= 0) return th_u64_dec(out, (uint64_t)v);
+    out[0] = '-';
+    return 1 + th_u64_dec(out + 1, (uint64_t)0 - (uint64_t)v);
+}

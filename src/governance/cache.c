@@ -658,23 +658,29 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
     char *rk = redis_key(c, key);
     if (rk == NULL) return;
     size_t klen = strlen(rk);
-    char px[24];
-    int pn = snprintf(px, sizeof px, "%llu", (unsigned long long)c->ttl_ms);
+    /* the numbers by hand: snprintf was a visible part of the per-request cost */
+    char px[24], pxn[24], kn[24], vn[24];
+    size_t pl = th_u64_dec(px, c->ttl_ms), pnl = th_u64_dec(pxn, pl);
+    size_t knl = th_u64_dec(kn, klen), vnl = th_u64_dec(vn, vlen);
     th_buf b = c->resp;
     th_buf_reset(&b);
     uint8_t hdr[2] = {(uint8_t)nct, (uint8_t)npr};
     if (th_buf_reserve(&b, vlen + klen + 128) != TH_BUF_OK ||
-        th_buf_appendf(&b, "*5\r\n$3\r\nSET\r\n$%zu\r\n", klen) != TH_BUF_OK ||
-        th_buf_append(&b, rk, klen) != TH_BUF_OK || th_buf_appendf(&b, "\r\n$%zu\r\n", vlen) != TH_BUF_OK ||
+        th_buf_append_str(&b, "*5\r\n$3\r\nSET\r\n$") != TH_BUF_OK ||
+        th_buf_append(&b, kn, knl) != TH_BUF_OK || th_buf_append(&b, "\r\n", 2) != TH_BUF_OK ||
+        th_buf_append(&b, rk, klen) != TH_BUF_OK || th_buf_append(&b, "\r\n$", 3) != TH_BUF_OK ||
+        th_buf_append(&b, vn, vnl) != TH_BUF_OK || th_buf_append(&b, "\r\n", 2) != TH_BUF_OK ||
         th_buf_append(&b, VALUE_MAGIC, 4) != TH_BUF_OK || th_buf_append(&b, &hdr[0], 1) != TH_BUF_OK ||
         th_buf_append(&b, ct ? ct : "", nct) != TH_BUF_OK || th_buf_append(&b, &hdr[1], 1) != TH_BUF_OK ||
         th_buf_append(&b, prov ? prov : "", npr) != TH_BUF_OK || th_buf_append(&b, data, len) != TH_BUF_OK ||
-        th_buf_appendf(&b, "\r\n$2\r\nPX\r\n$%d\r\n%s\r\n", pn, px) != TH_BUF_OK) {
+        th_buf_append_str(&b, "\r\n$2\r\nPX\r\n$") != TH_BUF_OK || th_buf_append(&b, pxn, pnl) != TH_BUF_OK ||
+        th_buf_append(&b, "\r\n", 2) != TH_BUF_OK || th_buf_append(&b, px, pl) != TH_BUF_OK ||
+        th_buf_append(&b, "\r\n", 2) != TH_BUF_OK) {
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
         goto out;
     }
     th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
-    if (th_redis_cmd_lane_resp(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
+    if (th_redis_cmd_lane_resp_quiet(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
     if (b.cap > (256u << 10)) th_buf_free(&b); /* a large entry's buffer is not kept */

@@ -68,10 +68,14 @@ static const char *const REASON_BACKEND = "backend_unavailable";
 /* KEYS: 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
  *       6 global concurrency holders, 7 tenant concurrency holders.
  * ARGV: 1 now_ms, 2 member, 3 global_rpm, 4 ip_rpm, 5 tenant_rpm, 6 key_rpm, 7 concurrency,
- *       8 tenant_concurrency, 9 rate, 10 burst, 11 slot_ttl_ms. A limit of 0 is not checked and its key
- *       is not touched.
+ *       8 tenant_concurrency, 9 rate, 10 burst, 11 slot_ttl_ms, 12 now_ms - 60000, 13 now_ms + slot_ttl_ms.
+ *       A limit of 0 is not checked and its key is not touched.
  * Returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the first limit
- * that said no; allowed -> the rate limit closest to refusing (0 when none applies). */
+ * that said no; allowed -> the rate limit closest to refusing (0 when none applies).
+ * Cost (Redis runs every hub's checks one after another, so each call counts): the times go to Redis as the
+ * strings the hub sent (ARGV 1, 12, 13) rather than as Lua numbers that Redis would format again, and a
+ * window's oldest hit (ZRANGE) is read only for the window that refuses or that ends up closest to refusing.
+ * The answers are those of the version that read every window's oldest hit. */
 static const char CHECK_LUA[] =
     "local now = tonumber(ARGV[1])\n"
     "local member = ARGV[2]\n"
@@ -81,10 +85,15 @@ static const char CHECK_LUA[] =
     "local lim = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), 0,\n"
     "             tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}\n"
     "if rate > 0 then lim[4] = burst end\n"
-    "local best, bl, brem, breset = 0, 0, 0, 0\n"
+    "local best, bl, brem, breset, bn = 0, 0, 0, 0, -1\n"
     "local tokens, bts = 0, now\n"
-    "local function note(i, l, rem, reset)\n"
-    "  if best == 0 or rem < brem then best, bl, brem, breset = i, l, rem, reset end\n"
+    "local function note(i, l, rem, reset, n)\n"
+    "  if best == 0 or rem < brem then best, bl, brem, breset, bn = i, l, rem, reset, n end\n"
+    "end\n"
+    "local function oldest(k, n)\n"
+    "  if n == 0 then return W end\n"
+    "  local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
+    "  return tonumber(o[2]) + W - now\n"
     "end\n"
     "for i = 1, 7 do\n"
     "  local l = lim[i]\n"
@@ -102,23 +111,22 @@ static const char CHECK_LUA[] =
     "        return {0, 4, burst, 0, wait, wait}\n"
     "      end\n"
     "      tokens, bts = t, math.max(ts, now)\n"
-    "      note(4, burst, math.floor(t - 1), math.ceil((burst - t + 1) * 1000 / rate))\n"
+    "      note(4, burst, math.floor(t - 1), math.ceil((burst - t + 1) * 1000 / rate), -1)\n"
     "    elseif i >= 6 then\n"
-    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', now)\n"
+    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', ARGV[1])\n"
     "      if redis.call('ZCARD', k) >= l then return {0, i, l, 0, 1000, 1000} end\n"
     "    else\n"
-    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', now - W)\n"
+    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', ARGV[12])\n"
     "      local n = redis.call('ZCARD', k)\n"
-    "      local reset = W\n"
-    "      if n > 0 then\n"
-    "        local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
-    "        reset = tonumber(o[2]) + W - now\n"
+    "      if n >= l then\n"
+    "        local reset = oldest(k, n)\n"
+    "        return {0, i, l, 0, reset, reset}\n"
     "      end\n"
-    "      if n >= l then return {0, i, l, 0, reset, reset} end\n"
-    "      note(i, l, l - n - 1, reset)\n"
+    "      note(i, l, l - n - 1, 0, n)\n"
     "    end\n"
     "  end\n"
     "end\n"
+    "if bn >= 0 then breset = oldest(KEYS[best], bn) end\n"
     "for i = 1, 7 do\n"
     "  if lim[i] > 0 then\n"
     "    local k = KEYS[i]\n"
@@ -126,11 +134,11 @@ static const char CHECK_LUA[] =
     "      redis.call('HSET', k, 'tokens', tostring(tokens - 1), 'ts', tostring(bts))\n"
     "      redis.call('PEXPIRE', k, math.ceil(burst * 1000 / rate) + 1000)\n"
     "    elseif i >= 6 then\n"
-    "      redis.call('ZADD', k, now + ttl, member)\n"
-    "      redis.call('PEXPIRE', k, ttl)\n"
+    "      redis.call('ZADD', k, ARGV[13], member)\n"
+    "      redis.call('PEXPIRE', k, ARGV[11])\n"
     "    else\n"
-    "      redis.call('ZADD', k, now, member)\n"
-    "      redis.call('PEXPIRE', k, W + 1000)\n"
+    "      redis.call('ZADD', k, ARGV[1], member)\n"
+    "      redis.call('PEXPIRE', k, '61000')\n"
     "    end\n"
     "  end\n"
     "end\n"
@@ -847,10 +855,9 @@ struct th_limit_call {
     lim_pending *p;
     th_buf b;
     size_t off[7], len[7];
-    char nums[9][24];
-    char ttl[24];
-    const char *argv[7 + 11];
-    size_t lens[7 + 11];
+    char nums[12][24];
+    const char *argv[7 + 13];
+    size_t lens[7 + 13];
 };
 
 /* NULL on ENOMEM. */
@@ -877,7 +884,10 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
     p->a.ip = p->strs;
     p->a.tenant = p->strs + ipn + 1;
     p->a.key_id = p->strs + ipn + tn + 2;
-    snprintf(p->member, sizeof p->member, "%s:%llu", l->hub_id, (unsigned long long)++l->seq);
+    /* "<hub id>:<sequence>" (16 + 1 + at most 20 bytes of the 48) */
+    size_t hl = th_strlcpy(p->member, l->hub_id, sizeof l->hub_id);
+    p->member[hl] = ':';
+    th_u64_dec(p->member + hl + 1, (uint64_t)++l->seq);
 
     const lim_args *q = &p->a;
     bool has_tenant = q->tenant[0] != '\0';
@@ -907,21 +917,32 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
             return NULL;
         }
     }
-    int64_t numv[9] = {p->now, lims[0], lims[1], lims[2], lims[4], lims[5], lims[6], lims[3], burst};
+    int64_t ttl = l->slot_ttl_ms;
+    int64_t until = p->now <= INT64_MAX - ttl ? p->now + ttl : INT64_MAX; /* a holder's expiry */
+    int64_t numv[12] = {p->now,
+                        lims[0],
+                        lims[1],
+                        lims[2],
+                        lims[4],
+                        lims[5],
+                        lims[6],
+                        lims[3],
+                        burst,
+                        ttl,
+                        p->now - LIM_WINDOW_MS,
+                        until};
     for (int i = 0; i < 7; i++) {
         k->argv[i] = (const char *)k->b.data + k->off[i];
         k->lens[i] = k->len[i];
     }
-    /* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl */
-    for (int i = 0; i < 9; i++)
-        snprintf(k->nums[i], sizeof k->nums[i], "%lld", (long long)numv[i]);
-    snprintf(k->ttl, sizeof k->ttl, "%lld", (long long)l->slot_ttl_ms);
-    const char *args[11] = {k->nums[0], p->member,  k->nums[1], k->nums[2], k->nums[3], k->nums[4],
-                            k->nums[5], k->nums[6], k->nums[7], k->nums[8], k->ttl};
-    for (int i = 0; i < 11; i++) {
-        k->argv[7 + i] = args[i];
-        k->lens[7 + i] = strlen(args[i]);
-    }
+    /* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl, now - window, now + ttl */
+    for (int i = 0; i < 12; i++)
+        k->lens[i < 1 ? 7 : 8 + i] = th_i64_dec(k->nums[i], numv[i]);
+    k->argv[7] = k->nums[0];
+    k->argv[8] = p->member;
+    k->lens[8] = strlen(p->member);
+    for (int i = 1; i < 12; i++)
+        k->argv[8 + i] = k->nums[i];
     return k;
 }
 
@@ -936,7 +957,7 @@ static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_li
     lim_pending *p = k->p;
     /* Linked before the call: the callback may run before th_redis_eval returns. */
     TH_DL_PUSH_FRONT(l->pending, p, prev, next);
-    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 18, k->argv, k->lens) != 0) {
+    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 20, k->argv, k->lens) != 0) {
         pending_unlink(l, p);
         free(p);
         th_buf_free(&k->b);

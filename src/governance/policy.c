@@ -3,7 +3,7 @@
  * ADMIT (EVALSHA on the policy lane)
  *   KEYS: the limiter's 7 keys, then the quota's 2 (when the tenant has a quota), then the cache key (when
  *         the cache asks Redis).
- *   ARGV: has_quota, has_cache, inline_max, the limiter's 11 arguments, then the quota's 5.
+ *   ARGV: has_quota, has_cache, inline_max, the limiter's 13 arguments, then the quota's 5.
  *   Returns {limits} when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the
  *   RPM windows stay charged, as when the calls were separate, and the concurrency holders just added are
  *   removed again in the script); else {limits, quota, cache} with cache = {0} (miss), {size, value}
@@ -54,13 +54,13 @@ static const char ADMIT_MAIN[] =
     "local inl = tonumber(ARGV[3])\n"
     "local lk = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}\n"
     "local la = {}\n"
-    "for i = 1, 11 do la[i] = ARGV[3 + i] end\n"
+    "for i = 1, 13 do la[i] = ARGV[3 + i] end\n"
     "local lr = limits(lk, la)\n"
     "if lr[1] == 0 then return {lr} end\n"
     "local qr = {1}\n"
     "local ki = 8\n"
     "if hq then\n"
-    "  qr = reserve({KEYS[8], KEYS[9]}, {ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19]})\n"
+    "  qr = reserve({KEYS[8], KEYS[9]}, {ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]})\n"
     "  ki = 10\n"
     "  if qr[1] == 0 then\n"
     "    if tonumber(la[7]) > 0 then redis.call('ZREM', lk[6], la[2]) end\n"
@@ -260,9 +260,9 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
     const size_t *ll, *ql = NULL;
     th_limit_call_args(a->lc, &lv, &ll);
     if (a->qc) th_quota_call_args(a->qc, &qv, &ql);
-    /* KEYS: 7 + 2? + 1?; ARGV: 3 + 11 + 5? */
-    const char *argv[7 + 2 + 1 + 3 + 11 + 5];
-    size_t lens[7 + 2 + 1 + 3 + 11 + 5];
+    /* KEYS: 7 + 2? + 1?; ARGV: 3 + 13 + 5? */
+    const char *argv[7 + 2 + 1 + 3 + 13 + 5];
+    size_t lens[7 + 2 + 1 + 3 + 13 + 5];
     int n = 0;
     for (int i = 0; i < 7; i++, n++) {
         argv[n] = lv[i];
@@ -280,13 +280,13 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
     }
     int nkeys = n;
     char inl[24];
-    snprintf(inl, sizeof inl, "%u", (unsigned)TH_CACHE_INLINE_MAX);
+    size_t inln = th_u64_dec(inl, TH_CACHE_INLINE_MAX);
     const char *flags[3] = {a->qc ? "1" : "0", a->ckey ? "1" : "0", inl};
     for (int i = 0; i < 3; i++, n++) {
         argv[n] = flags[i];
-        lens[n] = strlen(flags[i]);
+        lens[n] = i < 2 ? 1 : inln;
     }
-    for (int i = 0; i < 11; i++, n++) {
+    for (int i = 0; i < 13; i++, n++) {
         argv[n] = lv[7 + i];
         lens[n] = ll[7 + i];
     }
@@ -350,8 +350,8 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
             lens[n] = strlen(qkeys[i]);
         }
     int nkeys = n;
-    char nhs[8];
-    snprintf(nhs, sizeof nhs, "%d", nh);
+    char nhs[24];
+    th_u64_dec(nhs, (uint64_t)nh);
     const char *head[3] = {nhs, member, settle ? "1" : "0"};
     for (int i = 0; i < 3; i++, n++) {
         argv[n] = head[i];
@@ -363,8 +363,8 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
             lens[n] = strlen(qargs[i]);
         }
     observe(p, "after", 1);
-    if (th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_finish, p->log, p->finish_lua, nkeys, n, argv,
-                           lens) != 0)
+    if (th_redis_eval_lane_quiet(p->redis, TH_REDIS_LANE_POLICY, on_finish, p->log, p->finish_lua, nkeys, n,
+                                 argv, lens) != 0)
         TH_LOG(p->log, TH_LOG_ERROR, "policy: out of memory settling a request");
     for (int i = 0; i < nh; i++)
         free((char *)keys[i]);

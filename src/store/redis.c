@@ -44,6 +44,7 @@
 #define RD_SPILL 64            /* in flight on a connection before the next one of its lane is used */
 #define RD_CONNS_MAX 9         /* policy lane (up to 8) + bulk lane */
 #define RD_STALL_MIN_MS 1000   /* no reply at all for max(10 x timeout, 1 s) with commands timing out: drop */
+#define RD_LAZY_MS 20 /* a parked connection reads its quiet replies after this (at most timeout / 4) */
 
 typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
 
@@ -57,15 +58,18 @@ struct rd_cmd {
     uint64_t sent_us;  /* th_mono_us when sent: the latency histogram */
     uint64_t deadline; /* loop time */
     rd_cmd *prev, *next;
-    int held;       /* hiredis callbacks still to come for this record */
-    bool done;      /* the caller has its answer (or the record is internal) */
-    bool queued;    /* in r's pending list */
-    bool internal;  /* AUTH/SELECT of the handshake */
-    bool optional;  /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
-    bool fell_back; /* EVAL was sent after NOSCRIPT */
-    int eval_argc;  /* > 0: an EVAL copy for the NOSCRIPT fallback */
-    const char **eval_argv;
-    size_t *eval_argvlen;
+    int held;           /* hiredis callbacks still to come for this record */
+    bool done;          /* the caller has its answer (or the record is internal) */
+    bool queued;        /* in r's pending list */
+    bool internal;      /* AUTH/SELECT of the handshake */
+    bool optional;      /* internal, and an error does not fail the handshake (CLIENT SETNAME) */
+    bool fell_back;     /* EVAL was sent after NOSCRIPT */
+    bool quiet;         /* nothing waits for the answer (see th_redis_eval_lane_quiet) */
+    int eval_n;         /* > 0: an EVAL(SHA)'s number of arguments, command name included */
+    const char *script; /* the script text (the pool's copy, or in this block) */
+    size_t slen;
+    const char *tail; /* RESP of nkeys and the arguments, kept for the NOSCRIPT fallback (in this block) */
+    size_t tail_len;
     char sha[41];
 };
 
@@ -112,6 +116,12 @@ struct rd_conn {
     uv_check_t flush;      /* writes what the loop turn queued, once, after its I/O callbacks */
     uv_idle_t nudge;       /* while a flush is armed: the loop does not block before it runs */
     bool flush_armed, in_flush;
+    /* Parked: only quiet commands are in flight, so the socket's read interest is off and their replies
+     * wait in the socket until the next awaited command (or lazy_timer) turns it on again. */
+    uint64_t awaited; /* queued commands that are not quiet */
+    bool read_wanted; /* hiredis asked for read interest on the current context */
+    bool parked;
+    uv_timer_t lazy_timer; /* while parked: reads the quiet replies after at most RD_LAZY_MS */
     rd_cmd *head, *tail;
     char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
     int nloaded;
@@ -119,6 +129,7 @@ struct rd_conn {
 };
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static int rd_send_eval(redisAsyncContext *ac, rd_cmd *c);
 static void on_reconnect_timer(uv_timer_t *t);
 static bool rd_usable(const rd_conn *r);
 
@@ -274,6 +285,7 @@ static void rd_unqueue(rd_conn *r, rd_cmd *c)
     TH_DL_UNLINK_T(r->head, r->tail, c, prev, next);
     c->queued = false;
     if (r->stats.inflight > 0) r->stats.inflight--;
+    if (!c->quiet && r->awaited > 0) r->awaited--;
 }
 
 static void rd_cmd_free(rd_cmd *c)
@@ -468,7 +480,7 @@ static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
 {
     rd_conn *r = c->r;
     rd_unqueue(r, c);
-    rd_observe(r, c->sent_us);
+    rd_observe(r, c->sent_us); /* a quiet command's includes the time its reply waited in the socket */
     c->done = true;
     th_redis_cb cb = c->cb;
     void *ud = c->ud;
@@ -536,10 +548,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rd_cmd_release(c);
         return;
     }
-    if (rep->type == REDIS_REPLY_ERROR && c->eval_argc > 0 && !c->fell_back && rep->len >= 8 &&
+    if (rep->type == REDIS_REPLY_ERROR && c->eval_n > 0 && !c->fell_back && rep->len >= 8 &&
         memcmp(rep->str, "NOSCRIPT", 8) == 0 && ac == r->ac) {
         c->fell_back = true;
-        if (redisAsyncCommandArgv(ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) == REDIS_OK) {
+        if (rd_send_eval(ac, c) == REDIS_OK) {
             c->held++;
             return;
         }
@@ -581,16 +593,60 @@ static void rd_poll_set(redisLibuvEvents *p, int events)
         uv_poll_stop(&p->handle);
 }
 
+/* The read interest of the current context: hiredis' wish, unless the connection is parked. */
+static void rd_apply_read(rd_conn *r)
+{
+    if (r->ac == NULL || r->ac->ev.data == NULL) return;
+    redisLibuvEvents *p = r->ac->ev.data;
+    int rd = r->read_wanted && !r->parked ? UV_READABLE : 0;
+    rd_poll_set(p, (p->events & ~UV_READABLE) | rd);
+}
+
 static void rd_add_read(void *priv)
 {
     redisLibuvEvents *p = priv;
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac) {
+        r->read_wanted = true;
+        rd_apply_read(r);
+        return;
+    }
     rd_poll_set(p, p->events | UV_READABLE);
 }
 
 static void rd_del_read(void *priv)
 {
     redisLibuvEvents *p = priv;
+    redisAsyncContext *ac = p->context;
+    rd_conn *r = ac != NULL ? ac->data : NULL;
+    if (r != NULL && ac == r->ac) r->read_wanted = false;
     rd_poll_set(p, p->events & ~UV_READABLE);
+}
+
+static void rd_unpark(rd_conn *r)
+{
+    if (!r->parked) return;
+    r->parked = false;
+    uv_timer_stop(&r->lazy_timer);
+    rd_apply_read(r);
+}
+
+static void on_lazy_timer(uv_timer_t *t)
+{
+    rd_unpark(t->data);
+}
+
+/* After a write: with only quiet commands in flight nothing waits for a reply, so the loop is not woken
+ * for them (a wake-up and a read per request at low rates); the next awaited command, or lazy_timer,
+ * turns reading on again and the replies are read together. */
+static void rd_maybe_park(rd_conn *r)
+{
+    if (r->parked || r->st != RS_READY || r->ac == NULL || r->awaited > 0 || r->stats.inflight == 0) return;
+    r->parked = true;
+    rd_apply_read(r);
+    uint64_t lazy = r->timeout_ms / 4 < RD_LAZY_MS ? r->timeout_ms / 4 : RD_LAZY_MS;
+    uv_timer_start(&r->lazy_timer, on_lazy_timer, lazy > 0 ? lazy : 1, 0);
 }
 
 /* Pipelining without a poll per batch: on a connected context, a command queued by hiredis arms the flush
@@ -641,6 +697,7 @@ static void on_flush(uv_check_t *h)
         redisAsyncHandleWrite(
             r->ac); /* calls rd_add_write (in_flush: real interest) when it could not finish */
     r->in_flush = false;
+    if (r->ac != NULL) rd_maybe_park(r);
 }
 
 static void on_nudge(uv_idle_t *h)
@@ -707,6 +764,9 @@ static void rd_connect(rd_conn *r)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
     r->nloaded = 0; /* a new connection may reach a new (or flushed) server */
+    r->read_wanted = false;
+    r->parked = false;
+    uv_timer_stop(&r->lazy_timer);
     r->st = RS_CONNECTING;
     r->stall_since = 0;
     /* the text stays "connecting" before the first attempt ends, and "down: <why>" while retrying */
@@ -790,6 +850,7 @@ static void on_drop_timer(uv_timer_t *t)
         uv_close((uv_handle_t *)&r->drop_timer, on_handle_closed);
         uv_close((uv_handle_t *)&r->flush, on_handle_closed);
         uv_close((uv_handle_t *)&r->nudge, on_handle_closed);
+        uv_close((uv_handle_t *)&r->lazy_timer, on_handle_closed);
     }
 }
 
@@ -818,7 +879,9 @@ static rd_conn *rd_conn_new(th_redis *pool, int lane, uint32_t max_inflight, uv_
     uv_check_init(loop, &r->flush);
     uv_idle_init(loop, &r->nudge);
     r->flush.data = r->nudge.data = r;
-    r->open_handles = 5;
+    uv_timer_init(loop, &r->lazy_timer);
+    r->lazy_timer.data = r;
+    r->open_handles = 6;
     rd_set_text(r, "connecting");
     rd_connect(r);
     return r;
@@ -851,6 +914,10 @@ static void rd_enqueue(rd_conn *r, rd_cmd *c)
     c->queued = true;
     r->stats.inflight++;
     r->stats.commands++;
+    if (!c->quiet) {
+        r->awaited++;
+        rd_unpark(r);
+    }
     c->prev = r->tail;
     c->next = NULL;
     if (r->tail)
@@ -886,7 +953,7 @@ static int rd_conn_cmd(rd_conn *r, th_redis_cb cb, void *ud, int argc, const cha
 }
 
 /* A command already in RESP form (argc, then each argument as a bulk string). */
-static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len)
+static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *resp, size_t len, bool quiet)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -899,6 +966,7 @@ static int rd_conn_cmd_resp(rd_conn *r, th_redis_cb cb, void *ud, const char *re
         cb(ud, TH_REDIS_DOWN, NULL);
         return 0;
     }
+    c->quiet = quiet;
     rd_enqueue(r, c);
     return 0;
 }
@@ -935,8 +1003,79 @@ static const rd_script *rd_script_get(th_redis *p, const char *script, size_t sl
     return s;
 }
 
+/* ---- EVAL / EVALSHA in RESP, formatted here ---------------------------------------------------------
+ * An EVALSHA is "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n" followed by the tail: nkeys and the arguments as
+ * bulk strings. The tail is written once, into the command's record, right after room for the head, so
+ * head and tail go to hiredis as one formatted command (hiredis only copies it into its output buffer);
+ * the NOSCRIPT fallback sends "EVAL <script>" with the same tail. */
+
+#define RD_HEAD_ROOM 96 /* "*N\r\n" + EVALSHA + "$40\r\n<sha>\r\n" */
+
+static size_t rd_dec_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* "$<n>\r\n<bytes>\r\n" at p; returns the end. */
+static char *rd_bulk(char *p, const char *s, size_t n)
+{
+    *p++ = '$';
+    p += th_u64_dec(p, n);
+    *p++ = '\r';
+    *p++ = '\n';
+    if (n > 0) memcpy(p, s, n);
+    p += n;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* "*<n>\r\n" at p; returns the end. */
+static char *rd_count_hdr(char *p, size_t n)
+{
+    *p++ = '*';
+    p += th_u64_dec(p, n);
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* EVAL <script> and the kept tail (the first send on a connection, and the NOSCRIPT fallback). */
+static int rd_send_eval(redisAsyncContext *ac, rd_cmd *c)
+{
+    size_t len = 24 + 10 + 32 + c->slen + c->tail_len;
+    char *buf = malloc(len);
+    if (buf == NULL) return REDIS_ERR;
+    char *p = rd_count_hdr(buf, (size_t)c->eval_n);
+    p = rd_bulk(p, "EVAL", 4);
+    p = rd_bulk(p, c->script, c->slen);
+    memcpy(p, c->tail, c->tail_len);
+    p += c->tail_len;
+    int rc = redisAsyncFormattedCommand(ac, on_reply, c, buf, (size_t)(p - buf));
+    free(buf);
+    return rc;
+}
+
+/* EVALSHA <sha> and the tail, from the record's head room. */
+static int rd_send_evalsha(redisAsyncContext *ac, rd_cmd *c)
+{
+    char head[RD_HEAD_ROOM];
+    char *p = rd_count_hdr(head, (size_t)c->eval_n);
+    p = rd_bulk(p, "EVALSHA", 7);
+    p = rd_bulk(p, c->sha, 40);
+    size_t hlen = (size_t)(p - head);
+    char *start = (char *)c->tail - hlen;
+    memcpy(start, head, hlen);
+    return redisAsyncFormattedCommand(ac, on_reply, c, start, hlen + c->tail_len);
+}
+
 static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script, int nkeys, int argc,
-                        const char **argv, const size_t *argvlen)
+                        const char **argv, const size_t *argvlen, bool quiet)
 {
     if (!rd_usable(r)) {
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -947,84 +1086,54 @@ static int rd_conn_eval(rd_conn *r, th_redis_cb cb, void *ud, const char *script
         cb(ud, TH_REDIS_ERROR, &e);
         return 0;
     }
-    /* One block: argv pointers, lengths, then the bytes of script, nkeys and args (NUL-terminated). */
-    char nk[16];
-    int nklen = snprintf(nk, sizeof nk, "%d", nkeys);
-    size_t n = (size_t)argc + 3;
     size_t slen = strlen(script);
     /* A script the pool has seen before is not copied nor hashed again: its copy and SHA live in the pool
      * (hashing a 3 KB script per request cost more than the rest of the call). */
     const rd_script *known = rd_script_get(r->pool, script, slen);
-    size_t bytes = (known ? 0 : slen + 1) + (size_t)nklen + 1;
-    for (int i = 0; i < argc; i++)
-        bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
-    /* the record and the copy of the arguments (kept for the NOSCRIPT fallback) in one block */
-    size_t head =
-        (sizeof(rd_cmd) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t);
-    char *mem = malloc(head + n * sizeof(char *) + n * sizeof(size_t) + bytes);
-    if (mem == NULL) return -1;
-    rd_cmd *c = (rd_cmd *)(void *)mem;
-    *c = (rd_cmd){.r = r, .cb = cb, .ud = ud};
-    char *blk = mem + head;
-    c->eval_argv = (const char **)(void *)blk;
-    c->eval_argvlen = (size_t *)(void *)(blk + n * sizeof(char *));
-    char *p = blk + n * sizeof(char *) + n * sizeof(size_t);
-    c->eval_argc = (int)n;
-    c->eval_argv[0] = "EVAL";
-    c->eval_argvlen[0] = 4;
-    if (known != NULL) {
-        c->eval_argv[1] = known->text;
-    } else {
-        memcpy(p, script, slen + 1);
-        c->eval_argv[1] = p;
-        p += slen + 1;
-    }
-    c->eval_argvlen[1] = slen;
-    memcpy(p, nk, (size_t)nklen + 1);
-    c->eval_argv[2] = p;
-    c->eval_argvlen[2] = (size_t)nklen;
-    p += nklen + 1;
+    char nk[24];
+    size_t nklen = th_u64_dec(nk, (uint64_t)nkeys);
+    size_t tail = 1 + rd_dec_len(nklen) + 2 + nklen + 2;
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
-        if (len > 0) memcpy(p, argv[i], len);
-        p[len] = '\0';
-        c->eval_argv[3 + i] = p;
-        c->eval_argvlen[3 + i] = len;
-        p += len + 1;
+        tail += 1 + rd_dec_len(len) + 2 + len + 2;
     }
-    if (known != NULL)
+    /* one block: the record, the head room, the tail, then the script when the pool has no copy */
+    size_t head =
+        (sizeof(rd_cmd) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) * _Alignof(max_align_t);
+    char *mem = malloc(head + RD_HEAD_ROOM + tail + (known ? 0 : slen + 1));
+    if (mem == NULL) return -1;
+    rd_cmd *c = (rd_cmd *)(void *)mem;
+    *c = (rd_cmd){
+        .r = r, .cb = cb, .ud = ud, .eval_n = argc + 3, .slen = slen, .tail_len = tail, .quiet = quiet};
+    char *t = mem + head + RD_HEAD_ROOM;
+    c->tail = t;
+    char *p = rd_bulk(t, nk, nklen);
+    for (int i = 0; i < argc; i++)
+        p = rd_bulk(p, argv[i], argvlen ? argvlen[i] : strlen(argv[i]));
+    if (known != NULL) {
+        c->script = known->text;
         memcpy(c->sha, known->sha, sizeof c->sha);
-    else
+    } else {
+        memcpy(p, script, slen + 1);
+        c->script = p;
         sha1_hex(script, slen, c->sha);
+    }
     /* The first time on a connection the script goes with EVAL, which loads it; later calls use EVALSHA.
      * Commands stay in order that way (a NOSCRIPT fallback would run after what was sent meanwhile); the
      * fallback remains for a server whose scripts were flushed. */
     bool loaded = false;
     for (int i = 0; i < r->nloaded && !loaded; i++)
         loaded = memcmp(r->loaded[i], c->sha, 41) == 0;
+    int rc;
     if (!loaded) {
-        if (redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen) !=
-            REDIS_OK) {
-            rd_cmd_free(c);
-            cb(ud, TH_REDIS_DOWN, NULL);
-            return 0;
+        rc = rd_send_eval(r->ac, c);
+        if (rc == REDIS_OK) {
+            c->fell_back = true;
+            if (r->nloaded < RD_SCRIPTS_MAX) memcpy(r->loaded[r->nloaded++], c->sha, 41);
         }
-        c->fell_back = true;
-        if (r->nloaded < RD_SCRIPTS_MAX) memcpy(r->loaded[r->nloaded++], c->sha, 41);
-        rd_enqueue(r, c);
-        return 0;
+    } else {
+        rc = rd_send_evalsha(r->ac, c);
     }
-    /* EVALSHA: swap the first two arguments for the send (hiredis formats a copy at once). */
-    c->eval_argv[0] = "EVALSHA";
-    c->eval_argvlen[0] = 7;
-    const char *script_copy = c->eval_argv[1];
-    c->eval_argv[1] = c->sha;
-    c->eval_argvlen[1] = 40;
-    int rc = redisAsyncCommandArgv(r->ac, on_reply, c, c->eval_argc, c->eval_argv, c->eval_argvlen);
-    c->eval_argv[0] = "EVAL";
-    c->eval_argvlen[0] = 4;
-    c->eval_argv[1] = script_copy;
-    c->eval_argvlen[1] = slen;
     if (rc != REDIS_OK) {
         rd_cmd_free(c);
         cb(ud, TH_REDIS_DOWN, NULL);
@@ -1148,7 +1257,20 @@ int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_cmd_resp(c, cb, ud, resp, len);
+    return rd_conn_cmd_resp(c, cb, ud, resp, len, false);
+}
+
+int th_redis_cmd_lane_resp_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                                 size_t len)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_cmd_resp(c, cb, ud, resp, len, true);
 }
 
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
@@ -1161,7 +1283,20 @@ int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, false);
+}
+
+int th_redis_eval_lane_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
+                             int nkeys, int argc, const char **argv, const size_t *argvlen)
+{
+    bool busy;
+    rd_conn *c = rd_pick(r, lane, &busy);
+    if (c == NULL) {
+        if (busy) r->busy[lane]++;
+        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
+        return 0;
+    }
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, true);
 }
 
 /* The first policy connection, so that commands sent through th_redis_cmd / th_redis_eval stay in order
@@ -1201,7 +1336,7 @@ int th_redis_eval(th_redis *r, th_redis_cb cb, void *ud, const char *script, int
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
         return 0;
     }
-    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen);
+    return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, false);
 }
 
 /* Connected when the first policy connection is: it carries th_redis_cmd / th_redis_eval, and the lanes

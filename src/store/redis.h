@@ -91,6 +91,16 @@ int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
                        int nkeys, int argc, const char **argv, const size_t *argvlen);
 
+/** th_redis_eval_lane / th_redis_cmd_lane_resp for a command whose answer nothing waits for (a settle, a
+ * cache store; the callback still runs). While only such commands are in flight on a connection, its socket
+ * is not read: their replies are read with the next awaited reply, or after at most 20 ms (a quarter of the
+ * timeout when that is shorter), so the loop does not wake up for them. Their latency in the histogram
+ * includes that wait. */
+int th_redis_eval_lane_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
+                             int nkeys, int argc, const char **argv, const size_t *argvlen);
+int th_redis_cmd_lane_resp_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
+                                 size_t len);
+
 #define TH_REDIS_LAT_BUCKETS 12
 /** Upper bounds (seconds) of the latency histogram buckets. */
 extern const double th_redis_lat_bounds[TH_REDIS_LAT_BUCKETS];

@@ -47,6 +47,23 @@ TH_TEST(str_numbers)
     TH_CHECK_INT(th_str_to_double("0x10", 0, 100, &d), -1);
 }
 
+TH_TEST(str_decimal)
+{
+    char b[24];
+    TH_CHECK_INT(th_u64_dec(b, 0), 1);
+    TH_CHECK_STR(b, "0");
+    TH_CHECK_INT(th_u64_dec(b, 1733470000123ULL), 13);
+    TH_CHECK_STR(b, "1733470000123");
+    TH_CHECK_INT(th_u64_dec(b, UINT64_MAX), 20);
+    TH_CHECK_STR(b, "18446744073709551615");
+    TH_CHECK_INT(th_i64_dec(b, -59000), 6);
+    TH_CHECK_STR(b, "-59000");
+    TH_CHECK_INT(th_i64_dec(b, INT64_MIN), 20);
+    TH_CHECK_STR(b, "-9223372036854775808");
+    TH_CHECK_INT(th_i64_dec(b, INT64_MAX), 19);
+    TH_CHECK_STR(b, "9223372036854775807");
+}
+
 TH_TEST(str_units)
 {
     uint64_t v;

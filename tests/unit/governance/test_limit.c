@@ -496,6 +496,45 @@ TH_TEST(test_redis_burst_shared_by_two_hubs)
     hubs_stop(&h);
 }
 
+/* The script reads a window's oldest hit only for the window that refuses or is closest to refusing: the
+ * reset it reports is that window's, whichever window that is. */
+TH_TEST(test_redis_reset_of_the_closest_window)
+{
+    hubs h;
+    TH_REQUIRE(hubs_start(&h, "{ global_rpm: 100, ip_rpm: 3, concurrency: 0, backend: redis }", 1000) == 0);
+    uint64_t now = th_wall_ms();
+    th_limit_req a = {.ip = "10.0.0.1", .tenant = "", .key_id = ""};
+    th_limit_req b = {.ip = "10.0.0.2", .tenant = "", .key_id = ""};
+    th_limit_result r = rcheck(&h.loop, h.l[0], &a, now);
+    TH_CHECK(r.allowed);
+    TH_CHECK_INT(r.limit, 3);
+    TH_CHECK_INT(r.remaining, 2);
+    TH_CHECK_INT(r.reset_s, 60); /* an empty window */
+    th_limit_release(h.l[0], r.slot);
+    r = rcheck(&h.loop, h.l[1], &a, now + 20000);
+    TH_CHECK(r.allowed);
+    TH_CHECK_INT(r.limit, 3);
+    TH_CHECK_INT(r.remaining, 1);
+    TH_CHECK_INT(r.reset_s, 40); /* A's first hit leaves 60 s after it */
+    th_limit_release(h.l[1], r.slot);
+    r = rcheck(&h.loop, h.l[0], &b, now + 30000);
+    TH_CHECK(r.allowed);
+    TH_CHECK_INT(r.limit, 3);
+    TH_CHECK_INT(r.remaining, 2);
+    TH_CHECK_INT(r.reset_s, 60); /* B's window is empty; the global one (97 left) is not the closest */
+    th_limit_release(h.l[0], r.slot);
+    r = rcheck(&h.loop, h.l[1], &a, now + 45000);
+    TH_CHECK(r.allowed);
+    TH_CHECK_INT(r.remaining, 0);
+    TH_CHECK_INT(r.reset_s, 15);
+    th_limit_release(h.l[1], r.slot);
+    r = rcheck(&h.loop, h.l[0], &a, now + 50000);
+    TH_CHECK(!r.allowed);
+    TH_CHECK_STR(r.reason, "ip_rpm");
+    TH_CHECK_INT(r.retry_after_s, 10);
+    hubs_stop(&h);
+}
+
 TH_TEST(test_redis_tenant_bucket_and_concurrency)
 {
     hubs h;

@@ -3,7 +3,8 @@
  * fallback, the per-command timeout with the late reply dropped, DOWN at once while down, reconnecting
  * by itself after a restart, dropping a connection that stopped answering, and freeing with commands in
  * flight; the pool: its lanes named in the server, max_inflight per connection (BUSY past it, the
- * bulk lane unaffected) and the latency counts. The servers are killed by PID. */
+ * bulk lane unaffected) and the latency counts; quiet commands answered in order.
+ * The servers are killed by PID. */
 #include "th_test.h"
 
 #include "core/clock.h"
@@ -528,6 +529,66 @@ TH_TEST(test_pool_lanes_and_in_flight_bound)
         counted += st.lat_count[b];
     TH_CHECK_INT(counted, st.replies);
     TH_CHECK(st.lat_sum_s >= 0.04); /* the slow commands took their 50 ms each, at least */
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    rp_kill(&s);
+}
+
+/* Quiet commands (a settle, a cache store): answered like any other, in order, whether or not an awaited
+ * command follows them (with only quiet ones in flight the socket is read after a short while). */
+TH_TEST(test_quiet_commands)
+{
+    rp_server s = {0};
+    TH_REQUIRE(rp_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis_pool_conf pc = {.policy_conns = 1};
+    th_redis *r =
+        th_redis_new_pool(&loop, url_for(&s, NULL, 0, url, sizeof url), 1000, &pc, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_REQUIRE(all_lanes_connected(&loop, r, 5000));
+    th_redis_lane_stats st0, st;
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st0);
+    static const char script[] = "redis.call('SET', KEYS[1], ARGV[1]) return 7";
+    const char *argv[2] = {"q1", "v1"};
+    size_t lens[2] = {2, 2};
+    static const char set[] = "*3\r\n$3\r\nSET\r\n$2\r\nq2\r\n$2\r\nv2\r\n";
+    /* only quiet commands in flight: the answers still come (read after a short while) */
+    answer e1 = {0}, s1 = {0};
+    TH_CHECK_INT(th_redis_eval_lane_quiet(r, TH_REDIS_LANE_POLICY, on_answer, &e1, script, 1, 2, argv, lens),
+                 0);
+    TH_CHECK_INT(th_redis_cmd_lane_resp_quiet(r, TH_REDIS_LANE_POLICY, on_answer, &s1, set, sizeof set - 1),
+                 0);
+    TH_CHECK(hl_run_until(&loop, &s1.n, 1, 3000));
+    TH_CHECK_INT(e1.n, 1);
+    TH_CHECK_INT(e1.st, TH_REDIS_OK);
+    TH_CHECK_INT(e1.integer, 7);
+    TH_CHECK_INT(s1.st, TH_REDIS_OK);
+    TH_CHECK_STR(s1.str, "OK");
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st);
+    TH_CHECK_INT(st.inflight, 0);
+    TH_CHECK_INT(st.replies, st0.replies + 2);
+    uint64_t before = 0, after = 0;
+    for (int b = 0; b <= TH_REDIS_LAT_BUCKETS; b++) {
+        before += st0.lat_count[b];
+        after += st.lat_count[b];
+    }
+    TH_CHECK_INT(after, before + 2); /* counted, with the time their replies waited */
+    /* quiet ones, then an awaited one: every answer, in order (EVALSHA now) */
+    answer e2 = {0}, g1 = {0}, g2 = {0};
+    argv[1] = "v3";
+    TH_CHECK_INT(th_redis_eval_lane_quiet(r, TH_REDIS_LANE_POLICY, on_answer, &e2, script, 1, 2, argv, lens),
+                 0);
+    lane_cmd(r, TH_REDIS_LANE_POLICY, &g1, "GET", "q1", NULL);
+    lane_cmd(r, TH_REDIS_LANE_POLICY, &g2, "GET", "q2", NULL);
+    TH_CHECK(hl_run_until(&loop, &g2.n, 1, 3000));
+    TH_CHECK_INT(e2.n, 1);
+    TH_CHECK_INT(e2.integer, 7);
+    TH_CHECK(e2.at_ms <= g1.at_ms);
+    TH_CHECK_STR(g1.str, "v3");
+    TH_CHECK_STR(g2.str, "v2");
+    th_redis_lane_get_stats(r, TH_REDIS_LANE_POLICY, &st);
+    TH_CHECK_INT(st.inflight, 0);
     TH_CHECK_INT(finish_loop(&loop, r), 0);
     rp_kill(&s);
 }

@@ -45,37 +45,24 @@ static int fl_drain(AVCodecContext *enc, AVPacket *pkt, th_buf *frames, uint8_t 
     }
 }
 
-int th_flac_encode_s16(const int16_t *pcm, size_t samples, int rate, th_buf *out, char *err, size_t errlen)
+/* An encoder for mono s16 at rate, and its first STREAMINFO in info. NULL on failure (err set). */
+static AVCodecContext *fl_open(int rate, uint8_t info[FLAC_STREAMINFO_LEN], char *err, size_t errlen)
 {
-    int rc = -1, ret;
-    uint8_t info[FLAC_STREAMINFO_LEN];
-    th_buf frames;
-    th_buf_init(&frames, 0); /* our own encoder output: bounded by the samples given */
-    AVCodecContext *enc = NULL;
-    AVFrame *fr = av_frame_alloc();
-    AVPacket *pkt = av_packet_alloc();
+    int ret;
     const AVCodec *codec = avcodec_find_encoder(AV_CODEC_ID_FLAC);
-    if (rate < 8000 || rate > 192000 || samples > ((uint64_t)1 << 36) - 1) {
-        fl_fail(err, errlen, "unsupported input", 0);
-        goto out;
-    }
-    if (fr == NULL || pkt == NULL) {
-        fl_fail(err, errlen, "out of memory", 0);
-        goto out;
-    }
     if (codec == NULL) {
         fl_fail(err, errlen, "encoder not available", 0);
-        goto out;
+        return NULL;
     }
-    enc = avcodec_alloc_context3(codec);
+    AVCodecContext *enc = avcodec_alloc_context3(codec);
     if (enc == NULL) {
         fl_fail(err, errlen, "out of memory", 0);
-        goto out;
+        return NULL;
     }
     AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
     if ((ret = av_channel_layout_copy(&enc->ch_layout, &mono)) < 0) {
         fl_fail(err, errlen, "channel layout", ret);
-        goto out;
+        goto fail;
     }
     enc->sample_fmt = AV_SAMPLE_FMT_S16;
     enc->sample_rate = rate;
@@ -83,45 +70,55 @@ int th_flac_encode_s16(const int16_t *pcm, size_t samples, int rate, th_buf *out
     enc->compression_level = FLAC_LEVEL;
     if ((ret = avcodec_open2(enc, codec, NULL)) < 0) {
         fl_fail(err, errlen, "opening the encoder", ret);
-        goto out;
+        goto fail;
     }
     if (enc->extradata == NULL || enc->extradata_size < FLAC_STREAMINFO_LEN) {
         fl_fail(err, errlen, "no STREAMINFO", 0);
-        goto out;
+        goto fail;
     }
     memcpy(info, enc->extradata, FLAC_STREAMINFO_LEN);
+    return enc;
+fail:
+    avcodec_free_context(&enc);
+    return NULL;
+}
+
+/* Encodes every sample, then flushes; the frames go to frames. */
+static int fl_feed(AVCodecContext *enc, AVFrame *fr, AVPacket *pkt, const int16_t *pcm, size_t samples,
+                   th_buf *frames, uint8_t info[FLAC_STREAMINFO_LEN], char *err, size_t errlen)
+{
+    int ret;
+    AVChannelLayout mono = AV_CHANNEL_LAYOUT_MONO;
     const size_t fsz = enc->frame_size > 0 ? (size_t)enc->frame_size : 4096;
     for (size_t at = 0; at < samples; at += fsz) {
         size_t n = samples - at < fsz ? samples - at : fsz;
         fr->format = AV_SAMPLE_FMT_S16;
-        fr->sample_rate = rate;
+        fr->sample_rate = enc->sample_rate;
         fr->nb_samples = (int)n;
         fr->pts = (int64_t)at;
         if ((ret = av_channel_layout_copy(&fr->ch_layout, &mono)) < 0 ||
-            (ret = av_frame_get_buffer(fr, 0)) < 0) {
-            fl_fail(err, errlen, "encoder frame", ret);
-            goto out;
-        }
+            (ret = av_frame_get_buffer(fr, 0)) < 0)
+            return fl_fail(err, errlen, "encoder frame", ret);
         memcpy(fr->data[0], pcm + at, n * sizeof *pcm);
         ret = avcodec_send_frame(enc, fr);
         av_frame_unref(fr);
-        if (ret < 0) {
-            fl_fail(err, errlen, "encoding", ret);
-            goto out;
-        }
-        if (fl_drain(enc, pkt, &frames, info, err, errlen) != 0) goto out;
+        if (ret < 0) return fl_fail(err, errlen, "encoding", ret);
+        if (fl_drain(enc, pkt, frames, info, err, errlen) != 0) return -1;
     }
-    if ((ret = avcodec_send_frame(enc, NULL)) < 0) {
-        fl_fail(err, errlen, "flushing", ret);
-        goto out;
-    }
-    if (fl_drain(enc, pkt, &frames, info, err, errlen) != 0) goto out;
+    if ((ret = avcodec_send_frame(enc, NULL)) < 0) return fl_fail(err, errlen, "flushing", ret);
+    if (fl_drain(enc, pkt, frames, info, err, errlen) != 0) return -1;
     /* the final STREAMINFO (with the MD5) is in the last packet's side data or the context's extradata */
     if (enc->extradata != NULL && enc->extradata_size >= FLAC_STREAMINFO_LEN)
         memcpy(info, enc->extradata, FLAC_STREAMINFO_LEN);
+    return 0;
+}
+
+/* The file: "fLaC", the STREAMINFO block (with the total sample count), the frames. */
+static int fl_write(th_buf *out, uint8_t info[FLAC_STREAMINFO_LEN], uint64_t total, const th_buf *frames,
+                    char *err, size_t errlen)
+{
     /* total samples: 36 bits from bit 108 of STREAMINFO (after block sizes, frame sizes, rate, channels, bps)
      */
-    uint64_t total = samples;
     info[13] = (uint8_t)((info[13] & 0xF0) | ((total >> 32) & 0x0F));
     info[14] = (uint8_t)(total >> 24);
     info[15] = (uint8_t)(total >> 16);
@@ -129,15 +126,31 @@ int th_flac_encode_s16(const int16_t *pcm, size_t samples, int rate, th_buf *out
     info[17] = (uint8_t)total;
     const uint8_t head[8] = {
         'f', 'L', 'a', 'C', 0x80 /* last metadata block, STREAMINFO */, 0, 0, FLAC_STREAMINFO_LEN};
-    if (th_buf_reserve(out, sizeof head + sizeof info + frames.len) != TH_BUF_OK ||
+    if (th_buf_reserve(out, sizeof head + FLAC_STREAMINFO_LEN + frames->len) != TH_BUF_OK ||
         th_buf_append(out, head, sizeof head) != TH_BUF_OK ||
-        th_buf_append(out, info, sizeof info) != TH_BUF_OK ||
-        th_buf_append(out, frames.data, frames.len) != TH_BUF_OK) {
+        th_buf_append(out, info, FLAC_STREAMINFO_LEN) != TH_BUF_OK ||
+        th_buf_append(out, frames->data, frames->len) != TH_BUF_OK)
+        return fl_fail(err, errlen, "out of memory", 0);
+    return 0;
+}
+
+int th_flac_encode_s16(const int16_t *pcm, size_t samples, int rate, th_buf *out, char *err, size_t errlen)
+{
+    int rc = -1;
+    uint8_t info[FLAC_STREAMINFO_LEN];
+    th_buf frames;
+    th_buf_init(&frames, 0); /* our own encoder output: bounded by the samples given */
+    AVCodecContext *enc = NULL;
+    AVFrame *fr = av_frame_alloc();
+    AVPacket *pkt = av_packet_alloc();
+    if (rate < 8000 || rate > 192000 || samples > ((uint64_t)1 << 36) - 1)
+        fl_fail(err, errlen, "unsupported input", 0);
+    else if (fr == NULL || pkt == NULL)
         fl_fail(err, errlen, "out of memory", 0);
-        goto out;
-    }
-    rc = 0;
-out:
+    else if ((enc = fl_open(rate, info, err, errlen)) != NULL &&
+             fl_feed(enc, fr, pkt, pcm, samples, &frames, info, err, errlen) == 0 &&
+             fl_write(out, info, samples, &frames, err, errlen) == 0)
+        rc = 0;
     avcodec_free_context(&enc);
     av_frame_free(&fr);
     av_packet_free(&pkt);

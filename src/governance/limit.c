@@ -861,18 +861,12 @@ struct th_limit_call {
 };
 
 /* NULL on ENOMEM. */
-static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+/* The call's pending state: its arguments with their own copies of the strings, and its member name. */
+static lim_pending *pending_new(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
 {
     size_t ipn = strlen(a->ip), tn = strlen(a->tenant), kn = strlen(a->key_id);
-    th_limit_call *k = calloc(1, sizeof *k);
     lim_pending *p = calloc(1, sizeof *p + ipn + tn + kn + 3);
-    if (k == NULL || p == NULL) {
-        free(k);
-        free(p);
-        return NULL;
-    }
-    k->p = p;
-    th_buf_init(&k->b, 0); /* keys of bounded parts */
+    if (p == NULL) return NULL;
     p->l = l;
     p->cb = cb;
     p->ud = ud;
@@ -888,7 +882,50 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
     size_t hl = th_strlcpy(p->member, l->hub_id, sizeof l->hub_id);
     p->member[hl] = ':';
     th_u64_dec(p->member + hl + 1, (uint64_t)++l->seq);
+    return p;
+}
 
+/* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl, now - window, now + ttl */
+static void call_args(th_limit_call *k, const th_limiter *l, const lim_pending *p, const int64_t lims[7],
+                      int64_t burst)
+{
+    int64_t ttl = l->slot_ttl_ms;
+    int64_t until = p->now <= INT64_MAX - ttl ? p->now + ttl : INT64_MAX; /* a holder's expiry */
+    int64_t numv[12] = {p->now,
+                        lims[0],
+                        lims[1],
+                        lims[2],
+                        lims[4],
+                        lims[5],
+                        lims[6],
+                        lims[3],
+                        burst,
+                        ttl,
+                        p->now - LIM_WINDOW_MS,
+                        until};
+    for (int i = 0; i < 7; i++) {
+        k->argv[i] = (const char *)k->b.data + k->off[i];
+        k->lens[i] = k->len[i];
+    }
+    for (int i = 0; i < 12; i++)
+        k->lens[i < 1 ? 7 : 8 + i] = th_i64_dec(k->nums[i], numv[i]);
+    k->argv[7] = k->nums[0];
+    k->argv[8] = p->member;
+    k->lens[8] = strlen(p->member);
+    for (int i = 1; i < 12; i++)
+        k->argv[8 + i] = k->nums[i];
+}
+
+static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+{
+    th_limit_call *k = calloc(1, sizeof *k);
+    lim_pending *p = k ? pending_new(l, a, now_ms, cb, ud) : NULL;
+    if (p == NULL) {
+        free(k);
+        return NULL;
+    }
+    k->p = p;
+    th_buf_init(&k->b, 0); /* keys of bounded parts */
     const lim_args *q = &p->a;
     bool has_tenant = q->tenant[0] != '\0';
     int64_t burst = q->t_burst > 0 ? q->t_burst : q->t_rate;
@@ -917,32 +954,7 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
             return NULL;
         }
     }
-    int64_t ttl = l->slot_ttl_ms;
-    int64_t until = p->now <= INT64_MAX - ttl ? p->now + ttl : INT64_MAX; /* a holder's expiry */
-    int64_t numv[12] = {p->now,
-                        lims[0],
-                        lims[1],
-                        lims[2],
-                        lims[4],
-                        lims[5],
-                        lims[6],
-                        lims[3],
-                        burst,
-                        ttl,
-                        p->now - LIM_WINDOW_MS,
-                        until};
-    for (int i = 0; i < 7; i++) {
-        k->argv[i] = (const char *)k->b.data + k->off[i];
-        k->lens[i] = k->len[i];
-    }
-    /* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl, now - window, now + ttl */
-    for (int i = 0; i < 12; i++)
-        k->lens[i < 1 ? 7 : 8 + i] = th_i64_dec(k->nums[i], numv[i]);
-    k->argv[7] = k->nums[0];
-    k->argv[8] = p->member;
-    k->lens[8] = strlen(p->member);
-    for (int i = 1; i < 12; i++)
-        k->argv[8 + i] = k->nums[i];
+    call_args(k, l, p, lims, burst);
     return k;
 }
 

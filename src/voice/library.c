@@ -1274,6 +1274,60 @@ static void fs_watch(th_vlib *l)
         uv_unref((uv_handle_t *)l->watch);
 }
 
+/* One record found at start: 1 taken, 0 skipped (logged), -1 out of memory. */
+static int fs_scan_record(th_vlib *l, const char *path, const char *nm, size_t idlen)
+{
+    uint8_t *data = NULL;
+    size_t len = 0;
+    th_vlib_meta m;
+    char perr[200] = "";
+    if (read_file(path, TH_VLIB_RECORD_MAX, &data, &len) != 0 ||
+        th_vlib_meta_parse((const char *)data, len, &m, perr, sizeof perr) != 0) {
+        TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: %s", path, perr[0] ? perr : "unreadable");
+        free(data);
+        return 0;
+    }
+    free(data);
+    struct stat st;
+    char wpath[1200];
+    if (strlen(m.id) != idlen || strncmp(m.id, nm, idlen) != 0 ||
+        path_of(l, wpath, sizeof wpath, m.id, m.sha256, "wav") != 0 || stat(wpath, &st) != 0 ||
+        (uint64_t)st.st_size != m.wav_len || vl_find_any(l, m.id) != NULL) {
+        TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: its audio is missing or does not match",
+               path);
+        th_vlib_meta_free(&m);
+        return 0;
+    }
+    vl_entry *e = vl_add(l, m.id, VL_LIVE);
+    if (e == NULL) {
+        th_vlib_meta_free(&m);
+        return -1;
+    }
+    e->m = m;
+    return 1;
+}
+
+/* Orphaned audio: a wav whose record never made it (or was deleted). */
+static void fs_scan_orphans(th_vlib *l, DIR *d)
+{
+    struct dirent *de;
+    rewinddir(d);
+    while ((de = readdir(d)) != NULL) {
+        const char *nm = de->d_name;
+        if (!has_suffix(nm, ".wav")) continue;
+        const char *dot = strchr(nm, '.');
+        if (dot == NULL || !th_vlib_id_ok(nm, (size_t)(dot - nm))) continue;
+        char id[TH_VLIB_ID_MAX + 1];
+        memcpy(id, nm, (size_t)(dot - nm));
+        id[dot - nm] = 0;
+        vl_entry *e = vl_find_any(l, id);
+        if (e && strlen(dot + 1) == 64 + 4 && strncmp(dot + 1, e->m.sha256, 64) == 0) continue;
+        char path[1200];
+        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path && stale(l, path))
+            (void)unlink(path);
+    }
+}
+
 static int fs_scan(th_vlib *l, char *err, size_t errlen)
 {
     if (mkdirs(l->dir) != 0) {
@@ -1299,56 +1353,16 @@ static int fs_scan(th_vlib *l, char *err, size_t errlen)
         if (!has_suffix(nm, ".json")) continue;
         size_t idlen = strlen(nm) - 5;
         if (!th_vlib_id_ok(nm, idlen)) continue;
-        uint8_t *data = NULL;
-        size_t len = 0;
-        th_vlib_meta m;
-        char perr[200] = "";
-        if (read_file(path, TH_VLIB_RECORD_MAX, &data, &len) != 0 ||
-            th_vlib_meta_parse((const char *)data, len, &m, perr, sizeof perr) != 0) {
-            TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: %s", path,
-                   perr[0] ? perr : "unreadable");
-            free(data);
-            bad++;
-            continue;
-        }
-        free(data);
-        struct stat st;
-        char wpath[1200];
-        if (strlen(m.id) != idlen || strncmp(m.id, nm, idlen) != 0 ||
-            path_of(l, wpath, sizeof wpath, m.id, m.sha256, "wav") != 0 || stat(wpath, &st) != 0 ||
-            (uint64_t)st.st_size != m.wav_len || vl_find_any(l, m.id) != NULL) {
-            TH_LOG(l->log, TH_LOG_ERROR, "voice library: skipping %s: its audio is missing or does not match",
-                   path);
-            th_vlib_meta_free(&m);
-            bad++;
-            continue;
-        }
-        vl_entry *e = vl_add(l, m.id, VL_LIVE);
-        if (e == NULL) {
-            th_vlib_meta_free(&m);
+        int r = fs_scan_record(l, path, nm, idlen);
+        if (r < 0) {
             closedir(d);
             snprintf(err, errlen, "out of memory");
             return -1;
         }
-        e->m = m;
-        loaded++;
+        loaded += r == 1;
+        bad += r == 0;
     }
-    /* orphaned audio: a wav whose record never made it (or was deleted) */
-    rewinddir(d);
-    while ((de = readdir(d)) != NULL) {
-        const char *nm = de->d_name;
-        if (!has_suffix(nm, ".wav")) continue;
-        const char *dot = strchr(nm, '.');
-        if (dot == NULL || !th_vlib_id_ok(nm, (size_t)(dot - nm))) continue;
-        char id[TH_VLIB_ID_MAX + 1];
-        memcpy(id, nm, (size_t)(dot - nm));
-        id[dot - nm] = 0;
-        vl_entry *e = vl_find_any(l, id);
-        if (e && strlen(dot + 1) == 64 + 4 && strncmp(dot + 1, e->m.sha256, 64) == 0) continue;
-        char path[1200];
-        if (snprintf(path, sizeof path, "%s/%s", l->dir, nm) < (int)sizeof path && stale(l, path))
-            (void)unlink(path);
-    }
+    fs_scan_orphans(l, d);
     closedir(d);
     if (fs_member(l, err, errlen) != 0) return -1;
     TH_LOG(l->log, TH_LOG_INFO, "voice library: %zu voice(s) in %s%s", loaded, l->dir,

@@ -1857,6 +1857,13 @@ static th_provider *up_create(uv_loop_t *loop, const th_provider_conf *conf, th_
     p->loop = loop;
     /* a kind that reads references from shared storage speaks library voices only with a ref_dir */
     if (k->ref_files && ref_dir(conf) == NULL) p->base.caps.can_clone = false;
+    /* a pool of nodes whose engine cannot clone (the embedded espeak-ng, plain speech kinds) would be sent
+     * the reference and refuse it: library voices go to the providers that can speak them */
+    if (k == &th_kind_nodes && conf->engine != NULL && conf->engine[0] != 0) {
+        const th_upstream_kind *ek = th_upstream_find(conf->engine);
+        if (strcmp(conf->engine, "espeak") == 0 || (ek != NULL && !ek->caps.can_clone))
+            p->base.caps.can_clone = false;
+    }
     /* The provider's own cap (route.c) keeps in-flight transfers at `concurrency`, so curl never needs
      * to queue: its pending queue is the expensive kind (BENCH.md). */
     long conns = conf->concurrency > 0 ? conf->concurrency : UP_DEFAULT_CONNS;

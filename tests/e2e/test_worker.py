@@ -258,3 +258,41 @@ def test_real_workers_behind_a_real_hub(hub_factory):
     while time.time() < deadline and hub2.get("/api/nodes", headers=auth).json()["count"] < 1:
         time.sleep(0.1)
     assert [n["node_id"] for n in hub2.get("/api/nodes", headers=auth).json()["nodes"]] == ["w1"]
+
+
+def test_library_voice_skips_a_pool_of_espeak_workers(hub_factory):
+    """A pool of espeak workers cannot speak a library voice: with it first in priority (as in the compose
+    cluster), a library voice goes to the cloning engine behind it, and no worker is sent the reference."""
+    from fakes.engines import FakeEngine
+    from test_voices import extract, make_audio
+
+    cosy = FakeEngine("cosyvoice").start()
+    try:
+        env = {"TTSHUB_CLUSTER_TOKEN": TOKEN}
+        hub = hub_factory('data_dir: "@DATA@"\n'
+                          "log: { level: info, format: json }\n"
+                          "router: { strategy: priority, retries: 1, fallback: true }\n"
+                          "registry: { heartbeat_interval: 1s, dead_threshold: 3s, remove_after: 10s }\n"
+                          "providers:\n"
+                          "  - { name: pool, type: nodes, engine: espeak, priority: 0 }\n"
+                          "  - { name: local, type: espeak, priority: 1 }\n"
+                          f'  - {{ name: clone, type: cosyvoice, base_url: "{cosy.url}", priority: 2 }}\n', env=env)
+        w = start_worker(hub_factory, hub.url, "--node-id", "w0")
+        deadline = time.time() + 10
+        while time.time() < deadline and hub.get("/api/nodes", headers=AUTH).json()["count"] < 1:
+            time.sleep(0.1)
+        assert hub.get("/api/nodes", headers=AUTH).json()["count"] == 1
+        r = extract(hub, make_audio("wav", 3.0), "wav", voice_id="lib1", reference_text="the reference words")
+        assert r.status_code == 201, r.text
+        s = hub.post("/api/synthesize", json={"text": "Spoken in the library voice.", "voice_id": "lib1"})
+        assert s.status_code == 200, s.text
+        assert s.headers["X-Provider"] == "clone"
+        assert decoded_seconds(s.content, "wav") > 0.5
+        assert len(cosy.references) == 1 and cosy.references[0]["text"] == "the reference words"
+        # plain voices still go to the pool first
+        p = hub.post(data={"input": "A plain voice.", "voice": "alloy"})
+        assert p.status_code == 200 and p.headers["X-Provider"] == "pool"
+        assert not [x for x in w.log_lines() if "/synthesize" == x.get("route") and x.get("voice_id")]
+        assert not [x for x in w.log_lines() if "storing reference" in x.get("msg", "")]
+    finally:
+        cosy.stop()

@@ -1,6 +1,8 @@
 """deploy/compose.yaml: the whole cluster (Redis, two hubs, two workers, HAProxy) started with podman-compose
-under its own project name, reached only through the ports it publishes on 127.0.0.1. The tests run in
-file order on one cluster; the last one takes it down and checks that nothing is left."""
+under its own project name, reached only through the ports it publishes on 127.0.0.1, with the test overlay
+deploy/compose.test.yaml (an engine that can clone: a fake of CosyVoice's protocol, and the hub config with a
+provider for it). The tests run in file order on one cluster; the last one takes it down and checks that
+nothing is left."""
 import bisect
 import os
 import re
@@ -11,12 +13,17 @@ import uuid
 
 import pytest
 import requests
+import yaml
 
-from audio import decoded_seconds
+from audio import decoded_seconds, probe
 from conftest import IMAGE, ROOT, free_port, need, need_image, podman, wait_until
+from fakes.engines import wav_info
 
 COMPOSE = os.path.join(ROOT, "deploy", "compose.yaml")
+COMPOSE_TEST = os.path.join(ROOT, "deploy", "compose.test.yaml")
 HUB_CONFIG = os.path.join(ROOT, "deploy", "compose", "ttshub.yaml")
+TEST_HUB_CONFIG = os.path.join(ROOT, "deploy", "compose-test", "ttshub.yaml")
+FAKE_ENGINE_IMAGE = "localhost/ttshub-fake-engine:latest"
 
 
 class Cluster:
@@ -24,13 +31,14 @@ class Cluster:
         self.project = "ttshubt" + uuid.uuid4().hex[:8]
         self.token = secrets.token_hex(16)
         self.ports = {k: free_port() for k in ("TTSHUB_PORT", "TTSHUB_STATS_PORT", "TTSHUB_HUB1_METRICS_PORT",
-                                               "TTSHUB_HUB2_METRICS_PORT")}
+                                               "TTSHUB_HUB2_METRICS_PORT", "TTSHUB_TEST_ENGINE_PORT")}
         self.env = dict(os.environ, TTSHUB_CLUSTER_TOKEN=self.token, **{k: str(v) for k, v in self.ports.items()})
         self.url = f"http://127.0.0.1:{self.ports['TTSHUB_PORT']}"
+        self.engine = f"http://127.0.0.1:{self.ports['TTSHUB_TEST_ENGINE_PORT']}"  # the fake's control routes
         self.sent = []  # (monotonic time, status) of every synthesis request made through the balancer
 
     def compose(self, *args, timeout=600, check=True):
-        p = subprocess.run(["podman-compose", "-p", self.project, "-f", COMPOSE, *args], capture_output=True,
+        p = subprocess.run(["podman-compose", "-p", self.project, "-f", COMPOSE, "-f", COMPOSE_TEST, *args], capture_output=True,
                            text=True, timeout=timeout, env=self.env, cwd=os.path.dirname(COMPOSE))
         if check and p.returncode != 0:
             raise AssertionError(f"podman-compose {' '.join(args)}: {p.returncode}\n{p.stdout[-3000:]}\n"
@@ -84,7 +92,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
     need("podman-compose")
-    for image in (IMAGE, "localhost/ttshub-redis:latest", "localhost/ttshub-lb:latest"):
+    for image in (IMAGE, "localhost/ttshub-redis:latest", "localhost/ttshub-lb:latest", FAKE_ENGINE_IMAGE):
         need_image(image)
     c = Cluster()
     try:
@@ -93,6 +101,7 @@ def cluster():
         wait_until("both workers registered",
                    lambda: sorted(n["node_id"] for n in c.nodes() if n.get("status") == "online")
                    == ["worker1", "worker2"], 120, interval=0.5)
+        wait_until("the cloning engine", lambda: requests.get(c.engine + "/__fake/stats", timeout=5).ok, 60)
         yield c
     finally:
         c.destroy()
@@ -171,25 +180,69 @@ def through(cluster, hub, method, path, **kw):
     raise AssertionError(f"{hub} never answered {path}")
 
 
-def test_voice_made_on_one_hub_is_on_the_other(cluster):
-    """voice_library.backend redis: a voice uploaded through one hub is listed, and its reference served,
-    by the other. Speaking it needs a clone-capable engine, and the cluster runs only espeak-ng."""
+def test_test_overlay_config_is_the_shipped_one_plus_a_cloning_engine():
+    """deploy/compose-test/ttshub.yaml, which the cluster tests run, is deploy/compose/ttshub.yaml with one more
+    provider: what is tested is what ships."""
+    shipped, tested = (yaml.safe_load(open(p)) for p in (HUB_CONFIG, TEST_HUB_CONFIG))
+    extra = tested["providers"].pop()
+    assert tested == shipped
+    assert extra["type"] == "cosyvoice" and extra["base_url"] == "http://cosyvoice:50000"
+    overlay = yaml.safe_load(open(COMPOSE_TEST))["services"]
+    assert overlay["cosyvoice"]["image"] == FAKE_ENGINE_IMAGE
+    assert all(overlay[h]["volumes"] == ["./compose-test:/etc/ttshub:ro"] for h in ("hub1", "hub2"))
+
+
+def engine_references(cluster):
+    r = requests.get(cluster.engine + "/__fake/references", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["references"]
+
+
+def test_voice_made_on_one_hub_is_spoken_by_the_other(cluster):
+    """voice_library.backend redis: a voice uploaded through one hub is listed, its reference served, and
+    spoken by the other, whose request carries the library's reference to the cloning engine."""
     ref = cluster.say("This is the reference recording for a cloned voice, a few seconds long.", fmt="wav")
     assert ref.status_code == 200
     vid = "cv_" + uuid.uuid4().hex[:8]
+    text = "The reference, word for word."
     r = requests.post(cluster.url + "/api/extract_voice", files={"audio": ("ref.wav", ref.content, "audio/wav")},
-                      data={"voice_id": vid, "voice_name": "Cluster voice", "reference_text": "The reference."},
-                      timeout=60)
+                      data={"voice_id": vid, "voice_name": "Cluster voice", "reference_text": text}, timeout=60)
     assert r.status_code == 201, r.text
     sha = r.json()["sha256"]
-    other = {"hub1": "hub2", "hub2": "hub1"}[served_by(r)]
+    maker = served_by(r)
+    other = {"hub1": "hub2", "hub2": "hub1"}[maker]
     # the other hub reads the library back from Redis within about half a second
     r = wait_until(f"{other} to know {vid}",
                    lambda: (lambda x: x if x.status_code == 200 else None)(
                        through(cluster, other, "GET", f"/api/voices/{vid}")), 30, interval=0.2)
     assert vid in r.text and sha in r.text
+    listed = through(cluster, other, "GET", "/api/voices")
+    assert listed.status_code == 200 and vid in listed.text, listed.text
     a = through(cluster, other, "GET", f"/api/voices/{vid}/audio")
     assert a.status_code == 200 and a.headers["X-Voice-Sha256"] == sha and a.content[:4] == b"RIFF"
+    stored = wav_info(a.content)
+    assert stored is not None and stored["seconds"] > 2
+
+    # spoken through the other hub: repeat (new text each time, so no cache answers) until it is the one
+    # that answers, and check that this very request carried the reference to the engine
+    for i in range(10):
+        before = len(engine_references(cluster))
+        s = requests.post(cluster.url + "/api/synthesize", timeout=60,
+                          json={"text": f"Spoken in the cloned voice, take {i}, {uuid.uuid4().hex[:6]}.",
+                                "voice_id": vid, "output_format": "mp3"})
+        assert s.status_code == 200, s.text
+        assert s.headers["X-Provider"] == "clone", s.headers  # not the espeak workers, not the local engine
+        refs = engine_references(cluster)
+        assert len(refs) == before + 1, refs[before:]
+        if served_by(s) == other:
+            break
+    else:
+        raise AssertionError(f"{other} never answered /api/synthesize")
+    assert probe(s.content, "mp3")[0]["codec_name"] == "mp3"
+    assert decoded_seconds(s.content, "mp3") > 1.0
+    got = refs[-1]
+    assert got["via"] == "inline" and got["text"] == text
+    assert got["wav"] == stored, (got["wav"], stored)  # the library's audio, sample for sample
 
 
 def test_hub_killed_requests_keep_succeeding(cluster):

@@ -86,7 +86,8 @@ def test_shipped_configs_pass_ttshub_check(tmp_path):
     """The ConfigMap's file, and the package, image and compose configs, against the real config reference."""
     _, docs = resources()
     files = {"k8s.yaml": find(docs, "ConfigMap", "ttshub-config")["data"]["ttshub.yaml"]}
-    for rel in ("deploy/package/ttshub.yaml", "deploy/container/ttshub.yaml", "deploy/compose/ttshub.yaml"):
+    for rel in ("deploy/package/ttshub.yaml", "deploy/container/ttshub.yaml", "deploy/compose/ttshub.yaml",
+                "deploy/compose-test/ttshub.yaml"):
         files[rel.replace("/", "_")] = open(os.path.join(ROOT, rel)).read()
     for name, text in files.items():
         f = tmp_path / name

@@ -4,12 +4,12 @@
 # hard limits allow. The containers.conf edit is idempotent and keeps an existing config: it adds only the keys
 # that are not set, inside a marked block.
 #   scripts/deploy-deps.sh deb      packaging tools (debhelper, lintian)
-#   scripts/deploy-deps.sh deploy   the above plus podman, buildah, debootstrap, runc, podman-compose, promtool
+#   scripts/deploy-deps.sh deploy   the above plus podman, buildah, mmdebstrap, debootstrap, runc, podman-compose, promtool
 set -euo pipefail
 mode=${1:-deploy}
 pkgs=(debhelper devscripts lintian dpkg-dev fakeroot)
 if [ "$mode" = deploy ]; then
-  pkgs+=(podman buildah debootstrap runc podman-compose prometheus slirp4netns uidmap fuse-overlayfs
+  pkgs+=(podman buildah mmdebstrap debootstrap runc podman-compose prometheus slirp4netns uidmap fuse-overlayfs
     iptables containernetworking-plugins golang-github-containernetworking-plugin-dnsname yamllint python3-yaml python3-requests python3-pytest ffmpeg)
 fi
 missing=()

@@ -1,6 +1,6 @@
 """deploy/compose.yaml: the whole cluster (Redis, two hubs, two workers, HAProxy) started with podman-compose
 under its own project name, reached only through the ports it publishes on 127.0.0.1, with the test overlay
-deploy/compose.test.yaml (an engine that can clone: a fake of CosyVoice's protocol, and the hub config with a
+deploy/compose.test.yaml (an engine that can clone: a fake of fish-speech's API, and the hub config with a
 provider for it). The tests run in file order on one cluster; the last one takes it down and checks that
 nothing is left."""
 import bisect
@@ -186,9 +186,9 @@ def test_test_overlay_config_is_the_shipped_one_plus_a_cloning_engine():
     shipped, tested = (yaml.safe_load(open(p)) for p in (HUB_CONFIG, TEST_HUB_CONFIG))
     extra = tested["providers"].pop()
     assert tested == shipped
-    assert extra["type"] == "cosyvoice" and extra["base_url"] == "http://cosyvoice:50000"
+    assert extra["type"] == "fish" and extra["base_url"] == "http://fish:50000"
     overlay = yaml.safe_load(open(COMPOSE_TEST))["services"]
-    assert overlay["cosyvoice"]["image"] == FAKE_ENGINE_IMAGE
+    assert overlay["fish"]["image"] == FAKE_ENGINE_IMAGE
     assert all(overlay[h]["volumes"] == ["./compose-test:/etc/ttshub:ro"] for h in ("hub1", "hub2"))
 
 

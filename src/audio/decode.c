@@ -127,32 +127,13 @@ static int decode_packet(dec_state *d, const AVPacket *pkt)
     }
 }
 
-th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *opts, th_buf *out, char *err,
-                          size_t errlen)
+/* The container: a demuxer over the bytes, held to the formats and codecs accepted, opened and probed.
+ * *fcp is set as soon as there is a context to free (NULL again if opening failed). */
+static th_dec_rc dec_open_input(AVFormatContext **fcp, AVIOContext *io, char *err, size_t errlen)
 {
-    th_dec_rc rc = TH_DEC_BROKEN;
-    int ret;
-    th_memio m;
-    AVFormatContext *fc = NULL;
-    AVIOContext *io = NULL;
-    AVPacket *pkt = NULL;
-    const AVCodec *codec = NULL;
-    dec_state d = {.out = out, .out_rate = opts->out_rate > 0 ? opts->out_rate : 24000};
-    double maxs = opts->max_seconds > 0 ? opts->max_seconds : 60;
-    d.max_samples = (size_t)(maxs * d.out_rate);
-    if (len == 0) {
-        set_err(err, errlen, "the file is empty", 0);
-        return TH_DEC_NOT_AUDIO;
-    }
-    io = th_memio_open(&m, data, len, DEC_AVIO_BUF);
-    if (io == NULL) return TH_DEC_NOMEM;
-    fc = avformat_alloc_context();
-    pkt = av_packet_alloc();
-    d.frame = av_frame_alloc();
-    if (fc == NULL || pkt == NULL || d.frame == NULL) {
-        rc = TH_DEC_NOMEM;
-        goto out;
-    }
+    AVFormatContext *fc = avformat_alloc_context();
+    if (fc == NULL) return TH_DEC_NOMEM;
+    *fcp = fc;
     fc->pb = io;
     fc->flags |= AVFMT_FLAG_CUSTOM_IO;
     fc->probesize = DEC_PROBESIZE;
@@ -160,96 +141,112 @@ th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *op
     fc->format_whitelist = av_strdup(k_formats);
     fc->codec_whitelist = av_strdup(k_codecs);
     fc->protocol_whitelist = av_strdup("none"); /* nothing named inside the file is ever opened */
-    if (fc->format_whitelist == NULL || fc->codec_whitelist == NULL || fc->protocol_whitelist == NULL) {
-        rc = TH_DEC_NOMEM;
-        goto out;
-    }
-    ret = avformat_open_input(&fc, NULL, NULL, NULL); /* frees fc on failure */
+    if (fc->format_whitelist == NULL || fc->codec_whitelist == NULL || fc->protocol_whitelist == NULL)
+        return TH_DEC_NOMEM;
+    int ret = avformat_open_input(fcp, NULL, NULL, NULL); /* frees the context on failure */
     if (ret < 0) {
         set_err(err, errlen, "not a recognised audio file", ret);
-        rc = TH_DEC_NOT_AUDIO;
-        goto out;
+        return TH_DEC_NOT_AUDIO;
     }
-    ret = avformat_find_stream_info(fc, NULL);
+    ret = avformat_find_stream_info(*fcp, NULL);
     if (ret < 0) {
         set_err(err, errlen, "cannot read the audio file", ret);
-        goto out;
+        return TH_DEC_BROKEN;
     }
-    int si = av_find_best_stream(fc, AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
-    if (si < 0 || codec == NULL) {
+    return TH_DEC_OK;
+}
+
+/* The best audio stream (*si) and its decoder, which must be one of ours, opened into d->dec. */
+static th_dec_rc dec_open_codec(AVFormatContext *fc, dec_state *d, int *si, char *err, size_t errlen)
+{
+    const AVCodec *codec = NULL;
+    *si = av_find_best_stream(fc, AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
+    if (*si < 0 || codec == NULL) {
         set_err(err, errlen,
-                si == AVERROR_DECODER_NOT_FOUND ? "the audio codec is not supported"
-                                                : "the file has no audio stream",
+                *si == AVERROR_DECODER_NOT_FOUND ? "the audio codec is not supported"
+                                                 : "the file has no audio stream",
                 0);
-        rc = TH_DEC_NOT_AUDIO;
-        goto out;
+        return TH_DEC_NOT_AUDIO;
     }
     if (!av_match_list(codec->name, k_codecs, ',')) {
         set_err(err, errlen, "the audio codec is not supported", 0);
-        rc = TH_DEC_NOT_AUDIO;
-        goto out;
+        return TH_DEC_NOT_AUDIO;
     }
     for (unsigned i = 0; i < fc->nb_streams; i++)
-        if ((int)i != si) fc->streams[i]->discard = AVDISCARD_ALL;
-    d.dec = avcodec_alloc_context3(codec);
-    if (d.dec == NULL) {
-        rc = TH_DEC_NOMEM;
-        goto out;
-    }
-    ret = avcodec_parameters_to_context(d.dec, fc->streams[si]->codecpar);
+        if ((int)i != *si) fc->streams[i]->discard = AVDISCARD_ALL;
+    d->dec = avcodec_alloc_context3(codec);
+    if (d->dec == NULL) return TH_DEC_NOMEM;
+    int ret = avcodec_parameters_to_context(d->dec, fc->streams[*si]->codecpar);
     if (ret >= 0) {
-        d.dec->thread_count = 1;
-        ret = avcodec_open2(d.dec, codec, NULL);
+        d->dec->thread_count = 1;
+        ret = avcodec_open2(d->dec, codec, NULL);
     }
     if (ret < 0) {
         set_err(err, errlen, "cannot open the audio decoder", ret);
-        goto out;
+        return TH_DEC_BROKEN;
     }
-    int over = 0;
+    return TH_DEC_OK;
+}
+
+/* Reads and decodes stream si to its end, then drains the decoder and the resampler. 1 when past the
+ * limit, 0 at the end, or a negative FFmpeg error (err set unless out of memory). */
+static int dec_run(AVFormatContext *fc, AVPacket *pkt, dec_state *d, int si, char *err, size_t errlen)
+{
     for (;;) {
-        ret = av_read_frame(fc, pkt);
+        int ret = av_read_frame(fc, pkt);
         if (ret == AVERROR_EOF) break;
         if (ret < 0) {
-            if (d.got_any) break; /* truncated at the end: keep what was decoded */
+            if (d->got_any) break; /* truncated at the end: keep what was decoded */
             set_err(err, errlen, "cannot read the audio file", ret);
-            goto out;
+            return ret;
         }
-        int drc = pkt->stream_index == si ? decode_packet(&d, pkt) : 0;
+        int drc = pkt->stream_index == si ? decode_packet(d, pkt) : 0;
         av_packet_unref(pkt);
-        if (drc == 1) {
-            over = 1;
-            break;
-        }
+        if (drc == 1) return 1;
         if (drc < 0) {
-            if (drc == AVERROR(ENOMEM)) {
-                rc = TH_DEC_NOMEM;
-                goto out;
-            }
-            set_err(err, errlen, "the audio cannot be decoded", drc);
-            goto out;
+            if (drc != AVERROR(ENOMEM)) set_err(err, errlen, "the audio cannot be decoded", drc);
+            return drc;
         }
     }
-    if (!over) {
-        int drc = decode_packet(&d, NULL);
-        if (drc == 0 && d.swr) drc = emit(&d, NULL);
-        if (drc == 1)
-            over = 1;
-        else if (drc < 0) {
-            set_err(err, errlen, "the audio cannot be decoded", drc);
-            goto out;
+    int drc = decode_packet(d, NULL);
+    if (drc == 0 && d->swr) drc = emit(d, NULL);
+    if (drc < 0) set_err(err, errlen, "the audio cannot be decoded", drc);
+    return drc;
+}
+
+th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *opts, th_buf *out, char *err,
+                          size_t errlen)
+{
+    th_dec_rc rc;
+    th_memio m;
+    AVFormatContext *fc = NULL;
+    dec_state d = {.out = out, .out_rate = opts->out_rate > 0 ? opts->out_rate : 24000};
+    double maxs = opts->max_seconds > 0 ? opts->max_seconds : 60;
+    d.max_samples = (size_t)(maxs * d.out_rate);
+    if (len == 0) {
+        set_err(err, errlen, "the file is empty", 0);
+        return TH_DEC_NOT_AUDIO;
+    }
+    AVIOContext *io = th_memio_open(&m, data, len, DEC_AVIO_BUF);
+    if (io == NULL) return TH_DEC_NOMEM;
+    AVPacket *pkt = av_packet_alloc();
+    d.frame = av_frame_alloc();
+    int si = -1;
+    if (pkt == NULL || d.frame == NULL) {
+        rc = TH_DEC_NOMEM;
+    } else if ((rc = dec_open_input(&fc, io, err, errlen)) == TH_DEC_OK &&
+               (rc = dec_open_codec(fc, &d, &si, err, errlen)) == TH_DEC_OK) {
+        int r = dec_run(fc, pkt, &d, si, err, errlen);
+        if (r == 1) {
+            set_err(err, errlen, "the audio is longer than the limit", 0);
+            rc = TH_DEC_TOO_LONG;
+        } else if (r < 0) {
+            rc = r == AVERROR(ENOMEM) ? TH_DEC_NOMEM : TH_DEC_BROKEN;
+        } else if (!d.got_any || out->len == 0) {
+            set_err(err, errlen, "the file holds no decodable audio", 0);
+            rc = TH_DEC_BROKEN;
         }
     }
-    if (over) {
-        set_err(err, errlen, "the audio is longer than the limit", 0);
-        rc = TH_DEC_TOO_LONG;
-        goto out;
-    }
-    if (!d.got_any || out->len == 0) {
-        set_err(err, errlen, "the file holds no decodable audio", 0);
-        goto out;
-    }
-    rc = TH_DEC_OK;
-out:
     av_freep(&d.rbuf);
     swr_free(&d.swr);
     avcodec_free_context(&d.dec);

@@ -490,126 +490,141 @@ static void hdr_note(lim_hdr *h, int idx, int64_t limit, int64_t remaining, int6
     if (h->idx == 0 || remaining < h->remaining) *h = (lim_hdr){idx, limit, remaining, reset_ms};
 }
 
+/* What one local admission uses: which limits apply, and the entries they live in. */
+typedef struct lim_plan {
+    bool use_ip, use_trpm, use_rate, use_tconc, use_key;
+    int64_t burst;
+    double tokens; /* the tenant's bucket before this request */
+    lim_entry *ipe, *te, *ke;
+} lim_plan;
+
+/* One sliding window: false (refused, res set) when full, else its header is noted. */
+static bool win_admits(lim_entry *e, int64_t limit, int idx, int64_t now, lim_hdr *hdr, th_limit_result *res)
+{
+    int64_t n = 0, reset = LIM_WINDOW_MS;
+    if (e) {
+        win_prune(&e->win, now);
+        n = e->win.n;
+        reset = win_reset_ms(&e->win, now);
+    }
+    if (n >= limit) {
+        res_refuse(res, 429, lim_reason[idx], limit, reset);
+        return false;
+    }
+    hdr_note(hdr, idx, limit, limit - n - 1, reset);
+    return true;
+}
+
+/* Phase 1: checks, in order, without creating or charging anything. */
+static bool local_admits(th_limiter *l, const lim_args *a, int64_t now, lim_plan *pl, lim_hdr *hdr,
+                         th_limit_result *res)
+{
+    if (l->global_rpm > 0) {
+        win_prune(&l->gwin, now);
+        int64_t reset = win_reset_ms(&l->gwin, now);
+        if ((int64_t)l->gwin.n >= l->global_rpm) {
+            res_refuse(res, 429, lim_reason[L_GLOBAL], l->global_rpm, reset);
+            return false;
+        }
+        hdr_note(hdr, L_GLOBAL, l->global_rpm, l->global_rpm - l->gwin.n - 1, reset);
+    }
+    pl->ipe = pl->use_ip ? table_find(&l->ips, a->ip) : NULL;
+    if (pl->use_ip && !win_admits(pl->ipe, l->ip_rpm, L_IP, now, hdr, res)) return false;
+    pl->te = a->tenant[0] != '\0' ? table_find(&l->tenants, a->tenant) : NULL;
+    if (pl->use_trpm && !win_admits(pl->te, a->t_rpm, L_TENANT, now, hdr, res)) return false;
+    if (pl->use_rate) {
+        pl->tokens = bucket_tokens(pl->te, pl->burst, a->t_rate, now);
+        if (pl->tokens < 1.0) {
+            int64_t wait = (int64_t)ceil((1.0 - pl->tokens) * 1000.0 / (double)a->t_rate);
+            res_refuse(res, 429, lim_reason[L_RATE], pl->burst, wait);
+            return false;
+        }
+        hdr_note(hdr, L_RATE, pl->burst, (int64_t)floor(pl->tokens - 1.0),
+                 (int64_t)ceil(((double)pl->burst - pl->tokens + 1.0) * 1000.0 / (double)a->t_rate));
+    }
+    pl->ke = pl->use_key ? table_find(&l->keys, a->key_id) : NULL;
+    if (pl->use_key && !win_admits(pl->ke, a->key_rpm, L_KEY, now, hdr, res)) return false;
+    if (l->conc > 0 && l->inflight >= l->conc) {
+        res_refuse(res, 429, lim_reason[L_CONC], l->conc, 1000);
+        return false;
+    }
+    if (pl->use_tconc && pl->te && pl->te->inflight >= a->t_conc) {
+        res_refuse(res, 429, lim_reason[L_TCONC], a->t_conc, 1000);
+        return false;
+    }
+    return true;
+}
+
+/* Phase 2: everything that can fail (allocations), before anything is charged. */
+static th_limit_slot *local_prepare(th_limiter *l, const lim_args *a, int64_t now, lim_plan *pl)
+{
+    th_limit_slot *slot = calloc(1, sizeof *slot);
+    if (slot == NULL) return NULL;
+    if (l->global_rpm > 0 && win_reserve(&l->gwin, l->global_rpm) != 0) goto nomem;
+    if (pl->use_ip) {
+        pl->ipe = table_get(&l->ips, a->ip, now);
+        if (pl->ipe == NULL || win_reserve(&pl->ipe->win, l->ip_rpm) != 0) goto nomem;
+    }
+    if (pl->use_trpm || pl->use_rate || pl->use_tconc) {
+        pl->te = table_get(&l->tenants, a->tenant, now);
+        if (pl->te == NULL || (pl->use_trpm && win_reserve(&pl->te->win, a->t_rpm) != 0)) goto nomem;
+    }
+    if (pl->use_key) {
+        pl->ke = table_get(&l->keys, a->key_id, now);
+        if (pl->ke == NULL || win_reserve(&pl->ke->win, a->key_rpm) != 0) goto nomem;
+    }
+    return slot;
+nomem:
+    free(slot);
+    return NULL;
+}
+
+/* Phase 3: charge. */
+static void local_charge(th_limiter *l, const lim_args *a, int64_t now, const lim_plan *pl,
+                         th_limit_slot *slot)
+{
+    if (l->global_rpm > 0) win_push(&l->gwin, now);
+    if (pl->use_ip) win_push(&pl->ipe->win, now);
+    if (pl->use_trpm) win_push(&pl->te->win, now);
+    if (pl->use_rate) {
+        lim_entry *te = pl->te;
+        te->bucket = true;
+        te->tokens = pl->tokens - 1.0;
+        te->tok_ms = now > te->tok_ms ? now : te->tok_ms;
+        te->rate = a->t_rate;
+        te->burst = pl->burst;
+    }
+    if (pl->use_key) win_push(&pl->ke->win, now);
+    if (pl->use_tconc) {
+        pl->te->inflight++;
+        slot->tenant = pl->te;
+    }
+    slot_link(l, slot);
+}
+
 static void local_check(th_limiter *l, const lim_args *a, int64_t now, th_limit_result *res)
 {
     lim_hdr hdr = {0};
     table_expire(&l->ips, now, LIM_EXPIRE_STEPS);
     table_expire(&l->tenants, now, LIM_EXPIRE_STEPS);
     table_expire(&l->keys, now, LIM_EXPIRE_STEPS);
-    bool use_ip = l->ip_rpm > 0 && a->ip[0] != '\0';
     bool has_tenant = a->tenant[0] != '\0';
-    bool use_trpm = has_tenant && a->t_rpm > 0;
-    bool use_rate = has_tenant && a->t_rate > 0;
-    bool use_tconc = has_tenant && a->t_conc > 0;
-    bool use_key = a->key_rpm > 0 && a->key_id[0] != '\0';
-    int64_t burst = a->t_burst > 0 ? a->t_burst : a->t_rate;
-
-    /* Phase 1: check, in order, without creating or charging anything. */
-    if (l->global_rpm > 0) {
-        win_prune(&l->gwin, now);
-        int64_t reset = win_reset_ms(&l->gwin, now);
-        if ((int64_t)l->gwin.n >= l->global_rpm) {
-            res_refuse(res, 429, lim_reason[L_GLOBAL], l->global_rpm, reset);
-            return;
-        }
-        hdr_note(&hdr, L_GLOBAL, l->global_rpm, l->global_rpm - l->gwin.n - 1, reset);
-    }
-    lim_entry *ipe = use_ip ? table_find(&l->ips, a->ip) : NULL;
-    if (use_ip) {
-        int64_t n = 0, reset = LIM_WINDOW_MS;
-        if (ipe) {
-            win_prune(&ipe->win, now);
-            n = ipe->win.n;
-            reset = win_reset_ms(&ipe->win, now);
-        }
-        if (n >= l->ip_rpm) {
-            res_refuse(res, 429, lim_reason[L_IP], l->ip_rpm, reset);
-            return;
-        }
-        hdr_note(&hdr, L_IP, l->ip_rpm, l->ip_rpm - n - 1, reset);
-    }
-    lim_entry *te = has_tenant ? table_find(&l->tenants, a->tenant) : NULL;
-    if (use_trpm) {
-        int64_t n = 0, reset = LIM_WINDOW_MS;
-        if (te) {
-            win_prune(&te->win, now);
-            n = te->win.n;
-            reset = win_reset_ms(&te->win, now);
-        }
-        if (n >= a->t_rpm) {
-            res_refuse(res, 429, lim_reason[L_TENANT], a->t_rpm, reset);
-            return;
-        }
-        hdr_note(&hdr, L_TENANT, a->t_rpm, a->t_rpm - n - 1, reset);
-    }
-    double tokens = 0;
-    if (use_rate) {
-        tokens = bucket_tokens(te, burst, a->t_rate, now);
-        if (tokens < 1.0) {
-            int64_t wait = (int64_t)ceil((1.0 - tokens) * 1000.0 / (double)a->t_rate);
-            res_refuse(res, 429, lim_reason[L_RATE], burst, wait);
-            return;
-        }
-        hdr_note(&hdr, L_RATE, burst, (int64_t)floor(tokens - 1.0),
-                 (int64_t)ceil(((double)burst - tokens + 1.0) * 1000.0 / (double)a->t_rate));
-    }
-    lim_entry *ke = use_key ? table_find(&l->keys, a->key_id) : NULL;
-    if (use_key) {
-        int64_t n = 0, reset = LIM_WINDOW_MS;
-        if (ke) {
-            win_prune(&ke->win, now);
-            n = ke->win.n;
-            reset = win_reset_ms(&ke->win, now);
-        }
-        if (n >= a->key_rpm) {
-            res_refuse(res, 429, lim_reason[L_KEY], a->key_rpm, reset);
-            return;
-        }
-        hdr_note(&hdr, L_KEY, a->key_rpm, a->key_rpm - n - 1, reset);
-    }
-    if (l->conc > 0 && l->inflight >= l->conc) {
-        res_refuse(res, 429, lim_reason[L_CONC], l->conc, 1000);
+    lim_plan pl = {
+        .use_ip = l->ip_rpm > 0 && a->ip[0] != '\0',
+        .use_trpm = has_tenant && a->t_rpm > 0,
+        .use_rate = has_tenant && a->t_rate > 0,
+        .use_tconc = has_tenant && a->t_conc > 0,
+        .use_key = a->key_rpm > 0 && a->key_id[0] != '\0',
+        .burst = a->t_burst > 0 ? a->t_burst : a->t_rate,
+    };
+    if (!local_admits(l, a, now, &pl, &hdr, res)) return;
+    th_limit_slot *slot = local_prepare(l, a, now, &pl);
+    if (slot == NULL) {
+        TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory");
+        res_backend(res);
         return;
     }
-    if (use_tconc && te && te->inflight >= a->t_conc) {
-        res_refuse(res, 429, lim_reason[L_TCONC], a->t_conc, 1000);
-        return;
-    }
-
-    /* Phase 2: everything that can fail (allocations), before anything is charged. */
-    th_limit_slot *slot = calloc(1, sizeof *slot);
-    if (slot == NULL) goto nomem;
-    if (l->global_rpm > 0 && win_reserve(&l->gwin, l->global_rpm) != 0) goto nomem;
-    if (use_ip) {
-        ipe = table_get(&l->ips, a->ip, now);
-        if (ipe == NULL || win_reserve(&ipe->win, l->ip_rpm) != 0) goto nomem;
-    }
-    if (use_trpm || use_rate || use_tconc) {
-        te = table_get(&l->tenants, a->tenant, now);
-        if (te == NULL || (use_trpm && win_reserve(&te->win, a->t_rpm) != 0)) goto nomem;
-    }
-    if (use_key) {
-        ke = table_get(&l->keys, a->key_id, now);
-        if (ke == NULL || win_reserve(&ke->win, a->key_rpm) != 0) goto nomem;
-    }
-
-    /* Phase 3: charge. */
-    if (l->global_rpm > 0) win_push(&l->gwin, now);
-    if (use_ip) win_push(&ipe->win, now);
-    if (use_trpm) win_push(&te->win, now);
-    if (use_rate) {
-        te->bucket = true;
-        te->tokens = tokens - 1.0;
-        te->tok_ms = now > te->tok_ms ? now : te->tok_ms;
-        te->rate = a->t_rate;
-        te->burst = burst;
-    }
-    if (use_key) win_push(&ke->win, now);
-    if (use_tconc) {
-        te->inflight++;
-        slot->tenant = te;
-    }
-    slot_link(l, slot);
+    local_charge(l, a, now, &pl, slot);
     memset(res, 0, sizeof *res);
     res->allowed = true;
     res->slot = slot;
@@ -618,11 +633,6 @@ static void local_check(th_limiter *l, const lim_args *a, int64_t now, th_limit_
         res->remaining = hdr.remaining < 0 ? 0 : hdr.remaining;
         res->reset_s = ceil_s(hdr.reset_ms);
     }
-    return;
-nomem:
-    free(slot);
-    TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory");
-    res_backend(res);
 }
 
 static void args_from_req(const th_limit_req *req, lim_args *a)

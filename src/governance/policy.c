@@ -233,6 +233,51 @@ static void on_admit(void *ud, th_redis_status st, const th_redis_reply *rep)
     adm_free(a);
 }
 
+#define ADMIT_ARGS_MAX (7 + 2 + 1 + 3 + 13 + 5)
+
+/* The admission script's KEYS (limits, quota?, cache?) then ARGV (flags, limits, quota?); returns the count
+ * and sets *nkeys. rkey is the cache entry's Redis key when a->ckey is set; inl holds a flag's digits. */
+static int admit_args(const adm *a, const char *rkey, const char *argv[ADMIT_ARGS_MAX],
+                      size_t lens[ADMIT_ARGS_MAX], int *nkeys, char inl[24])
+{
+    const char *const *lv, *const *qv = NULL;
+    const size_t *ll, *ql = NULL;
+    th_limit_call_args(a->lc, &lv, &ll);
+    if (a->qc) th_quota_call_args(a->qc, &qv, &ql);
+    int n = 0;
+    for (int i = 0; i < 7; i++, n++) {
+        argv[n] = lv[i];
+        lens[n] = ll[i];
+    }
+    if (a->qc)
+        for (int i = 0; i < 2; i++, n++) {
+            argv[n] = qv[i];
+            lens[n] = ql[i];
+        }
+    if (a->ckey) {
+        argv[n] = rkey;
+        lens[n] = strlen(rkey);
+        n++;
+    }
+    *nkeys = n;
+    size_t inln = th_u64_dec(inl, TH_CACHE_INLINE_MAX);
+    const char *flags[3] = {a->qc ? "1" : "0", a->ckey ? "1" : "0", inl};
+    for (int i = 0; i < 3; i++, n++) {
+        argv[n] = flags[i];
+        lens[n] = i < 2 ? 1 : inln;
+    }
+    for (int i = 0; i < 13; i++, n++) {
+        argv[n] = lv[7 + i];
+        lens[n] = ll[7 + i];
+    }
+    if (a->qc)
+        for (int i = 0; i < 5; i++, n++) {
+            argv[n] = qv[2 + i];
+            lens[n] = ql[2 + i];
+        }
+    return n;
+}
+
 void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hooks *hooks, void *ud)
 {
     adm *a = calloc(1, sizeof *a);
@@ -256,45 +301,11 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
             a->has_fcb = true;
         }
     }
-    const char *const *lv, *const *qv = NULL;
-    const size_t *ll, *ql = NULL;
-    th_limit_call_args(a->lc, &lv, &ll);
-    if (a->qc) th_quota_call_args(a->qc, &qv, &ql);
     /* KEYS: 7 + 2? + 1?; ARGV: 3 + 13 + 5? */
-    const char *argv[7 + 2 + 1 + 3 + 13 + 5];
-    size_t lens[7 + 2 + 1 + 3 + 13 + 5];
-    int n = 0;
-    for (int i = 0; i < 7; i++, n++) {
-        argv[n] = lv[i];
-        lens[n] = ll[i];
-    }
-    if (a->qc)
-        for (int i = 0; i < 2; i++, n++) {
-            argv[n] = qv[i];
-            lens[n] = ql[i];
-        }
-    if (a->ckey) {
-        argv[n] = rkey;
-        lens[n] = strlen(rkey);
-        n++;
-    }
-    int nkeys = n;
+    const char *argv[ADMIT_ARGS_MAX];
+    size_t lens[ADMIT_ARGS_MAX];
     char inl[24];
-    size_t inln = th_u64_dec(inl, TH_CACHE_INLINE_MAX);
-    const char *flags[3] = {a->qc ? "1" : "0", a->ckey ? "1" : "0", inl};
-    for (int i = 0; i < 3; i++, n++) {
-        argv[n] = flags[i];
-        lens[n] = i < 2 ? 1 : inln;
-    }
-    for (int i = 0; i < 13; i++, n++) {
-        argv[n] = lv[7 + i];
-        lens[n] = ll[7 + i];
-    }
-    if (a->qc)
-        for (int i = 0; i < 5; i++, n++) {
-            argv[n] = qv[2 + i];
-            lens[n] = ql[2 + i];
-        }
+    int nkeys, n = admit_args(a, rkey, argv, lens, &nkeys, inl);
     a->p = p;
     a->next = p->pending;
     if (p->pending) p->pending->prev = a;

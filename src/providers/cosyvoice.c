@@ -132,90 +132,99 @@ static int cv_multipart(const th_provider_conf *pc, const th_synth_req *req, boo
     return 0;
 }
 
-static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+/* A library voice: its reference inline, on every request. */
+static int cv_build_library(const th_provider_conf *pc, const th_synth_req *req, const char *mode,
+                            th_upstream_http *out, th_perr *err)
 {
-    int rc = -1, bad = 0;
-    json_t *ref = NULL;
-    th_buf wav;
-    char t1[64], t2[64];
-    const char *mode = th_upstream_opt(pc, "mode", NULL);
-    const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
+    const th_voice_ref *r = req->ref;
+    const char *rt = r->text != NULL ? r->text : "";
+    bool zs = rt[0] != 0 && strcmp(mode, "cross_lingual") != 0;
+    /* the server resamples prompt_wav to 16 kHz (load_wav(prompt_wav.file, 16000)): the compact form
+     * (16 kHz FLAC) is all of what it uses, in about a third of the bytes */
+    bool flac = r->flac16k != NULL && r->flac16k_len > 0;
+    return cv_multipart(pc, req, zs, zs ? rt : "", flac ? r->flac16k : r->wav,
+                        flac ? r->flac16k_len : r->wav_len, flac, out, err);
+}
+
+/* sft / instruct: a speaker id (a mapping may name it as spk_id) in a form. */
+static int cv_build_speaker(const th_provider_conf *pc, const th_synth_req *req, const char *mode,
+                            json_t *ref, th_upstream_http *out, th_perr *err)
+{
+    char t1[64];
     const int instruct = strcmp(mode, "instruct") == 0;
-
-    th_buf_init(&wav, CV_MAX_PROMPT);
-    if (pc->base_url == NULL || pc->base_url[0] == 0) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
-        goto out;
-    }
-    if (req->text_len == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
-        goto out;
-    }
-    if (!cloning && !instruct && strcmp(mode, "sft") != 0) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "unknown mode '%s'", mode);
-        goto out;
-    }
-    if (req->ref != NULL) { /* a library voice: inline, on every request */
-        const th_voice_ref *r = req->ref;
-        const char *rt = r->text != NULL ? r->text : "";
-        bool zs = rt[0] != 0 && strcmp(mode, "cross_lingual") != 0;
-        /* the server resamples prompt_wav to 16 kHz (load_wav(prompt_wav.file, 16000)): the compact form
-         * (16 kHz FLAC) is all of what it uses, in about a third of the bytes */
-        bool flac = r->flac16k != NULL && r->flac16k_len > 0;
-        rc = cv_multipart(pc, req, zs, zs ? rt : "", flac ? r->flac16k : r->wav,
-                          flac ? r->flac16k_len : r->wav_len, flac, out, err);
-        goto out;
-    }
-    if (req->voice == NULL || req->voice[0] == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "a voice is required");
-        goto out;
-    }
-    ref = th_upstream_voice_ref(pc, req->voice, &bad);
-    if (bad) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
-        goto out;
-    }
-
-    if (!cloning) {
-        /* sft / instruct: a speaker id; a mapping may name it as spk_id */
-        const char *spk = req->voice;
-        if (ref != NULL) {
-            spk = th_upstream_ref_str(ref, "spk_id", t1, sizeof t1);
-            if (spk == NULL || spk[0] == 0) {
-                th_perr_set(err, TH_PERR_CLIENT, 0, "mode %s needs a speaker id (spk_id)", mode);
-                goto out;
-            }
+    const char *spk = req->voice;
+    if (ref != NULL) {
+        spk = th_upstream_ref_str(ref, "spk_id", t1, sizeof t1);
+        if (spk == NULL || spk[0] == 0) {
+            th_perr_set(err, TH_PERR_CLIENT, 0, "mode %s needs a speaker id (spk_id)", mode);
+            return -1;
         }
-        const char *instr = req->prompt != NULL ? req->prompt : "";
-        out->method = "POST";
-        if (th_upstream_url(out, pc->base_url, instruct ? "/inference_instruct" : "/inference_sft") != 0 ||
-            th_upstream_header(out, "Content-Type", "application/x-www-form-urlencoded") != 0 ||
-            cv_form_field(&out->body, "tts_text", req->text, req->text_len) != 0 ||
-            cv_form_field(&out->body, "spk_id", spk, strlen(spk)) != 0 ||
-            (instruct && cv_form_field(&out->body, "instruct_text", instr, strlen(instr)) != 0))
-            goto oom;
-        rc = 0;
-        goto out;
     }
+    const char *instr = req->prompt != NULL ? req->prompt : "";
+    out->method = "POST";
+    if (th_upstream_url(out, pc->base_url, instruct ? "/inference_instruct" : "/inference_sft") != 0 ||
+        th_upstream_header(out, "Content-Type", "application/x-www-form-urlencoded") != 0 ||
+        cv_form_field(&out->body, "tts_text", req->text, req->text_len) != 0 ||
+        cv_form_field(&out->body, "spk_id", spk, strlen(spk)) != 0 ||
+        (instruct && cv_form_field(&out->body, "instruct_text", instr, strlen(instr)) != 0)) {
+        th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
+        return -1;
+    }
+    return 0;
+}
 
-    /* zero_shot / cross_lingual: the reference wav's bytes as a file part */
+/* zero_shot / cross_lingual with a configured voice: the reference wav's bytes as a file part. */
+static int cv_build_mapped(const th_provider_conf *pc, const th_synth_req *req, const char *mode, json_t *ref,
+                           th_upstream_http *out, th_perr *err)
+{
+    char t1[64], t2[64];
     const char *path = ref != NULL ? th_upstream_ref_str(ref, "prompt_wav", t1, sizeof t1) : NULL;
     const char *ptext = ref != NULL ? th_upstream_ref_str(ref, "prompt_text", t2, sizeof t2) : NULL;
     if (path == NULL || path[0] == 0) {
         th_perr_set(err, TH_PERR_CLIENT, 0,
                     "mode %s needs a voice mapped to {prompt_wav, prompt_text} in the provider's voices",
                     mode);
-        goto out;
+        return -1;
     }
-    if (ptext == NULL) ptext = "";
-    if (cv_read_file(path, &wav, CV_MAX_PROMPT, err) != 0) goto out;
-
-    rc = cv_multipart(pc, req, strcmp(mode, "zero_shot") == 0, ptext, wav.data, wav.len, false, out, err);
-    goto out;
-oom:
-    th_perr_set(err, TH_PERR_INTERNAL, 0, "cannot build the request (out of memory)");
-out:
+    th_buf wav;
+    th_buf_init(&wav, CV_MAX_PROMPT);
+    int rc = -1;
+    if (cv_read_file(path, &wav, CV_MAX_PROMPT, err) == 0)
+        rc = cv_multipart(pc, req, strcmp(mode, "zero_shot") == 0, ptext ? ptext : "", wav.data, wav.len,
+                          false, out, err);
     th_buf_free(&wav);
+    return rc;
+}
+
+static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upstream_http *out, th_perr *err)
+{
+    int bad = 0;
+    const char *mode = th_upstream_opt(pc, "mode", NULL);
+    const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
+    if (pc->base_url == NULL || pc->base_url[0] == 0) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
+        return -1;
+    }
+    if (req->text_len == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
+        return -1;
+    }
+    if (!cloning && strcmp(mode, "instruct") != 0 && strcmp(mode, "sft") != 0) {
+        th_perr_set(err, TH_PERR_STATUS, 0, "unknown mode '%s'", mode);
+        return -1;
+    }
+    if (req->ref != NULL) return cv_build_library(pc, req, mode, out, err);
+    if (req->voice == NULL || req->voice[0] == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "a voice is required");
+        return -1;
+    }
+    json_t *ref = th_upstream_voice_ref(pc, req->voice, &bad);
+    int rc = -1;
+    if (bad)
+        th_perr_set(err, TH_PERR_STATUS, 0, "the voice reference does not parse");
+    else
+        rc = cloning ? cv_build_mapped(pc, req, mode, ref, out, err)
+                     : cv_build_speaker(pc, req, mode, ref, out, err);
     json_decref(ref);
     return rc;
 }

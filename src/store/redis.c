@@ -168,9 +168,70 @@ static char *pct_decode(const char *s, size_t n, bool *bad)
     return out;
 }
 
+/* user:password@ of a redis URL, percent-decoded. */
+static int parse_auth(rd_conn *r, const char *p, const char *at, char *err, size_t errlen)
+{
+    bool bad = false;
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    const char *pw = colon ? colon + 1 : p;
+    size_t pwlen = (size_t)(at - pw);
+    if (colon != NULL && colon > p && (r->user = pct_decode(p, (size_t)(colon - p), &bad)) == NULL) goto fail;
+    if (pwlen > 0 && (r->pass = pct_decode(pw, pwlen, &bad)) == NULL) goto fail;
+    return 0;
+fail:
+    snprintf(err, errlen, bad ? "bad percent escape in redis URL credentials" : "out of memory");
+    return -1;
+}
+
+/* host[:port] or [v6][:port], up to end. */
+static int parse_host(rd_conn *r, const char *hp, const char *end, char *err, size_t errlen)
+{
+    const char *host_s, *host_e, *port_s = NULL;
+    if (hp < end && *hp == '[') {
+        host_s = hp + 1;
+        host_e = memchr(host_s, ']', (size_t)(end - host_s));
+        if (host_e == NULL) {
+            snprintf(err, errlen, "bad IPv6 host in redis URL");
+            return -1;
+        }
+        if (host_e + 1 < end) {
+            if (host_e[1] != ':') {
+                snprintf(err, errlen, "bad host in redis URL");
+                return -1;
+            }
+            port_s = host_e + 2;
+        }
+    } else {
+        host_s = hp;
+        host_e = memchr(hp, ':', (size_t)(end - hp));
+        if (host_e == NULL)
+            host_e = end;
+        else
+            port_s = host_e + 1;
+    }
+    if (host_e == host_s) {
+        snprintf(err, errlen, "no host in redis URL");
+        return -1;
+    }
+    r->host = th_strndup(host_s, (size_t)(host_e - host_s));
+    if (r->host == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    r->port = 6379;
+    if (port_s != NULL) {
+        int64_t port;
+        if (th_strn_to_i64(port_s, (size_t)(end - port_s), 1, 65535, &port) != 0) {
+            snprintf(err, errlen, "bad port in redis URL");
+            return -1;
+        }
+        r->port = (int)port;
+    }
+    return 0;
+}
+
 static int parse_url(rd_conn *r, const char *url, char *err, size_t errlen)
 {
-    const char *p;
     if (url == NULL) {
         snprintf(err, errlen, "no redis URL");
         return -1;
@@ -183,68 +244,13 @@ static int parse_url(rd_conn *r, const char *url, char *err, size_t errlen)
         snprintf(err, errlen, "not a redis URL (redis://[:password@]host:port/db)");
         return -1;
     }
-    p = url + strlen("redis://");
-    size_t alen = strcspn(p, "/?#");
-    const char *auth_end = p + alen;
+    const char *p = url + strlen("redis://");
+    const char *auth_end = p + strcspn(p, "/?#");
     const char *at = NULL;
     for (const char *q = p; q < auth_end; q++)
         if (*q == '@') at = q;
-    const char *hp = p;
-    bool bad = false;
-    if (at != NULL) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        const char *pw = colon ? colon + 1 : p;
-        size_t pwlen = (size_t)(at - pw);
-        if (colon != NULL && colon > p) {
-            r->user = pct_decode(p, (size_t)(colon - p), &bad);
-            if (r->user == NULL) goto nomem_or_bad;
-        }
-        if (pwlen > 0) {
-            r->pass = pct_decode(pw, pwlen, &bad);
-            if (r->pass == NULL) goto nomem_or_bad;
-        }
-        hp = at + 1;
-    }
-    /* host[:port] or [v6][:port] */
-    const char *host_s, *host_e, *port_s = NULL;
-    if (hp < auth_end && *hp == '[') {
-        host_s = hp + 1;
-        host_e = memchr(host_s, ']', (size_t)(auth_end - host_s));
-        if (host_e == NULL) {
-            snprintf(err, errlen, "bad IPv6 host in redis URL");
-            return -1;
-        }
-        if (host_e + 1 < auth_end) {
-            if (host_e[1] != ':') {
-                snprintf(err, errlen, "bad host in redis URL");
-                return -1;
-            }
-            port_s = host_e + 2;
-        }
-    } else {
-        host_s = hp;
-        host_e = memchr(hp, ':', (size_t)(auth_end - hp));
-        if (host_e == NULL) {
-            host_e = auth_end;
-        } else {
-            port_s = host_e + 1;
-        }
-    }
-    if (host_e == host_s) {
-        snprintf(err, errlen, "no host in redis URL");
-        return -1;
-    }
-    r->host = th_strndup(host_s, (size_t)(host_e - host_s));
-    if (r->host == NULL) goto nomem;
-    r->port = 6379;
-    if (port_s != NULL) {
-        int64_t port;
-        if (th_strn_to_i64(port_s, (size_t)(auth_end - port_s), 1, 65535, &port) != 0) {
-            snprintf(err, errlen, "bad port in redis URL");
-            return -1;
-        }
-        r->port = (int)port;
-    }
+    if (at != NULL && parse_auth(r, p, at, err, errlen) != 0) return -1;
+    if (parse_host(r, at != NULL ? at + 1 : p, auth_end, err, errlen) != 0) return -1;
     r->db = 0;
     if (*auth_end == '/') {
         const char *db_s = auth_end + 1;
@@ -258,14 +264,6 @@ static int parse_url(rd_conn *r, const char *url, char *err, size_t errlen)
         return -1;
     }
     return 0;
-nomem_or_bad:
-    if (bad) {
-        snprintf(err, errlen, "bad percent escape in redis URL credentials");
-        return -1;
-    }
-nomem:
-    snprintf(err, errlen, "out of memory");
-    return -1;
 }
 
 /* ---- state -------------------------------------------------------------------------------------- */

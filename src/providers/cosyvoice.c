@@ -201,14 +201,7 @@ static int cv_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     int bad = 0;
     const char *mode = th_upstream_opt(pc, "mode", NULL);
     const int cloning = strcmp(mode, "zero_shot") == 0 || strcmp(mode, "cross_lingual") == 0;
-    if (pc->base_url == NULL || pc->base_url[0] == 0) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
-        return -1;
-    }
-    if (req->text_len == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
-        return -1;
-    }
+    if (th_upstream_need_base_and_text(pc, req, err) != 0) return -1;
     if (!cloning && strcmp(mode, "instruct") != 0 && strcmp(mode, "sft") != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0, "unknown mode '%s'", mode);
         return -1;

@@ -162,14 +162,7 @@ static int gs_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     gs_ref r = {.text = "", .lang = th_upstream_opt(pc, "text_lang", NULL)};
     int64_t sm = 1;
 
-    if (pc->base_url == NULL || pc->base_url[0] == 0) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
-        goto out;
-    }
-    if (req->text_len == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
-        goto out;
-    }
+    if (th_upstream_need_base_and_text(pc, req, err) != 0) goto out;
     if (th_str_to_i64(sm_txt, 0, 3, &sm) != 0) {
         th_perr_set(err, TH_PERR_STATUS, 0, "streaming_mode '%s' is not 0..3", sm_txt);
         goto out;

@@ -28,14 +28,7 @@ static int ov_build(const th_provider_conf *pc, const th_synth_req *req, th_upst
     int rc = -1;
     char speed[32];
 
-    if (pc->base_url == NULL || pc->base_url[0] == 0) {
-        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
-        goto out;
-    }
-    if (req->text_len == 0) {
-        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
-        goto out;
-    }
+    if (th_upstream_need_base_and_text(pc, req, err) != 0) goto out;
     const char *voice = req->ref != NULL ? out->prepared : req->voice;
     if (voice == NULL || voice[0] == 0) {
         th_perr_set(err, req->ref != NULL ? TH_PERR_INTERNAL : TH_PERR_CLIENT, 0,

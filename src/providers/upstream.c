@@ -384,6 +384,19 @@ const char *th_upstream_ref_str(const json_t *ref, const char *key, char *tmp, s
     return NULL;
 }
 
+int th_upstream_need_base_and_text(const th_provider_conf *pc, const th_synth_req *req, th_perr *err)
+{
+    if (pc->base_url == NULL || pc->base_url[0] == '\0') {
+        th_perr_set(err, TH_PERR_STATUS, 0, "base_url is not set");
+        return -1;
+    }
+    if (req->text_len == 0) {
+        th_perr_set(err, TH_PERR_CLIENT, 0, "the input is empty");
+        return -1;
+    }
+    return 0;
+}
+
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def)
 {
     if (pc == NULL) return def;

@@ -155,6 +155,9 @@ const char *th_upstream_secret(const th_provider_conf *pc);
 json_t *th_upstream_voice_ref(const th_provider_conf *pc, const char *voice, int *bad);
 /** A string from a reference mapping (numbers are written out into tmp), or NULL. */
 const char *th_upstream_ref_str(const json_t *ref, const char *key, char *tmp, size_t n);
+/** What a self-hosted kind checks first: a base_url (status error) and some text (client error). 0, or -1
+ * with err set. */
+int th_upstream_need_base_and_text(const th_provider_conf *pc, const th_synth_req *req, th_perr *err);
 /** A kind option from conf->opts, else the kind's default (th_provider_opt_default), else def. */
 const char *th_upstream_opt(const th_provider_conf *pc, const char *key, const char *def);
 /** Generic error mapping by status: 400/404/413/415/422 -> CLIENT, 401/403 -> STATUS (our config is at

@@ -4,6 +4,7 @@
 #include "audio/memio.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +23,10 @@
 #define DEC_PROBESIZE (1 << 20)        /* bytes avformat may read to find the format and streams */
 #define DEC_ANALYZE_US (5 * 1000000LL) /* and the duration it may analyse */
 #define DEC_MAX_BAD_PACKETS 32         /* decode errors tolerated before the file counts as broken */
+/* FFmpeg's largest single allocation, process-wide. A crafted header (a RIFF LIST chunk declaring 4 GB, say)
+ * makes a demuxer allocate and zero what the header claims before it reads a byte; audio never needs
+ * blocks this big, so such an allocation fails and the file is refused. */
+#define DEC_MAX_ALLOC (32u << 20)
 
 /* Demuxers of the containers a browser, a phone or a recorder makes; nothing that opens other files
  * (hls, concat, image sequences...). Matched against each demuxer's comma-separated name list. */
@@ -214,9 +219,17 @@ static int dec_run(AVFormatContext *fc, AVPacket *pkt, dec_state *d, int si, cha
     return drc;
 }
 
+static pthread_once_t max_alloc_once = PTHREAD_ONCE_INIT;
+
+static void set_max_alloc(void)
+{
+    av_max_alloc(DEC_MAX_ALLOC);
+}
+
 th_dec_rc th_audio_decode(const uint8_t *data, size_t len, const th_dec_opts *opts, th_buf *out, char *err,
                           size_t errlen)
 {
+    pthread_once(&max_alloc_once, set_max_alloc);
     th_dec_rc rc;
     th_memio m;
     AVFormatContext *fc = NULL;

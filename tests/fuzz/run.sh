@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     tail -40 "$scratch.log"
-    mkdir -p "$build/crashes"; cp -f crash-* leak-* timeout-* "$build/crashes/" 2>/dev/null || true
+    mkdir -p "$build/crashes"; cp -f crash-* leak-* timeout-* oom-* "$build/crashes/" 2>/dev/null || true
   fi
   rm -rf "$scratch" "$scratch.log"
 done

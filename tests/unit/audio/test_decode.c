@@ -1,4 +1,5 @@
 /* test_decode: uploads of every container decoded to mono s16 at 24 kHz, bounded; level analysis. */
+#include <sys/resource.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,27 @@ TH_TEST(not_audio_and_empty_and_broken)
     TH_CHECK(rc == TH_DEC_NOT_AUDIO || rc == TH_DEC_BROKEN);
     th_buf_free(&pcm);
     free(w);
+}
+
+/* A RIFF LIST chunk that claims gigabytes: the demuxer would allocate (and zero) what each INFO entry claims
+ * before reading it; FFmpeg's allocations are capped, so the file is refused without the memory. */
+TH_TEST(huge_riff_info_is_refused_cheaply)
+{
+    uint8_t f[96] = {'R',  'I',  'F', 'F', 88,  0,   0,   0,   'W', 'A', 'V',  'E',  'f',  'm',
+                     't',  ' ',  16,  0,   0,   0,   1,   0,   1,   0,   0x40, 0x1f, 0,    0,
+                     0x80, 0x3e, 0,   0,   2,   0,   16,  0,   'L', 'I', 'S',  'T',  0x1a, 0,
+                     0,    0xfc, 'I', 'N', 'F', 'O', 'I', 'S', 'F', 'T', 0,    0,    0,    0x60};
+    th_dec_opts o = {.out_rate = 24000, .max_seconds = 10};
+    th_buf pcm;
+    th_buf_init(&pcm, 0); /* the test's own output */
+    char err[256] = "";
+    struct rusage before, after;
+    getrusage(RUSAGE_SELF, &before);
+    th_dec_rc rc = th_audio_decode(f, sizeof f, &o, &pcm, err, sizeof err);
+    getrusage(RUSAGE_SELF, &after);
+    TH_CHECK(rc == TH_DEC_NOT_AUDIO || rc == TH_DEC_BROKEN);
+    TH_CHECK(after.ru_maxrss - before.ru_maxrss < 256 * 1024); /* KiB: no 1.5 GB allocation was made */
+    th_buf_free(&pcm);
 }
 
 TH_TEST(levels_of_silence)

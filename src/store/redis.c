@@ -1232,68 +1232,55 @@ static rd_conn *rd_pick(th_redis *p, th_redis_lane lane, bool *busy)
     return best;
 }
 
-int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, int argc, const char **argv,
-                      const size_t *argvlen)
+/* A connection of the lane, or NULL after answering cb at once (BUSY when all are full, else DOWN). */
+static rd_conn *rd_pick_or_answer(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud)
 {
     bool busy;
     rd_conn *c = rd_pick(r, lane, &busy);
     if (c == NULL) {
         if (busy) r->busy[lane]++;
         cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
-        return 0;
     }
+    return c;
+}
+
+int th_redis_cmd_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, int argc, const char **argv,
+                      const size_t *argvlen)
+{
+    rd_conn *c = rd_pick_or_answer(r, lane, cb, ud);
+    if (c == NULL) return 0;
     return rd_conn_cmd(c, cb, ud, argc, argv, argvlen);
 }
 
 int th_redis_cmd_lane_resp(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
                            size_t len)
 {
-    bool busy;
-    rd_conn *c = rd_pick(r, lane, &busy);
-    if (c == NULL) {
-        if (busy) r->busy[lane]++;
-        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
-        return 0;
-    }
+    rd_conn *c = rd_pick_or_answer(r, lane, cb, ud);
+    if (c == NULL) return 0;
     return rd_conn_cmd_resp(c, cb, ud, resp, len, false);
 }
 
 int th_redis_cmd_lane_resp_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *resp,
                                  size_t len)
 {
-    bool busy;
-    rd_conn *c = rd_pick(r, lane, &busy);
-    if (c == NULL) {
-        if (busy) r->busy[lane]++;
-        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
-        return 0;
-    }
+    rd_conn *c = rd_pick_or_answer(r, lane, cb, ud);
+    if (c == NULL) return 0;
     return rd_conn_cmd_resp(c, cb, ud, resp, len, true);
 }
 
 int th_redis_eval_lane(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
                        int nkeys, int argc, const char **argv, const size_t *argvlen)
 {
-    bool busy;
-    rd_conn *c = rd_pick(r, lane, &busy);
-    if (c == NULL) {
-        if (busy) r->busy[lane]++;
-        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
-        return 0;
-    }
+    rd_conn *c = rd_pick_or_answer(r, lane, cb, ud);
+    if (c == NULL) return 0;
     return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, false);
 }
 
 int th_redis_eval_lane_quiet(th_redis *r, th_redis_lane lane, th_redis_cb cb, void *ud, const char *script,
                              int nkeys, int argc, const char **argv, const size_t *argvlen)
 {
-    bool busy;
-    rd_conn *c = rd_pick(r, lane, &busy);
-    if (c == NULL) {
-        if (busy) r->busy[lane]++;
-        cb(ud, busy ? TH_REDIS_BUSY : TH_REDIS_DOWN, NULL);
-        return 0;
-    }
+    rd_conn *c = rd_pick_or_answer(r, lane, cb, ud);
+    if (c == NULL) return 0;
     return rd_conn_eval(c, cb, ud, script, nkeys, argc, argv, argvlen, true);
 }
 

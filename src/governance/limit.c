@@ -65,84 +65,167 @@ static const char *const lim_reason[L_N + 1] = {
 };
 static const char *const REASON_BACKEND = "backend_unavailable";
 
-/* KEYS: 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
+/* The limiter's Lua library: the Redis side of the checks, shared by the check script below and the policy's
+ * batch script (policy.c), which runs it for every admission of a loop turn in one EVALSHA.
+ *
+ * lim_check(kp, ap) checks one request and charges it in the script's memory; lim_commit() writes what the
+ * run charged, one ZADD (every member of the run) and one PEXPIRE per window or holder set, one HSET and
+ * PEXPIRE per bucket. lim_undo_slots(kp, ap) takes back the concurrency holders the last lim_check added
+ * (the quota refused). Each key is read once per run (ZREMRANGEBYSCORE + ZCARD, or HMGET) and its state
+ * kept in LS/LB, so the admissions of one run are decided one after another on exact counts, and Redis runs
+ * a handful of commands per distinct key instead of a dozen per request. A window is trimmed again when a
+ * later request of the run has a later cut-off.
+ *
+ * KEYS (from kp): 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
  *       6 global concurrency holders, 7 tenant concurrency holders.
- * ARGV: 1 now_ms, 2 member, 3 global_rpm, 4 ip_rpm, 5 tenant_rpm, 6 key_rpm, 7 concurrency,
+ * ARGV (from ap): 1 now_ms, 2 member, 3 global_rpm, 4 ip_rpm, 5 tenant_rpm, 6 key_rpm, 7 concurrency,
  *       8 tenant_concurrency, 9 rate, 10 burst, 11 slot_ttl_ms, 12 now_ms - 60000, 13 now_ms + slot_ttl_ms.
  *       A limit of 0 is not checked and its key is not touched.
- * Returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the first limit
- * that said no; allowed -> the rate limit closest to refusing (0 when none applies).
- * Cost (Redis runs every hub's checks one after another, so each call counts): the times go to Redis as the
- * strings the hub sent (ARGV 1, 12, 13) rather than as Lua numbers that Redis would format again, and a
- * window's oldest hit (ZRANGE) is read only for the window that refuses or that ends up closest to refusing.
- * The answers are those of the version that read every window's oldest hit. */
-static const char CHECK_LUA[] =
-    "local now = tonumber(ARGV[1])\n"
-    "local member = ARGV[2]\n"
-    "local W = 60000\n"
-    "local rate, burst, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])\n"
-    "if burst <= 0 then burst = rate end\n"
-    "local lim = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), 0,\n"
-    "             tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}\n"
-    "if rate > 0 then lim[4] = burst end\n"
-    "local best, bl, brem, breset, bn = 0, 0, 0, 0, -1\n"
-    "local tokens, bts = 0, now\n"
-    "local function note(i, l, rem, reset, n)\n"
-    "  if best == 0 or rem < brem then best, bl, brem, breset, bn = i, l, rem, reset, n end\n"
+ * lim_check returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the
+ * first limit that said no (nothing charged); allowed -> the rate limit closest to refusing (0 when none
+ * applies). The times go to Redis as the strings the hub sent rather than as Lua numbers that Redis would
+ * format again, and a window's oldest hit (ZRANGE) is read only for the window that refuses or that ends
+ * up closest to refusing. */
+#define LIM_LUA_LIB                                                                                          \
+    "local call, tonumber = redis.call, tonumber\n"                                                          \
+    "local W = 60000\n"                                                                                      \
+    "local LS, LB, LD = {}, {}, {}\n"                                                                        \
+    "local function lz(k, cut)\n"                                                                            \
+    "  local s = LS[k]\n"                                                                                    \
+    "  if s == nil then\n"                                                                                   \
+    "    s = {nr = 0, add = {}}\n"                                                                           \
+    "    LS[k] = s\n"                                                                                        \
+    "  end\n"                                                                                                \
+    "  local c = tonumber(cut)\n"                                                                            \
+    "  if s.cut == nil or c > s.cut then\n"                                                                  \
+    "    local gone = call('ZREMRANGEBYSCORE', k, '-inf', cut)\n"                                            \
+    "    if s.cut == nil then s.nr = call('ZCARD', k) else s.nr = s.nr - gone end\n"                         \
+    "    s.cut, s.old = c, nil\n"                                                                            \
+    "  end\n"                                                                                                \
+    "  return s\n"                                                                                           \
+    "end\n"                                                                                                  \
+    "local function lold(k, s, now)\n"                                                                       \
+    "  if s.nr + #s.add == 0 then return W end\n"                                                            \
+    "  if s.old == nil then\n"                                                                               \
+    "    if s.nr > 0 then s.old = tonumber(call('ZRANGE', k, 0, 0, 'WITHSCORES')[2]) else s.old = "          \
+    "tonumber(s.add[1]) end\n"                                                                               \
+    "  end\n"                                                                                                \
+    "  return s.old + W - now\n"                                                                             \
+    "end\n"                                                                                                  \
+    "local function lbucket(k, now, burst)\n"                                                                \
+    "  local b = LB[k]\n"                                                                                    \
+    "  if b == nil then\n"                                                                                   \
+    "    local h = call('HMGET', k, 'tokens', 'ts')\n"                                                       \
+    "    local t, ts = tonumber(h[1]), tonumber(h[2])\n"                                                     \
+    "    if t == nil or ts == nil then t, ts = burst, now end\n"                                             \
+    "    b = {t = t, ts = ts}\n"                                                                             \
+    "    LB[k] = b\n"                                                                                        \
+    "  end\n"                                                                                                \
+    "  return b\n"                                                                                           \
+    "end\n"                                                                                                  \
+    "local function lim_check(kp, ap)\n"                                                                     \
+    "  local now = tonumber(ARGV[ap])\n"                                                                     \
+    "  local rate, burst = tonumber(ARGV[ap + 8]), tonumber(ARGV[ap + 9])\n"                                 \
+    "  if burst <= 0 then burst = rate end\n"                                                                \
+    "  local best, bl, brem, breset, bs, bk = 0, 0, 0, 0, nil, nil\n"                                        \
+    "  local st, tokens = {}, 0\n"                                                                           \
+    "  for i = 1, 7 do\n"                                                                                    \
+    "    local l\n"                                                                                          \
+    "    if i == 4 then\n"                                                                                   \
+    "      l = 0\n"                                                                                          \
+    "      if rate > 0 then l = burst end\n"                                                                 \
+    "    elseif i < 4 then\n"                                                                                \
+    "      l = tonumber(ARGV[ap + 1 + i])\n"                                                                 \
+    "    else\n"                                                                                             \
+    "      l = tonumber(ARGV[ap + i])\n"                                                                     \
+    "    end\n"                                                                                              \
+    "    if l > 0 then\n"                                                                                    \
+    "      local k = KEYS[kp + i - 1]\n"                                                                     \
+    "      if i == 4 then\n"                                                                                 \
+    "        local b = lbucket(k, now, burst)\n"                                                             \
+    "        local el = now - b.ts\n"                                                                        \
+    "        if el < 0 then el = 0 end\n"                                                                    \
+    "        local t = math.min(burst, b.t + el * rate / 1000)\n"                                            \
+    "        if t < 1 then\n"                                                                                \
+    "          local wait = math.ceil((1 - t) * 1000 / rate)\n"                                              \
+    "          return {0, 4, burst, 0, wait, wait}\n"                                                        \
+    "        end\n"                                                                                          \
+    "        tokens, st[4] = t, b\n"                                                                         \
+    "        local rem = math.floor(t - 1)\n"                                                                \
+    "        if best == 0 or rem < brem then\n"                                                              \
+    "          best, bl, brem, breset, bs = 4, burst, rem, math.ceil((burst - t + 1) * 1000 / rate), nil\n"  \
+    "        end\n"                                                                                          \
+    "      elseif i >= 6 then\n"                                                                             \
+    "        local s = lz(k, ARGV[ap])\n"                                                                    \
+    "        if s.nr + #s.add / 2 >= l then return {0, i, l, 0, 1000, 1000} end\n"                           \
+    "        st[i] = s\n"                                                                                    \
+    "      else\n"                                                                                           \
+    "        local s = lz(k, ARGV[ap + 11])\n"                                                               \
+    "        local n = s.nr + #s.add / 2\n"                                                                  \
+    "        if n >= l then\n"                                                                               \
+    "          local reset = lold(k, s, now)\n"                                                              \
+    "          return {0, i, l, 0, reset, reset}\n"                                                          \
+    "        end\n"                                                                                          \
+    "        st[i] = s\n"                                                                                    \
+    "        if best == 0 or l - n - 1 < brem then best, bl, brem, bs, bk = i, l, l - n - 1, s, k end\n"     \
+    "      end\n"                                                                                            \
+    "    end\n"                                                                                              \
+    "  end\n"                                                                                                \
+    "  if bs ~= nil then breset = lold(bk, bs, now) end\n"                                                   \
+    "  for i = 1, 7 do\n"                                                                                    \
+    "    local s = st[i]\n"                                                                                  \
+    "    if s ~= nil then\n"                                                                                 \
+    "      local k = KEYS[kp + i - 1]\n"                                                                     \
+    "      if not s.dirty then\n"                                                                            \
+    "        s.dirty = true\n"                                                                               \
+    "        LD[#LD + 1] = k\n"                                                                              \
+    "      end\n"                                                                                            \
+    "      if i == 4 then\n"                                                                                 \
+    "        s.t, s.ts, s.rate, s.burst = tokens - 1, math.max(s.ts, now), rate, burst\n"                    \
+    "      else\n"                                                                                           \
+    "        local a = s.add\n"                                                                              \
+    "        if i >= 6 then\n"                                                                               \
+    "          a[#a + 1] = ARGV[ap + 12]\n"                                                                  \
+    "          s.ttl = ARGV[ap + 10]\n"                                                                      \
+    "        else\n"                                                                                         \
+    "          a[#a + 1] = ARGV[ap]\n"                                                                       \
+    "          s.ttl = '61000'\n"                                                                            \
+    "        end\n"                                                                                          \
+    "        a[#a + 1] = ARGV[ap + 1]\n"                                                                     \
+    "      end\n"                                                                                            \
+    "    end\n"                                                                                              \
+    "  end\n"                                                                                                \
+    "  return {1, best, bl, brem, breset, 0}\n"                                                              \
+    "end\n"                                                                                                  \
+    "local function lim_undo_slots(kp, ap)\n"                                                                \
+    "  for i = 6, 7 do\n"                                                                                    \
+    "    if tonumber(ARGV[ap + i]) > 0 then\n"                                                               \
+    "      local a = LS[KEYS[kp + i - 1]].add\n"                                                             \
+    "      a[#a] = nil\n"                                                                                    \
+    "      a[#a] = nil\n"                                                                                    \
+    "    end\n"                                                                                              \
+    "  end\n"                                                                                                \
+    "end\n"                                                                                                  \
+    "local function lim_commit()\n"                                                                          \
+    "  for _, k in ipairs(LD) do\n"                                                                          \
+    "    local b = LB[k]\n"                                                                                  \
+    "    if b ~= nil then\n"                                                                                 \
+    "      call('HSET', k, 'tokens', tostring(b.t), 'ts', tostring(b.ts))\n"                                 \
+    "      call('PEXPIRE', k, math.ceil(b.burst * 1000 / b.rate) + 1000)\n"                                  \
+    "    else\n"                                                                                             \
+    "      local s = LS[k]\n"                                                                                \
+    "      if #s.add > 0 then\n"                                                                             \
+    "        call('ZADD', k, unpack(s.add))\n"                                                               \
+    "        call('PEXPIRE', k, s.ttl)\n"                                                                    \
+    "      end\n"                                                                                            \
+    "    end\n"                                                                                              \
+    "  end\n"                                                                                                \
     "end\n"
-    "local function oldest(k, n)\n"
-    "  if n == 0 then return W end\n"
-    "  local o = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')\n"
-    "  return tonumber(o[2]) + W - now\n"
-    "end\n"
-    "for i = 1, 7 do\n"
-    "  local l = lim[i]\n"
-    "  if l > 0 then\n"
-    "    local k = KEYS[i]\n"
-    "    if i == 4 then\n"
-    "      local h = redis.call('HMGET', k, 'tokens', 'ts')\n"
-    "      local t, ts = tonumber(h[1]), tonumber(h[2])\n"
-    "      if t == nil or ts == nil then t, ts = burst, now end\n"
-    "      local el = now - ts\n"
-    "      if el < 0 then el = 0 end\n"
-    "      t = math.min(burst, t + el * rate / 1000)\n"
-    "      if t < 1 then\n"
-    "        local wait = math.ceil((1 - t) * 1000 / rate)\n"
-    "        return {0, 4, burst, 0, wait, wait}\n"
-    "      end\n"
-    "      tokens, bts = t, math.max(ts, now)\n"
-    "      note(4, burst, math.floor(t - 1), math.ceil((burst - t + 1) * 1000 / rate), -1)\n"
-    "    elseif i >= 6 then\n"
-    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', ARGV[1])\n"
-    "      if redis.call('ZCARD', k) >= l then return {0, i, l, 0, 1000, 1000} end\n"
-    "    else\n"
-    "      redis.call('ZREMRANGEBYSCORE', k, '-inf', ARGV[12])\n"
-    "      local n = redis.call('ZCARD', k)\n"
-    "      if n >= l then\n"
-    "        local reset = oldest(k, n)\n"
-    "        return {0, i, l, 0, reset, reset}\n"
-    "      end\n"
-    "      note(i, l, l - n - 1, 0, n)\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "if bn >= 0 then breset = oldest(KEYS[best], bn) end\n"
-    "for i = 1, 7 do\n"
-    "  if lim[i] > 0 then\n"
-    "    local k = KEYS[i]\n"
-    "    if i == 4 then\n"
-    "      redis.call('HSET', k, 'tokens', tostring(tokens - 1), 'ts', tostring(bts))\n"
-    "      redis.call('PEXPIRE', k, math.ceil(burst * 1000 / rate) + 1000)\n"
-    "    elseif i >= 6 then\n"
-    "      redis.call('ZADD', k, ARGV[13], member)\n"
-    "      redis.call('PEXPIRE', k, ARGV[11])\n"
-    "    else\n"
-    "      redis.call('ZADD', k, ARGV[1], member)\n"
-    "      redis.call('PEXPIRE', k, '61000')\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return {1, best, bl, brem, breset, 0}\n";
+
+/* One request on its own (the routes that do not go through the policy). */
+static const char CHECK_LUA[] = LIM_LUA_LIB "local r = lim_check(1, 1)\n"
+                                            "lim_commit()\n"
+                                            "return r\n";
 
 /* KEYS: the concurrency holder sets of the slot. ARGV: 1 member. */
 static const char RELEASE_LUA[] = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end\n"
@@ -1078,9 +1161,10 @@ void th_limiter_free(th_limiter *l)
 /* ---- one round trip (governance/policy.c) ----------------------------------------------------------------
  */
 
-const char *th_limit_lua_check(void)
+const char *th_limit_lua_lib(void)
 {
-    return CHECK_LUA;
+    static const char lib[] = LIM_LUA_LIB;
+    return lib;
 }
 
 th_limit_call *th_limit_call_new(th_limiter *l, const th_limit_req *req, uint64_t now_ms)

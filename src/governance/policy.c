@@ -1,20 +1,28 @@
 /* policy: the governance chain in one Redis round trip (see policy.h).
  *
- * ADMIT (EVALSHA on the policy lane)
- *   KEYS: the limiter's 7 keys, then the quota's 2 (when the tenant has a quota), then the cache key (when
+ * The loop turn's script (EVALSHA on the policy lane). Admissions and finishes are not sent one by one:
+ * they wait in the policy's queues until its check handle runs at the end of the loop turn, and then leave
+ * together as one script (up to POL_BATCH_MAX admissions and POL_FIN_MAX finishes each), which Redis runs
+ * atomically. The limiter's library (th_limit_lua_lib) reads each window, holder set and bucket once per
+ * run and decides the admissions one after another on exact counts, so the cost in Redis follows the
+ * number of distinct keys of the turn rather than a dozen commands per request. Under load the turns hold
+ * more requests and each costs Redis less.
+ *   KEYS: every finish's keys (its holder sets 0..2, then the reservation's 2 when it settles), then every
+ *         admission's keys (the limiter's 7, the quota's 2 when the tenant has a quota, the cache key when
  *         the cache asks Redis).
- *   ARGV: has_quota, has_cache, inline_max, the limiter's 13 arguments, then the quota's 5.
- *   Returns {limits} when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the
- *   RPM windows stay charged, as when the calls were separate, and the concurrency holders just added are
- *   removed again in the script); else {limits, quota, cache} with cache = {0} (miss), {size, value}
- *   (size <= inline_max) or {size} (larger: fetched with GET on the bulk lane).
- *   The limiter's and the quota's own scripts are the bodies of two local functions, so the checks are
- *   the very code of the separate path.
- * FINISH (EVALSHA on the policy lane, not awaited)
- *   KEYS: the slot's holder sets (0..2), then the reservation's 2 keys. ARGV: n holders, member, has
- *   settle, then the quota's 4 settle arguments. The quota's own SETTLE_LUA is its body.
- * A failure of either lane counts as the separate calls' failures did: on_backend_error decides for the
- * limits and the quota, and the cache answers a miss. */
+ *   ARGV: inline_max, the number of finishes, the number of admissions; per finish: n holders, member, has
+ *         settle, then the quota's 4 settle arguments when it settles; per admission: has_quota, has_cache,
+ *         the limiter's 13 arguments, then the quota's 5.
+ *   Finishes run first (their slots are free for the admissions of the same turn; the holders are removed
+ *   with one ZREM per key), then the admissions in order. The answer has one entry per admission: {limits}
+ *   when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay
+ *   charged, as when the calls were separate, and the concurrency holders it had just taken are given back);
+ *   else {limits, quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size}
+ *   (larger: fetched with GET on the bulk lane). An admission whose part of the script fails (a wrong type
+ *   under one of its keys) gets an error entry, and only it is answered as a Redis failure.
+ *   A turn with finishes only is sent without waiting for the answer (a quiet command).
+ * A failure of the lane counts as the separate calls' failures did: on_backend_error decides for the limits
+ * and the quota, and the cache answers a miss. */
 #include "governance/policy.h"
 
 #include <hiredis/read.h>
@@ -23,20 +31,49 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "core/list.h"
 #include "core/str.h"
+
+#define POL_BATCH_MAX 64 /* admissions per script */
+#define POL_FIN_MAX 128  /* finishes per script */
 
 typedef struct adm adm;
 struct adm {
-    adm *prev, *next;
-    th_policy *p; /* NULL once the policy is freed: the reply only frees this */
+    adm *prev, *next; /* p->pending: queued or sent, until answered */
+    adm *qnext;       /* p's send queue, until the turn's script leaves */
+    th_policy *p;     /* NULL once the policy is freed: the reply only frees this */
     th_limit_call *lc;
     th_quota_call *qc;
     char *ckey; /* the cache key (hex), when the script asks the cache */
+    char *rkey; /* its Redis key */
     th_cache_follower_cb fcb;
     bool has_fcb;
+    bool queued;
     th_policy_hooks hooks;
     void *ud;
 };
+
+/* A request's finish, waiting for the turn's script: its holder sets and member, and the reservation's
+ * settle (keys and arguments), all owned here. */
+typedef struct fin fin;
+struct fin {
+    fin *next;
+    int nh;
+    const char *keys[4];
+    size_t klens[4];
+    char nhs[4];
+    char member[48];
+    bool settle;
+    char *qkeys[2];
+    char qargs[4][24];
+};
+
+/* A script in flight: its admissions in ARGV order. */
+typedef struct batch {
+    th_log *log;
+    int na, nf;
+    adm *a[];
+} batch;
 
 struct th_policy {
     th_log *log;
@@ -45,50 +82,103 @@ struct th_policy {
     th_quota *q;
     th_cache *c;
     th_metrics *m;
-    char *admit_lua, *finish_lua;
+    char *lua;
     adm *pending;
+    adm *qhead, *qtail; /* admissions not sent yet */
+    int nq;
+    fin *fhead, *ftail; /* finishes not sent yet */
+    int nf;
+    uv_check_t turn; /* sends the queues at the end of the loop turn */
+    uv_idle_t nudge; /* while armed: the loop does not block before the check */
+    bool armed, freeing;
+    int open_handles;
+    const char **argv; /* the turn's KEYS and ARGV (scratch_fit) */
+    size_t *lens;
+    int cap;
 };
 
-static const char ADMIT_MAIN[] =
-    "local hq, hc = ARGV[1] == '1', ARGV[2] == '1'\n"
-    "local inl = tonumber(ARGV[3])\n"
-    "local lk = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}\n"
-    "local la = {}\n"
-    "for i = 1, 13 do la[i] = ARGV[3 + i] end\n"
-    "local lr = limits(lk, la)\n"
-    "if lr[1] == 0 then return {lr} end\n"
-    "local qr = {1}\n"
-    "local ki = 8\n"
-    "if hq then\n"
-    "  qr = reserve({KEYS[8], KEYS[9]}, {ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21]})\n"
-    "  ki = 10\n"
-    "  if qr[1] == 0 then\n"
-    "    if tonumber(la[7]) > 0 then redis.call('ZREM', lk[6], la[2]) end\n"
-    "    if tonumber(la[8]) > 0 then redis.call('ZREM', lk[7], la[2]) end\n"
-    "    return {lr, qr}\n"
+static const char BATCH_MAIN[] =
+    "local inl = tonumber(ARGV[1])\n"
+    "local nf, na = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local kp, ap = 1, 4\n"
+    "local rel, relk, failed = {}, {}, 0\n"
+    "for f = 1, nf do\n"
+    "  local nh, mem = tonumber(ARGV[ap]), ARGV[ap + 1]\n"
+    "  local hs = ARGV[ap + 2] == '1'\n"
+    "  for i = 0, nh - 1 do\n"
+    "    local k = KEYS[kp + i]\n"
+    "    local m = rel[k]\n"
+    "    if m == nil then\n"
+    "      m = {}\n"
+    "      rel[k] = m\n"
+    "      relk[#relk + 1] = k\n"
+    "    end\n"
+    "    m[#m + 1] = mem\n"
+    "  end\n"
+    "  kp, ap = kp + nh, ap + 3\n"
+    "  if hs then\n"
+    "    if not pcall(settle, {KEYS[kp], KEYS[kp + 1]}, {ARGV[ap], ARGV[ap + 1], ARGV[ap + 2], ARGV[ap + "
+    "3]})\n"
+    "    then failed = failed + 1 end\n"
+    "    kp, ap = kp + 2, ap + 4\n"
     "  end\n"
     "end\n"
-    "local cr = {0}\n"
-    "if hc then\n"
-    "  local n = redis.call('STRLEN', KEYS[ki])\n"
-    "  if n > 0 and n <= inl then cr = {n, redis.call('GET', KEYS[ki])} elseif n > 0 then cr = {n} end\n"
+    "for _, k in ipairs(relk) do\n"
+    "  if not pcall(call, 'ZREM', k, unpack(rel[k])) then failed = failed + 1 end\n"
     "end\n"
-    "return {lr, qr, cr}\n";
+    "local function admit1(lkp, lap, hq, qkp, qap, ck)\n"
+    "  local lr = lim_check(lkp, lap)\n"
+    "  if lr[1] == 0 then return {lr} end\n"
+    "  local qr = {1}\n"
+    "  if hq then\n"
+    "    qr = reserve({KEYS[qkp], KEYS[qkp + 1]}, {ARGV[qap], ARGV[qap + 1], ARGV[qap + 2], ARGV[qap + 3],\n"
+    "                                            ARGV[qap + 4]})\n"
+    "    if qr[1] == 0 then\n"
+    "      lim_undo_slots(lkp, lap)\n"
+    "      return {lr, qr}\n"
+    "    end\n"
+    "  end\n"
+    "  local cr = {0}\n"
+    "  if ck then\n"
+    "    local n = call('STRLEN', ck)\n"
+    "    if n > 0 and n <= inl then cr = {n, call('GET', ck)} elseif n > 0 then cr = {n} end\n"
+    "  end\n"
+    "  return {lr, qr, cr}\n"
+    "end\n"
+    "local out = {}\n"
+    "for a = 1, na do\n"
+    "  local hq, hc = ARGV[ap] == '1', ARGV[ap + 1] == '1'\n"
+    "  local lkp, lap = kp, ap + 2\n"
+    "  kp, ap = kp + 7, ap + 15\n"
+    "  local qkp, qap, ck = kp, ap, nil\n"
+    "  if hq then kp, ap = kp + 2, ap + 5 end\n"
+    "  if hc then\n"
+    "    ck = KEYS[kp]\n"
+    "    kp = kp + 1\n"
+    "  end\n"
+    "  local ok, r = pcall(admit1, lkp, lap, hq, qkp, qap, ck)\n"
+    "  if ok then\n"
+    "    out[a] = r\n"
+    "  elseif type(r) == 'table' and r.err then\n"
+    "    out[a] = r\n"
+    "  else\n"
+    "    out[a] = {err = tostring(r)}\n"
+    "  end\n"
+    "end\n"
+    "lim_commit()\n"
+    "out[na + 1] = failed\n"
+    "return out\n";
 
-static const char FINISH_MAIN[] =
-    "local nh = tonumber(ARGV[1])\n"
-    "for i = 1, nh do redis.call('ZREM', KEYS[i], ARGV[2]) end\n"
-    "if ARGV[3] == '1' then settle({KEYS[nh + 1], KEYS[nh + 2]}, {ARGV[4], ARGV[5], ARGV[6], ARGV[7]}) end\n"
-    "return 1\n";
-
-/* "local function NAME(KEYS, ARGV)\n BODY end\n" for each part, then main. */
-static char *compose(const char *n1, const char *b1, const char *n2, const char *b2, const char *main)
+/* The limiter's library, "local function NAME(KEYS, ARGV)\n BODY end\n" for the quota's two scripts, then
+ * main. */
+static char *compose(const char *main)
 {
     th_buf b;
     th_buf_init(&b, 0); /* our own Lua source */
-    const char *names[2] = {n1, n2}, *bodies[2] = {b1, b2};
+    const char *names[2] = {"reserve", "settle"},
+               *bodies[2] = {th_quota_lua_reserve(), th_quota_lua_settle()};
+    if (th_buf_append_str(&b, th_limit_lua_lib()) != TH_BUF_OK) goto fail;
     for (int i = 0; i < 2; i++) {
-        if (names[i] == NULL) continue;
         if (th_buf_appendf(&b, "local function %s(KEYS, ARGV)\n", names[i]) != TH_BUF_OK ||
             th_buf_append_str(&b, bodies[i]) != TH_BUF_OK || th_buf_append_str(&b, "end\n") != TH_BUF_OK)
             goto fail;
@@ -101,9 +191,17 @@ fail:
     return NULL;
 }
 
+static void on_turn(uv_check_t *h);
+static void on_nudge(uv_idle_t *h)
+{
+    (void)h; /* only keeps the loop from blocking before the check */
+}
+
 th_policy *th_policy_new(th_redis *redis, th_limiter *l, th_quota *q, th_cache *c, th_metrics *m, th_log *log)
 {
     if (redis == NULL || l == NULL || q == NULL || strcmp(th_limiter_backend(l), "redis") != 0) return NULL;
+    uv_loop_t *loop = th_redis_loop(redis);
+    if (loop == NULL) return NULL;
     th_policy *p = calloc(1, sizeof *p);
     if (p == NULL) return NULL;
     p->log = log;
@@ -112,13 +210,24 @@ th_policy *th_policy_new(th_redis *redis, th_limiter *l, th_quota *q, th_cache *
     p->q = q;
     p->c = c;
     p->m = m;
-    p->admit_lua = compose("limits", th_limit_lua_check(), "reserve", th_quota_lua_reserve(), ADMIT_MAIN);
-    p->finish_lua = compose("settle", th_quota_lua_settle(), NULL, NULL, FINISH_MAIN);
-    if (p->admit_lua == NULL || p->finish_lua == NULL) {
-        th_policy_free(p);
+    p->lua = compose(BATCH_MAIN);
+    if (p->lua == NULL) {
+        free(p);
         return NULL;
     }
+    uv_check_init(loop, &p->turn);
+    uv_idle_init(loop, &p->nudge);
+    p->turn.data = p->nudge.data = p;
+    p->open_handles = 2;
     return p;
+}
+
+static void arm(th_policy *p)
+{
+    if (p->armed || p->freeing) return;
+    p->armed = true;
+    uv_check_start(&p->turn, on_turn);
+    uv_idle_start(&p->nudge, on_nudge);
 }
 
 static void adm_unlink(adm *a)
@@ -139,24 +248,67 @@ static void adm_free(adm *a)
     th_limit_call_free(a->lc);
     th_quota_call_free(a->qc);
     free(a->ckey);
+    free(a->rkey);
     free(a);
+}
+
+static void fin_free(fin *f)
+{
+    for (int i = 0; i < f->nh; i++)
+        free((char *)f->keys[i]);
+    free(f->qkeys[0]);
+    free(f->qkeys[1]);
+    free(f);
+}
+
+static void refuse_backend(adm *a)
+{
+    th_limit_result lres = {.status = 503, .reason = "backend_unavailable", .retry_after_s = 1, .reset_s = 1};
+    a->hooks.on_limit(a->ud, &lres);
+}
+
+static void send_queued(th_policy *p, int max_adm, int max_fin);
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    th_policy *p = h->data;
+    if (--p->open_handles == 0) free(p);
 }
 
 void th_policy_free(th_policy *p)
 {
     if (p == NULL) return;
-    /* Admissions still waiting are refused now (as a backend failure; nothing of theirs is held yet); their
-     * replies find no policy and only free their records. */
+    p->freeing = true;
+    uv_check_stop(&p->turn);
+    uv_idle_stop(&p->nudge);
+    /* Finishes waiting for the turn leave now, so their slots and reservations are settled. Admissions not
+     * sent yet are refused (as a backend failure; nothing of theirs is held yet), and so are those still
+     * waiting for Redis, whose replies find no policy and only free their records. */
+    while (p->nq > 0) {
+        adm *a = p->qhead;
+        p->qhead = a->qnext;
+        p->nq--;
+        adm_unlink(a);
+        refuse_backend(a);
+        adm_free(a);
+    }
+    while (p->nf > 0)
+        send_queued(p, 0, POL_FIN_MAX);
+    th_redis_flush(p->redis);
     while (p->pending != NULL) {
         adm *a = p->pending;
         adm_unlink(a);
-        th_limit_result lres = {
-            .status = 503, .reason = "backend_unavailable", .retry_after_s = 1, .reset_s = 1};
-        a->hooks.on_limit(a->ud, &lres);
+        refuse_backend(a);
     }
-    free(p->admit_lua);
-    free(p->finish_lua);
-    free(p);
+    free(p->lua);
+    p->lua = NULL;
+    free(p->argv);
+    free(p->lens);
+    p->argv = NULL;
+    p->lens = NULL;
+    p->cap = 0;
+    uv_close((uv_handle_t *)&p->turn, on_handle_closed);
+    uv_close((uv_handle_t *)&p->nudge, on_handle_closed);
 }
 
 static void observe(th_policy *p, const char *when, double n)
@@ -171,9 +323,9 @@ static bool is_array(const th_redis_reply *r, size_t min)
     return r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements >= min;
 }
 
-static void on_admit(void *ud, th_redis_status st, const th_redis_reply *rep)
+/* One admission's answer: rep is its entry of the turn's answer (or the lane's failure). */
+static void admit_done(adm *a, th_redis_status st, const th_redis_reply *rep)
 {
-    adm *a = ud;
     th_policy *p = a->p;
     adm_unlink(a);
     if (p == NULL) {
@@ -233,55 +385,252 @@ static void on_admit(void *ud, th_redis_status st, const th_redis_reply *rep)
     adm_free(a);
 }
 
-#define ADMIT_ARGS_MAX (7 + 2 + 1 + 3 + 13 + 5)
+/* ---- the turn's script ---------------------------------------------------------------------------- */
 
-/* The admission script's KEYS (limits, quota?, cache?) then ARGV (flags, limits, quota?); returns the count
- * and sets *nkeys. rkey is the cache entry's Redis key when a->ckey is set; inl holds a flag's digits. */
-static int admit_args(const adm *a, const char *rkey, const char *argv[ADMIT_ARGS_MAX],
-                      size_t lens[ADMIT_ARGS_MAX], int *nkeys, char inl[24])
+static void batch_answer(batch *b, th_redis_status st, const th_redis_reply *rep)
 {
-    const char *const *lv, *const *qv = NULL;
-    const size_t *ll, *ql = NULL;
+    for (int i = 0; i < b->na; i++)
+        admit_done(b->a[i], st, rep);
+}
+
+static void on_batch(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    batch *b = ud;
+    bool ok = st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY &&
+              rep->elements == (size_t)b->na + 1 && rep->element[b->na].type == REDIS_REPLY_INTEGER;
+    long long failed = ok ? rep->element[b->na].integer : b->nf;
+    if (b->nf > 0 && failed > 0)
+        TH_LOG(b->log, TH_LOG_WARN,
+               "policy: settling %lld of %d requests in Redis failed (%d%s%.*s): their slots expire by their "
+               "TTL "
+               "and their reservations stay counted until the quota window ends",
+               failed, b->nf, (int)st, !ok && rep && rep->str ? ": " : "",
+               !ok && rep && rep->str ? (int)(rep->len < 200 ? rep->len : 200) : 0,
+               !ok && rep && rep->str ? rep->str : "");
+    if (ok) {
+        for (int i = 0; i < b->na; i++)
+            admit_done(b->a[i], TH_REDIS_OK, &rep->element[i]);
+    } else {
+        batch_answer(b, st == TH_REDIS_OK ? TH_REDIS_ERROR : st, rep);
+    }
+    free(b);
+}
+
+/* Counts of KEYS and ARGV of an admission and of a finish. */
+static int adm_nkeys(const adm *a)
+{
+    return 7 + (a->qc ? 2 : 0) + (a->rkey ? 1 : 0);
+}
+static int adm_nargs(const adm *a)
+{
+    return 2 + 13 + (a->qc ? 5 : 0);
+}
+static int fin_nkeys(const fin *f)
+{
+    return f->nh + (f->settle ? 2 : 0);
+}
+static int fin_nargs(const fin *f)
+{
+    return 3 + (f->settle ? 4 : 0);
+}
+
+static void put(const char **argv, size_t *lens, int *n, const char *s, size_t len)
+{
+    argv[*n] = s;
+    lens[*n] = len;
+    (*n)++;
+}
+
+static void adm_put_keys(const adm *a, const char **argv, size_t *lens, int *n)
+{
+    const char *const *lv, *const *qv;
+    const size_t *ll, *ql;
     th_limit_call_args(a->lc, &lv, &ll);
-    if (a->qc) th_quota_call_args(a->qc, &qv, &ql);
+    for (int i = 0; i < 7; i++)
+        put(argv, lens, n, lv[i], ll[i]);
+    if (a->qc) {
+        th_quota_call_args(a->qc, &qv, &ql);
+        for (int i = 0; i < 2; i++)
+            put(argv, lens, n, qv[i], ql[i]);
+    }
+    if (a->rkey) put(argv, lens, n, a->rkey, strlen(a->rkey));
+}
+
+static void adm_put_args(const adm *a, const char **argv, size_t *lens, int *n)
+{
+    const char *const *lv, *const *qv;
+    const size_t *ll, *ql;
+    th_limit_call_args(a->lc, &lv, &ll);
+    put(argv, lens, n, a->qc ? "1" : "0", 1);
+    put(argv, lens, n, a->rkey ? "1" : "0", 1);
+    for (int i = 0; i < 13; i++)
+        put(argv, lens, n, lv[7 + i], ll[7 + i]);
+    if (a->qc) {
+        th_quota_call_args(a->qc, &qv, &ql);
+        for (int i = 0; i < 5; i++)
+            put(argv, lens, n, qv[2 + i], ql[2 + i]);
+    }
+}
+
+static void fin_put_keys(const fin *f, const char **argv, size_t *lens, int *n)
+{
+    for (int i = 0; i < f->nh; i++)
+        put(argv, lens, n, f->keys[i], f->klens[i]);
+    if (f->settle)
+        for (int i = 0; i < 2; i++)
+            put(argv, lens, n, f->qkeys[i], strlen(f->qkeys[i]));
+}
+
+static void fin_put_args(const fin *f, const char **argv, size_t *lens, int *n)
+{
+    put(argv, lens, n, f->nhs, strlen(f->nhs));
+    put(argv, lens, n, f->member, strlen(f->member));
+    put(argv, lens, n, f->settle ? "1" : "0", 1);
+    if (f->settle)
+        for (int i = 0; i < 4; i++)
+            put(argv, lens, n, f->qargs[i], strlen(f->qargs[i]));
+}
+
+/* p->argv/p->lens with room for n entries (kept from turn to turn: a turn's arrays are a few KiB, and a
+ * malloc of that size makes glibc consolidate its free lists first). */
+static int scratch_fit(th_policy *p, int n)
+{
+    if (n <= p->cap) return 0;
+    int cap = p->cap > 0 ? p->cap : 256;
+    while (cap < n)
+        cap *= 2;
+    const char **argv = realloc(p->argv, (size_t)cap * sizeof *argv);
+    if (argv == NULL) return -1;
+    p->argv = argv;
+    size_t *lens = realloc(p->lens, (size_t)cap * sizeof *lens);
+    if (lens == NULL) return -1;
+    p->lens = lens;
+    p->cap = cap;
+    return 0;
+}
+
+/* The script's KEYS and ARGV for na admissions from ah and nf finishes from fh into p->argv/p->lens (nums
+ * holds the header's digits); returns the count of both and sets *nkeys, or -1 on ENOMEM. */
+static int turn_args(th_policy *p, adm *ah, int na, fin *fh, int nf, int *nkeys, char nums[3][24])
+{
+    int nk = 0, nargs = 3;
+    adm *a = ah;
+    fin *f = fh;
+    for (int i = 0; i < na; i++, a = a->qnext) {
+        nk += adm_nkeys(a);
+        nargs += adm_nargs(a);
+    }
+    for (int i = 0; i < nf; i++, f = f->next) {
+        nk += fin_nkeys(f);
+        nargs += fin_nargs(f);
+    }
+    if (scratch_fit(p, nk + nargs) != 0) return -1;
+    const char **argv = p->argv;
+    size_t *lens = p->lens;
     int n = 0;
-    for (int i = 0; i < 7; i++, n++) {
-        argv[n] = lv[i];
-        lens[n] = ll[i];
-    }
-    if (a->qc)
-        for (int i = 0; i < 2; i++, n++) {
-            argv[n] = qv[i];
-            lens[n] = ql[i];
-        }
-    if (a->ckey) {
-        argv[n] = rkey;
-        lens[n] = strlen(rkey);
-        n++;
-    }
-    *nkeys = n;
-    size_t inln = th_u64_dec(inl, TH_CACHE_INLINE_MAX);
-    const char *flags[3] = {a->qc ? "1" : "0", a->ckey ? "1" : "0", inl};
-    for (int i = 0; i < 3; i++, n++) {
-        argv[n] = flags[i];
-        lens[n] = i < 2 ? 1 : inln;
-    }
-    for (int i = 0; i < 13; i++, n++) {
-        argv[n] = lv[7 + i];
-        lens[n] = ll[7 + i];
-    }
-    if (a->qc)
-        for (int i = 0; i < 5; i++, n++) {
-            argv[n] = qv[2 + i];
-            lens[n] = ql[2 + i];
-        }
+    for (f = fh; f != NULL && n < nk; f = f->next)
+        fin_put_keys(f, argv, lens, &n);
+    a = ah;
+    for (int i = 0; i < na; i++, a = a->qnext)
+        adm_put_keys(a, argv, lens, &n);
+    uint64_t hdr[3] = {TH_CACHE_INLINE_MAX, (uint64_t)nf, (uint64_t)na};
+    for (int i = 0; i < 3; i++)
+        put(argv, lens, &n, nums[i], th_u64_dec(nums[i], hdr[i]));
+    f = fh;
+    for (int i = 0; i < nf; i++, f = f->next)
+        fin_put_args(f, argv, lens, &n);
+    a = ah;
+    for (int i = 0; i < na; i++, a = a->qnext)
+        adm_put_args(a, argv, lens, &n);
+    *nkeys = nk;
     return n;
+}
+
+/* Takes up to na admissions and nf finishes from the queues' heads; *fh gets the finishes (still linked
+ * through next, the last one's next cleared). */
+static adm *dequeue(th_policy *p, int na, int nf, fin **fh)
+{
+    adm *ah = p->qhead;
+    for (int i = 0; i < na; i++) {
+        p->qhead->queued = false;
+        p->qhead = p->qhead->qnext;
+    }
+    if (p->qhead == NULL) p->qtail = NULL;
+    p->nq -= na;
+    *fh = p->fhead;
+    fin *last = NULL;
+    for (int i = 0; i < nf; i++) {
+        last = p->fhead;
+        p->fhead = p->fhead->next;
+    }
+    if (last) last->next = NULL;
+    if (p->fhead == NULL) p->ftail = NULL;
+    p->nf -= nf;
+    return ah;
+}
+
+/* One script with up to max_adm queued admissions and max_fin queued finishes (taken from the queues'
+ * heads). The admissions are answered through on_batch, at once when the lane cannot take it. */
+static void send_queued(th_policy *p, int max_adm, int max_fin)
+{
+    int na = p->nq < max_adm ? p->nq : max_adm, nf = p->nf < max_fin ? p->nf : max_fin;
+    fin *fh;
+    adm *ah = dequeue(p, na, nf, &fh);
+    batch *b = calloc(1, sizeof *b + (size_t)na * sizeof(adm *));
+    char nums[3][24];
+    int nkeys, n = b != NULL ? turn_args(p, ah, na, fh, nf, &nkeys, nums) : -1, rc = -1;
+    if (n >= 0) {
+        b->log = p->log;
+        b->na = na;
+        b->nf = nf;
+        adm *a = ah;
+        for (int i = 0; i < na; i++, a = a->qnext)
+            b->a[i] = a;
+        /* the callback may run before this returns (Redis down): b is not touched after */
+        rc = na > 0 ? th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_batch, b, p->lua, nkeys, n,
+                                         p->argv, p->lens)
+                    : th_redis_eval_lane_quiet(p->redis, TH_REDIS_LANE_POLICY, on_batch, b, p->lua, nkeys, n,
+                                               p->argv, p->lens);
+    }
+    while (fh != NULL) {
+        fin *next = fh->next;
+        fin_free(fh);
+        fh = next;
+    }
+    if (rc == 0) return;
+    TH_LOG(p->log, TH_LOG_ERROR,
+           "policy: out of memory for the turn's Redis script (%d admissions, %d finishes)", na, nf);
+    /* refused as a backend failure (503, retry in 1 s): nothing was charged */
+    for (int i = 0; i < na; i++) {
+        adm *x = ah;
+        ah = ah->qnext;
+        adm_unlink(x);
+        refuse_backend(x);
+        adm_free(x);
+    }
+    free(b);
+}
+
+static void on_turn(uv_check_t *h)
+{
+    th_policy *p = h->data;
+    uv_check_stop(&p->turn);
+    uv_idle_stop(&p->nudge);
+    p->armed = false;
+    /* what the hooks of an answer given at once (Redis down) queue waits for the next turn */
+    int na = p->nq, nf = p->nf;
+    while (na > 0 || nf > 0) {
+        int ta = na < POL_BATCH_MAX ? na : POL_BATCH_MAX, tf = nf < POL_FIN_MAX ? nf : POL_FIN_MAX;
+        send_queued(p, ta, tf);
+        na -= ta;
+        nf -= tf;
+    }
+    th_redis_flush(p->redis); /* written in this turn, whatever the order of the check handles */
 }
 
 void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hooks *hooks, void *ud)
 {
     adm *a = calloc(1, sizeof *a);
-    char *rkey = NULL;
     if (a == NULL) goto nomem;
     a->hooks = *hooks;
     a->ud = ud;
@@ -294,91 +643,64 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
     if (req->cache_key != NULL && p->c != NULL &&
         th_cache_remote_wanted(p->c, req->cache_key, req->fcb != NULL)) {
         a->ckey = th_strndup(req->cache_key, strlen(req->cache_key));
-        rkey = th_cache_redis_key(p->c, req->cache_key);
-        if (a->ckey == NULL || rkey == NULL) goto nomem;
+        a->rkey = th_cache_redis_key(p->c, req->cache_key);
+        if (a->ckey == NULL || a->rkey == NULL) goto nomem;
         if (req->fcb) {
             a->fcb = *req->fcb;
             a->has_fcb = true;
         }
     }
-    /* KEYS: 7 + 2? + 1?; ARGV: 3 + 13 + 5? */
-    const char *argv[ADMIT_ARGS_MAX];
-    size_t lens[ADMIT_ARGS_MAX];
-    char inl[24];
-    int nkeys, n = admit_args(a, rkey, argv, lens, &nkeys, inl);
     a->p = p;
-    a->next = p->pending;
-    if (p->pending) p->pending->prev = a;
-    p->pending = a;
-    /* the callback may run before this returns (Redis down) */
-    if (th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_admit, a, p->admit_lua, nkeys, n, argv, lens) !=
-        0) {
-        adm_unlink(a);
-        goto nomem;
-    }
-    free(rkey);
+    TH_DL_PUSH_FRONT(p->pending, a, prev, next);
+    a->queued = true;
+    if (p->qtail)
+        p->qtail->qnext = a;
+    else
+        p->qhead = a;
+    p->qtail = a;
+    p->nq++;
+    arm(p);
     return;
 nomem:
     TH_LOG(p->log, TH_LOG_ERROR, "policy: out of memory for an admission");
-    free(rkey);
     if (a != NULL) adm_free(a);
     /* refused as a backend failure (503, retry in 1 s): nothing was charged */
     th_limit_result lres = {.status = 503, .reason = "backend_unavailable", .retry_after_s = 1, .reset_s = 1};
     hooks->on_limit(ud, &lres);
 }
 
-static void on_finish(void *ud, th_redis_status st, const th_redis_reply *rep)
-{
-    th_log *log = ud;
-    if (st != TH_REDIS_OK)
-        TH_LOG(log, TH_LOG_WARN,
-               "policy: settling a request in Redis failed (%d%s%.*s): its slot expires by its TTL and its "
-               "reservation stays counted until the quota window ends",
-               (int)st, rep && rep->str ? ": " : "", rep && rep->str ? (int)rep->len : 0,
-               rep && rep->str ? rep->str : "");
-}
-
 void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, bool ok)
 {
-    const char *keys[4] = {NULL, NULL, NULL, NULL};
-    size_t klens[4] = {0, 0, 0, 0};
-    char member[48] = "";
-    int nh = th_limit_slot_detach(slot, keys, klens, member, sizeof member);
-    char *qkeys[2] = {NULL, NULL};
-    char qargs[4][24];
-    bool settle = resv != NULL && th_quota_resv_detach(resv, ok, qkeys, qargs) == 0;
-    if (nh == 0 && !settle) return;
-    const char *argv[4 + 7];
-    size_t lens[4 + 7];
-    int n = 0;
-    for (int i = 0; i < nh; i++, n++) {
-        argv[n] = keys[i];
-        lens[n] = klens[i];
+    fin tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.nh = th_limit_slot_detach(slot, tmp.keys, tmp.klens, tmp.member, sizeof tmp.member);
+    tmp.settle = resv != NULL && th_quota_resv_detach(resv, ok, tmp.qkeys, tmp.qargs) == 0;
+    if (tmp.nh == 0 && !tmp.settle) return;
+    fin *f = malloc(sizeof *f);
+    if (f == NULL) {
+        TH_LOG(
+            p->log, TH_LOG_ERROR,
+            "policy: out of memory settling a request: its slot expires by its TTL and its reservation stays "
+            "counted until the quota window ends");
+        for (int i = 0; i < tmp.nh; i++)
+            free((char *)tmp.keys[i]);
+        free(tmp.qkeys[0]);
+        free(tmp.qkeys[1]);
+        return;
     }
-    if (settle)
-        for (int i = 0; i < 2; i++, n++) {
-            argv[n] = qkeys[i];
-            lens[n] = strlen(qkeys[i]);
-        }
-    int nkeys = n;
-    char nhs[24];
-    th_u64_dec(nhs, (uint64_t)nh);
-    const char *head[3] = {nhs, member, settle ? "1" : "0"};
-    for (int i = 0; i < 3; i++, n++) {
-        argv[n] = head[i];
-        lens[n] = strlen(head[i]);
-    }
-    if (settle)
-        for (int i = 0; i < 4; i++, n++) {
-            argv[n] = qargs[i];
-            lens[n] = strlen(qargs[i]);
-        }
+    *f = tmp;
+    th_u64_dec(f->nhs, (uint64_t)f->nh);
     observe(p, "after", 1);
-    if (th_redis_eval_lane_quiet(p->redis, TH_REDIS_LANE_POLICY, on_finish, p->log, p->finish_lua, nkeys, n,
-                                 argv, lens) != 0)
-        TH_LOG(p->log, TH_LOG_ERROR, "policy: out of memory settling a request");
-    for (int i = 0; i < nh; i++)
-        free((char *)keys[i]);
-    free(qkeys[0]);
-    free(qkeys[1]);
+    if (p->ftail)
+        p->ftail->next = f;
+    else
+        p->fhead = f;
+    p->ftail = f;
+    p->nf++;
+    if (p->freeing) { /* no turn any more: it leaves now */
+        send_queued(p, 0, POL_FIN_MAX);
+        th_redis_flush(p->redis);
+        return;
+    }
+    arm(p);
 }

@@ -1341,6 +1341,11 @@ const char *th_redis_state(const th_redis *r)
     return r->conn[0] != NULL ? r->conn[0]->state_text : r->state_text;
 }
 
+uv_loop_t *th_redis_loop(const th_redis *r)
+{
+    return r != NULL && r->conn[0] != NULL ? r->conn[0]->loop : NULL;
+}
+
 void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lane_stats *out)
 {
     memset(out, 0, sizeof *out);

@@ -117,6 +117,9 @@ typedef struct th_redis_lane_stats {
 /** Writes what is queued now instead of at the end of the loop turn (commands of a turn otherwise leave
  * together in one write per connection, after the turn's I/O callbacks). */
 void th_redis_flush(th_redis *r);
+/** The loop the pool runs on. */
+uv_loop_t *th_redis_loop(const th_redis *r);
+
 /** Sums of a lane's connections, for /metrics. */
 void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lane_stats *out);
 /** Text for /health: "connected", "connecting", "down: <reason>". */

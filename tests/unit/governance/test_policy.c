@@ -78,8 +78,9 @@ static void hub_close(hub *h)
     th_redis_free(h->r);
 }
 
-/* Two hubs on one new redis-server. on_error: open | closed. -1 when there is no redis-server. */
-static int env_start(env *e, const char *on_error)
+/* Two hubs on one new redis-server with this rate_limit section (which has its own on_backend_error) or the
+ * default one. -1 when there is no redis-server. */
+static int env_start_with(env *e, const char *on_error, const char *rate_limit)
 {
     memset(e, 0, sizeof *e);
     if (rp_start(&e->s) != 0) return -1;
@@ -87,19 +88,24 @@ static int env_start(env *e, const char *on_error)
     snprintf(e->dir, sizeof e->dir, "/tmp/th_policy_XXXXXX");
     if (mkdtemp(e->dir) == NULL) return -1;
     char yaml[1024];
-    snprintf(
-        yaml, sizeof yaml,
-        "data_dir: \"%s\"\n"
-        "rate_limit: { global_rpm: 6, ip_rpm: 0, concurrency: 1, backend: redis, on_backend_error: %s }\n"
-        "redis: { url: \"redis://127.0.0.1:%d/0\", prefix: \"pt:\", timeout: 1000ms }\n"
-        "cache: { enabled: true, backend: redis, max_bytes: 4MiB, ttl: 10m }\n"
-        "tenants:\n  acme:\n    quota: { chars_per_day: 100 }\n",
-        e->dir, on_error, e->s.port);
+    snprintf(yaml, sizeof yaml,
+             "data_dir: \"%s\"\n"
+             "rate_limit: { %s, backend: redis, on_backend_error: %s }\n"
+             "redis: { url: \"redis://127.0.0.1:%d/0\", prefix: \"pt:\", timeout: 1000ms }\n"
+             "cache: { enabled: true, backend: redis, max_bytes: 4MiB, ttl: 10m }\n"
+             "tenants:\n  acme:\n    quota: { chars_per_day: 100 }\n",
+             e->dir, rate_limit, on_error, e->s.port);
     e->cfg = cfg_from(yaml);
     if (e->cfg == NULL) return -1;
     for (int i = 0; i < 2; i++)
         if (hub_open(e, &e->h[i]) != 0) return -1;
     return 0;
+}
+
+/* The default: global_rpm 6, concurrency 1. on_error: open | closed. */
+static int env_start(env *e, const char *on_error)
+{
+    return env_start_with(e, on_error, "global_rpm: 6, ip_rpm: 0, concurrency: 1");
 }
 
 static void env_stop(env *e)
@@ -175,6 +181,8 @@ static void h_admitted(void *ud)
 
 static const th_policy_hooks hooks = {h_limit, h_quota, h_cache, h_admitted};
 
+static bool rec_ended(const rec *r);
+
 /* Admits through h and waits until the chain has ended (a refusal, the cache's answer, or admitted). */
 static void admit(env *e, hub *h, const char *tenant, uint64_t chars, const char *ckey, rec *r)
 {
@@ -190,9 +198,38 @@ static void admit(env *e, hub *h, const char *tenant, uint64_t chars, const char
     th_policy_admit(h->p, &pr, &hooks, r);
     uint64_t deadline = th_mono_ms() + 5000;
     for (;;) {
-        bool ended =
-            (r->limits && !r->lres.allowed) || (r->quotas && !r->qres.allowed) || r->caches || r->admitted;
-        if (ended || th_mono_ms() > deadline) break;
+        if (rec_ended(r) || th_mono_ms() > deadline) break;
+        hl_run_until_set(&e->loop, NULL, 5);
+    }
+}
+
+static bool rec_ended(const rec *r)
+{
+    return (r->limits && !r->lres.allowed) || (r->quotas && !r->qres.allowed) || r->caches || r->admitted;
+}
+
+/* n admissions from ips[i] (tenant and chars as given; no cache step) in one loop turn through h, then waits
+ * until every one has ended. */
+static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char *tenant,
+                       const uint64_t *chars, rec *r)
+{
+    const th_tenant_conf *tc = tenant != NULL ? th_config_tenant(e->cfg, tenant) : NULL;
+    for (int i = 0; i < n; i++) {
+        memset(&r[i], 0, sizeof r[i]);
+        th_limit_req lr = {.ip = ips[i], .tenant = tenant != NULL ? tenant : "", .key_id = "", .tconf = tc};
+        th_policy_req pr = {.limit = &lr,
+                            .tenant = tenant != NULL ? tenant : "",
+                            .tconf = tc,
+                            .chars = chars != NULL ? chars[i] : 1,
+                            .now_ms = th_wall_ms()};
+        th_policy_admit(h->p, &pr, &hooks, &r[i]);
+    }
+    uint64_t deadline = th_mono_ms() + 5000;
+    for (;;) {
+        int ended = 0;
+        for (int i = 0; i < n; i++)
+            ended += rec_ended(&r[i]);
+        if (ended == n || th_mono_ms() > deadline) break;
         hl_run_until_set(&e->loop, NULL, 5);
     }
 }
@@ -487,6 +524,102 @@ TH_TEST(free_refuses_admissions_in_flight_once)
     hl_run_until_set(&e.loop, NULL, 50);
     for (int i = 0; i < 3; i++)
         TH_CHECK(r[i].limits == 1 && r[i].admitted == 0 && r[i].hooks == 1);
+    env_stop(&e);
+}
+
+static long long scripts_run(const env *e)
+{
+    return calls_of(e, "evalsha") + calls_of(e, "eval");
+}
+
+TH_TEST(one_turn_is_one_script_with_exact_counts)
+{
+    env e;
+    if (env_start_with(&e, "closed", "global_rpm: 0, ip_rpm: 5, concurrency: 0") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0];
+    rec r[8];
+    const char *ipa[8] = {"10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1",
+                          "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1"};
+    admit_turn(&e, a, 1, (const char *const[]){"10.0.0.9"}, NULL, NULL, r); /* loads the script */
+    long long s0 = scripts_run(&e);
+    /* eight in one turn, ip_rpm 5: decided one after another on exact counts, in one script */
+    admit_turn(&e, a, 8, ipa, NULL, NULL, r);
+    TH_CHECK_INT(scripts_run(&e) - s0, 1);
+    for (int i = 0; i < 8; i++) {
+        TH_CHECK_INT(r[i].limits, 1);
+        if (i < 5) {
+            TH_CHECK(r[i].lres.allowed && !r[i].lres.degraded);
+            TH_CHECK_INT(r[i].lres.remaining, 4 - i);
+            TH_CHECK_INT(r[i].lres.limit, 5);
+        } else {
+            TH_CHECK(!r[i].lres.allowed);
+            TH_CHECK_INT(r[i].lres.status, 429);
+            TH_CHECK_STR(r[i].lres.reason, "ip_rpm");
+            TH_CHECK(r[i].lres.retry_after_s >= 59 && r[i].lres.retry_after_s <= 60);
+        }
+    }
+    /* the quota inside a turn: 40 + 40 fit in 100, the third does not; every one keeps its RPM charge */
+    const char *ipb[3] = {"10.0.0.2", "10.0.0.2", "10.0.0.2"};
+    uint64_t chars[3] = {40, 40, 40};
+    admit_turn(&e, a, 3, ipb, "acme", chars, r);
+    TH_CHECK(r[0].qres.allowed && r[1].qres.allowed);
+    TH_CHECK(r[0].admitted == 1 && r[1].admitted == 1);
+    TH_CHECK_INT(r[2].quotas, 1);
+    TH_CHECK(!r[2].qres.allowed);
+    TH_CHECK_INT(r[2].qres.used, 80);
+    for (int i = 0; i < 2; i++)
+        th_policy_after(a->p, r[i].lres.slot, r[i].qres.resv, true);
+    admit_turn(&e, a, 3, ipb, NULL, NULL, r);
+    TH_CHECK(r[0].lres.allowed && r[1].lres.allowed && !r[2].lres.allowed);
+    TH_CHECK_INT(r[1].lres.remaining, 0);
+    sync_hub(&e, a);
+    /* a wrong type under one admission's key fails that admission only (on_backend_error closed) */
+    redis_do(&e, "SET pt:rl:ip:10.0.0.66 not-a-window");
+    const char *ipc[3] = {"10.0.0.3", "10.0.0.66", "10.0.0.3"};
+    admit_turn(&e, a, 3, ipc, NULL, NULL, r);
+    TH_CHECK(r[0].lres.allowed && r[2].lres.allowed);
+    TH_CHECK_INT(r[2].lres.remaining, 3);
+    TH_CHECK(!r[1].lres.allowed);
+    TH_CHECK_INT(r[1].lres.status, 503);
+    TH_CHECK_STR(r[1].lres.reason, "backend_unavailable");
+    env_stop(&e);
+}
+
+TH_TEST(finishes_leave_before_the_turns_admissions)
+{
+    env e;
+    if (env_start_with(&e, "closed", "global_rpm: 0, ip_rpm: 0, concurrency: 1") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0], *b = &e.h[1];
+    rec r1, r[2];
+    admit(&e, a, NULL, 1, NULL, &r1);
+    TH_CHECK(r1.lres.allowed && r1.lres.slot != NULL);
+    /* the other hub while the slot is held: refused */
+    admit(&e, b, NULL, 1, NULL, &r[0]);
+    TH_CHECK(!r[0].lres.allowed);
+    TH_CHECK_STR(r[0].lres.reason, "concurrency");
+    /* one turn: r1's finish, then two admissions; the finish runs first, so one of them gets the slot */
+    long long s0 = scripts_run(&e);
+    th_policy_after(a->p, r1.lres.slot, NULL, true);
+    const char *ips[2] = {"10.0.0.1", "10.0.0.1"};
+    admit_turn(&e, a, 2, ips, NULL, NULL, r);
+    TH_CHECK_INT(scripts_run(&e) - s0, 1);
+    TH_CHECK(r[0].lres.allowed && r[0].lres.slot != NULL);
+    TH_CHECK(!r[1].lres.allowed);
+    TH_CHECK_STR(r[1].lres.reason, "concurrency");
+    /* a finish alone leaves without waiting, and the slot is free for the other hub */
+    th_policy_after(a->p, r[0].lres.slot, NULL, true);
+    hl_run_until_set(&e.loop, NULL, 20);
+    sync_hub(&e, a);
+    admit(&e, b, NULL, 1, NULL, &r1);
+    TH_CHECK(r1.lres.allowed && r1.lres.slot != NULL);
+    th_policy_after(b->p, r1.lres.slot, NULL, true);
+    sync_hub(&e, b);
     env_stop(&e);
 }
 

@@ -527,6 +527,17 @@ TH_TEST(free_refuses_admissions_in_flight_once)
     env_stop(&e);
 }
 
+/* Gives back what the allowed ones of r hold (slots, reservations). */
+static void after_all(hub *h, rec *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        th_policy_after(h->p, r[i].lres.allowed ? r[i].lres.slot : NULL,
+                        r[i].quotas && r[i].qres.allowed ? r[i].qres.resv : NULL, true);
+        r[i].lres.slot = NULL;
+        r[i].qres.resv = NULL;
+    }
+}
+
 static long long scripts_run(const env *e)
 {
     return calls_of(e, "evalsha") + calls_of(e, "eval");
@@ -544,6 +555,8 @@ TH_TEST(one_turn_is_one_script_with_exact_counts)
     const char *ipa[8] = {"10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1",
                           "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1"};
     admit_turn(&e, a, 1, (const char *const[]){"10.0.0.9"}, NULL, NULL, r); /* loads the script */
+    after_all(a, r, 1);
+    sync_hub(&e, a);
     long long s0 = scripts_run(&e);
     /* eight in one turn, ip_rpm 5: decided one after another on exact counts, in one script */
     admit_turn(&e, a, 8, ipa, NULL, NULL, r);
@@ -561,6 +574,7 @@ TH_TEST(one_turn_is_one_script_with_exact_counts)
             TH_CHECK(r[i].lres.retry_after_s >= 59 && r[i].lres.retry_after_s <= 60);
         }
     }
+    after_all(a, r, 8);
     /* the quota inside a turn: 40 + 40 fit in 100, the third does not; every one keeps its RPM charge */
     const char *ipb[3] = {"10.0.0.2", "10.0.0.2", "10.0.0.2"};
     uint64_t chars[3] = {40, 40, 40};
@@ -570,11 +584,11 @@ TH_TEST(one_turn_is_one_script_with_exact_counts)
     TH_CHECK_INT(r[2].quotas, 1);
     TH_CHECK(!r[2].qres.allowed);
     TH_CHECK_INT(r[2].qres.used, 80);
-    for (int i = 0; i < 2; i++)
-        th_policy_after(a->p, r[i].lres.slot, r[i].qres.resv, true);
+    after_all(a, r, 3);
     admit_turn(&e, a, 3, ipb, NULL, NULL, r);
     TH_CHECK(r[0].lres.allowed && r[1].lres.allowed && !r[2].lres.allowed);
     TH_CHECK_INT(r[1].lres.remaining, 0);
+    after_all(a, r, 3);
     sync_hub(&e, a);
     /* a wrong type under one admission's key fails that admission only (on_backend_error closed) */
     redis_do(&e, "SET pt:rl:ip:10.0.0.66 not-a-window");
@@ -585,6 +599,8 @@ TH_TEST(one_turn_is_one_script_with_exact_counts)
     TH_CHECK(!r[1].lres.allowed);
     TH_CHECK_INT(r[1].lres.status, 503);
     TH_CHECK_STR(r[1].lres.reason, "backend_unavailable");
+    after_all(a, r, 3);
+    sync_hub(&e, a);
     env_stop(&e);
 }
 

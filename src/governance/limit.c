@@ -22,8 +22,12 @@
  *  - One Lua script (CHECK_LUA below) does every RPM and bucket check and the concurrency ceilings, then
  *    charges, atomically. now_ms comes from the caller (hubs keep their clocks in sync with NTP; tests can
  *    drive time) rather than from the server's TIME.
- *  - Windows: a ZSET per limit whose members are unique per request (hub id + sequence) scored by now_ms;
- *    ZREMRANGEBYSCORE drops what is 60 s old, ZCARD counts, ZADD charges, PEXPIRE 61 s.
+ *  - Windows: a LIST per limit of the hit times (ms) in arrival order ("rl:w:..." keys). The expired head
+ *    is trimmed (LRANGE + LTRIM), LLEN counts, RPUSH charges, PEXPIRE 61 s. A list costs Redis a tenth of
+ *    the memory and CPU of a sorted set with a member per hit (the first version's "rl:g"-style keys, which
+ *    a rolling upgrade leaves to expire). Hubs keep their clocks in sync (NTP): with clocks apart by d, a
+ *    hit leaves the window up to d early or late, as with any timestamped log, and a head that is not yet
+ *    expired keeps later expired hits counted until it goes (never fewer than the exact count).
  *  - Bucket: a HASH {tokens, ts}, refilled from the elapsed time, PEXPIRE the time to refill + 1 s (an
  *    absent bucket is a full one).
  *  - Concurrency: a ZSET of slot holders per limit scored with an expiry time (now + slot TTL). Acquire
@@ -69,12 +73,13 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * batch script (policy.c), which runs it for every admission of a loop turn in one EVALSHA.
  *
  * lim_check(kp, ap) checks one request and charges it in the script's memory; lim_commit() writes what the
- * run charged, one ZADD (every member of the run) and one PEXPIRE per window or holder set, one HSET and
- * PEXPIRE per bucket. lim_undo_slots(kp, ap) takes back the concurrency holders the last lim_check added
- * (the quota refused). Each key is read once per run (ZREMRANGEBYSCORE + ZCARD, or HMGET) and its state
- * kept in LS/LB, so the admissions of one run are decided one after another on exact counts, and Redis runs
- * a handful of commands per distinct key instead of a dozen per request. A window is trimmed again when a
- * later request of the run has a later cut-off.
+ * run charged: per window one RPUSH (every hit of the run) and one PEXPIRE, per holder set one ZADD and one
+ * PEXPIRE, per bucket one HSET and one PEXPIRE. lim_undo_slots(kp, ap) takes back the concurrency holders
+ * the last lim_check added (the quota refused). Each key is read once per run (a window's expired head is
+ * trimmed with LRANGE + LTRIM and counted with LLEN; a holder set with ZREMRANGEBYSCORE + ZCARD; a bucket
+ * with HMGET) and its state kept in LS/LB, so the admissions of one run are decided one after another on
+ * exact counts, and Redis runs a handful of commands per distinct key instead of a dozen per request. A
+ * window is trimmed again when a later request of the run has a later cut-off.
  *
  * KEYS (from kp): 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
  *       6 global concurrency holders, 7 tenant concurrency holders.
@@ -84,8 +89,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * lim_check returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the
  * first limit that said no (nothing charged); allowed -> the rate limit closest to refusing (0 when none
  * applies). The times go to Redis as the strings the hub sent rather than as Lua numbers that Redis would
- * format again, and a window's oldest hit (ZRANGE) is read only for the window that refuses or that ends
- * up closest to refusing. */
+ * format again. */
 #define LIM_LUA_LIB                                                                                          \
     "local call, tonumber = redis.call, tonumber\n"                                                          \
     "local W = 60000\n"                                                                                      \
@@ -93,24 +97,44 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "local function lz(k, cut)\n"                                                                            \
     "  local s = LS[k]\n"                                                                                    \
     "  if s == nil then\n"                                                                                   \
-    "    s = {nr = 0, add = {}}\n"                                                                           \
+    "    s = {nr = 0, na = 0, add = {}}\n"                                                                   \
     "    LS[k] = s\n"                                                                                        \
     "  end\n"                                                                                                \
     "  local c = tonumber(cut)\n"                                                                            \
     "  if s.cut == nil or c > s.cut then\n"                                                                  \
     "    local gone = call('ZREMRANGEBYSCORE', k, '-inf', cut)\n"                                            \
     "    if s.cut == nil then s.nr = call('ZCARD', k) else s.nr = s.nr - gone end\n"                         \
-    "    s.cut, s.old = c, nil\n"                                                                            \
+    "    s.cut = c\n"                                                                                        \
     "  end\n"                                                                                                \
     "  return s\n"                                                                                           \
     "end\n"                                                                                                  \
-    "local function lold(k, s, now)\n"                                                                       \
-    "  if s.nr + #s.add == 0 then return W end\n"                                                            \
-    "  if s.old == nil then\n"                                                                               \
-    "    if s.nr > 0 then s.old = tonumber(call('ZRANGE', k, 0, 0, 'WITHSCORES')[2]) else s.old = "          \
-    "tonumber(s.add[1]) end\n"                                                                               \
+    "local function lw(k, cut)\n"                                                                            \
+    "  local s = LS[k]\n"                                                                                    \
+    "  if s == nil then\n"                                                                                   \
+    "    s = {nr = 0, na = 0, add = {}, list = true}\n"                                                      \
+    "    LS[k] = s\n"                                                                                        \
     "  end\n"                                                                                                \
-    "  return s.old + W - now\n"                                                                             \
+    "  local c = tonumber(cut)\n"                                                                            \
+    "  if s.cut == nil or c > s.cut then\n"                                                                  \
+    "    local gone, e = 0, 16\n"                                                                            \
+    "    while e == 16 do\n"                                                                                 \
+    "      local h = call('LRANGE', k, 0, 15)\n"                                                             \
+    "      e = 0\n"                                                                                          \
+    "      while e < #h and tonumber(h[e + 1]) <= c do e = e + 1 end\n"                                      \
+    "      if e > 0 then call('LTRIM', k, e, -1) end\n"                                                      \
+    "      gone = gone + e\n"                                                                                \
+    "      s.old = tonumber(h[e + 1])\n"                                                                     \
+    "    end\n"                                                                                              \
+    "    if s.cut == nil then s.nr = call('LLEN', k) else s.nr = s.nr - gone end\n"                          \
+    "    s.cut = c\n"                                                                                        \
+    "  end\n"                                                                                                \
+    "  return s\n"                                                                                           \
+    "end\n"                                                                                                  \
+    "local function lold(s, now)\n"                                                                          \
+    "  if s.nr + s.na == 0 then return W end\n"                                                              \
+    "  local o = s.old\n"                                                                                    \
+    "  if s.nr == 0 then o = tonumber(s.add[1]) end\n"                                                       \
+    "  return o + W - now\n"                                                                                 \
     "end\n"                                                                                                  \
     "local function lbucket(k, now, burst)\n"                                                                \
     "  local b = LB[k]\n"                                                                                    \
@@ -127,7 +151,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  local now = tonumber(ARGV[ap])\n"                                                                     \
     "  local rate, burst = tonumber(ARGV[ap + 8]), tonumber(ARGV[ap + 9])\n"                                 \
     "  if burst <= 0 then burst = rate end\n"                                                                \
-    "  local best, bl, brem, breset, bs, bk = 0, 0, 0, 0, nil, nil\n"                                        \
+    "  local best, bl, brem, breset, bs = 0, 0, 0, 0, nil\n"                                                 \
     "  local st, tokens = {}, 0\n"                                                                           \
     "  for i = 1, 7 do\n"                                                                                    \
     "    local l\n"                                                                                          \
@@ -157,28 +181,27 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "        end\n"                                                                                          \
     "      elseif i >= 6 then\n"                                                                             \
     "        local s = lz(k, ARGV[ap])\n"                                                                    \
-    "        if s.nr + #s.add / 2 >= l then return {0, i, l, 0, 1000, 1000} end\n"                           \
+    "        if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                 \
     "        st[i] = s\n"                                                                                    \
     "      else\n"                                                                                           \
-    "        local s = lz(k, ARGV[ap + 11])\n"                                                               \
-    "        local n = s.nr + #s.add / 2\n"                                                                  \
+    "        local s = lw(k, ARGV[ap + 11])\n"                                                               \
+    "        local n = s.nr + s.na\n"                                                                        \
     "        if n >= l then\n"                                                                               \
-    "          local reset = lold(k, s, now)\n"                                                              \
+    "          local reset = lold(s, now)\n"                                                                 \
     "          return {0, i, l, 0, reset, reset}\n"                                                          \
     "        end\n"                                                                                          \
     "        st[i] = s\n"                                                                                    \
-    "        if best == 0 or l - n - 1 < brem then best, bl, brem, bs, bk = i, l, l - n - 1, s, k end\n"     \
+    "        if best == 0 or l - n - 1 < brem then best, bl, brem, bs = i, l, l - n - 1, s end\n"            \
     "      end\n"                                                                                            \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
-    "  if bs ~= nil then breset = lold(bk, bs, now) end\n"                                                   \
+    "  if bs ~= nil then breset = lold(bs, now) end\n"                                                       \
     "  for i = 1, 7 do\n"                                                                                    \
     "    local s = st[i]\n"                                                                                  \
     "    if s ~= nil then\n"                                                                                 \
-    "      local k = KEYS[kp + i - 1]\n"                                                                     \
     "      if not s.dirty then\n"                                                                            \
     "        s.dirty = true\n"                                                                               \
-    "        LD[#LD + 1] = k\n"                                                                              \
+    "        LD[#LD + 1] = KEYS[kp + i - 1]\n"                                                               \
     "      end\n"                                                                                            \
     "      if i == 4 then\n"                                                                                 \
     "        s.t, s.ts, s.rate, s.burst = tokens - 1, math.max(s.ts, now), rate, burst\n"                    \
@@ -186,12 +209,12 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "        local a = s.add\n"                                                                              \
     "        if i >= 6 then\n"                                                                               \
     "          a[#a + 1] = ARGV[ap + 12]\n"                                                                  \
+    "          a[#a + 1] = ARGV[ap + 1]\n"                                                                   \
     "          s.ttl = ARGV[ap + 10]\n"                                                                      \
     "        else\n"                                                                                         \
     "          a[#a + 1] = ARGV[ap]\n"                                                                       \
-    "          s.ttl = '61000'\n"                                                                            \
     "        end\n"                                                                                          \
-    "        a[#a + 1] = ARGV[ap + 1]\n"                                                                     \
+    "        s.na = s.na + 1\n"                                                                              \
     "      end\n"                                                                                            \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
@@ -200,24 +223,25 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "local function lim_undo_slots(kp, ap)\n"                                                                \
     "  for i = 6, 7 do\n"                                                                                    \
     "    if tonumber(ARGV[ap + i]) > 0 then\n"                                                               \
-    "      local a = LS[KEYS[kp + i - 1]].add\n"                                                             \
-    "      a[#a] = nil\n"                                                                                    \
-    "      a[#a] = nil\n"                                                                                    \
+    "      local s = LS[KEYS[kp + i - 1]]\n"                                                                 \
+    "      s.add[#s.add] = nil\n"                                                                            \
+    "      s.add[#s.add] = nil\n"                                                                            \
+    "      s.na = s.na - 1\n"                                                                                \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "end\n"                                                                                                  \
     "local function lim_commit()\n"                                                                          \
     "  for _, k in ipairs(LD) do\n"                                                                          \
-    "    local b = LB[k]\n"                                                                                  \
+    "    local b, s = LB[k], LS[k]\n"                                                                        \
     "    if b ~= nil then\n"                                                                                 \
     "      call('HSET', k, 'tokens', tostring(b.t), 'ts', tostring(b.ts))\n"                                 \
     "      call('PEXPIRE', k, math.ceil(b.burst * 1000 / b.rate) + 1000)\n"                                  \
-    "    else\n"                                                                                             \
-    "      local s = LS[k]\n"                                                                                \
-    "      if #s.add > 0 then\n"                                                                             \
-    "        call('ZADD', k, unpack(s.add))\n"                                                               \
-    "        call('PEXPIRE', k, s.ttl)\n"                                                                    \
-    "      end\n"                                                                                            \
+    "    elseif s.na > 0 and s.list then\n"                                                                  \
+    "      call('RPUSH', k, unpack(s.add))\n"                                                                \
+    "      call('PEXPIRE', k, '61000')\n"                                                                    \
+    "    elseif s.na > 0 then\n"                                                                             \
+    "      call('ZADD', k, unpack(s.add))\n"                                                                 \
+    "      call('PEXPIRE', k, s.ttl)\n"                                                                      \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "end\n"
@@ -1035,7 +1059,8 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
     p->a.t_rate = lims[3];
     p->a.t_conc = lims[6];
     p->a.key_rpm = lims[4];
-    static const char *const parts[7] = {"rl:g", "rl:ip:", "rl:t:", "rl:tb:", "rl:k:", "rl:cg", "rl:ct:"};
+    static const char *const parts[7] = {
+        "rl:w:g", "rl:w:ip:", "rl:w:t:", "rl:tb:", "rl:w:k:", "rl:cg", "rl:ct:"};
     const char *ids[7] = {"", q->ip, q->tenant, q->tenant, q->key_id, "", q->tenant};
     for (int i = 0; i < 7; i++) {
         bool used = lims[i] > 0;

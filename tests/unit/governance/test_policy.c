@@ -591,7 +591,7 @@ TH_TEST(one_turn_is_one_script_with_exact_counts)
     after_all(a, r, 3);
     sync_hub(&e, a);
     /* a wrong type under one admission's key fails that admission only (on_backend_error closed) */
-    redis_do(&e, "SET pt:rl:ip:10.0.0.66 not-a-window");
+    redis_do(&e, "SET pt:rl:w:ip:10.0.0.66 not-a-window");
     const char *ipc[3] = {"10.0.0.3", "10.0.0.66", "10.0.0.3"};
     admit_turn(&e, a, 3, ipc, NULL, NULL, r);
     TH_CHECK(r[0].lres.allowed && r[2].lres.allowed);

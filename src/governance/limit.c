@@ -30,12 +30,16 @@
  *    expired keeps later expired hits counted until it goes (never fewer than the exact count).
  *  - Bucket: a HASH {tokens, ts}, refilled from the elapsed time, PEXPIRE the time to refill + 1 s (an
  *    absent bucket is a full one).
- *  - Concurrency: a ZSET of slot holders per limit scored with an expiry time (now + slot TTL). Acquire
- *    removes expired holders, compares ZCARD with the ceiling, ZADDs the member; release ZREMs it (a tiny
- *    second script). The key itself expires after the TTL. The slot TTL is limits.request_timeout + 60 s
- *    (10 min when there is no request timeout): a request cannot legitimately hold a slot longer, and a
- *    hub that crashed leaks its slots for at most that long. This is the "INCR with a ceiling + DECR" idea
- *    with a per-slot TTL, which also expires leaked slots while other hubs keep the key busy.
+ *  - Concurrency: a HASH per limit ("rl:h:..." keys) with, for each hub, the number of slots it holds
+ *    ("<hub id>" -> n) and when the last of them expires ("<hub id>:e" -> now + slot TTL of its latest
+ *    acquire). A check reads the hash once (HGETALL: two fields per hub), sums the hubs that have not
+ *    expired and drops those that have; acquire is HINCRBY + HSET of the expiry + PEXPIRE, release an
+ *    HINCRBY of -1 (the fields go at 0). The slot TTL is limits.request_timeout + 60 s (10 min when there
+ *    is no request timeout): a request cannot legitimately hold a slot longer, so when a hub's latest
+ *    acquire is older than that, every slot it still counts is a leak (a hub that crashed leaks its slots
+ *    for at most that long). This costs Redis the same whatever the number of requests in flight, where a
+ *    sorted set of holders (the first version's "rl:cg"-style keys) cost an insert per request into a list
+ *    of them all.
  *  - When Redis is down or times out (or the script fails): on_backend_error closed -> refused, 503,
  *    "backend_unavailable", retry-after 1; open -> this hub's local limiter decides for that request and
  *    the result is marked degraded. Each hub still protects itself, but the cluster-wide limits become
@@ -73,13 +77,13 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * batch script (policy.c), which runs it for every admission of a loop turn in one EVALSHA.
  *
  * lim_check(kp, ap) checks one request and charges it in the script's memory; lim_commit() writes what the
- * run charged: per window one RPUSH (every hit of the run) and one PEXPIRE, per holder set one ZADD and one
- * PEXPIRE, per bucket one HSET and one PEXPIRE. lim_undo_slots(kp, ap) takes back the concurrency holders
- * the last lim_check added (the quota refused). Each key is read once per run (a window's expired head is
- * trimmed with LRANGE + LTRIM and counted with LLEN; a holder set with ZREMRANGEBYSCORE + ZCARD; a bucket
- * with HMGET) and its state kept in LS/LB, so the admissions of one run are decided one after another on
- * exact counts, and Redis runs a handful of commands per distinct key instead of a dozen per request. A
- * window is trimmed again when a later request of the run has a later cut-off.
+ * run charged: per window one RPUSH (every hit of the run) and one PEXPIRE, per holder count one HINCRBY,
+ * HSET and PEXPIRE, per bucket one HSET and one PEXPIRE. lim_undo_slots(kp, ap) takes back the concurrency
+ * holders the last lim_check added (the quota refused). Each key is read once per run (a window's expired
+ * head is trimmed with LRANGE + LTRIM and counted with LLEN; a holder count with HGETALL; a bucket with
+ * HMGET) and its state kept in LS/LB, so the admissions of one run are decided one after another on exact
+ * counts, and Redis runs a handful of commands per distinct key instead of a dozen per request. A window is
+ * trimmed again when a later request of the run has a later cut-off.
  *
  * KEYS (from kp): 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
  *       6 global concurrency holders, 7 tenant concurrency holders.
@@ -94,17 +98,30 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "local call, tonumber = redis.call, tonumber\n"                                                          \
     "local W = 60000\n"                                                                                      \
     "local LS, LB, LD = {}, {}, {}\n"                                                                        \
-    "local function lz(k, cut)\n"                                                                            \
+    "local function lc(k, now)\n"                                                                            \
     "  local s = LS[k]\n"                                                                                    \
     "  if s == nil then\n"                                                                                   \
-    "    s = {nr = 0, na = 0, add = {}}\n"                                                                   \
+    "    local h = call('HGETALL', k)\n"                                                                     \
+    "    local cnt, exp, dead, n = {}, {}, {}, 0\n"                                                          \
+    "    for j = 1, #h, 2 do\n"                                                                              \
+    "      local hb = string.match(h[j], '^(.*):e$')\n"                                                      \
+    "      if hb then exp[hb] = tonumber(h[j + 1]) else cnt[h[j]] = tonumber(h[j + 1]) end\n"                \
+    "    end\n"                                                                                              \
+    "    for hb, e in pairs(exp) do\n"                                                                       \
+    "      local c = cnt[hb] or 0\n"                                                                         \
+    "      if e <= now or c <= 0 then\n"                                                                     \
+    "        dead[#dead + 1] = hb\n"                                                                         \
+    "        dead[#dead + 1] = hb .. ':e'\n"                                                                 \
+    "      else\n"                                                                                           \
+    "        n = n + c\n"                                                                                    \
+    "      end\n"                                                                                            \
+    "    end\n"                                                                                              \
+    "    for hb, c in pairs(cnt) do\n"                                                                       \
+    "      if exp[hb] == nil then dead[#dead + 1] = hb end\n"                                                \
+    "    end\n"                                                                                              \
+    "    if #dead > 0 then call('HDEL', k, unpack(dead)) end\n"                                              \
+    "    s = {nr = n, na = 0, holders = true}\n"                                                             \
     "    LS[k] = s\n"                                                                                        \
-    "  end\n"                                                                                                \
-    "  local c = tonumber(cut)\n"                                                                            \
-    "  if s.cut == nil or c > s.cut then\n"                                                                  \
-    "    local gone = call('ZREMRANGEBYSCORE', k, '-inf', cut)\n"                                            \
-    "    if s.cut == nil then s.nr = call('ZCARD', k) else s.nr = s.nr - gone end\n"                         \
-    "    s.cut = c\n"                                                                                        \
     "  end\n"                                                                                                \
     "  return s\n"                                                                                           \
     "end\n"                                                                                                  \
@@ -180,7 +197,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "          best, bl, brem, breset, bs = 4, burst, rem, math.ceil((burst - t + 1) * 1000 / rate), nil\n"  \
     "        end\n"                                                                                          \
     "      elseif i >= 6 then\n"                                                                             \
-    "        local s = lz(k, ARGV[ap])\n"                                                                    \
+    "        local s = lc(k, now)\n"                                                                         \
     "        if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                 \
     "        st[i] = s\n"                                                                                    \
     "      else\n"                                                                                           \
@@ -208,9 +225,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      else\n"                                                                                           \
     "        local a = s.add\n"                                                                              \
     "        if i >= 6 then\n"                                                                               \
-    "          a[#a + 1] = ARGV[ap + 12]\n"                                                                  \
-    "          a[#a + 1] = ARGV[ap + 1]\n"                                                                   \
-    "          s.ttl = ARGV[ap + 10]\n"                                                                      \
+    "          s.hub, s.untl, s.ttl = string.match(ARGV[ap + 1], '^[^:]*'), ARGV[ap + 12], ARGV[ap + 10]\n"  \
     "        else\n"                                                                                         \
     "          a[#a + 1] = ARGV[ap]\n"                                                                       \
     "        end\n"                                                                                          \
@@ -224,8 +239,6 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  for i = 6, 7 do\n"                                                                                    \
     "    if tonumber(ARGV[ap + i]) > 0 then\n"                                                               \
     "      local s = LS[KEYS[kp + i - 1]]\n"                                                                 \
-    "      s.add[#s.add] = nil\n"                                                                            \
-    "      s.add[#s.add] = nil\n"                                                                            \
     "      s.na = s.na - 1\n"                                                                                \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
@@ -240,7 +253,8 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      call('RPUSH', k, unpack(s.add))\n"                                                                \
     "      call('PEXPIRE', k, '61000')\n"                                                                    \
     "    elseif s.na > 0 then\n"                                                                             \
-    "      call('ZADD', k, unpack(s.add))\n"                                                                 \
+    "      call('HINCRBY', k, s.hub, s.na)\n"                                                                \
+    "      call('HSET', k, s.hub .. ':e', s.untl)\n"                                                         \
     "      call('PEXPIRE', k, s.ttl)\n"                                                                      \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
@@ -251,8 +265,13 @@ static const char CHECK_LUA[] = LIM_LUA_LIB "local r = lim_check(1, 1)\n"
                                             "lim_commit()\n"
                                             "return r\n";
 
-/* KEYS: the concurrency holder sets of the slot. ARGV: 1 member. */
-static const char RELEASE_LUA[] = "for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end\n"
+/* KEYS: the concurrency holder counts of the slot. ARGV: 1 member ("<hub id>:<sequence>"). */
+static const char RELEASE_LUA[] = "local hb = string.match(ARGV[1], '^[^:]*')\n"
+                                  "for i = 1, #KEYS do\n"
+                                  "  if redis.call('HINCRBY', KEYS[i], hb, -1) <= 0 then\n"
+                                  "    redis.call('HDEL', KEYS[i], hb, hb .. ':e')\n"
+                                  "  end\n"
+                                  "end\n"
                                   "return 0\n";
 
 /* ---- sliding window: a ring of hit timestamps ----------------------------------------------------- */
@@ -842,7 +861,7 @@ static void redis_release(th_limiter *l, th_limit_slot *s)
     size_t off[2], len[2];
     int nkeys = 0;
     if (s->redis_global) {
-        if (key_add(&b, l->prefix, "rl:cg", "", &off[nkeys], &len[nkeys]) != 0) goto out;
+        if (key_add(&b, l->prefix, "rl:h:g", "", &off[nkeys], &len[nkeys]) != 0) goto out;
         nkeys++;
     }
     const char *argv[3];
@@ -902,7 +921,7 @@ static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_red
             th_buf b;
             th_buf_init(&b, 0); /* a key of bounded parts */
             size_t off, len;
-            if (key_add(&b, l->prefix, "rl:ct:", p->a.tenant, &off, &len) == 0)
+            if (key_add(&b, l->prefix, "rl:h:t:", p->a.tenant, &off, &len) == 0)
                 tkey = (char *)th_buf_steal(&b, &len);
             th_buf_free(&b);
         }
@@ -1060,7 +1079,7 @@ static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_
     p->a.t_conc = lims[6];
     p->a.key_rpm = lims[4];
     static const char *const parts[7] = {
-        "rl:w:g", "rl:w:ip:", "rl:w:t:", "rl:tb:", "rl:w:k:", "rl:cg", "rl:ct:"};
+        "rl:w:g", "rl:w:ip:", "rl:w:t:", "rl:tb:", "rl:w:k:", "rl:h:g", "rl:h:t:"};
     const char *ids[7] = {"", q->ip, q->tenant, q->tenant, q->key_id, "", q->tenant};
     for (int i = 0; i < 7; i++) {
         bool used = lims[i] > 0;
@@ -1239,7 +1258,7 @@ int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens
                 th_buf b;
                 th_buf_init(&b, 0); /* a key of bounded parts */
                 size_t off, len;
-                if (key_add(&b, owner->prefix, "rl:cg", "", &off, &len) == 0) {
+                if (key_add(&b, owner->prefix, "rl:h:g", "", &off, &len) == 0) {
                     keys[n] = (const char *)th_buf_steal(&b, &len);
                     keylens[n] = strlen(keys[n]);
                     n++;

@@ -3,18 +3,18 @@
  * The loop turn's script (EVALSHA on the policy lane). Admissions and finishes are not sent one by one:
  * they wait in the policy's queues until its check handle runs at the end of the loop turn, and then leave
  * together as one script (up to POL_BATCH_MAX admissions and POL_FIN_MAX finishes each), which Redis runs
- * atomically. The limiter's library (th_limit_lua_lib) reads each window, holder set and bucket once per
+ * atomically. The limiter's library (th_limit_lua_lib) reads each window, holder count and bucket once per
  * run and decides the admissions one after another on exact counts, so the cost in Redis follows the
  * number of distinct keys of the turn rather than a dozen commands per request. Under load the turns hold
  * more requests and each costs Redis less.
- *   KEYS: every finish's keys (its holder sets 0..2, then the reservation's 2 when it settles), then every
+ *   KEYS: every finish's keys (its holder counts 0..2, then the reservation's 2 when it settles), then every
  *         admission's keys (the limiter's 7, the quota's 2 when the tenant has a quota, the cache key when
  *         the cache asks Redis).
  *   ARGV: inline_max, the number of finishes, the number of admissions; per finish: n holders, member, has
  *         settle, then the quota's 4 settle arguments when it settles; per admission: has_quota, has_cache,
  *         the limiter's 13 arguments, then the quota's 5.
- *   Finishes run first (their slots are free for the admissions of the same turn; the holders are removed
- *   with one ZREM per key), then the admissions in order. The answer has one entry per admission: {limits}
+ *   Finishes run first (their slots are free for the admissions of the same turn; the counts are lowered
+ *   with one HINCRBY per key), then the admissions in order. The answer has one entry per admission: {limits}
  *   when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay
  *   charged, as when the calls were separate, and the concurrency holders it had just taken are given back);
  *   else {limits, quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size}
@@ -53,7 +53,7 @@ struct adm {
     void *ud;
 };
 
-/* A request's finish, waiting for the turn's script: its holder sets and member, and the reservation's
+/* A request's finish, waiting for the turn's script: its holder counts and member, and the reservation's
  * settle (keys and arguments), all owned here. */
 typedef struct fin fin;
 struct fin {
@@ -103,17 +103,15 @@ static const char BATCH_MAIN[] =
     "local kp, ap = 1, 4\n"
     "local rel, relk, failed = {}, {}, 0\n"
     "for f = 1, nf do\n"
-    "  local nh, mem = tonumber(ARGV[ap]), ARGV[ap + 1]\n"
+    "  local nh, hb = tonumber(ARGV[ap]), string.match(ARGV[ap + 1], '^[^:]*')\n"
     "  local hs = ARGV[ap + 2] == '1'\n"
     "  for i = 0, nh - 1 do\n"
-    "    local k = KEYS[kp + i]\n"
-    "    local m = rel[k]\n"
-    "    if m == nil then\n"
-    "      m = {}\n"
-    "      rel[k] = m\n"
-    "      relk[#relk + 1] = k\n"
+    "    local r = KEYS[kp + i] .. ' ' .. hb\n"
+    "    if rel[r] == nil then\n"
+    "      rel[r] = {KEYS[kp + i], hb, 0}\n"
+    "      relk[#relk + 1] = r\n"
     "    end\n"
-    "    m[#m + 1] = mem\n"
+    "    rel[r][3] = rel[r][3] + 1\n"
     "  end\n"
     "  kp, ap = kp + nh, ap + 3\n"
     "  if hs then\n"
@@ -123,8 +121,12 @@ static const char BATCH_MAIN[] =
     "    kp, ap = kp + 2, ap + 4\n"
     "  end\n"
     "end\n"
-    "for _, k in ipairs(relk) do\n"
-    "  if not pcall(call, 'ZREM', k, unpack(rel[k])) then failed = failed + 1 end\n"
+    "local function release(k, hb, n)\n"
+    "  if call('HINCRBY', k, hb, -n) <= 0 then call('HDEL', k, hb, hb .. ':e') end\n"
+    "end\n"
+    "for _, r in ipairs(relk) do\n"
+    "  local x = rel[r]\n"
+    "  if not pcall(release, x[1], x[2], x[3]) then failed = failed + 1 end\n"
     "end\n"
     "local function admit1(lkp, lap, hq, qkp, qap, ck)\n"
     "  local lr = lim_check(lkp, lap)\n"

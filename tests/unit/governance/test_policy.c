@@ -208,10 +208,10 @@ static bool rec_ended(const rec *r)
     return (r->limits && !r->lres.allowed) || (r->quotas && !r->qres.allowed) || r->caches || r->admitted;
 }
 
-/* n admissions from ips[i] (tenant and chars as given; no cache step) in one loop turn through h, then waits
- * until every one has ended. */
-static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char *tenant,
-                       const uint64_t *chars, rec *r)
+/* n admissions from ips[i] (tenant and chars as given; no cache step) in one loop turn through h at now_ms,
+ * then waits until every one has ended. */
+static void admit_turn_at(env *e, hub *h, int n, const char *const *ips, const char *tenant,
+                          const uint64_t *chars, rec *r, uint64_t now_ms)
 {
     const th_tenant_conf *tc = tenant != NULL ? th_config_tenant(e->cfg, tenant) : NULL;
     for (int i = 0; i < n; i++) {
@@ -221,7 +221,7 @@ static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char
                             .tenant = tenant != NULL ? tenant : "",
                             .tconf = tc,
                             .chars = chars != NULL ? chars[i] : 1,
-                            .now_ms = th_wall_ms()};
+                            .now_ms = now_ms};
         th_policy_admit(h->p, &pr, &hooks, &r[i]);
     }
     uint64_t deadline = th_mono_ms() + 5000;
@@ -232,6 +232,12 @@ static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char
         if (ended == n || th_mono_ms() > deadline) break;
         hl_run_until_set(&e->loop, NULL, 5);
     }
+}
+
+static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char *tenant,
+                       const uint64_t *chars, rec *r)
+{
+    admit_turn_at(e, h, n, ips, tenant, chars, r, th_wall_ms());
 }
 
 static void on_pong(void *ud, th_redis_status st, const th_redis_reply *rep)
@@ -636,6 +642,57 @@ TH_TEST(finishes_leave_before_the_turns_admissions)
     TH_CHECK(r1.lres.allowed && r1.lres.slot != NULL);
     th_policy_after(b->p, r1.lres.slot, NULL, true);
     sync_hub(&e, b);
+    env_stop(&e);
+}
+
+/* A redis-cli style number answer through a plain connection; -1 when absent. */
+static long long redis_int(const env *e, const char *cmd)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", e->s.port, tv);
+    long long v = -1;
+    if (c == NULL) return -1;
+    redisReply *r = c->err ? NULL : redisCommand(c, cmd);
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER) v = r->integer;
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+TH_TEST(leaked_slots_expire_with_their_hub)
+{
+    env e;
+    if (env_start_with(&e, "closed", "global_rpm: 0, ip_rpm: 0, concurrency: 2") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0], *b = &e.h[1];
+    const char *ips[3] = {"10.0.0.1", "10.0.0.1", "10.0.0.1"};
+    rec r[3], q[3];
+    uint64_t t0 = th_wall_ms();
+    /* hub a takes both slots and never gives them back (as if it had crashed) */
+    admit_turn_at(&e, a, 2, ips, NULL, NULL, r, t0);
+    TH_CHECK(r[0].lres.allowed && r[1].lres.allowed);
+    TH_CHECK_INT(redis_int(&e, "HGET pt:rl:h:g nonexistent"), -1);
+    TH_CHECK_INT(redis_int(&e, "HLEN pt:rl:h:g"), 2); /* a's count and its expiry */
+    /* within the slot TTL (limits.request_timeout + 60 s; the key lives as long) they still count */
+    long long ttl = redis_int(&e, "PTTL pt:rl:h:g");
+    TH_REQUIRE(ttl > 60000);
+    ttl = (ttl + 999) / 1000 * 1000;
+    admit_turn_at(&e, b, 1, ips, NULL, NULL, q, t0 + (uint64_t)ttl - 2000);
+    TH_CHECK(!q[0].lres.allowed);
+    TH_CHECK_STR(q[0].lres.reason, "concurrency");
+    /* past it, a's slots are leaks: dropped, and b gets both */
+    admit_turn_at(&e, b, 3, ips, NULL, NULL, q, t0 + (uint64_t)ttl + 1);
+    TH_CHECK(q[0].lres.allowed && q[1].lres.allowed && !q[2].lres.allowed);
+    TH_CHECK_INT(redis_int(&e, "HLEN pt:rl:h:g"), 2); /* b's fields only */
+    after_all(b, q, 3);
+    sync_hub(&e, b);
+    TH_CHECK_INT(redis_int(&e, "EXISTS pt:rl:h:g"), 0); /* b gave both back: the fields went */
+    /* a's own late releases of the dropped slots leave nothing behind */
+    after_all(a, r, 2);
+    sync_hub(&e, a);
+    TH_CHECK_INT(redis_int(&e, "EXISTS pt:rl:h:g"), 0);
     env_stop(&e);
 }
 

@@ -107,6 +107,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      local hb = string.match(h[j], '^(.*):e$')\n"                                                      \
     "      if hb then exp[hb] = tonumber(h[j + 1]) else cnt[h[j]] = tonumber(h[j + 1]) end\n"                \
     "    end\n"                                                                                              \
+    "    s = {nr = 0, na = 0, holders = true, cnt = cnt, exp = exp}\n"                                       \
     "    for hb, e in pairs(exp) do\n"                                                                       \
     "      local c = cnt[hb] or 0\n"                                                                         \
     "      if e <= now or c <= 0 then\n"                                                                     \
@@ -119,12 +120,16 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "    for hb, c in pairs(cnt) do\n"                                                                       \
     "      if exp[hb] == nil then dead[#dead + 1] = hb end\n"                                                \
     "    end\n"                                                                                              \
-    "    if #dead > 0 then call('HDEL', k, unpack(dead)) end\n"                                              \
-    "    s = {nr = n, na = 0, holders = true}\n"                                                             \
+    "    if #dead > 0 then\n"                                                                                \
+    "      call('HDEL', k, unpack(dead))\n"                                                                  \
+    "      for j = 1, #dead, 2 do cnt[dead[j]], exp[dead[j]] = nil, nil end\n"                               \
+    "    end\n"                                                                                              \
+    "    s.nr = n\n"                                                                                         \
     "    LS[k] = s\n"                                                                                        \
     "  end\n"                                                                                                \
     "  return s\n"                                                                                           \
     "end\n"                                                                                                  \
+    "local NH = 4\n"                                                                                         \
     "local function lw(k, cut)\n"                                                                            \
     "  local s = LS[k]\n"                                                                                    \
     "  if s == nil then\n"                                                                                   \
@@ -133,9 +138,9 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  end\n"                                                                                                \
     "  local c = tonumber(cut)\n"                                                                            \
     "  if s.cut == nil or c > s.cut then\n"                                                                  \
-    "    local gone, e = 0, 16\n"                                                                            \
-    "    while e == 16 do\n"                                                                                 \
-    "      local h = call('LRANGE', k, 0, 15)\n"                                                             \
+    "    local gone, e = 0, NH\n"                                                                            \
+    "    while e == NH do\n"                                                                                 \
+    "      local h = call('LRANGE', k, 0, NH - 1)\n"                                                         \
     "      e = 0\n"                                                                                          \
     "      while e < #h and tonumber(h[e + 1]) <= c do e = e + 1 end\n"                                      \
     "      if e > 0 then call('LTRIM', k, e, -1) end\n"                                                      \
@@ -159,7 +164,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "    local h = call('HMGET', k, 'tokens', 'ts')\n"                                                       \
     "    local t, ts = tonumber(h[1]), tonumber(h[2])\n"                                                     \
     "    if t == nil or ts == nil then t, ts = burst, now end\n"                                             \
-    "    b = {t = t, ts = ts}\n"                                                                             \
+    "    b = {t = t, ts = ts, ts0 = tonumber(h[2])}\n"                                                       \
     "    LB[k] = b\n"                                                                                        \
     "  end\n"                                                                                                \
     "  return b\n"                                                                                           \
@@ -248,14 +253,17 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "    local b, s = LB[k], LS[k]\n"                                                                        \
     "    if b ~= nil then\n"                                                                                 \
     "      call('HSET', k, 'tokens', tostring(b.t), 'ts', tostring(b.ts))\n"                                 \
-    "      call('PEXPIRE', k, math.ceil(b.burst * 1000 / b.rate) + 1000)\n"                                  \
+    "      if b.ts0 == nil or b.ts - b.ts0 >= 1000 then\n"                                                   \
+    "        call('PEXPIRE', k, math.ceil(b.burst * 1000 / b.rate) + 2000)\n"                                \
+    "      end\n"                                                                                            \
     "    elseif s.na > 0 and s.list then\n"                                                                  \
     "      call('RPUSH', k, unpack(s.add))\n"                                                                \
     "      call('PEXPIRE', k, '61000')\n"                                                                    \
     "    elseif s.na > 0 then\n"                                                                             \
-    "      call('HINCRBY', k, s.hub, s.na)\n"                                                                \
-    "      call('HSET', k, s.hub .. ':e', s.untl)\n"                                                         \
-    "      call('PEXPIRE', k, s.ttl)\n"                                                                      \
+    "      local e0 = s.exp[s.hub]\n"                                                                        \
+    "      call('HSET', k, s.hub, (s.cnt[s.hub] or 0) + s.na, s.hub .. ':e', s.untl)\n"                      \
+    "      if e0 == nil or tonumber(s.untl) - e0 >= 1000 then call('PEXPIRE', k, tonumber(s.ttl) + 1000) "   \
+    "end\n"                                                                                                  \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "end\n"

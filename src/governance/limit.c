@@ -76,7 +76,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
 /* The limiter's Lua library: the Redis side of the checks, shared by the check script below and the policy's
  * batch script (policy.c), which runs it for every admission of a loop turn in one EVALSHA.
  *
- * lim_check(kp, ap) checks one request and charges it in the script's memory; lim_commit() writes what the
+ * lim_check checks one request and charges it in the script's memory; lim_commit() writes what the
  * run charged: per window one RPUSH (every hit of the run) and one PEXPIRE, per holder count one HINCRBY,
  * HSET and PEXPIRE, per bucket one HSET and one PEXPIRE. lim_undo_slots(kp, ap) takes back the concurrency
  * holders the last lim_check added (the quota refused). Each key is read once per run (a window's expired
@@ -85,15 +85,17 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * counts, and Redis runs a handful of commands per distinct key instead of a dozen per request. A window is
  * trimmed again when a later request of the run has a later cut-off.
  *
+ * lim_check(kp, ap, now, hub): the request's profile is its 7 keys and 9 arguments (the requests of one
+ * tenant, IP and key share them, so the policy's batch sends each profile once), then come its time and
+ * the hub's id.
  * KEYS (from kp): 1 global window, 2 IP window, 3 tenant window, 4 tenant bucket, 5 key window,
- *       6 global concurrency holders, 7 tenant concurrency holders.
- * ARGV (from ap): 1 now_ms, 2 member, 3 global_rpm, 4 ip_rpm, 5 tenant_rpm, 6 key_rpm, 7 concurrency,
- *       8 tenant_concurrency, 9 rate, 10 burst, 11 slot_ttl_ms, 12 now_ms - 60000, 13 now_ms + slot_ttl_ms.
- *       A limit of 0 is not checked and its key is not touched.
+ *       6 global concurrency counts, 7 tenant concurrency counts.
+ * ARGV (from ap): 1 global_rpm, 2 ip_rpm, 3 tenant_rpm, 4 key_rpm, 5 concurrency, 6 tenant_concurrency,
+ *       7 rate, 8 burst, 9 slot_ttl_ms. A limit of 0 is not checked and its key is not touched.
+ * now: the request's now_ms (a string); hub: the hub's id (its field in the concurrency counts).
  * lim_check returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the
  * first limit that said no (nothing charged); allowed -> the rate limit closest to refusing (0 when none
- * applies). The times go to Redis as the strings the hub sent rather than as Lua numbers that Redis would
- * format again. */
+ * applies). */
 #define LIM_LUA_LIB                                                                                          \
     "local call, tonumber = redis.call, tonumber\n"                                                          \
     "local W = 60000\n"                                                                                      \
@@ -169,9 +171,9 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  end\n"                                                                                                \
     "  return b\n"                                                                                           \
     "end\n"                                                                                                  \
-    "local function lim_check(kp, ap)\n"                                                                     \
-    "  local now = tonumber(ARGV[ap])\n"                                                                     \
-    "  local rate, burst = tonumber(ARGV[ap + 8]), tonumber(ARGV[ap + 9])\n"                                 \
+    "local function lim_check(kp, ap, nows, hub)\n"                                                          \
+    "  local now = tonumber(nows)\n"                                                                         \
+    "  local rate, burst = tonumber(ARGV[ap + 6]), tonumber(ARGV[ap + 7])\n"                                 \
     "  if burst <= 0 then burst = rate end\n"                                                                \
     "  local best, bl, brem, breset, bs = 0, 0, 0, 0, nil\n"                                                 \
     "  local st, tokens = {}, 0\n"                                                                           \
@@ -181,9 +183,9 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      l = 0\n"                                                                                          \
     "      if rate > 0 then l = burst end\n"                                                                 \
     "    elseif i < 4 then\n"                                                                                \
-    "      l = tonumber(ARGV[ap + 1 + i])\n"                                                                 \
+    "      l = tonumber(ARGV[ap + i - 1])\n"                                                                 \
     "    else\n"                                                                                             \
-    "      l = tonumber(ARGV[ap + i])\n"                                                                     \
+    "      l = tonumber(ARGV[ap + i - 2])\n"                                                                 \
     "    end\n"                                                                                              \
     "    if l > 0 then\n"                                                                                    \
     "      local k = KEYS[kp + i - 1]\n"                                                                     \
@@ -206,7 +208,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "        if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                 \
     "        st[i] = s\n"                                                                                    \
     "      else\n"                                                                                           \
-    "        local s = lw(k, ARGV[ap + 11])\n"                                                               \
+    "        local s = lw(k, now - W)\n"                                                                     \
     "        local n = s.nr + s.na\n"                                                                        \
     "        if n >= l then\n"                                                                               \
     "          local reset = lold(s, now)\n"                                                                 \
@@ -230,9 +232,9 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      else\n"                                                                                           \
     "        local a = s.add\n"                                                                              \
     "        if i >= 6 then\n"                                                                               \
-    "          s.hub, s.untl, s.ttl = string.match(ARGV[ap + 1], '^[^:]*'), ARGV[ap + 12], ARGV[ap + 10]\n"  \
+    "          s.hub, s.untl, s.ttl = hub, tostring(now + tonumber(ARGV[ap + 8])), ARGV[ap + 8]\n"           \
     "        else\n"                                                                                         \
-    "          a[#a + 1] = ARGV[ap]\n"                                                                       \
+    "          a[#a + 1] = nows\n"                                                                           \
     "        end\n"                                                                                          \
     "        s.na = s.na + 1\n"                                                                              \
     "      end\n"                                                                                            \
@@ -242,7 +244,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "end\n"                                                                                                  \
     "local function lim_undo_slots(kp, ap)\n"                                                                \
     "  for i = 6, 7 do\n"                                                                                    \
-    "    if tonumber(ARGV[ap + i]) > 0 then\n"                                                               \
+    "    if tonumber(ARGV[ap + i - 2]) > 0 then\n"                                                           \
     "      local s = LS[KEYS[kp + i - 1]]\n"                                                                 \
     "      s.na = s.na - 1\n"                                                                                \
     "    end\n"                                                                                              \
@@ -269,7 +271,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "end\n"
 
 /* One request on its own (the routes that do not go through the policy). */
-static const char CHECK_LUA[] = LIM_LUA_LIB "local r = lim_check(1, 1)\n"
+static const char CHECK_LUA[] = LIM_LUA_LIB "local r = lim_check(1, 1, ARGV[10], ARGV[11])\n"
                                             "lim_commit()\n"
                                             "return r\n";
 
@@ -994,14 +996,14 @@ static void backend_error_now(th_limiter *l, const lim_args *a, uint64_t now_ms,
     cb(ud, &res);
 }
 
-/* The keys and arguments of CHECK_LUA for one request (they point into b, nums and p). */
+/* The keys and arguments of CHECK_LUA for one request (they point into b, nums and the limiter). */
 struct th_limit_call {
     lim_pending *p;
     th_buf b;
     size_t off[7], len[7];
-    char nums[12][24];
-    const char *argv[7 + 13];
-    size_t lens[7 + 13];
+    char nums[10][24];
+    const char *argv[TH_LIMIT_CALL_ARGS];
+    size_t lens[TH_LIMIT_CALL_ARGS];
 };
 
 /* NULL on ENOMEM. */
@@ -1029,35 +1031,22 @@ static lim_pending *pending_new(th_limiter *l, const lim_args *a, uint64_t now_m
     return p;
 }
 
-/* ARGV: now, member, global, ip, tenant, key, conc, tconc, rate, burst, ttl, now - window, now + ttl */
+/* ARGV: global, ip, tenant, key, conc, tconc, rate, burst, slot ttl (the profile), now, hub id */
 static void call_args(th_limit_call *k, const th_limiter *l, const lim_pending *p, const int64_t lims[7],
                       int64_t burst)
 {
-    int64_t ttl = l->slot_ttl_ms;
-    int64_t until = p->now <= INT64_MAX - ttl ? p->now + ttl : INT64_MAX; /* a holder's expiry */
-    int64_t numv[12] = {p->now,
-                        lims[0],
-                        lims[1],
-                        lims[2],
-                        lims[4],
-                        lims[5],
-                        lims[6],
-                        lims[3],
-                        burst,
-                        ttl,
-                        p->now - LIM_WINDOW_MS,
-                        until};
+    int64_t numv[10] = {lims[0], lims[1], lims[2], lims[4],        lims[5],
+                        lims[6], lims[3], burst,   l->slot_ttl_ms, p->now};
     for (int i = 0; i < 7; i++) {
         k->argv[i] = (const char *)k->b.data + k->off[i];
         k->lens[i] = k->len[i];
     }
-    for (int i = 0; i < 12; i++)
-        k->lens[i < 1 ? 7 : 8 + i] = th_i64_dec(k->nums[i], numv[i]);
-    k->argv[7] = k->nums[0];
-    k->argv[8] = p->member;
-    k->lens[8] = strlen(p->member);
-    for (int i = 1; i < 12; i++)
-        k->argv[8 + i] = k->nums[i];
+    for (int i = 0; i < 10; i++) {
+        k->argv[7 + i] = k->nums[i];
+        k->lens[7 + i] = th_i64_dec(k->nums[i], numv[i]);
+    }
+    k->argv[17] = l->hub_id;
+    k->lens[17] = strlen(l->hub_id);
 }
 
 static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
@@ -1114,7 +1103,7 @@ static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_li
     lim_pending *p = k->p;
     /* Linked before the call: the callback may run before th_redis_eval returns. */
     TH_DL_PUSH_FRONT(l->pending, p, prev, next);
-    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, 20, k->argv, k->lens) != 0) {
+    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, TH_LIMIT_CALL_ARGS, k->argv, k->lens) != 0) {
         pending_unlink(l, p);
         free(p);
         th_buf_free(&k->b);

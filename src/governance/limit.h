@@ -73,15 +73,20 @@ void th_limiter_set_config(th_limiter *l, const th_config *cfg);
 
 /* Added: the limiter's part of one combined Redis script (governance/policy.c). */
 
-/** The limiter's Lua library (limit.c): defines the locals lim_check(kp, ap), which checks the request whose
- * 7 keys start at KEYS[kp] and 13 arguments at ARGV[ap] and answers {allowed, index, limit, remaining,
- * reset_ms, retry_ms}, lim_undo_slots(kp, ap) and lim_commit(), which writes what the run charged. */
+/** The limiter's Lua library (limit.c): defines the locals lim_check(kp, ap, now, hub), which checks the
+ * request whose 7 keys start at KEYS[kp] and 9 profile arguments at ARGV[ap] and answers {allowed, index,
+ * limit, remaining, reset_ms, retry_ms}, lim_undo_slots(kp, ap) and lim_commit(), which writes what the run
+ * charged. */
 const char *th_limit_lua_lib(void);
 typedef struct th_limit_call th_limit_call;
 /** The keys and arguments of a Redis check, without sending it. NULL when the backend is not Redis (or on
  * ENOMEM): then use th_limit_check. */
 th_limit_call *th_limit_call_new(th_limiter *l, const th_limit_req *req, uint64_t now_ms);
-/** 7 keys then 11 arguments; valid until the call is finished or freed. */
+/** The 7 keys, the profile's 9 arguments (limits, rate, burst, slot TTL), now_ms and the hub id (the layout
+ * of lim_check in th_limit_lua_lib); valid until the call is finished or freed. */
+#define TH_LIMIT_CALL_KEYS 7
+#define TH_LIMIT_CALL_PROFILE 9
+#define TH_LIMIT_CALL_ARGS (TH_LIMIT_CALL_KEYS + TH_LIMIT_CALL_PROFILE + 2)
 void th_limit_call_args(const th_limit_call *k, const char *const **argv, const size_t **lens);
 /** The answer (reply = CHECK_LUA's array, or st != OK) becomes res exactly as th_limit_check's would,
  * including on_backend_error. slots_given_back: the script already removed the concurrency holders, so

@@ -7,12 +7,14 @@
  * run and decides the admissions one after another on exact counts, so the cost in Redis follows the
  * number of distinct keys of the turn rather than a dozen commands per request. Under load the turns hold
  * more requests and each costs Redis less.
+ *   The admissions of a turn share their limit profiles (the 7 limiter keys and 9 limit arguments of one
+ *   tenant, IP and key), so each profile is sent once and an admission names its profile by index.
  *   KEYS: every finish's keys (its holder counts 0..2, then the reservation's 2 when it settles), then every
- *         admission's keys (the limiter's 7, the quota's 2 when the tenant has a quota, the cache key when
- *         the cache asks Redis).
- *   ARGV: inline_max, the number of finishes, the number of admissions; per finish: n holders, member, has
- *         settle, then the quota's 4 settle arguments when it settles; per admission: has_quota, has_cache,
- *         the limiter's 13 arguments, then the quota's 5.
+ *         profile's 7 keys, then every admission's own (the quota's 2 when the tenant has a quota, the cache
+ *         key when the cache asks Redis).
+ *   ARGV: inline_max, the number of finishes, of admissions and of profiles, the hub id; per finish: n
+ *         holders, member, has settle, then the quota's 4 settle arguments when it settles; per profile its 9
+ *         arguments; per admission: its profile's index, has_quota, has_cache, now_ms, then the quota's 5.
  *   Finishes run first (their slots are free for the admissions of the same turn; the counts are lowered
  *   with one HINCRBY per key), then the admissions in order. The answer has one entry per admission: {limits}
  *   when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay
@@ -49,6 +51,7 @@ struct adm {
     th_cache_follower_cb fcb;
     bool has_fcb;
     bool queued;
+    char prof[8]; /* in the turn's script: the index of its limit profile (1-based digits) */
     th_policy_hooks hooks;
     void *ud;
 };
@@ -99,8 +102,8 @@ struct th_policy {
 
 static const char BATCH_MAIN[] =
     "local inl = tonumber(ARGV[1])\n"
-    "local nf, na = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local kp, ap = 1, 4\n"
+    "local nf, na, np, hub = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
+    "local kp, ap = 1, 6\n"
     "local rel, relk, failed = {}, {}, 0\n"
     "for f = 1, nf do\n"
     "  local nh, hb = tonumber(ARGV[ap]), string.match(ARGV[ap + 1], '^[^:]*')\n"
@@ -128,8 +131,8 @@ static const char BATCH_MAIN[] =
     "  local x = rel[r]\n"
     "  if not pcall(release, x[1], x[2], x[3]) then failed = failed + 1 end\n"
     "end\n"
-    "local function admit1(lkp, lap, hq, qkp, qap, ck)\n"
-    "  local lr = lim_check(lkp, lap)\n"
+    "local function admit1(lkp, lap, nows, hq, qkp, qap, ck)\n"
+    "  local lr = lim_check(lkp, lap, nows, hub)\n"
     "  if lr[1] == 0 then return {lr} end\n"
     "  local qr = {1}\n"
     "  if hq then\n"
@@ -148,17 +151,20 @@ static const char BATCH_MAIN[] =
     "  return {lr, qr, cr}\n"
     "end\n"
     "local out = {}\n"
+    "local pk, pa = kp, ap\n"
+    "kp, ap = kp + 7 * np, ap + 9 * np\n"
     "for a = 1, na do\n"
-    "  local hq, hc = ARGV[ap] == '1', ARGV[ap + 1] == '1'\n"
-    "  local lkp, lap = kp, ap + 2\n"
-    "  kp, ap = kp + 7, ap + 15\n"
+    "  local pi = tonumber(ARGV[ap]) - 1\n"
+    "  local hq, hc, nows = ARGV[ap + 1] == '1', ARGV[ap + 2] == '1', ARGV[ap + 3]\n"
+    "  local lkp, lap = pk + 7 * pi, pa + 9 * pi\n"
+    "  ap = ap + 4\n"
     "  local qkp, qap, ck = kp, ap, nil\n"
     "  if hq then kp, ap = kp + 2, ap + 5 end\n"
     "  if hc then\n"
     "    ck = KEYS[kp]\n"
     "    kp = kp + 1\n"
     "  end\n"
-    "  local ok, r = pcall(admit1, lkp, lap, hq, qkp, qap, ck)\n"
+    "  local ok, r = pcall(admit1, lkp, lap, nows, hq, qkp, qap, ck)\n"
     "  if ok then\n"
     "    out[a] = r\n"
     "  elseif type(r) == 'table' and r.err then\n"
@@ -421,11 +427,11 @@ static void on_batch(void *ud, th_redis_status st, const th_redis_reply *rep)
 /* Counts of KEYS and ARGV of an admission and of a finish. */
 static int adm_nkeys(const adm *a)
 {
-    return 7 + (a->qc ? 2 : 0) + (a->rkey ? 1 : 0);
+    return (a->qc ? 2 : 0) + (a->rkey ? 1 : 0);
 }
 static int adm_nargs(const adm *a)
 {
-    return 2 + 13 + (a->qc ? 5 : 0);
+    return 4 + (a->qc ? 5 : 0);
 }
 static int fin_nkeys(const fin *f)
 {
@@ -443,13 +449,47 @@ static void put(const char **argv, size_t *lens, int *n, const char *s, size_t l
     (*n)++;
 }
 
+/* The same limit profile: keys and profile arguments (TH_LIMIT_CALL_KEYS + TH_LIMIT_CALL_PROFILE). */
+static bool same_profile(const adm *a, const adm *b)
+{
+    const char *const *av, *const *bv;
+    const size_t *al, *bl;
+    th_limit_call_args(a->lc, &av, &al);
+    th_limit_call_args(b->lc, &bv, &bl);
+    for (int i = 0; i < TH_LIMIT_CALL_KEYS + TH_LIMIT_CALL_PROFILE; i++)
+        if (al[i] != bl[i] || memcmp(av[i], bv[i], al[i]) != 0) return false;
+    return true;
+}
+
+/* Gives each of the na admissions from ah its profile's index; prof[] gets one admission per profile.
+ * Returns the number of profiles. */
+static int profiles(adm *ah, int na, adm *prof[POL_BATCH_MAX])
+{
+    int np = 0;
+    for (adm *a = ah; na > 0; na--, a = a->qnext) {
+        int j = 0;
+        while (j < np && !same_profile(a, prof[j]))
+            j++;
+        if (j == np) prof[np++] = a;
+        th_u64_dec(a->prof, (uint64_t)j + 1);
+    }
+    return np;
+}
+
+static void prof_put(const adm *a, const char **argv, size_t *lens, int *n, bool keys)
+{
+    const char *const *lv;
+    const size_t *ll;
+    th_limit_call_args(a->lc, &lv, &ll);
+    int from = keys ? 0 : TH_LIMIT_CALL_KEYS, count = keys ? TH_LIMIT_CALL_KEYS : TH_LIMIT_CALL_PROFILE;
+    for (int i = from; i < from + count; i++)
+        put(argv, lens, n, lv[i], ll[i]);
+}
+
 static void adm_put_keys(const adm *a, const char **argv, size_t *lens, int *n)
 {
-    const char *const *lv, *const *qv;
-    const size_t *ll, *ql;
-    th_limit_call_args(a->lc, &lv, &ll);
-    for (int i = 0; i < 7; i++)
-        put(argv, lens, n, lv[i], ll[i]);
+    const char *const *qv;
+    const size_t *ql;
     if (a->qc) {
         th_quota_call_args(a->qc, &qv, &ql);
         for (int i = 0; i < 2; i++)
@@ -463,10 +503,11 @@ static void adm_put_args(const adm *a, const char **argv, size_t *lens, int *n)
     const char *const *lv, *const *qv;
     const size_t *ll, *ql;
     th_limit_call_args(a->lc, &lv, &ll);
+    put(argv, lens, n, a->prof, strlen(a->prof));
     put(argv, lens, n, a->qc ? "1" : "0", 1);
     put(argv, lens, n, a->rkey ? "1" : "0", 1);
-    for (int i = 0; i < 13; i++)
-        put(argv, lens, n, lv[7 + i], ll[7 + i]);
+    put(argv, lens, n, lv[TH_LIMIT_CALL_KEYS + TH_LIMIT_CALL_PROFILE],
+        ll[TH_LIMIT_CALL_KEYS + TH_LIMIT_CALL_PROFILE]);
     if (a->qc) {
         th_quota_call_args(a->qc, &qv, &ql);
         for (int i = 0; i < 5; i++)
@@ -513,9 +554,11 @@ static int scratch_fit(th_policy *p, int n)
 
 /* The script's KEYS and ARGV for na admissions from ah and nf finishes from fh into p->argv/p->lens (nums
  * holds the header's digits); returns the count of both and sets *nkeys, or -1 on ENOMEM. */
-static int turn_args(th_policy *p, adm *ah, int na, fin *fh, int nf, int *nkeys, char nums[3][24])
+static int turn_args(th_policy *p, adm *ah, int na, fin *fh, int nf, int *nkeys, char nums[4][24])
 {
-    int nk = 0, nargs = 3;
+    adm *prof[POL_BATCH_MAX];
+    int np = profiles(ah, na, prof);
+    int nk = np * TH_LIMIT_CALL_KEYS, nargs = 5 + np * TH_LIMIT_CALL_PROFILE;
     adm *a = ah;
     fin *f = fh;
     for (int i = 0; i < na; i++, a = a->qnext) {
@@ -530,17 +573,25 @@ static int turn_args(th_policy *p, adm *ah, int na, fin *fh, int nf, int *nkeys,
     const char **argv = p->argv;
     size_t *lens = p->lens;
     int n = 0;
-    for (f = fh; f != NULL && n < nk; f = f->next)
+    for (f = fh; f != NULL; f = f->next)
         fin_put_keys(f, argv, lens, &n);
+    for (int j = 0; j < np; j++)
+        prof_put(prof[j], argv, lens, &n, true);
     a = ah;
     for (int i = 0; i < na; i++, a = a->qnext)
         adm_put_keys(a, argv, lens, &n);
-    uint64_t hdr[3] = {TH_CACHE_INLINE_MAX, (uint64_t)nf, (uint64_t)na};
-    for (int i = 0; i < 3; i++)
+    uint64_t hdr[4] = {TH_CACHE_INLINE_MAX, (uint64_t)nf, (uint64_t)na, (uint64_t)np};
+    for (int i = 0; i < 4; i++)
         put(argv, lens, &n, nums[i], th_u64_dec(nums[i], hdr[i]));
-    f = fh;
-    for (int i = 0; i < nf; i++, f = f->next)
+    const char *const *lv = NULL;
+    const size_t *ll = NULL;
+    if (na > 0) th_limit_call_args(ah->lc, &lv, &ll);
+    put(argv, lens, &n, lv ? lv[TH_LIMIT_CALL_ARGS - 1] : "",
+        lv ? ll[TH_LIMIT_CALL_ARGS - 1] : 0); /* hub id */
+    for (f = fh; f != NULL; f = f->next)
         fin_put_args(f, argv, lens, &n);
+    for (int j = 0; j < np; j++)
+        prof_put(prof[j], argv, lens, &n, false);
     a = ah;
     for (int i = 0; i < na; i++, a = a->qnext)
         adm_put_args(a, argv, lens, &n);
@@ -579,7 +630,7 @@ static void send_queued(th_policy *p, int max_adm, int max_fin)
     fin *fh;
     adm *ah = dequeue(p, na, nf, &fh);
     batch *b = calloc(1, sizeof *b + (size_t)na * sizeof(adm *));
-    char nums[3][24];
+    char nums[4][24];
     int nkeys, n = b != NULL ? turn_args(p, ah, na, fh, nf, &nkeys, nums) : -1, rc = -1;
     if (n >= 0) {
         b->log = p->log;

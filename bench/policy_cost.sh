@@ -17,7 +17,11 @@ source "$ROOT/bench/proxy_lib.sh"
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-5}; CONNS=${CONNS:-64}
 ensure_bin
 uport=$(free_port); rport=$(free_port)
-declare -A HPORT=([none]=$(free_port) [local]=$(free_port) [redis]=$(free_port))
+declare -A HPORT=([none]=$(free_port) [local]=$(free_port) [redis]=$(free_port) [cmp]=$(free_port))
+# COMPARE_BIN=path: a fourth hub of another build (say the previous commit's) with the redis scenario's config,
+# in the same rounds, so two builds are compared on the same machine state
+SC=(none local redis)
+[ -n "${COMPARE_BIN:-}" ] && SC+=(cmp)
 mp3=$(mp3_4k)
 mkdir -p "$WORK/www/v1/audio"; cp "$mp3" "$WORK/www/v1/audio/speech"
 nginx_start upstream 1 "server { listen 127.0.0.1:$uport backlog=4096; root $WORK/www; sendfile on;
@@ -56,12 +60,15 @@ YAML
 { provider; echo "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 0 }"; echo "cache: { enabled: false }"; } >"$WORK/none.yaml"
 { provider; policy local; } >"$WORK/local.yaml"
 { provider; policy redis; } >"$WORK/redis.yaml"
-for h in none local redis; do hub_start "$h" "$WORK/$h.yaml" "${HPORT[$h]}"; done
+cp "$WORK/redis.yaml" "$WORK/cmp.yaml"
+for h in "${SC[@]}"; do
+  if [ "$h" = cmp ]; then BIN=$COMPARE_BIN hub_start "$h" "$WORK/$h.yaml" "${HPORT[$h]}"; else hub_start "$h" "$WORK/$h.yaml" "${HPORT[$h]}"; fi
+done
 
 # probes
 body="input=probe+$RANDOM&voice=alloy&response_format=mp3"
 declare -A NOKEY XCACHE
-for h in none local redis; do
+for h in "${SC[@]}"; do
   u="http://127.0.0.1:${HPORT[$h]}/api/generate"
   NOKEY[$h]=$(curl -s -o /dev/null -w '%{http_code}' -d "$body" "$u")
   c1=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -d "$body" "$u")
@@ -73,7 +80,7 @@ rkeys0=$(redis-cli -p "$rport" dbsize)
 
 export WRK_UNIQUE=${UNIQUE:-1} WRK_AUTH="Bearer $KEY"   # UNIQUE=0: the same body every time (cache hits)
 for _ in $(seq 1 "$ROUNDS"); do
-  for h in none local redis; do
+  for h in "${SC[@]}"; do
     r0=$(cpu_ticks "$RPID"); n0=$(cpu_ticks "${NGINX_WORKER[upstream]}")
     wrk_run "$h" "http://127.0.0.1:${HPORT[$h]}/api/generate" "${HUB_PID[$h]}" "$CONNS" "$DUR"
     r1=$(cpu_ticks "$RPID"); n1=$(cpu_ticks "${NGINX_WORKER[upstream]}")
@@ -96,10 +103,10 @@ LOADGEN=${LOADGEN:-$(dirname "$BIN")/loadgen}
 EQ_RATE=${EQ_RATE:-$(awk -v r="$(med 2 redis)" 'BEGIN {printf "%d", r * 0.2}')}
 if [ "$EQ_RATE" -gt 0 ] && [ -x "$LOADGEN" ]; then
   for _ in $(seq 1 "$ROUNDS"); do
-    declare -A T0; for h in none local redis; do T0[$h]=$(cpu_ticks "${HUB_PID[$h]}"); done
-    out=$(LOADGEN_AUTH="Bearer $KEY" taskset -c 1 "$LOADGEN" 127.0.0.1 "$EQ_RATE" 16 "$DUR" \
-      "${HPORT[none]}/api/generate" "${HPORT[local]}/api/generate" "${HPORT[redis]}/api/generate")
-    for h in none local redis; do
+    declare -A T0; for h in "${SC[@]}"; do T0[$h]=$(cpu_ticks "${HUB_PID[$h]}"); done
+    targets=(); for h in "${SC[@]}"; do targets+=("${HPORT[$h]}/api/generate"); done
+    out=$(LOADGEN_AUTH="Bearer $KEY" taskset -c 1 "$LOADGEN" 127.0.0.1 "$EQ_RATE" 16 "$DUR" "${targets[@]}")
+    for h in "${SC[@]}"; do
       t1=$(cpu_ticks "${HUB_PID[$h]}")
       awk -v p="target=${HPORT[$h]}/api/generate" -v h="$h" -v d=$((t1 - T0[$h])) -v hz="$(clk_tck)" '$1 == p {
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
@@ -110,7 +117,7 @@ if [ "$EQ_RATE" -gt 0 ] && [ -x "$LOADGEN" ]; then
 fi
 rkeys1=$(redis-cli -p "$rport" dbsize)
 declare -A HWM
-for h in none local redis; do HWM[$h]=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${HUB_PID[$h]}/status"); done
+for h in "${SC[@]}"; do HWM[$h]=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/${HUB_PID[$h]}/status"); done
 rclients=$(redis-cli -p "$rport" info clients | awk -F: '/^connected_clients/ {print $2}' | tr -d '\r')
 rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ {print $2}' | tr -d '\r')
 
@@ -122,15 +129,16 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
   echo "redis: keys before the runs $rkeys0, after $rkeys1; connected clients $rclients (1 is redis-cli); commands processed $rcmds"
   printf "%-28s %10s %10s %12s %8s %9s %14s %14s\n" "" RPS "p99 ms" "CPU us/req" non2xx "peak MiB" \
     "redis us/req" "upstream us/req"
-  for h in none local redis; do
-    case $h in none) n="none (no policy)";; local) n="policy, backend local";; redis) n="policy, backend redis";; esac
+  for h in "${SC[@]}"; do
+    case $h in none) n="none (no policy)";; local) n="policy, backend local";; redis) n="policy, backend redis";;
+      cmp) n="redis, COMPARE_BIN";; esac
     printf "%-28s %10.0f %10.3f %12.2f %8d %9s %14.2f %14.2f\n" "$n" "$(med 2 $h)" "$(med 3 $h)" "$(med 4 $h)" \
       "$(sum_col 5 $h)" "${HWM[$h]}" "$(med 2 cpu1-$h)" "$(med 3 cpu1-$h)"
   done
   echo "   (redis and upstream: CPU of redis-server and of the upstream nginx worker per request, both on CPU 1 with wrk)"
   if [ "$EQ_RATE" -gt 0 ] && [ -x "$LOADGEN" ]; then
     echo "equal load: loadgen (open loop) at $EQ_RATE req/s to each hub at once, 16 connections each, ${DUR}s x $ROUNDS, medians"
-    for h in none local redis; do
+    for h in "${SC[@]}"; do
       printf "   %-8s CPU %7.2f us/req   p99 %8.3f ms   non2xx %d\n" "$h" "$(med 2 eq-$h)" "$(med 3 eq-$h)" "$(sum_col 4 eq-$h)"
     done
     awk -v l="$(med 2 eq-local)" -v r="$(med 2 eq-redis)" -v lp="$(med 3 eq-local)" -v rp="$(med 3 eq-redis)" 'BEGIN {
@@ -139,6 +147,12 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
   awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" 'BEGIN {
     printf "redis hub: %.2f Redis commands sent per request; %.2f blocking round trips before the first byte\n",
       (req > 0 ? c / req : 0), (n > 0 ? s / n : 0) }'
+  if [ -n "${COMPARE_BIN:-}" ]; then
+    awk -v lr="$(med 2 local)" -v rr="$(med 2 cmp)" -v lp="$(med 3 local)" -v rp="$(med 3 cmp)" \
+        -v lu="$(med 4 local)" -v ru="$(med 4 cmp)" -v el="$(med 2 eq-local)" -v er="$(med 2 eq-cmp)" 'BEGIN {
+      printf "COMPARE_BIN vs local: RPS %.2fx, p99 %.2fx, CPU/req %.2fx; equal load CPU/req %.2fx\n",
+        rr/lr, rp/lp, ru/lu, (el > 0 ? er/el : 0) }'
+  fi
   awk -v lr="$(med 2 local)" -v rr="$(med 2 redis)" -v lp="$(med 3 local)" -v rp="$(med 3 redis)" \
       -v lu="$(med 4 local)" -v ru="$(med 4 redis)" 'BEGIN {
     printf "redis vs local: RPS %.2fx (target >= 0.6), p99 %.2fx (target <= 1.5), CPU/req %.2fx (target <= 1.3)\n",

@@ -485,8 +485,9 @@ static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
     rd_cmd_release(c);
 
     th_redis_reply top;
-    /* the admission script's answer is about 15 nodes: views of replies that small live on the stack */
-    th_redis_reply small[32];
+    /* the policy's answer is about 13 nodes per admission of the turn: views of replies of up to 256 nodes
+     * (about 20 admissions) live on the stack (12 KiB), since a larger malloc makes glibc consolidate */
+    th_redis_reply small[256];
     th_redis_reply *pool = NULL;
     size_t n = rd_count(rep);
     if (n > 1 && n - 1 <= sizeof small / sizeof small[0]) {

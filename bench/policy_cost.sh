@@ -94,6 +94,8 @@ hubm=$(curl -s "http://127.0.0.1:${HPORT[redis]}/metrics")
 hcmds=$(echo "$hubm" | awk '/^ttshub_redis_commands_total/ {t+=$2} END {print t+0}')
 rtsum=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_sum\{when="before_first_byte"\}/ {print $2}')
 rtcnt=$(echo "$hubm" | awk '/^ttshub_redis_round_trips_count\{when="before_first_byte"\}/ {print $2}')
+tsum=$(echo "$hubm" | awk '/^ttshub_redis_turn_requests_sum\{part="admissions"\}/ {print $2}')
+tcnt=$(echo "$hubm" | awk '/^ttshub_redis_turn_requests_count\{part="admissions"\}/ {print $2}')
 # Equal load: the closed-loop runs above compare hubs at different rates (each runs as fast as its slowest
 # CPU lets it), and a hub's CPU per request falls as its rate rises (more requests share each loop turn). Here
 # bench/loadgen (open loop) sends the same fixed rate to the three hubs at once (interleaved schedules), 20 % of
@@ -144,9 +146,10 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
     awk -v l="$(med 2 eq-local)" -v r="$(med 2 eq-redis)" -v lp="$(med 3 eq-local)" -v rp="$(med 3 eq-redis)" 'BEGIN {
       printf "   redis vs local at equal load: CPU/req %.2fx (%+.1f us), p99 %.2fx\n", r / l, r - l, rp / lp }'
   fi
-  awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" 'BEGIN {
-    printf "redis hub: %.2f Redis commands sent per request; %.2f blocking round trips before the first byte\n",
-      (req > 0 ? c / req : 0), (n > 0 ? s / n : 0) }'
+  awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" -v ts="${tsum:-0}" \
+      -v tc="${tcnt:-0}" 'BEGIN {
+    printf "redis hub: %.2f Redis commands sent per request; %.2f blocking round trips before the first byte; %.1f admissions per script\n",
+      (req > 0 ? c / req : 0), (n > 0 ? s / n : 0), (tc > 0 ? ts / tc : 0) }'
   if [ -n "${COMPARE_BIN:-}" ]; then
     awk -v lr="$(med 2 local)" -v rr="$(med 2 cmp)" -v lp="$(med 3 local)" -v rp="$(med 3 cmp)" \
         -v lu="$(med 4 local)" -v ru="$(med 4 cmp)" -v el="$(med 2 eq-local)" -v er="$(med 2 eq-cmp)" 'BEGIN {

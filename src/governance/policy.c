@@ -624,6 +624,14 @@ static adm *dequeue(th_policy *p, int na, int nf, fin **fh)
 
 /* One script with up to max_adm queued admissions and max_fin queued finishes (taken from the queues'
  * heads). The admissions are answered through on_batch, at once when the lane cannot take it. */
+static void observe_turn(th_policy *p, int na, int nf)
+{
+    if (p->m == NULL) return;
+    const char *adm_lbl[] = {"admissions", NULL}, *fin_lbl[] = {"settles", NULL};
+    if (na > 0) th_metrics_observe(p->m, TH_M_REDIS_TURN, adm_lbl, na);
+    if (nf > 0) th_metrics_observe(p->m, TH_M_REDIS_TURN, fin_lbl, nf);
+}
+
 static void send_queued(th_policy *p, int max_adm, int max_fin)
 {
     int na = p->nq < max_adm ? p->nq : max_adm, nf = p->nf < max_fin ? p->nf : max_fin;
@@ -639,6 +647,7 @@ static void send_queued(th_policy *p, int max_adm, int max_fin)
         adm *a = ah;
         for (int i = 0; i < na; i++, a = a->qnext)
             b->a[i] = a;
+        observe_turn(p, na, nf);
         /* the callback may run before this returns (Redis down): b is not touched after */
         rc = na > 0 ? th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_batch, b, p->lua, nkeys, n,
                                          p->argv, p->lens)

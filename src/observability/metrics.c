@@ -23,6 +23,7 @@ static const double latency_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 static const double transcode_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                            0.25,  0.5,    1,     2.5,  5,     10};
 static const double round_trip_buckets[] = {0, 1, 2, 3, 4, 6};
+static const double turn_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128};
 
 #define NB(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -161,6 +162,15 @@ const th_metric_desc th_metric_descs[TH_M_COUNT] = {
                                 {"when", NULL, NULL},
                                 round_trip_buckets,
                                 NB(round_trip_buckets)},
+    [TH_M_REDIS_TURN] =
+        {TH_M_REDIS_TURN,
+         "ttshub_redis_turn_requests",
+         TH_MT_HISTOGRAM,
+         "Requests in one policy script, which carries what a loop turn queued: admissions, and "
+         "settles (sent after the response).",
+         {"part", NULL, NULL},
+         turn_buckets,
+         NB(turn_buckets)},
 };
 
 typedef struct series {

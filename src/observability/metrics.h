@@ -35,6 +35,7 @@ typedef enum {
     TH_M_CONFIG_RELOADS,    /* counter {result}: ok|refused|unchanged */
     TH_M_CONFIG_LOADED,     /* gauge: unix time the config in force was loaded */
     TH_M_REDIS_ROUND_TRIPS, /* histogram {when}: Redis round trips of one request (before_first_byte|after) */
+    TH_M_REDIS_TURN,        /* histogram {part}: admissions|settles in one loop turn's policy script */
     TH_M_COUNT
 } th_metric_id;
 

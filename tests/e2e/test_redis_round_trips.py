@@ -234,6 +234,9 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         n = metric(h, "ttshub_redis_round_trips_count", {"when": "before_first_byte"})
         s = metric(h, "ttshub_redis_round_trips_sum", {"when": "before_first_byte"})
         assert n == 6 and s == 6, (n, s)
+        # each admission went in a loop turn's script: every one of the six is counted there once
+        assert metric(h, "ttshub_redis_turn_requests_sum", {"part": "admissions"}) == 6
+        assert 1 <= metric(h, "ttshub_redis_turn_requests_count", {"part": "admissions"}) <= 6
         assert metric(h, "ttshub_redis_latency_seconds_count", {"lane": "policy"}) >= 12
     finally:
         if mon:

@@ -361,6 +361,54 @@ def test_scale_out_shared_limits_quota_cache(hub_factory, redis_server):
         f.stop()
 
 
+def redis_exists(port, key):
+    """EXISTS key, over a plain socket (the tests need no Redis library)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        k = key.encode()
+        c.sendall(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(k), k))
+        buf = b""
+        while not buf.endswith(b"\r\n"):
+            buf += c.recv(64)
+        return int(buf[1:-2])
+
+
+def test_concurrency_shared_across_hubs_exact(hub_factory, redis_server):
+    """A global concurrency of 3 over two hubs: of ten requests at once exactly three run, and the slots come
+    back to the other hub once they end (the counts in Redis go to nothing)."""
+    f = FakeEngine("openai_fm", latency=2.0).start()
+    try:
+        cfg = (f"providers:\n  - name: up\n    type: openai_fm\n    base_url: \"{f.url}\"\n    timeout: 10s\n"
+               f"redis: {{ url: \"redis://127.0.0.1:{redis_server.port}/0\", prefix: \"c{redis_server.port}:\" }}\n"
+               "cache: { enabled: false }\n"
+               "rate_limit: { global_rpm: 0, ip_rpm: 0, concurrency: 3, backend: redis, on_backend_error: closed }\n")
+        hubs = [hub_factory(cfg) for _ in range(2)]
+        assert all(wait_until(lambda: redis_connected(h)) for h in hubs)
+        gate = threading.Barrier(10)
+        out = {}
+
+        def one(i):
+            gate.wait(10)
+            r = requests.post(hubs[i % 2].url + "/api/generate", timeout=30,
+                              data={"input": f"Held request {i}.", "voice": "alloy", "response_format": "wav"})
+            out[i] = (r.status_code, r.json()["error"]["code"] if r.status_code != 200 else "")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        codes = [out[i] for i in range(10)]
+        assert [c for c, _ in codes].count(200) == 3, codes
+        assert sorted(e for c, e in codes if c != 200) == ["concurrency"] * 7, codes
+        # every slot was given back, wherever it was taken: the counts' hash is gone
+        assert wait_until(lambda: all(redis_idle(h) for h in hubs))
+        assert wait_until(lambda: redis_exists(redis_server.port, f"c{redis_server.port}:rl:h:g") == 0)
+        for i in range(3):
+            assert say(hubs[i % 2], text=f"Afterwards {i}.").status_code == 200
+    finally:
+        f.stop()
+
+
 @pytest.mark.parametrize("on_error", ["open", "closed"])
 def test_redis_restart_in_the_middle(hub_factory, redis_server, on_error):
     f = FakeEngine("openai_fm").start()

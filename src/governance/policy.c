@@ -21,7 +21,8 @@
  *   charged, as when the calls were separate, and the concurrency holders it had just taken are given back);
  *   else {limits, quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size}
  *   (larger: fetched with GET on the bulk lane). An admission whose part of the script fails (a wrong type
- *   under one of its keys) gets an error entry, and only it is answered as a Redis failure.
+ *   under one of its keys) gets an error entry, and only it is answered as a Redis failure. A last entry
+ *   counts the finishes that failed (logged).
  *   A turn with finishes only is sent without waiting for the answer (a quiet command).
  * A failure of the lane counts as the separate calls' failures did: on_backend_error decides for the limits
  * and the quota, and the cache answers a miss. */
@@ -50,7 +51,6 @@ struct adm {
     char *rkey; /* its Redis key */
     th_cache_follower_cb fcb;
     bool has_fcb;
-    bool queued;
     char prof[8]; /* in the turn's script: the index of its limit profile (1-based digits) */
     th_policy_hooks hooks;
     void *ud;
@@ -605,7 +605,6 @@ static adm *dequeue(th_policy *p, int na, int nf, fin **fh)
 {
     adm *ah = p->qhead;
     for (int i = 0; i < na; i++) {
-        p->qhead->queued = false;
         p->qhead = p->qhead->qnext;
     }
     if (p->qhead == NULL) p->qtail = NULL;
@@ -714,7 +713,6 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
     }
     a->p = p;
     TH_DL_PUSH_FRONT(p->pending, a, prev, next);
-    a->queued = true;
     if (p->qtail)
         p->qtail->qnext = a;
     else

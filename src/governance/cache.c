@@ -679,8 +679,11 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
         goto out;
     }
-    th_redis_lane lane = vlen > TH_CACHE_INLINE_MAX ? TH_REDIS_LANE_BULK : TH_REDIS_LANE_POLICY;
-    if (th_redis_cmd_lane_resp_quiet(c->redis, lane, on_redis_set, NULL, (const char *)b.data, b.len) != 0)
+    /* Every store goes on the bulk lane, even a small one. Redis reads a connection 16 KiB at a time and
+     * answers after each read, so a turn's admission script written behind the turn's stores on the same
+     * connection waited for them (four 4 KiB stores per read) before it even ran. */
+    if (th_redis_cmd_lane_resp_quiet(c->redis, TH_REDIS_LANE_BULK, on_redis_set, NULL, (const char *)b.data,
+                                     b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
 out:
     if (b.cap > (256u << 10)) th_buf_free(&b); /* a large entry's buffer is not kept */

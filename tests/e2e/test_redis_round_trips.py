@@ -216,7 +216,7 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         t.join(30)
         r = out["r"]
         assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
-        # after the response: the store and the settle script (one write), then nothing more
+        # after the response: the settle script and the store (on the bulk connection), then nothing more
         settled(h, hub_cmds, base, sent_base, 3)  # everything the hub sent has been seen: nothing else follows
         after = hub_cmds()[base + 1:]
         assert sorted(c for _, c, _ in after) == ["evalsha", "set"], after

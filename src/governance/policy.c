@@ -43,7 +43,7 @@
 typedef struct adm adm;
 struct adm {
     adm *prev, *next; /* p->pending: queued or sent, until answered */
-    adm *qnext;       /* p's send queue, until the turn's script leaves */
+    th_qlink q;       /* p->adms, until the turn's script leaves */
     th_policy *p;     /* NULL once the policy is freed: the reply only frees this */
     th_limit_call *lc;
     th_quota_call *qc;
@@ -60,7 +60,7 @@ struct adm {
  * settle (keys and arguments), all owned here. */
 typedef struct fin fin;
 struct fin {
-    fin *next;
+    th_qlink q; /* p->fins */
     int nh;
     const char *keys[4];
     size_t klens[4];
@@ -87,9 +87,9 @@ struct th_policy {
     th_metrics *m;
     char *lua;
     adm *pending;
-    adm *qhead, *qtail; /* admissions not sent yet */
+    th_qlink adms; /* admissions not sent yet */
     int nq;
-    fin *fhead, *ftail; /* finishes not sent yet */
+    th_qlink fins; /* finishes not sent yet */
     int nf;
     uv_check_t turn; /* sends the queues at the end of the loop turn */
     uv_idle_t nudge; /* while armed: the loop does not block before the check */
@@ -226,6 +226,8 @@ th_policy *th_policy_new(th_redis *redis, th_limiter *l, th_quota *q, th_cache *
     uv_check_init(loop, &p->turn);
     uv_idle_init(loop, &p->nudge);
     p->turn.data = p->nudge.data = p;
+    th_q_init(&p->adms);
+    th_q_init(&p->fins);
     p->open_handles = 2;
     return p;
 }
@@ -293,8 +295,8 @@ void th_policy_free(th_policy *p)
      * sent yet are refused (as a backend failure; nothing of theirs is held yet), and so are those still
      * waiting for Redis, whose replies find no policy and only free their records. */
     while (p->nq > 0) {
-        adm *a = p->qhead;
-        p->qhead = a->qnext;
+        adm *a = TH_Q_OF(p->adms.next, adm, q);
+        th_q_unlink(&a->q);
         p->nq--;
         adm_unlink(a);
         refuse_backend(a);
@@ -461,12 +463,13 @@ static bool same_profile(const adm *a, const adm *b)
     return true;
 }
 
-/* Gives each of the na admissions from ah its profile's index; prof[] gets one admission per profile.
- * Returns the number of profiles. */
-static int profiles(adm *ah, int na, adm *prof[POL_BATCH_MAX])
+/* Gives each of the na admissions its profile's index; prof[] gets one admission per profile. Returns the
+ * number of profiles. */
+static int profiles(adm *const *as, int na, adm *prof[POL_BATCH_MAX])
 {
     int np = 0;
-    for (adm *a = ah; na > 0; na--, a = a->qnext) {
+    for (int i = 0; i < na; i++) {
+        adm *a = as[i];
         int j = 0;
         while (j < np && !same_profile(a, prof[j]))
             j++;
@@ -552,77 +555,72 @@ static int scratch_fit(th_policy *p, int n)
     return 0;
 }
 
-/* The script's KEYS and ARGV for na admissions from ah and nf finishes from fh into p->argv/p->lens (nums
- * holds the header's digits); returns the count of both and sets *nkeys, or -1 on ENOMEM. */
-static int turn_args(th_policy *p, adm *ah, int na, fin *fh, int nf, int *nkeys, char nums[4][24])
+/* One part of the script, in the order of KEYS or of ARGV: the finishes', the profiles', the admissions'. */
+static void turn_part(const th_policy *p, adm *const *as, int na, fin *const *fs, int nf, adm *const *prof,
+                      int np, bool keys, int *n)
+{
+    for (int i = 0; i < nf; i++)
+        (keys ? fin_put_keys : fin_put_args)(fs[i], p->argv, p->lens, n);
+    for (int j = 0; j < np; j++)
+        prof_put(prof[j], p->argv, p->lens, n, keys);
+    for (int i = 0; i < na; i++)
+        (keys ? adm_put_keys : adm_put_args)(as[i], p->argv, p->lens, n);
+}
+
+/* The script's KEYS and ARGV for na admissions and nf finishes into p->argv/p->lens (nums holds the header's
+ * digits); returns the count of both and sets *nkeys, or -1 on ENOMEM. */
+static int turn_args(th_policy *p, adm *const *as, int na, fin *const *fs, int nf, int *nkeys,
+                     char nums[4][24])
 {
     adm *prof[POL_BATCH_MAX];
-    int np = profiles(ah, na, prof);
+    int np = profiles(as, na, prof);
     int nk = np * TH_LIMIT_CALL_KEYS, nargs = 5 + np * TH_LIMIT_CALL_PROFILE;
-    adm *a = ah;
-    fin *f = fh;
-    for (int i = 0; i < na; i++, a = a->qnext) {
-        nk += adm_nkeys(a);
-        nargs += adm_nargs(a);
+    for (int i = 0; i < na; i++) {
+        nk += adm_nkeys(as[i]);
+        nargs += adm_nargs(as[i]);
     }
-    for (int i = 0; i < nf; i++, f = f->next) {
-        nk += fin_nkeys(f);
-        nargs += fin_nargs(f);
+    for (int i = 0; i < nf; i++) {
+        nk += fin_nkeys(fs[i]);
+        nargs += fin_nargs(fs[i]);
     }
     if (scratch_fit(p, nk + nargs) != 0) return -1;
-    const char **argv = p->argv;
-    size_t *lens = p->lens;
     int n = 0;
-    for (f = fh; f != NULL; f = f->next)
-        fin_put_keys(f, argv, lens, &n);
-    for (int j = 0; j < np; j++)
-        prof_put(prof[j], argv, lens, &n, true);
-    a = ah;
-    for (int i = 0; i < na; i++, a = a->qnext)
-        adm_put_keys(a, argv, lens, &n);
+    turn_part(p, as, na, fs, nf, prof, np, true, &n);
     uint64_t hdr[4] = {TH_CACHE_INLINE_MAX, (uint64_t)nf, (uint64_t)na, (uint64_t)np};
     for (int i = 0; i < 4; i++)
-        put(argv, lens, &n, nums[i], th_u64_dec(nums[i], hdr[i]));
+        put(p->argv, p->lens, &n, nums[i], th_u64_dec(nums[i], hdr[i]));
     const char *const *lv = NULL;
     const size_t *ll = NULL;
-    if (na > 0) th_limit_call_args(ah->lc, &lv, &ll);
-    put(argv, lens, &n, lv ? lv[TH_LIMIT_CALL_ARGS - 1] : "",
+    if (na > 0) th_limit_call_args(as[0]->lc, &lv, &ll);
+    put(p->argv, p->lens, &n, lv ? lv[TH_LIMIT_CALL_ARGS - 1] : "",
         lv ? ll[TH_LIMIT_CALL_ARGS - 1] : 0); /* hub id */
-    for (f = fh; f != NULL; f = f->next)
-        fin_put_args(f, argv, lens, &n);
-    for (int j = 0; j < np; j++)
-        prof_put(prof[j], argv, lens, &n, false);
-    a = ah;
-    for (int i = 0; i < na; i++, a = a->qnext)
-        adm_put_args(a, argv, lens, &n);
+    turn_part(p, as, na, fs, nf, prof, np, false, &n);
     *nkeys = nk;
     return n;
 }
 
-/* Takes up to na admissions and nf finishes from the queues' heads; *fh gets the finishes (still linked
- * through next, the last one's next cleared). */
-static adm *dequeue(th_policy *p, int na, int nf, fin **fh)
+/* Takes up to max admissions and max finishes from the queues' heads, in order. */
+static int take_adms(th_policy *p, adm **as, int max)
 {
-    adm *ah = p->qhead;
-    for (int i = 0; i < na; i++) {
-        p->qhead = p->qhead->qnext;
+    int n = 0;
+    for (; n < max && !th_q_empty(&p->adms); n++) {
+        as[n] = TH_Q_OF(p->adms.next, adm, q);
+        th_q_unlink(&as[n]->q);
     }
-    if (p->qhead == NULL) p->qtail = NULL;
-    p->nq -= na;
-    *fh = p->fhead;
-    fin *last = NULL;
-    for (int i = 0; i < nf; i++) {
-        last = p->fhead;
-        p->fhead = p->fhead->next;
+    p->nq -= n;
+    return n;
+}
+static int take_fins(th_policy *p, fin **fs, int max)
+{
+    int n = 0;
+    for (; n < max && !th_q_empty(&p->fins); n++) {
+        fs[n] = TH_Q_OF(p->fins.next, fin, q);
+        th_q_unlink(&fs[n]->q);
     }
-    if (last) last->next = NULL;
-    if (p->fhead == NULL) p->ftail = NULL;
-    p->nf -= nf;
-    return ah;
+    p->nf -= n;
+    return n;
 }
 
-/* One script with up to max_adm queued admissions and max_fin queued finishes (taken from the queues'
- * heads). The admissions are answered through on_batch, at once when the lane cannot take it. */
 static void observe_turn(th_policy *p, int na, int nf)
 {
     if (p->m == NULL) return;
@@ -631,21 +629,22 @@ static void observe_turn(th_policy *p, int na, int nf)
     if (nf > 0) th_metrics_observe(p->m, TH_M_REDIS_TURN, fin_lbl, nf);
 }
 
+/* One script with up to max_adm queued admissions and max_fin queued finishes (taken from the queues'
+ * heads). The admissions are answered through on_batch, at once when the lane cannot take it. */
 static void send_queued(th_policy *p, int max_adm, int max_fin)
 {
-    int na = p->nq < max_adm ? p->nq : max_adm, nf = p->nf < max_fin ? p->nf : max_fin;
-    fin *fh;
-    adm *ah = dequeue(p, na, nf, &fh);
+    adm *as[POL_BATCH_MAX];
+    fin *fs[POL_FIN_MAX];
+    int na = take_adms(p, as, max_adm < POL_BATCH_MAX ? max_adm : POL_BATCH_MAX);
+    int nf = take_fins(p, fs, max_fin < POL_FIN_MAX ? max_fin : POL_FIN_MAX);
     batch *b = calloc(1, sizeof *b + (size_t)na * sizeof(adm *));
     char nums[4][24];
-    int nkeys, n = b != NULL ? turn_args(p, ah, na, fh, nf, &nkeys, nums) : -1, rc = -1;
+    int nkeys, n = b != NULL ? turn_args(p, as, na, fs, nf, &nkeys, nums) : -1, rc = -1;
     if (n >= 0) {
         b->log = p->log;
         b->na = na;
         b->nf = nf;
-        adm *a = ah;
-        for (int i = 0; i < na; i++, a = a->qnext)
-            b->a[i] = a;
+        memcpy(b->a, as, (size_t)na * sizeof(adm *));
         observe_turn(p, na, nf);
         /* the callback may run before this returns (Redis down): b is not touched after */
         rc = na > 0 ? th_redis_eval_lane(p->redis, TH_REDIS_LANE_POLICY, on_batch, b, p->lua, nkeys, n,
@@ -653,21 +652,16 @@ static void send_queued(th_policy *p, int max_adm, int max_fin)
                     : th_redis_eval_lane_quiet(p->redis, TH_REDIS_LANE_POLICY, on_batch, b, p->lua, nkeys, n,
                                                p->argv, p->lens);
     }
-    while (fh != NULL) {
-        fin *next = fh->next;
-        fin_free(fh);
-        fh = next;
-    }
+    for (int i = 0; i < nf; i++)
+        fin_free(fs[i]);
     if (rc == 0) return;
     TH_LOG(p->log, TH_LOG_ERROR,
            "policy: out of memory for the turn's Redis script (%d admissions, %d finishes)", na, nf);
     /* refused as a backend failure (503, retry in 1 s): nothing was charged */
     for (int i = 0; i < na; i++) {
-        adm *x = ah;
-        ah = ah->qnext;
-        adm_unlink(x);
-        refuse_backend(x);
-        adm_free(x);
+        adm_unlink(as[i]);
+        refuse_backend(as[i]);
+        adm_free(as[i]);
     }
     free(b);
 }
@@ -713,11 +707,7 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
     }
     a->p = p;
     TH_DL_PUSH_FRONT(p->pending, a, prev, next);
-    if (p->qtail)
-        p->qtail->qnext = a;
-    else
-        p->qhead = a;
-    p->qtail = a;
+    th_q_push(&p->adms, &a->q);
     p->nq++;
     arm(p);
     return;
@@ -751,11 +741,7 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
     *f = tmp;
     th_u64_dec(f->nhs, (uint64_t)f->nh);
     observe(p, "after", 1);
-    if (p->ftail)
-        p->ftail->next = f;
-    else
-        p->fhead = f;
-    p->ftail = f;
+    th_q_push(&p->fins, &f->q);
     p->nf++;
     if (p->freeing) { /* no turn any more: it leaves now */
         send_queued(p, 0, POL_FIN_MAX);

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from audio import decoded_seconds, probe
-from conftest import Hub, free_port
+from conftest import Hub, free_port, wait_until
 
 TOKEN = "worker-cluster-token-42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -278,10 +278,7 @@ def test_library_voice_skips_a_pool_of_espeak_workers(hub_factory):
                           "  - { name: local, type: espeak, priority: 1 }\n"
                           f'  - {{ name: clone, type: cosyvoice, base_url: "{cosy.url}", priority: 2 }}\n', env=env)
         w = start_worker(hub_factory, hub.url, "--node-id", "w0")
-        deadline = time.time() + 10
-        while time.time() < deadline and hub.get("/api/nodes", headers=AUTH).json()["count"] < 1:
-            time.sleep(0.1)
-        assert hub.get("/api/nodes", headers=AUTH).json()["count"] == 1
+        assert wait_until(lambda: hub.get("/api/nodes", headers=AUTH).json()["count"] == 1, timeout=10)
         r = extract(hub, make_audio("wav", 3.0), "wav", voice_id="lib1", reference_text="the reference words")
         assert r.status_code == 201, r.text
         s = hub.post("/api/synthesize", json={"text": "Spoken in the library voice.", "voice_id": "lib1"})

@@ -95,9 +95,14 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * now: the request's now_ms (a string); hub: the hub's id (its field in the concurrency counts).
  * lim_check returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the
  * first limit that said no (nothing charged); allowed -> the rate limit closest to refusing (0 when none
- * applies). */
+ * applies).
+ * Lua turns strings into numbers with strtod and numbers into strings with printf, each a few hundred
+ * nanoseconds: a profile's arguments are read once per run (PF, with the list of its active limits), a
+ * run of admissions with the same now string reads it once, and a holder's expiry is made a string once
+ * per key at commit. */
 #define LIM_LUA_LIB                                                                                          \
-    "local call, tonumber = redis.call, tonumber\n"                                                          \
+    "local call, tonumber, tostring = redis.call, tonumber, tostring\n"                                      \
+    "local ceil, floor, max = math.ceil, math.floor, math.max\n"                                             \
     "local W = 60000\n"                                                                                      \
     "local LS, LB, LD = {}, {}, {}\n"                                                                        \
     "local function lc(k, now)\n"                                                                            \
@@ -171,81 +176,104 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  end\n"                                                                                                \
     "  return b\n"                                                                                           \
     "end\n"                                                                                                  \
-    "local function lim_check(kp, ap, nows, hub)\n"                                                          \
-    "  local now = tonumber(nows)\n"                                                                         \
-    "  local rate, burst = tonumber(ARGV[ap + 6]), tonumber(ARGV[ap + 7])\n"                                 \
-    "  if burst <= 0 then burst = rate end\n"                                                                \
-    "  local best, bl, brem, breset, bs = 0, 0, 0, 0, nil\n"                                                 \
-    "  local st, tokens = {}, 0\n"                                                                           \
-    "  for i = 1, 7 do\n"                                                                                    \
-    "    local l\n"                                                                                          \
-    "    if i == 4 then\n"                                                                                   \
-    "      l = 0\n"                                                                                          \
-    "      if rate > 0 then l = burst end\n"                                                                 \
-    "    elseif i < 4 then\n"                                                                                \
-    "      l = tonumber(ARGV[ap + i - 1])\n"                                                                 \
-    "    else\n"                                                                                             \
-    "      l = tonumber(ARGV[ap + i - 2])\n"                                                                 \
-    "    end\n"                                                                                              \
-    "    if l > 0 then\n"                                                                                    \
-    "      local k = KEYS[kp + i - 1]\n"                                                                     \
+    "local PF = {}\n"                                                                                        \
+    "local function lim_prof(kp, ap)\n"                                                                      \
+    "  local p = PF[ap]\n"                                                                                   \
+    "  if p == nil then\n"                                                                                   \
+    "    local rate, burst = tonumber(ARGV[ap + 6]), tonumber(ARGV[ap + 7])\n"                               \
+    "    if burst <= 0 then burst = rate end\n"                                                              \
+    "    p = {rate = rate, burst = burst, ttl = tonumber(ARGV[ap + 8]), ttls = ARGV[ap + 8], act = {}, lim " \
+    "= {}, key = {}}\n"                                                                                      \
+    "    for i = 1, 7 do\n"                                                                                  \
+    "      local l\n"                                                                                        \
     "      if i == 4 then\n"                                                                                 \
-    "        local b = lbucket(k, now, burst)\n"                                                             \
-    "        local el = now - b.ts\n"                                                                        \
-    "        if el < 0 then el = 0 end\n"                                                                    \
-    "        local t = math.min(burst, b.t + el * rate / 1000)\n"                                            \
-    "        if t < 1 then\n"                                                                                \
-    "          local wait = math.ceil((1 - t) * 1000 / rate)\n"                                              \
-    "          return {0, 4, burst, 0, wait, wait}\n"                                                        \
-    "        end\n"                                                                                          \
-    "        tokens, st[4] = t, b\n"                                                                         \
-    "        local rem = math.floor(t - 1)\n"                                                                \
-    "        if best == 0 or rem < brem then\n"                                                              \
-    "          best, bl, brem, breset, bs = 4, burst, rem, math.ceil((burst - t + 1) * 1000 / rate), nil\n"  \
-    "        end\n"                                                                                          \
-    "      elseif i >= 6 then\n"                                                                             \
-    "        local s = lc(k, now)\n"                                                                         \
-    "        if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                 \
-    "        st[i] = s\n"                                                                                    \
+    "        l = 0\n"                                                                                        \
+    "        if rate > 0 then l = burst end\n"                                                               \
+    "      elseif i < 4 then\n"                                                                              \
+    "        l = tonumber(ARGV[ap + i - 1])\n"                                                               \
     "      else\n"                                                                                           \
-    "        local s = lw(k, now - W)\n"                                                                     \
-    "        local n = s.nr + s.na\n"                                                                        \
-    "        if n >= l then\n"                                                                               \
-    "          local reset = lold(s, now)\n"                                                                 \
-    "          return {0, i, l, 0, reset, reset}\n"                                                          \
-    "        end\n"                                                                                          \
-    "        st[i] = s\n"                                                                                    \
-    "        if best == 0 or l - n - 1 < brem then best, bl, brem, bs = i, l, l - n - 1, s end\n"            \
+    "        l = tonumber(ARGV[ap + i - 2])\n"                                                               \
     "      end\n"                                                                                            \
+    "      if l > 0 then\n"                                                                                  \
+    "        p.act[#p.act + 1] = i\n"                                                                        \
+    "        p.lim[i] = l\n"                                                                                 \
+    "        p.key[i] = KEYS[kp + i - 1]\n"                                                                  \
+    "      end\n"                                                                                            \
+    "    end\n"                                                                                              \
+    "    PF[ap] = p\n"                                                                                       \
+    "  end\n"                                                                                                \
+    "  return p\n"                                                                                           \
+    "end\n"                                                                                                  \
+    "local NS, NN\n"                                                                                         \
+    "local ST = {}\n"                                                                                        \
+    "local function lim_check(kp, ap, nows, hub)\n"                                                          \
+    "  local now = NN\n"                                                                                     \
+    "  if nows ~= NS then now = tonumber(nows); NS, NN = nows, now end\n"                                    \
+    "  local p = lim_prof(kp, ap)\n"                                                                         \
+    "  local rate, burst = p.rate, p.burst\n"                                                                \
+    "  local best, bl, brem, breset, bs = 0, 0, 0, 0, nil\n"                                                 \
+    "  local st, tokens = ST, 0\n"                                                                           \
+    "  local act, lim, key = p.act, p.lim, p.key\n"                                                          \
+    "  for j = 1, #act do\n"                                                                                 \
+    "    local i = act[j]\n"                                                                                 \
+    "    local l, k = lim[i], key[i]\n"                                                                      \
+    "    if i == 4 then\n"                                                                                   \
+    "      local b = lbucket(k, now, burst)\n"                                                               \
+    "      local el = now - b.ts\n"                                                                          \
+    "      if el < 0 then el = 0 end\n"                                                                      \
+    "      local t = b.t + el * rate / 1000\n"                                                               \
+    "      if t > burst then t = burst end\n"                                                                \
+    "      if t < 1 then\n"                                                                                  \
+    "        local wait = ceil((1 - t) * 1000 / rate)\n"                                                     \
+    "        return {0, 4, burst, 0, wait, wait}\n"                                                          \
+    "      end\n"                                                                                            \
+    "      tokens, st[4] = t, b\n"                                                                           \
+    "      local rem = floor(t - 1)\n"                                                                       \
+    "      if best == 0 or rem < brem then\n"                                                                \
+    "        best, bl, brem, breset, bs = 4, burst, rem, ceil((burst - t + 1) * 1000 / rate), nil\n"         \
+    "      end\n"                                                                                            \
+    "    elseif i >= 6 then\n"                                                                               \
+    "      local s = lc(k, now)\n"                                                                           \
+    "      if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                   \
+    "      st[i] = s\n"                                                                                      \
+    "    else\n"                                                                                             \
+    "      local s = lw(k, now - W)\n"                                                                       \
+    "      local n = s.nr + s.na\n"                                                                          \
+    "      if n >= l then\n"                                                                                 \
+    "        local reset = lold(s, now)\n"                                                                   \
+    "        return {0, i, l, 0, reset, reset}\n"                                                            \
+    "      end\n"                                                                                            \
+    "      st[i] = s\n"                                                                                      \
+    "      if best == 0 or l - n - 1 < brem then best, bl, brem, bs = i, l, l - n - 1, s end\n"              \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "  if bs ~= nil then breset = lold(bs, now) end\n"                                                       \
-    "  for i = 1, 7 do\n"                                                                                    \
+    "  for j = 1, #act do\n"                                                                                 \
+    "    local i = act[j]\n"                                                                                 \
     "    local s = st[i]\n"                                                                                  \
-    "    if s ~= nil then\n"                                                                                 \
-    "      if not s.dirty then\n"                                                                            \
-    "        s.dirty = true\n"                                                                               \
-    "        LD[#LD + 1] = KEYS[kp + i - 1]\n"                                                               \
-    "      end\n"                                                                                            \
-    "      if i == 4 then\n"                                                                                 \
-    "        s.t, s.ts, s.rate, s.burst = tokens - 1, math.max(s.ts, now), rate, burst\n"                    \
+    "    if not s.dirty then\n"                                                                              \
+    "      s.dirty = true\n"                                                                                 \
+    "      LD[#LD + 1] = key[i]\n"                                                                           \
+    "    end\n"                                                                                              \
+    "    if i == 4 then\n"                                                                                   \
+    "      s.t, s.ts, s.rate, s.burst = tokens - 1, max(s.ts, now), rate, burst\n"                           \
+    "    else\n"                                                                                             \
+    "      if i >= 6 then\n"                                                                                 \
+    "        s.hub, s.untn, s.ttl = hub, now + p.ttl, p.ttls\n"                                              \
     "      else\n"                                                                                           \
     "        local a = s.add\n"                                                                              \
-    "        if i >= 6 then\n"                                                                               \
-    "          s.hub, s.untl, s.ttl = hub, tostring(now + tonumber(ARGV[ap + 8])), ARGV[ap + 8]\n"           \
-    "        else\n"                                                                                         \
-    "          a[#a + 1] = nows\n"                                                                           \
-    "        end\n"                                                                                          \
-    "        s.na = s.na + 1\n"                                                                              \
+    "        a[#a + 1] = nows\n"                                                                             \
     "      end\n"                                                                                            \
+    "      s.na = s.na + 1\n"                                                                                \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "  return {1, best, bl, brem, breset, 0}\n"                                                              \
     "end\n"                                                                                                  \
     "local function lim_undo_slots(kp, ap)\n"                                                                \
+    "  local p = lim_prof(kp, ap)\n"                                                                         \
     "  for i = 6, 7 do\n"                                                                                    \
-    "    if tonumber(ARGV[ap + i - 2]) > 0 then\n"                                                           \
-    "      local s = LS[KEYS[kp + i - 1]]\n"                                                                 \
+    "    if p.lim[i] then\n"                                                                                 \
+    "      local s = LS[p.key[i]]\n"                                                                         \
     "      s.na = s.na - 1\n"                                                                                \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
@@ -256,16 +284,15 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "    if b ~= nil then\n"                                                                                 \
     "      call('HSET', k, 'tokens', tostring(b.t), 'ts', tostring(b.ts))\n"                                 \
     "      if b.ts0 == nil or b.ts - b.ts0 >= 1000 then\n"                                                   \
-    "        call('PEXPIRE', k, math.ceil(b.burst * 1000 / b.rate) + 2000)\n"                                \
+    "        call('PEXPIRE', k, ceil(b.burst * 1000 / b.rate) + 2000)\n"                                     \
     "      end\n"                                                                                            \
     "    elseif s.na > 0 and s.list then\n"                                                                  \
     "      call('RPUSH', k, unpack(s.add))\n"                                                                \
     "      call('PEXPIRE', k, '61000')\n"                                                                    \
     "    elseif s.na > 0 then\n"                                                                             \
     "      local e0 = s.exp[s.hub]\n"                                                                        \
-    "      call('HSET', k, s.hub, (s.cnt[s.hub] or 0) + s.na, s.hub .. ':e', s.untl)\n"                      \
-    "      if e0 == nil or tonumber(s.untl) - e0 >= 1000 then call('PEXPIRE', k, tonumber(s.ttl) + 1000) "   \
-    "end\n"                                                                                                  \
+    "      call('HSET', k, s.hub, (s.cnt[s.hub] or 0) + s.na, s.hub .. ':e', tostring(s.untn))\n"            \
+    "      if e0 == nil or s.untn - e0 >= 1000 then call('PEXPIRE', k, tonumber(s.ttl) + 1000) end\n"        \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
     "end\n"

@@ -16,13 +16,17 @@
  *         holders, member, has settle, then the quota's 4 settle arguments when it settles; per profile its 9
  *         arguments; per admission: its profile's index, has_quota, has_cache, now_ms, then the quota's 5.
  *   Finishes run first (their slots are free for the admissions of the same turn; the counts are lowered
- *   with one HINCRBY per key), then the admissions in order. The answer has one entry per admission: {limits}
- *   when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay
- *   charged, as when the calls were separate, and the concurrency holders it had just taken are given back);
- *   else {limits, quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size}
- *   (larger: fetched with GET on the bulk lane). An admission whose part of the script fails (a wrong type
- *   under one of its keys) gets an error entry, and only it is answered as a Redis failure. A last entry
- *   counts the finishes that failed (logged).
+ *   with one HINCRBY per key), then the admissions in order. Each admission's answer is {limits} when a limit
+ *   refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay charged, as when
+ *   the calls were separate, and the concurrency holders it had just taken are given back); else {limits,
+ *   quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size} (larger: fetched
+ *   with GET on the bulk lane). An admission whose part of the script fails (a wrong type under one of its
+ *   keys) gets an error, and only it is answered as a Redis failure.
+ *   The script answers one flat array: per admission the lengths of its three parts, then their elements
+ *   (or -1, 0, 0 and the error), and last the number of finishes that failed (logged). Redis turns every
+ *   table of a script's answer into RESP with a few lookups of its own, and hiredis makes an object of
+ *   every array, so nested parts cost both sides about a microsecond per admission; the hub rebuilds the
+ *   parts as views into the flat array.
  *   A turn with finishes only is sent without waiting for the answer (a quiet command).
  * A failure of the lane counts as the separate calls' failures did: on_backend_error decides for the limits
  * and the quota, and the cache answers a miss. */
@@ -133,14 +137,14 @@ static const char BATCH_MAIN[] =
     "end\n"
     "local function admit1(lkp, lap, nows, hq, qkp, qap, ck)\n"
     "  local lr = lim_check(lkp, lap, nows, hub)\n"
-    "  if lr[1] == 0 then return {lr} end\n"
+    "  if lr[1] == 0 then return lr end\n"
     "  local qr = {1}\n"
     "  if hq then\n"
     "    qr = reserve({KEYS[qkp], KEYS[qkp + 1]}, {ARGV[qap], ARGV[qap + 1], ARGV[qap + 2], ARGV[qap + 3],\n"
     "                                            ARGV[qap + 4]})\n"
     "    if qr[1] == 0 then\n"
     "      lim_undo_slots(lkp, lap)\n"
-    "      return {lr, qr}\n"
+    "      return lr, qr\n"
     "    end\n"
     "  end\n"
     "  local cr = {0}\n"
@@ -148,9 +152,14 @@ static const char BATCH_MAIN[] =
     "    local n = call('STRLEN', ck)\n"
     "    if n > 0 and n <= inl then cr = {n, call('GET', ck)} elseif n > 0 then cr = {n} end\n"
     "  end\n"
-    "  return {lr, qr, cr}\n"
+    "  return lr, qr, cr\n"
     "end\n"
-    "local out = {}\n"
+    "local out, on = {}, 0\n"
+    "local function put(t)\n"
+    "  if t == nil then return end\n"
+    "  for j = 1, #t do out[on + j] = t[j] end\n"
+    "  on = on + #t\n"
+    "end\n"
     "local pk, pa = kp, ap\n"
     "kp, ap = kp + 7 * np, ap + 9 * np\n"
     "for a = 1, na do\n"
@@ -164,17 +173,21 @@ static const char BATCH_MAIN[] =
     "    ck = KEYS[kp]\n"
     "    kp = kp + 1\n"
     "  end\n"
-    "  local ok, r = pcall(admit1, lkp, lap, nows, hq, qkp, qap, ck)\n"
+    "  local ok, lr, qr, cr = pcall(admit1, lkp, lap, nows, hq, qkp, qap, ck)\n"
     "  if ok then\n"
-    "    out[a] = r\n"
-    "  elseif type(r) == 'table' and r.err then\n"
-    "    out[a] = r\n"
+    "    out[on + 1], out[on + 2], out[on + 3] = #lr, qr and #qr or 0, cr and #cr or 0\n"
+    "    on = on + 3\n"
+    "    put(lr)\n"
+    "    put(qr)\n"
+    "    put(cr)\n"
     "  else\n"
-    "    out[a] = {err = tostring(r)}\n"
+    "    if not (type(lr) == 'table' and lr.err) then lr = {err = tostring(lr)} end\n"
+    "    out[on + 1], out[on + 2], out[on + 3], out[on + 4] = -1, 0, 0, lr\n"
+    "    on = on + 4\n"
     "  end\n"
     "end\n"
     "lim_commit()\n"
-    "out[na + 1] = failed\n"
+    "out[on + 1] = failed\n"
     "return out\n";
 
 /* The limiter's library, "local function NAME(KEYS, ARGV)\n BODY end\n" for the quota's two scripts, then
@@ -403,12 +416,53 @@ static void batch_answer(batch *b, th_redis_status st, const th_redis_reply *rep
         admit_done(b->a[i], st, rep);
 }
 
+/* Admission i's part of the flat answer, from *at: its entry rebuilt in row (views of {limits, quota,
+ * cache} in parts), or the error the script gave it. false when the answer does not have that shape. */
+static bool flat_entry(const th_redis_reply *rep, size_t *at, th_redis_reply *row, th_redis_reply parts[3],
+                       const th_redis_reply **entry)
+{
+    size_t i = *at, n = rep->elements;
+    if (n < 1 || i + 3 > n - 1) return false;
+    const th_redis_reply *h = &rep->element[i];
+    for (int k = 0; k < 3; k++)
+        if (h[k].type != REDIS_REPLY_INTEGER) return false;
+    if (h[0].integer == -1) { /* this admission's part of the script failed */
+        if (i + 4 > n - 1 || h[3].type != REDIS_REPLY_ERROR) return false;
+        *entry = &h[3];
+        *at = i + 4;
+        return true;
+    }
+    size_t used = i + 3, nparts = 0;
+    for (int k = 0; k < 3; k++) {
+        long long len = h[k].integer;
+        if (len < 0 || (size_t)len > n - 1 - used) return false;
+        if (len == 0) break; /* the parts after a missing one are missing too */
+        parts[k] = (th_redis_reply){
+            .type = REDIS_REPLY_ARRAY, .elements = (size_t)len, .element = &rep->element[used]};
+        used += (size_t)len;
+        nparts++;
+    }
+    if (nparts == 0) return false;
+    *row = (th_redis_reply){.type = REDIS_REPLY_ARRAY, .elements = nparts, .element = parts};
+    *entry = row;
+    *at = used;
+    return true;
+}
+
 static void on_batch(void *ud, th_redis_status st, const th_redis_reply *rep)
 {
     batch *b = ud;
-    bool ok = st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY &&
-              rep->elements == (size_t)b->na + 1 && rep->element[b->na].type == REDIS_REPLY_INTEGER;
-    long long failed = ok ? rep->element[b->na].integer : b->nf;
+    bool ok = st == TH_REDIS_OK && rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+              rep->element[rep->elements - 1].type == REDIS_REPLY_INTEGER;
+    /* the whole answer is checked before anyone is answered: a malformed one fails every admission alike */
+    size_t at = 0;
+    for (int i = 0; ok && i < b->na; i++) {
+        th_redis_reply row, parts[3];
+        const th_redis_reply *e;
+        ok = flat_entry(rep, &at, &row, parts, &e);
+    }
+    ok = ok && at == rep->elements - 1;
+    long long failed = ok ? rep->element[rep->elements - 1].integer : b->nf;
     if (b->nf > 0 && failed > 0)
         TH_LOG(b->log, TH_LOG_WARN,
                "policy: settling %lld of %d requests in Redis failed (%d%s%.*s): their slots expire by their "
@@ -418,8 +472,13 @@ static void on_batch(void *ud, th_redis_status st, const th_redis_reply *rep)
                !ok && rep && rep->str ? (int)(rep->len < 200 ? rep->len : 200) : 0,
                !ok && rep && rep->str ? rep->str : "");
     if (ok) {
-        for (int i = 0; i < b->na; i++)
-            admit_done(b->a[i], TH_REDIS_OK, &rep->element[i]);
+        at = 0;
+        for (int i = 0; i < b->na; i++) {
+            th_redis_reply row, parts[3];
+            const th_redis_reply *e = NULL;
+            flat_entry(rep, &at, &row, parts, &e);
+            admit_done(b->a[i], TH_REDIS_OK, e);
+        }
     } else {
         batch_answer(b, st == TH_REDIS_OK ? TH_REDIS_ERROR : st, rep);
     }

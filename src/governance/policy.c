@@ -43,6 +43,8 @@
 
 #define POL_BATCH_MAX 64 /* admissions per script */
 #define POL_FIN_MAX 128  /* finishes per script */
+/* Finishes with no admission in their turn wait this long for one to ride with (see th_policy_after). */
+#define POL_FIN_LINGER_MS 2
 
 typedef struct adm adm;
 struct adm {
@@ -95,8 +97,9 @@ struct th_policy {
     int nq;
     th_qlink fins; /* finishes not sent yet */
     int nf;
-    uv_check_t turn; /* sends the queues at the end of the loop turn */
-    uv_idle_t nudge; /* while armed: the loop does not block before the check */
+    uv_check_t turn;   /* sends the queues at the end of the loop turn */
+    uv_idle_t nudge;   /* while armed: the loop does not block before the check */
+    uv_timer_t linger; /* finishes without admissions: arms the turn after POL_FIN_LINGER_MS */
     bool armed, freeing;
     int open_handles;
     const char **argv; /* the turn's KEYS and ARGV (scratch_fit) */
@@ -238,10 +241,11 @@ th_policy *th_policy_new(th_redis *redis, th_limiter *l, th_quota *q, th_cache *
     }
     uv_check_init(loop, &p->turn);
     uv_idle_init(loop, &p->nudge);
-    p->turn.data = p->nudge.data = p;
+    uv_timer_init(loop, &p->linger);
+    p->turn.data = p->nudge.data = p->linger.data = p;
     th_q_init(&p->adms);
     th_q_init(&p->fins);
-    p->open_handles = 2;
+    p->open_handles = 3;
     return p;
 }
 
@@ -251,6 +255,11 @@ static void arm(th_policy *p)
     p->armed = true;
     uv_check_start(&p->turn, on_turn);
     uv_idle_start(&p->nudge, on_nudge);
+}
+
+static void on_linger(uv_timer_t *t)
+{
+    arm(t->data);
 }
 
 static void adm_unlink(adm *a)
@@ -304,6 +313,7 @@ void th_policy_free(th_policy *p)
     p->freeing = true;
     uv_check_stop(&p->turn);
     uv_idle_stop(&p->nudge);
+    uv_timer_stop(&p->linger);
     /* Finishes waiting for the turn leave now, so their slots and reservations are settled. Admissions not
      * sent yet are refused (as a backend failure; nothing of theirs is held yet), and so are those still
      * waiting for Redis, whose replies find no policy and only free their records. */
@@ -332,6 +342,7 @@ void th_policy_free(th_policy *p)
     p->cap = 0;
     uv_close((uv_handle_t *)&p->turn, on_handle_closed);
     uv_close((uv_handle_t *)&p->nudge, on_handle_closed);
+    uv_close((uv_handle_t *)&p->linger, on_handle_closed);
 }
 
 static void observe(th_policy *p, const char *when, double n)
@@ -730,6 +741,7 @@ static void on_turn(uv_check_t *h)
     th_policy *p = h->data;
     uv_check_stop(&p->turn);
     uv_idle_stop(&p->nudge);
+    uv_timer_stop(&p->linger);
     p->armed = false;
     /* what the hooks of an answer given at once (Redis down) queue waits for the next turn */
     int na = p->nq, nf = p->nf;
@@ -807,5 +819,17 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
         th_redis_flush(p->redis);
         return;
     }
-    arm(p);
+    /* A finish rides with the next admissions: under load they come within a turn or two, and one script
+     * instead of two per turn halves what Redis and the hub spend on the scripts' fixed part. With none
+     * after POL_FIN_LINGER_MS (or a script's worth waiting), the finishes leave on their own. Meanwhile the
+     * slot counts as held, as it did while the script was on its way. */
+    if (p->nq > 0 || p->nf >= POL_FIN_MAX)
+        arm(p);
+    else if (!p->armed && !uv_is_active((uv_handle_t *)&p->linger))
+        uv_timer_start(&p->linger, on_linger, POL_FIN_LINGER_MS, 0);
+}
+
+size_t th_policy_queued(const th_policy *p)
+{
+    return p != NULL ? (size_t)p->nq + (size_t)p->nf : 0;
 }

@@ -6,8 +6,9 @@
  * charged, the quota is reserved, and the cached audio comes back with
  * the answer when it is small (TH_CACHE_INLINE_MAX), or only its size when
  * it is large (then it is fetched on the bulk lane). After the response
- * has ended, the concurrency release and the quota commit or refund are
- * one more script, sent without waiting. Each part's answer is turned
+ * has ended, the concurrency release and the quota commit or refund ride
+ * with the next admissions' script (or leave on their own within a few
+ * milliseconds), without waiting for the answer. Each part's answer is turned
  * into the same result its own module gives (th_limit_result,
  * th_quota_result, th_cache_lookup), on_backend_error included, so the
  * caller's handling is the same on both paths. Loop thread only. */
@@ -62,5 +63,8 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
 /** After the response: gives the slot back and commits (ok) or refunds the reservation in one script,
  * without waiting for it. Either may be NULL. */
 void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, bool ok);
+
+/** Admissions and finishes queued and not sent to Redis yet. */
+size_t th_policy_queued(const th_policy *p);
 
 #endif

@@ -29,6 +29,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -47,6 +48,26 @@
 #define RD_LAZY_MS 20 /* a parked connection reads its quiet replies after this (at most timeout / 4) */
 
 typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
+
+/* A connection's reply objects. hiredis makes every node of a reply with its own malloc (and the string's
+ * with another) and frees them all after the callback: an answer of the policy's turn is about ten nodes
+ * per admission, and the allocator's slow paths were a tenth of the hub's CPU on the Redis path. The
+ * reader's object functions carve them from one block instead, reused reply after reply: a reply's root
+ * is the first object made for it, and the block starts over when hiredis frees the root (or a new root
+ * begins). What does not fit (a large cached value, a huge answer) gets its own malloc, freed with the
+ * reply. The replies of one connection are read and answered one at a time, so only one is ever alive. */
+#define RD_ARENA_BYTES (32u << 10)
+typedef struct rd_big rd_big;
+struct rd_big {
+    rd_big *next;
+    max_align_t data[]; /* the object */
+};
+typedef struct rd_arena {
+    char *base; /* RD_ARENA_BYTES, made on first use */
+    size_t used;
+    rd_big *big;
+    void *root; /* the reply being read or answered */
+} rd_arena;
 
 typedef struct rd_cmd rd_cmd;
 typedef struct rd_conn rd_conn;
@@ -125,6 +146,8 @@ struct rd_conn {
     rd_cmd *head, *tail;
     char loaded[RD_SCRIPTS_MAX][41]; /* SHAs sent with EVAL on the current connection */
     int nloaded;
+    rd_arena arena;                /* the current context's reply objects (see rd_arena) */
+    redisReplyObjectFunctions fns; /* its reader's: objects from the arena */
     char state_text[224];
 };
 
@@ -431,6 +454,129 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
     /* hiredis frees this context right after we return */
     if (cac == r->doomed) r->doomed = NULL;
     if (cac == r->ac) rd_lost(r, cac->c.errstr[0] ? cac->c.errstr : "disconnected");
+}
+
+/* ---- reply objects (rd_arena) -------------------------------------------------------------------- */
+
+/* Every object starts with its arena's address, so freeObject (which gets only the object) finds it. */
+typedef struct rd_obj {
+    rd_arena *arena;
+    max_align_t pad[]; /* the redisReply follows, aligned */
+} rd_obj;
+
+static void ar_reset(rd_arena *a)
+{
+    while (a->big != NULL) {
+        rd_big *b = a->big;
+        a->big = b->next;
+        free(b);
+    }
+    a->used = 0;
+    a->root = NULL;
+}
+
+static void ar_free(rd_arena *a)
+{
+    ar_reset(a);
+    free(a->base);
+    a->base = NULL;
+}
+
+static void *ar_alloc(rd_arena *a, size_t n)
+{
+    size_t al = sizeof(max_align_t);
+    n = (n + al - 1) / al * al;
+    if (a->base == NULL && n <= RD_ARENA_BYTES) a->base = malloc(RD_ARENA_BYTES);
+    if (a->base != NULL && n <= RD_ARENA_BYTES - a->used) {
+        void *p = a->base + a->used;
+        a->used += n;
+        return p;
+    }
+    if (n > SIZE_MAX - sizeof(rd_big)) return NULL;
+    rd_big *b = malloc(sizeof(rd_big) + n);
+    if (b == NULL) return NULL;
+    b->next = a->big;
+    a->big = b;
+    return b->data;
+}
+
+/* A node for task: zeroed, linked into its parent's elements. The first node of a reply starts the arena
+ * over (the previous reply was answered before hiredis began this one). NULL: hiredis reports OOM. */
+static redisReply *ar_node(const redisReadTask *task, int type)
+{
+    const redisReadTask *t = task;
+    while (t->parent != NULL)
+        t = t->parent;
+    rd_arena *a = t->privdata; /* the root task's: the reader's privdata */
+    if (task->parent == NULL) ar_reset(a);
+    rd_obj *o = ar_alloc(a, sizeof(rd_obj) + sizeof(redisReply));
+    if (o == NULL) return NULL;
+    o->arena = a;
+    redisReply *r = (redisReply *)(void *)o->pad;
+    memset(r, 0, sizeof *r);
+    r->type = type;
+    if (task->parent == NULL) {
+        a->root = r;
+    } else {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static void *ar_string(const redisReadTask *task, char *str, size_t len)
+{
+    redisReply *r = ar_node(task, task->type);
+    if (r == NULL) return NULL;
+    const redisReadTask *t = task;
+    while (t->parent != NULL)
+        t = t->parent;
+    char *buf = len < SIZE_MAX ? ar_alloc(t->privdata, len + 1) : NULL;
+    if (buf == NULL) return NULL;
+    memcpy(buf, str, len);
+    buf[len] = '\0';
+    r->str = buf;
+    r->len = len;
+    return r;
+}
+
+static void *ar_array(const redisReadTask *task, int elements)
+{
+    redisReply *r = ar_node(task, REDIS_REPLY_ARRAY);
+    if (r == NULL) return NULL;
+    if (elements > 0) {
+        const redisReadTask *t = task;
+        while (t->parent != NULL)
+            t = t->parent;
+        if ((size_t)elements > SIZE_MAX / sizeof(redisReply *)) return NULL;
+        r->element = ar_alloc(t->privdata, (size_t)elements * sizeof(redisReply *));
+        if (r->element == NULL) return NULL;
+        memset(r->element, 0, (size_t)elements * sizeof(redisReply *));
+    }
+    r->elements = elements > 0 ? (size_t)elements : 0;
+    return r;
+}
+
+static void *ar_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = ar_node(task, REDIS_REPLY_INTEGER);
+    if (r != NULL) r->integer = value;
+    return r;
+}
+
+static void *ar_nil(const redisReadTask *task)
+{
+    return ar_node(task, REDIS_REPLY_NIL);
+}
+
+/* hiredis frees a reply's root once it was answered (and a partial one with the reader): the arena's
+ * objects go with it. Other objects are never freed one by one. */
+static void ar_free_object(void *obj)
+{
+    if (obj == NULL) return;
+    rd_obj *o = (rd_obj *)(void *)((char *)obj - offsetof(rd_obj, pad));
+    rd_arena *a = o->arena;
+    if (a->root == obj) ar_reset(a);
 }
 
 /* Flattens a redisReply tree into views: node x's children are contiguous in pool. */
@@ -749,6 +895,10 @@ static void rd_connect(rd_conn *r)
         return;
     }
     ac->data = r;
+    ar_reset(&r->arena); /* the previous context and its reader are gone */
+    r->fns = (redisReplyObjectFunctions){ar_string, ar_array, ar_integer, ar_nil, ar_free_object};
+    ac->c.reader->fn = &r->fns;
+    ac->c.reader->privdata = &r->arena;
     if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         rd_set_text(r, "down: cannot attach to the loop");
@@ -826,6 +976,7 @@ static void on_handle_closed(uv_handle_t *h)
     rd_conn *r = h->data;
     if (--r->open_handles > 0) return;
     th_redis *pool = r->pool;
+    ar_free(&r->arena); /* every context (and its reader) was freed before the handles closed */
     free(r->host);
     free(r->user);
     free(r->pass);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "governance/cache.h"
 #include "config/config.h"
 #include "governance/limit.h"
@@ -248,8 +249,13 @@ static void on_pong(void *ud, th_redis_status st, const th_redis_reply *rep)
 }
 
 /* A PING behind what h sent on its first policy connection (the settle script): that has run. */
+/* Until what h's policy queued has left (finishes wait a little for admissions), then one round trip on
+ * the same lane. */
 static void sync_hub(env *e, hub *h)
 {
+    uint64_t until = th_mono_ms() + 3000;
+    while (th_policy_queued(h->p) > 0 && th_mono_ms() < until)
+        uv_run(&e->loop, UV_RUN_ONCE);
     int n = 0;
     const char *argv[1] = {"PING"};
     size_t lens[1] = {4};

@@ -223,6 +223,110 @@ TH_TEST(test_auth_select_and_replies)
     rp_kill(&s);
 }
 
+/* Reply objects come from a reused block per connection; what does not fit gets its own allocation and is
+ * freed with its reply. Replies larger than the block, many replies in one read, and one after another. */
+typedef struct big_answer {
+    int n, bad;
+    size_t want_len;
+    long long want_elems;
+} big_answer;
+
+static void on_big(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    big_answer *b = ud;
+    b->n++;
+    if (st != TH_REDIS_OK || rep == NULL) {
+        b->bad++;
+        return;
+    }
+    if (b->want_elems > 0) { /* {1, "s2", 3, "s4", ...} */
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)b->want_elems) {
+            b->bad++;
+            return;
+        }
+        for (size_t i = 0; i < rep->elements; i++) {
+            const th_redis_reply *e = &rep->element[i];
+            char want[24];
+            int wl = snprintf(want, sizeof want, "s%zu", i + 1);
+            bool ok = i % 2 == 0 ? e->type == REDIS_REPLY_INTEGER && e->integer == (long long)i + 1
+                                 : e->type == REDIS_REPLY_STRING && e->len == (size_t)wl &&
+                                       memcmp(e->str, want, (size_t)wl) == 0;
+            if (!ok) b->bad++;
+        }
+        return;
+    }
+    if (rep->type != REDIS_REPLY_STRING || rep->len != b->want_len) {
+        b->bad++;
+        return;
+    }
+    for (size_t i = 0; i < rep->len; i++)
+        if ((unsigned char)rep->str[i] != (unsigned char)(i * 7 + rep->len)) {
+            b->bad++;
+            return;
+        }
+}
+
+TH_TEST(test_replies_larger_than_the_block)
+{
+    rp_server s = {0};
+    TH_REQUIRE(rp_start(&s) == 0);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char url[96], err[128];
+    th_redis *r = th_redis_new(&loop, url_for(&s, NULL, 0, url, sizeof url), 2000, NULL, err, sizeof err);
+    TH_REQUIRE(r != NULL);
+    TH_CHECK(wait_connected(&loop, r, true, 3000));
+    /* values of 10 bytes to 300 KiB (the block is 32 KiB) */
+    static const size_t sizes[] = {10, 4096, 40000, 300000, 33, 65536};
+    enum { NS = sizeof sizes / sizeof sizes[0] };
+    char *vals[NS];
+    for (int k = 0; k < NS; k++) {
+        vals[k] = malloc(sizes[k]);
+        TH_REQUIRE(vals[k] != NULL);
+        for (size_t i = 0; i < sizes[k]; i++)
+            vals[k][i] = (char)(unsigned char)(i * 7 + sizes[k]);
+        char key[16];
+        snprintf(key, sizeof key, "v%d", k);
+        const char *argv[3] = {"SET", key, vals[k]};
+        size_t lens[3] = {3, strlen(key), sizes[k]};
+        answer a = {0};
+        TH_CHECK_INT(th_redis_cmd(r, on_answer, &a, 3, argv, lens), 0);
+        TH_CHECK(hl_run_until(&loop, &a.n, 1, 3000));
+        TH_CHECK_INT(a.st, TH_REDIS_OK);
+    }
+    /* every value three times in one write: big and small replies in the same reads */
+    big_answer got[3 * NS];
+    for (int j = 0; j < 3 * NS; j++) {
+        got[j] = (big_answer){.want_len = sizes[j % NS]};
+        char key[16];
+        snprintf(key, sizeof key, "v%d", j % NS);
+        const char *argv[2] = {"GET", key};
+        size_t lens[2] = {3, strlen(key)};
+        TH_CHECK_INT(th_redis_cmd(r, on_big, &got[j], 2, argv, lens), 0);
+    }
+    TH_CHECK(hl_run_until(&loop, &got[3 * NS - 1].n, 1, 5000));
+    for (int j = 0; j < 3 * NS; j++) {
+        TH_CHECK_INT(got[j].n, 1);
+        TH_CHECK_INT(got[j].bad, 0);
+    }
+    /* an array of 20000 nodes (about 1.3 MiB of objects), then a small one on the same connection */
+    big_answer arr = {.want_elems = 20000}, small = {.want_elems = 4};
+    const char *script = "local t = {} for i = 1, tonumber(ARGV[1]) do if i % 2 == 1 then t[i] = i else "
+                         "t[i] = 's' .. i end end return t";
+    const char *a1[4] = {"EVAL", script, "0", "20000"}, *a2[4] = {"EVAL", script, "0", "4"};
+    size_t l1[4] = {4, strlen(script), 1, 5}, l2[4] = {4, strlen(script), 1, 1};
+    TH_CHECK_INT(th_redis_cmd(r, on_big, &arr, 4, a1, l1), 0);
+    TH_CHECK_INT(th_redis_cmd(r, on_big, &small, 4, a2, l2), 0);
+    TH_CHECK(hl_run_until(&loop, &small.n, 1, 5000));
+    TH_CHECK_INT(arr.n, 1);
+    TH_CHECK_INT(arr.bad, 0);
+    TH_CHECK_INT(small.bad, 0);
+    for (int k = 0; k < NS; k++)
+        free(vals[k]);
+    TH_CHECK_INT(finish_loop(&loop, r), 0);
+    rp_kill(&s);
+}
+
 TH_TEST(test_wrong_password)
 {
     rp_server s = {.debug_command = true, .pass = "right"};

@@ -144,7 +144,7 @@ rcmds=$(redis-cli -p "$rport" info stats | awk -F: '/^total_commands_processed/ 
       printf "   %-8s CPU %7.2f us/req   p99 %8.3f ms   non2xx %d\n" "$h" "$(med 2 eq-$h)" "$(med 3 eq-$h)" "$(sum_col 4 eq-$h)"
     done
     awk -v l="$(med 2 eq-local)" -v r="$(med 2 eq-redis)" -v lp="$(med 3 eq-local)" -v rp="$(med 3 eq-redis)" 'BEGIN {
-      printf "   redis vs local at equal load: CPU/req %.2fx (%+.1f us), p99 %.2fx\n", r / l, r - l, rp / lp }'
+      printf "   redis vs local at equal load: CPU/req %.2fx (%+.1f us; target <= 1.3), p99 %.2fx (target <= 1.5)\n", r / l, r - l, rp / lp }'
   fi
   awk -v req="$(sum_col 6 redis)" -v c="$hcmds" -v s="${rtsum:-0}" -v n="${rtcnt:-0}" -v ts="${tsum:-0}" \
       -v tc="${tcnt:-0}" 'BEGIN {

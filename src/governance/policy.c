@@ -9,25 +9,29 @@
  * more requests and each costs Redis less.
  *   The admissions of a turn share their limit profiles (the 7 limiter keys and 9 limit arguments of one
  *   tenant, IP and key), so each profile is sent once and an admission names its profile by index.
- *   KEYS: every finish's keys (its holder counts 0..2, then the reservation's 2 when it settles), then every
+ *   KEYS: every release group's holder count (below), every settle's 2 reservation keys, then every
  *         profile's 7 keys, then every admission's own (the quota's 2 when the tenant has a quota, the cache
  *         key when the cache asks Redis).
- *   ARGV: inline_max, the number of finishes, of admissions and of profiles, the hub id; per finish: n
- *         holders, member, has settle, then the quota's 4 settle arguments when it settles; per profile its 9
- *         arguments; per admission: its profile's index, has_quota, has_cache, now_ms, then the quota's 5.
+ *   ARGV: inline_max, the number of release groups, of settles, of admissions and of profiles, the hub id;
+ *         per release group the hub (of its slots' members) and how many slots it gives back; per settle the
+ *         quota's 4 arguments; per profile its 9 arguments; per admission: its profile's index, has_quota,
+ *         has_cache, now_ms, then the quota's 5.
+ *   The hub groups a turn's releases by holder count and hub before it sends them (a turn's finishes are
+ *   mostly one tenant's, and each used to send its keys and its member: eleven arguments for two HINCRBYs).
  *   Finishes run first (their slots are free for the admissions of the same turn; the counts are lowered
- *   with one HINCRBY per key), then the admissions in order. Each admission's answer is {limits} when a limit
- *   refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay charged, as when
- *   the calls were separate, and the concurrency holders it had just taken are given back); else {limits,
- *   quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size} (larger: fetched
- *   with GET on the bulk lane). An admission whose part of the script fails (a wrong type under one of its
- *   keys) gets an error, and only it is answered as a Redis failure.
+ *   with one HINCRBY per group), then the admissions in order. Each admission's answer is {limits} when a
+ *   limit refuses (nothing charged); {limits, quota} when the quota refuses (the RPM windows stay charged,
+ *   as when the calls were separate, and the concurrency holders it had just taken are given back); else
+ *   {limits, quota, cache} with cache = {0} (miss), {size, value} (size <= inline_max) or {size} (larger:
+ *   fetched with GET on the bulk lane). An admission whose part of the script fails (a wrong type under one
+ *   of its keys) gets an error, and only it is answered as a Redis failure.
  *   The script answers one flat array: per admission the lengths of its three parts, then their elements
- *   (or -1, 0, 0 and the error), and last the number of finishes that failed (logged). Redis turns every
- *   table of a script's answer into RESP with a few lookups of its own, and hiredis makes an object of
- *   every array, so nested parts cost both sides about a microsecond per admission; the hub rebuilds the
- *   parts as views into the flat array.
- *   A turn with finishes only is sent without waiting for the answer (a quiet command).
+ *   (or -1, 0, 0 and the error), and last the number of release groups and settles that failed (logged).
+ *   Redis turns every table of a script's answer into RESP with a few lookups of its own, and hiredis
+ *   makes an object of every array, so nested parts cost both sides about a microsecond per admission; the
+ *   hub rebuilds the parts as views into the flat array.
+ *   Finishes wait for the next admissions to ride with (or POL_FIN_LINGER_MS); a turn with finishes only
+ *   is sent without waiting for the answer (a quiet command).
  * A failure of the lane counts as the separate calls' failures did: on_backend_error decides for the limits
  * and the quota, and the cache answers a miss. */
 #include "governance/policy.h"
@@ -70,7 +74,6 @@ struct fin {
     int nh;
     const char *keys[4];
     size_t klens[4];
-    char nhs[4];
     char member[48];
     bool settle;
     char *qkeys[2];
@@ -81,8 +84,19 @@ struct fin {
 typedef struct batch {
     th_log *log;
     int na, nf;
+    int nrs; /* its release groups and settles: what the answer's last entry counts failures of */
     adm *a[];
 } batch;
+
+/* A turn's releases, grouped: one per holder count and hub (its slots' members' hub id), with how many
+ * slots it gives back. A finish has up to 4 holder keys and a script up to POL_FIN_MAX finishes. */
+typedef struct rel_group {
+    const char *key, *hb;
+    size_t klen, hblen;
+    int n;
+    char ns[12];
+} rel_group;
+#define POL_REL_MAX (POL_FIN_MAX * 4)
 
 struct th_policy {
     th_log *log;
@@ -103,40 +117,27 @@ struct th_policy {
     bool armed, freeing;
     int open_handles;
     const char **argv; /* the turn's KEYS and ARGV (scratch_fit) */
+    rel_group *rel;    /* the turn's release groups (POL_REL_MAX, made on first use) */
     size_t *lens;
     int cap;
 };
 
 static const char BATCH_MAIN[] =
     "local inl = tonumber(ARGV[1])\n"
-    "local nf, na, np, hub = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]\n"
-    "local kp, ap = 1, 6\n"
-    "local rel, relk, failed = {}, {}, 0\n"
-    "for f = 1, nf do\n"
-    "  local nh, hb = tonumber(ARGV[ap]), string.match(ARGV[ap + 1], '^[^:]*')\n"
-    "  local hs = ARGV[ap + 2] == '1'\n"
-    "  for i = 0, nh - 1 do\n"
-    "    local r = KEYS[kp + i] .. ' ' .. hb\n"
-    "    if rel[r] == nil then\n"
-    "      rel[r] = {KEYS[kp + i], hb, 0}\n"
-    "      relk[#relk + 1] = r\n"
-    "    end\n"
-    "    rel[r][3] = rel[r][3] + 1\n"
-    "  end\n"
-    "  kp, ap = kp + nh, ap + 3\n"
-    "  if hs then\n"
-    "    if not pcall(settle, {KEYS[kp], KEYS[kp + 1]}, {ARGV[ap], ARGV[ap + 1], ARGV[ap + 2], ARGV[ap + "
-    "3]})\n"
-    "    then failed = failed + 1 end\n"
-    "    kp, ap = kp + 2, ap + 4\n"
-    "  end\n"
-    "end\n"
+    "local nr, ns, na, np = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local hub = ARGV[6]\n"
+    "local kp, ap, failed = 1, 7, 0\n"
     "local function release(k, hb, n)\n"
     "  if call('HINCRBY', k, hb, -n) <= 0 then call('HDEL', k, hb, hb .. ':e') end\n"
     "end\n"
-    "for _, r in ipairs(relk) do\n"
-    "  local x = rel[r]\n"
-    "  if not pcall(release, x[1], x[2], x[3]) then failed = failed + 1 end\n"
+    "for r = 1, nr do\n"
+    "  if not pcall(release, KEYS[kp], ARGV[ap], tonumber(ARGV[ap + 1])) then failed = failed + 1 end\n"
+    "  kp, ap = kp + 1, ap + 2\n"
+    "end\n"
+    "for q = 1, ns do\n"
+    "  if not pcall(settle, {KEYS[kp], KEYS[kp + 1]}, {ARGV[ap], ARGV[ap + 1], ARGV[ap + 2], ARGV[ap + 3]})\n"
+    "  then failed = failed + 1 end\n"
+    "  kp, ap = kp + 2, ap + 4\n"
     "end\n"
     "local function admit1(lkp, lap, nows, hq, qkp, qap, ck)\n"
     "  local lr = lim_check(lkp, lap, nows, hub)\n"
@@ -337,6 +338,8 @@ void th_policy_free(th_policy *p)
     p->lua = NULL;
     free(p->argv);
     free(p->lens);
+    free(p->rel);
+    p->rel = NULL;
     p->argv = NULL;
     p->lens = NULL;
     p->cap = 0;
@@ -473,15 +476,16 @@ static void on_batch(void *ud, th_redis_status st, const th_redis_reply *rep)
         ok = flat_entry(rep, &at, &row, parts, &e);
     }
     ok = ok && at == rep->elements - 1;
-    long long failed = ok ? rep->element[rep->elements - 1].integer : b->nf;
-    if (b->nf > 0 && failed > 0)
-        TH_LOG(b->log, TH_LOG_WARN,
-               "policy: settling %lld of %d requests in Redis failed (%d%s%.*s): their slots expire by their "
-               "TTL "
-               "and their reservations stay counted until the quota window ends",
-               failed, b->nf, (int)st, !ok && rep && rep->str ? ": " : "",
-               !ok && rep && rep->str ? (int)(rep->len < 200 ? rep->len : 200) : 0,
-               !ok && rep && rep->str ? rep->str : "");
+    long long failed = ok ? rep->element[rep->elements - 1].integer : b->nrs;
+    if (b->nrs > 0 && failed > 0)
+        TH_LOG(
+            b->log, TH_LOG_WARN,
+            "policy: %lld of the %d releases and settles of %d finished requests failed in Redis (%d%s%.*s): "
+            "their slots expire by their TTL and their reservations stay counted until the quota window "
+            "ends",
+            failed, b->nrs, b->nf, (int)st, !ok && rep && rep->str ? ": " : "",
+            !ok && rep && rep->str ? (int)(rep->len < 200 ? rep->len : 200) : 0,
+            !ok && rep && rep->str ? rep->str : "");
     if (ok) {
         at = 0;
         for (int i = 0; i < b->na; i++) {
@@ -507,11 +511,11 @@ static int adm_nargs(const adm *a)
 }
 static int fin_nkeys(const fin *f)
 {
-    return f->nh + (f->settle ? 2 : 0);
+    return f->settle ? 2 : 0;
 }
 static int fin_nargs(const fin *f)
 {
-    return 3 + (f->settle ? 4 : 0);
+    return f->settle ? 4 : 0;
 }
 
 static void put(const char **argv, size_t *lens, int *n, const char *s, size_t len)
@@ -590,8 +594,6 @@ static void adm_put_args(const adm *a, const char **argv, size_t *lens, int *n)
 
 static void fin_put_keys(const fin *f, const char **argv, size_t *lens, int *n)
 {
-    for (int i = 0; i < f->nh; i++)
-        put(argv, lens, n, f->keys[i], f->klens[i]);
     if (f->settle)
         for (int i = 0; i < 2; i++)
             put(argv, lens, n, f->qkeys[i], strlen(f->qkeys[i]));
@@ -599,12 +601,37 @@ static void fin_put_keys(const fin *f, const char **argv, size_t *lens, int *n)
 
 static void fin_put_args(const fin *f, const char **argv, size_t *lens, int *n)
 {
-    put(argv, lens, n, f->nhs, strlen(f->nhs));
-    put(argv, lens, n, f->member, strlen(f->member));
-    put(argv, lens, n, f->settle ? "1" : "0", 1);
     if (f->settle)
         for (int i = 0; i < 4; i++)
             put(argv, lens, n, f->qargs[i], strlen(f->qargs[i]));
+}
+
+/* Groups the releases of nf finishes into p->rel: the count of each holder key and hub. Returns how many
+ * groups, or -1 on ENOMEM. The groups point into the finishes. */
+static int rel_groups(th_policy *p, fin *const *fs, int nf)
+{
+    if (p->rel == NULL && (p->rel = malloc(POL_REL_MAX * sizeof *p->rel)) == NULL) return -1;
+    int ng = 0;
+    for (int i = 0; i < nf; i++) {
+        const fin *f = fs[i];
+        size_t ml = strlen(f->member);
+        const char *colon = memchr(f->member, ':', ml);
+        size_t hl = colon != NULL ? (size_t)(colon - f->member) : ml;
+        for (int k = 0; k < f->nh; k++) {
+            int g = 0;
+            while (g < ng && !(p->rel[g].klen == f->klens[k] && p->rel[g].hblen == hl &&
+                               memcmp(p->rel[g].key, f->keys[k], f->klens[k]) == 0 &&
+                               memcmp(p->rel[g].hb, f->member, hl) == 0))
+                g++;
+            if (g == ng)
+                p->rel[ng++] =
+                    (rel_group){.key = f->keys[k], .klen = f->klens[k], .hb = f->member, .hblen = hl};
+            p->rel[g].n++;
+        }
+    }
+    for (int g = 0; g < ng; g++)
+        th_u64_dec(p->rel[g].ns, (uint64_t)p->rel[g].n);
+    return ng;
 }
 
 /* p->argv/p->lens with room for n entries (kept from turn to turn: a turn's arrays are a few KiB, and a
@@ -626,9 +653,18 @@ static int scratch_fit(th_policy *p, int n)
 }
 
 /* One part of the script, in the order of KEYS or of ARGV: the finishes', the profiles', the admissions'. */
-static void turn_part(const th_policy *p, adm *const *as, int na, fin *const *fs, int nf, adm *const *prof,
-                      int np, bool keys, int *n)
+static void turn_part(const th_policy *p, adm *const *as, int na, fin *const *fs, int nf, int nr,
+                      adm *const *prof, int np, bool keys, int *n)
 {
+    for (int g = 0; g < nr; g++) {
+        const rel_group *r = &p->rel[g];
+        if (keys) {
+            put(p->argv, p->lens, n, r->key, r->klen);
+        } else {
+            put(p->argv, p->lens, n, r->hb, r->hblen);
+            put(p->argv, p->lens, n, r->ns, strlen(r->ns));
+        }
+    }
     for (int i = 0; i < nf; i++)
         (keys ? fin_put_keys : fin_put_args)(fs[i], p->argv, p->lens, n);
     for (int j = 0; j < np; j++)
@@ -639,12 +675,14 @@ static void turn_part(const th_policy *p, adm *const *as, int na, fin *const *fs
 
 /* The script's KEYS and ARGV for na admissions and nf finishes into p->argv/p->lens (nums holds the header's
  * digits); returns the count of both and sets *nkeys, or -1 on ENOMEM. */
-static int turn_args(th_policy *p, adm *const *as, int na, fin *const *fs, int nf, int *nkeys,
-                     char nums[4][24])
+static int turn_args(th_policy *p, adm *const *as, int na, fin *const *fs, int nf, int *nkeys, int *nrs,
+                     char nums[5][24])
 {
     adm *prof[POL_BATCH_MAX];
     int np = profiles(as, na, prof);
-    int nk = np * TH_LIMIT_CALL_KEYS, nargs = 5 + np * TH_LIMIT_CALL_PROFILE;
+    int nr = rel_groups(p, fs, nf), ns = 0;
+    if (nr < 0) return -1;
+    int nk = np * TH_LIMIT_CALL_KEYS + nr, nargs = 6 + np * TH_LIMIT_CALL_PROFILE + 2 * nr;
     for (int i = 0; i < na; i++) {
         nk += adm_nkeys(as[i]);
         nargs += adm_nargs(as[i]);
@@ -652,20 +690,22 @@ static int turn_args(th_policy *p, adm *const *as, int na, fin *const *fs, int n
     for (int i = 0; i < nf; i++) {
         nk += fin_nkeys(fs[i]);
         nargs += fin_nargs(fs[i]);
+        ns += fs[i]->settle ? 1 : 0;
     }
     if (scratch_fit(p, nk + nargs) != 0) return -1;
     int n = 0;
-    turn_part(p, as, na, fs, nf, prof, np, true, &n);
-    uint64_t hdr[4] = {TH_CACHE_INLINE_MAX, (uint64_t)nf, (uint64_t)na, (uint64_t)np};
-    for (int i = 0; i < 4; i++)
+    turn_part(p, as, na, fs, nf, nr, prof, np, true, &n);
+    uint64_t hdr[5] = {TH_CACHE_INLINE_MAX, (uint64_t)nr, (uint64_t)ns, (uint64_t)na, (uint64_t)np};
+    for (int i = 0; i < 5; i++)
         put(p->argv, p->lens, &n, nums[i], th_u64_dec(nums[i], hdr[i]));
     const char *const *lv = NULL;
     const size_t *ll = NULL;
     if (na > 0) th_limit_call_args(as[0]->lc, &lv, &ll);
     put(p->argv, p->lens, &n, lv ? lv[TH_LIMIT_CALL_ARGS - 1] : "",
         lv ? ll[TH_LIMIT_CALL_ARGS - 1] : 0); /* hub id */
-    turn_part(p, as, na, fs, nf, prof, np, false, &n);
+    turn_part(p, as, na, fs, nf, nr, prof, np, false, &n);
     *nkeys = nk;
+    *nrs = nr + ns;
     return n;
 }
 
@@ -708,12 +748,13 @@ static void send_queued(th_policy *p, int max_adm, int max_fin)
     int na = take_adms(p, as, max_adm < POL_BATCH_MAX ? max_adm : POL_BATCH_MAX);
     int nf = take_fins(p, fs, max_fin < POL_FIN_MAX ? max_fin : POL_FIN_MAX);
     batch *b = calloc(1, sizeof *b + (size_t)na * sizeof(adm *));
-    char nums[4][24];
-    int nkeys, n = b != NULL ? turn_args(p, as, na, fs, nf, &nkeys, nums) : -1, rc = -1;
+    char nums[5][24];
+    int nkeys, nrs = 0, n = b != NULL ? turn_args(p, as, na, fs, nf, &nkeys, &nrs, nums) : -1, rc = -1;
     if (n >= 0) {
         b->log = p->log;
         b->na = na;
         b->nf = nf;
+        b->nrs = nrs;
         memcpy(b->a, as, (size_t)na * sizeof(adm *));
         observe_turn(p, na, nf);
         /* the callback may run before this returns (Redis down): b is not touched after */
@@ -810,7 +851,6 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
         return;
     }
     *f = tmp;
-    th_u64_dec(f->nhs, (uint64_t)f->nh);
     observe(p, "after", 1);
     th_q_push(&p->fins, &f->q);
     p->nf++;

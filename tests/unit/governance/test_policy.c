@@ -702,6 +702,38 @@ TH_TEST(leaked_slots_expire_with_their_hub)
     env_stop(&e);
 }
 
+TH_TEST(releases_are_grouped_by_count_and_hub)
+{
+    env e;
+    if (env_start_with(&e, "closed", "global_rpm: 0, ip_rpm: 0, concurrency: 5") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    hub *a = &e.h[0], *b = &e.h[1];
+    const char *ips[5] = {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"};
+    rec r[3], q[2], x[1];
+    admit_turn(&e, a, 3, ips, NULL, NULL, r);
+    admit_turn(&e, b, 2, ips, NULL, NULL, q);
+    TH_CHECK(r[0].lres.allowed && r[1].lres.allowed && r[2].lres.allowed);
+    TH_CHECK(q[0].lres.allowed && q[1].lres.allowed);
+    TH_CHECK_INT(redis_int(&e, "HLEN pt:rl:h:g"), 4); /* two hubs: a count and an expiry each */
+    /* one of a's slots and both of b's leave in b's turn (a slot taken before a reload is given back by
+     * the policy of the next one, under the id it was taken with): b's count goes, a's drops to 2 */
+    th_policy_after(b->p, r[0].lres.slot, NULL, true);
+    r[0].lres.slot = NULL;
+    after_all(b, q, 2);
+    sync_hub(&e, b);
+    TH_CHECK_INT(redis_int(&e, "HLEN pt:rl:h:g"), 2);
+    admit_turn(&e, b, 1, ips, NULL, NULL, x); /* 2 held of 5: three more fit */
+    TH_CHECK(x[0].lres.allowed);
+    after_all(b, x, 1);
+    after_all(a, &r[1], 2);
+    sync_hub(&e, b);
+    sync_hub(&e, a);
+    TH_CHECK_INT(redis_int(&e, "EXISTS pt:rl:h:g"), 0); /* every count reached 0 and went */
+    env_stop(&e);
+}
+
 TH_TEST(new_needs_a_redis_limiter)
 {
     uv_loop_t loop;

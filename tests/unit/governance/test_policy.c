@@ -717,8 +717,8 @@ TH_TEST(releases_are_grouped_by_count_and_hub)
     TH_CHECK(r[0].lres.allowed && r[1].lres.allowed && r[2].lres.allowed);
     TH_CHECK(q[0].lres.allowed && q[1].lres.allowed);
     TH_CHECK_INT(redis_int(&e, "HLEN pt:rl:h:g"), 4); /* two hubs: a count and an expiry each */
-    /* one of a's slots and both of b's leave in b's turn (a slot taken before a reload is given back by
-     * the policy of the next one, under the id it was taken with): b's count goes, a's drops to 2 */
+    /* one of a's slots and both of b's leave in b's turn: each count is lowered under the hub id its slot
+     * was taken with (the one in the slot's member), whichever policy sends the release */
     th_policy_after(b->p, r[0].lres.slot, NULL, true);
     r[0].lres.slot = NULL;
     after_all(b, q, 2);

@@ -57,6 +57,10 @@ typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
  * begins). What does not fit (a large cached value, a huge answer) gets its own malloc, freed with the
  * reply. The replies of one connection are read and answered one at a time, so only one is ever alive. */
 #define RD_ARENA_BYTES (32u << 10)
+/* Elements of one array reply: no reply the hub reads comes near (a turn's answer is about a thousand, a
+ * voice index one per voice); a header announcing more is answered as an allocation failure, which drops
+ * the connection like any protocol error, before anything that size is allocated. */
+#define RD_REPLY_ELEMENTS_MAX (1 << 20)
 typedef struct rd_big rd_big;
 struct rd_big {
     rd_big *next;
@@ -482,18 +486,20 @@ static void ar_free(rd_arena *a)
     a->base = NULL;
 }
 
-static void *ar_alloc(rd_arena *a, size_t n)
+/* n bytes, zeroed when zero is set (a large block by calloc, whose fresh pages cost nothing until used). */
+static void *ar_alloc(rd_arena *a, size_t n, bool zero)
 {
     size_t al = sizeof(max_align_t);
+    if (n > SIZE_MAX - sizeof(rd_big) - al) return NULL;
     n = (n + al - 1) / al * al;
     if (a->base == NULL && n <= RD_ARENA_BYTES) a->base = malloc(RD_ARENA_BYTES);
     if (a->base != NULL && n <= RD_ARENA_BYTES - a->used) {
         void *p = a->base + a->used;
         a->used += n;
+        if (zero) memset(p, 0, n);
         return p;
     }
-    if (n > SIZE_MAX - sizeof(rd_big)) return NULL;
-    rd_big *b = malloc(sizeof(rd_big) + n);
+    rd_big *b = zero ? calloc(1, sizeof(rd_big) + n) : malloc(sizeof(rd_big) + n);
     if (b == NULL) return NULL;
     b->next = a->big;
     a->big = b;
@@ -509,11 +515,10 @@ static redisReply *ar_node(const redisReadTask *task, int type)
         t = t->parent;
     rd_arena *a = t->privdata; /* the root task's: the reader's privdata */
     if (task->parent == NULL) ar_reset(a);
-    rd_obj *o = ar_alloc(a, sizeof(rd_obj) + sizeof(redisReply));
+    rd_obj *o = ar_alloc(a, sizeof(rd_obj) + sizeof(redisReply), true);
     if (o == NULL) return NULL;
     o->arena = a;
     redisReply *r = (redisReply *)(void *)o->pad;
-    memset(r, 0, sizeof *r);
     r->type = type;
     if (task->parent == NULL) {
         a->root = r;
@@ -531,7 +536,7 @@ static void *ar_string(const redisReadTask *task, char *str, size_t len)
     const redisReadTask *t = task;
     while (t->parent != NULL)
         t = t->parent;
-    char *buf = len < SIZE_MAX ? ar_alloc(t->privdata, len + 1) : NULL;
+    char *buf = len < SIZE_MAX ? ar_alloc(t->privdata, len + 1, false) : NULL;
     if (buf == NULL) return NULL;
     memcpy(buf, str, len);
     buf[len] = '\0';
@@ -542,16 +547,15 @@ static void *ar_string(const redisReadTask *task, char *str, size_t len)
 
 static void *ar_array(const redisReadTask *task, int elements)
 {
+    if (elements > RD_REPLY_ELEMENTS_MAX) return NULL;
     redisReply *r = ar_node(task, REDIS_REPLY_ARRAY);
     if (r == NULL) return NULL;
     if (elements > 0) {
         const redisReadTask *t = task;
         while (t->parent != NULL)
             t = t->parent;
-        if ((size_t)elements > SIZE_MAX / sizeof(redisReply *)) return NULL;
-        r->element = ar_alloc(t->privdata, (size_t)elements * sizeof(redisReply *));
+        r->element = ar_alloc(t->privdata, (size_t)elements * sizeof(redisReply *), true);
         if (r->element == NULL) return NULL;
-        memset(r->element, 0, (size_t)elements * sizeof(redisReply *));
     }
     r->elements = elements > 0 ? (size_t)elements : 0;
     return r;
@@ -620,16 +624,9 @@ static void rd_observe(rd_conn *r, uint64_t sent_us)
     r->stats.replies++;
 }
 
-static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
+/* Gives cb the views of rep. */
+static void rd_answer(th_redis_cb cb, void *ud, const redisReply *rep)
 {
-    rd_conn *r = c->r;
-    rd_unqueue(r, c);
-    rd_observe(r, c->sent_us); /* a quiet command's includes the time its reply waited in the socket */
-    c->done = true;
-    th_redis_cb cb = c->cb;
-    void *ud = c->ud;
-    rd_cmd_release(c);
-
     th_redis_reply top;
     /* the policy's answer is about 13 nodes per admission of the turn: views of replies of up to 256 nodes
      * (about 20 admissions) live on the stack (12 KiB), since a larger malloc makes glibc consolidate */
@@ -650,6 +647,18 @@ static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
     rd_fill(&top, rep, pool, &next);
     cb(ud, rep->type == REDIS_REPLY_ERROR ? TH_REDIS_ERROR : TH_REDIS_OK, &top);
     if (pool != small) free(pool);
+}
+
+static void rd_finish_reply(rd_cmd *c, const redisReply *rep)
+{
+    rd_conn *r = c->r;
+    rd_unqueue(r, c);
+    rd_observe(r, c->sent_us); /* a quiet command's includes the time its reply waited in the socket */
+    c->done = true;
+    th_redis_cb cb = c->cb;
+    void *ud = c->ud;
+    rd_cmd_release(c);
+    rd_answer(cb, ud, rep);
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -1532,4 +1541,36 @@ void th_redis_flush(th_redis *r)
     if (r == NULL || r->freeing) return;
     for (int i = 0; i < RD_CONNS_MAX; i++)
         if (r->conn[i] != NULL && r->conn[i]->flush_armed) on_flush(&r->conn[i]->flush);
+}
+
+int th_redis_parse(const char *buf, size_t len, size_t chunk, th_redis_cb cb, void *ud)
+{
+    rd_arena arena = {0};
+    redisReplyObjectFunctions fns = {ar_string, ar_array, ar_integer, ar_nil, ar_free_object};
+    redisReader *rd = redisReaderCreate();
+    if (rd == NULL) return -1;
+    rd->fn = &fns;
+    rd->privdata = &arena;
+    int n = 0;
+    size_t at = 0;
+    do {
+        size_t k = chunk == 0 || len - at < chunk ? len - at : chunk;
+        if (k > 0 && redisReaderFeed(rd, buf + at, k) != REDIS_OK) n = -1;
+        at += k;
+        while (n >= 0) {
+            void *reply = NULL;
+            if (redisReaderGetReply(rd, &reply) != REDIS_OK) {
+                n = -1;
+            } else if (reply != NULL) {
+                rd_answer(cb, ud, reply);
+                fns.freeObject(reply);
+                n++;
+                continue;
+            }
+            break;
+        }
+    } while (n >= 0 && at < len);
+    redisReaderFree(rd); /* frees a partial reply's root through fns */
+    ar_free(&arena);
+    return n;
 }

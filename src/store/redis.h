@@ -120,6 +120,12 @@ void th_redis_flush(th_redis *r);
 /** The loop the pool runs on. */
 uv_loop_t *th_redis_loop(const th_redis *r);
 
+/** Parses RESP bytes as a connection reads them (hiredis' reader, with a connection's reply objects) and
+ * gives each complete reply to cb (TH_REDIS_OK, or TH_REDIS_ERROR for an error reply) as its view; fed
+ * chunk bytes at a time (0: all at once). Returns the number of replies, or -1 when the bytes are not RESP
+ * (a connection drops the server then) or memory ran out. For the fuzz target and the tests. */
+int th_redis_parse(const char *buf, size_t len, size_t chunk, th_redis_cb cb, void *ud);
+
 /** Sums of a lane's connections, for /metrics. */
 void th_redis_lane_get_stats(const th_redis *r, th_redis_lane lane, th_redis_lane_stats *out);
 /** Text for /health: "connected", "connecting", "down: <reason>". */

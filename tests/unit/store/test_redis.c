@@ -327,6 +327,51 @@ TH_TEST(test_replies_larger_than_the_block)
     rp_kill(&s);
 }
 
+/* th_redis_parse: what a connection makes of a server's bytes, fed whole or a byte at a time. */
+typedef struct parsed {
+    int n, errors;
+    long long ints;
+    size_t bytes, elems;
+} parsed;
+
+static void on_parsed(void *ud, th_redis_status st, const th_redis_reply *rep)
+{
+    parsed *p = ud;
+    p->n++;
+    if (st == TH_REDIS_ERROR) p->errors++;
+    if (rep->type == REDIS_REPLY_INTEGER) p->ints += rep->integer;
+    p->bytes += rep->len;
+    p->elems += rep->elements;
+    for (size_t i = 0; i < rep->elements; i++)
+        on_parsed(ud, TH_REDIS_OK, &rep->element[i]);
+}
+
+TH_TEST(test_parse_replies_and_refusals)
+{
+    const char ok[] = "*3\r\n:5\r\n$3\r\nabc\r\n*2\r\n+OK\r\n$-1\r\n-ERR no\r\n:7\r\n";
+    for (size_t chunk = 0; chunk <= 2; chunk++) {
+        parsed p = {0};
+        TH_CHECK_INT(th_redis_parse(ok, sizeof ok - 1, chunk, on_parsed, &p), 3);
+        TH_CHECK_INT(p.n, 8); /* 3 replies, 5 nodes under the first */
+        TH_CHECK_INT(p.errors, 1);
+        TH_CHECK_INT(p.ints, 12);
+        TH_CHECK_INT(p.bytes, 3 + 2 + 6);
+        TH_CHECK_INT(p.elems, 5);
+    }
+    /* an incomplete reply is not an error: nothing yet */
+    parsed q = {0};
+    TH_CHECK_INT(th_redis_parse("*2\r\n:1\r\n", 8, 0, on_parsed, &q), 0);
+    TH_CHECK_INT(q.n, 0);
+    /* not RESP, and an array header of more than a million elements: refused, after the replies before */
+    parsed b = {0};
+    TH_CHECK_INT(th_redis_parse(":1\r\n?x\r\n", 8, 0, on_parsed, &b), -1);
+    TH_CHECK_INT(b.n, 1);
+    parsed h = {0};
+    const char huge[] = ":1\r\n*1777777777\r\n:1\r\n";
+    TH_CHECK_INT(th_redis_parse(huge, sizeof huge - 1, 0, on_parsed, &h), -1);
+    TH_CHECK_INT(h.n, 1);
+}
+
 TH_TEST(test_wrong_password)
 {
     rp_server s = {.debug_command = true, .pass = "right"};

@@ -244,7 +244,10 @@ def test_one_blocking_round_trip_before_the_first_byte(hub_factory, redis_server
         # each admission went in a loop turn's script: every one of the six is counted there once
         assert metric(h, "ttshub_redis_turn_requests_sum", {"part": "admissions"}) == 6
         assert 1 <= metric(h, "ttshub_redis_turn_requests_count", {"part": "admissions"}) <= 6
-        assert metric(h, "ttshub_redis_latency_seconds_count", {"lane": "policy"}) >= 12
+        # and every one of the six settles went in a script too (a settle rides with the next admissions, or
+        # leaves on its own after 2 ms: the count of scripts depends on the timing, the settles do not)
+        assert metric(h, "ttshub_redis_turn_requests_sum", {"part": "settles"}) == 6
+        assert metric(h, "ttshub_redis_latency_seconds_count", {"lane": "policy"}) >= 6
     finally:
         if mon:
             mon.close()

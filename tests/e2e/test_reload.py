@@ -3,6 +3,7 @@ POST /admin/reload, under a steady request load that must see no failure; state 
 restart-only keys refused by name; two processes on one port with --reuse-port; the systemd unit's
 ExecReload against a live hub."""
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -152,6 +153,40 @@ class Load:
         """True once the last few answers (all started after `after`) came from provider name."""
         recent = self.since(after)
         return len(recent) >= 3 and all(p == name for p in recent[-3:])
+
+
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+@pytest.fixture
+def migrate_req():
+    """The setting README recommends for --reuse-port: a closing listener's queued connections move to the
+    other process. Without it, a connection that lands in the old listener's queue between its last accept
+    and its close is reset by the kernel (a window of microseconds, which a loaded machine hits now and
+    then). Set for the test when it can be (root), and put back; yields whether it is on. The tests that use
+    it hold a lock across the test workers, so one cannot put the setting back under another."""
+    with open(os.path.join("/tmp", "ttshub-e2e-migrate-req.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(MIGRATE_REQ) as f:
+                old = f.read().strip()
+            with open(MIGRATE_REQ, "w") as f:
+                f.write("1")
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with open(MIGRATE_REQ, "w") as f:
+                f.write(old)
+
+
+def handover_failures(failures, migrating):
+    """Without tcp_migrate_req, resets at connect during the old process's close are the kernel's window."""
+    if migrating:
+        return failures
+    return [f for f in failures if not (f[0] == "exception" and "Connection reset by peer" in f[1])]
 
 
 def health_cfg(h):
@@ -416,7 +451,7 @@ def test_feed_pushes_config_reloaded(hub_factory, fakes):
     assert m["data"]["version"]["sha256"] == health_cfg(h)["sha256"]
 
 
-def test_reuse_port_restart_under_load(hub_factory, fakes):
+def test_reuse_port_restart_under_load(hub_factory, fakes, migrate_req):
     a = fakes()
     text = cfg(prov("a", a.url), watch=False)
     old = hub_factory(text, extra_args=["--reuse-port"])
@@ -428,11 +463,11 @@ def test_reuse_port_restart_under_load(hub_factory, fakes):
         old.proc.send_signal(signal.SIGTERM)
         assert old.proc.wait(60) == 0
         wait_for(lambda: len(load.since(t0)) >= 20, what="answers after the old process left")
-    assert load.failures == [], load.failures[:5]
+    assert handover_failures(load.failures, migrate_req) == [], load.failures[:5]
     assert "drained; stopping" in old.output()
 
 
-def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path):
+def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path, migrate_req):
     """Blue/green on one data_dir with local quotas and the fs voice library: both processes append to one
     usage log, the new one counts what the old one commits while they overlap, and nothing is lost or
     counted twice; voices made on either process during the overlap are all there afterwards."""
@@ -491,7 +526,7 @@ def test_reuse_port_restart_shares_the_local_quota(hub_factory, fakes, tmp_path)
         stop.set()
         for t in threads:
             t.join(60)
-    assert failures == [], failures[:5]
+    assert handover_failures(failures, migrate_req) == [], failures[:5]
     u = requests.get(new.url + "/admin/usage?window=day&tenant=t1", headers=bearer(ADMIN_KEY), timeout=10)
     assert u.status_code == 200, u.text
     row = [r for r in u.json()["usage"] if r["tenant"] == "t1"][0]

@@ -506,14 +506,19 @@ static void *ar_alloc(rd_arena *a, size_t n, bool zero)
     return b->data;
 }
 
+/* The reader's arena: its privdata, which hiredis gives the root task. */
+static rd_arena *task_arena(const redisReadTask *task)
+{
+    while (task->parent != NULL)
+        task = task->parent;
+    return task->privdata;
+}
+
 /* A node for task: zeroed, linked into its parent's elements. The first node of a reply starts the arena
  * over (the previous reply was answered before hiredis began this one). NULL: hiredis reports OOM. */
 static redisReply *ar_node(const redisReadTask *task, int type)
 {
-    const redisReadTask *t = task;
-    while (t->parent != NULL)
-        t = t->parent;
-    rd_arena *a = t->privdata; /* the root task's: the reader's privdata */
+    rd_arena *a = task_arena(task);
     if (task->parent == NULL) ar_reset(a);
     rd_obj *o = ar_alloc(a, sizeof(rd_obj) + sizeof(redisReply), true);
     if (o == NULL) return NULL;
@@ -533,10 +538,7 @@ static void *ar_string(const redisReadTask *task, char *str, size_t len)
 {
     redisReply *r = ar_node(task, task->type);
     if (r == NULL) return NULL;
-    const redisReadTask *t = task;
-    while (t->parent != NULL)
-        t = t->parent;
-    char *buf = len < SIZE_MAX ? ar_alloc(t->privdata, len + 1, false) : NULL;
+    char *buf = len < SIZE_MAX ? ar_alloc(task_arena(task), len + 1, false) : NULL;
     if (buf == NULL) return NULL;
     memcpy(buf, str, len);
     buf[len] = '\0';
@@ -551,10 +553,7 @@ static void *ar_array(const redisReadTask *task, int elements)
     redisReply *r = ar_node(task, REDIS_REPLY_ARRAY);
     if (r == NULL) return NULL;
     if (elements > 0) {
-        const redisReadTask *t = task;
-        while (t->parent != NULL)
-            t = t->parent;
-        r->element = ar_alloc(t->privdata, (size_t)elements * sizeof(redisReply *), true);
+        r->element = ar_alloc(task_arena(task), (size_t)elements * sizeof(redisReply *), true);
         if (r->element == NULL) return NULL;
     }
     r->elements = elements > 0 ? (size_t)elements : 0;

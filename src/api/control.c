@@ -267,6 +267,11 @@ void th_api_metrics(th_http_req *req, void *ud)
                        "# TYPE ttshub_redis_connected gauge\nttshub_redis_connected %d\n",
                        th_redis_connected(hub->redis) ? 1 : 0);
     if (hub->redis) render_redis_lanes(hub->redis, &b);
+    if (hub->policy)
+        th_buf_appendf(&b,
+                       "# HELP ttshub_redis_queued Admissions, settles and cache stores waiting for the loop "
+                       "turn's Redis script.\n# TYPE ttshub_redis_queued gauge\nttshub_redis_queued %zu\n",
+                       th_policy_queued(hub->policy));
     metrics_quota(hub, &b);
     th_api_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
     th_buf_free(&b);

@@ -134,6 +134,8 @@ struct th_cache {
     size_t nspare;
     th_buf resp; /* the SET being built (kept between stores: a fresh multi-KiB buffer per store cost a large
                     malloc per request) */
+    th_cache_store_sink sink; /* NULL: stores go straight to the bulk lane */
+    void *sink_ud;
 };
 
 /* ---- key ---- */
@@ -679,9 +681,11 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
         goto out;
     }
-    /* Every store goes on the bulk lane, even a small one. Redis reads a connection 16 KiB at a time and
-     * answers after each read, so a turn's admission script written behind the turn's stores on the same
-     * connection waited for them (four 4 KiB stores per read) before it even ran. */
+    /* The policy, when there is one, sends the store with its next loop turn's script (a small one in the
+     * same write, after the script). Otherwise it goes on the bulk lane, even a small one: Redis reads a
+     * connection 16 KiB at a time and answers after each read, so an admission script written behind
+     * stores on the same connection waited for them (four 4 KiB stores per read) before it even ran. */
+    if (c->sink != NULL && c->sink(c->sink_ud, (const char *)b.data, b.len, on_redis_set, NULL)) goto out;
     if (th_redis_cmd_lane_resp_quiet(c->redis, TH_REDIS_LANE_BULK, on_redis_set, NULL, (const char *)b.data,
                                      b.len) != 0)
         TH_LOG(c->log, TH_LOG_WARN, "cache: out of memory sending SET");
@@ -876,6 +880,13 @@ void th_cache_get_stats(const th_cache *c, th_cache_stats *out)
 }
 
 /* ---- one round trip (governance/policy.c) ---- */
+
+void th_cache_set_store_sink(th_cache *c, th_cache_store_sink sink, void *ud)
+{
+    if (c == NULL) return;
+    c->sink = sink;
+    c->sink_ud = ud;
+}
 
 bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable)
 {

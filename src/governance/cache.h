@@ -102,9 +102,15 @@ void th_cache_set_clock(th_cache *c, uint64_t (*now)(void *ud), void *ud);
 
 /* Added: the cache's part of one combined Redis script (governance/policy.c). */
 
-/** Values up to this size come back inside the admission script and are stored over the policy lane;
- * larger ones are fetched and stored on the bulk lane (redis.h). */
+/** Values up to this size come back inside the admission script; larger ones are fetched on the bulk lane
+ * (redis.h). */
 #define TH_CACHE_INLINE_MAX (32u << 10)
+/** Where the Redis backend's stores go instead of straight to the bulk lane: sink gets each SET, as RESP
+ * valid during the call, with the callback its answer needs, and returns true when it has taken a copy
+ * (false: the cache sends it itself). The policy uses this to send stores with its loop turn's script
+ * (policy.c). sink NULL: back to sending them directly. */
+typedef bool (*th_cache_store_sink)(void *ud, const char *resp, size_t len, th_redis_cb cb, void *cbud);
+void th_cache_set_store_sink(th_cache *c, th_cache_store_sink sink, void *ud);
 /** True when th_cache_get would have to ask Redis: Redis backend, enabled, key set, not in the memory
  * LRU, and (joinable: fcb would be given) no flight to join. */
 bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable);

@@ -206,13 +206,46 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "end\n"                                                                                                  \
     "local NS, NN\n"                                                                                         \
     "local ST = {}\n"                                                                                        \
+    "local RUN\n"                                                                                            \
+    "local function lim_flush()\n"                                                                           \
+    "  local p = RUN\n"                                                                                      \
+    "  RUN = nil\n"                                                                                          \
+    "  if p == nil or p.k == 0 then return end\n"                                                            \
+    "  local k, act, key = p.k, p.act, p.key\n"                                                              \
+    "  p.k = 0\n"                                                                                            \
+    "  for j = 1, #act do\n"                                                                                 \
+    "    local i = act[j]\n"                                                                                 \
+    "    if i == 4 then\n"                                                                                   \
+    "      local b = LB[key[i]]\n"                                                                           \
+    "      b.t = b.t - k\n"                                                                                  \
+    "    else\n"                                                                                             \
+    "      local s = LS[key[i]]\n"                                                                           \
+    "      if i < 6 then\n"                                                                                  \
+    "        local a, n = s.add, #s.add\n"                                                                   \
+    "        for x = n + 1, n + k do a[x] = p.rn end\n"                                                      \
+    "      end\n"                                                                                            \
+    "      s.na = s.na + k\n"                                                                                \
+    "    end\n"                                                                                              \
+    "  end\n"                                                                                                \
+    "end\n"                                                                                                  \
     "local function lim_check(kp, ap, nows, hub)\n"                                                          \
+    "  local p = lim_prof(kp, ap)\n"                                                                         \
+    "  if RUN == p and p.rn == nows and p.h >= 1 then\n"                                                     \
+    "    p.k, p.h = p.k + 1, p.h - 1\n"                                                                      \
+    "    local best = p.best\n"                                                                              \
+    "    if best ~= 0 then p.brem = p.brem - 1 end\n"                                                        \
+    "    if best == 4 then\n"                                                                                \
+    "      p.breset = ceil((p.burst - p.bt + 1) * 1000 / p.rate)\n"                                          \
+    "      p.bt = p.bt - 1\n"                                                                                \
+    "    end\n"                                                                                              \
+    "    return 1, best, p.bl, p.brem, p.breset, 0\n"                                                        \
+    "  end\n"                                                                                                \
+    "  if RUN ~= nil then lim_flush() end\n"                                                                 \
     "  local now = NN\n"                                                                                     \
     "  if nows ~= NS then now = tonumber(nows); NS, NN = nows, now end\n"                                    \
-    "  local p = lim_prof(kp, ap)\n"                                                                         \
     "  local rate, burst = p.rate, p.burst\n"                                                                \
     "  local best, bl, brem, breset, bs = 0, 0, 0, 0, nil\n"                                                 \
-    "  local st, tokens = ST, 0\n"                                                                           \
+    "  local st, tokens, h = ST, 0, math.huge\n"                                                             \
     "  local act, lim, key = p.act, p.lim, p.key\n"                                                          \
     "  for j = 1, #act do\n"                                                                                 \
     "    local i = act[j]\n"                                                                                 \
@@ -225,25 +258,29 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      if t > burst then t = burst end\n"                                                                \
     "      if t < 1 then\n"                                                                                  \
     "        local wait = ceil((1 - t) * 1000 / rate)\n"                                                     \
-    "        return {0, 4, burst, 0, wait, wait}\n"                                                          \
+    "        return 0, 4, burst, 0, wait, wait\n"                                                            \
     "      end\n"                                                                                            \
     "      tokens, st[4] = t, b\n"                                                                           \
     "      local rem = floor(t - 1)\n"                                                                       \
+    "      if rem < h then h = rem end\n"                                                                    \
     "      if best == 0 or rem < brem then\n"                                                                \
     "        best, bl, brem, breset, bs = 4, burst, rem, ceil((burst - t + 1) * 1000 / rate), nil\n"         \
     "      end\n"                                                                                            \
     "    elseif i >= 6 then\n"                                                                               \
     "      local s = lc(k, now)\n"                                                                           \
-    "      if s.nr + s.na >= l then return {0, i, l, 0, 1000, 1000} end\n"                                   \
+    "      local n = s.nr + s.na\n"                                                                          \
+    "      if n >= l then return 0, i, l, 0, 1000, 1000 end\n"                                               \
+    "      if l - n - 1 < h then h = l - n - 1 end\n"                                                        \
     "      st[i] = s\n"                                                                                      \
     "    else\n"                                                                                             \
     "      local s = lw(k, now - W)\n"                                                                       \
     "      local n = s.nr + s.na\n"                                                                          \
     "      if n >= l then\n"                                                                                 \
     "        local reset = lold(s, now)\n"                                                                   \
-    "        return {0, i, l, 0, reset, reset}\n"                                                            \
+    "        return 0, i, l, 0, reset, reset\n"                                                              \
     "      end\n"                                                                                            \
     "      st[i] = s\n"                                                                                      \
+    "      if l - n - 1 < h then h = l - n - 1 end\n"                                                        \
     "      if best == 0 or l - n - 1 < brem then best, bl, brem, bs = i, l, l - n - 1, s end\n"              \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
@@ -267,9 +304,12 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "      s.na = s.na + 1\n"                                                                                \
     "    end\n"                                                                                              \
     "  end\n"                                                                                                \
-    "  return {1, best, bl, brem, breset, 0}\n"                                                              \
+    "  RUN, p.rn, p.k, p.h = p, nows, 0, h\n"                                                                \
+    "  p.best, p.bl, p.brem, p.breset, p.bt = best, bl, brem, breset, tokens - 1\n"                          \
+    "  return 1, best, bl, brem, breset, 0\n"                                                                \
     "end\n"                                                                                                  \
     "local function lim_undo_slots(kp, ap)\n"                                                                \
+    "  lim_flush()\n"                                                                                        \
     "  local p = lim_prof(kp, ap)\n"                                                                         \
     "  for i = 6, 7 do\n"                                                                                    \
     "    if p.lim[i] then\n"                                                                                 \
@@ -279,6 +319,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "  end\n"                                                                                                \
     "end\n"                                                                                                  \
     "local function lim_commit()\n"                                                                          \
+    "  lim_flush()\n"                                                                                        \
     "  for _, k in ipairs(LD) do\n"                                                                          \
     "    local b, s = LB[k], LS[k]\n"                                                                        \
     "    if b ~= nil then\n"                                                                                 \
@@ -298,7 +339,7 @@ static const char *const REASON_BACKEND = "backend_unavailable";
     "end\n"
 
 /* One request on its own (the routes that do not go through the policy). */
-static const char CHECK_LUA[] = LIM_LUA_LIB "local r = lim_check(1, 1, ARGV[10], ARGV[11])\n"
+static const char CHECK_LUA[] = LIM_LUA_LIB "local r = {lim_check(1, 1, ARGV[10], ARGV[11])}\n"
                                             "lim_commit()\n"
                                             "return r\n";
 

@@ -313,9 +313,11 @@ def cluster_cfg(redis_port, fake_url, extra="", on_error="open"):
 
 
 def redis_idle(h):
-    """No Redis command of this hub is waiting for its answer (both lanes)."""
-    lines = [ln for ln in h.get("/metrics").text.splitlines() if ln.startswith("ttshub_redis_in_flight{")]
-    return bool(lines) and all(float(ln.rsplit(" ", 1)[1]) == 0 for ln in lines)
+    """Nothing of this hub waits for the loop turn's script (stores wait for it, up to 2 ms) and no Redis
+    command is waiting for its answer (both lanes)."""
+    text = h.get("/metrics").text.splitlines()
+    lines = [ln for ln in text if ln.startswith("ttshub_redis_in_flight{") or ln.startswith("ttshub_redis_queued ")]
+    return len(lines) >= 3 and all(float(ln.rsplit(" ", 1)[1]) == 0 for ln in lines)
 
 
 def redis_connected(h):

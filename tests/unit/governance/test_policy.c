@@ -79,9 +79,9 @@ static void hub_close(hub *h)
     th_redis_free(h->r);
 }
 
-/* Two hubs on one new redis-server with this rate_limit section (which has its own on_backend_error) or the
- * default one. -1 when there is no redis-server. */
-static int env_start_with(env *e, const char *on_error, const char *rate_limit)
+/* Two hubs on one new redis-server with this rate_limit section (which has its own on_backend_error) and
+ * this tenants section. -1 when there is no redis-server. */
+static int env_start_cfg(env *e, const char *on_error, const char *rate_limit, const char *tenants)
 {
     memset(e, 0, sizeof *e);
     if (rp_start(&e->s) != 0) return -1;
@@ -94,13 +94,19 @@ static int env_start_with(env *e, const char *on_error, const char *rate_limit)
              "rate_limit: { %s, backend: redis, on_backend_error: %s }\n"
              "redis: { url: \"redis://127.0.0.1:%d/0\", prefix: \"pt:\", timeout: 1000ms }\n"
              "cache: { enabled: true, backend: redis, max_bytes: 4MiB, ttl: 10m }\n"
-             "tenants:\n  acme:\n    quota: { chars_per_day: 100 }\n",
-             e->dir, rate_limit, on_error, e->s.port);
+             "%s",
+             e->dir, rate_limit, on_error, e->s.port, tenants);
     e->cfg = cfg_from(yaml);
     if (e->cfg == NULL) return -1;
     for (int i = 0; i < 2; i++)
         if (hub_open(e, &e->h[i]) != 0) return -1;
     return 0;
+}
+
+/* The default tenants: acme with a quota of 100 characters a day. */
+static int env_start_with(env *e, const char *on_error, const char *rate_limit)
+{
+    return env_start_cfg(e, on_error, rate_limit, "tenants:\n  acme:\n    quota: { chars_per_day: 100 }\n");
 }
 
 /* The default: global_rpm 6, concurrency 1. on_error: open | closed. */
@@ -293,6 +299,21 @@ static void redis_do(const env *e, const char *cmd)
         if (r) freeReplyObject(r);
     }
     redisFree(c);
+}
+
+/* An integer answer through a plain connection; -1 on any error. */
+static long long redis_int(const env *e, const char *cmd)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", e->s.port, tv);
+    long long v = -1;
+    if (c != NULL && !c->err) {
+        redisReply *r = redisCommand(c, cmd);
+        if (r != NULL && r->type == REDIS_REPLY_INTEGER) v = r->integer;
+        if (r) freeReplyObject(r);
+    }
+    if (c) redisFree(c);
+    return v;
 }
 
 static void key_of(const char *text, char out[TH_CACHE_KEY_LEN + 1])
@@ -555,6 +576,88 @@ static long long scripts_run(const env *e)
     return calls_of(e, "evalsha") + calls_of(e, "eval");
 }
 
+/* The cache's stores wait for the turn: small ones leave on the policy lane with the next turn's script (or
+ * on their own after the linger), a larger one goes to the bulk lane at once, and a policy freed with stores
+ * waiting sends them. Every stored value is then in Redis. */
+TH_TEST(stores_ride_with_the_turn)
+{
+    env e;
+    if (env_start_with(&e, "closed", "global_rpm: 0, ip_rpm: 0, concurrency: 0") != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    redis_do(&e, "CONFIG SET maxmemory-policy noeviction");
+    hub *a = &e.h[0];
+    size_t sizes[4] = {3000, 3000, 40000, 3000}; /* the third is over the policy's POL_STORE_MAX */
+    char keys[4][TH_CACHE_KEY_LEN + 1];
+    uint8_t *audio = malloc(40000);
+    TH_REQUIRE(audio != NULL);
+    memset(audio, 0x5a, 40000);
+    rec r[4];
+    for (int k = 0; k < 4; k++) {
+        char text[32];
+        snprintf(text, sizeof text, "stored entry %d", k);
+        key_of(text, keys[k]);
+        admit(&e, a, NULL, 1, keys[k], &r[k]);
+        TH_REQUIRE(r[k].flight != NULL);
+    }
+    sync_hub(&e, a);
+    th_redis_lane_stats p0, b0, p1, b1;
+    th_redis_lane_get_stats(a->r, TH_REDIS_LANE_POLICY, &p0);
+    th_redis_lane_get_stats(a->r, TH_REDIS_LANE_BULK, &b0);
+    for (int k = 0; k < 3; k++) {
+        th_cache_flight_data(r[k].flight, audio, sizes[k]);
+        th_cache_flight_done(r[k].flight, "audio/mpeg", "engine-x");
+    }
+    /* the two small ones wait in the policy; the large one went to the bulk lane at once */
+    TH_CHECK_INT(th_policy_queued(a->p), 2);
+    th_redis_lane_get_stats(a->r, TH_REDIS_LANE_BULK, &b1);
+    TH_CHECK_INT(b1.commands - b0.commands, 1);
+    /* an admission's turn takes them along: one script and two stores on the policy lane */
+    rec r5;
+    admit(&e, a, NULL, 1, NULL, &r5);
+    TH_CHECK(r5.lres.allowed);
+    TH_CHECK_INT(th_policy_queued(a->p), 0);
+    th_redis_lane_get_stats(a->r, TH_REDIS_LANE_POLICY, &p1);
+    TH_CHECK_INT(p1.commands - p0.commands, 3);
+    th_policy_after(a->p, r5.lres.slot, NULL, true);
+    /* with no admission after it, a store leaves on its own */
+    th_cache_flight_data(r[3].flight, audio, sizes[3]);
+    th_cache_flight_done(r[3].flight, "audio/mpeg", "engine-x");
+    sync_hub(&e, a);
+    for (int k = 0; k < 4; k++) {
+        char *rk = th_cache_redis_key(a->c, keys[k]);
+        TH_REQUIRE(rk != NULL);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd, "STRLEN %s", rk);
+        TH_CHECK(redis_int(&e, cmd) > (long long)sizes[k]);
+        free(rk);
+    }
+    /* freed with a store waiting: it is sent before the policy goes */
+    char key5[TH_CACHE_KEY_LEN + 1];
+    key_of("stored at the end", key5);
+    rec r6;
+    admit(&e, a, NULL, 1, key5, &r6);
+    TH_REQUIRE(r6.flight != NULL);
+    sync_hub(&e, a);
+    th_cache_flight_data(r6.flight, audio, 3000);
+    th_cache_flight_done(r6.flight, "audio/mpeg", "engine-x");
+    TH_CHECK_INT(th_policy_queued(a->p), 1);
+    th_policy_after(a->p, r6.lres.slot, NULL, true);
+    th_policy_free(a->p);
+    a->p = NULL;
+    for (int i = 0; i < 50; i++)
+        hl_run_until_set(&e.loop, NULL, 10);
+    char *rk = th_cache_redis_key(a->c, key5);
+    TH_REQUIRE(rk != NULL);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "EXISTS %s", rk);
+    TH_CHECK_INT(redis_int(&e, cmd), 1);
+    free(rk);
+    free(audio);
+    env_stop(&e);
+}
+
 TH_TEST(one_turn_is_one_script_with_exact_counts)
 {
     env e;
@@ -651,20 +754,6 @@ TH_TEST(finishes_leave_before_the_turns_admissions)
     env_stop(&e);
 }
 
-/* A redis-cli style number answer through a plain connection; -1 when absent. */
-static long long redis_int(const env *e, const char *cmd)
-{
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", e->s.port, tv);
-    long long v = -1;
-    if (c == NULL) return -1;
-    redisReply *r = c->err ? NULL : redisCommand(c, cmd);
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER) v = r->integer;
-    if (r) freeReplyObject(r);
-    redisFree(c);
-    return v;
-}
-
 TH_TEST(leaked_slots_expire_with_their_hub)
 {
     env e;
@@ -731,6 +820,159 @@ TH_TEST(releases_are_grouped_by_count_and_hub)
     sync_hub(&e, b);
     sync_hub(&e, a);
     TH_CHECK_INT(redis_int(&e, "EXISTS pt:rl:h:g"), 0); /* every count reached 0 and went */
+    env_stop(&e);
+}
+
+/* ---- the script decides as the local limiter does ------------------------------------------------ */
+
+typedef struct lrec {
+    int n;
+    th_limit_result res;
+} lrec;
+
+static void on_local(void *ud, const th_limit_result *res)
+{
+    lrec *r = ud;
+    r->n++;
+    r->res = *res;
+}
+
+/* n admissions from ips[i] for tenants[i] ("" = none) in one loop turn through h at now_ms, no quota or
+ * cache step; waits until every one has ended. */
+static void admit_mixed(env *e, hub *h, int n, const char *const *ips, const char *const *tenants, rec *r,
+                        uint64_t now_ms)
+{
+    for (int i = 0; i < n; i++) {
+        memset(&r[i], 0, sizeof r[i]);
+        const th_tenant_conf *tc = tenants[i][0] ? th_config_tenant(e->cfg, tenants[i]) : NULL;
+        th_limit_req lr = {.ip = ips[i], .tenant = tenants[i], .key_id = "", .tconf = tc};
+        th_policy_req pr = {.limit = &lr, .tenant = tenants[i], .chars = 1, .now_ms = now_ms};
+        th_policy_admit(h->p, &pr, &hooks, &r[i]);
+    }
+    uint64_t deadline = th_mono_ms() + 5000;
+    for (;;) {
+        int ended = 0;
+        for (int i = 0; i < n; i++)
+            ended += rec_ended(&r[i]);
+        if (ended == n || th_mono_ms() > deadline) break;
+        hl_run_until_set(&e->loop, NULL, 5);
+    }
+}
+
+static uint32_t rnd(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (uint32_t)(*s >> 33);
+}
+
+/* Random turns of one to twelve admissions from three IPs and three tenants (a bucket, windows, slots),
+ * the clock moving by 0-4 s between turns (windows slide over the 60 s), slots given back at random
+ * between turns: every answer of the script (runs of one profile's admissions decided without reading
+ * its limits again, the hub's order by profile) is the local limiter's for the same requests in the same
+ * order. */
+TH_TEST(turns_decide_as_the_local_limiter_does)
+{
+    static const char limits[] = "global_rpm: 90, ip_rpm: 18, concurrency: 10";
+    static const char tenants[] = "tenants:\n  acme: { rpm: 40, rate: 2, burst: 5, concurrency: 4 }\n"
+                                  "  beta: { rpm: 9 }\n";
+    env e;
+    if (env_start_cfg(&e, "closed", limits, tenants) != 0) {
+        fprintf(stderr, "    (no redis-server: skipped)\n");
+        return;
+    }
+    char yaml[512];
+    snprintf(yaml, sizeof yaml, "rate_limit: { %s, backend: local }\n%s", limits, tenants);
+    th_config *lcfg = cfg_from(yaml);
+    TH_CHECK(lcfg != NULL);
+    th_limiter *loc = lcfg != NULL ? th_limiter_new(&e.loop, lcfg, NULL, NULL) : NULL;
+    TH_CHECK(loc != NULL);
+    hub *a = &e.h[0];
+    const char *ipset[6] = {"10.9.0.1", "10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"},
+               *tset[3] = {"acme", "beta", ""};
+    enum { HELD_MAX = 512 };
+    th_limit_slot *held_l[HELD_MAX], *held_r[HELD_MAX];
+    int nheld = 0, compared = 0, allowed = 0, refused[8] = {0};
+    uint64_t seed = 20261206, now = th_wall_ms();
+    for (int t = 0; t < 60 && loc != NULL; t++) {
+        int n = 1 + (int)(rnd(&seed) % 12);
+        const char *ips[12], *tns[12];
+        for (int i = 0; i < n; i++) {
+            ips[i] = ipset[rnd(&seed) % 6];
+            tns[i] = tset[rnd(&seed) % 3];
+        }
+        rec r[12];
+        admit_mixed(&e, a, n, ips, tns, r, now);
+        /* the script's order: the turn's admissions by profile (IP and tenant), first seen first, stable */
+        int order[12], no = 0;
+        bool done[12] = {false};
+        for (int i = 0; i < n; i++) {
+            if (done[i]) continue;
+            for (int j = i; j < n; j++)
+                if (!done[j] && strcmp(ips[j], ips[i]) == 0 && strcmp(tns[j], tns[i]) == 0) {
+                    done[j] = true;
+                    order[no++] = j;
+                }
+        }
+        lrec lr[12] = {0};
+        for (int k = 0; k < no; k++) {
+            int i = order[k];
+            const th_tenant_conf *tc = tns[i][0] ? th_config_tenant(lcfg, tns[i]) : NULL;
+            th_limit_req q = {.ip = ips[i], .tenant = tns[i], .key_id = "", .tconf = tc};
+            th_limit_check(loc, &q, now, on_local, &lr[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            const th_limit_result *x = &r[i].lres, *y = &lr[i].res;
+            TH_CHECK_INT(r[i].limits, 1);
+            TH_CHECK_INT(lr[i].n, 1);
+            TH_CHECK(x->allowed == y->allowed);
+            TH_CHECK_STR(x->reason ? x->reason : "", y->reason ? y->reason : "");
+            TH_CHECK_INT(x->limit, y->limit);
+            TH_CHECK_INT(x->remaining, y->remaining);
+            TH_CHECK_INT(x->reset_s, y->reset_s);
+            TH_CHECK_INT(x->retry_after_s, y->retry_after_s);
+            compared++;
+            if (x->allowed && y->allowed && nheld < HELD_MAX) {
+                held_r[nheld] = x->slot;
+                held_l[nheld++] = y->slot;
+                allowed++;
+            } else if (!x->allowed) {
+                for (int k = 1; k < 8; k++)
+                    if (y->reason &&
+                        strcmp(y->reason,
+                               (const char *[]){"", "global_rpm", "ip_rpm", "tenant_rpm", "tenant_rate",
+                                                "concurrency", "tenant_concurrency", "key_rpm"}[k]) == 0)
+                        refused[k]++;
+                if (x->allowed) th_policy_after(a->p, x->slot, NULL, true);
+                if (y->allowed) th_limit_release(loc, y->slot);
+            }
+        }
+        /* give back some of the slots: the finishes ride with the next turn, ahead of its admissions */
+        int give = nheld > 0 ? (int)(rnd(&seed) % (unsigned)(nheld + 1)) : 0;
+        for (int k = 0; k < give; k++) {
+            int j = (int)(rnd(&seed) % (unsigned)nheld);
+            th_policy_after(a->p, held_r[j], NULL, true);
+            th_limit_release(loc, held_l[j]);
+            held_r[j] = held_r[nheld - 1];
+            held_l[j] = held_l[--nheld];
+        }
+        now += rnd(&seed) % 3 == 0 ? 0 : rnd(&seed) % 4000;
+    }
+    for (int k = 0; k < nheld; k++) {
+        th_policy_after(a->p, held_r[k], NULL, true);
+        th_limit_release(loc, held_l[k]);
+    }
+    sync_hub(&e, a);
+    /* the turns did reach every kind of limit, and let requests through */
+    TH_CHECK(compared > 300);
+    TH_CHECK(allowed > 50);
+    for (int k = 1; k < 7; k++)
+        TH_CHECK(refused[k] > 0);
+    fprintf(
+        stderr,
+        "    %d answers compared, %d allowed; refused: global %d ip %d tenant %d rate %d conc %d tconc %d\n",
+        compared, allowed, refused[1], refused[2], refused[3], refused[4], refused[5], refused[6]);
+    th_limiter_free(loc);
+    th_config_unref(lcfg);
     env_stop(&e);
 }
 

@@ -600,6 +600,7 @@ TH_TEST(stores_ride_with_the_turn)
         key_of(text, keys[k]);
         admit(&e, a, NULL, 1, keys[k], &r[k]);
         TH_REQUIRE(r[k].flight != NULL);
+        th_policy_after(a->p, r[k].lres.slot, NULL, true);
     }
     sync_hub(&e, a);
     th_redis_lane_stats p0, b0, p1, b1;

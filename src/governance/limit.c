@@ -93,13 +93,20 @@ static const char *const REASON_BACKEND = "backend_unavailable";
  * ARGV (from ap): 1 global_rpm, 2 ip_rpm, 3 tenant_rpm, 4 key_rpm, 5 concurrency, 6 tenant_concurrency,
  *       7 rate, 8 burst, 9 slot_ttl_ms. A limit of 0 is not checked and its key is not touched.
  * now: the request's now_ms (a string); hub: the hub's id (its field in the concurrency counts).
- * lim_check returns {allowed, index, limit, remaining, reset_ms, retry_ms}: refused -> the index of the
- * first limit that said no (nothing charged); allowed -> the rate limit closest to refusing (0 when none
- * applies).
+ * lim_check returns six values, allowed, index, limit, remaining, reset_ms, retry_ms: refused -> the
+ * index of the first limit that said no (nothing charged); allowed -> the rate limit closest to refusing
+ * (0 when none applies).
  * Lua turns strings into numbers with strtod and numbers into strings with printf, each a few hundred
  * nanoseconds: a profile's arguments are read once per run (PF, with the list of its active limits), a
  * run of admissions with the same now string reads it once, and a holder's expiry is made a string once
- * per key at commit. */
+ * per key at commit.
+ * A run: once an admission of a profile has been decided in full, lim_check keeps the profile's headroom
+ * (the smallest of limit - count - 1 over its windows and holder counts, and floor(tokens - 1) of its
+ * bucket). Every limit moves by exactly one per admission, so while the next admissions have the same
+ * profile and now string and headroom is left, each is allowed with the same closest limit, its remaining
+ * one lower and its reset unchanged (the bucket's recomputed from its tokens), without reading the limits
+ * again; lim_flush charges the states for the run when anything else reads them (another profile,
+ * lim_undo_slots, lim_commit). A refusal is always decided in full. */
 #define LIM_LUA_LIB                                                                                          \
     "local call, tonumber, tostring = redis.call, tonumber, tostring\n"                                      \
     "local ceil, floor, max = math.ceil, math.floor, math.max\n"                                             \

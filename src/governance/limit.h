@@ -74,9 +74,9 @@ void th_limiter_set_config(th_limiter *l, const th_config *cfg);
 /* Added: the limiter's part of one combined Redis script (governance/policy.c). */
 
 /** The limiter's Lua library (limit.c): defines the locals lim_check(kp, ap, now, hub), which checks the
- * request whose 7 keys start at KEYS[kp] and 9 profile arguments at ARGV[ap] and answers {allowed, index,
- * limit, remaining, reset_ms, retry_ms}, lim_undo_slots(kp, ap) and lim_commit(), which writes what the run
- * charged. */
+ * request whose 7 keys start at KEYS[kp] and 9 profile arguments at ARGV[ap] and returns six values
+ * (allowed, index, limit, remaining, reset_ms, retry_ms), lim_undo_slots(kp, ap) and lim_commit(), which
+ * writes what the run charged. */
 const char *th_limit_lua_lib(void);
 typedef struct th_limit_call th_limit_call;
 /** The keys and arguments of a Redis check, without sending it. NULL when the backend is not Redis (or on

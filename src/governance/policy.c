@@ -10,29 +10,32 @@
  *   The admissions of a turn share their limit profiles (the 7 limiter keys and 9 limit arguments of one
  *   tenant, IP and key), so each profile is sent once and an admission names its profile by index.
  *   KEYS: every release group's holder count (below), every settle's 2 reservation keys, then every
- *         profile's 7 keys, then the cache keys (of the admissions whose cache asks Redis, in their order),
- *         then every admission's quota keys (2, when its tenant has a quota).
- *   ARGV: inline_max, the number of release groups, of settles, of admissions and of profiles, the hub id,
- *         the number of cache keys; per release group the hub (of its slots' members) and how many slots it
- * gives back; per settle the quota's 4 arguments; per profile its 9 arguments; per admission: its profile's
- * index, has_quota, has_cache, now_ms, then the quota's 5. The hub groups a turn's releases by holder count
- * and hub before it sends them (a turn's finishes are mostly one tenant's, and each used to send its keys and
- * its member: eleven arguments for two HINCRBYs). Finishes run first (their slots are free for the admissions
- * of the same turn; the counts are lowered with one HINCRBY per group), then the admissions in order, which
- * is the order of their profiles (the hub sorts a turn's admissions by profile, stably). One EXISTS over the
- * turn's cache keys comes first: when none is there (a turn of new texts), no admission asks for its key's
- * length. Each admission's answer is {limits} when a limit refuses (nothing charged); {limits, quota} when
- * the quota refuses (the RPM windows stay charged, as when the calls were separate, and the concurrency
- * holders it had just taken are given back); else {limits, quota, cache} with cache = {0} (miss), {size,
- * value} (size <= inline_max) or {size} (larger: fetched with GET on the bulk lane). An admission whose part
- * of the script fails (a wrong type under one of its keys) gets an error, and only it is answered as a Redis
- * failure. The script answers one flat array: per admission the lengths of its three parts, then their
- * elements (or -1, 0, 0 and the error), and last the number of release groups and settles that failed
- * (logged). Redis turns every table of a script's answer into RESP with a few lookups of its own, and hiredis
+ *         profile's 7 keys, then the cache keys (of the admissions whose cache asks Redis, in their
+ *         order), then every admission's quota keys (2, when its tenant has a quota).
+ *   ARGV: inline_max, the number of release groups, of settles, of admissions and of profiles, the hub
+ *         id, the number of cache keys; per release group the hub (of its slots' members) and how many
+ *         slots it gives back; per settle the quota's 4 arguments; per profile its 9 arguments; per
+ *         admission: its profile's index, has_quota, has_cache, now_ms, then the quota's 5.
+ *   The hub groups a turn's releases by holder count and hub before it sends them (a turn's finishes are
+ *   mostly one tenant's, and each used to send its keys and its member: eleven arguments for two HINCRBYs).
+ *   Finishes run first (their slots are free for the admissions of the same turn; the counts are lowered
+ *   with one HINCRBY per group), then the admissions in order, which is the order of their profiles (the
+ *   hub sorts a turn's admissions by profile, stably). One EXISTS over the turn's cache keys comes first:
+ *   when none is there (a turn of new texts), no admission asks for its key's length. Each admission's
+ *   answer is {limits} when a limit refuses (nothing charged); {limits, quota} when the quota refuses (the
+ *   RPM windows stay charged, as when the calls were separate, and the concurrency holders it had just
+ *   taken are given back); else {limits, quota, cache} with cache = {0} (miss), {size, value} (size <=
+ *   inline_max) or {size} (larger: fetched with GET on the bulk lane). An admission whose part of the
+ *   script fails (a wrong type under one of its keys) gets an error, and only it is answered as a Redis
+ *   failure.
+ *   The script answers one flat array: per admission the lengths of its three parts, then their elements
+ *   (or -1, 0, 0 and the error), and last the number of release groups and settles that failed (logged).
+ *   Redis turns every table of a script's answer into RESP with a few lookups of its own, and hiredis
  *   makes an object of every array, so nested parts cost both sides about a microsecond per admission; the
  *   hub rebuilds the parts as views into the flat array.
  *   Finishes wait for the next admissions to ride with (or POL_FIN_LINGER_MS); a turn with finishes only
  *   is sent without waiting for the answer (a quiet command).
+ *   The cache's stores wait for the turn as well and leave after its scripts (take_store, send_stores).
  * A failure of the lane counts as the separate calls' failures did: on_backend_error decides for the limits
  * and the quota, and the cache answers a miss. */
 #include "governance/policy.h"

@@ -215,20 +215,18 @@ static bool rec_ended(const rec *r)
     return (r->limits && !r->lres.allowed) || (r->quotas && !r->qres.allowed) || r->caches || r->admitted;
 }
 
-/* n admissions from ips[i] (tenant and chars as given; no cache step) in one loop turn through h at now_ms,
- * then waits until every one has ended. */
-static void admit_turn_at(env *e, hub *h, int n, const char *const *ips, const char *tenant,
+/* n admissions from ips[i] for tenants[i] (NULL or "": none) with chars[i] characters (NULL: 1 each), no
+ * cache step, in one loop turn through h at now_ms; then waits until every one has ended. */
+static void admit_turn_at(env *e, hub *h, int n, const char *const *ips, const char *const *tenants,
                           const uint64_t *chars, rec *r, uint64_t now_ms)
 {
-    const th_tenant_conf *tc = tenant != NULL ? th_config_tenant(e->cfg, tenant) : NULL;
     for (int i = 0; i < n; i++) {
         memset(&r[i], 0, sizeof r[i]);
-        th_limit_req lr = {.ip = ips[i], .tenant = tenant != NULL ? tenant : "", .key_id = "", .tconf = tc};
-        th_policy_req pr = {.limit = &lr,
-                            .tenant = tenant != NULL ? tenant : "",
-                            .tconf = tc,
-                            .chars = chars != NULL ? chars[i] : 1,
-                            .now_ms = now_ms};
+        const char *t = tenants != NULL ? tenants[i] : "";
+        const th_tenant_conf *tc = t[0] ? th_config_tenant(e->cfg, t) : NULL;
+        th_limit_req lr = {.ip = ips[i], .tenant = t, .key_id = "", .tconf = tc};
+        th_policy_req pr = {
+            .limit = &lr, .tenant = t, .tconf = tc, .chars = chars != NULL ? chars[i] : 1, .now_ms = now_ms};
         th_policy_admit(h->p, &pr, &hooks, &r[i]);
     }
     uint64_t deadline = th_mono_ms() + 5000;
@@ -241,10 +239,14 @@ static void admit_turn_at(env *e, hub *h, int n, const char *const *ips, const c
     }
 }
 
+/* admit_turn_at now, every admission for tenant (NULL: none; at most 16 admissions). */
 static void admit_turn(env *e, hub *h, int n, const char *const *ips, const char *tenant,
                        const uint64_t *chars, rec *r)
 {
-    admit_turn_at(e, h, n, ips, tenant, chars, r, th_wall_ms());
+    const char *tns[16];
+    for (int i = 0; i < n && i < 16; i++)
+        tns[i] = tenant;
+    admit_turn_at(e, h, n < 16 ? n : 16, ips, tenant != NULL ? tns : NULL, chars, r, th_wall_ms());
 }
 
 static void on_pong(void *ud, th_redis_status st, const th_redis_reply *rep)
@@ -838,28 +840,6 @@ static void on_local(void *ud, const th_limit_result *res)
     r->res = *res;
 }
 
-/* n admissions from ips[i] for tenants[i] ("" = none) in one loop turn through h at now_ms, no quota or
- * cache step; waits until every one has ended. */
-static void admit_mixed(env *e, hub *h, int n, const char *const *ips, const char *const *tenants, rec *r,
-                        uint64_t now_ms)
-{
-    for (int i = 0; i < n; i++) {
-        memset(&r[i], 0, sizeof r[i]);
-        const th_tenant_conf *tc = tenants[i][0] ? th_config_tenant(e->cfg, tenants[i]) : NULL;
-        th_limit_req lr = {.ip = ips[i], .tenant = tenants[i], .key_id = "", .tconf = tc};
-        th_policy_req pr = {.limit = &lr, .tenant = tenants[i], .chars = 1, .now_ms = now_ms};
-        th_policy_admit(h->p, &pr, &hooks, &r[i]);
-    }
-    uint64_t deadline = th_mono_ms() + 5000;
-    for (;;) {
-        int ended = 0;
-        for (int i = 0; i < n; i++)
-            ended += rec_ended(&r[i]);
-        if (ended == n || th_mono_ms() > deadline) break;
-        hl_run_until_set(&e->loop, NULL, 5);
-    }
-}
-
 static uint32_t rnd(uint64_t *s)
 {
     *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -904,7 +884,7 @@ TH_TEST(turns_decide_as_the_local_limiter_does)
             tns[i] = tset[rnd(&seed) % 3];
         }
         rec r[12];
-        admit_mixed(&e, a, n, ips, tns, r, now);
+        admit_turn_at(&e, a, n, ips, tns, NULL, r, now);
         /* the script's order: the turn's admissions by profile (IP and tenant), first seen first, stable */
         int order[12], no = 0;
         bool done[12] = {false};

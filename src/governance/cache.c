@@ -657,9 +657,10 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
     size_t nct = ct ? strlen(ct) : 0, npr = prov ? strlen(prov) : 0;
     if (nct > 255 || npr > 255 || len > TH_CACHE_REDIS_MAX_ENTRY) return;
     size_t vlen = 4 + 1 + nct + 1 + npr + len;
-    char *rk = redis_key(c, key);
-    if (rk == NULL) return;
-    size_t klen = strlen(rk);
+    char kb[256], *heap = NULL; /* the Redis key: on the stack unless the prefix is long */
+    const char *rk = kb;
+    size_t klen = th_cache_redis_key_into(c, key, kb, sizeof kb);
+    if (klen >= sizeof kb && (rk = heap = redis_key(c, key)) == NULL) return;
     /* the numbers by hand: snprintf was a visible part of the per-request cost */
     char px[24], pxn[24], kn[24], vn[24];
     size_t pl = th_u64_dec(px, c->ttl_ms), pnl = th_u64_dec(pxn, pl);
@@ -692,7 +693,7 @@ static void redis_store(th_cache *c, const char *key, const uint8_t *data, size_
 out:
     if (b.cap > (256u << 10)) th_buf_free(&b); /* a large entry's buffer is not kept */
     c->resp = b;
-    free(rk);
+    free(heap);
 }
 
 /* ---- public ---- */
@@ -898,6 +899,17 @@ bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable)
 char *th_cache_redis_key(const th_cache *c, const char *key)
 {
     return redis_key(c, key);
+}
+
+size_t th_cache_redis_key_into(const th_cache *c, const char *key, char *out, size_t cap)
+{
+    size_t a = strlen(c->prefix), b = strlen(key);
+    if (cap > a + 6 + b) {
+        memcpy(out, c->prefix, a);
+        memcpy(out + a, "cache:", 6);
+        memcpy(out + a + 6, key, b + 1);
+    }
+    return a + 6 + b;
 }
 
 void th_cache_resolve(th_cache *c, const char *key, const th_cache_follower_cb *fcb, th_redis_status st,

@@ -116,6 +116,8 @@ void th_cache_set_store_sink(th_cache *c, th_cache_store_sink sink, void *ud);
 bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable);
 /** {prefix}cache:{key}, malloc'd (NULL on ENOMEM). */
 char *th_cache_redis_key(const th_cache *c, const char *key);
+/** The same key written into out when it fits in cap bytes with its NUL. Returns its length either way. */
+size_t th_cache_redis_key_into(const th_cache *c, const char *key, char *out, size_t cap);
 /** Finishes a get whose Redis part was asked by the admission script. rep: {size, value} (a hit, or a
  * miss when size is 0), {size} (the value is larger than TH_CACHE_INLINE_MAX: it is fetched now on the
  * bulk lane), or st != OK (a miss). cb runs exactly once, as for th_cache_get. */

@@ -603,11 +603,12 @@ typedef struct lim_pending lim_pending;
 struct th_limit_slot {
     th_limiter *l; /* NULL once the limiter is gone */
     th_limit_slot *prev, *next;
-    lim_entry *tenant; /* local: the tenant entry whose inflight this slot holds */
-    bool redis;        /* Redis holders to remove on release */
-    bool redis_global;
-    char *redis_tenant_key; /* tenant concurrency holder set, or NULL */
+    lim_entry *tenant;            /* local: the tenant entry whose inflight this slot holds */
+    bool redis;                   /* Redis holders to remove on release */
+    const char *redis_global_key; /* the global holder set, or NULL (in keys) */
+    const char *redis_tenant_key; /* the tenant's holder set, or NULL (in keys) */
     char member[48];
+    char keys[]; /* a Redis slot's holder keys, in the same block */
 };
 
 struct th_limiter {
@@ -643,6 +644,17 @@ struct lim_pending {
     char member[48];
     char strs[]; /* ip, tenant, key_id (NUL-separated), a.* point here */
 };
+
+/* The keys and arguments of CHECK_LUA for one request (they point into nums, the limiter and the block). One
+ * block holds the call, then its pending state, then the pending's strings, then the seven keys: a request
+ * costs one allocation here, not three. */
+struct th_limit_call {
+    lim_pending *p; /* in this block, right after the call */
+    char nums[10][24];
+    const char *argv[TH_LIMIT_CALL_ARGS];
+    size_t lens[TH_LIMIT_CALL_ARGS];
+};
+_Static_assert(sizeof(th_limit_call) % _Alignof(lim_pending) == 0, "the pending state follows the call");
 
 static int64_t ceil_s(int64_t ms)
 {
@@ -938,36 +950,48 @@ static void on_release_reply(void *ud, th_redis_status st, const th_redis_reply 
     (void)reply;
 }
 
-static void redis_release(th_limiter *l, th_limit_slot *s)
+/* Removes member from the holder sets gkey and tkey (either may be NULL). */
+static void redis_release(th_limiter *l, const char *gkey, const char *tkey, const char *member)
 {
-    if (l->redis == NULL || (!s->redis_global && s->redis_tenant_key == NULL)) return;
-    th_buf b;
-    th_buf_init(&b, 0); /* keys of bounded parts */
-    size_t off[2], len[2];
-    int nkeys = 0;
-    if (s->redis_global) {
-        if (key_add(&b, l->prefix, "rl:h:g", "", &off[nkeys], &len[nkeys]) != 0) goto out;
-        nkeys++;
-    }
     const char *argv[3];
     size_t lens[3];
-    for (int i = 0; i < nkeys; i++) {
-        argv[i] = (const char *)b.data + off[i];
-        lens[i] = len[i];
-    }
-    if (s->redis_tenant_key != NULL) {
-        argv[nkeys] = s->redis_tenant_key;
-        lens[nkeys] = strlen(s->redis_tenant_key);
-        nkeys++;
-    }
-    argv[nkeys] = s->member;
-    lens[nkeys] = strlen(s->member);
+    int nkeys = 0;
+    if (gkey != NULL) argv[nkeys++] = gkey;
+    if (tkey != NULL) argv[nkeys++] = tkey;
+    if (l->redis == NULL || nkeys == 0) return;
+    argv[nkeys] = member;
+    for (int i = 0; i <= nkeys; i++)
+        lens[i] = strlen(argv[i]);
     if (th_redis_eval(l->redis, on_release_reply, NULL, RELEASE_LUA, nkeys, nkeys + 1, argv, lens) != 0)
         TH_LOG(l->log, TH_LOG_WARN,
                "limiter: cannot release a Redis slot (out of memory); it expires in %lld ms",
                (long long)l->slot_ttl_ms);
-out:
-    th_buf_free(&b);
+}
+
+/* A Redis slot for the pending check p, with its holder keys in the same block. NULL on ENOMEM. */
+static th_limit_slot *redis_slot_new(const th_limiter *l, const lim_pending *p)
+{
+    size_t plen = strlen(l->prefix), tn = strlen(p->a.tenant);
+    bool g = l->conc > 0, t = p->a.t_conc > 0 && tn > 0;
+    size_t gl = g ? plen + 6 : 0, tl = t ? plen + 7 + tn : 0;
+    th_limit_slot *s = calloc(1, sizeof *s + gl + 1 + tl + 1); /* zeroed: the keys' NULs are there */
+    if (s == NULL) return NULL;
+    char *kb = s->keys;
+    if (g) {
+        memcpy(kb, l->prefix, plen);
+        memcpy(kb + plen, "rl:h:g", 6);
+        s->redis_global_key = kb;
+        kb += gl + 1;
+    }
+    if (t) {
+        memcpy(kb, l->prefix, plen);
+        memcpy(kb + plen, "rl:h:t:", 7);
+        memcpy(kb + plen + 7, p->a.tenant, tn);
+        s->redis_tenant_key = kb;
+    }
+    s->redis = true;
+    th_strlcpy(s->member, p->member, sizeof s->member);
+    return s;
 }
 
 static bool parse_check_reply(const th_redis_reply *r, int64_t v[6])
@@ -999,31 +1023,22 @@ static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_red
             res->reset_s = ceil_s(v[4]);
         }
         if (slots_given_back) return;
-        th_limit_slot *slot = calloc(1, sizeof *slot);
-        char *tkey = NULL;
-        bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
-        if (slot != NULL && tconc) {
+        th_limit_slot *slot = redis_slot_new(l, p);
+        if (slot == NULL) {
+            /* charged in Redis but no memory to hold the slot: give it back (if the keys fit) and refuse */
             th_buf b;
-            th_buf_init(&b, 0); /* a key of bounded parts */
-            size_t off, len;
-            if (key_add(&b, l->prefix, "rl:h:t:", p->a.tenant, &off, &len) == 0)
-                tkey = (char *)th_buf_steal(&b, &len);
+            th_buf_init(&b, 0); /* keys of bounded parts */
+            size_t off[2], len[2];
+            if (key_add(&b, l->prefix, "rl:h:g", "", &off[0], &len[0]) == 0 &&
+                key_add(&b, l->prefix, "rl:h:t:", p->a.tenant, &off[1], &len[1]) == 0) {
+                bool tconc = p->a.t_conc > 0 && p->a.tenant[0] != '\0';
+                redis_release(l, l->conc > 0 ? (const char *)b.data + off[0] : NULL,
+                              tconc ? (const char *)b.data + off[1] : NULL, p->member);
+            }
             th_buf_free(&b);
-        }
-        if (slot == NULL || (tconc && tkey == NULL)) {
-            /* charged in Redis but no memory to hold the slot: give it back and refuse */
-            th_limit_slot tmp = {.redis = true, .redis_global = l->conc > 0, .redis_tenant_key = tkey};
-            th_strlcpy(tmp.member, p->member, sizeof tmp.member);
-            redis_release(l, &tmp);
-            free(tkey);
-            free(slot);
             res_backend(res);
             return;
         }
-        slot->redis = true;
-        slot->redis_global = l->conc > 0;
-        slot->redis_tenant_key = tkey;
-        th_strlcpy(slot->member, p->member, sizeof slot->member);
         slot_link(l, slot);
         res->slot = slot;
         return;
@@ -1042,10 +1057,11 @@ static void check_finish(th_limiter *l, lim_pending *p, const int64_t *v, th_red
 
 static void on_check_reply(void *ud, th_redis_status st, const th_redis_reply *reply)
 {
-    lim_pending *p = ud;
+    th_limit_call *k = ud;
+    lim_pending *p = k->p;
     th_limiter *l = p->l;
     if (l == NULL) { /* the limiter is gone and the caller was answered then */
-        free(p);
+        free(k);
         return;
     }
     pending_unlink(l, p);
@@ -1055,7 +1071,7 @@ static void on_check_reply(void *ud, th_redis_status st, const th_redis_reply *r
     check_finish(l, p, ok ? v : NULL, st, reply, false, &res);
     th_limit_cb cb = p->cb;
     void *cud = p->ud;
-    free(p);
+    free(k);
     cb(cud, &res);
 }
 
@@ -1071,23 +1087,17 @@ static void backend_error_now(th_limiter *l, const lim_args *a, uint64_t now_ms,
     cb(ud, &res);
 }
 
-/* The keys and arguments of CHECK_LUA for one request (they point into b, nums and the limiter). */
-struct th_limit_call {
-    lim_pending *p;
-    th_buf b;
-    size_t off[7], len[7];
-    char nums[10][24];
-    const char *argv[TH_LIMIT_CALL_ARGS];
-    size_t lens[TH_LIMIT_CALL_ARGS];
-};
+/* The call's pending state (in p, zeroed, with room for pending_strs(a) bytes after it): its arguments with
+ * their own copies of the strings, and its member name. */
+static size_t pending_strs(const lim_args *a)
+{
+    return strlen(a->ip) + strlen(a->tenant) + strlen(a->key_id) + 3;
+}
 
-/* NULL on ENOMEM. */
-/* The call's pending state: its arguments with their own copies of the strings, and its member name. */
-static lim_pending *pending_new(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
+static void pending_init(lim_pending *p, th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb,
+                         void *ud)
 {
     size_t ipn = strlen(a->ip), tn = strlen(a->tenant), kn = strlen(a->key_id);
-    lim_pending *p = calloc(1, sizeof *p + ipn + tn + kn + 3);
-    if (p == NULL) return NULL;
     p->l = l;
     p->cb = cb;
     p->ud = ud;
@@ -1103,7 +1113,6 @@ static lim_pending *pending_new(th_limiter *l, const lim_args *a, uint64_t now_m
     size_t hl = th_strlcpy(p->member, l->hub_id, sizeof l->hub_id);
     p->member[hl] = ':';
     th_u64_dec(p->member + hl + 1, (uint64_t)++l->seq);
-    return p;
 }
 
 /* ARGV: global, ip, tenant, key, conc, tconc, rate, burst, slot ttl (the profile), now, hub id */
@@ -1112,10 +1121,6 @@ static void call_args(th_limit_call *k, const th_limiter *l, const lim_pending *
 {
     int64_t numv[10] = {lims[0], lims[1], lims[2], lims[4],        lims[5],
                         lims[6], lims[3], burst,   l->slot_ttl_ms, p->now};
-    for (int i = 0; i < 7; i++) {
-        k->argv[i] = (const char *)k->b.data + k->off[i];
-        k->lens[i] = k->len[i];
-    }
     for (int i = 0; i < 10; i++) {
         k->argv[7 + i] = k->nums[i];
         k->lens[7 + i] = th_i64_dec(k->nums[i], numv[i]);
@@ -1126,42 +1131,44 @@ static void call_args(th_limit_call *k, const th_limiter *l, const lim_pending *
 
 static th_limit_call *call_build(th_limiter *l, const lim_args *a, uint64_t now_ms, th_limit_cb cb, void *ud)
 {
-    th_limit_call *k = calloc(1, sizeof *k);
-    lim_pending *p = k ? pending_new(l, a, now_ms, cb, ud) : NULL;
-    if (p == NULL) {
-        free(k);
-        return NULL;
-    }
-    k->p = p;
-    th_buf_init(&k->b, 0); /* keys of bounded parts */
-    const lim_args *q = &p->a;
-    bool has_tenant = q->tenant[0] != '\0';
-    int64_t burst = q->t_burst > 0 ? q->t_burst : q->t_rate;
+    bool has_tenant = a->tenant[0] != '\0';
+    int64_t burst = a->t_burst > 0 ? a->t_burst : a->t_rate;
     int64_t lims[7] = {
         l->global_rpm,
-        q->ip[0] ? l->ip_rpm : 0,
-        has_tenant ? q->t_rpm : 0,
-        has_tenant ? q->t_rate : 0,
-        q->key_id[0] ? q->key_rpm : 0,
+        a->ip[0] ? l->ip_rpm : 0,
+        has_tenant ? a->t_rpm : 0,
+        has_tenant ? a->t_rate : 0,
+        a->key_id[0] ? a->key_rpm : 0,
         l->conc,
-        has_tenant ? q->t_conc : 0,
+        has_tenant ? a->t_conc : 0,
     };
+    static const char *const parts[7] = {
+        "rl:w:g", "rl:w:ip:", "rl:w:t:", "rl:tb:", "rl:w:k:", "rl:h:g", "rl:h:t:"};
+    const char *ids[7] = {"", a->ip, a->tenant, a->tenant, a->key_id, "", a->tenant};
+    size_t plen = strlen(l->prefix), nstrs = pending_strs(a), nkeys = 0, partn[7], idn[7];
+    for (int i = 0; i < 7; i++) {
+        partn[i] = strlen(lims[i] > 0 ? parts[i] : "rl:unused");
+        idn[i] = lims[i] > 0 ? strlen(ids[i]) : 0;
+        nkeys += plen + partn[i] + idn[i] + 1;
+    }
+    th_limit_call *k = calloc(1, sizeof *k + sizeof(lim_pending) + nstrs + nkeys);
+    if (k == NULL) return NULL;
+    lim_pending *p = (lim_pending *)(void *)(k + 1);
+    pending_init(p, l, a, now_ms, cb, ud);
+    k->p = p;
     p->a.t_rpm = lims[2];
     p->a.t_rate = lims[3];
     p->a.t_conc = lims[6];
     p->a.key_rpm = lims[4];
-    static const char *const parts[7] = {
-        "rl:w:g", "rl:w:ip:", "rl:w:t:", "rl:tb:", "rl:w:k:", "rl:h:g", "rl:h:t:"};
-    const char *ids[7] = {"", q->ip, q->tenant, q->tenant, q->key_id, "", q->tenant};
+    char *kb = p->strs + nstrs; /* the keys: prefix, part, id, NUL */
     for (int i = 0; i < 7; i++) {
-        bool used = lims[i] > 0;
-        if (key_add(&k->b, l->prefix, used ? parts[i] : "rl:unused", used ? ids[i] : "", &k->off[i],
-                    &k->len[i]) != 0) {
-            th_buf_free(&k->b);
-            free(p);
-            free(k);
-            return NULL;
-        }
+        k->argv[i] = kb;
+        k->lens[i] = plen + partn[i] + idn[i];
+        memcpy(kb, l->prefix, plen);
+        memcpy(kb + plen, lims[i] > 0 ? parts[i] : "rl:unused", partn[i]);
+        memcpy(kb + plen + partn[i], ids[i], idn[i]);
+        kb += k->lens[i];
+        *kb++ = '\0';
     }
     call_args(k, l, p, lims, burst);
     return k;
@@ -1178,15 +1185,11 @@ static void redis_check(th_limiter *l, const lim_args *a, uint64_t now_ms, th_li
     lim_pending *p = k->p;
     /* Linked before the call: the callback may run before th_redis_eval returns. */
     TH_DL_PUSH_FRONT(l->pending, p, prev, next);
-    if (th_redis_eval(l->redis, on_check_reply, p, CHECK_LUA, 7, TH_LIMIT_CALL_ARGS, k->argv, k->lens) != 0) {
+    if (th_redis_eval(l->redis, on_check_reply, k, CHECK_LUA, 7, TH_LIMIT_CALL_ARGS, k->argv, k->lens) != 0) {
         pending_unlink(l, p);
-        free(p);
-        th_buf_free(&k->b);
         free(k);
         goto nomem;
     }
-    th_buf_free(&k->b);
-    free(k);
     return;
 nomem:
     TH_LOG(l->log, TH_LOG_ERROR, "limiter: out of memory for a Redis check");
@@ -1216,9 +1219,8 @@ void th_limit_release(th_limiter *l, th_limit_slot *slot)
         TH_DL_UNLINK(owner->slots, slot, prev, next);
         owner->inflight--;
         if (slot->tenant != NULL) slot->tenant->inflight--;
-        if (slot->redis) redis_release(owner, slot);
+        if (slot->redis) redis_release(owner, slot->redis_global_key, slot->redis_tenant_key, slot->member);
     }
-    free(slot->redis_tenant_key);
     free(slot);
 }
 
@@ -1308,13 +1310,10 @@ void th_limit_call_finish(th_limiter *l, th_limit_call *k, th_redis_status st, c
 
 void th_limit_call_free(th_limit_call *k)
 {
-    if (k == NULL) return;
-    free(k->p);
-    th_buf_free(&k->b);
-    free(k);
+    free(k); /* its pending state and keys are in the same block */
 }
 
-int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, char *member, size_t memlen)
+int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, const char **member)
 {
     if (slot == NULL) return 0;
     th_limiter *owner = slot->l;
@@ -1325,28 +1324,19 @@ int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens
         if (slot->tenant != NULL) slot->tenant->inflight--;
         slot->l = NULL;
         slot->tenant = NULL;
+        slot->prev = slot->next = NULL;
         if (slot->redis && owner->redis != NULL) {
-            if (slot->redis_global) {
-                th_buf b;
-                th_buf_init(&b, 0); /* a key of bounded parts */
-                size_t off, len;
-                if (key_add(&b, owner->prefix, "rl:h:g", "", &off, &len) == 0) {
-                    keys[n] = (const char *)th_buf_steal(&b, &len);
-                    keylens[n] = strlen(keys[n]);
-                    n++;
-                }
-                th_buf_free(&b);
-            }
-            if (slot->redis_tenant_key != NULL) {
-                keys[n] = slot->redis_tenant_key; /* ownership moves to the caller */
-                keylens[n] = strlen(keys[n]);
-                slot->redis_tenant_key = NULL;
-                n++;
-            }
-            th_strlcpy(member, slot->member, memlen);
+            if (slot->redis_global_key != NULL) keys[n++] = slot->redis_global_key;
+            if (slot->redis_tenant_key != NULL) keys[n++] = slot->redis_tenant_key;
+            for (int i = 0; i < n; i++)
+                keylens[i] = strlen(keys[i]);
         }
     }
-    free(slot->redis_tenant_key);
-    free(slot);
+    *member = slot->member;
     return n;
+}
+
+void th_limit_slot_free(th_limit_slot *slot)
+{
+    free(slot); /* its keys are in the same block */
 }

@@ -94,9 +94,11 @@ void th_limit_call_args(const th_limit_call *k, const char *const **argv, const 
 void th_limit_call_finish(th_limiter *l, th_limit_call *k, th_redis_status st, const th_redis_reply *reply,
                           bool slots_given_back, th_limit_result *res);
 void th_limit_call_free(th_limit_call *k);
-/** th_limit_release without sending anything: frees the slot and, for Redis slots, hands out the holder
- * keys (up to 2, malloc'd: the caller frees them) and the member to ZREM. Returns the number of keys. */
-int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, char *member,
-                         size_t memlen);
+/** th_limit_release without sending anything: takes the slot from its limiter and, for Redis slots, hands
+ * out the holder keys (up to 2) and the member to remove. They point into the slot, which the caller now
+ * owns: th_limit_slot_free when they are sent. Returns the number of keys. */
+int th_limit_slot_detach(th_limit_slot *slot, const char **keys, size_t *keylens, const char **member);
+/** Frees a slot that th_limit_slot_detach took from its limiter. */
+void th_limit_slot_free(th_limit_slot *slot);
 
 #endif

@@ -69,13 +69,14 @@ struct adm {
     th_policy *p;     /* NULL once the policy is freed: the reply only frees this */
     th_limit_call *lc;
     th_quota_call *qc;
-    char *ckey; /* the cache key (hex), when the script asks the cache */
-    char *rkey; /* its Redis key */
+    char *ckey; /* the cache key (hex), when the script asks the cache (in strs) */
+    char *rkey; /* its Redis key (in strs) */
     th_cache_follower_cb fcb;
     bool has_fcb;
     char prof[8]; /* in the turn's script: the index of its limit profile (1-based digits) */
     th_policy_hooks hooks;
     void *ud;
+    char strs[]; /* ckey and rkey, in the same block */
 };
 
 /* A request's finish, waiting for the turn's script: its holder counts and member, and the reservation's
@@ -84,9 +85,10 @@ typedef struct fin fin;
 struct fin {
     th_qlink q; /* p->fins */
     int nh;
+    th_limit_slot *slot; /* keys and member point into it */
     const char *keys[4];
     size_t klens[4];
-    char member[48];
+    const char *member;
     bool settle;
     char *qkeys[2];
     char qargs[4][24];
@@ -316,15 +318,12 @@ static void adm_free(adm *a)
 {
     th_limit_call_free(a->lc);
     th_quota_call_free(a->qc);
-    free(a->ckey);
-    free(a->rkey);
     free(a);
 }
 
 static void fin_free(fin *f)
 {
-    for (int i = 0; i < f->nh; i++)
-        free((char *)f->keys[i]);
+    th_limit_slot_free(f->slot);
     free(f->qkeys[0]);
     free(f->qkeys[1]);
     free(f);
@@ -860,7 +859,11 @@ static void on_turn(uv_check_t *h)
 
 void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hooks *hooks, void *ud)
 {
-    adm *a = calloc(1, sizeof *a);
+    bool ask_cache = req->cache_key != NULL && p->c != NULL &&
+                     th_cache_remote_wanted(p->c, req->cache_key, req->fcb != NULL);
+    size_t ckl = ask_cache ? strlen(req->cache_key) : 0;
+    size_t rkl = ask_cache ? th_cache_redis_key_into(p->c, req->cache_key, NULL, 0) : 0;
+    adm *a = calloc(1, sizeof *a + (ask_cache ? ckl + 1 + rkl + 1 : 0));
     if (a == NULL) goto nomem;
     a->hooks = *hooks;
     a->ud = ud;
@@ -870,11 +873,11 @@ void th_policy_admit(th_policy *p, const th_policy_req *req, const th_policy_hoo
         a->qc = th_quota_call_new(p->q, req->tenant, req->tconf, req->chars, req->now_ms);
         if (a->qc == NULL) goto nomem;
     }
-    if (req->cache_key != NULL && p->c != NULL &&
-        th_cache_remote_wanted(p->c, req->cache_key, req->fcb != NULL)) {
-        a->ckey = th_strndup(req->cache_key, strlen(req->cache_key));
-        a->rkey = th_cache_redis_key(p->c, req->cache_key);
-        if (a->ckey == NULL || a->rkey == NULL) goto nomem;
+    if (ask_cache) {
+        a->ckey = a->strs;
+        memcpy(a->ckey, req->cache_key, ckl + 1);
+        a->rkey = a->strs + ckl + 1;
+        th_cache_redis_key_into(p->c, req->cache_key, a->rkey, rkl + 1);
         if (req->fcb) {
             a->fcb = *req->fcb;
             a->has_fcb = true;
@@ -898,17 +901,21 @@ void th_policy_after(th_policy *p, th_limit_slot *slot, th_quota_resv *resv, boo
 {
     fin tmp;
     memset(&tmp, 0, sizeof tmp);
-    tmp.nh = th_limit_slot_detach(slot, tmp.keys, tmp.klens, tmp.member, sizeof tmp.member);
+    tmp.member = "";
+    tmp.nh = th_limit_slot_detach(slot, tmp.keys, tmp.klens, &tmp.member);
+    tmp.slot = slot;
     tmp.settle = resv != NULL && th_quota_resv_detach(resv, ok, tmp.qkeys, tmp.qargs) == 0;
-    if (tmp.nh == 0 && !tmp.settle) return;
+    if (tmp.nh == 0 && !tmp.settle) {
+        th_limit_slot_free(slot);
+        return;
+    }
     fin *f = malloc(sizeof *f);
     if (f == NULL) {
         TH_LOG(
             p->log, TH_LOG_ERROR,
             "policy: out of memory settling a request: its slot expires by its TTL and its reservation stays "
             "counted until the quota window ends");
-        for (int i = 0; i < tmp.nh; i++)
-            free((char *)tmp.keys[i]);
+        th_limit_slot_free(slot);
         free(tmp.qkeys[0]);
         free(tmp.qkeys[1]);
         return;

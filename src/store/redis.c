@@ -54,8 +54,10 @@ typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
  * per admission, and the allocator's slow paths were a tenth of the hub's CPU on the Redis path. The
  * reader's object functions carve them from one block instead, reused reply after reply: a reply's root
  * is the first object made for it, and the block starts over when hiredis frees the root (or a new root
- * begins). What does not fit (a large cached value, a huge answer) gets its own malloc, freed with the
- * reply. The replies of one connection are read and answered one at a time, so only one is ever alive. */
+ * begins). What does not fit goes to further blocks of the same size, freed with the reply (a burst's
+ * large turn answers in a few mallocs, not one per element); an object larger than a block (a cached
+ * value) gets a block of its own. The replies of one connection are read and answered one at a time, so only
+ * one is ever alive. */
 #define RD_ARENA_BYTES (32u << 10)
 /* Elements of one array reply: no reply the hub reads comes near (a turn's answer is about a thousand, a
  * voice index one per voice); a header announcing more is answered as an allocation failure, which drops
@@ -64,7 +66,8 @@ typedef enum { RS_BACKOFF = 0, RS_CONNECTING, RS_READY } rd_state;
 typedef struct rd_big rd_big;
 struct rd_big {
     rd_big *next;
-    max_align_t data[]; /* the object */
+    size_t cap, used;
+    max_align_t data[]; /* the objects */
 };
 typedef struct rd_arena {
     char *base; /* RD_ARENA_BYTES, made on first use */
@@ -499,10 +502,27 @@ static void *ar_alloc(rd_arena *a, size_t n, bool zero)
         if (zero) memset(p, 0, n);
         return p;
     }
-    rd_big *b = zero ? calloc(1, sizeof(rd_big) + n) : malloc(sizeof(rd_big) + n);
+    rd_big *h = a->big;
+    if (h != NULL && n <= h->cap - h->used) {
+        void *p = (char *)h->data + h->used;
+        h->used += n;
+        if (zero) memset(p, 0, n);
+        return p;
+    }
+    bool own = n >= RD_ARENA_BYTES; /* an object of its own block */
+    size_t cap = own ? n : RD_ARENA_BYTES;
+    rd_big *b = own && zero ? calloc(1, sizeof(rd_big) + cap) : malloc(sizeof(rd_big) + cap);
     if (b == NULL) return NULL;
-    b->next = a->big;
-    a->big = b;
+    b->cap = cap;
+    b->used = n;
+    if (own && h != NULL) { /* behind the block still being filled */
+        b->next = h->next;
+        h->next = b;
+    } else {
+        b->next = h;
+        a->big = b;
+    }
+    if (zero && !own) memset(b->data, 0, n);
     return b->data;
 }
 

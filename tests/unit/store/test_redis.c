@@ -223,8 +223,9 @@ TH_TEST(test_auth_select_and_replies)
     rp_kill(&s);
 }
 
-/* Reply objects come from a reused block per connection; what does not fit gets its own allocation and is
- * freed with its reply. Replies larger than the block, many replies in one read, and one after another. */
+/* Reply objects come from a reused block per connection; what does not fit goes to further blocks (a value
+ * larger than a block to one of its own), freed with its reply. Replies larger than the block, many replies
+ * in one read, and one after another. */
 typedef struct big_answer {
     int n, bad;
     size_t want_len;

@@ -889,6 +889,11 @@ void th_cache_set_store_sink(th_cache *c, th_cache_store_sink sink, void *ud)
     c->sink_ud = ud;
 }
 
+void th_cache_unset_store_sink(th_cache *c, void *ud)
+{
+    if (c != NULL && c->sink != NULL && c->sink_ud == ud) th_cache_set_store_sink(c, NULL, NULL);
+}
+
 bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable)
 {
     if (c == NULL || c->redis == NULL || !c->enabled || key[0] == '\0') return false;

@@ -111,6 +111,8 @@ void th_cache_set_clock(th_cache *c, uint64_t (*now)(void *ud), void *ud);
  * (policy.c). sink NULL: back to sending them directly. */
 typedef bool (*th_cache_store_sink)(void *ud, const char *resp, size_t len, th_redis_cb cb, void *cbud);
 void th_cache_set_store_sink(th_cache *c, th_cache_store_sink sink, void *ud);
+/** Back to sending stores directly, if the sink is still ud's (one set since by another owner stays). */
+void th_cache_unset_store_sink(th_cache *c, void *ud);
 /** True when th_cache_get would have to ask Redis: Redis backend, enabled, key set, not in the memory
  * LRU, and (joinable: fcb would be given) no flight to join. */
 bool th_cache_remote_wanted(th_cache *c, const char *key, bool joinable);

@@ -364,7 +364,7 @@ void th_policy_free(th_policy *p)
     }
     while (p->nf > 0)
         send_queued(p, 0, POL_FIN_MAX);
-    if (p->c != NULL) th_cache_set_store_sink(p->c, NULL, NULL);
+    th_cache_unset_store_sink(p->c, p); /* a policy made since keeps its own */
     send_stores(p);
     th_buf_free(&p->stores);
     free(p->st);

@@ -657,6 +657,22 @@ TH_TEST(stores_ride_with_the_turn)
     snprintf(cmd, sizeof cmd, "EXISTS %s", rk);
     TH_CHECK_INT(redis_int(&e, cmd), 1);
     free(rk);
+    /* a policy made later on the same cache takes its stores, and freeing an earlier one leaves them with it
+     */
+    th_policy *old = th_policy_new(a->r, a->l, a->q, a->c, NULL, NULL);
+    a->p = th_policy_new(a->r, a->l, a->q, a->c, NULL, NULL);
+    TH_REQUIRE(old != NULL && a->p != NULL);
+    th_policy_free(old);
+    char key6[TH_CACHE_KEY_LEN + 1];
+    key_of("stored after a new policy", key6);
+    rec r7;
+    admit(&e, a, NULL, 1, key6, &r7);
+    TH_REQUIRE(r7.flight != NULL);
+    sync_hub(&e, a);
+    th_cache_flight_data(r7.flight, audio, 3000);
+    th_cache_flight_done(r7.flight, "audio/mpeg", "engine-x");
+    TH_CHECK_INT(th_policy_queued(a->p), 1);
+    th_policy_after(a->p, r7.lres.slot, NULL, true);
     free(audio);
     env_stop(&e);
 }

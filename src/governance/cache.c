@@ -601,12 +601,9 @@ static void on_redis_get(void *ud, th_redis_status st, const th_redis_reply *rep
 
 static char *redis_key(const th_cache *c, const char *key)
 {
-    size_t a = strlen(c->prefix), b = strlen(key);
-    char *k = malloc(a + 6 + b + 1);
-    if (k == NULL) return NULL;
-    memcpy(k, c->prefix, a);
-    memcpy(k + a, "cache:", 6);
-    memcpy(k + a + 6, key, b + 1);
+    size_t n = th_cache_redis_key_into(c, key, NULL, 0);
+    char *k = malloc(n + 1);
+    if (k != NULL) th_cache_redis_key_into(c, key, k, n + 1);
     return k;
 }
 
